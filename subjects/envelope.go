@@ -1,0 +1,98 @@
+package subjects
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Envelope is the seed's request envelope. Action is optional (the subject
+// names the op); when present it must name the subject's op. Data holds the
+// op's payload.
+type Envelope struct {
+	RequestID string          `json:"request_id,omitempty"`
+	Action    string          `json:"action,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+}
+
+// Reply is the seed's reply envelope, for success and failure alike.
+type Reply struct {
+	Success      bool            `json:"success"`
+	RequestID    string          `json:"request_id"`
+	Timestamp    time.Time       `json:"timestamp"`
+	Data         json.RawMessage `json:"data,omitempty"`
+	ErrorCode    Code            `json:"error_code,omitempty"`
+	ErrorMessage string          `json:"error_message,omitempty"`
+}
+
+// Err returns the reply's error as an *Error, or nil on success.
+func (r *Reply) Err() error {
+	if r.Success {
+		return nil
+	}
+	return &Error{Code: r.ErrorCode, Message: r.ErrorMessage}
+}
+
+// MaxRequestIDLen bounds request ids.
+const MaxRequestIDLen = 128
+
+// NewRequest builds an encoded request envelope for op with data as payload.
+func NewRequest(requestID string, op Op, data any) ([]byte, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(Envelope{RequestID: requestID, Action: op.Action(), Data: raw})
+}
+
+// DecodeRequest decodes and checks an envelope received on op's subject.
+// Keys may be snake_case, PascalCase or camelCase. An empty body is a request
+// with no data.
+func DecodeRequest(body []byte, op Op) (*Envelope, error) {
+	var req Envelope
+	if len(body) > 0 {
+		if err := Decode(body, &req); err != nil {
+			return nil, err
+		}
+	}
+	if len(req.RequestID) > MaxRequestIDLen {
+		return &req, Invalid("request_id is longer than %d bytes", MaxRequestIDLen)
+	}
+	if req.Action != "" {
+		got, ok := ParseAction(req.Action)
+		if !ok {
+			return &req, &Error{Code: CodeUnknownAction, Message: "unknown action " + quote(req.Action)}
+		}
+		if got != op {
+			return &req, Invalid("action %s does not match the subject's operation %s", quote(req.Action), op.Action())
+		}
+	}
+	return &req, nil
+}
+
+// DecodeReply decodes a reply envelope and, on success, its data into
+// data (which may be nil).
+func DecodeReply(body []byte, data any) (*Reply, error) {
+	var resp Reply
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return nil, err
+	}
+	if !resp.Success {
+		return &resp, resp.Err()
+	}
+	if data != nil && len(resp.Data) > 0 {
+		if err := json.Unmarshal(resp.Data, data); err != nil {
+			return &resp, err
+		}
+	}
+	return &resp, nil
+}
+
+// quote shortens and quotes untrusted text for error messages.
+func quote(s string) string {
+	const max = 64
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	b, _ := json.Marshal(s)
+	return string(b)
+}

@@ -1,0 +1,70 @@
+package subjects
+
+// Op names one memory operation. Its string is the token used in subjects
+// (memory.<op>.<device_id>) and, prefixed with "memory.", in the envelope's
+// action field.
+type Op string
+
+// The 15 operations of the seed, in catalogue order.
+const (
+	GetStatus        Op = "get_status"
+	GetUsage         Op = "get_usage"
+	GetAllocations   Op = "get_allocations"
+	Allocate         Op = "allocate"
+	Deallocate       Op = "deallocate"
+	Clear            Op = "clear"
+	Defragment       Op = "defragment"
+	Transfer         Op = "transfer"
+	GetTransfer      Op = "get_transfer"
+	Optimize         Op = "optimize"
+	ModelStatus      Op = "model_status"
+	ModelOptimize    Op = "model_optimize"
+	GetPressure      Op = "get_pressure"
+	Analytics        Op = "analytics"
+	OptimizationRecs Op = "optimization_recs"
+)
+
+var catalogue = []Op{
+	GetStatus, GetUsage, GetAllocations, Allocate, Deallocate, Clear,
+	Defragment, Transfer, GetTransfer, Optimize, ModelStatus, ModelOptimize,
+	GetPressure, Analytics, OptimizationRecs,
+}
+
+// mutating lists the operations that change memory; they are idempotent by
+// request_id.
+var mutating = map[Op]bool{
+	Allocate: true, Deallocate: true, Clear: true, Defragment: true,
+	Transfer: true, Optimize: true, ModelOptimize: true,
+}
+
+// Ops returns the catalogue of all operations, in a fresh slice.
+func Ops() []Op { return append([]Op(nil), catalogue...) }
+
+// Valid reports whether op is one of the catalogue's operations.
+func (op Op) Valid() bool {
+	for _, c := range catalogue {
+		if c == op {
+			return true
+		}
+	}
+	return false
+}
+
+// Mutating reports whether op changes memory (and so is idempotent by
+// request_id).
+func (op Op) Mutating() bool { return mutating[op] }
+
+// Action is the envelope action naming op, e.g. "memory.allocate".
+func (op Op) Action() string { return actionPrefix + string(op) }
+
+const actionPrefix = "memory."
+
+// ParseAction turns an envelope action ("memory.allocate", or the bare
+// "allocate") into an Op. ok is false when it names no operation.
+func ParseAction(action string) (op Op, ok bool) {
+	if len(action) > len(actionPrefix) && action[:len(actionPrefix)] == actionPrefix {
+		action = action[len(actionPrefix):]
+	}
+	op = Op(action)
+	return op, op.Valid()
+}

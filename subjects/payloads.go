@@ -1,0 +1,256 @@
+package subjects
+
+import "time"
+
+// Target is embedded in every request payload. DeviceID is optional: the
+// subject names the device, and when DeviceID is present it must match.
+type Target struct {
+	DeviceID string `json:"device_id,omitempty"`
+}
+
+// Device returns the device id the payload names, or "".
+func (t Target) Device() string { return t.DeviceID }
+
+// AllocationType says where an allocation lives.
+type AllocationType string
+
+// The allocation types of the seed.
+const (
+	// VRAM is device memory.
+	VRAM AllocationType = "VRAM"
+	// Pinned is page-locked host memory, for fast transfers to and from the
+	// device.
+	Pinned AllocationType = "PINNED"
+)
+
+// Allocation is one allocation as the worker tracks it.
+type Allocation struct {
+	AllocationID   string         `json:"allocation_id"`
+	DeviceID       string         `json:"device_id"`
+	SizeBytes      int64          `json:"size_bytes"`
+	ReservedBytes  int64          `json:"reserved_bytes"`
+	AllocationType AllocationType `json:"allocation_type"`
+	Alignment      int64          `json:"alignment"`
+	Purpose        string         `json:"purpose,omitempty"`
+	ModelID        string         `json:"model_id,omitempty"`
+	Persistent     bool           `json:"persistent"`
+	CreatedAt      time.Time      `json:"created_at"`
+	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
+}
+
+// StatusRequest is get_status's payload.
+type StatusRequest struct {
+	Target
+	IncludeAllocations   bool  `json:"include_allocations,omitempty"`
+	IncludeUsageStats    *bool `json:"include_usage_stats,omitempty"` // default true
+	IncludeFragmentation bool  `json:"include_fragmentation,omitempty"`
+}
+
+// MaxStatusAllocations bounds the allocations get_status lists; use
+// get_allocations to page through more.
+const MaxStatusAllocations = 100
+
+// StatusReply is get_status's reply.
+type StatusReply struct {
+	Device               DeviceInfo     `json:"device"`
+	Usage                Usage          `json:"usage"`
+	Pressure             Pressure       `json:"pressure"`
+	AllocationCount      int            `json:"allocation_count"`
+	Allocations          []Allocation   `json:"allocations,omitempty"`
+	AllocationsTruncated bool           `json:"allocations_truncated,omitempty"`
+	UsageStats           *PoolStats     `json:"usage_stats,omitempty"`
+	Fragmentation        *Fragmentation `json:"fragmentation,omitempty"`
+}
+
+// DeviceInfo identifies a device.
+type DeviceInfo struct {
+	DeviceID          string `json:"device_id"`
+	Node              string `json:"node"`
+	Index             int    `json:"index"`
+	Name              string `json:"name"`
+	UUID              string `json:"uuid,omitempty"`
+	Backend           string `json:"backend"`
+	ComputeCapability string `json:"compute_capability,omitempty"`
+	TotalBytes        int64  `json:"total_bytes"`
+}
+
+// UsageRequest is get_usage's payload.
+type UsageRequest struct {
+	Target
+}
+
+// Usage puts device truth (total, free, used, as the driver reports them,
+// other processes included) beside the worker's own view.
+type Usage struct {
+	DeviceID string `json:"device_id"`
+	// TotalBytes, FreeBytes and UsedBytes are device truth.
+	TotalBytes int64 `json:"total_bytes"`
+	FreeBytes  int64 `json:"free_bytes"`
+	UsedBytes  int64 `json:"used_bytes"`
+	// ReservedBytes is what the worker's pool holds from the device;
+	// AllocatedBytes the part of it handed out (after rounding);
+	// RequestedBytes what callers asked for; CachedBytes = reserved -
+	// allocated, free for reuse without asking the device.
+	ReservedBytes  int64 `json:"reserved_bytes"`
+	AllocatedBytes int64 `json:"allocated_bytes"`
+	RequestedBytes int64 `json:"requested_bytes"`
+	CachedBytes    int64 `json:"cached_bytes"`
+	// OtherBytes is device memory used outside this worker's pool: other
+	// processes and the driver's own reservations.
+	OtherBytes int64 `json:"other_bytes"`
+	// PinnedHostBytes is page-locked host memory held for this device.
+	PinnedHostBytes int64   `json:"pinned_host_bytes"`
+	Allocations     int     `json:"allocations"`
+	UsageRatio      float64 `json:"usage_ratio"`
+	UsagePercentage float64 `json:"usage_percentage"`
+	// ByPurpose splits allocated bytes by the purpose given at allocate.
+	ByPurpose []PurposeUsage `json:"by_purpose"`
+	SampledAt time.Time      `json:"sampled_at"`
+}
+
+// PurposeUsage is the memory allocated for one purpose.
+type PurposeUsage struct {
+	Purpose        string `json:"purpose"`
+	Allocations    int    `json:"allocations"`
+	AllocatedBytes int64  `json:"allocated_bytes"`
+}
+
+// PoolStats describes the worker's pooling allocator for one device.
+type PoolStats struct {
+	AllocatedBytes     int64   `json:"allocated_bytes"`
+	ReservedBytes      int64   `json:"reserved_bytes"`
+	PeakAllocatedBytes int64   `json:"peak_allocated_bytes"`
+	PeakReservedBytes  int64   `json:"peak_reserved_bytes"`
+	Segments           int     `json:"segments"`
+	ActiveBlocks       int     `json:"active_blocks"`
+	CachedBlocks       int     `json:"cached_blocks"`
+	AllocRequests      int64   `json:"alloc_requests"`
+	CacheHits          int64   `json:"cache_hits"`
+	CacheHitRatio      float64 `json:"cache_hit_ratio"`
+	SegmentAllocs      int64   `json:"segment_allocs"`
+	SegmentFrees       int64   `json:"segment_frees"`
+	OOMRetries         int64   `json:"oom_retries"`
+}
+
+// Fragmentation describes the free space inside the pool's segments.
+// FragmentationRatio is 1 - largest free block / free bytes: 0 when all free
+// space is one block (or there is none), near 1 when it is scattered.
+type Fragmentation struct {
+	FragmentationRatio    float64 `json:"fragmentation_ratio"`
+	FreeBytes             int64   `json:"free_bytes"`
+	LargestFreeBlockBytes int64   `json:"largest_free_block_bytes"`
+	FreeBlocks            int     `json:"free_blocks"`
+	Segments              int     `json:"segments"`
+}
+
+// AllocationsRequest is get_allocations's payload: optional filters and a
+// page.
+type AllocationsRequest struct {
+	Target
+	Purpose        string         `json:"purpose,omitempty"`
+	ModelID        string         `json:"model_id,omitempty"`
+	AllocationType AllocationType `json:"allocation_type,omitempty"`
+	Persistent     *bool          `json:"persistent,omitempty"`
+	Limit          int            `json:"limit,omitempty"`
+	Cursor         string         `json:"cursor,omitempty"`
+}
+
+// Page sizes of get_allocations.
+const (
+	DefaultPageLimit = 100
+	MaxPageLimit     = 1000
+)
+
+// AllocationsReply is one page of get_allocations, oldest first. NextCursor
+// is set when more allocations match.
+type AllocationsReply struct {
+	Allocations []Allocation `json:"allocations"`
+	TotalCount  int          `json:"total_count"`
+	NextCursor  string       `json:"next_cursor,omitempty"`
+}
+
+// AllocateRequest is allocate's payload.
+type AllocateRequest struct {
+	Target
+	SizeBytes      int64          `json:"size_bytes"`
+	AllocationType AllocationType `json:"allocation_type,omitempty"` // default VRAM
+	Alignment      int64          `json:"alignment,omitempty"`       // 0: the pool's 512 bytes
+	Purpose        string         `json:"purpose,omitempty"`
+	Persistent     bool           `json:"persistent,omitempty"`
+	ModelID        string         `json:"model_id,omitempty"`
+	TTLSeconds     float64        `json:"ttl_seconds,omitempty"`
+}
+
+// DeallocateRequest is deallocate's payload: one id, or several. It is all
+// or nothing: when one id is unknown nothing is freed.
+type DeallocateRequest struct {
+	Target
+	AllocationID  string   `json:"allocation_id,omitempty"`
+	AllocationIDs []string `json:"allocation_ids,omitempty"`
+}
+
+// DeallocateReply is deallocate's reply.
+type DeallocateReply struct {
+	DeallocatedIDs []string `json:"deallocated_ids"`
+	FreedBytes     int64    `json:"freed_bytes"`
+}
+
+// ClearRequest is clear's payload. Filters narrow what is freed; persistent
+// allocations are freed only with Force. ReleaseCached (default true) also
+// returns the pool's empty segments to the device.
+type ClearRequest struct {
+	Target
+	Purpose        string         `json:"purpose,omitempty"`
+	ModelID        string         `json:"model_id,omitempty"`
+	AllocationType AllocationType `json:"allocation_type,omitempty"`
+	Force          bool           `json:"force,omitempty"`
+	ReleaseCached  *bool          `json:"release_cached,omitempty"`
+}
+
+// ClearReply is clear's reply.
+type ClearReply struct {
+	ClearedAllocations int   `json:"cleared_allocations"`
+	ClearedBytes       int64 `json:"cleared_bytes"`
+	SkippedPersistent  int   `json:"skipped_persistent"`
+	ReleasedSegments   int   `json:"released_segments"`
+	ReleasedBytes      int64 `json:"released_bytes"`
+}
+
+// PressureRequest is get_pressure's payload.
+type PressureRequest struct {
+	Target
+}
+
+// Level is a memory pressure level.
+type Level string
+
+// The pressure levels, in increasing order.
+const (
+	LevelNormal   Level = "normal"
+	LevelWarning  Level = "warning"
+	LevelCritical Level = "critical"
+)
+
+// Pressure is a device's memory pressure. Level changes with hysteresis;
+// Trend compares the usage ratio with the previous sample.
+type Pressure struct {
+	DeviceID          string    `json:"device_id"`
+	Level             Level     `json:"level"`
+	PreviousLevel     Level     `json:"previous_level,omitempty"`
+	UsageRatio        float64   `json:"usage_ratio"`
+	WarningThreshold  float64   `json:"warning_threshold"`
+	CriticalThreshold float64   `json:"critical_threshold"`
+	UsedBytes         int64     `json:"used_bytes"`
+	FreeBytes         int64     `json:"free_bytes"`
+	TotalBytes        int64     `json:"total_bytes"`
+	ChangedAt         time.Time `json:"changed_at"`
+	Trend             string    `json:"trend"`
+	SampledAt         time.Time `json:"sampled_at"`
+}
+
+// The trends of Pressure.
+const (
+	TrendRising  = "rising"
+	TrendFalling = "falling"
+	TrendSteady  = "steady"
+)

@@ -1,0 +1,110 @@
+package subjects
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Root is the first token of every memworker subject.
+const Root = "memory"
+
+// Fleet is the device token that addresses every device of every node.
+const Fleet = "all"
+
+// pressureToken is the op position token of pressure event subjects. It is
+// not an Op, so pressure events can never be mistaken for requests.
+const pressureToken = "pressure"
+
+// Request is the subject on which op is served for one device:
+// memory.<op>.<device_id>.
+func Request(op Op, deviceID string) string {
+	return Root + "." + string(op) + "." + deviceID
+}
+
+// FleetRequest is the subject on which every node answers op for all its
+// devices: memory.<op>.all.
+func FleetRequest(op Op) string { return Request(op, Fleet) }
+
+// PressureEvents is the subject of a device's pressure events:
+// memory.pressure.<device_id>.
+func PressureEvents(deviceID string) string {
+	return Root + "." + pressureToken + "." + deviceID
+}
+
+// AllPressureEvents matches the pressure events of every device.
+const AllPressureEvents = Root + "." + pressureToken + ".>"
+
+// QueueGroup is the queue group of a device's request subscriptions, shared
+// by every worker (active or standby) serving that device.
+func QueueGroup(deviceID string) string { return "memory-" + deviceID }
+
+// NodeQueueGroup is the queue group of a node's fleet subscriptions, so a
+// node answers a fleet request once.
+func NodeQueueGroup(node string) string { return "memory-node-" + node }
+
+// DeviceID is the default device id of the GPU at index on node:
+// <node>-gpu<index>.
+func DeviceID(node string, index int) string {
+	return fmt.Sprintf("%s-gpu%d", node, index)
+}
+
+// MaxTokenLen bounds node names and device ids.
+const MaxTokenLen = 128
+
+// ValidToken reports whether s can be a node name or device id: 1 to
+// MaxTokenLen characters of [A-Za-z0-9_-], and not the reserved "all".
+func ValidToken(s string) bool {
+	if s == "" || len(s) > MaxTokenLen || s == Fleet {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func tokenByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+// SanitizeNode turns a host name into a valid node token: characters outside
+// [A-Za-z0-9_-] become '-', the name is cut at the first dot (the short host
+// name) and at MaxTokenLen. An empty result becomes "node".
+func SanitizeNode(host string) string {
+	if i := strings.IndexByte(host, '.'); i >= 0 {
+		host = host[:i]
+	}
+	b := []byte(host)
+	for i, c := range b {
+		if !tokenByte(c) {
+			b[i] = '-'
+		}
+	}
+	s := string(b)
+	if len(s) > MaxTokenLen {
+		s = s[:MaxTokenLen]
+	}
+	if s == "" || s == Fleet {
+		return "node"
+	}
+	return s
+}
+
+// Parse splits a request subject into its op and device token (a device id
+// or Fleet). It rejects pressure subjects, unknown ops and bad tokens.
+func Parse(subject string) (op Op, deviceID string, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 || parts[0] != Root {
+		return "", "", fmt.Errorf("subject %q is not memory.<op>.<device_id>", subject)
+	}
+	op = Op(parts[1])
+	if !op.Valid() {
+		return "", "", fmt.Errorf("subject %q names no operation", subject)
+	}
+	if parts[2] != Fleet && !ValidToken(parts[2]) {
+		return "", "", fmt.Errorf("subject %q has an invalid device id", subject)
+	}
+	return op, parts[2], nil
+}

@@ -1,0 +1,299 @@
+package alloc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/btree"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Source is where a Pool gets its segments: one kind of memory of one device.
+type Source interface {
+	AllocSegment(ctx context.Context, size int64) (addr uint64, err error)
+	FreeSegment(ctx context.Context, addr uint64) error
+}
+
+// Size classes, as in PyTorch's caching allocator.
+const (
+	MinBlock      = 512       // allocation granularity
+	SmallSize     = 1 << 20   // largest request served by the small pool
+	SmallSegment  = 2 << 20   // segment size of the small pool
+	LargeSegment  = 20 << 20  // segment size for large requests under MinLargeAlloc
+	MinLargeAlloc = 10 << 20  // requests from here on get their own segment
+	RoundLarge    = 2 << 20   // rounding of own segments
+	maxSize       = 1<<62 - 1 // guards rounding arithmetic
+)
+
+// ErrInvalid is returned for sizes or alignments the pool cannot serve.
+var ErrInvalid = errors.New("invalid allocation request")
+
+// Pool is a pooling allocator over one Source.
+type Pool struct {
+	src      Source
+	small    *btree.BTreeG[*Block]
+	large    *btree.BTreeG[*Block]
+	segments map[uint64]*segment
+	stats    Stats
+	probe    Block // search key for bestFit, kept to spare an allocation
+}
+
+type segment struct {
+	addr  uint64
+	size  int64
+	small bool
+	first *Block
+}
+
+// Block is a contiguous range of a segment, handed out by Alloc or cached
+// free in the pool.
+type Block struct {
+	seg        *segment
+	offset     int64
+	size       int64
+	requested  int64
+	free       bool
+	prev, next *Block
+}
+
+// Addr is the block's address in the Source's address space.
+func (b *Block) Addr() uint64 { return b.seg.addr + uint64(b.offset) }
+
+// Size is the block's size after rounding (what it reserves).
+func (b *Block) Size() int64 { return b.size }
+
+// Requested is the size asked for at Alloc.
+func (b *Block) Requested() int64 { return b.requested }
+
+// SegmentAddr is the address of the segment holding the block.
+func (b *Block) SegmentAddr() uint64 { return b.seg.addr }
+
+// New returns an empty pool over src.
+func New(src Source) *Pool {
+	return &Pool{
+		probe:    Block{seg: &segment{}},
+		src:      src,
+		small:    btree.NewG(16, lessBlock),
+		large:    btree.NewG(16, lessBlock),
+		segments: make(map[uint64]*segment),
+	}
+}
+
+func lessBlock(a, b *Block) bool {
+	if a.size != b.size {
+		return a.size < b.size
+	}
+	return a.Addr() < b.Addr()
+}
+
+// RoundSize is the block size a request of size bytes reserves.
+func RoundSize(size int64) int64 {
+	if size < MinBlock {
+		return MinBlock
+	}
+	return (size + MinBlock - 1) / MinBlock * MinBlock
+}
+
+// segmentSize is the size of a new segment for a block of size bytes.
+func segmentSize(size int64) int64 {
+	switch {
+	case size <= SmallSize:
+		return SmallSegment
+	case size < MinLargeAlloc:
+		return LargeSegment
+	default:
+		return (size + RoundLarge - 1) / RoundLarge * RoundLarge
+	}
+}
+
+func (p *Pool) tree(small bool) *btree.BTreeG[*Block] {
+	if small {
+		return p.small
+	}
+	return p.large
+}
+
+// Alloc hands out a block of at least size bytes whose address is a multiple
+// of alignment (0 or a power of two; 512 and less are implied). It reuses a
+// cached block when one fits (best fit), else asks the Source for a segment;
+// when the Source is out of memory it releases the pool's empty segments and
+// tries once more.
+func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error) {
+	if size <= 0 || size > maxSize/2 {
+		return nil, fmt.Errorf("%w: size %d", ErrInvalid, size)
+	}
+	if alignment < 0 || alignment&(alignment-1) != 0 || alignment > RoundLarge {
+		return nil, fmt.Errorf("%w: alignment %d", ErrInvalid, alignment)
+	}
+	if alignment < MinBlock {
+		alignment = MinBlock
+	}
+	rounded := RoundSize(size)
+	// Worst-case padding to reach the alignment inside a free block.
+	need := rounded + alignment - MinBlock
+	small := need <= SmallSize
+	p.stats.AllocRequests++
+
+	b := p.bestFit(small, need)
+	if b != nil {
+		p.stats.CacheHits++
+	} else {
+		seg, err := p.newSegment(ctx, segmentSize(need), small)
+		if err != nil {
+			return nil, err
+		}
+		b = seg.first
+	}
+	b = p.carve(b, rounded, alignment)
+	b.requested = size
+	p.stats.AllocatedBytes += b.size
+	p.stats.RequestedBytes += size
+	p.stats.ActiveBlocks++
+	p.stats.PeakAllocatedBytes = max(p.stats.PeakAllocatedBytes, p.stats.AllocatedBytes)
+	return b, nil
+}
+
+// bestFit removes and returns the smallest cached block of at least need
+// bytes, or nil.
+func (p *Pool) bestFit(small bool, need int64) *Block {
+	var found *Block
+	p.probe.size = need
+	p.tree(small).AscendGreaterOrEqual(&p.probe, func(b *Block) bool {
+		found = b
+		return false
+	})
+	if found != nil {
+		p.tree(small).Delete(found)
+		p.stats.CachedBlocks--
+	}
+	return found
+}
+
+func (p *Pool) newSegment(ctx context.Context, size int64, small bool) (*segment, error) {
+	addr, err := p.src.AllocSegment(ctx, size)
+	if errors.Is(err, device.ErrOutOfMemory) {
+		p.stats.OOMRetries++
+		if _, _, rerr := p.Release(ctx); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
+		addr, err = p.src.AllocSegment(ctx, size)
+	}
+	if err != nil {
+		return nil, err
+	}
+	seg := &segment{addr: addr, size: size, small: small}
+	seg.first = &Block{seg: seg, size: size, free: true}
+	p.segments[addr] = seg
+	p.stats.Segments++
+	p.stats.SegmentAllocs++
+	p.stats.ReservedBytes += size
+	p.stats.PeakReservedBytes = max(p.stats.PeakReservedBytes, p.stats.ReservedBytes)
+	return seg, nil
+}
+
+// carve cuts the aligned range of size bytes out of the free block b (not
+// in any tree), caches what is left before and after it, and returns the
+// in-use block.
+func (p *Pool) carve(b *Block, size, alignment int64) *Block {
+	if pad := int64(alignUp(b.Addr(), uint64(alignment)) - b.Addr()); pad > 0 {
+		front := b
+		b = p.split(front, pad)
+		p.cache(front)
+	}
+	if p.shouldSplit(b, size) {
+		p.cache(p.split(b, size))
+	}
+	b.free = false
+	return b
+}
+
+// split cuts b after its first n bytes and returns the remainder, linked
+// after b.
+func (p *Pool) split(b *Block, n int64) *Block {
+	rest := &Block{seg: b.seg, offset: b.offset + n, size: b.size - n, free: true, prev: b, next: b.next}
+	if b.next != nil {
+		b.next.prev = rest
+	}
+	b.next = rest
+	b.size = n
+	return rest
+}
+
+func (p *Pool) shouldSplit(b *Block, size int64) bool {
+	rest := b.size - size
+	if b.seg.small {
+		return rest >= MinBlock
+	}
+	return rest > SmallSize
+}
+
+func (p *Pool) cache(b *Block) {
+	b.free = true
+	b.requested = 0
+	p.tree(b.seg.small).ReplaceOrInsert(b)
+	p.stats.CachedBlocks++
+}
+
+func (p *Pool) uncache(b *Block) {
+	if _, ok := p.tree(b.seg.small).Delete(b); ok {
+		p.stats.CachedBlocks--
+	}
+}
+
+// Free returns b to the pool's cache, merging it with free neighbours. The
+// segment stays reserved until Release. Freeing a block twice is an error
+// and changes nothing.
+func (p *Pool) Free(b *Block) error {
+	if b == nil || b.free || p.segments[b.seg.addr] != b.seg {
+		return fmt.Errorf("%w: block is not allocated from this pool", ErrInvalid)
+	}
+	p.stats.AllocatedBytes -= b.size
+	p.stats.RequestedBytes -= b.requested
+	p.stats.ActiveBlocks--
+	if prev := b.prev; prev != nil && prev.free {
+		p.uncache(prev)
+		prev.size += b.size
+		prev.next = b.next
+		if b.next != nil {
+			b.next.prev = prev
+		}
+		b = prev
+	}
+	if next := b.next; next != nil && next.free {
+		p.uncache(next)
+		b.size += next.size
+		b.next = next.next
+		if next.next != nil {
+			next.next.prev = b
+		}
+	}
+	p.cache(b)
+	return nil
+}
+
+// Release returns every segment that holds no allocated block to the Source
+// and reports how many segments and bytes went back.
+func (p *Pool) Release(ctx context.Context) (segments int, bytes int64, err error) {
+	for addr, seg := range p.segments {
+		b := seg.first
+		if !b.free || b.next != nil {
+			continue
+		}
+		if ferr := p.src.FreeSegment(ctx, addr); ferr != nil {
+			err = errors.Join(err, ferr)
+			continue
+		}
+		p.uncache(b)
+		delete(p.segments, addr)
+		p.stats.Segments--
+		p.stats.SegmentFrees++
+		p.stats.ReservedBytes -= seg.size
+		segments++
+		bytes += seg.size
+	}
+	return segments, bytes, err
+}
+
+func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
