@@ -140,7 +140,7 @@ func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error)
 	if b != nil {
 		p.stats.CacheHits++
 	} else {
-		seg, err := p.newSegment(ctx, segmentSize(need), small)
+		seg, err := p.alignedSegment(ctx, rounded, need, alignment, small)
 		if err != nil {
 			return nil, err
 		}
@@ -169,6 +169,21 @@ func (p *Pool) bestFit(small bool, need int64) *Block {
 		p.stats.CachedBlocks--
 	}
 	return found
+}
+
+// alignedSegment gets a new segment for a block of rounded bytes at the
+// given alignment. Sources hand out segments aligned to 2 MiB or more, so it
+// first asks without room for padding, and only when the address falls short
+// of the alignment trades that segment for one with room (need bytes).
+func (p *Pool) alignedSegment(ctx context.Context, rounded, need, alignment int64, small bool) (*segment, error) {
+	seg, err := p.newSegment(ctx, segmentSize(rounded), small)
+	if err != nil || int64(alignUp(seg.addr, uint64(alignment))-seg.addr)+rounded <= seg.size {
+		return seg, err
+	}
+	if err := p.dropSegment(ctx, seg); err != nil {
+		return nil, err
+	}
+	return p.newSegment(ctx, segmentSize(need), small)
 }
 
 func (p *Pool) newSegment(ctx context.Context, size int64, small bool) (*segment, error) {
@@ -276,24 +291,34 @@ func (p *Pool) Free(b *Block) error {
 // Release returns every segment that holds no allocated block to the Source
 // and reports how many segments and bytes went back.
 func (p *Pool) Release(ctx context.Context) (segments int, bytes int64, err error) {
-	for addr, seg := range p.segments {
+	for _, seg := range p.segments {
 		b := seg.first
 		if !b.free || b.next != nil {
 			continue
 		}
-		if ferr := p.src.FreeSegment(ctx, addr); ferr != nil {
+		p.uncache(b)
+		if ferr := p.dropSegment(ctx, seg); ferr != nil {
+			p.cache(b)
 			err = errors.Join(err, ferr)
 			continue
 		}
-		p.uncache(b)
-		delete(p.segments, addr)
-		p.stats.Segments--
-		p.stats.SegmentFrees++
-		p.stats.ReservedBytes -= seg.size
 		segments++
 		bytes += seg.size
 	}
 	return segments, bytes, err
+}
+
+// dropSegment returns an empty segment, whose block is in no tree, to the
+// Source.
+func (p *Pool) dropSegment(ctx context.Context, seg *segment) error {
+	if err := p.src.FreeSegment(ctx, seg.addr); err != nil {
+		return err
+	}
+	delete(p.segments, seg.addr)
+	p.stats.Segments--
+	p.stats.SegmentFrees++
+	p.stats.ReservedBytes -= seg.size
+	return nil
 }
 
 func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }

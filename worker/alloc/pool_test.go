@@ -309,3 +309,44 @@ func BenchmarkCachedAllocFree1MiB(b *testing.B) {
 		_ = p.Free(blk)
 	}
 }
+
+// unalignedSource hands out segments 512 bytes past a 2 MiB boundary, as a
+// Source that only promises 512-byte alignment might.
+type unalignedSource struct{ *fakeSource }
+
+func (s unalignedSource) AllocSegment(ctx context.Context, size int64) (uint64, error) {
+	addr, err := s.fakeSource.AllocSegment(ctx, size)
+	if err != nil {
+		return 0, err
+	}
+	delete(s.live, addr)
+	s.live[addr+512] = size
+	return addr + 512, nil
+}
+
+func (s unalignedSource) FreeSegment(ctx context.Context, addr uint64) error {
+	return s.fakeSource.FreeSegment(ctx, addr)
+}
+
+func TestNewSegmentsNeedNoPaddingOnAlignedSources(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(1 << 30)
+	p := New(src)
+	b, err := p.Alloc(ctx, 64<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Stats().ReservedBytes != 64<<20 || b.Addr()%(1<<20) != 0 {
+		t.Errorf("64 MiB aligned to 1 MiB reserved %d at %#x, want one 64 MiB segment", p.Stats().ReservedBytes, b.Addr())
+	}
+
+	usrc := unalignedSource{newSource(1 << 30)}
+	up := New(usrc)
+	ub, err := up.Alloc(ctx, 64<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ub.Addr()%(1<<20) != 0 || up.Stats().SegmentFrees != 1 || usrc.used != up.Stats().ReservedBytes {
+		t.Errorf("unaligned source: block at %#x, stats %+v, source holds %d", ub.Addr(), up.Stats(), usrc.used)
+	}
+}

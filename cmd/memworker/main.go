@@ -1,0 +1,137 @@
+// Command memworker serves a GPU host's memory over NATS. With no flags it
+// starts an embedded nats-server (JetStream on) on 127.0.0.1:4222 and two
+// simulated 16 GiB devices; --nats-url connects to an existing server or
+// cluster instead.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/dustin/go-humanize"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+type cli struct {
+	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster instead of starting an embedded one."`
+
+	Listen   string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
+	Port     int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
+	StoreDir string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
+
+	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
+	Backend string `default:"sim" enum:"sim" help:"Memory backend (sim)."`
+
+	SimDevices int    `name:"sim-devices" default:"2" help:"sim backend: number of devices."`
+	SimMemory  string `name:"sim-memory" default:"16GiB" help:"sim backend: memory per device (bytes or a size such as 16GiB)."`
+
+	WarningThreshold  float64       `name:"warning-threshold" default:"0.85" help:"Usage ratio at which pressure is warning."`
+	CriticalThreshold float64       `name:"critical-threshold" default:"0.95" help:"Usage ratio at which pressure is critical."`
+	ExpiryInterval    time.Duration `name:"expiry-interval" default:"1s" help:"How often allocations past their ttl are freed."`
+
+	LogFormat string `name:"log-format" default:"text" enum:"text,json" help:"Log format (text, json)."`
+	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level."`
+}
+
+func main() {
+	var c cli
+	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."))
+	log := newLogger(c.LogFormat, c.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, &c, log); err != nil {
+		log.Error("memworker stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c *cli, log *slog.Logger) error {
+	cfg := worker.DefaultConfig()
+	cfg.Logger = log
+	cfg.Node = c.Node
+	if cfg.Node == "" {
+		host, _ := os.Hostname()
+		cfg.Node = subjects.SanitizeNode(host)
+	}
+	cfg.Thresholds.Warning, cfg.Thresholds.Critical = c.WarningThreshold, c.CriticalThreshold
+	cfg.ExpiryInterval = c.ExpiryInterval
+
+	memory, err := humanize.ParseBytes(c.SimMemory)
+	if err != nil || memory == 0 || memory > 1<<50 {
+		return fmt.Errorf("--sim-memory %q: want a size such as 16GiB", c.SimMemory)
+	}
+	if c.SimDevices < 1 || c.SimDevices > 64 {
+		return fmt.Errorf("--sim-devices %d: want 1 to 64", c.SimDevices)
+	}
+	cfg.Backend = sim.New(sim.Default(c.SimDevices, int64(memory)))
+
+	url := c.NatsURL
+	if url == "" {
+		srv, err := startEmbedded(c.Listen, c.Port, c.StoreDir, log)
+		if err != nil {
+			return err
+		}
+		defer srv.shutdown()
+		url = srv.ClientURL()
+	}
+	nc, err := nats.Connect(url, nats.Name("memworker "+cfg.Node), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
+	if err != nil {
+		return fmt.Errorf("connecting to NATS at %s: %w", url, err)
+	}
+	cfg.Conn = nc
+
+	w, err := worker.New(ctx, cfg)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	runErr := w.Run(ctx)
+	log.Info("draining")
+	if err := drain(nc, 10*time.Second); err != nil {
+		log.Warn("draining NATS connection", "err", err)
+	}
+	return runErr
+}
+
+// drain drains nc, so requests already received are answered, and waits for
+// it to close.
+func drain(nc *nats.Conn, timeout time.Duration) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return nil
+		}
+		return err
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(timeout):
+		nc.Close()
+		return errors.New("drain timed out")
+	}
+}
+
+func newLogger(format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

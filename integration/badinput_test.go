@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"fmt"
+	"github.com/nats-io/nats.go"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// TestBadInputChangesNothing sends hostile requests; each gets its documented
+// error, with a JSON body and micro's headers, and the ledger is unchanged.
+func TestBadInputChangesNothing(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, 4*GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	var keep subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, Purpose: "keep"}, &keep)
+
+	long := strings.Repeat("x", 300)
+	deep := strings.Repeat(`{"a":`, 200) + "1" + strings.Repeat("}", 200)
+	tests := []struct {
+		name string
+		op   subjects.Op
+		body string
+		code subjects.Code
+	}{
+		{"malformed JSON", subjects.Allocate, `{"data":{"size_bytes":1024`, subjects.CodeInvalidRequest},
+		{"truncated", subjects.Allocate, `{"data":`, subjects.CodeInvalidRequest},
+		{"not an object", subjects.Allocate, `[1,2,3]`, subjects.CodeInvalidRequest},
+		{"binary garbage", subjects.Allocate, "\x00\xff\xfe garbage", subjects.CodeInvalidRequest},
+		{"trailing data", subjects.Allocate, `{"data":{"size_bytes":1024}} {}`, subjects.CodeInvalidRequest},
+		{"size as string", subjects.Allocate, `{"data":{"size_bytes":"1024"}}`, subjects.CodeInvalidRequest},
+		{"size as float", subjects.Allocate, `{"data":{"size_bytes":1.5}}`, subjects.CodeInvalidRequest},
+		{"size missing", subjects.Allocate, `{"data":{}}`, subjects.CodeInvalidRequest},
+		{"empty body", subjects.Allocate, ``, subjects.CodeInvalidRequest},
+		{"zero size", subjects.Allocate, `{"data":{"size_bytes":0}}`, subjects.CodeInvalidRequest},
+		{"negative size", subjects.Allocate, `{"data":{"size_bytes":-1}}`, subjects.CodeInvalidRequest},
+		{"huge number", subjects.Allocate, `{"data":{"size_bytes":99999999999999999999999}}`, subjects.CodeInvalidRequest},
+		{"size over capacity", subjects.Allocate, `{"data":{"size_bytes":5368709120}}`, subjects.CodeOutOfMemory},
+		{"size beyond any device", subjects.Allocate, `{"data":{"size_bytes":4611686018427387904}}`, subjects.CodeInvalidRequest},
+		{"alignment not a power of two", subjects.Allocate, `{"data":{"size_bytes":1024,"alignment":1000}}`, subjects.CodeInvalidRequest},
+		{"alignment too large", subjects.Allocate, `{"data":{"size_bytes":1024,"alignment":1073741824}}`, subjects.CodeInvalidRequest},
+		{"negative alignment", subjects.Allocate, `{"data":{"size_bytes":1024,"alignment":-4096}}`, subjects.CodeInvalidRequest},
+		{"unknown allocation type", subjects.Allocate, `{"data":{"size_bytes":1024,"allocation_type":"INVALID"}}`, subjects.CodeInvalidRequest},
+		{"negative ttl", subjects.Allocate, `{"data":{"size_bytes":1024,"ttl_seconds":-5}}`, subjects.CodeInvalidRequest},
+		{"over-long purpose", subjects.Allocate, `{"data":{"size_bytes":1024,"purpose":"` + long + `"}}`, subjects.CodeInvalidRequest},
+		{"control characters in model_id", subjects.Allocate, `{"data":{"size_bytes":1024,"model_id":"a\u0000b"}}`, subjects.CodeInvalidRequest},
+		{"unknown field", subjects.Allocate, `{"data":{"size_bytes":1024,"sise":1}}`, subjects.CodeInvalidRequest},
+		{"unknown envelope field", subjects.Allocate, `{"data":{"size_bytes":1024},"extra":1}`, subjects.CodeInvalidRequest},
+		{"duplicate key spellings", subjects.Allocate, `{"data":{"size_bytes":1024,"SizeBytes":2048}}`, subjects.CodeInvalidRequest},
+		{"deeply nested", subjects.Allocate, `{"data":` + deep + `}`, subjects.CodeInvalidRequest},
+		{"device contradicts subject", subjects.Allocate, `{"data":{"device_id":"n1-gpu1","size_bytes":1024}}`, subjects.CodeInvalidRequest},
+		{"unknown action", subjects.Allocate, `{"action":"memory.explode","data":{"size_bytes":1024}}`, subjects.CodeUnknownAction},
+		{"action of another op", subjects.Allocate, `{"action":"memory.clear","data":{"size_bytes":1024}}`, subjects.CodeInvalidRequest},
+		{"over-long request id", subjects.Allocate, `{"request_id":"` + long + `","data":{"size_bytes":1024}}`, subjects.CodeInvalidRequest},
+		{"unknown allocation", subjects.Deallocate, `{"data":{"allocation_id":"nope"}}`, subjects.CodeAllocationNotFound},
+		{"one unknown among known", subjects.Deallocate, `{"data":{"allocation_ids":["` + keep.AllocationID + `","nope"]}}`, subjects.CodeAllocationNotFound},
+		{"deallocate without id", subjects.Deallocate, `{"data":{}}`, subjects.CodeInvalidRequest},
+		{"empty id in list", subjects.Deallocate, `{"data":{"allocation_ids":[""]}}`, subjects.CodeInvalidRequest},
+		{"ids not strings", subjects.Deallocate, `{"data":{"allocation_ids":[1,2]}}`, subjects.CodeInvalidRequest},
+		{"page limit too large", subjects.GetAllocations, `{"data":{"limit":100000}}`, subjects.CodeInvalidRequest},
+		{"negative page limit", subjects.GetAllocations, `{"data":{"limit":-1}}`, subjects.CodeInvalidRequest},
+		{"clear with bad type", subjects.Clear, `{"data":{"allocation_type":"DISK"}}`, subjects.CodeInvalidRequest},
+		{"clear force as string", subjects.Clear, `{"data":{"force":"yes"}}`, subjects.CodeInvalidRequest},
+		{"status flag as number", subjects.GetStatus, `{"data":{"include_allocations":1}}`, subjects.CodeInvalidRequest},
+	}
+	before := snapshot(t, nc, h, dev)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reply := callErr(t, nc, tt.op, dev, []byte(tt.body), tt.code)
+			if len(reply.ErrorMessage) > 500 {
+				t.Errorf("error message of %d bytes: keep it short", len(reply.ErrorMessage))
+			}
+			if diff := cmp.Diff(before, snapshot(t, nc, h, dev)); diff != "" {
+				t.Errorf("ledger changed (-before +after):\n%s", diff)
+			}
+		})
+	}
+	// A double free is refused the second time and frees nothing more.
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: keep.AllocationID}, nil)
+	after := snapshot(t, nc, h, dev)
+	callErr(t, nc, subjects.Deallocate, dev, mustJSON(t, map[string]any{"data": map[string]string{"allocation_id": keep.AllocationID}}), subjects.CodeAllocationNotFound)
+	if diff := cmp.Diff(after, snapshot(t, nc, h, dev)); diff != "" {
+		t.Errorf("double free changed the ledger:\n%s", diff)
+	}
+}
+
+type ledgerSnapshot struct {
+	Usage       subjects.Usage
+	Allocations []subjects.Allocation
+}
+
+func snapshot(t *testing.T, nc *nats.Conn, h *host, dev string) ledgerSnapshot {
+	t.Helper()
+	u := checkLedger(t, nc, h, dev, 0)
+	u.SampledAt = time.Time{} // not part of the ledger
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, subjects.AllocationsRequest{Limit: subjects.MaxPageLimit}, &page)
+	return ledgerSnapshot{Usage: u, Allocations: page.Allocations}
+}
+
+// TestConcurrentClientsKeepTheLedgerExact runs many clients allocating and
+// freeing on both devices at once; afterwards the ledger equals the backend.
+func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, 2*GiB))
+	const clients, rounds = 16, 30
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for c := 0; c < clients; c++ {
+		nc := connect(t, srv)
+		dev := fmt.Sprintf("n1-gpu%d", c%2)
+		wg.Go(func() {
+			var mine []string
+			for r := 0; r < rounds; r++ {
+				body, _ := subjects.NewRequest(fmt.Sprintf("c%d-r%d", c, r), subjects.Allocate,
+					subjects.AllocateRequest{SizeBytes: int64(1+(c*r)%7) * MiB / 3, Purpose: fmt.Sprint("p", c%3)})
+				msg, err := nc.Request(subjects.Request(subjects.Allocate, dev), body, 5*time.Second)
+				if err != nil {
+					errs <- err
+					return
+				}
+				var a subjects.Allocation
+				if _, err := subjects.DecodeReply(msg.Data, &a); err != nil {
+					errs <- err
+					return
+				}
+				mine = append(mine, a.AllocationID)
+				if r%3 == 2 {
+					body, _ := subjects.NewRequest("", subjects.Deallocate, subjects.DeallocateRequest{AllocationIDs: mine[:2]})
+					msg, err := nc.Request(subjects.Request(subjects.Deallocate, dev), body, 5*time.Second)
+					if err == nil {
+						_, err = subjects.DecodeReply(msg.Data, nil)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					mine = mine[2:]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	nc := connect(t, srv)
+	for i, dev := range []string{"n1-gpu0", "n1-gpu1"} {
+		u := checkLedger(t, nc, h, dev, i)
+		// Each client keeps rounds/3 allocations.
+		if want := clients / 2 * rounds / 3; u.Allocations != want {
+			t.Errorf("%s: %d allocations, want %d", dev, u.Allocations, want)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+const (
+	GiB = int64(1) << 30
+	MiB = int64(1) << 20
+)
+
+// startServer starts an embedded nats-server on a random port for one test.
+func startServer(t *testing.T) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+func connect(t *testing.T, srv *server.Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// host is a worker on a sim backend, serving on its own connection.
+type host struct {
+	*worker.Worker
+	sim  *sim.Backend
+	node string
+}
+
+type hostOpt func(*worker.Config, *sim.Config)
+
+func withDevices(n int, bytes int64) hostOpt {
+	return func(_ *worker.Config, s *sim.Config) { *s = sim.Default(n, bytes) }
+}
+
+func withConfig(f func(*worker.Config)) hostOpt {
+	return func(c *worker.Config, _ *sim.Config) { f(c) }
+}
+
+// startWorker runs a worker for node on srv until the test ends.
+func startWorker(t *testing.T, srv *server.Server, node string, opts ...hostOpt) *host {
+	t.Helper()
+	simCfg := sim.Default(2, 16*GiB)
+	cfg := worker.DefaultConfig()
+	cfg.Node = node
+	cfg.ExpiryInterval = 20 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, o := range opts {
+		o(&cfg, &simCfg)
+	}
+	b := sim.New(simCfg)
+	cfg.Backend = b
+	cfg.Conn = connect(t, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := worker.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := w.Run(ctx); err != nil {
+			t.Errorf("worker %s: %v", node, err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	select {
+	case <-w.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("worker not ready")
+	}
+	return &host{Worker: w, sim: b, node: node}
+}
+
+// request sends a raw body to op on dev and returns the reply message.
+func request(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, body []byte) *nats.Msg {
+	t.Helper()
+	msg, err := nc.Request(subjects.Request(op, dev), body, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s on %s: %v", op, dev, err)
+	}
+	return msg
+}
+
+// call sends data in an envelope and decodes a successful reply into out.
+func call(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, data, out any) *subjects.Reply {
+	t.Helper()
+	body, err := subjects.NewRequest("", op, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := request(t, nc, op, dev, body)
+	reply, err := subjects.DecodeReply(msg.Data, out)
+	if err != nil {
+		t.Fatalf("%s on %s: %v (body %s)", op, dev, err, msg.Data)
+	}
+	return reply
+}
+
+// callErr sends data and expects an error reply with code; it checks the
+// envelope and micro's headers agree.
+func callErr(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, body []byte, code subjects.Code) *subjects.Reply {
+	t.Helper()
+	msg := request(t, nc, op, dev, body)
+	var reply subjects.Reply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		t.Fatalf("error reply is not JSON: %q", msg.Data)
+	}
+	if reply.Success || reply.ErrorCode != code || reply.ErrorMessage == "" || reply.RequestID == "" || reply.Timestamp.IsZero() {
+		t.Fatalf("%s: reply %s, want an error with code %s", op, msg.Data, code)
+	}
+	if got := msg.Header.Get("Nats-Service-Error-Code"); got != itoa(code.Status()) {
+		t.Errorf("%s: Nats-Service-Error-Code %q, want %d", op, got, code.Status())
+	}
+	if msg.Header.Get("Nats-Service-Error") == "" {
+		t.Errorf("%s: no Nats-Service-Error header", op)
+	}
+	return &reply
+}
+
+func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkLedger verifies the worker's books against the backend's truth: the
+// pool reserves exactly the segments the sim holds, and usage agrees.
+func checkLedger(t *testing.T, nc *nats.Conn, h *host, dev string, index int) subjects.Usage {
+	t.Helper()
+	var u subjects.Usage
+	call(t, nc, subjects.GetUsage, dev, nil, &u)
+	var held int64
+	for _, s := range h.sim.Segments(index, device.VRAM) {
+		held += s.Size
+	}
+	if held != u.ReservedBytes {
+		t.Fatalf("%s: worker reserves %d bytes, backend holds %d", dev, u.ReservedBytes, held)
+	}
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, subjects.AllocationsRequest{Limit: subjects.MaxPageLimit, AllocationType: subjects.VRAM}, &page)
+	var sum int64
+	for _, a := range page.Allocations {
+		sum += a.ReservedBytes
+	}
+	if page.NextCursor == "" && sum != u.AllocatedBytes {
+		t.Fatalf("%s: allocations sum to %d bytes, usage says %d allocated", dev, sum, u.AllocatedBytes)
+	}
+	return u
+}

@@ -1,0 +1,119 @@
+package subjects_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+func TestDecodeRequest(t *testing.T) {
+	tests := []struct {
+		name     string
+		body     string
+		wantCode subjects.Code // "" for success
+		wantMsg  string        // part of the message
+		wantID   string
+	}{
+		{"empty body is a request without data", ``, "", "", ""},
+		{"snake", `{"request_id":"r1","action":"memory.allocate","data":{"size_bytes":1}}`, "", "", "r1"},
+		{"bare action", `{"request_id":"r1","action":"allocate"}`, "", "", "r1"},
+		{"pascal", `{"RequestId":"r2","Action":"memory.allocate"}`, "", "", "r2"},
+		{"camel", `{"requestId":"r3"}`, "", "", "r3"},
+		{"unknown action", `{"action":"memory.launch"}`, subjects.CodeUnknownAction, "memory.launch", ""},
+		{"other op", `{"action":"memory.clear"}`, subjects.CodeInvalidRequest, "does not match", ""},
+		{"malformed", `{"request_id":`, subjects.CodeInvalidRequest, "truncated", ""},
+		{"syntax", `{"request_id" 1}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
+		{"wrong type", `{"request_id":5}`, subjects.CodeInvalidRequest, "request_id", ""},
+		{"unknown key", `{"requestid":"x","bogus":1}`, subjects.CodeInvalidRequest, "unknown field", ""},
+		{"long id", `{"request_id":"` + strings.Repeat("a", 200) + `"}`, subjects.CodeInvalidRequest, "request_id", ""},
+		{"uppercase in values only", `{"request_id":"ABC","action":"ALLOCATE"}`, subjects.CodeUnknownAction, "ALLOCATE", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env, err := subjects.DecodeRequest([]byte(tt.body), subjects.Allocate)
+			if tt.wantCode == "" {
+				if err != nil {
+					t.Fatalf("DecodeRequest: %v", err)
+				}
+				if env.RequestID != tt.wantID {
+					t.Errorf("request_id %q, want %q", env.RequestID, tt.wantID)
+				}
+				return
+			}
+			var we *subjects.Error
+			if !errors.As(err, &we) || we.Code != tt.wantCode || !strings.Contains(we.Message, tt.wantMsg) {
+				t.Errorf("DecodeRequest error %v, want %s mentioning %q", err, tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestDecodeNormalisesNestedKeys(t *testing.T) {
+	var req subjects.DeallocateRequest
+	err := subjects.Decode([]byte(`{"DeviceId":"n-gpu0","AllocationIds":["a","b"]}`), &req)
+	if err != nil || req.DeviceID != "n-gpu0" || len(req.AllocationIDs) != 2 {
+		t.Errorf("Decode = %+v, %v", req, err)
+	}
+}
+
+func TestValidateAllocate(t *testing.T) {
+	tests := []struct {
+		name string
+		req  subjects.AllocateRequest
+		ok   bool
+	}{
+		{"minimal", subjects.AllocateRequest{SizeBytes: 1}, true},
+		{"pinned any case", subjects.AllocateRequest{SizeBytes: 1, AllocationType: "Pinned"}, true},
+		{"zero", subjects.AllocateRequest{SizeBytes: 0}, false},
+		{"negative", subjects.AllocateRequest{SizeBytes: -5}, false},
+		{"beyond any device", subjects.AllocateRequest{SizeBytes: subjects.MaxSizeBytes + 1}, false},
+		{"alignment 4096", subjects.AllocateRequest{SizeBytes: 1, Alignment: 4096}, true},
+		{"alignment 3", subjects.AllocateRequest{SizeBytes: 1, Alignment: 3}, false},
+		{"alignment too large", subjects.AllocateRequest{SizeBytes: 1, Alignment: 4 << 20}, false},
+		{"bad type", subjects.AllocateRequest{SizeBytes: 1, AllocationType: "DISK"}, false},
+		{"ttl", subjects.AllocateRequest{SizeBytes: 1, TTLSeconds: 0.5}, true},
+		{"negative ttl", subjects.AllocateRequest{SizeBytes: 1, TTLSeconds: -1}, false},
+		{"ttl too long", subjects.AllocateRequest{SizeBytes: 1, TTLSeconds: 1e9}, false},
+		{"long purpose", subjects.AllocateRequest{SizeBytes: 1, Purpose: strings.Repeat("p", 300)}, false},
+		{"control char", subjects.AllocateRequest{SizeBytes: 1, ModelID: "a\nb"}, false},
+		{"bad utf8", subjects.AllocateRequest{SizeBytes: 1, Purpose: "\xff"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.req.Validate()
+			if (err == nil) != tt.ok {
+				t.Errorf("Validate() = %v, want ok=%v", err, tt.ok)
+			}
+			var we *subjects.Error
+			if err != nil && (!errors.As(err, &we) || we.Code != subjects.CodeInvalidRequest) {
+				t.Errorf("error %v is not an INVALID_REQUEST *Error", err)
+			}
+		})
+	}
+}
+
+func TestDeallocateIDsDeduplicates(t *testing.T) {
+	r := subjects.DeallocateRequest{AllocationID: "a", AllocationIDs: []string{"b", "a", "c", "b"}}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.IDs(), ","); got != "a,b,c" {
+		t.Errorf("IDs() = %s, want a,b,c", got)
+	}
+}
+
+func TestErrorCodesMapToStatus(t *testing.T) {
+	want := map[subjects.Code]int{
+		subjects.CodeInvalidRequest: 400, subjects.CodeUnknownAction: 400, subjects.CodeUnsupported: 400,
+		subjects.CodeDeviceNotFound: 404, subjects.CodeAllocationNotFound: 404, subjects.CodeTransferNotFound: 404,
+		subjects.CodeConflict: 409, subjects.CodeInternal: 500, subjects.CodeDeviceUnavailable: 503,
+		subjects.CodeOutOfMemory: 507,
+	}
+	for code, status := range want {
+		if got := code.Status(); got != status {
+			t.Errorf("%s.Status() = %d, want %d", code, got, status)
+		}
+	}
+}

@@ -1,0 +1,34 @@
+package worker
+
+import (
+	"context"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Backend is a host's GPU memory as the worker uses it: device discovery,
+// device truth, and segments of device or pinned host memory. Errors wrap
+// the kinds of package device.
+type Backend interface {
+	// Name names the backend in replies ("sim", "cuda").
+	Name() string
+	Devices(ctx context.Context) ([]device.Info, error)
+	MemInfo(ctx context.Context, dev int) (device.MemInfo, error)
+	Alloc(ctx context.Context, dev int, kind device.Kind, size int64) (addr uint64, err error)
+	Free(ctx context.Context, dev int, kind device.Kind, addr uint64) error
+}
+
+// source adapts one kind of one device's memory to alloc.Source.
+type source struct {
+	b    Backend
+	dev  int
+	kind device.Kind
+}
+
+func (s source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
+	return s.b.Alloc(ctx, s.dev, s.kind, size)
+}
+
+func (s source) FreeSegment(ctx context.Context, addr uint64) error {
+	return s.b.Free(ctx, s.dev, s.kind, addr)
+}

@@ -1,0 +1,79 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/monitor"
+)
+
+// Config is what a worker needs. Conn, Backend and Node are required; the
+// rest have defaults (DefaultConfig).
+type Config struct {
+	// Conn is the NATS connection the worker serves on. The caller owns it
+	// and drains it after Run returns.
+	Conn *nats.Conn
+	// Backend is the host's memory.
+	Backend Backend
+	// Node names this host; device ids are <Node>-gpu<index>.
+	Node string
+	// Version is reported by micro discovery.
+	Version string
+	// Thresholds are the pressure levels.
+	Thresholds monitor.Thresholds
+	// ExpiryInterval is how often allocations past their ttl are freed.
+	ExpiryInterval time.Duration
+	// IdempotencyWindow is how long the reply to a mutating request is kept
+	// for retries with the same request_id; IdempotencyEntries bounds how
+	// many are kept per device.
+	IdempotencyWindow  time.Duration
+	IdempotencyEntries int
+	// OpTimeout bounds one operation's backend calls.
+	OpTimeout time.Duration
+	// Logger receives the worker's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Version is the worker's release.
+const Version = "0.1.0"
+
+// DefaultConfig returns a Config with every optional field set.
+func DefaultConfig() Config {
+	return Config{
+		Version:            Version,
+		Thresholds:         monitor.DefaultThresholds(),
+		ExpiryInterval:     time.Second,
+		IdempotencyWindow:  10 * time.Minute,
+		IdempotencyEntries: 10_000,
+		OpTimeout:          30 * time.Second,
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Conn == nil {
+		errs = append(errs, errors.New("a NATS connection is required"))
+	}
+	if c.Backend == nil {
+		errs = append(errs, errors.New("a backend is required"))
+	}
+	if !subjects.ValidToken(c.Node) {
+		errs = append(errs, fmt.Errorf("node %q must be 1 to %d characters of [A-Za-z0-9_-] and not %q", c.Node, subjects.MaxTokenLen, subjects.Fleet))
+	}
+	if err := c.Thresholds.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ExpiryInterval <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
+		errs = append(errs, errors.New("expiry interval, idempotency window and op timeout must be positive"))
+	}
+	if c.IdempotencyEntries <= 0 {
+		errs = append(errs, errors.New("idempotency entries must be positive"))
+	}
+	return errors.Join(errs...)
+}

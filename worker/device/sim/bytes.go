@@ -1,0 +1,123 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Write copies p into memory at addr, which must lie, with len(p), inside
+// one segment.
+func (b *Backend) Write(_ context.Context, dev int, kind device.Kind, addr uint64, p []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seg, off, err := b.locate(dev, kind, addr, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	seg.write(off, p)
+	return nil
+}
+
+// Read copies memory at addr into p. Bytes never written read as zero.
+func (b *Backend) Read(_ context.Context, dev int, kind device.Kind, addr uint64, p []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seg, off, err := b.locate(dev, kind, addr, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	seg.read(off, p)
+	return nil
+}
+
+// Location names memory: a device, a kind and an address.
+type Location struct {
+	Device int
+	Kind   device.Kind
+	Addr   uint64
+}
+
+// Copy copies n bytes from src to dst; the ranges may overlap.
+func (b *Backend) Copy(_ context.Context, dst, src Location, n int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sseg, soff, err := b.locate(src.Device, src.Kind, src.Addr, n)
+	if err != nil {
+		return err
+	}
+	dseg, doff, err := b.locate(dst.Device, dst.Kind, dst.Addr, n)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, min(n, chunkSize))
+	// Copy backwards when dst is after src in the same segment, so an
+	// overlapping move does not overwrite what it has yet to read.
+	backward := sseg == dseg && doff > soff
+	for done := int64(0); done < n; {
+		m := min(int64(len(buf)), n-done)
+		at := done
+		if backward {
+			at = n - done - m
+		}
+		sseg.read(soff+at, buf[:m])
+		dseg.write(doff+at, buf[:m])
+		done += m
+	}
+	return nil
+}
+
+func (b *Backend) locate(dev int, kind device.Kind, addr uint64, n int64) (*segment, int64, error) {
+	d, err := b.device(dev)
+	if err != nil {
+		return nil, 0, err
+	}
+	segs := d.mem[kind].segments
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].addr > addr }) - 1
+	if i < 0 || n < 0 || addr+uint64(n) > segs[i].addr+uint64(segs[i].size) {
+		return nil, 0, fmt.Errorf("range %#x+%d is not inside one segment: %w", addr, n, device.ErrNotFound)
+	}
+	return segs[i], int64(addr - segs[i].addr), nil
+}
+
+func (s *segment) write(off int64, p []byte) {
+	for len(p) > 0 {
+		c, co := off/chunkSize, off%chunkSize
+		chunk := s.chunks[c]
+		if chunk == nil {
+			if allZero(p[:min(int64(len(p)), chunkSize-co)]) {
+				n := min(int64(len(p)), chunkSize-co)
+				p, off = p[n:], off+n
+				continue
+			}
+			chunk = make([]byte, chunkSize)
+			s.chunks[c] = chunk
+		}
+		n := copy(chunk[co:], p)
+		p, off = p[n:], off+int64(n)
+	}
+}
+
+func (s *segment) read(off int64, p []byte) {
+	for len(p) > 0 {
+		c, co := off/chunkSize, off%chunkSize
+		n := min(int64(len(p)), chunkSize-co)
+		if chunk := s.chunks[c]; chunk != nil {
+			copy(p[:n], chunk[co:])
+		} else {
+			clear(p[:n])
+		}
+		p, off = p[n:], off+n
+	}
+}
+
+func allZero(p []byte) bool {
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

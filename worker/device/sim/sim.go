@@ -1,0 +1,213 @@
+// Package sim is a simulated GPU host: devices with a capacity, segments
+// that hold real bytes (stored lazily, so a 16 GiB device costs nothing
+// until written), pinned host memory, and fault injection for tests. It is
+// the default backend where no GPU is present, and it is deterministic.
+package sim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Spec describes one simulated device.
+type Spec struct {
+	Name       string
+	TotalBytes int64
+}
+
+// Config describes a simulated host.
+type Config struct {
+	Devices []Spec
+	// PinnedBytes is the page-locked host memory the host can give, shared
+	// by all devices (default 8 GiB).
+	PinnedBytes int64
+}
+
+// Default returns a host of n devices of totalBytes each.
+func Default(n int, totalBytes int64) Config {
+	cfg := Config{}
+	for i := 0; i < n; i++ {
+		cfg.Devices = append(cfg.Devices, Spec{Name: "Simulated GPU", TotalBytes: totalBytes})
+	}
+	return cfg
+}
+
+const (
+	chunkSize    = 64 << 10
+	segmentAlign = 2 << 20
+)
+
+// Backend is a simulated host. It is safe for concurrent use.
+type Backend struct {
+	mu         sync.Mutex
+	devices    []*simDevice
+	pinnedCap  int64
+	pinnedUsed int64
+}
+
+type simDevice struct {
+	spec        Spec
+	mem         [2]*space // by device.Kind
+	external    int64     // bytes used by "other processes"
+	unavailable bool
+	failAllocs  int
+}
+
+// space is one address space: a device's VRAM, or its pinned host memory.
+type space struct {
+	next     uint64
+	used     int64
+	segments []*segment // sorted by addr
+}
+
+type segment struct {
+	addr   uint64
+	size   int64
+	chunks map[int64][]byte
+}
+
+// New builds a simulated host.
+func New(cfg Config) *Backend {
+	if cfg.PinnedBytes == 0 {
+		cfg.PinnedBytes = 8 << 30
+	}
+	b := &Backend{pinnedCap: cfg.PinnedBytes}
+	for i, spec := range cfg.Devices {
+		d := &simDevice{spec: spec}
+		d.mem[device.VRAM] = &space{next: 0x7f00_0000_0000 + uint64(i)<<40}
+		d.mem[device.Pinned] = &space{next: 0x5500_0000_0000 + uint64(i)<<40}
+		b.devices = append(b.devices, d)
+	}
+	return b
+}
+
+// Name is the backend's name in replies.
+func (b *Backend) Name() string { return "sim" }
+
+// Devices lists the simulated devices.
+func (b *Backend) Devices(context.Context) ([]device.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	infos := make([]device.Info, len(b.devices))
+	for i, d := range b.devices {
+		infos[i] = device.Info{
+			Index:             i,
+			Name:              d.spec.Name,
+			UUID:              fmt.Sprintf("SIM-%08x-0000-0000-0000-%012x", i, d.spec.TotalBytes),
+			TotalBytes:        d.spec.TotalBytes,
+			ComputeCapability: "9.0",
+		}
+	}
+	return infos, nil
+}
+
+func (b *Backend) device(dev int) (*simDevice, error) {
+	if dev < 0 || dev >= len(b.devices) {
+		return nil, fmt.Errorf("device %d: %w", dev, device.ErrNotFound)
+	}
+	d := b.devices[dev]
+	if d.unavailable {
+		return nil, fmt.Errorf("device %d: %w", dev, device.ErrUnavailable)
+	}
+	return d, nil
+}
+
+// MemInfo reports device truth: segments held by anyone plus the external
+// use set by SetExternalUsage.
+func (b *Backend) MemInfo(_ context.Context, dev int) (device.MemInfo, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, err := b.device(dev)
+	if err != nil {
+		return device.MemInfo{}, err
+	}
+	free := d.spec.TotalBytes - d.mem[device.VRAM].used - d.external
+	return device.MemInfo{TotalBytes: d.spec.TotalBytes, FreeBytes: max(free, 0)}, nil
+}
+
+// Alloc reserves a segment of size bytes of kind memory, aligned to 2 MiB.
+func (b *Backend) Alloc(_ context.Context, dev int, kind device.Kind, size int64) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, err := b.device(dev)
+	if err != nil {
+		return 0, err
+	}
+	if size <= 0 {
+		return 0, fmt.Errorf("segment size %d: %w", size, device.ErrOutOfMemory)
+	}
+	if d.failAllocs > 0 {
+		d.failAllocs--
+		return 0, fmt.Errorf("device %d: injected allocation failure: %w", dev, device.ErrOutOfMemory)
+	}
+	sp := d.mem[kind]
+	if kind == device.Pinned {
+		if b.pinnedUsed+size > b.pinnedCap {
+			return 0, fmt.Errorf("pinned host memory: %d of %d bytes used, %d more asked: %w", b.pinnedUsed, b.pinnedCap, size, device.ErrOutOfMemory)
+		}
+		b.pinnedUsed += size
+	} else if free := d.spec.TotalBytes - sp.used - d.external; size > free {
+		return 0, fmt.Errorf("device %d: %d bytes free, %d asked: %w", dev, free, size, device.ErrOutOfMemory)
+	}
+	seg := &segment{addr: sp.next, size: size, chunks: map[int64][]byte{}}
+	sp.next += (uint64(size) + segmentAlign - 1) &^ (segmentAlign - 1)
+	sp.used += size
+	sp.segments = append(sp.segments, seg) // addresses only grow: stays sorted
+	return seg.addr, nil
+}
+
+// Free returns the segment at addr.
+func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if dev < 0 || dev >= len(b.devices) {
+		return fmt.Errorf("device %d: %w", dev, device.ErrNotFound)
+	}
+	// A segment of an unavailable device can still be freed: the worker
+	// must be able to drop what it held.
+	sp := b.devices[dev].mem[kind]
+	i, ok := slices.BinarySearchFunc(sp.segments, addr, func(s *segment, a uint64) int {
+		return cmpAddr(s.addr, a)
+	})
+	if !ok {
+		return fmt.Errorf("segment %#x: %w", addr, device.ErrNotFound)
+	}
+	sp.used -= sp.segments[i].size
+	if kind == device.Pinned {
+		b.pinnedUsed -= sp.segments[i].size
+	}
+	sp.segments = slices.Delete(sp.segments, i, i+1)
+	return nil
+}
+
+func cmpAddr(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Segment is a segment as the simulated host holds it.
+type Segment struct {
+	Addr uint64
+	Size int64
+}
+
+// Segments lists the segments of kind memory held on dev, by address: the
+// truth a worker's ledger is checked against.
+func (b *Backend) Segments(dev int, kind device.Kind) []Segment {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []Segment
+	for _, s := range b.devices[dev].mem[kind].segments {
+		out = append(out, Segment{Addr: s.addr, Size: s.size})
+	}
+	return out
+}

@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// opFunc acts on a device with a request's data and returns the reply data.
+// It runs with the device's lock held.
+type opFunc func(ctx context.Context, g *gpu, data json.RawMessage) (any, error)
+
+// typed turns a function of a decoded, validated payload into an opFunc:
+// decode (any key spelling, unknown keys refused), check the payload's
+// device_id against the subject, validate, act.
+func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error)) opFunc {
+	return func(ctx context.Context, g *gpu, data json.RawMessage) (any, error) {
+		req := new(Req)
+		if len(data) > 0 && string(data) != "null" {
+			if err := subjects.Decode(data, req); err != nil {
+				return nil, err
+			}
+		}
+		if t, ok := any(req).(interface{ Device() string }); ok && t.Device() != "" && t.Device() != g.id {
+			return nil, subjects.Invalid("data.device_id %q contradicts the subject's device %q", t.Device(), g.id)
+		}
+		if v, ok := any(req).(interface{ Validate() error }); ok {
+			if err := v.Validate(); err != nil {
+				return nil, err
+			}
+		}
+		return fn(ctx, g, req)
+	}
+}
+
+// handler serves op for device g: decode the envelope, replay or act,
+// respond. Every reply, error or not, has a JSON body.
+func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		if req.Reply() == "" {
+			// Nobody could learn the outcome: doing a mutation would leak it.
+			w.log.Warn("request without a reply subject ignored", "subject", req.Subject())
+			return
+		}
+		env, err := subjects.DecodeRequest(req.Data(), op)
+		requestID := ""
+		if env != nil {
+			requestID = env.RequestID
+		}
+		if err != nil {
+			w.respond(req, op, g, orNewID(requestID), err)
+			return
+		}
+		body, err := w.act(ctx, op, g, env, fn)
+		if body != nil {
+			if rerr := req.Respond(body); rerr != nil {
+				w.log.Warn("reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
+			}
+			return
+		}
+		w.respond(req, op, g, orNewID(requestID), err)
+	})
+}
+
+func orNewID(id string) string {
+	if id != "" {
+		return id
+	}
+	return uuid.NewString()
+}
+
+// act runs op under the device lock. It returns the encoded success reply,
+// or the error. Mutating requests with a client request_id are replayed from
+// the cache, and their successful replies cached.
+func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc) ([]byte, error) {
+	idempotent := op.Mutating() && env.RequestID != ""
+	requestID := orNewID(env.RequestID)
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
+	defer cancel()
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	if idempotent {
+		body, err := g.replays.lookup(requestID, op, env.Data, now)
+		if body != nil || err != nil {
+			return body, err
+		}
+	}
+	data, err := fn(ctx, g, env.Data)
+	if err != nil {
+		return nil, err
+	}
+	body, err := encodeReply(requestID, data, now)
+	if err != nil {
+		return nil, err
+	}
+	if idempotent {
+		g.replays.store(requestID, op, env.Data, body, now)
+	}
+	if op.Mutating() {
+		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
+	}
+	return body, nil
+}
+
+func encodeReply(requestID string, data any, now time.Time) ([]byte, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(subjects.Reply{Success: true, RequestID: requestID, Timestamp: now.UTC(), Data: raw})
+}
+
+// respond sends an error reply: the JSON envelope plus micro's error headers
+// (code as a number, message as description).
+func (w *Worker) respond(req micro.Request, op subjects.Op, g *gpu, requestID string, err error) {
+	we := wireError(err)
+	level := slog.LevelInfo
+	if we.Code == subjects.CodeInternal {
+		level = slog.LevelError
+	}
+	w.log.Log(context.Background(), level, "request failed", "op", op, "device", g.id, "request_id", requestID, "code", we.Code, "err", we.Message)
+	body, _ := json.Marshal(subjects.Reply{
+		RequestID: requestID, Timestamp: time.Now().UTC(),
+		ErrorCode: we.Code, ErrorMessage: we.Message,
+	})
+	if rerr := req.Error(strconv.Itoa(we.Code.Status()), string(we.Code)+": "+we.Message, body); rerr != nil {
+		w.log.Warn("error reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
+	}
+}

@@ -1,0 +1,100 @@
+package monitor
+
+import (
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+const (
+	normal   = subjects.LevelNormal
+	warning  = subjects.LevelWarning
+	critical = subjects.LevelCritical
+)
+
+func TestNextRisesAtThresholdsAndFallsWithHysteresis(t *testing.T) {
+	th := DefaultThresholds() // 0.85, 0.95, margin 0.02
+	tests := []struct {
+		name  string
+		cur   subjects.Level
+		ratio float64
+		want  subjects.Level
+	}{
+		{"idle", normal, 0.10, normal},
+		{"just under warning", normal, 0.8499, normal},
+		{"at warning", normal, 0.85, warning},
+		{"normal straight to critical", normal, 0.97, critical},
+		{"warning rises at critical", warning, 0.95, critical},
+		{"warning holds inside the margin", warning, 0.84, warning},
+		{"warning falls below the margin", warning, 0.8299, normal},
+		{"critical holds inside the margin", critical, 0.935, critical},
+		{"critical falls to warning", critical, 0.92, warning},
+		{"critical falls to normal", critical, 0.20, normal},
+		{"full", warning, 1.0, critical},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := th.Next(tt.cur, tt.ratio); got != tt.want {
+				t.Errorf("Next(%s, %v) = %s, want %s", tt.cur, tt.ratio, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestThresholdsValidate(t *testing.T) {
+	tests := []struct {
+		th Thresholds
+		ok bool
+	}{
+		{DefaultThresholds(), true},
+		{Thresholds{Warning: 0.5, Critical: 1, Hysteresis: 0}, true},
+		{Thresholds{Warning: 0.95, Critical: 0.85}, false},
+		{Thresholds{Warning: 0, Critical: 0.9}, false},
+		{Thresholds{Warning: 0.8, Critical: 1.1}, false},
+		{Thresholds{Warning: 0.8, Critical: 0.9, Hysteresis: -0.1}, false},
+		{Thresholds{Warning: 0.8, Critical: 0.9, Hysteresis: 0.8}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.th.Validate(); (err == nil) != tt.ok {
+			t.Errorf("%+v: Validate() = %v, want ok=%v", tt.th, err, tt.ok)
+		}
+	}
+}
+
+func TestTrackerDoesNotFlapAndReportsTrend(t *testing.T) {
+	th := DefaultThresholds()
+	var tr Tracker
+	now := time.Unix(0, 0)
+	type step struct {
+		ratio   float64
+		changed bool
+		level   subjects.Level
+		trend   string
+	}
+	steps := []step{
+		{0.50, true, normal, subjects.TrendSteady}, // first observation
+		{0.86, true, warning, subjects.TrendRising},
+		{0.849, false, warning, subjects.TrendFalling},
+		{0.851, false, warning, subjects.TrendRising},
+		{0.84, false, warning, subjects.TrendFalling},
+		{0.86, false, warning, subjects.TrendRising},
+		{0.80, true, normal, subjects.TrendFalling},
+		{0.80, false, normal, subjects.TrendSteady},
+	}
+	for i, s := range steps {
+		now = now.Add(time.Second)
+		changed := tr.Observe(th, s.ratio, now)
+		level, _ := tr.Level()
+		if changed != s.changed || level != s.level || tr.Trend() != s.trend {
+			t.Fatalf("step %d (%v): changed=%v level=%s trend=%s, want %v %s %s",
+				i, s.ratio, changed, level, tr.Trend(), s.changed, s.level, s.trend)
+		}
+	}
+	if _, prev := tr.Level(); prev != warning {
+		t.Errorf("previous level %s, want warning", prev)
+	}
+	if got := tr.ChangedAt(); !got.Equal(time.Unix(7, 0)) {
+		t.Errorf("changed at %v, want the 7th second", got)
+	}
+}
