@@ -78,7 +78,7 @@ func startWorker(t *testing.T, srv *server.Server, node string, opts ...hostOpt)
 	}
 	b := sim.New(simCfg)
 	cfg.Backend = b
-	cfg.Conn = connect(t, srv)
+	nc := connect(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	w, err := worker.New(ctx, cfg)
 	if err != nil {
@@ -86,7 +86,7 @@ func startWorker(t *testing.T, srv *server.Server, node string, opts ...hostOpt)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := w.Run(ctx); err != nil {
+		if err := w.Run(ctx, nc); err != nil {
 			t.Errorf("worker %s: %v", node, err)
 		}
 	})

@@ -6,18 +6,13 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/monitor"
 )
 
-// Config is what a worker needs. Conn, Backend and Node are required; the
-// rest have defaults (DefaultConfig).
+// Config is what a worker needs. Backend and Node are required; the rest
+// have defaults (DefaultConfig).
 type Config struct {
-	// Conn is the NATS connection the worker serves on. The caller owns it
-	// and drains it after Run returns.
-	Conn *nats.Conn
 	// Backend is the host's memory.
 	Backend Backend
 	// Node names this host; device ids are <Node>-gpu<index>.
@@ -57,9 +52,6 @@ func DefaultConfig() Config {
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Conn == nil {
-		errs = append(errs, errors.New("a NATS connection is required"))
-	}
 	if c.Backend == nil {
 		errs = append(errs, errors.New("a backend is required"))
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
@@ -73,12 +74,12 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 	}
 }
 
-// Run registers the micro service and its endpoints and serves until ctx is
-// done; then it stops the service (draining its subscriptions) and waits for
-// its background work. The caller should then drain the connection so
-// requests already received are answered.
-func (w *Worker) Run(ctx context.Context) error {
-	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
+// Run registers the micro service and its endpoints on nc and serves until
+// ctx is done; then it stops the service (draining its subscriptions) and
+// waits for its background work. The caller owns nc and should then drain
+// it, so requests already received are answered.
+func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
+	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
 		Version:     w.cfg.Version,
 		Description: "GPU memory coordination for node " + w.cfg.Node,
@@ -108,7 +109,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 	}
-	if err := w.cfg.Conn.Flush(); err != nil {
+	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribing: %w", err)
 	}
 	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),

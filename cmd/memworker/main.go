@@ -76,6 +76,10 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	}
 	cfg.Backend = sim.New(sim.Default(c.SimDevices, int64(memory)))
 
+	w, err := worker.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	url := c.NatsURL
 	if url == "" {
 		srv, err := startEmbedded(c.Listen, c.Port, c.StoreDir, log)
@@ -86,19 +90,16 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		url = srv.ClientURL()
 	}
 	nc, err := nats.Connect(url, nats.Name("memworker "+cfg.Node), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", "err", err)
+			}
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", url, err)
 	}
-	cfg.Conn = nc
-
-	w, err := worker.New(ctx, cfg)
-	if err != nil {
-		nc.Close()
-		return err
-	}
-	runErr := w.Run(ctx)
+	runErr := w.Run(ctx, nc)
 	log.Info("draining")
 	if err := drain(nc, 10*time.Second); err != nil {
 		log.Warn("draining NATS connection", "err", err)

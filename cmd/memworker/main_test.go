@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func defaults() *cli {
+	return &cli{Listen: "127.0.0.1", Port: -1, Backend: "sim", SimDevices: 2, SimMemory: "16GiB",
+		WarningThreshold: 0.85, CriticalThreshold: 0.95, ExpiryInterval: time.Second}
+}
+
+// TestServesOnAnExistingServerAndStopsCleanly runs the daemon against a
+// server, as --nats-url does, and stops it as SIGTERM would.
+func TestServesOnAnExistingServerAndStopsCleanly(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Shutdown()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	c := defaults()
+	c.NatsURL = srv.ClientURL()
+	c.Node = "cmdtest"
+	c.SimMemory = "1GiB"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, quiet()) }()
+
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var u subjects.Usage
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		msg, err := nc.Request(subjects.Request(subjects.GetUsage, "cmdtest-gpu1"), nil, time.Second)
+		if err == nil {
+			if _, err := subjects.DecodeReply(msg.Data, &u); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer from the daemon: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if u.TotalBytes != 1<<30 {
+		t.Errorf("total %d, want the 1GiB of --sim-memory", u.TotalBytes)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run returned %v, want a clean stop", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("daemon did not stop")
+	}
+}
+
+func TestEmbeddedServerStartsAndStops(t *testing.T) {
+	c := defaults()
+	c.Node = "embedded"
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := run(ctx, c, quiet()); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+func TestBadFlagsAreRefused(t *testing.T) {
+	for name, mutate := range map[string]func(*cli){
+		"memory":     func(c *cli) { c.SimMemory = "lots" },
+		"devices":    func(c *cli) { c.SimDevices = 0 },
+		"thresholds": func(c *cli) { c.WarningThreshold = 0.99 },
+		"node":       func(c *cli) { c.Node = "bad.node" },
+	} {
+		c := defaults()
+		c.NatsURL = "nats://127.0.0.1:1" // never reached
+		mutate(c)
+		if err := run(context.Background(), c, quiet()); err == nil {
+			t.Errorf("%s: run accepted a bad flag", name)
+		}
+	}
+}

@@ -1,0 +1,36 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/device"
+)
+
+func TestWireErrorMapsEveryKind(t *testing.T) {
+	tests := []struct {
+		err  error
+		want subjects.Code
+	}{
+		{subjects.Invalid("bad"), subjects.CodeInvalidRequest},
+		{fmt.Errorf("wrapped: %w", &subjects.Error{Code: subjects.CodeUnknownAction, Message: "x"}), subjects.CodeUnknownAction},
+		{fmt.Errorf("a: %w", ErrAllocationNotFound), subjects.CodeAllocationNotFound},
+		{fmt.Errorf("a: %w", ErrConflict), subjects.CodeConflict},
+		{fmt.Errorf("a: %w", ErrUnsupported), subjects.CodeUnsupported},
+		{fmt.Errorf("a: %w", alloc.ErrInvalid), subjects.CodeInvalidRequest},
+		{fmt.Errorf("a: %w", device.ErrOutOfMemory), subjects.CodeOutOfMemory},
+		{fmt.Errorf("a: %w", device.ErrUnavailable), subjects.CodeDeviceUnavailable},
+		{context.DeadlineExceeded, subjects.CodeDeviceUnavailable},
+		{errors.New("surprise"), subjects.CodeInternal},
+	}
+	for _, tt := range tests {
+		got := wireError(tt.err)
+		if got.Code != tt.want || got.Message == "" {
+			t.Errorf("wireError(%v) = %+v, want %s", tt.err, got, tt.want)
+		}
+	}
+}

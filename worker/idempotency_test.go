@@ -1,0 +1,39 @@
+package worker
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+func TestReplayCache(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := newReplayCache(time.Minute, 2)
+	data := []byte(`{"size_bytes":1}`)
+	if got, err := c.lookup("r1", subjects.Allocate, data, now); got != nil || err != nil {
+		t.Fatalf("empty cache: %q, %v", got, err)
+	}
+	c.store("r1", subjects.Allocate, data, []byte("reply1"), now)
+	if got, _ := c.lookup("r1", subjects.Allocate, data, now); string(got) != "reply1" {
+		t.Errorf("lookup = %q, want reply1", got)
+	}
+	var we *subjects.Error
+	if _, err := c.lookup("r1", subjects.Allocate, []byte(`{"size_bytes":2}`), now); !errors.As(err, &we) || we.Code != subjects.CodeConflict {
+		t.Errorf("same id, other payload: %v, want CONFLICT", err)
+	}
+	if _, err := c.lookup("r1", subjects.Clear, data, now); !errors.As(err, &we) || we.Code != subjects.CodeConflict {
+		t.Errorf("same id, other op: %v, want CONFLICT", err)
+	}
+	// Bounded in entries: the oldest goes first.
+	c.store("r2", subjects.Allocate, data, []byte("reply2"), now)
+	c.store("r3", subjects.Allocate, data, []byte("reply3"), now)
+	if got, _ := c.lookup("r1", subjects.Allocate, data, now); got != nil {
+		t.Errorf("r1 kept beyond the entry bound")
+	}
+	// Bounded in age.
+	if got, _ := c.lookup("r3", subjects.Allocate, data, now.Add(2*time.Minute)); got != nil || len(c.entries) != 0 {
+		t.Errorf("entries kept beyond the window: %d", len(c.entries))
+	}
+}
