@@ -54,6 +54,7 @@ type Block struct {
 	offset     int64
 	size       int64
 	requested  int64
+	align      int64
 	free       bool
 	prev, next *Block
 }
@@ -147,20 +148,28 @@ func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error)
 		b = seg.first
 	}
 	b = p.carve(b, rounded, alignment)
-	b.requested = size
-	p.stats.AllocatedBytes += b.size
-	p.stats.RequestedBytes += size
-	p.stats.ActiveBlocks++
-	p.stats.PeakAllocatedBytes = max(p.stats.PeakAllocatedBytes, p.stats.AllocatedBytes)
+	p.activate(b, size, alignment)
 	return b, nil
 }
 
+// activate counts a carved block as handed out.
+func (p *Pool) activate(b *Block, requested, alignment int64) {
+	b.requested, b.align = requested, alignment
+	p.stats.AllocatedBytes += b.size
+	p.stats.RequestedBytes += requested
+	p.stats.ActiveBlocks++
+	p.stats.PeakAllocatedBytes = max(p.stats.PeakAllocatedBytes, p.stats.AllocatedBytes)
+}
+
 // bestFit removes and returns the smallest cached block of at least need
-// bytes, or nil.
-func (p *Pool) bestFit(small bool, need int64) *Block {
+// bytes outside the segments in skip, or nil.
+func (p *Pool) bestFit(small bool, need int64, skip ...map[*segment]bool) *Block {
 	var found *Block
 	p.probe.size = need
 	p.tree(small).AscendGreaterOrEqual(&p.probe, func(b *Block) bool {
+		if len(skip) > 0 && skip[0][b.seg] {
+			return true
+		}
 		found = b
 		return false
 	})

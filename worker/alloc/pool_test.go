@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/memworker/memworker/worker/device"
@@ -276,9 +277,21 @@ func TestRandomWorkload(t *testing.T) {
 				t.Fatal(err)
 			}
 			live = append(live[:j], live[j+1:]...)
-		default:
+		case i%2 == 0:
 			if _, _, err := p.Release(ctx); err != nil {
 				t.Fatal(err)
+			}
+		default:
+			c, err := p.Compact(ctx, func(*Block) bool { return true }, func(context.Context, uint64, uint64, int64) error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mv := range c.Moves {
+				j := slices.Index(live, mv.From)
+				if j < 0 {
+					t.Fatal("compaction moved a block that is not live")
+				}
+				live[j] = mv.To
 			}
 		}
 		check(t, p, src)

@@ -1,0 +1,145 @@
+package alloc
+
+import (
+	"context"
+	"fmt"
+	"slices"
+)
+
+// Mover copies n bytes from src to dst (addresses in the Source's space).
+type Mover func(ctx context.Context, dst, src uint64, n int64) error
+
+// Move records one relocated block: From is no longer valid, To holds the
+// same bytes.
+type Move struct {
+	From, To *Block
+}
+
+// Compaction reports what Compact did.
+type Compaction struct {
+	Moves            []Move
+	BytesMoved       int64
+	SegmentsReleased int
+	BytesReleased    int64
+}
+
+// Compact moves live blocks out of the least used segments into free space
+// of the others, so whole segments empty and go back to the Source. Blocks
+// for which movable says false stay put, and so do the segments holding
+// them. It plans per size class: the k least used segments whose live bytes
+// fit in the free space of the rest are evacuated, into the rest only. A
+// failed copy stops it; every block is valid either way (callers must follow
+// Moves to learn the new blocks).
+func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Mover) (Compaction, error) {
+	var c Compaction
+	for _, small := range []bool{true, false} {
+		victims := p.plan(small, movable)
+		skip := make(map[*segment]bool, len(victims))
+		for _, s := range victims {
+			skip[s] = true
+		}
+		for _, seg := range victims {
+			if err := p.evacuate(ctx, seg, skip, move, &c); err != nil {
+				return c, err
+			}
+			if b := seg.first; b.free && b.next == nil {
+				p.uncache(b)
+				if err := p.dropSegment(ctx, seg); err != nil {
+					p.cache(b)
+					return c, err
+				}
+				c.SegmentsReleased++
+				c.BytesReleased += seg.size
+			}
+		}
+	}
+	return c, nil
+}
+
+// plan picks the segments of a size class to evacuate.
+func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
+	type usage struct {
+		seg        *segment
+		live, free int64
+		pinned     bool
+	}
+	var all []usage
+	for _, seg := range p.segments {
+		if seg.small != small {
+			continue
+		}
+		u := usage{seg: seg}
+		for b := seg.first; b != nil; b = b.next {
+			switch {
+			case b.free:
+				u.free += b.size
+			case !movable(b):
+				u.pinned = true
+				u.live += b.size
+			default:
+				u.live += b.size
+			}
+		}
+		all = append(all, u)
+	}
+	// Least live bytes first; ties by address so plans are deterministic.
+	slices.SortFunc(all, func(a, b usage) int {
+		if a.live != b.live {
+			return int(min(max(a.live-b.live, -1), 1))
+		}
+		return int(min(max(int64(a.seg.addr)-int64(b.seg.addr), -1), 1))
+	})
+	var totalFree int64
+	for _, u := range all {
+		totalFree += u.free
+	}
+	var victims []*segment
+	var live, freed int64
+	for _, u := range all {
+		if u.pinned || u.live == 0 {
+			continue // empty segments are Release's business
+		}
+		// Evacuating u must leave room for everything moved so far.
+		if live+u.live > totalFree-freed-u.free {
+			break
+		}
+		victims = append(victims, u.seg)
+		live += u.live
+		freed += u.free
+	}
+	return victims
+}
+
+// evacuate moves every live block of seg into segments not in skip.
+func (p *Pool) evacuate(ctx context.Context, seg *segment, skip map[*segment]bool, move Mover, c *Compaction) error {
+	for b := seg.first; b != nil; {
+		if b.free {
+			b = b.next
+			continue
+		}
+		dst := p.bestFit(seg.small, b.size+b.align-MinBlock, skip)
+		if dst == nil {
+			return nil // no room: seg stays, partly evacuated
+		}
+		to := p.carve(dst, b.size, b.align)
+		if err := move(ctx, to.Addr(), b.Addr(), b.requested); err != nil {
+			p.activate(to, 0, b.align)
+			_ = p.Free(to)
+			return fmt.Errorf("moving %d bytes from %#x to %#x: %w", b.requested, b.Addr(), to.Addr(), err)
+		}
+		p.activate(to, b.requested, b.align)
+		prev := b.prev
+		if err := p.Free(b); err != nil {
+			return err
+		}
+		c.Moves = append(c.Moves, Move{From: b, To: to})
+		c.BytesMoved += to.requested
+		// Free merged b into prev when prev was free; go on after the
+		// merged free block.
+		if prev != nil && prev.free {
+			b = prev
+		}
+		b = b.next
+	}
+	return nil
+}
