@@ -18,6 +18,13 @@ var wireTypes = []any{
 	subjects.AllocateRequest{}, subjects.DeallocateRequest{}, subjects.DeallocateReply{},
 	subjects.ClearRequest{}, subjects.ClearReply{}, subjects.PressureRequest{},
 	subjects.Pressure{},
+	subjects.DefragmentRequest{}, subjects.DefragmentReply{},
+	subjects.TransferRequest{}, subjects.TransferStatus{}, subjects.GetTransferRequest{},
+	subjects.OptimizeRequest{}, subjects.OptimizeReply{}, subjects.OptimizeAction{},
+	subjects.ModelStatusRequest{}, subjects.ModelStatusReply{}, subjects.ModelMemory{},
+	subjects.ModelOptimizeRequest{}, subjects.ModelOptimizeReply{}, subjects.OptimizationDetails{}, subjects.ModelAction{},
+	subjects.AnalyticsRequest{}, subjects.AnalyticsReply{}, subjects.Sample{}, subjects.SizeBucket{}, subjects.PressureTime{},
+	subjects.OptimizationRecsRequest{}, subjects.OptimizationRecsReply{}, subjects.Recommendation{}, subjects.SuggestedAction{},
 }
 
 // TestEveryWireKeyRoundTripsThroughPascalCase walks every wire type,

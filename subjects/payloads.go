@@ -36,6 +36,12 @@ type Allocation struct {
 	Persistent     bool           `json:"persistent"`
 	CreatedAt      time.Time      `json:"created_at"`
 	ExpiresAt      *time.Time     `json:"expires_at,omitempty"`
+	// LastUsedAt is when the worker last did something with the
+	// allocation: created, transferred, offloaded.
+	LastUsedAt time.Time `json:"last_used_at"`
+	// Offloaded is true when a VRAM allocation's bytes have been moved to
+	// pinned host memory by optimize or model_optimize.
+	Offloaded bool `json:"offloaded"`
 }
 
 // StatusRequest is get_status's payload.
@@ -212,6 +218,7 @@ type ClearReply struct {
 	ClearedAllocations int   `json:"cleared_allocations"`
 	ClearedBytes       int64 `json:"cleared_bytes"`
 	SkippedPersistent  int   `json:"skipped_persistent"`
+	SkippedBusy        int   `json:"skipped_busy"` // being transferred
 	ReleasedSegments   int   `json:"released_segments"`
 	ReleasedBytes      int64 `json:"released_bytes"`
 }

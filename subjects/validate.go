@@ -152,3 +152,117 @@ func checkLabel(field, s string) error {
 	}
 	return nil
 }
+
+// Validate checks a transfer payload and applies its defaults.
+func (r *TransferRequest) Validate() error {
+	if r.AllocationID == "" || len(r.AllocationID) > MaxIDLen {
+		return Invalid("allocation_id is required (at most %d bytes)", MaxIDLen)
+	}
+	if r.TargetDeviceID != "" && !ValidToken(r.TargetDeviceID) {
+		return Invalid("target_device_id %s is not a device id", quote(r.TargetDeviceID))
+	}
+	t, err := normaliseType(r.TargetAllocationType, VRAM)
+	if err != nil {
+		return Invalid("target_allocation_type must be %s or %s", VRAM, Pinned)
+	}
+	r.TargetAllocationType = t
+	switch r.Mode = strings.ToLower(r.Mode); r.Mode {
+	case "":
+		r.Mode = ModeCopy
+	case ModeCopy, ModeMove:
+	default:
+		return Invalid("mode must be %s or %s, got %s", ModeCopy, ModeMove, quote(r.Mode))
+	}
+	return nil
+}
+
+// Validate checks a get_transfer payload.
+func (r *GetTransferRequest) Validate() error {
+	if r.TransferID == "" || len(r.TransferID) > MaxIDLen {
+		return Invalid("transfer_id is required (at most %d bytes)", MaxIDLen)
+	}
+	return nil
+}
+
+// DefaultStrategies are optimize's strategies when none are named: the ones
+// that never touch live data's placement on another memory.
+var DefaultStrategies = []string{StrategyFreeExpired, StrategyReleaseCached, StrategyDefragment}
+
+// DefaultIdleSeconds is how long an allocation must go unused before
+// offload_idle moves it to host memory.
+const DefaultIdleSeconds = 300
+
+// Validate checks an optimize payload and applies its defaults.
+func (r *OptimizeRequest) Validate() error {
+	if len(r.Strategies) == 0 {
+		r.Strategies = append([]string(nil), DefaultStrategies...)
+	}
+	seen := map[string]bool{}
+	for i, s := range r.Strategies {
+		s = strings.ToLower(s)
+		switch s {
+		case StrategyReleaseCached, StrategyDefragment, StrategyFreeExpired, StrategyOffloadIdle:
+		default:
+			return Invalid("unknown strategy %s (want %s, %s, %s or %s)", quote(s),
+				StrategyReleaseCached, StrategyDefragment, StrategyFreeExpired, StrategyOffloadIdle)
+		}
+		if seen[s] {
+			return Invalid("strategy %s named twice", s)
+		}
+		seen[s] = true
+		r.Strategies[i] = s
+	}
+	if err := checkPercentage("target_usage_percentage", r.TargetUsagePercentage); err != nil {
+		return err
+	}
+	if math.IsNaN(r.IdleSeconds) || r.IdleSeconds < 0 || r.IdleSeconds > MaxTTLSeconds {
+		return Invalid("idle_seconds must be between 0 and %d", MaxTTLSeconds)
+	}
+	if r.IdleSeconds == 0 {
+		r.IdleSeconds = DefaultIdleSeconds
+	}
+	return nil
+}
+
+// Validate checks a model_optimize payload.
+func (r *ModelOptimizeRequest) Validate() error {
+	switch r.OptimizationType = strings.ToLower(r.OptimizationType); r.OptimizationType {
+	case OptimizeOffload, OptimizeEvict:
+	default:
+		return Invalid("optimization_type must be %s or %s, got %s", OptimizeOffload, OptimizeEvict, quote(r.OptimizationType))
+	}
+	if r.TargetUsagePercentage == nil {
+		return Invalid("target_usage_percentage is required")
+	}
+	if err := checkPercentage("target_usage_percentage", *r.TargetUsagePercentage); err != nil {
+		return err
+	}
+	return checkLabel("model_id", r.ModelID)
+}
+
+// Validate checks a model_status payload.
+func (r *ModelStatusRequest) Validate() error { return checkLabel("model_id", r.ModelID) }
+
+// Validate checks an analytics payload and applies its defaults.
+func (r *AnalyticsRequest) Validate() error {
+	if math.IsNaN(r.WindowSeconds) || r.WindowSeconds < 0 || r.WindowSeconds > MaxWindowSeconds {
+		return Invalid("window_seconds must be between 1 and %d, got %v", MaxWindowSeconds, r.WindowSeconds)
+	}
+	if r.WindowSeconds == 0 {
+		r.WindowSeconds = DefaultWindowSeconds
+	}
+	if r.MaxSamples < 0 || r.MaxSamples > MaxSamples {
+		return Invalid("max_samples must be between 1 and %d, got %d", MaxSamples, r.MaxSamples)
+	}
+	if r.MaxSamples == 0 {
+		r.MaxSamples = DefaultMaxSamples
+	}
+	return nil
+}
+
+func checkPercentage(field string, v float64) error {
+	if math.IsNaN(v) || v < 0 || v > 100 {
+		return Invalid("%s must be between 0 and 100, got %v", field, v)
+	}
+	return nil
+}

@@ -41,6 +41,7 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 			ModelID:        req.ModelID,
 			Persistent:     req.Persistent,
 			CreatedAt:      now,
+			LastUsedAt:     now,
 		},
 		kind:  kind,
 		block: block,
@@ -49,7 +50,7 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 		exp := now.Add(time.Duration(math.Round(req.TTLSeconds * float64(time.Second))))
 		a.ExpiresAt = &exp
 	}
-	g.ledger[a.AllocationID] = a
+	g.add(a)
 	return a.Allocation, nil
 }
 
@@ -60,8 +61,12 @@ func (w *Worker) deallocate(_ context.Context, g *gpu, req *subjects.DeallocateR
 	ids := req.IDs()
 	// All or nothing: check every id before freeing any.
 	for _, id := range ids {
-		if _, ok := g.ledger[id]; !ok {
+		a, ok := g.ledger[id]
+		if !ok {
 			return nil, fmt.Errorf("allocation %s on %s: %w", id, g.id, ErrAllocationNotFound)
+		}
+		if !a.movable() {
+			return nil, fmt.Errorf("allocation %s is being transferred; free it when the transfer ends: %w", id, ErrConflict)
 		}
 	}
 	reply := subjects.DeallocateReply{DeallocatedIDs: []string{}}
@@ -127,6 +132,10 @@ func (w *Worker) clear(ctx context.Context, g *gpu, req *subjects.ClearRequest) 
 			reply.SkippedPersistent++
 			continue
 		}
+		if !a.movable() {
+			reply.SkippedBusy++
+			continue
+		}
 		if err := g.free(a); err != nil {
 			return nil, err
 		}
@@ -150,14 +159,21 @@ func (w *Worker) clear(ctx context.Context, g *gpu, req *subjects.ClearRequest) 
 func (w *Worker) expire(g *gpu, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	expired := 0
+	defer func() {
+		if expired > 0 {
+			w.recheck(g)
+		}
+	}()
 	for _, a := range g.ledger {
-		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) {
+		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.movable() {
 			continue
 		}
 		if err := g.free(a); err != nil {
 			w.log.Error("freeing an expired allocation", "device", g.id, "allocation_id", a.AllocationID, "err", err)
 			continue
 		}
+		expired++
 		w.log.Info("allocation expired", "device", g.id, "allocation_id", a.AllocationID, "bytes", a.ReservedBytes)
 	}
 }

@@ -16,6 +16,11 @@ type Backend interface {
 	MemInfo(ctx context.Context, dev int) (device.MemInfo, error)
 	Alloc(ctx context.Context, dev int, kind device.Kind, size int64) (addr uint64, err error)
 	Free(ctx context.Context, dev int, kind device.Kind, addr uint64) error
+	// Copy copies n bytes between any two locations of the host (device to
+	// device, peer, host to device and back); overlapping ranges are fine.
+	Copy(ctx context.Context, dst, src device.Location, n int64) error
+	// Read copies memory at src into p (for checksums).
+	Read(ctx context.Context, src device.Location, p []byte) error
 }
 
 // source adapts one kind of one device's memory to alloc.Source.

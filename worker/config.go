@@ -23,6 +23,9 @@ type Config struct {
 	Thresholds monitor.Thresholds
 	// ExpiryInterval is how often allocations past their ttl are freed.
 	ExpiryInterval time.Duration
+	// SampleInterval is how often each device is sampled for pressure and
+	// history (the seed's 5 s).
+	SampleInterval time.Duration
 	// IdempotencyWindow is how long the reply to a mutating request is kept
 	// for retries with the same request_id; IdempotencyEntries bounds how
 	// many are kept per device.
@@ -43,6 +46,7 @@ func DefaultConfig() Config {
 		Version:            Version,
 		Thresholds:         monitor.DefaultThresholds(),
 		ExpiryInterval:     time.Second,
+		SampleInterval:     5 * time.Second,
 		IdempotencyWindow:  10 * time.Minute,
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
@@ -61,8 +65,8 @@ func (c *Config) Validate() error {
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.ExpiryInterval <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
-		errs = append(errs, errors.New("expiry interval, idempotency window and op timeout must be positive"))
+	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
+		errs = append(errs, errors.New("expiry and sample intervals, idempotency window and op timeout must be positive"))
 	}
 	if c.IdempotencyEntries <= 0 {
 		errs = append(errs, errors.New("idempotency entries must be positive"))

@@ -28,13 +28,27 @@ type gpu struct {
 	ledger   map[string]*allocation
 	replays  *replayCache
 	pressure monitor.Tracker
+	history  *history
 }
 
-// allocation is a ledger entry: what the client sees and the block behind it.
+// allocation is a ledger entry: what the client sees and the block behind
+// it. kind is where the bytes are now: Pinned for PINNED allocations and for
+// offloaded VRAM ones.
 type allocation struct {
 	subjects.Allocation
 	kind  device.Kind
 	block *alloc.Block
+	// busy counts transfers reading or writing the allocation: while it is
+	// not zero the allocation is neither moved nor freed.
+	busy int
+}
+
+// movable reports whether the allocation's bytes may change place.
+func (a *allocation) movable() bool { return a.busy == 0 }
+
+// loc is where the allocation's bytes are.
+func (g *gpu) loc(a *allocation) device.Location {
+	return device.Location{Device: g.index, Kind: a.kind, Addr: a.block.Addr()}
 }
 
 func newGPU(cfg *Config, node string, info device.Info) *gpu {
@@ -45,6 +59,7 @@ func newGPU(cfg *Config, node string, info device.Info) *gpu {
 		backend: cfg.Backend,
 		ledger:  map[string]*allocation{},
 		replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries),
+		history: newHistory(),
 	}
 	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
 		g.pools[k] = alloc.New(source{b: cfg.Backend, dev: info.Index, kind: k})
@@ -67,7 +82,14 @@ func (g *gpu) free(a *allocation) error {
 		return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.AllocationID, err)
 	}
 	delete(g.ledger, a.AllocationID)
+	g.history.events.push(memEvent{at: time.Now(), bytes: a.ReservedBytes})
 	return nil
+}
+
+// add enters a new allocation in the ledger. The caller holds mu.
+func (g *gpu) add(a *allocation) {
+	g.ledger[a.AllocationID] = a
+	g.history.events.push(memEvent{at: a.CreatedAt, bytes: a.ReservedBytes, alloc: true})
 }
 
 // usage reads device truth and puts the worker's own figures beside it. The
@@ -131,8 +153,11 @@ func (g *gpu) byPurpose() []subjects.PurposeUsage {
 // observe feeds device truth to the pressure tracker and returns the
 // pressure as get_pressure reports it. The caller holds mu.
 func (g *gpu) observe(th monitor.Thresholds, u subjects.Usage) subjects.Pressure {
-	g.pressure.Observe(th, u.UsageRatio, u.SampledAt)
+	changed := g.pressure.Observe(th, u.UsageRatio, u.SampledAt)
 	level, prev := g.pressure.Level()
+	if changed {
+		g.history.levels.push(levelChange{at: u.SampledAt, level: level})
+	}
 	return subjects.Pressure{
 		DeviceID:          g.id,
 		Level:             level,
@@ -147,4 +172,23 @@ func (g *gpu) observe(th monitor.Thresholds, u subjects.Usage) subjects.Pressure
 		Trend:             g.pressure.Trend(),
 		SampledAt:         u.SampledAt,
 	}
+}
+
+// sample records the device's state in its history. The caller holds mu.
+func (g *gpu) sample(th monitor.Thresholds, now time.Time) error {
+	u, err := g.usage(context.Background(), now)
+	if err != nil {
+		return err
+	}
+	p := g.observe(th, u)
+	g.history.samples.push(subjects.Sample{
+		At:                 now,
+		UsedBytes:          u.UsedBytes,
+		ReservedBytes:      u.ReservedBytes,
+		AllocatedBytes:     u.AllocatedBytes,
+		UsageRatio:         u.UsageRatio,
+		FragmentationRatio: g.pools[device.VRAM].Fragmentation().Ratio,
+		Level:              p.Level,
+	})
+	return nil
 }

@@ -106,6 +106,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 		g.replays.store(requestID, op, env.Data, body, now)
 	}
 	if op.Mutating() {
+		w.recheck(g)
 		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
 	}
 	return body, nil

@@ -20,10 +20,11 @@ const ServiceName = "memory"
 
 // Worker serves one host's devices. Build it with New, serve with Run.
 type Worker struct {
-	cfg   Config
-	log   *slog.Logger
-	gpus  []*gpu
-	ready chan struct{}
+	cfg       Config
+	log       *slog.Logger
+	gpus      []*gpu
+	transfers *transfers
+	ready     chan struct{}
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -42,7 +43,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if len(infos) == 0 {
 		return nil, errors.New("the backend has no devices")
 	}
-	w := &Worker{cfg: cfg, log: log, ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(), ready: make(chan struct{})}
 	for _, info := range infos {
 		w.gpus = append(w.gpus, newGPU(&w.cfg, cfg.Node, info))
 	}
@@ -61,16 +62,24 @@ func (w *Worker) DeviceIDs() []string {
 // Ready is closed once every endpoint is subscribed.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
-// ops are the operations served so far, and their functions.
+// ops are the operations and their functions.
 func (w *Worker) ops() map[subjects.Op]opFunc {
 	return map[subjects.Op]opFunc{
-		subjects.GetStatus:      typed(w.getStatus),
-		subjects.GetUsage:       typed(w.getUsage),
-		subjects.GetPressure:    typed(w.getPressure),
-		subjects.GetAllocations: typed(w.getAllocations),
-		subjects.Allocate:       typed(w.allocate),
-		subjects.Deallocate:     typed(w.deallocate),
-		subjects.Clear:          typed(w.clear),
+		subjects.GetStatus:        typed(w.getStatus),
+		subjects.GetUsage:         typed(w.getUsage),
+		subjects.GetAllocations:   typed(w.getAllocations),
+		subjects.Allocate:         typed(w.allocate),
+		subjects.Deallocate:       typed(w.deallocate),
+		subjects.Clear:            typed(w.clear),
+		subjects.Defragment:       typed(w.defragment),
+		subjects.Transfer:         typed(w.transfer),
+		subjects.GetTransfer:      typed(w.getTransfer),
+		subjects.Optimize:         typed(w.optimize),
+		subjects.ModelStatus:      typed(w.modelStatus),
+		subjects.ModelOptimize:    typed(w.modelOptimize),
+		subjects.GetPressure:      typed(w.getPressure),
+		subjects.Analytics:        typed(w.analytics),
+		subjects.OptimizationRecs: typed(w.optimizationRecs),
 	}
 }
 
@@ -117,15 +126,20 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	close(w.ready)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { w.expireLoop(ctx) })
+	wg.Go(func() { w.every(ctx, w.cfg.ExpiryInterval, w.expire) })
+	wg.Go(func() { w.every(ctx, w.cfg.SampleInterval, w.sample) })
+	for range transferRunners {
+		wg.Go(func() { w.runTransfers(ctx) })
+	}
+	w.sampleAll(time.Now().UTC())
 	<-ctx.Done()
 	wg.Wait()
 	return nil
 }
 
-// expireLoop frees allocations past their ttl until ctx is done.
-func (w *Worker) expireLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.ExpiryInterval)
+// every calls f for each device at each tick of interval until ctx is done.
+func (w *Worker) every(ctx context.Context, interval time.Duration, f func(*gpu, time.Time)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -133,8 +147,33 @@ func (w *Worker) expireLoop(ctx context.Context) {
 			return
 		case now := <-t.C:
 			for _, g := range w.gpus {
-				w.expire(g, now)
+				f(g, now.UTC())
 			}
 		}
 	}
+}
+
+func (w *Worker) sampleAll(now time.Time) {
+	for _, g := range w.gpus {
+		w.sample(g, now)
+	}
+}
+
+// sample records a device's state in its history and feeds its pressure.
+func (w *Worker) sample(g *gpu, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.sample(w.cfg.Thresholds, now); err != nil {
+		w.log.Warn("sampling device", "device", g.id, "err", err)
+	}
+}
+
+// recheck feeds device truth to the pressure tracker after a change. The
+// caller holds mu.
+func (w *Worker) recheck(g *gpu) {
+	u, err := g.usage(context.Background(), time.Now().UTC())
+	if err != nil {
+		return // the device cannot say; its level stands
+	}
+	g.observe(w.cfg.Thresholds, u)
 }

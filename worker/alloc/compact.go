@@ -56,6 +56,18 @@ func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Move
 	return c, nil
 }
 
+// PlanCompaction reports how many segments, of how many bytes, Compact
+// would release now. It changes nothing.
+func (p *Pool) PlanCompaction(movable func(*Block) bool) (segments int, bytes int64) {
+	for _, small := range []bool{true, false} {
+		for _, seg := range p.plan(small, movable) {
+			segments++
+			bytes += seg.size
+		}
+	}
+	return segments, bytes
+}
+
 // plan picks the segments of a size class to evacuate.
 func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 	type usage struct {

@@ -27,12 +27,15 @@ func (s Stats) CacheHitRatio() float64 {
 
 // Fragmentation describes the free space inside reserved segments.
 type Fragmentation struct {
-	FreeBytes    int64
-	LargestFree  int64
-	FreeBlocks   int
-	Segments     int
-	Ratio        float64 // 1 - LargestFree/FreeBytes; 0 when there is no free space
-	SegmentsFree int     // segments holding no allocated block
+	FreeBytes   int64
+	LargestFree int64
+	FreeBlocks  int
+	Segments    int
+	Ratio       float64 // 1 - LargestFree/FreeBytes; 0 when there is no free space
+	// EmptySegments and EmptySegmentBytes count segments holding no
+	// allocated block: what Release would return.
+	EmptySegments     int
+	EmptySegmentBytes int64
 }
 
 // Stats returns the pool's counters.
@@ -49,7 +52,8 @@ func (p *Pool) Fragmentation() Fragmentation {
 	}
 	for _, seg := range p.segments {
 		if seg.first.free && seg.first.next == nil {
-			f.SegmentsFree++
+			f.EmptySegments++
+			f.EmptySegmentBytes += seg.size
 		}
 	}
 	if f.FreeBytes > 0 {

@@ -32,6 +32,13 @@ type Info struct {
 	ComputeCapability string
 }
 
+// Location names memory: a device, a kind of memory and an address in it.
+type Location struct {
+	Device int
+	Kind   Kind
+	Addr   uint64
+}
+
 // MemInfo is device truth: what the driver says is total and free, with
 // every process's use included.
 type MemInfo struct {

@@ -74,12 +74,16 @@ func rank(l subjects.Level) int {
 type Tracker struct {
 	level, previous subjects.Level
 	changedAt       time.Time
-	ratio, delta    float64
+	ratio, average  float64
 	observedAt      time.Time
 }
 
-// trendEpsilon is the change in usage ratio below which the trend is steady.
-const trendEpsilon = 0.001
+// The trend compares the usage ratio with its exponentially weighted average
+// over about trendWindow; within trendEpsilon of it, usage is steady.
+const (
+	trendWindow  = 30 * time.Second
+	trendEpsilon = 0.005
+)
 
 // Observe records a usage ratio and reports whether the level changed. The
 // first observation always counts as a change (from no level to one).
@@ -87,8 +91,10 @@ func (tr *Tracker) Observe(t Thresholds, ratio float64, now time.Time) (changed 
 	first := tr.observedAt.IsZero()
 	if first {
 		tr.level = subjects.LevelNormal
-	} else {
-		tr.delta = ratio - tr.ratio
+		tr.average = ratio
+	} else if dt := now.Sub(tr.observedAt); dt > 0 {
+		alpha := 1 - math.Exp(-float64(dt)/float64(trendWindow))
+		tr.average += alpha * (ratio - tr.average)
 	}
 	next := t.Next(tr.level, ratio)
 	changed = first || next != tr.level
@@ -110,12 +116,12 @@ func (tr *Tracker) Level() (level, previous subjects.Level) { return tr.level, t
 // ChangedAt is when the level last changed.
 func (tr *Tracker) ChangedAt() time.Time { return tr.changedAt }
 
-// Trend says whether usage rose or fell at the last observation.
+// Trend says whether usage is above or below its recent average.
 func (tr *Tracker) Trend() string {
-	switch {
-	case tr.delta > trendEpsilon:
+	switch d := tr.ratio - tr.average; {
+	case d > trendEpsilon:
 		return subjects.TrendRising
-	case tr.delta < -trendEpsilon:
+	case d < -trendEpsilon:
 		return subjects.TrendFalling
 	}
 	return subjects.TrendSteady

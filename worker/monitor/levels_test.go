@@ -62,7 +62,7 @@ func TestThresholdsValidate(t *testing.T) {
 	}
 }
 
-func TestTrackerDoesNotFlapAndReportsTrend(t *testing.T) {
+func TestTrackerDoesNotFlap(t *testing.T) {
 	th := DefaultThresholds()
 	var tr Tracker
 	now := time.Unix(0, 0)
@@ -70,25 +70,23 @@ func TestTrackerDoesNotFlapAndReportsTrend(t *testing.T) {
 		ratio   float64
 		changed bool
 		level   subjects.Level
-		trend   string
 	}
 	steps := []step{
-		{0.50, true, normal, subjects.TrendSteady}, // first observation
-		{0.86, true, warning, subjects.TrendRising},
-		{0.849, false, warning, subjects.TrendFalling},
-		{0.851, false, warning, subjects.TrendRising},
-		{0.84, false, warning, subjects.TrendFalling},
-		{0.86, false, warning, subjects.TrendRising},
-		{0.80, true, normal, subjects.TrendFalling},
-		{0.80, false, normal, subjects.TrendSteady},
+		{0.50, true, normal}, // first observation
+		{0.86, true, warning},
+		{0.849, false, warning},
+		{0.851, false, warning},
+		{0.84, false, warning},
+		{0.86, false, warning},
+		{0.80, true, normal},
+		{0.80, false, normal},
 	}
 	for i, s := range steps {
 		now = now.Add(time.Second)
 		changed := tr.Observe(th, s.ratio, now)
 		level, _ := tr.Level()
-		if changed != s.changed || level != s.level || tr.Trend() != s.trend {
-			t.Fatalf("step %d (%v): changed=%v level=%s trend=%s, want %v %s %s",
-				i, s.ratio, changed, level, tr.Trend(), s.changed, s.level, s.trend)
+		if changed != s.changed || level != s.level {
+			t.Fatalf("step %d (%v): changed=%v level=%s, want %v %s", i, s.ratio, changed, level, s.changed, s.level)
 		}
 	}
 	if _, prev := tr.Level(); prev != warning {
@@ -96,5 +94,31 @@ func TestTrackerDoesNotFlapAndReportsTrend(t *testing.T) {
 	}
 	if got := tr.ChangedAt(); !got.Equal(time.Unix(7, 0)) {
 		t.Errorf("changed at %v, want the 7th second", got)
+	}
+}
+
+func TestTrendComparesWithTheRecentAverage(t *testing.T) {
+	th := DefaultThresholds()
+	var tr Tracker
+	now := time.Unix(0, 0)
+	observe := func(ratio float64, after time.Duration) string {
+		now = now.Add(after)
+		tr.Observe(th, ratio, now)
+		return tr.Trend()
+	}
+	if got := observe(0.5, 0); got != subjects.TrendSteady {
+		t.Errorf("first observation: %s, want steady", got)
+	}
+	if got := observe(0.8, time.Millisecond); got != subjects.TrendRising {
+		t.Errorf("a jump up: %s, want rising", got)
+	}
+	if got := observe(0.8, time.Second); got != subjects.TrendRising {
+		t.Errorf("a second after the jump: %s, want still rising", got)
+	}
+	if got := observe(0.8, 5*time.Minute); got != subjects.TrendSteady {
+		t.Errorf("five minutes later: %s, want steady", got)
+	}
+	if got := observe(0.3, time.Second); got != subjects.TrendFalling {
+		t.Errorf("a drop: %s, want falling", got)
 	}
 }

@@ -4,16 +4,17 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/memworker/memworker/worker/device"
 )
 
-// Write copies p into memory at addr, which must lie, with len(p), inside
-// one segment.
-func (b *Backend) Write(_ context.Context, dev int, kind device.Kind, addr uint64, p []byte) error {
+// Write copies p into memory at at, which must lie, with len(p), inside one
+// segment.
+func (b *Backend) Write(_ context.Context, at device.Location, p []byte) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	seg, off, err := b.locate(dev, kind, addr, int64(len(p)))
+	seg, off, err := b.locate(at, int64(len(p)))
 	if err != nil {
 		return err
 	}
@@ -21,11 +22,11 @@ func (b *Backend) Write(_ context.Context, dev int, kind device.Kind, addr uint6
 	return nil
 }
 
-// Read copies memory at addr into p. Bytes never written read as zero.
-func (b *Backend) Read(_ context.Context, dev int, kind device.Kind, addr uint64, p []byte) error {
+// Read copies memory at at into p. Bytes never written read as zero.
+func (b *Backend) Read(_ context.Context, at device.Location, p []byte) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	seg, off, err := b.locate(dev, kind, addr, int64(len(p)))
+	seg, off, err := b.locate(at, int64(len(p)))
 	if err != nil {
 		return err
 	}
@@ -33,22 +34,26 @@ func (b *Backend) Read(_ context.Context, dev int, kind device.Kind, addr uint64
 	return nil
 }
 
-// Location names memory: a device, a kind and an address.
-type Location struct {
-	Device int
-	Kind   device.Kind
-	Addr   uint64
-}
-
-// Copy copies n bytes from src to dst; the ranges may overlap.
-func (b *Backend) Copy(_ context.Context, dst, src Location, n int64) error {
+// Copy copies n bytes from src to dst; the ranges may overlap. With a copy
+// delay set (SetCopyDelay) it sleeps that long first, as a slow link would.
+func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) error {
+	b.mu.Lock()
+	delay := b.copyDelay
+	b.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	sseg, soff, err := b.locate(src.Device, src.Kind, src.Addr, n)
+	sseg, soff, err := b.locate(src, n)
 	if err != nil {
 		return err
 	}
-	dseg, doff, err := b.locate(dst.Device, dst.Kind, dst.Addr, n)
+	dseg, doff, err := b.locate(dst, n)
 	if err != nil {
 		return err
 	}
@@ -69,12 +74,13 @@ func (b *Backend) Copy(_ context.Context, dst, src Location, n int64) error {
 	return nil
 }
 
-func (b *Backend) locate(dev int, kind device.Kind, addr uint64, n int64) (*segment, int64, error) {
-	d, err := b.device(dev)
+func (b *Backend) locate(at device.Location, n int64) (*segment, int64, error) {
+	d, err := b.device(at.Device)
 	if err != nil {
 		return nil, 0, err
 	}
-	segs := d.mem[kind].segments
+	addr := at.Addr
+	segs := d.mem[at.Kind].segments
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].addr > addr }) - 1
 	if i < 0 || n < 0 || addr+uint64(n) > segs[i].addr+uint64(segs[i].size) {
 		return nil, 0, fmt.Errorf("range %#x+%d is not inside one segment: %w", addr, n, device.ErrNotFound)

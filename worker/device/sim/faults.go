@@ -1,5 +1,7 @@
 package sim
 
+import "time"
+
 // SetExternalUsage makes dev report bytes of memory used by other processes.
 func (b *Backend) SetExternalUsage(dev int, bytes int64) {
 	b.mu.Lock()
@@ -21,4 +23,11 @@ func (b *Backend) SetUnavailable(dev int, unavailable bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.devices[dev].unavailable = unavailable
+}
+
+// SetCopyDelay makes every Copy wait d first, as a slow link would.
+func (b *Backend) SetCopyDelay(d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.copyDelay = d
 }

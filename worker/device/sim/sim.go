@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/memworker/memworker/worker/device"
 )
@@ -47,6 +48,7 @@ type Backend struct {
 	devices    []*simDevice
 	pinnedCap  int64
 	pinnedUsed int64
+	copyDelay  time.Duration
 }
 
 type simDevice struct {

@@ -58,11 +58,11 @@ func TestBytesAreStoredLazilyAndCopied(t *testing.T) {
 	}
 	pattern := bytes.Repeat([]byte("memworker"), 20000) // crosses chunk boundaries
 	at := big + 8*uint64(GiB) - 100
-	if err := b.Write(ctx, 0, device.VRAM, at, pattern); err != nil {
+	if err := b.Write(ctx, device.Location{Device: 0, Kind: device.VRAM, Addr: at}, pattern); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, len(pattern)+10)
-	if err := b.Read(ctx, 0, device.VRAM, at-10, got); err != nil {
+	if err := b.Read(ctx, device.Location{Device: 0, Kind: device.VRAM, Addr: at - 10}, got); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got[:10], make([]byte, 10)) || !bytes.Equal(got[10:], pattern) {
@@ -71,22 +71,22 @@ func TestBytesAreStoredLazilyAndCopied(t *testing.T) {
 
 	// Copy to another device's pinned memory, then an overlapping move.
 	dst, _ := b.Alloc(ctx, 1, device.Pinned, 2<<20)
-	if err := b.Copy(ctx, sim.Location{Device: 1, Kind: device.Pinned, Addr: dst}, sim.Location{Device: 0, Kind: device.VRAM, Addr: at}, int64(len(pattern))); err != nil {
+	if err := b.Copy(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst}, device.Location{Device: 0, Kind: device.VRAM, Addr: at}, int64(len(pattern))); err != nil {
 		t.Fatal(err)
 	}
 	out := make([]byte, len(pattern))
-	_ = b.Read(ctx, 1, device.Pinned, dst, out)
+	_ = b.Read(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst}, out)
 	if !bytes.Equal(out, pattern) {
 		t.Error("copy to pinned memory differs")
 	}
-	if err := b.Copy(ctx, sim.Location{Device: 1, Kind: device.Pinned, Addr: dst + 1000}, sim.Location{Device: 1, Kind: device.Pinned, Addr: dst}, int64(len(pattern))); err != nil {
+	if err := b.Copy(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst + 1000}, device.Location{Device: 1, Kind: device.Pinned, Addr: dst}, int64(len(pattern))); err != nil {
 		t.Fatal(err)
 	}
-	_ = b.Read(ctx, 1, device.Pinned, dst+1000, out)
+	_ = b.Read(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst + 1000}, out)
 	if !bytes.Equal(out, pattern) {
 		t.Error("overlapping move corrupted the data")
 	}
-	if err := b.Write(ctx, 0, device.VRAM, big+uint64(16*GiB)-1, []byte{1, 2}); !errors.Is(err, device.ErrNotFound) {
+	if err := b.Write(ctx, device.Location{Device: 0, Kind: device.VRAM, Addr: big + uint64(16*GiB) - 1}, []byte{1, 2}); !errors.Is(err, device.ErrNotFound) {
 		t.Errorf("write past the segment: %v, want ErrNotFound", err)
 	}
 }

@@ -1,0 +1,151 @@
+package worker
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+func (w *Worker) analytics(_ context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {
+	now := time.Now().UTC()
+	from := now.Add(-time.Duration(req.WindowSeconds * float64(time.Second)))
+	r := subjects.AnalyticsReply{
+		DeviceID:      g.id,
+		WindowSeconds: req.WindowSeconds,
+		From:          from,
+		To:            now,
+		ByPurpose:     g.byPurpose(),
+	}
+	g.history.summarise(&r, from, now, req.MaxSamples)
+	return r, nil
+}
+
+// Thresholds of the recommendations.
+const (
+	// recCachedMin: cached empty segments worth releasing (or 1% of the
+	// device, whichever is larger).
+	recCachedMin = 64 << 20
+	// recFragmentation: fragmentation ratio worth a defragment.
+	recFragmentation = 0.25
+)
+
+func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.OptimizationRecsRequest) (any, error) {
+	now := time.Now().UTC()
+	u, err := g.usage(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	p := g.observe(w.cfg.Thresholds, u)
+	underPressure := p.Level != subjects.LevelNormal
+	severity := func(base string) string {
+		if underPressure && base == subjects.SeverityInfo {
+			return subjects.SeverityWarning
+		}
+		return base
+	}
+	var recs []subjects.Recommendation
+	frag := g.pools[device.VRAM].Fragmentation()
+
+	expired, expiredBytes := 0, int64(0)
+	idle, idleBytes := 0, int64(0)
+	idleCutoff := now.Add(-subjects.DefaultIdleSeconds * time.Second)
+	for _, a := range g.ledger {
+		if !a.movable() {
+			continue
+		}
+		if a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) {
+			expired++
+			expiredBytes += a.ReservedBytes
+		}
+		if a.kind == device.VRAM && a.AllocationType == subjects.VRAM && !a.Persistent && a.LastUsedAt.Before(idleCutoff) {
+			idle++
+			idleBytes += a.ReservedBytes
+		}
+	}
+	if expired > 0 {
+		recs = append(recs, subjects.Recommendation{
+			Type: "free_expired", Severity: severity(subjects.SeverityInfo),
+			Message:               fmt.Sprintf("%d allocations (%d bytes) are past their ttl", expired, expiredBytes),
+			EstimatedSavingsBytes: expiredBytes,
+			SuggestedAction:       action(subjects.Optimize, map[string]any{"strategies": []string{subjects.StrategyFreeExpired, subjects.StrategyReleaseCached}}),
+		})
+	}
+	if frag.EmptySegmentBytes >= max(recCachedMin, u.TotalBytes/100) {
+		recs = append(recs, subjects.Recommendation{
+			Type: "release_cached", Severity: severity(subjects.SeverityInfo),
+			Message:               fmt.Sprintf("the pool caches %d empty segments (%d bytes) that other processes could use", frag.EmptySegments, frag.EmptySegmentBytes),
+			EstimatedSavingsBytes: frag.EmptySegmentBytes,
+			SuggestedAction:       action(subjects.Optimize, map[string]any{"strategies": []string{subjects.StrategyReleaseCached}}),
+		})
+	}
+	if segs, bytes := g.pools[device.VRAM].PlanCompaction(movableIn(g.owners())); segs > 0 && frag.Ratio >= recFragmentation {
+		recs = append(recs, subjects.Recommendation{
+			Type: "defragment", Severity: severity(subjects.SeverityInfo),
+			Message:               fmt.Sprintf("the pool is %.0f%% fragmented: moving live blocks would empty %d segments (%d bytes)", frag.Ratio*100, segs, bytes),
+			EstimatedSavingsBytes: bytes,
+			SuggestedAction:       action(subjects.Defragment, map[string]any{}),
+		})
+	}
+	if idle > 0 {
+		recs = append(recs, subjects.Recommendation{
+			Type: "offload_idle", Severity: severity(subjects.SeverityInfo),
+			Message:               fmt.Sprintf("%d allocations (%d bytes) have not been used for %ds", idle, idleBytes, subjects.DefaultIdleSeconds),
+			EstimatedSavingsBytes: idleBytes,
+			SuggestedAction: action(subjects.Optimize, map[string]any{
+				"strategies": []string{subjects.StrategyOffloadIdle}, "idle_seconds": subjects.DefaultIdleSeconds}),
+		})
+	}
+	if underPressure {
+		if rec, ok := w.modelRec(g, u, p); ok {
+			recs = append(recs, rec)
+		}
+	}
+	rank := map[string]int{subjects.SeverityCritical: 0, subjects.SeverityWarning: 1, subjects.SeverityInfo: 2}
+	slices.SortStableFunc(recs, func(a, b subjects.Recommendation) int {
+		return cmp.Or(cmp.Compare(rank[a.Severity], rank[b.Severity]), cmp.Compare(b.EstimatedSavingsBytes, a.EstimatedSavingsBytes))
+	})
+	if recs == nil {
+		recs = []subjects.Recommendation{}
+	}
+	return subjects.OptimizationRecsReply{DeviceID: g.id, Level: p.Level, UsageRatio: u.UsageRatio, Recommendations: recs}, nil
+}
+
+// modelRec recommends offloading model memory until usage is back under the
+// warning threshold (less its hysteresis margin, so the level drops).
+func (w *Worker) modelRec(g *gpu, u subjects.Usage, p subjects.Pressure) (subjects.Recommendation, bool) {
+	var resident int64
+	for _, a := range g.ledger {
+		if a.ModelID != "" && a.kind == device.VRAM && !a.Persistent && a.movable() {
+			resident += a.ReservedBytes
+		}
+	}
+	if resident == 0 {
+		return subjects.Recommendation{}, false
+	}
+	th := w.cfg.Thresholds
+	target := math.Floor((th.Warning - th.Hysteresis) * 100)
+	excess := u.UsedBytes - int64(target/100*float64(u.TotalBytes))
+	sev := subjects.SeverityWarning
+	if p.Level == subjects.LevelCritical {
+		sev = subjects.SeverityCritical
+	}
+	return subjects.Recommendation{
+		Type:     "offload_models",
+		Severity: sev,
+		Message: fmt.Sprintf("memory pressure is %s at %.1f%%: offload least recently used model memory (%d bytes resident) to reach %.0f%%",
+			p.Level, u.UsagePercentage, resident, target),
+		EstimatedSavingsBytes: min(resident, max(excess, 0)),
+		SuggestedAction: action(subjects.ModelOptimize, map[string]any{
+			"optimization_type": subjects.OptimizeOffload, "target_usage_percentage": target}),
+	}, true
+}
+
+func action(op subjects.Op, data map[string]any) subjects.SuggestedAction {
+	return subjects.SuggestedAction{Op: op, Data: data}
+}

@@ -1,0 +1,168 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// optimize runs the requested strategies in order, each measured against
+// device truth, and stops once usage is at or below the target.
+func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeRequest) (any, error) {
+	now := time.Now().UTC()
+	u, err := g.usage(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	reply := subjects.OptimizeReply{DryRun: req.DryRun, Actions: []subjects.OptimizeAction{}, UsagePercentageBefore: u.UsagePercentage}
+	met := func(pct float64) bool { return req.TargetUsagePercentage > 0 && pct <= req.TargetUsagePercentage }
+	projected := u.UsagePercentage
+	for _, s := range req.Strategies {
+		if met(projected) {
+			break
+		}
+		var act subjects.OptimizeAction
+		var err error
+		switch s {
+		case subjects.StrategyFreeExpired:
+			act, err = g.freeExpired(now, req.DryRun)
+		case subjects.StrategyReleaseCached:
+			act, err = g.releaseCached(ctx, req.DryRun)
+		case subjects.StrategyDefragment:
+			act, err = g.defragmentAction(ctx, req.DryRun)
+		case subjects.StrategyOffloadIdle:
+			act, err = g.offloadIdle(ctx, now, req, projected, u.TotalBytes)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("optimize %s: %w", s, err)
+		}
+		reply.Actions = append(reply.Actions, act)
+		reply.BytesFreed += act.BytesFreed
+		if u.TotalBytes > 0 {
+			projected = u.UsagePercentage - float64(reply.BytesFreed)/float64(u.TotalBytes)*100
+		}
+	}
+	reply.UsagePercentageAfter = projected
+	if !req.DryRun {
+		after, err := g.usage(ctx, time.Now().UTC())
+		if err != nil {
+			return nil, err
+		}
+		g.observe(w.cfg.Thresholds, after)
+		reply.UsagePercentageAfter = after.UsagePercentage
+	}
+	reply.TargetMet = req.TargetUsagePercentage == 0 || reply.UsagePercentageAfter <= req.TargetUsagePercentage
+	return reply, nil
+}
+
+// freeExpired frees allocations whose ttl has passed (the expiry loop does
+// it within a second; this does it now). Their blocks stay cached, so the
+// bytes count as freed in the pool, not on the device.
+func (g *gpu) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, error) {
+	act := subjects.OptimizeAction{Strategy: subjects.StrategyFreeExpired}
+	for _, a := range g.sorted() {
+		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.movable() {
+			continue
+		}
+		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
+		if !dryRun {
+			if err := g.free(a); err != nil {
+				return act, err
+			}
+		}
+	}
+	act.Description = fmt.Sprintf("free %d expired allocations", len(act.AllocationIDs))
+	return act, nil
+}
+
+// releaseCached returns the VRAM pool's empty segments to the device.
+func (g *gpu) releaseCached(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
+	act := subjects.OptimizeAction{Strategy: subjects.StrategyReleaseCached}
+	f := g.pools[device.VRAM].Fragmentation()
+	if dryRun {
+		act.BytesFreed = f.EmptySegmentBytes
+	} else {
+		n, err := g.release(ctx)
+		if err != nil {
+			return act, err
+		}
+		act.BytesFreed = n
+	}
+	act.Description = fmt.Sprintf("return %d bytes of empty cached segments to the device", act.BytesFreed)
+	return act, nil
+}
+
+// defragmentAction compacts the pool, or for a dry run reports what the
+// plan would release.
+func (g *gpu) defragmentAction(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
+	act := subjects.OptimizeAction{Strategy: subjects.StrategyDefragment}
+	if dryRun {
+		segs, bytes := g.pools[device.VRAM].PlanCompaction(movableIn(g.owners()))
+		act.BytesFreed = bytes
+		act.Description = fmt.Sprintf("move live blocks out of %d sparsely used segments and release them", segs)
+		return act, nil
+	}
+	c, _, err := g.compact(ctx)
+	if err != nil {
+		return act, err
+	}
+	act.BytesFreed = c.BytesReleased
+	act.Description = fmt.Sprintf("moved %d blocks (%d bytes), released %d segments", len(c.Moves), c.BytesMoved, c.SegmentsReleased)
+	return act, nil
+}
+
+// offloadIdle moves allocations unused for req.IdleSeconds to pinned host
+// memory, least recently used first, until the target is met; then it
+// releases the VRAM they held. Persistent allocations stay on the device.
+func (g *gpu) offloadIdle(ctx context.Context, now time.Time, req *subjects.OptimizeRequest, pct float64, total int64) (subjects.OptimizeAction, error) {
+	act := subjects.OptimizeAction{Strategy: subjects.StrategyOffloadIdle}
+	cutoff := now.Add(-time.Duration(req.IdleSeconds * float64(time.Second)))
+	var idle []*allocation
+	for _, a := range g.ledger {
+		if a.kind == device.VRAM && !a.Persistent && a.movable() && a.AllocationType == subjects.VRAM && a.LastUsedAt.Before(cutoff) {
+			idle = append(idle, a)
+		}
+	}
+	slices.SortFunc(idle, func(a, b *allocation) int {
+		if c := a.LastUsedAt.Compare(b.LastUsedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.AllocationID, b.AllocationID)
+	})
+	var moved int64
+	for _, a := range idle {
+		if req.TargetUsagePercentage > 0 && total > 0 && pct-float64(moved)/float64(total)*100 <= req.TargetUsagePercentage {
+			break
+		}
+		if !req.DryRun {
+			if err := g.offload(ctx, a, now); err != nil {
+				return act, err
+			}
+		}
+		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
+		moved += a.block.Size()
+	}
+	act.BytesFreed = moved
+	if !req.DryRun {
+		if _, err := g.release(ctx); err != nil {
+			return act, err
+		}
+	}
+	act.Description = fmt.Sprintf("offload %d allocations idle for %gs (%d bytes) to pinned host memory", len(act.AllocationIDs), req.IdleSeconds, moved)
+	return act, nil
+}
+
+// sorted lists the ledger's entries by id. The caller holds mu.
+func (g *gpu) sorted() []*allocation {
+	out := make([]*allocation, 0, len(g.ledger))
+	for _, a := range g.ledger {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b *allocation) int { return strings.Compare(a.AllocationID, b.AllocationID) })
+	return out
+}

@@ -1,0 +1,329 @@
+package worker
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Transfer tuning.
+const (
+	transferChunk     = 64 << 20 // bytes per backend copy, so progress moves
+	verifyChunk       = 4 << 20  // bytes read at a time for checksums
+	transferQueueLen  = 1024     // jobs waiting for a runner
+	transferRunners   = 4        // jobs running at once
+	transfersRetained = 1024     // finished jobs kept for get_transfer
+)
+
+// job is one transfer. Its status is guarded by mu; bytesDone is read
+// without it for progress.
+type job struct {
+	mu        sync.Mutex
+	status    subjects.TransferStatus
+	bytesDone atomic.Int64
+
+	src, dst   *gpu
+	srcAlloc   *allocation
+	srcLoc     device.Location
+	targetKind device.Kind
+	verify     bool
+}
+
+// snapshot returns the job's status with progress filled in.
+func (j *job) snapshot(now time.Time) subjects.TransferStatus {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s := j.status
+	s.BytesDone = j.bytesDone.Load()
+	if s.StartedAt != nil {
+		end := now
+		if s.CompletedAt != nil {
+			end = *s.CompletedAt
+		}
+		if secs := end.Sub(*s.StartedAt).Seconds(); secs > 0 {
+			s.ThroughputBytesPerSecond = float64(s.BytesDone) / secs
+		}
+	}
+	return s
+}
+
+func (j *job) update(f func(*subjects.TransferStatus)) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	f(&j.status)
+}
+
+// transfers is the worker's job registry and queue.
+type transfers struct {
+	mu    sync.Mutex
+	jobs  map[string]*job
+	order []string // oldest first, for retention
+	queue chan *job
+}
+
+func newTransfers() *transfers {
+	return &transfers{jobs: map[string]*job{}, queue: make(chan *job, transferQueueLen)}
+}
+
+func (t *transfers) get(id string) *job {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.jobs[id]
+}
+
+func (t *transfers) add(j *job) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.jobs[j.status.TransferID] = j
+	t.order = append(t.order, j.status.TransferID)
+	// Forget the oldest finished jobs beyond the bound.
+	for i := 0; len(t.jobs) > transfersRetained && i < len(t.order); {
+		old := t.jobs[t.order[i]]
+		if s := old.snapshot(time.Now()); s.CompletedAt == nil {
+			i++
+			continue
+		}
+		delete(t.jobs, t.order[i])
+		t.order = append(t.order[:i], t.order[i+1:]...)
+	}
+}
+
+// transfer checks the request, marks the source busy and queues the job; a
+// runner does the copy. The reply is the job's status, queued.
+func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferRequest) (any, error) {
+	a, ok := g.ledger[req.AllocationID]
+	if !ok {
+		return nil, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, g.id, ErrAllocationNotFound)
+	}
+	dst := g
+	if req.TargetDeviceID != "" && req.TargetDeviceID != g.id {
+		dst = w.gpu(req.TargetDeviceID)
+		if dst == nil {
+			if strings.HasPrefix(req.TargetDeviceID, w.cfg.Node+"-") {
+				return nil, &subjects.Error{Code: subjects.CodeDeviceNotFound,
+					Message: fmt.Sprintf("node %s has no device %s", w.cfg.Node, req.TargetDeviceID)}
+			}
+			return nil, fmt.Errorf("target device %s is not on this node (%s); transfers between nodes are not supported: %w",
+				req.TargetDeviceID, w.cfg.Node, ErrUnsupported)
+		}
+	}
+	targetKind := kindOf(req.TargetAllocationType)
+	if req.Mode == subjects.ModeMove && dst == g && targetKind == a.kind {
+		return nil, subjects.Invalid("moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.AllocationID)
+	}
+	if !a.movable() {
+		return nil, fmt.Errorf("allocation %s is already being transferred: %w", a.AllocationID, ErrConflict)
+	}
+	if targetKind == device.VRAM && a.SizeBytes > dst.info.TotalBytes {
+		return nil, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.SizeBytes, dst.id, dst.info.TotalBytes, device.ErrOutOfMemory)
+	}
+	now := time.Now().UTC()
+	j := &job{
+		src: g, dst: dst, srcAlloc: a, srcLoc: g.loc(a), targetKind: targetKind, verify: req.Verify,
+		status: subjects.TransferStatus{
+			TransferID:           uuid.NewString(),
+			Status:               subjects.TransferQueued,
+			Mode:                 req.Mode,
+			SourceDeviceID:       g.id,
+			SourceAllocationID:   a.AllocationID,
+			TargetDeviceID:       dst.id,
+			TargetAllocationType: req.TargetAllocationType,
+			BytesTotal:           a.SizeBytes,
+			CreatedAt:            now,
+		},
+	}
+	select {
+	case w.transfers.queue <- j:
+	default:
+		return nil, fmt.Errorf("%d transfers are queued; try again later: %w", transferQueueLen, device.ErrUnavailable)
+	}
+	a.busy++
+	w.transfers.add(j)
+	return j.snapshot(now), nil
+}
+
+func (w *Worker) getTransfer(_ context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
+	j := w.transfers.get(req.TransferID)
+	if j == nil || (j.src != g && j.dst != g) {
+		return nil, &subjects.Error{Code: subjects.CodeTransferNotFound,
+			Message: fmt.Sprintf("no transfer %s from or to %s", req.TransferID, g.id)}
+	}
+	return j.snapshot(time.Now().UTC()), nil
+}
+
+func (w *Worker) gpu(id string) *gpu {
+	for _, g := range w.gpus {
+		if g.id == id {
+			return g
+		}
+	}
+	return nil
+}
+
+// runTransfers runs queued jobs until ctx is done; jobs still queued then
+// fail.
+func (w *Worker) runTransfers(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			for {
+				select {
+				case j := <-w.transfers.queue:
+					w.finish(ctx, j, nil, ctx.Err())
+				default:
+					return
+				}
+			}
+		case j := <-w.transfers.queue:
+			w.runTransfer(ctx, j)
+		}
+	}
+}
+
+func (w *Worker) runTransfer(ctx context.Context, j *job) {
+	started := time.Now().UTC()
+	j.update(func(s *subjects.TransferStatus) { s.Status, s.StartedAt = subjects.TransferRunning, &started })
+
+	// Reserve the destination.
+	d := j.dst
+	d.mu.Lock()
+	block, err := d.pools[j.targetKind].Alloc(ctx, j.srcAlloc.SizeBytes, j.srcAlloc.Alignment)
+	var dest *allocation
+	if err == nil {
+		dest = &allocation{Allocation: j.srcAlloc.Allocation, kind: j.targetKind, block: block, busy: 1}
+		dest.AllocationID = uuid.Must(uuid.NewV7()).String()
+		dest.DeviceID, dest.ReservedBytes = d.id, block.Size()
+		dest.AllocationType, dest.Offloaded = j.status.TargetAllocationType, false
+		dest.CreatedAt, dest.LastUsedAt = started, started
+		d.add(dest)
+		w.recheck(d)
+	}
+	d.mu.Unlock()
+	if err != nil {
+		w.finish(ctx, j, nil, fmt.Errorf("reserving %d bytes on %s: %w", j.srcAlloc.SizeBytes, d.id, err))
+		return
+	}
+	j.update(func(s *subjects.TransferStatus) { s.DestinationAllocationID = dest.AllocationID })
+
+	// Copy without holding either device: both allocations are busy, so
+	// nothing moves or frees them.
+	dstLoc := device.Location{Device: d.index, Kind: j.targetKind, Addr: block.Addr()}
+	err = w.copyChunks(ctx, j, dstLoc)
+	if err == nil && j.verify {
+		err = w.verifyCopy(ctx, j, dstLoc)
+	}
+	w.finish(ctx, j, dest, err)
+}
+
+func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) error {
+	n := j.srcAlloc.SizeBytes
+	for off := int64(0); off < n; off += transferChunk {
+		m := min(transferChunk, n-off)
+		s, d := j.srcLoc, dst
+		s.Addr += uint64(off)
+		d.Addr += uint64(off)
+		if err := w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
+			return fmt.Errorf("copying bytes %d..%d: %w", off, off+m, err)
+		}
+		j.bytesDone.Add(m)
+	}
+	return nil
+}
+
+// verifyCopy compares CRC-32C checksums of the source and the copy.
+func (w *Worker) verifyCopy(ctx context.Context, j *job, dst device.Location) error {
+	src, err := w.checksum(ctx, j.srcLoc, j.srcAlloc.SizeBytes)
+	if err != nil {
+		return err
+	}
+	got, err := w.checksum(ctx, dst, j.srcAlloc.SizeBytes)
+	if err != nil {
+		return err
+	}
+	if src != got {
+		return fmt.Errorf("verification failed: source checksum %s, copy %s: %w", src, got, errVerify)
+	}
+	j.update(func(s *subjects.TransferStatus) { s.Verified, s.Checksum = true, "crc32c:"+src })
+	return nil
+}
+
+var errVerify = errors.New("checksum mismatch")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func (w *Worker) checksum(ctx context.Context, at device.Location, n int64) (string, error) {
+	buf := make([]byte, min(n, verifyChunk))
+	var sum uint32
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), n-off)]
+		loc := at
+		loc.Addr += uint64(off)
+		if err := w.cfg.Backend.Read(ctx, loc, p); err != nil {
+			return "", fmt.Errorf("reading for checksum: %w", err)
+		}
+		sum = crc32.Update(sum, castagnoli, p)
+	}
+	var b [4]byte
+	b[0], b[1], b[2], b[3] = byte(sum>>24), byte(sum>>16), byte(sum>>8), byte(sum)
+	return hex.EncodeToString(b[:]), nil
+}
+
+// finish settles a job: on success, a move frees the source; on failure the
+// destination is freed. Either way both allocations stop being busy.
+func (w *Worker) finish(ctx context.Context, j *job, dest *allocation, err error) {
+	now := time.Now().UTC()
+	s := j.src
+	s.mu.Lock()
+	j.srcAlloc.busy--
+	if err == nil {
+		j.srcAlloc.LastUsedAt = now
+		if j.status.Mode == subjects.ModeMove {
+			if ferr := s.free(j.srcAlloc); ferr != nil {
+				err = ferr
+			}
+		}
+	}
+	w.recheck(s)
+	s.mu.Unlock()
+	if dest != nil {
+		d := j.dst
+		d.mu.Lock()
+		dest.busy--
+		if err != nil {
+			if ferr := d.free(dest); ferr != nil {
+				w.log.Error("freeing a failed transfer's destination", "device", d.id, "err", ferr)
+			}
+		}
+		w.recheck(d)
+		d.mu.Unlock()
+	}
+	j.update(func(st *subjects.TransferStatus) {
+		st.CompletedAt = &now
+		if err == nil {
+			st.Status = subjects.TransferCompleted
+			return
+		}
+		we := wireError(err)
+		st.Status, st.ErrorCode, st.ErrorMessage = subjects.TransferFailed, we.Code, we.Message
+		if dest != nil {
+			st.DestinationAllocationID = ""
+		}
+	})
+	if err != nil {
+		w.log.Warn("transfer failed", "transfer_id", j.status.TransferID, "err", err)
+	} else {
+		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.id, "to", j.dst.id, "bytes", j.srcAlloc.SizeBytes)
+	}
+}
+
