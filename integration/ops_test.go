@@ -281,7 +281,7 @@ func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 		served[e.Subject] = true
 	}
 	for _, dev := range []string{"n1-gpu0", "n1-gpu1"} {
-		for _, op := range []subjects.Op{subjects.GetStatus, subjects.GetUsage, subjects.GetAllocations, subjects.Allocate, subjects.Deallocate, subjects.Clear, subjects.GetPressure} {
+		for _, op := range subjects.Ops() {
 			if !served[subjects.Request(op, dev)] {
 				t.Errorf("%s not served", subjects.Request(op, dev))
 			}

@@ -54,7 +54,7 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 
 	expired, expiredBytes := 0, int64(0)
 	idle, idleBytes := 0, int64(0)
-	idleCutoff := now.Add(-subjects.DefaultIdleSeconds * time.Second)
+	idleCutoff := now.Add(-w.cfg.IdleAfter)
 	for _, a := range g.ledger {
 		if !a.movable() {
 			continue
@@ -95,10 +95,10 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 	if idle > 0 {
 		recs = append(recs, subjects.Recommendation{
 			Type: "offload_idle", Severity: severity(subjects.SeverityInfo),
-			Message:               fmt.Sprintf("%d allocations (%d bytes) have not been used for %ds", idle, idleBytes, subjects.DefaultIdleSeconds),
+			Message:               fmt.Sprintf("%d allocations (%d bytes) have not been used for %v", idle, idleBytes, w.cfg.IdleAfter),
 			EstimatedSavingsBytes: idleBytes,
 			SuggestedAction: action(subjects.Optimize, map[string]any{
-				"strategies": []string{subjects.StrategyOffloadIdle}, "idle_seconds": subjects.DefaultIdleSeconds}),
+				"strategies": []string{subjects.StrategyOffloadIdle}, "idle_seconds": w.cfg.IdleAfter.Seconds()}),
 		})
 	}
 	if underPressure {

@@ -26,6 +26,9 @@ type Config struct {
 	// SampleInterval is how often each device is sampled for pressure and
 	// history (the seed's 5 s).
 	SampleInterval time.Duration
+	// IdleAfter is how long an allocation goes unused before
+	// optimization_recs suggests offloading it.
+	IdleAfter time.Duration
 	// IdempotencyWindow is how long the reply to a mutating request is kept
 	// for retries with the same request_id; IdempotencyEntries bounds how
 	// many are kept per device.
@@ -47,6 +50,7 @@ func DefaultConfig() Config {
 		Thresholds:         monitor.DefaultThresholds(),
 		ExpiryInterval:     time.Second,
 		SampleInterval:     5 * time.Second,
+		IdleAfter:          subjects.DefaultIdleSeconds * time.Second,
 		IdempotencyWindow:  10 * time.Minute,
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
@@ -65,7 +69,7 @@ func (c *Config) Validate() error {
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
+	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
 		errs = append(errs, errors.New("expiry and sample intervals, idempotency window and op timeout must be positive"))
 	}
 	if c.IdempotencyEntries <= 0 {

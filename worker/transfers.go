@@ -326,4 +326,3 @@ func (w *Worker) finish(ctx context.Context, j *job, dest *allocation, err error
 		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.id, "to", j.dst.id, "bytes", j.srcAlloc.SizeBytes)
 	}
 }
-

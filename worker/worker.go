@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
 )
 
 // ServiceName is the micro service name every worker registers, so
@@ -176,4 +177,21 @@ func (w *Worker) recheck(g *gpu) {
 		return // the device cannot say; its level stands
 	}
 	g.observe(w.cfg.Thresholds, u)
+}
+
+// Locate tells where an allocation's bytes are and how many there are, for
+// in-process users that reach the backend directly (tests, embedding). The
+// location is valid until the allocation is moved, transferred or freed.
+func (w *Worker) Locate(deviceID, allocationID string) (device.Location, int64, error) {
+	g := w.gpu(deviceID)
+	if g == nil {
+		return device.Location{}, 0, fmt.Errorf("device %s: %w", deviceID, device.ErrNotFound)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	a, ok := g.ledger[allocationID]
+	if !ok {
+		return device.Location{}, 0, fmt.Errorf("allocation %s: %w", allocationID, ErrAllocationNotFound)
+	}
+	return g.loc(a), a.SizeBytes, nil
 }

@@ -67,8 +67,12 @@ func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) e
 		if backward {
 			at = n - done - m
 		}
-		sseg.read(soff+at, buf[:m])
-		dseg.write(doff+at, buf[:m])
+		if sseg.absent(soff+at, m) {
+			dseg.zero(doff+at, m) // never written: nothing to read
+		} else {
+			sseg.read(soff+at, buf[:m])
+			dseg.write(doff+at, buf[:m])
+		}
 		done += m
 	}
 	return nil
@@ -116,6 +120,32 @@ func (s *segment) read(off int64, p []byte) {
 			clear(p[:n])
 		}
 		p, off = p[n:], off+n
+	}
+}
+
+// absent reports whether no byte of [off, off+n) was ever written.
+func (s *segment) absent(off, n int64) bool {
+	for c := off / chunkSize; c <= (off+n-1)/chunkSize; c++ {
+		if s.chunks[c] != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// zero sets [off, off+n) to zero, dropping whole chunks.
+func (s *segment) zero(off, n int64) {
+	for n > 0 {
+		c, co := off/chunkSize, off%chunkSize
+		m := min(n, chunkSize-co)
+		if chunk := s.chunks[c]; chunk != nil {
+			if m == chunkSize {
+				delete(s.chunks, c)
+			} else {
+				clear(chunk[co : co+m])
+			}
+		}
+		off, n = off+m, n-m
 	}
 }
 

@@ -86,6 +86,14 @@ func TestBytesAreStoredLazilyAndCopied(t *testing.T) {
 	if !bytes.Equal(out, pattern) {
 		t.Error("overlapping move corrupted the data")
 	}
+	// Copying memory never written zeroes the destination.
+	if err := b.Copy(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst}, device.Location{Device: 0, Kind: device.VRAM, Addr: big + 100}, 150_000); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Read(ctx, device.Location{Device: 1, Kind: device.Pinned, Addr: dst}, out[:150_000])
+	if !allZero(out[:150_000]) {
+		t.Error("copy of unwritten memory left old bytes")
+	}
 	if err := b.Write(ctx, device.Location{Device: 0, Kind: device.VRAM, Addr: big + uint64(16*GiB) - 1}, []byte{1, 2}); !errors.Is(err, device.ErrNotFound) {
 		t.Errorf("write past the segment: %v, want ErrNotFound", err)
 	}
@@ -112,4 +120,13 @@ func TestFaultInjection(t *testing.T) {
 	if err := b.Free(ctx, 0, device.VRAM, addr); err != nil {
 		t.Errorf("freeing on an unavailable device must still work: %v", err)
 	}
+}
+
+func allZero(p []byte) bool {
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

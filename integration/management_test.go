@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// pattern is the content test allocations carry: a function of the
+// allocation's seed and the byte's offset.
+func pattern(seed byte, n int64) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = seed ^ byte(i) ^ byte(i>>8) ^ byte(i>>16)
+	}
+	return p
+}
+
+func write(t *testing.T, h *host, dev, id string, seed byte) {
+	t.Helper()
+	loc, n, err := h.Locate(dev, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.sim.Write(context.Background(), loc, pattern(seed, n)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkContent(t *testing.T, h *host, dev, id string, seed byte) {
+	t.Helper()
+	loc, n, err := h.Locate(dev, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, n)
+	if err := h.sim.Read(context.Background(), loc, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, pattern(seed, n)) {
+		t.Fatalf("allocation %s on %s lost its content", id, dev)
+	}
+}
+
+func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, 2*GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	// 48 blocks of 3 MiB fill 8 shared 20 MiB segments (6 each); freeing
+	// all but one or two per segment leaves them sparse.
+	var ids []string
+	for i := 0; i < 48; i++ {
+		var a subjects.Allocation
+		call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 3*MiB - 1000, Purpose: "frag"}, &a)
+		ids = append(ids, a.AllocationID)
+	}
+	keep := map[string]byte{}
+	var free []string
+	for i, id := range ids {
+		if i%6 == 0 || i%12 == 5 {
+			keep[id] = byte(i + 1)
+			write(t, h, dev, id, byte(i+1))
+		} else {
+			free = append(free, id)
+		}
+	}
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: free}, nil)
+	before := checkLedger(t, nc, h, dev, 0)
+
+	var d subjects.DefragmentReply
+	call(t, nc, subjects.Defragment, dev, nil, &d)
+	if d.BlocksMoved == 0 || d.SegmentsReleased == 0 || d.BytesMoved == 0 || d.DurationSeconds <= 0 {
+		t.Fatalf("defragment did nothing: %+v", d)
+	}
+	if d.After.FragmentationRatio >= d.Before.FragmentationRatio || d.Before.FragmentationRatio < 0.3 {
+		t.Errorf("fragmentation %v -> %v, want a drop from a fragmented pool", d.Before.FragmentationRatio, d.After.FragmentationRatio)
+	}
+	after := checkLedger(t, nc, h, dev, 0)
+	if after.ReservedBytes != before.ReservedBytes-d.ReleasedBytes || after.UsedBytes >= before.UsedBytes {
+		t.Errorf("reserved %d -> %d, released %d: the device did not get the memory back", before.ReservedBytes, after.ReservedBytes, d.ReleasedBytes)
+	}
+	for id, seed := range keep {
+		checkContent(t, h, dev, id, seed) // same ids, same bytes
+	}
+	// Moved allocations can still be freed by their ids.
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, nil, &page)
+	if page.TotalCount != len(keep) {
+		t.Errorf("%d allocations after defragment, want %d", page.TotalCount, len(keep))
+	}
+	for id := range keep {
+		call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: id}, nil)
+	}
+	checkLedger(t, nc, h, dev, 0)
+}
+
+// waitTransfer polls get_transfer until the job ends.
+func waitTransfer(t *testing.T, nc *nats.Conn, dev, id string) subjects.TransferStatus {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st subjects.TransferStatus
+		call(t, nc, subjects.GetTransfer, dev, subjects.GetTransferRequest{TransferID: id}, &st)
+		if st.Status == subjects.TransferCompleted || st.Status == subjects.TransferFailed {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("transfer %s still %s", id, st.Status)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestTransferCopiesAndMovesContent(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, 4*GiB))
+	nc := connect(t, srv)
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 70*MiB + 7, Purpose: "weights", ModelID: "m"}, &a)
+	write(t, h, "n1-gpu0", a.AllocationID, 42)
+
+	// Copy to the other device, verified.
+	var st subjects.TransferStatus
+	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetDeviceID: "n1-gpu1", Verify: true}, &st)
+	if st.TransferID == "" || (st.Status != subjects.TransferQueued && st.Status != subjects.TransferRunning) || st.BytesTotal != a.SizeBytes {
+		t.Fatalf("transfer reply %+v: want a queued job", st)
+	}
+	done := waitTransfer(t, nc, "n1-gpu0", st.TransferID)
+	if done.Status != subjects.TransferCompleted || done.BytesDone != a.SizeBytes || !done.Verified || done.Checksum == "" ||
+		done.DestinationAllocationID == "" || done.StartedAt == nil || done.CompletedAt == nil || done.ThroughputBytesPerSecond <= 0 {
+		t.Fatalf("finished transfer %+v", done)
+	}
+	checkContent(t, h, "n1-gpu1", done.DestinationAllocationID, 42)
+	checkContent(t, h, "n1-gpu0", a.AllocationID, 42) // a copy leaves the source
+	var dest subjects.Allocation
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, "n1-gpu1", nil, &page)
+	if page.TotalCount != 1 {
+		t.Fatalf("target lists %d allocations, want the copy", page.TotalCount)
+	}
+	dest = page.Allocations[0]
+	if dest.ModelID != "m" || dest.Purpose != "weights" || dest.SizeBytes != a.SizeBytes || dest.DeviceID != "n1-gpu1" {
+		t.Errorf("copy %+v does not keep the source's labels", dest)
+	}
+	// The target device also answers get_transfer for it.
+	var fromTarget subjects.TransferStatus
+	call(t, nc, subjects.GetTransfer, "n1-gpu1", subjects.GetTransferRequest{TransferID: st.TransferID}, &fromTarget)
+
+	// Move to pinned host memory: the source is freed.
+	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Mode: "move"}, &st)
+	done = waitTransfer(t, nc, "n1-gpu0", st.TransferID)
+	if done.Status != subjects.TransferCompleted || done.TargetAllocationType != subjects.Pinned {
+		t.Fatalf("move to host: %+v", done)
+	}
+	checkContent(t, h, "n1-gpu0", done.DestinationAllocationID, 42)
+	if _, _, err := h.Locate("n1-gpu0", a.AllocationID); err == nil {
+		t.Error("the moved source is still allocated")
+	}
+	u := checkLedger(t, nc, h, "n1-gpu0", 0)
+	if u.AllocatedBytes != 0 || u.PinnedHostBytes < a.SizeBytes {
+		t.Errorf("after the move: %+v, want nothing on the device and the bytes in pinned host memory", u)
+	}
+	checkLedger(t, nc, h, "n1-gpu1", 1)
+}
+
+func TestTransferErrors(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, GiB))
+	nc := connect(t, srv)
+	var a, big subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 8 * MiB}, &a)
+	call(t, nc, subjects.Allocate, "n1-gpu1", subjects.AllocateRequest{SizeBytes: 900 * MiB}, &big)
+	req := func(data string) []byte { return []byte(`{"data":` + data + `}`) }
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","mode":"move"}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","mode":"teleport"}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","target_device_id":"n2-gpu0"}`), subjects.CodeUnsupported)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","target_device_id":"n1-gpu7"}`), subjects.CodeDeviceNotFound)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"nope","target_device_id":"n1-gpu1"}`), subjects.CodeAllocationNotFound)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"target_device_id":"n1-gpu1"}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.GetTransfer, "n1-gpu0", req(`{"transfer_id":"nope"}`), subjects.CodeTransferNotFound)
+	callErr(t, nc, subjects.GetTransfer, "n1-gpu0", req(`{}`), subjects.CodeInvalidRequest)
+
+	// 900 MiB do not fit on gpu0 once 208 MiB of its 1 GiB are taken: the
+	// job fails with OUT_OF_MEMORY and changes nothing.
+	var fill subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 200 * MiB}, &fill)
+	var st subjects.TransferStatus
+	call(t, nc, subjects.Transfer, "n1-gpu1", subjects.TransferRequest{AllocationID: big.AllocationID, TargetDeviceID: "n1-gpu0"}, &st)
+	done := waitTransfer(t, nc, "n1-gpu1", st.TransferID)
+	if done.Status != subjects.TransferFailed || done.ErrorCode != subjects.CodeOutOfMemory || done.DestinationAllocationID != "" {
+		t.Errorf("transfer that cannot fit: %+v", done)
+	}
+	checkLedger(t, nc, h, "n1-gpu0", 0)
+	checkLedger(t, nc, h, "n1-gpu1", 1)
+
+	// While a slow transfer runs, its source can be neither freed nor
+	// transferred again.
+	h.sim.SetCopyDelay(300 * time.Millisecond)
+	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetDeviceID: "n1-gpu1"}, &st)
+	callErr(t, nc, subjects.Deallocate, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`"}`), subjects.CodeConflict)
+	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","target_device_id":"n1-gpu1"}`), subjects.CodeConflict)
+	var running subjects.TransferStatus
+	call(t, nc, subjects.GetTransfer, "n1-gpu0", subjects.GetTransferRequest{TransferID: st.TransferID}, &running)
+	if running.Status != subjects.TransferRunning && running.Status != subjects.TransferQueued {
+		t.Errorf("slow transfer is %s, want running", running.Status)
+	}
+	if done := waitTransfer(t, nc, "n1-gpu0", st.TransferID); done.Status != subjects.TransferCompleted {
+		t.Errorf("slow transfer: %+v", done)
+	}
+	call(t, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+}

@@ -1,0 +1,159 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+func TestOptimizeStrategies(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, 4*GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	var idle, persistent, busy subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 64 * MiB, Purpose: "cache"}, &idle)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 256 * MiB, Persistent: true}, &persistent)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 1 * GiB}, &busy)
+	write(t, h, dev, idle.AllocationID, 7)
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: busy.AllocationID}, nil) // 1 GiB cached
+	before := checkLedger(t, nc, h, dev, 0)
+
+	// A dry run reports and changes nothing.
+	var dry subjects.OptimizeReply
+	call(t, nc, subjects.Optimize, dev, subjects.OptimizeRequest{DryRun: true, Strategies: []string{"release_cached", "offload_idle"}, IdleSeconds: 0.001}, &dry)
+	if !dry.DryRun || len(dry.Actions) != 2 || dry.Actions[0].BytesFreed != GiB || len(dry.Actions[1].AllocationIDs) != 1 {
+		t.Fatalf("dry run: %+v", dry)
+	}
+	if after := checkLedger(t, nc, h, dev, 0); after.ReservedBytes != before.ReservedBytes || after.Allocations != before.Allocations {
+		t.Fatalf("dry run changed the ledger: %+v -> %+v", before, after)
+	}
+
+	// Usage is 1344 MiB of 4 GiB (33%): release_cached alone meets a 30%
+	// target, so offload_idle does not run.
+	var o subjects.OptimizeReply
+	call(t, nc, subjects.Optimize, dev, subjects.OptimizeRequest{Strategies: []string{"release_cached", "offload_idle"}, IdleSeconds: 0.001, TargetUsagePercentage: 30}, &o)
+	if len(o.Actions) != 1 || o.BytesFreed != GiB || !o.TargetMet || o.UsagePercentageAfter >= o.UsagePercentageBefore {
+		t.Fatalf("optimize to 30%%: %+v, want release_cached alone to meet it", o)
+	}
+
+	// offload_idle moves the idle, non-persistent allocation to host memory.
+	call(t, nc, subjects.Optimize, dev, subjects.OptimizeRequest{Strategies: []string{"offload_idle"}, IdleSeconds: 0.001}, &o)
+	if len(o.Actions) != 1 || len(o.Actions[0].AllocationIDs) != 1 || o.Actions[0].AllocationIDs[0] != idle.AllocationID {
+		t.Fatalf("offload_idle: %+v", o)
+	}
+	checkContent(t, h, dev, idle.AllocationID, 7)
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, subjects.AllocationsRequest{Purpose: "cache"}, &page)
+	if !page.Allocations[0].Offloaded {
+		t.Errorf("offloaded allocation reads %+v", page.Allocations[0])
+	}
+	u := checkLedger(t, nc, h, dev, 0)
+	if u.AllocatedBytes != 256*MiB || u.PinnedHostBytes < 64*MiB {
+		t.Errorf("after offload: %+v, want only the persistent allocation on the device", u)
+	}
+	callErr(t, nc, subjects.Optimize, dev, []byte(`{"data":{"strategies":["magic"]}}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Optimize, dev, []byte(`{"data":{"target_usage_percentage":150}}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Optimize, dev, []byte(`{"data":{"strategies":["defragment","defragment"]}}`), subjects.CodeInvalidRequest)
+}
+
+func TestModelMemory(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, 400*MiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	alloc := func(model string, size int64, persistent bool) subjects.Allocation {
+		var a subjects.Allocation
+		call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: size, ModelID: model, Persistent: persistent}, &a)
+		return a
+	}
+	old := alloc("old-model", 100*MiB, false)
+	write(t, h, dev, old.AllocationID, 9)
+	time.Sleep(5 * time.Millisecond)
+	alloc("mid-model", 100*MiB, false)
+	alloc("mid-model", 10*MiB, false)
+	time.Sleep(5 * time.Millisecond)
+	alloc("base-model", 150*MiB, true)
+
+	var ms subjects.ModelStatusReply
+	call(t, nc, subjects.ModelStatus, dev, nil, &ms)
+	if len(ms.Models) != 3 || ms.Models[1].ModelID != "mid-model" || ms.Models[1].Allocations != 2 || ms.Models[1].ResidentBytes != 110*MiB {
+		t.Fatalf("model status %+v", ms)
+	}
+	// Usage is 360 of 400 MiB (90%). Offloading the least recently used
+	// model reaches 65%, under the 70% target.
+	target := 70.0
+	var mo subjects.ModelOptimizeReply
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: "Offload", TargetUsagePercentage: &target}, &mo)
+	d := mo.OptimizationDetails
+	if !mo.Success || len(d.Models) != 1 || d.Models[0].ModelID != "old-model" || mo.MemoryFreedBytes != 100*MiB || !d.TargetMet || d.UsagePercentageAfter != 65 {
+		t.Fatalf("model_optimize: %+v", mo)
+	}
+	checkContent(t, h, dev, old.AllocationID, 9)
+	call(t, nc, subjects.ModelStatus, dev, subjects.ModelStatusRequest{ModelID: "old-model"}, &ms)
+	if len(ms.Models) != 1 || ms.Models[0].OffloadedBytes != 100*MiB || ms.Models[0].ResidentBytes != 0 {
+		t.Errorf("old-model after offload: %+v", ms)
+	}
+
+	// Evicting down to 10% frees mid-model but keeps the persistent one.
+	target = 10
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: "evict", TargetUsagePercentage: &target}, &mo)
+	d = mo.OptimizationDetails
+	if mo.Success || d.TargetMet || d.SkippedPersistent != 1 || len(d.Models) != 1 || d.Models[0].ModelID != "mid-model" || mo.Message == "" {
+		t.Fatalf("evict to 10%%: %+v", mo)
+	}
+	// With force the persistent model goes too.
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: "evict", TargetUsagePercentage: &target, Force: true}, &mo)
+	if !mo.Success || mo.OptimizationDetails.Models[0].ModelID != "base-model" {
+		t.Fatalf("forced evict: %+v", mo)
+	}
+	checkLedger(t, nc, h, dev, 0)
+	callErr(t, nc, subjects.ModelOptimize, dev, []byte(`{"data":{"optimization_type":"shred","target_usage_percentage":50}}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.ModelOptimize, dev, []byte(`{"data":{"optimization_type":"evict"}}`), subjects.CodeInvalidRequest)
+}
+
+func TestAnalyticsOverAWindow(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) { c.SampleInterval = 10 * time.Millisecond }))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	var big subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 4096, Purpose: "a"}, nil)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 2 * MiB, Purpose: "b"}, nil)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 900 * MiB, Purpose: "b"}, &big) // warning
+	time.Sleep(100 * time.Millisecond)
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: big.AllocationID}, nil)
+	call(t, nc, subjects.Clear, dev, subjects.ClearRequest{Purpose: "nothing"}, nil) // releases the cache
+	time.Sleep(50 * time.Millisecond)
+
+	var r subjects.AnalyticsReply
+	call(t, nc, subjects.Analytics, dev, subjects.AnalyticsRequest{WindowSeconds: 60, MaxSamples: 5}, &r)
+	if r.Allocations != 3 || r.Frees != 1 || r.AllocationRatePerSecond <= 0 {
+		t.Errorf("counts: %d allocations, %d frees", r.Allocations, r.Frees)
+	}
+	if r.PeakUsedBytes < 900*MiB || r.MeanUsedBytes <= 0 || r.MeanUsedBytes >= r.PeakUsedBytes {
+		t.Errorf("peak %d mean %d", r.PeakUsedBytes, r.MeanUsedBytes)
+	}
+	if len(r.Samples) != 5 || r.SampleCount < 10 {
+		t.Errorf("%d samples of %d, want 5 thinned from at least 10", len(r.Samples), r.SampleCount)
+	}
+	hist := map[int64]int64{}
+	for _, b := range r.SizeHistogram {
+		hist[b.LeBytes] = b.Count
+	}
+	if hist[4<<10] != 1 || hist[16<<20] != 1 || hist[4<<30] != 1 {
+		t.Errorf("histogram %+v", r.SizeHistogram)
+	}
+	if r.Pressure.WarningSeconds < 0.05 || r.Pressure.NormalSeconds <= 0 || r.Pressure.CriticalSeconds != 0 {
+		t.Errorf("time in levels %+v", r.Pressure)
+	}
+	if len(r.ByPurpose) != 2 {
+		t.Errorf("by purpose %+v", r.ByPurpose)
+	}
+	callErr(t, nc, subjects.Analytics, dev, []byte(`{"data":{"window_seconds":-1}}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Analytics, dev, []byte(`{"data":{"window_seconds":1e9}}`), subjects.CodeInvalidRequest)
+	callErr(t, nc, subjects.Analytics, dev, []byte(`{"data":{"max_samples":5000}}`), subjects.CodeInvalidRequest)
+	_ = h
+}

@@ -1,0 +1,93 @@
+package integration
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+// TestRecommendationsAreReadyToSend builds a device with every problem the
+// recommendations know, sends each suggested action back unchanged, and
+// checks each one fixes what it was about.
+func TestRecommendationsAreReadyToSend(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) {
+		c.ExpiryInterval = time.Hour // leave expired allocations to optimize
+		c.IdleAfter = time.Millisecond
+	}))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+
+	var recs subjects.OptimizationRecsReply
+	call(t, nc, subjects.OptimizationRecs, dev, nil, &recs)
+	if len(recs.Recommendations) != 0 {
+		t.Fatalf("an idle device has recommendations: %+v", recs)
+	}
+
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 680 * MiB, ModelID: "m"}, nil)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 4 * MiB, TTLSeconds: 0.001}, nil)
+	var cached subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 128 * MiB}, &cached)
+	var frag []string
+	for i := 0; i < 24; i++ {
+		var a subjects.Allocation
+		call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 3 * MiB, Persistent: i%6 == 0}, &a)
+		if i%6 != 0 {
+			frag = append(frag, a.AllocationID)
+		}
+	}
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: append(frag, cached.AllocationID)}, nil)
+	time.Sleep(5 * time.Millisecond) // everything is now idle and the ttl has passed
+
+	call(t, nc, subjects.OptimizationRecs, dev, nil, &recs)
+	if recs.Level == subjects.LevelNormal {
+		t.Fatalf("setup: pressure %s at %v, want the device under pressure", recs.Level, recs.UsageRatio)
+	}
+	seen := map[string]subjects.Recommendation{}
+	for i, r := range recs.Recommendations {
+		seen[r.Type] = r
+		if r.Message == "" || r.EstimatedSavingsBytes <= 0 || !r.SuggestedAction.Op.Valid() {
+			t.Errorf("recommendation %+v", r)
+		}
+		if i > 0 && severityRank(r.Severity) < severityRank(recs.Recommendations[i-1].Severity) {
+			t.Errorf("recommendations not sorted by severity: %+v", recs.Recommendations)
+		}
+	}
+	for _, want := range []string{"free_expired", "release_cached", "defragment", "offload_idle", "offload_models"} {
+		if _, ok := seen[want]; !ok {
+			t.Errorf("no %s recommendation among %+v", want, recs.Recommendations)
+		}
+	}
+	if seen["offload_models"].Severity != subjects.SeverityCritical && seen["offload_models"].Severity != subjects.SeverityWarning {
+		t.Errorf("offload_models under pressure has severity %s", seen["offload_models"].Severity)
+	}
+
+	for _, r := range recs.Recommendations {
+		data, _ := json.Marshal(r.SuggestedAction.Data)
+		body := []byte(`{"data":` + string(data) + `}`)
+		msg := request(t, nc, r.SuggestedAction.Op, dev, body)
+		if _, err := subjects.DecodeReply(msg.Data, nil); err != nil {
+			t.Fatalf("%s: sending %s %s: %v", r.Type, r.SuggestedAction.Op, data, err)
+		}
+		var again subjects.OptimizationRecsReply
+		call(t, nc, subjects.OptimizationRecs, dev, nil, &again)
+		for _, still := range again.Recommendations {
+			if still.Type == r.Type {
+				t.Errorf("after sending its action, %s is still recommended: %+v", r.Type, still)
+			}
+		}
+	}
+	var p subjects.Pressure
+	call(t, nc, subjects.GetPressure, dev, nil, &p)
+	if p.Level != subjects.LevelNormal {
+		t.Errorf("after every recommendation: pressure %+v", p)
+	}
+	checkLedger(t, nc, h, dev, 0)
+}
+
+func severityRank(s string) int {
+	return map[string]int{subjects.SeverityCritical: 0, subjects.SeverityWarning: 1, subjects.SeverityInfo: 2}[s]
+}
