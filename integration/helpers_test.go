@@ -24,9 +24,20 @@ const (
 )
 
 // startServer starts an embedded nats-server on a random port for one test.
-func startServer(t *testing.T) *server.Server {
+func startServer(t testing.TB) *server.Server {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	return serve(t, &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+}
+
+// startJetStreamServer starts one with JetStream, storing in a temp folder.
+func startJetStreamServer(t testing.TB) *server.Server {
+	t.Helper()
+	return serve(t, &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
+}
+
+func serve(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +49,7 @@ func startServer(t *testing.T) *server.Server {
 	return srv
 }
 
-func connect(t *testing.T, srv *server.Server) *nats.Conn {
+func connect(t testing.TB, srv *server.Server) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
@@ -66,7 +77,7 @@ func withConfig(f func(*worker.Config)) hostOpt {
 }
 
 // startWorker runs a worker for node on srv until the test ends.
-func startWorker(t *testing.T, srv *server.Server, node string, opts ...hostOpt) *host {
+func startWorker(t testing.TB, srv *server.Server, node string, opts ...hostOpt) *host {
 	t.Helper()
 	simCfg := sim.Default(2, 16*GiB)
 	cfg := worker.DefaultConfig()
@@ -100,7 +111,7 @@ func startWorker(t *testing.T, srv *server.Server, node string, opts ...hostOpt)
 }
 
 // request sends a raw body to op on dev and returns the reply message.
-func request(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, body []byte) *nats.Msg {
+func request(t testing.TB, nc *nats.Conn, op subjects.Op, dev string, body []byte) *nats.Msg {
 	t.Helper()
 	msg, err := nc.Request(subjects.Request(op, dev), body, 20*time.Second)
 	if err != nil {
@@ -110,7 +121,7 @@ func request(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, body []byt
 }
 
 // call sends data in an envelope and decodes a successful reply into out.
-func call(t *testing.T, nc *nats.Conn, op subjects.Op, dev string, data, out any) *subjects.Reply {
+func call(t testing.TB, nc *nats.Conn, op subjects.Op, dev string, data, out any) *subjects.Reply {
 	t.Helper()
 	body, err := subjects.NewRequest("", op, data)
 	if err != nil {

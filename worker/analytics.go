@@ -41,7 +41,7 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 	if err != nil {
 		return nil, err
 	}
-	p := g.observe(w.cfg.Thresholds, u)
+	p := w.observe(g, u)
 	underPressure := p.Level != subjects.LevelNormal
 	severity := func(base string) string {
 		if underPressure && base == subjects.SeverityInfo {

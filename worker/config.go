@@ -26,6 +26,15 @@ type Config struct {
 	// SampleInterval is how often each device is sampled for pressure and
 	// history (the seed's 5 s).
 	SampleInterval time.Duration
+	// CriticalRepeat is how often a critical level is announced again, so
+	// subscribers that joined late learn it.
+	CriticalRepeat time.Duration
+	// EventsBinary publishes pressure events in binary mode (ce- headers)
+	// instead of structured JSON.
+	EventsBinary bool
+	// EventsJetStream keeps pressure events in a JetStream stream when the
+	// server has JetStream.
+	EventsJetStream bool
 	// IdleAfter is how long an allocation goes unused before
 	// optimization_recs suggests offloading it.
 	IdleAfter time.Duration
@@ -51,6 +60,8 @@ func DefaultConfig() Config {
 		ExpiryInterval:     time.Second,
 		SampleInterval:     5 * time.Second,
 		IdleAfter:          subjects.DefaultIdleSeconds * time.Second,
+		CriticalRepeat:     30 * time.Second,
+		EventsJetStream:    true,
 		IdempotencyWindow:  10 * time.Minute,
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
@@ -69,7 +80,7 @@ func (c *Config) Validate() error {
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
+	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
 		errs = append(errs, errors.New("expiry and sample intervals, idempotency window and op timeout must be positive"))
 	}
 	if c.IdempotencyEntries <= 0 {

@@ -29,6 +29,10 @@ type gpu struct {
 	replays  *replayCache
 	pressure monitor.Tracker
 	history  *history
+	// lastEvent is when the last pressure event was queued; unavailable is
+	// set while the device does not answer.
+	lastEvent   time.Time
+	unavailable bool
 }
 
 // allocation is a ledger entry: what the client sees and the block behind
@@ -151,8 +155,9 @@ func (g *gpu) byPurpose() []subjects.PurposeUsage {
 }
 
 // observe feeds device truth to the pressure tracker and returns the
-// pressure as get_pressure reports it. The caller holds mu.
-func (g *gpu) observe(th monitor.Thresholds, u subjects.Usage) subjects.Pressure {
+// pressure as get_pressure reports it, and whether the level changed. The
+// caller holds mu.
+func (g *gpu) observe(th monitor.Thresholds, u subjects.Usage) (subjects.Pressure, bool) {
 	changed := g.pressure.Observe(th, u.UsageRatio, u.SampledAt)
 	level, prev := g.pressure.Level()
 	if changed {
@@ -171,24 +176,5 @@ func (g *gpu) observe(th monitor.Thresholds, u subjects.Usage) subjects.Pressure
 		ChangedAt:         g.pressure.ChangedAt(),
 		Trend:             g.pressure.Trend(),
 		SampledAt:         u.SampledAt,
-	}
-}
-
-// sample records the device's state in its history. The caller holds mu.
-func (g *gpu) sample(th monitor.Thresholds, now time.Time) error {
-	u, err := g.usage(context.Background(), now)
-	if err != nil {
-		return err
-	}
-	p := g.observe(th, u)
-	g.history.samples.push(subjects.Sample{
-		At:                 now,
-		UsedBytes:          u.UsedBytes,
-		ReservedBytes:      u.ReservedBytes,
-		AllocatedBytes:     u.AllocatedBytes,
-		UsageRatio:         u.UsageRatio,
-		FragmentationRatio: g.pools[device.VRAM].Fragmentation().Ratio,
-		Level:              p.Level,
-	})
-	return nil
+	}, changed
 }

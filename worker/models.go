@@ -128,7 +128,7 @@ func (w *Worker) modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelO
 	}
 	if len(details.Models) > 0 {
 		if after, err := g.usage(ctx, time.Now().UTC()); err == nil {
-			g.observe(w.cfg.Thresholds, after)
+			w.observe(g, after)
 		}
 	}
 	details.UsagePercentageAfter = pct

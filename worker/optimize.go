@@ -53,7 +53,7 @@ func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeReq
 		if err != nil {
 			return nil, err
 		}
-		g.observe(w.cfg.Thresholds, after)
+		w.observe(g, after)
 		reply.UsagePercentageAfter = after.UsagePercentage
 	}
 	reply.TargetMet = req.TargetUsagePercentage == 0 || reply.UsagePercentageAfter <= req.TargetUsagePercentage

@@ -14,7 +14,7 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest)
 	if err != nil {
 		return nil, err
 	}
-	g.observe(w.cfg.Thresholds, u)
+	w.observe(g, u)
 	return u, nil
 }
 
@@ -23,7 +23,7 @@ func (w *Worker) getPressure(ctx context.Context, g *gpu, _ *subjects.PressureRe
 	if err != nil {
 		return nil, err
 	}
-	return g.observe(w.cfg.Thresholds, u), nil
+	return w.observe(g, u), nil
 }
 
 func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequest) (any, error) {
@@ -43,7 +43,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 			TotalBytes:        u.TotalBytes,
 		},
 		Usage:           u,
-		Pressure:        g.observe(w.cfg.Thresholds, u),
+		Pressure:        w.observe(g, u),
 		AllocationCount: len(g.ledger),
 	}
 	if req.IncludeUsageStats == nil || *req.IncludeUsageStats {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 )
@@ -25,6 +26,7 @@ type Worker struct {
 	log       *slog.Logger
 	gpus      []*gpu
 	transfers *transfers
+	events    chan events.Pressure
 	ready     chan struct{}
 }
 
@@ -44,7 +46,8 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if len(infos) == 0 {
 		return nil, errors.New("the backend has no devices")
 	}
-	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(), ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(),
+		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{})}
 	for _, info := range infos {
 		w.gpus = append(w.gpus, newGPU(&w.cfg, cfg.Node, info))
 	}
@@ -89,6 +92,15 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 // waits for its background work. The caller owns nc and should then drain
 // it, so requests already received are answered.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
+	pub, err := events.NewPublisher(ctx, nc, events.Options{Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream})
+	switch {
+	case errors.Is(err, events.ErrNoJetStream):
+		w.log.Warn("pressure events go to core NATS only", "reason", err)
+	case err != nil:
+		return err
+	case pub.JetStream():
+		w.log.Info("pressure events are kept in JetStream", "stream", events.StreamName)
+	}
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
 		Version:     w.cfg.Version,
@@ -127,12 +139,15 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	close(w.ready)
 
 	var wg sync.WaitGroup
+	wg.Go(func() { w.publish(ctx, pub) })
 	wg.Go(func() { w.every(ctx, w.cfg.ExpiryInterval, w.expire) })
 	wg.Go(func() { w.every(ctx, w.cfg.SampleInterval, w.sample) })
 	for range transferRunners {
 		wg.Go(func() { w.runTransfers(ctx) })
 	}
-	w.sampleAll(time.Now().UTC())
+	for _, g := range w.gpus {
+		w.sample(g, time.Now().UTC()) // announces each device's level
+	}
 	<-ctx.Done()
 	wg.Wait()
 	return nil
@@ -152,31 +167,6 @@ func (w *Worker) every(ctx context.Context, interval time.Duration, f func(*gpu,
 			}
 		}
 	}
-}
-
-func (w *Worker) sampleAll(now time.Time) {
-	for _, g := range w.gpus {
-		w.sample(g, now)
-	}
-}
-
-// sample records a device's state in its history and feeds its pressure.
-func (w *Worker) sample(g *gpu, now time.Time) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.sample(w.cfg.Thresholds, now); err != nil {
-		w.log.Warn("sampling device", "device", g.id, "err", err)
-	}
-}
-
-// recheck feeds device truth to the pressure tracker after a change. The
-// caller holds mu.
-func (w *Worker) recheck(g *gpu) {
-	u, err := g.usage(context.Background(), time.Now().UTC())
-	if err != nil {
-		return // the device cannot say; its level stands
-	}
-	g.observe(w.cfg.Thresholds, u)
 }
 
 // Locate tells where an allocation's bytes are and how many there are, for

@@ -39,6 +39,10 @@ type cli struct {
 	WarningThreshold  float64       `name:"warning-threshold" default:"0.85" help:"Usage ratio at which pressure is warning."`
 	CriticalThreshold float64       `name:"critical-threshold" default:"0.95" help:"Usage ratio at which pressure is critical."`
 	ExpiryInterval    time.Duration `name:"expiry-interval" default:"1s" help:"How often allocations past their ttl are freed."`
+	SampleInterval    time.Duration `name:"sample-interval" default:"5s" help:"How often devices are sampled for pressure and history."`
+	CriticalRepeat    time.Duration `name:"critical-repeat" default:"30s" help:"How often a critical level is announced again."`
+	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
+	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
 
 	LogFormat string `name:"log-format" default:"text" enum:"text,json" help:"Log format (text, json)."`
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level."`
@@ -66,6 +70,10 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	}
 	cfg.Thresholds.Warning, cfg.Thresholds.Critical = c.WarningThreshold, c.CriticalThreshold
 	cfg.ExpiryInterval = c.ExpiryInterval
+	cfg.SampleInterval = c.SampleInterval
+	cfg.CriticalRepeat = c.CriticalRepeat
+	cfg.EventsBinary = c.EventsBinary
+	cfg.EventsJetStream = !c.NoEventStream
 
 	memory, err := humanize.ParseBytes(c.SimMemory)
 	if err != nil || memory == 0 || memory > 1<<50 {

@@ -1,0 +1,63 @@
+package events
+
+import (
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// TypePressure is the type of pressure events. The version suffix changes
+// only when the data changes incompatibly.
+const TypePressure = "io.memworker.memory.pressure.v1"
+
+// Reasons a pressure event is sent.
+const (
+	// ReasonStartup: the worker started serving the device.
+	ReasonStartup = "startup"
+	// ReasonChanged: the level changed.
+	ReasonChanged = "changed"
+	// ReasonRepeat: the device is still critical (sent at an interval so
+	// late subscribers learn).
+	ReasonRepeat = "repeat"
+	// ReasonUnavailable: the device stopped answering; Level is the last
+	// known one and the byte counts are unknown (zero).
+	ReasonUnavailable = "unavailable"
+	// ReasonAvailable: the device answers again.
+	ReasonAvailable = "available"
+)
+
+// Pressure is the data of a pressure event.
+type Pressure struct {
+	DeviceID          string         `json:"device_id"`
+	Node              string         `json:"node"`
+	Reason            string         `json:"reason"`
+	Level             subjects.Level `json:"level"`
+	PreviousLevel     subjects.Level `json:"previous_level,omitempty"`
+	UsageRatio        float64        `json:"usage_ratio"`
+	UsedBytes         int64          `json:"used_bytes"`
+	FreeBytes         int64          `json:"free_bytes"`
+	TotalBytes        int64          `json:"total_bytes"`
+	WarningThreshold  float64        `json:"warning_threshold"`
+	CriticalThreshold float64        `json:"critical_threshold"`
+	// TopConsumers are the largest users of the device's memory known to
+	// the worker: by model and by purpose, then other processes.
+	TopConsumers []Consumer `json:"top_consumers"`
+	ObservedAt   time.Time  `json:"observed_at"`
+}
+
+// Consumer kinds.
+const (
+	ConsumerModel   = "model"
+	ConsumerPurpose = "purpose"
+	ConsumerOther   = "other_processes"
+)
+
+// Consumer is one user of device memory.
+type Consumer struct {
+	Kind  string `json:"kind"`
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+// Source is the CloudEvents source of a device's events.
+func Source(node, deviceID string) string { return "/memworker/" + node + "/" + deviceID }

@@ -1,0 +1,207 @@
+package integration
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/memworker/memworker/events"
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+type received struct {
+	msg  *nats.Msg
+	e    event.Event
+	data events.Pressure
+}
+
+// subscribeEvents collects the pressure events of dev.
+func subscribeEvents(t testing.TB, nc *nats.Conn, dev string) func(timeout time.Duration) received {
+	t.Helper()
+	sub, err := nc.SubscribeSync(subjects.PressureEvents(dev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	return func(timeout time.Duration) received {
+		t.Helper()
+		msg, err := sub.NextMsg(timeout)
+		if err != nil {
+			t.Fatalf("no pressure event for %s: %v", dev, err)
+		}
+		e, data, err := events.Decode(msg)
+		if err != nil {
+			t.Fatalf("decoding %s: %v", msg.Data, err)
+		}
+		return received{msg, e, data}
+	}
+}
+
+// drive takes a 1 GiB device through every level and back: warning by
+// allocation, critical by another process, held by hysteresis, warning and
+// normal by freeing.
+func drive(t testing.TB, nc *nats.Conn, h *host, dev string) {
+	t.Helper()
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 880 * MiB, ModelID: "llama"}, &a) // 0.859
+	h.sim.SetExternalUsage(0, 100*MiB)                                                                       // 0.957
+	call(t, nc, subjects.GetPressure, dev, nil, nil)
+	h.sim.SetExternalUsage(0, 80*MiB) // 0.9375: inside the margin
+	call(t, nc, subjects.GetPressure, dev, nil, nil)
+	h.sim.SetExternalUsage(0, 0)
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // 0.859, cached
+	call(t, nc, subjects.Clear, dev, nil, nil)                                                           // 0
+}
+
+var wantLevels = []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical, subjects.LevelWarning, subjects.LevelNormal}
+
+func TestPressureEventsFollowTheLevels(t *testing.T) {
+	srv := startServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	h := startWorker(t, srv, "n1", withDevices(2, GiB))
+	drive(t, nc, h, "n1-gpu0")
+
+	ids := map[string]bool{}
+	var got []subjects.Level
+	for i, want := range wantLevels {
+		r := next(2 * time.Second)
+		e, d := r.e, r.data
+		got = append(got, d.Level)
+		if d.Level != want {
+			t.Fatalf("event %d: level %s, want %s (so far %v)", i, d.Level, want, got)
+		}
+		if r.msg.Header.Get("Content-Type") != events.ContentTypeStructured {
+			t.Errorf("Content-Type %q", r.msg.Header.Get("Content-Type"))
+		}
+		if e.SpecVersion() != "1.0" || e.Type() != events.TypePressure || e.Source() != "/memworker/n1/n1-gpu0" ||
+			e.Subject() != "n1-gpu0" || e.DataContentType() != "application/json" || e.Time().IsZero() || ids[e.ID()] {
+			t.Errorf("event %d attributes: %s", i, e)
+		}
+		ids[e.ID()] = true
+		if d.DeviceID != "n1-gpu0" || d.Node != "n1" || d.TotalBytes != GiB || d.WarningThreshold != 0.85 || d.CriticalThreshold != 0.95 ||
+			d.UsedBytes+d.FreeBytes != d.TotalBytes || d.UsageRatio != float64(d.UsedBytes)/float64(GiB) {
+			t.Errorf("event %d data %+v", i, d)
+		}
+		wantReason := events.ReasonChanged
+		if i == 0 {
+			wantReason = events.ReasonStartup
+		}
+		if d.Reason != wantReason || (i > 0 && d.PreviousLevel != wantLevels[i-1]) {
+			t.Errorf("event %d: reason %s previous %s", i, d.Reason, d.PreviousLevel)
+		}
+		if i == 2 {
+			names := []string{}
+			for _, c := range d.TopConsumers {
+				names = append(names, c.Kind+":"+c.Name)
+			}
+			if !slices.Contains(names, "model:llama") || !slices.Contains(names, "other_processes:other_processes") {
+				t.Errorf("critical event names consumers %v, want the model and other processes", names)
+			}
+		}
+	}
+	// get_pressure answers with the level the last event announced.
+	var p subjects.Pressure
+	call(t, nc, subjects.GetPressure, "n1-gpu0", nil, &p)
+	if p.Level != wantLevels[len(wantLevels)-1] {
+		t.Errorf("get_pressure says %s after the last event announced %s", p.Level, wantLevels[len(wantLevels)-1])
+	}
+}
+
+func TestPressureEventsReplayFromJetStream(t *testing.T) {
+	srv := startJetStreamServer(t)
+	nc := connect(t, srv)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	drive(t, nc, h, "n1-gpu0") // nobody is listening
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, events.StreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.PressureEvents("n1-gpu0")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []subjects.Level
+	for len(got) < len(wantLevels) {
+		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			t.Fatalf("replayed %v, then: %v", got, err)
+		}
+		_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, d.Level)
+	}
+	if !slices.Equal(got, wantLevels) {
+		t.Errorf("replayed %v, want %v", got, wantLevels)
+	}
+	info, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := info.CachedInfo().Config; cfg.Duplicates == 0 || cfg.MaxAge == 0 {
+		t.Errorf("stream %+v: want dedupe and a bounded age", cfg)
+	}
+}
+
+func TestPressureEventsInBinaryMode(t *testing.T) {
+	srv := startServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	startWorker(t, srv, "n1", withConfig(func(c *worker.Config) { c.EventsBinary = true }))
+	r := next(2 * time.Second)
+	if r.msg.Header.Get("ce-specversion") != "1.0" || r.msg.Header.Get("ce-type") != events.TypePressure ||
+		r.msg.Header.Get("Content-Type") != "application/json" || r.data.Reason != events.ReasonStartup {
+		t.Errorf("binary event headers %v data %+v", r.msg.Header, r.data)
+	}
+}
+
+func TestCriticalRepeatsAndUnavailableDevices(t *testing.T) {
+	srv := startServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	h := startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) {
+		c.SampleInterval = 10 * time.Millisecond
+		c.CriticalRepeat = 50 * time.Millisecond
+	}))
+	if r := next(2 * time.Second); r.data.Reason != events.ReasonStartup {
+		t.Fatalf("first event %+v", r.data)
+	}
+	h.sim.SetExternalUsage(0, 1000*MiB)
+	if r := next(2 * time.Second); r.data.Level != subjects.LevelCritical || r.data.Reason != events.ReasonChanged {
+		t.Fatalf("want critical, got %+v", r.data)
+	}
+	for i := 0; i < 2; i++ {
+		if r := next(2 * time.Second); r.data.Level != subjects.LevelCritical || r.data.Reason != events.ReasonRepeat {
+			t.Fatalf("repeat %d: %+v", i, r.data)
+		}
+	}
+	h.sim.SetUnavailable(0, true)
+	for {
+		r := next(2 * time.Second)
+		if r.data.Reason == events.ReasonUnavailable {
+			break
+		}
+	}
+	h.sim.SetExternalUsage(0, 0)
+	h.sim.SetUnavailable(0, false)
+	var reasons []string
+	for len(reasons) < 2 {
+		reasons = append(reasons, next(2*time.Second).data.Reason)
+	}
+	if !slices.Contains(reasons, events.ReasonAvailable) {
+		t.Errorf("after the device came back: %v, want an available event", reasons)
+	}
+}
