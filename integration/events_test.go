@@ -50,11 +50,11 @@ func drive(t testing.TB, nc *nats.Conn, h *host, dev string) {
 	t.Helper()
 	var a subjects.Allocation
 	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 880 * MiB, ModelID: "llama"}, &a) // 0.859
-	h.sim.SetExternalUsage(0, 100*MiB)                                                                       // 0.957
+	h.external(t, 0, 100*MiB)                                                                                 // 0.957
 	call(t, nc, subjects.GetPressure, dev, nil, nil)
-	h.sim.SetExternalUsage(0, 80*MiB) // 0.9375: inside the margin
+	h.external(t, 0, 80*MiB) // 0.9375: inside the margin
 	call(t, nc, subjects.GetPressure, dev, nil, nil)
-	h.sim.SetExternalUsage(0, 0)
+	h.external(t, 0, 0)
 	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // 0.859, cached
 	call(t, nc, subjects.Clear, dev, nil, nil)                                                           // 0
 }
@@ -168,7 +168,7 @@ func TestPressureEventsInBinaryMode(t *testing.T) {
 	}
 }
 
-func TestCriticalRepeatsAndUnavailableDevices(t *testing.T) {
+func TestCriticalIsRepeated(t *testing.T) {
 	srv := startServer(t)
 	nc := connect(t, srv)
 	next := subscribeEvents(t, nc, "n1-gpu0")
@@ -179,7 +179,7 @@ func TestCriticalRepeatsAndUnavailableDevices(t *testing.T) {
 	if r := next(2 * time.Second); r.data.Reason != events.ReasonStartup {
 		t.Fatalf("first event %+v", r.data)
 	}
-	h.sim.SetExternalUsage(0, 1000*MiB)
+	h.external(t, 0, 1000*MiB)
 	if r := next(2 * time.Second); r.data.Level != subjects.LevelCritical || r.data.Reason != events.ReasonChanged {
 		t.Fatalf("want critical, got %+v", r.data)
 	}
@@ -188,20 +188,26 @@ func TestCriticalRepeatsAndUnavailableDevices(t *testing.T) {
 			t.Fatalf("repeat %d: %+v", i, r.data)
 		}
 	}
-	h.sim.SetUnavailable(0, true)
+}
+
+func TestUnavailableDevicesAreAnnounced(t *testing.T) {
+	srv := startServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	h := startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) { c.SampleInterval = 10 * time.Millisecond }))
+	f := h.faults(t)
+	if r := next(2 * time.Second); r.data.Reason != events.ReasonStartup {
+		t.Fatalf("first event %+v", r.data)
+	}
+	f.SetUnavailable(0, true)
 	for {
 		r := next(2 * time.Second)
 		if r.data.Reason == events.ReasonUnavailable {
 			break
 		}
 	}
-	h.sim.SetExternalUsage(0, 0)
-	h.sim.SetUnavailable(0, false)
-	var reasons []string
-	for len(reasons) < 2 {
-		reasons = append(reasons, next(2*time.Second).data.Reason)
-	}
-	if !slices.Contains(reasons, events.ReasonAvailable) {
-		t.Errorf("after the device came back: %v, want an available event", reasons)
+	f.SetUnavailable(0, false)
+	if r := next(2 * time.Second); r.data.Reason != events.ReasonAvailable || r.data.Level != subjects.LevelNormal {
+		t.Errorf("after the device came back: %+v, want an available event", r.data)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/device"
-	"github.com/memworker/memworker/worker/device/sim"
 )
 
 const (
@@ -59,35 +58,74 @@ func connect(t testing.TB, srv *server.Server) *nats.Conn {
 	return nc
 }
 
-// host is a worker on a sim backend, serving on its own connection.
+// testBackend is what the tests need of a backend beyond worker.Backend:
+// writing test patterns. backend_sim_test.go and backend_cuda_test.go
+// (build tag cuda) provide one; the same tests run on both.
+type testBackend interface {
+	worker.Backend
+	Write(ctx context.Context, at device.Location, p []byte) error
+}
+
+// faultInjector is the sim's fault injection; tests that need it skip on
+// real GPUs.
+type faultInjector interface {
+	FailAllocs(dev, n int)
+	SetUnavailable(dev int, unavailable bool)
+	SetCopyDelay(d time.Duration)
+}
+
+// host is a worker on a test backend, serving on its own connection.
 type host struct {
 	*worker.Worker
-	sim  *sim.Backend
+	dev  testBackend
 	node string
 }
 
-type hostOpt func(*worker.Config, *sim.Config)
+// faults returns the backend's fault injection, or skips the test.
+func (h *host) faults(t testing.TB) faultInjector {
+	t.Helper()
+	f, ok := h.dev.(faultInjector)
+	if !ok {
+		t.Skipf("the %s backend has no fault injection", h.dev.Name())
+	}
+	return f
+}
+
+// external makes another process use bytes of dev's memory.
+func (h *host) external(t testing.TB, dev int, bytes int64) {
+	t.Helper()
+	if err := setExternal(h.dev, dev, bytes); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type hostConfig struct {
+	devices int
+	bytes   int64
+}
+
+type hostOpt func(*worker.Config, *hostConfig)
 
 func withDevices(n int, bytes int64) hostOpt {
-	return func(_ *worker.Config, s *sim.Config) { *s = sim.Default(n, bytes) }
+	return func(_ *worker.Config, h *hostConfig) { h.devices, h.bytes = n, bytes }
 }
 
 func withConfig(f func(*worker.Config)) hostOpt {
-	return func(c *worker.Config, _ *sim.Config) { f(c) }
+	return func(c *worker.Config, _ *hostConfig) { f(c) }
 }
 
 // startWorker runs a worker for node on srv until the test ends.
 func startWorker(t testing.TB, srv *server.Server, node string, opts ...hostOpt) *host {
 	t.Helper()
-	simCfg := sim.Default(2, 16*GiB)
+	hc := hostConfig{devices: 2, bytes: 16 * GiB}
 	cfg := worker.DefaultConfig()
 	cfg.Node = node
 	cfg.ExpiryInterval = 20 * time.Millisecond
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, o := range opts {
-		o(&cfg, &simCfg)
+		o(&cfg, &hc)
 	}
-	b := sim.New(simCfg)
+	b := newTestBackend(t, hc.devices, hc.bytes)
 	cfg.Backend = b
 	nc := connect(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -107,7 +145,7 @@ func startWorker(t testing.TB, srv *server.Server, node string, opts ...hostOpt)
 	case <-time.After(5 * time.Second):
 		t.Fatal("worker not ready")
 	}
-	return &host{Worker: w, sim: b, node: node}
+	return &host{Worker: w, dev: b, node: node}
 }
 
 // request sends a raw body to op on dev and returns the reply message.
@@ -173,11 +211,7 @@ func checkLedger(t *testing.T, nc *nats.Conn, h *host, dev string, index int) su
 	t.Helper()
 	var u subjects.Usage
 	call(t, nc, subjects.GetUsage, dev, nil, &u)
-	var held int64
-	for _, s := range h.sim.Segments(index, device.VRAM) {
-		held += s.Size
-	}
-	if held != u.ReservedBytes {
+	if held := heldBytes(h.dev, index); held != u.ReservedBytes {
 		t.Fatalf("%s: worker reserves %d bytes, backend holds %d", dev, u.ReservedBytes, held)
 	}
 	var page subjects.AllocationsReply

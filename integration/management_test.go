@@ -27,7 +27,7 @@ func write(t *testing.T, h *host, dev, id string, seed byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.sim.Write(context.Background(), loc, pattern(seed, n)); err != nil {
+	if err := h.dev.Write(context.Background(), loc, pattern(seed, n)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -39,7 +39,7 @@ func checkContent(t *testing.T, h *host, dev, id string, seed byte) {
 		t.Fatal(err)
 	}
 	got := make([]byte, n)
-	if err := h.sim.Read(context.Background(), loc, got); err != nil {
+	if err := h.dev.Read(context.Background(), loc, got); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, pattern(seed, n)) {
@@ -199,9 +199,20 @@ func TestTransferErrors(t *testing.T) {
 	checkLedger(t, nc, h, "n1-gpu0", 0)
 	checkLedger(t, nc, h, "n1-gpu1", 1)
 
-	// While a slow transfer runs, its source can be neither freed nor
-	// transferred again.
-	h.sim.SetCopyDelay(300 * time.Millisecond)
+	call(t, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+}
+
+// TestBusyAllocationsAreNeitherFreedNorTransferredTwice slows the copy
+// engine so a transfer is seen running.
+func TestBusyAllocationsAreNeitherFreedNorTransferredTwice(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, GiB))
+	nc := connect(t, srv)
+	h.faults(t).SetCopyDelay(300 * time.Millisecond)
+	req := func(data string) []byte { return []byte(`{"data":` + data + `}`) }
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 8 * MiB}, &a)
+	var st subjects.TransferStatus
 	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetDeviceID: "n1-gpu1"}, &st)
 	callErr(t, nc, subjects.Deallocate, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`"}`), subjects.CodeConflict)
 	callErr(t, nc, subjects.Transfer, "n1-gpu0", req(`{"allocation_id":"`+a.AllocationID+`","target_device_id":"n1-gpu1"}`), subjects.CodeConflict)
@@ -214,4 +225,5 @@ func TestTransferErrors(t *testing.T) {
 		t.Errorf("slow transfer: %+v", done)
 	}
 	call(t, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+	checkLedger(t, nc, h, "n1-gpu0", 0)
 }

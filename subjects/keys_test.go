@@ -13,7 +13,7 @@ var wireTypes = []any{
 	subjects.Envelope{}, subjects.Reply{},
 	subjects.Allocation{}, subjects.StatusRequest{}, subjects.StatusReply{},
 	subjects.DeviceInfo{}, subjects.UsageRequest{}, subjects.Usage{},
-	subjects.PurposeUsage{}, subjects.PoolStats{}, subjects.Fragmentation{},
+	subjects.PurposeUsage{}, subjects.ProcessUsage{}, subjects.PoolStats{}, subjects.Fragmentation{},
 	subjects.AllocationsRequest{}, subjects.AllocationsReply{},
 	subjects.AllocateRequest{}, subjects.DeallocateRequest{}, subjects.DeallocateReply{},
 	subjects.ClearRequest{}, subjects.ClearReply{}, subjects.PressureRequest{},

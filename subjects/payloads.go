@@ -42,6 +42,13 @@ type Allocation struct {
 	// Offloaded is true when a VRAM allocation's bytes have been moved to
 	// pinned host memory by optimize or model_optimize.
 	Offloaded bool `json:"offloaded"`
+	// Exported allocations have a segment of their own that other
+	// processes of the host map with IPCHandle (a base64 CUDA IPC memory
+	// handle; the allocation starts IPCOffset bytes into it). They are never
+	// moved or offloaded.
+	Exported  bool   `json:"exported"`
+	IPCHandle string `json:"ipc_handle,omitempty"`
+	IPCOffset int64  `json:"ipc_offset"`
 }
 
 // StatusRequest is get_status's payload.
@@ -105,13 +112,24 @@ type Usage struct {
 	// processes and the driver's own reservations.
 	OtherBytes int64 `json:"other_bytes"`
 	// PinnedHostBytes is page-locked host memory held for this device.
-	PinnedHostBytes int64   `json:"pinned_host_bytes"`
-	Allocations     int     `json:"allocations"`
-	UsageRatio      float64 `json:"usage_ratio"`
-	UsagePercentage float64 `json:"usage_percentage"`
+	PinnedHostBytes int64 `json:"pinned_host_bytes"`
+	// DriverReservedBytes and Processes come from NVML where the backend
+	// has it: memory the driver keeps for itself, and every process using
+	// the device with its bytes.
+	DriverReservedBytes int64          `json:"driver_reserved_bytes,omitempty"`
+	Processes           []ProcessUsage `json:"processes,omitempty"`
+	Allocations         int            `json:"allocations"`
+	UsageRatio          float64        `json:"usage_ratio"`
+	UsagePercentage     float64        `json:"usage_percentage"`
 	// ByPurpose splits allocated bytes by the purpose given at allocate.
 	ByPurpose []PurposeUsage `json:"by_purpose"`
 	SampledAt time.Time      `json:"sampled_at"`
+}
+
+// ProcessUsage is one process's use of a device.
+type ProcessUsage struct {
+	PID       int   `json:"pid"`
+	UsedBytes int64 `json:"used_bytes"`
 }
 
 // PurposeUsage is the memory allocated for one purpose.
@@ -185,6 +203,9 @@ type AllocateRequest struct {
 	Persistent     bool           `json:"persistent,omitempty"`
 	ModelID        string         `json:"model_id,omitempty"`
 	TTLSeconds     float64        `json:"ttl_seconds,omitempty"`
+	// Export asks for a CUDA IPC handle so another process of the host can
+	// map the memory (VRAM only).
+	Export bool `json:"export,omitempty"`
 }
 
 // DeallocateRequest is deallocate's payload: one id, or several. It is all

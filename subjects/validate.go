@@ -39,6 +39,9 @@ func (r *AllocateRequest) Validate() error {
 		return err
 	}
 	r.AllocationType = t
+	if r.Export && t != VRAM {
+		return Invalid("export needs allocation_type %s", VRAM)
+	}
 	if r.Alignment < 0 || r.Alignment > MaxAlignment || r.Alignment&(r.Alignment-1) != 0 {
 		return Invalid("alignment must be 0 or a power of two up to %d, got %d", MaxAlignment, r.Alignment)
 	}

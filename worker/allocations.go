@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"math"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
 )
 
@@ -24,9 +26,25 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 	if err != nil {
 		return nil, err
 	}
-	block, err := g.pools[kind].Alloc(ctx, req.SizeBytes, req.Alignment)
+	var handle []byte
+	ex, canExport := g.backend.(exporter)
+	if req.Export && !canExport {
+		return nil, fmt.Errorf("the %s backend cannot export memory: %w", g.backend.Name(), ErrUnsupported)
+	}
+	var block *alloc.Block
+	if req.Export {
+		block, err = g.pools[kind].AllocDedicated(ctx, req.SizeBytes)
+	} else {
+		block, err = g.pools[kind].Alloc(ctx, req.SizeBytes, req.Alignment)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("allocating %d bytes of %s on %s: %w", req.SizeBytes, req.AllocationType, g.id, err)
+	}
+	if req.Export {
+		if handle, err = ex.Export(ctx, g.index, block.SegmentAddr()); err != nil {
+			_ = g.pools[kind].Free(block)
+			return nil, fmt.Errorf("exporting %s: %w", id, err)
+		}
 	}
 	now := time.Now().UTC()
 	a := &allocation{
@@ -45,6 +63,11 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 		},
 		kind:  kind,
 		block: block,
+	}
+	if req.Export {
+		a.Exported = true
+		a.IPCHandle = base64.StdEncoding.EncodeToString(handle)
+		a.IPCOffset = int64(block.Addr() - block.SegmentAddr())
 	}
 	if req.TTLSeconds > 0 {
 		exp := now.Add(time.Duration(math.Round(req.TTLSeconds * float64(time.Second))))
@@ -65,7 +88,7 @@ func (w *Worker) deallocate(_ context.Context, g *gpu, req *subjects.DeallocateR
 		if !ok {
 			return nil, fmt.Errorf("allocation %s on %s: %w", id, g.id, ErrAllocationNotFound)
 		}
-		if !a.movable() {
+		if !a.idle() {
 			return nil, fmt.Errorf("allocation %s is being transferred; free it when the transfer ends: %w", id, ErrConflict)
 		}
 	}
@@ -132,7 +155,7 @@ func (w *Worker) clear(ctx context.Context, g *gpu, req *subjects.ClearRequest) 
 			reply.SkippedPersistent++
 			continue
 		}
-		if !a.movable() {
+		if !a.idle() {
 			reply.SkippedBusy++
 			continue
 		}
@@ -166,7 +189,7 @@ func (w *Worker) expire(g *gpu, now time.Time) {
 		}
 	}()
 	for _, a := range g.ledger {
-		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.movable() {
+		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.idle() {
 			continue
 		}
 		if err := g.free(a); err != nil {

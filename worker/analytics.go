@@ -56,14 +56,14 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 	idle, idleBytes := 0, int64(0)
 	idleCutoff := now.Add(-w.cfg.IdleAfter)
 	for _, a := range g.ledger {
-		if !a.movable() {
+		if !a.idle() {
 			continue
 		}
 		if a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) {
 			expired++
 			expiredBytes += a.ReservedBytes
 		}
-		if a.kind == device.VRAM && a.AllocationType == subjects.VRAM && !a.Persistent && a.LastUsedAt.Before(idleCutoff) {
+		if a.relocatable() && a.kind == device.VRAM && a.AllocationType == subjects.VRAM && !a.Persistent && a.LastUsedAt.Before(idleCutoff) {
 			idle++
 			idleBytes += a.ReservedBytes
 		}
@@ -121,7 +121,7 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 func (w *Worker) modelRec(g *gpu, u subjects.Usage, p subjects.Pressure) (subjects.Recommendation, bool) {
 	var resident int64
 	for _, a := range g.ledger {
-		if a.ModelID != "" && a.kind == device.VRAM && !a.Persistent && a.movable() {
+		if a.ModelID != "" && a.kind == device.VRAM && !a.Persistent && a.relocatable() {
 			resident += a.ReservedBytes
 		}
 	}

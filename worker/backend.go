@@ -37,3 +37,15 @@ func (s source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
 func (s source) FreeSegment(ctx context.Context, addr uint64) error {
 	return s.b.Free(ctx, s.dev, s.kind, addr)
 }
+
+// exporter is a backend that can share a device segment with other
+// processes of the host (CUDA IPC).
+type exporter interface {
+	Export(ctx context.Context, dev int, base uint64) (handle []byte, err error)
+}
+
+// processLister is a backend with telemetry: the processes using a device
+// and the memory its driver reserves.
+type processLister interface {
+	Processes(ctx context.Context, dev int) (procs []device.Process, driverReserved int64, err error)
+}

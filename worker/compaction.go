@@ -36,7 +36,7 @@ func (w *Worker) defragment(ctx context.Context, g *gpu, _ *subjects.DefragmentR
 func (g *gpu) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err error) {
 	owners := g.owners()
 	for _, a := range owners {
-		if !a.movable() {
+		if !a.relocatable() {
 			unmoved++
 		}
 	}
@@ -65,7 +65,7 @@ func (g *gpu) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err
 // the same device and frees its VRAM block (which stays cached in the pool
 // until released). The caller holds mu.
 func (g *gpu) offload(ctx context.Context, a *allocation, now time.Time) error {
-	if a.kind != device.VRAM || !a.movable() {
+	if a.kind != device.VRAM || !a.relocatable() {
 		return fmt.Errorf("allocation %s cannot be offloaded now: %w", a.AllocationID, ErrConflict)
 	}
 	host, err := g.pools[device.Pinned].Alloc(ctx, a.SizeBytes, a.Alignment)
@@ -104,10 +104,10 @@ func (g *gpu) owners() map[*alloc.Block]*allocation {
 }
 
 // movableIn says which blocks compaction may move: those of allocations
-// that are not being transferred.
+// neither being transferred nor exported.
 func movableIn(owners map[*alloc.Block]*allocation) func(*alloc.Block) bool {
 	return func(b *alloc.Block) bool {
 		a := owners[b]
-		return a != nil && a.movable()
+		return a != nil && a.relocatable()
 	}
 }

@@ -47,8 +47,13 @@ type allocation struct {
 	busy int
 }
 
-// movable reports whether the allocation's bytes may change place.
-func (a *allocation) movable() bool { return a.busy == 0 }
+// idle reports whether no transfer is using the allocation, so it may be
+// freed.
+func (a *allocation) idle() bool { return a.busy == 0 }
+
+// relocatable reports whether the allocation's bytes may change place:
+// idle, and not exported (another process maps its address).
+func (a *allocation) relocatable() bool { return a.idle() && !a.Exported }
 
 // loc is where the allocation's bytes are.
 func (g *gpu) loc(a *allocation) device.Location {
@@ -119,6 +124,15 @@ func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) 
 		Allocations:     len(g.ledger),
 		ByPurpose:       g.byPurpose(),
 		SampledAt:       now,
+	}
+	if pl, ok := g.backend.(processLister); ok {
+		// Telemetry is extra: without it usage stands on device truth.
+		if procs, reserved, err := pl.Processes(ctx, g.index); err == nil {
+			u.DriverReservedBytes = reserved
+			for _, p := range procs {
+				u.Processes = append(u.Processes, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
+			}
+		}
 	}
 	if mi.TotalBytes > 0 {
 		u.UsageRatio = float64(used) / float64(mi.TotalBytes)

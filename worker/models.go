@@ -72,7 +72,7 @@ func (w *Worker) modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelO
 	for id, allocs := range g.models(req.ModelID) {
 		c := candidate{id: id}
 		for _, a := range allocs {
-			if a.kind != device.VRAM || !a.movable() {
+			if a.kind != device.VRAM || !a.idle() || (req.OptimizationType == subjects.OptimizeOffload && !a.relocatable()) {
 				continue
 			}
 			if a.Persistent && !req.Force {

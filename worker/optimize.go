@@ -66,7 +66,7 @@ func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeReq
 func (g *gpu) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyFreeExpired}
 	for _, a := range g.sorted() {
-		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.movable() {
+		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.idle() {
 			continue
 		}
 		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
@@ -124,7 +124,7 @@ func (g *gpu) offloadIdle(ctx context.Context, now time.Time, req *subjects.Opti
 	cutoff := now.Add(-time.Duration(req.IdleSeconds * float64(time.Second)))
 	var idle []*allocation
 	for _, a := range g.ledger {
-		if a.kind == device.VRAM && !a.Persistent && a.movable() && a.AllocationType == subjects.VRAM && a.LastUsedAt.Before(cutoff) {
+		if a.kind == device.VRAM && !a.Persistent && a.relocatable() && a.AllocationType == subjects.VRAM && a.LastUsedAt.Before(cutoff) {
 			idle = append(idle, a)
 		}
 	}

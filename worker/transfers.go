@@ -122,7 +122,7 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 	if req.Mode == subjects.ModeMove && dst == g && targetKind == a.kind {
 		return nil, subjects.Invalid("moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.AllocationID)
 	}
-	if !a.movable() {
+	if !a.idle() {
 		return nil, fmt.Errorf("allocation %s is already being transferred: %w", a.AllocationID, ErrConflict)
 	}
 	if targetKind == device.VRAM && a.SizeBytes > dst.info.TotalBytes {

@@ -31,7 +31,9 @@ type cli struct {
 	StoreDir string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
-	Backend string `default:"sim" enum:"sim" help:"Memory backend (sim)."`
+	Backend string `default:"auto" enum:"auto,sim,cuda" help:"Memory backend: auto (cuda when built with the cuda tag and a GPU is present, else sim), sim or cuda."`
+
+	CudaMemoryLimit string `name:"cuda-memory-limit" help:"cuda backend: manage at most this much of each GPU (a size such as 40GiB; default: all of it)."`
 
 	SimDevices int    `name:"sim-devices" default:"2" help:"sim backend: number of devices."`
 	SimMemory  string `name:"sim-memory" default:"16GiB" help:"sim backend: memory per device (bytes or a size such as 16GiB)."`
@@ -75,14 +77,12 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
 
-	memory, err := humanize.ParseBytes(c.SimMemory)
-	if err != nil || memory == 0 || memory > 1<<50 {
-		return fmt.Errorf("--sim-memory %q: want a size such as 16GiB", c.SimMemory)
+	backend, closeBackend, err := openBackend(c, log)
+	if err != nil {
+		return err
 	}
-	if c.SimDevices < 1 || c.SimDevices > 64 {
-		return fmt.Errorf("--sim-devices %d: want 1 to 64", c.SimDevices)
-	}
-	cfg.Backend = sim.New(sim.Default(c.SimDevices, int64(memory)))
+	defer closeBackend()
+	cfg.Backend = backend
 
 	w, err := worker.New(ctx, cfg)
 	if err != nil {
@@ -143,4 +143,24 @@ func newLogger(format, level string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// simBackend builds the simulated host the sim flags describe.
+func simBackend(c *cli) (*sim.Backend, error) {
+	memory, err := parseSize("--sim-memory", c.SimMemory)
+	if err != nil {
+		return nil, err
+	}
+	if c.SimDevices < 1 || c.SimDevices > 64 {
+		return nil, fmt.Errorf("--sim-devices %d: want 1 to 64", c.SimDevices)
+	}
+	return sim.New(sim.Default(c.SimDevices, memory)), nil
+}
+
+func parseSize(flag, s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 || n > 1<<50 {
+		return 0, fmt.Errorf("%s %q: want a size such as 16GiB", flag, s)
+	}
+	return int64(n), nil
 }

@@ -41,10 +41,11 @@ type Pool struct {
 }
 
 type segment struct {
-	addr  uint64
-	size  int64
-	small bool
-	first *Block
+	addr      uint64
+	size      int64
+	small     bool
+	dedicated bool // one block, never shared, returned on free
+	first     *Block
 }
 
 // Block is a contiguous range of a segment, handed out by Alloc or cached
@@ -149,6 +150,28 @@ func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error)
 	}
 	b = p.carve(b, rounded, alignment)
 	p.activate(b, size, alignment)
+	return b, nil
+}
+
+// AllocDedicated hands out a block with a segment of its own (size rounded
+// up to 2 MiB): nothing else is ever carved from that segment, and freeing
+// the block returns the segment to the Source at once. Memory shared with
+// other processes uses it, so a handle to the segment exposes that block
+// alone.
+func (p *Pool) AllocDedicated(ctx context.Context, size int64) (*Block, error) {
+	if size <= 0 || size > maxSize/2 {
+		return nil, fmt.Errorf("%w: size %d", ErrInvalid, size)
+	}
+	p.stats.AllocRequests++
+	segSize := (RoundSize(size) + RoundLarge - 1) / RoundLarge * RoundLarge
+	seg, err := p.newSegment(ctx, segSize, false)
+	if err != nil {
+		return nil, err
+	}
+	seg.dedicated = true
+	b := seg.first
+	b.free = false
+	p.activate(b, size, MinBlock)
 	return b, nil
 }
 
@@ -276,6 +299,10 @@ func (p *Pool) Free(b *Block) error {
 	p.stats.AllocatedBytes -= b.size
 	p.stats.RequestedBytes -= b.requested
 	p.stats.ActiveBlocks--
+	if b.seg.dedicated {
+		b.free = true
+		return p.dropSegment(context.Background(), b.seg)
+	}
 	if prev := b.prev; prev != nil && prev.free {
 		p.uncache(prev)
 		prev.size += b.size

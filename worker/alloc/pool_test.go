@@ -363,3 +363,29 @@ func TestNewSegmentsNeedNoPaddingOnAlignedSources(t *testing.T) {
 		t.Errorf("unaligned source: block at %#x, stats %+v, source holds %d", ub.Addr(), up.Stats(), usrc.used)
 	}
 }
+
+func TestDedicatedBlocksOwnTheirSegment(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(1 << 30)
+	p := New(src)
+	b, err := p.AllocDedicated(ctx, 3<<20+5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Addr() != b.SegmentAddr() || b.Size() != 4<<20 || p.Stats().Segments != 1 {
+		t.Fatalf("dedicated block at %#x in %#x of %d bytes", b.Addr(), b.SegmentAddr(), b.Size())
+	}
+	check(t, p, src)
+	// Nothing else lands in a dedicated segment.
+	other, _ := p.Alloc(ctx, 4096, 0)
+	if other.SegmentAddr() == b.SegmentAddr() {
+		t.Error("a small block was carved from a dedicated segment")
+	}
+	if err := p.Free(b); err != nil {
+		t.Fatal(err)
+	}
+	check(t, p, src)
+	if p.Stats().Segments != 1 || src.used != SmallSegment {
+		t.Errorf("freeing a dedicated block kept its segment: %+v", p.Stats())
+	}
+}

@@ -46,6 +46,12 @@ type MemInfo struct {
 	FreeBytes  int64
 }
 
+// Process is a process using a device's memory, as the driver sees it.
+type Process struct {
+	PID       int
+	UsedBytes int64
+}
+
 // Error kinds returned (wrapped) by backends.
 var (
 	// ErrOutOfMemory: the device (or host) cannot hold the segment.

@@ -1,0 +1,72 @@
+//go:build cuda
+
+package integration
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/cuda"
+)
+
+// newTestBackend is the host's real GPUs, each limited to a slice of bytes
+// so the tests reach pressure levels; it skips when the host has fewer
+// than n GPUs, and frees everything when the test ends.
+func newTestBackend(t testing.TB, n int, bytes int64) testBackend {
+	t.Helper()
+	b, err := cuda.New(cuda.Config{MemoryLimit: bytes, Devices: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, _ := b.Devices(t.Context())
+	if len(infos) < n {
+		b.Close()
+		t.Skipf("needs %d GPUs, the host has %d", n, len(infos))
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func setExternal(b testBackend, dev int, bytes int64) error {
+	return b.(*cuda.Backend).SetExternalUsage(dev, bytes)
+}
+
+func heldBytes(b testBackend, dev int) int64 {
+	var n int64
+	for _, s := range b.(*cuda.Backend).Segments(dev, device.VRAM) {
+		n += s.Size
+	}
+	return n
+}
+
+// peerScript opens a CUDA IPC handle with CuPy in its own process and
+// writes the bytes read from stdin at an offset into the memory.
+const peerScript = `
+import sys, base64, numpy, cupy
+handle, offset = base64.b64decode(sys.argv[1]), int(sys.argv[2])
+data = numpy.frombuffer(sys.stdin.buffer.read(), dtype=numpy.uint8)
+ptr = cupy.cuda.runtime.ipcOpenMemHandle(handle)
+mem = cupy.cuda.UnownedMemory(ptr, offset + data.size, None)
+view = cupy.ndarray((data.size,), dtype=cupy.uint8, memptr=cupy.cuda.MemoryPointer(mem, offset))
+view.set(data)
+cupy.cuda.runtime.deviceSynchronize()
+cupy.cuda.runtime.ipcCloseMemHandle(ptr)
+print("wrote", data.size, "bytes at offset", offset)
+`
+
+// peerWrite plays another process of the host with CuPy.
+func peerWrite(t testing.TB, _ testBackend, handle []byte, offset int64, data []byte) {
+	t.Helper()
+	cmd := exec.Command("python3", "-c", peerScript, base64.StdEncoding.EncodeToString(handle), fmt.Sprint(offset))
+	cmd.Stdin = bytes.NewReader(data)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("CuPy peer process: %v\n%s", err, out)
+	}
+	t.Logf("CuPy peer process: %s", strings.TrimSpace(string(out)))
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the cuda-tagged worker and test binaries into bin/cuda/ (git-ignored)
+# for the GPU machine: carry bin/cuda there and run them (see README, "Real
+# GPUs").
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+. scripts/cuda-env.sh
+mkdir -p bin/cuda
+go vet -tags cuda ./worker/device/cuda/ ./integration/
+strip=(-ldflags="-s -w")
+go build -tags cuda "${strip[@]}" -o bin/cuda/memworker ./cmd/memworker
+go test -c -tags cuda "${strip[@]}" -o bin/cuda/cuda.test ./worker/device/cuda
+go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
+# The device tool carries at most 64 MiB: ship one compressed archive.
+tar -C bin -czf bin/cuda.tgz cuda
+ls -la bin/cuda bin/cuda.tgz

@@ -1,0 +1,518 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"gorgonia.org/cu"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Config tunes the backend.
+type Config struct {
+	// MemoryLimit, when positive, gives the worker a slice of each device:
+	// MemInfo reports the limit as the total and counts as used only what
+	// was allocated (by anyone) after the backend opened the device. It
+	// lets a worker manage part of a GPU it shares, and lets tests reach
+	// pressure levels quickly on an 80 GB card.
+	MemoryLimit int64
+	// Devices limits the backend to the first n devices (0: all).
+	Devices int
+}
+
+// Backend drives the host's NVIDIA GPUs. It is safe for concurrent use.
+type Backend struct {
+	cfg     Config
+	devices []*gpu
+	nvml    *telemetry
+
+	mu      sync.Mutex
+	host    map[uint64]hostSegment // pinned host memory by address
+	hostErr error
+}
+
+type hostSegment struct {
+	ptr  unsafe.Pointer
+	size int64
+}
+
+// gpu is one device: its primary context, current on the one OS thread that
+// runs its work.
+type gpu struct {
+	index int
+	dev   cu.Device
+	ctx   cu.CUContext
+	info  device.Info
+	work  chan func()
+
+	baseline int64 // bytes in use when opened, for MemoryLimit
+
+	mu       sync.Mutex
+	segments map[uint64]int64 // device memory held, by address
+	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
+}
+
+// New opens the host's devices. It fails when there is none.
+func New(cfg Config) (*Backend, error) {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("counting CUDA devices: %w", err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("no CUDA device: %w", device.ErrNotFound)
+	}
+	if cfg.Devices > 0 && cfg.Devices < n {
+		n = cfg.Devices
+	}
+	b := &Backend{cfg: cfg, host: map[uint64]hostSegment{}, nvml: openTelemetry()}
+	for i := 0; i < n; i++ {
+		g, err := open(i)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.devices = append(b.devices, g)
+	}
+	b.enablePeers()
+	for _, g := range b.devices {
+		free, total, err := g.memInfo()
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		g.baseline = total - free
+	}
+	return b, nil
+}
+
+func (g *gpu) memInfo() (free, total int64, err error) {
+	err = g.do(func() (err error) {
+		free, total, err = cu.MemInfo()
+		return err
+	})
+	return free, total, wrap("cuMemGetInfo", err)
+}
+
+func open(i int) (*gpu, error) {
+	d, err := cu.GetDevice(i)
+	if err != nil {
+		return nil, fmt.Errorf("device %d: %w", i, err)
+	}
+	g := &gpu{index: i, dev: d, work: make(chan func()), segments: map[uint64]int64{}}
+	g.info.Index = i
+	if g.info.Name, err = d.Name(); err != nil {
+		return nil, err
+	}
+	if id, err := d.UUID(); err == nil {
+		g.info.UUID = "GPU-" + id.String()
+	}
+	if g.info.TotalBytes, err = d.TotalMem(); err != nil {
+		return nil, err
+	}
+	major, _ := d.Attribute(cu.ComputeCapabilityMajor)
+	minor, _ := d.Attribute(cu.ComputeCapabilityMinor)
+	g.info.ComputeCapability = fmt.Sprintf("%d.%d", major, minor)
+	if g.ctx, err = d.RetainPrimaryCtx(); err != nil {
+		return nil, fmt.Errorf("device %d: primary context: %w", i, err)
+	}
+	ready := make(chan error)
+	go g.run(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// run is the device's thread: it makes the context current once and runs
+// the device's work until Close.
+func (g *gpu) run(ready chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cu.SetCurrentContext(g.ctx); err != nil {
+		ready <- fmt.Errorf("device %d: making its context current: %w", g.index, err)
+		return
+	}
+	close(ready)
+	for f := range g.work {
+		f()
+	}
+}
+
+// do runs f on the device's thread and returns its error.
+func (g *gpu) do(f func() error) error {
+	done := make(chan error, 1)
+	g.work <- func() { done <- f() }
+	return <-done
+}
+
+// enablePeers lets every pair of devices that can reach each other copy
+// directly (NVLink or PCIe peer to peer); without it peer copies are staged
+// through the host at a fraction of the speed.
+func (b *Backend) enablePeers() {
+	for _, a := range b.devices {
+		for _, p := range b.devices {
+			if a == p {
+				continue
+			}
+			if ok, err := canAccessPeer(a.index, p.index); err != nil || !ok {
+				continue
+			}
+			_ = a.do(func() error { return p.ctx.EnablePeerAccess(0) })
+		}
+	}
+}
+
+// Close frees everything the backend still holds, stops the device
+// threads and releases the contexts.
+func (b *Backend) Close() {
+	if len(b.devices) > 0 {
+		_ = b.devices[0].do(func() error { // a context must be current
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			for addr, h := range b.host {
+				_ = cu.MemFreeHost(h.ptr)
+				delete(b.host, addr)
+			}
+			return nil
+		})
+	}
+	for _, g := range b.devices {
+		_ = g.do(func() error {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			for addr := range g.segments {
+				_ = cu.MemFree(cu.DevicePtr(addr))
+				delete(g.segments, addr)
+			}
+			for _, p := range g.extra {
+				_ = cu.MemFree(p)
+			}
+			g.extra = nil
+			return nil
+		})
+		close(g.work)
+		_ = g.dev.ReleasePrimaryCtx()
+	}
+	b.devices = nil
+	b.nvml.close()
+}
+
+// Name is the backend's name in replies.
+func (b *Backend) Name() string { return "cuda" }
+
+func (b *Backend) gpu(i int) (*gpu, error) {
+	if i < 0 || i >= len(b.devices) {
+		return nil, fmt.Errorf("device %d: %w", i, device.ErrNotFound)
+	}
+	return b.devices[i], nil
+}
+
+// Devices lists the devices with their identity; with a memory limit, the
+// limit is their total.
+func (b *Backend) Devices(context.Context) ([]device.Info, error) {
+	out := make([]device.Info, len(b.devices))
+	for i, g := range b.devices {
+		out[i] = g.info
+		if b.cfg.MemoryLimit > 0 {
+			out[i].TotalBytes = min(out[i].TotalBytes, b.cfg.MemoryLimit)
+		}
+	}
+	return out, nil
+}
+
+// MemInfo is the driver's cuMemGetInfo, capped by the memory limit.
+func (b *Backend) MemInfo(_ context.Context, dev int) (device.MemInfo, error) {
+	g, err := b.gpu(dev)
+	if err != nil {
+		return device.MemInfo{}, err
+	}
+	free, total, err := g.memInfo()
+	if err != nil {
+		return device.MemInfo{}, err
+	}
+	if limit := b.cfg.MemoryLimit; limit > 0 && limit < total {
+		used := max(total-free-g.baseline, 0)
+		total, free = limit, max(limit-used, 0)
+	}
+	return device.MemInfo{TotalBytes: total, FreeBytes: free}, nil
+}
+
+// Alloc reserves a segment: cuMemAlloc for VRAM, cuMemHostAlloc (portable,
+// page-locked) for pinned host memory.
+func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int64) (uint64, error) {
+	g, err := b.gpu(dev)
+	if err != nil {
+		return 0, err
+	}
+	if kind == device.Pinned {
+		var p unsafe.Pointer
+		if err := g.do(func() (err error) { p, err = hostAlloc(size); return err }); err != nil {
+			return 0, err
+		}
+		addr := uint64(uintptr(p))
+		b.mu.Lock()
+		b.host[addr] = hostSegment{ptr: p, size: size}
+		b.mu.Unlock()
+		return addr, nil
+	}
+	if b.cfg.MemoryLimit > 0 {
+		mi, err := b.MemInfo(ctx, dev)
+		if err != nil {
+			return 0, err
+		}
+		if size > mi.FreeBytes {
+			return 0, fmt.Errorf("device %d: %d of its %d-byte limit free, %d asked: %w", dev, mi.FreeBytes, mi.TotalBytes, size, device.ErrOutOfMemory)
+		}
+	}
+	var p cu.DevicePtr
+	if err := g.do(func() (err error) { p, err = cu.MemAlloc(size); return err }); err != nil {
+		return 0, wrap("cuMemAlloc", err)
+	}
+	g.mu.Lock()
+	g.segments[uint64(p)] = size
+	g.mu.Unlock()
+	return uint64(p), nil
+}
+
+// Free returns a segment.
+func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64) error {
+	g, err := b.gpu(dev)
+	if err != nil {
+		return err
+	}
+	if kind == device.Pinned {
+		b.mu.Lock()
+		h, ok := b.host[addr]
+		delete(b.host, addr)
+		b.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("pinned segment %#x: %w", addr, device.ErrNotFound)
+		}
+		return g.do(func() error { return wrap("cuMemFreeHost", cu.MemFreeHost(h.ptr)) })
+	}
+	g.mu.Lock()
+	_, ok := g.segments[addr]
+	delete(g.segments, addr)
+	g.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("device segment %#x: %w", addr, device.ErrNotFound)
+	}
+	return g.do(func() error { return wrap("cuMemFree", cu.MemFree(cu.DevicePtr(addr))) })
+}
+
+// hostPtr turns a pinned address range into a pointer, checking it lies in
+// one pinned segment.
+func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for base, h := range b.host {
+		if addr >= base && addr+uint64(n) <= base+uint64(h.size) {
+			return unsafe.Add(h.ptr, addr-base), nil
+		}
+	}
+	return nil, fmt.Errorf("range %#x+%d is not inside a pinned segment: %w", addr, n, device.ErrNotFound)
+}
+
+// Copy copies n bytes between any two locations: on one device
+// (cuMemcpyDtoD), between devices (cuMemcpyPeer, direct where peer access
+// is on), host to device and back (cuMemcpyHtoD/DtoH from pinned memory),
+// or host to host.
+func (b *Backend) Copy(_ context.Context, dst, src device.Location, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	switch {
+	case src.Kind == device.VRAM && dst.Kind == device.VRAM:
+		sg, err := b.gpu(src.Device)
+		if err != nil {
+			return err
+		}
+		dg, err := b.gpu(dst.Device)
+		if err != nil {
+			return err
+		}
+		if sg == dg {
+			return sg.do(func() error {
+				return wrap("cuMemcpyDtoD", cu.MemcpyDtoD(cu.DevicePtr(dst.Addr), cu.DevicePtr(src.Addr), n))
+			})
+		}
+		return dg.do(func() error {
+			return wrap("cuMemcpyPeer", cu.MemcpyPeer(cu.DevicePtr(dst.Addr), dg.ctx, cu.DevicePtr(src.Addr), sg.ctx, n))
+		})
+	case src.Kind == device.Pinned && dst.Kind == device.VRAM:
+		h, err := b.hostPtr(src.Addr, n)
+		if err != nil {
+			return err
+		}
+		dg, err := b.gpu(dst.Device)
+		if err != nil {
+			return err
+		}
+		return dg.do(func() error { return wrap("cuMemcpyHtoD", cu.MemcpyHtoD(cu.DevicePtr(dst.Addr), h, n)) })
+	case src.Kind == device.VRAM && dst.Kind == device.Pinned:
+		h, err := b.hostPtr(dst.Addr, n)
+		if err != nil {
+			return err
+		}
+		sg, err := b.gpu(src.Device)
+		if err != nil {
+			return err
+		}
+		return sg.do(func() error { return wrap("cuMemcpyDtoH", cu.MemcpyDtoH(h, cu.DevicePtr(src.Addr), n)) })
+	default:
+		s, err := b.hostPtr(src.Addr, n)
+		if err != nil {
+			return err
+		}
+		d, err := b.hostPtr(dst.Addr, n)
+		if err != nil {
+			return err
+		}
+		copy(unsafe.Slice((*byte)(d), n), unsafe.Slice((*byte)(s), n))
+		return nil
+	}
+}
+
+// Read copies memory at src into p.
+func (b *Backend) Read(_ context.Context, src device.Location, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if src.Kind == device.Pinned {
+		h, err := b.hostPtr(src.Addr, int64(len(p)))
+		if err != nil {
+			return err
+		}
+		copy(p, unsafe.Slice((*byte)(h), len(p)))
+		return nil
+	}
+	g, err := b.gpu(src.Device)
+	if err != nil {
+		return err
+	}
+	return g.do(func() error {
+		return wrap("cuMemcpyDtoH", cu.MemcpyDtoH(unsafe.Pointer(&p[0]), cu.DevicePtr(src.Addr), int64(len(p))))
+	})
+}
+
+// Write copies p into memory at dst.
+func (b *Backend) Write(_ context.Context, dst device.Location, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if dst.Kind == device.Pinned {
+		h, err := b.hostPtr(dst.Addr, int64(len(p)))
+		if err != nil {
+			return err
+		}
+		copy(unsafe.Slice((*byte)(h), len(p)), p)
+		return nil
+	}
+	g, err := b.gpu(dst.Device)
+	if err != nil {
+		return err
+	}
+	return g.do(func() error {
+		return wrap("cuMemcpyHtoD", cu.MemcpyHtoD(cu.DevicePtr(dst.Addr), unsafe.Pointer(&p[0]), int64(len(p))))
+	})
+}
+
+// Export returns the CUDA IPC handle of the device segment at base, which
+// another process on the host opens with cuIpcOpenMemHandle (CuPy:
+// cupy.cuda.runtime.ipcOpenMemHandle).
+func (b *Backend) Export(_ context.Context, dev int, base uint64) ([]byte, error) {
+	g, err := b.gpu(dev)
+	if err != nil {
+		return nil, err
+	}
+	var h []byte
+	err = g.do(func() (err error) { h, err = ipcHandle(base); return err })
+	return h, err
+}
+
+// Segment is device memory the backend holds.
+type Segment struct {
+	Addr uint64
+	Size int64
+}
+
+// Segments lists the device memory held on dev (pinned memory is listed
+// with kind Pinned, by address): the truth a worker's ledger is checked
+// against.
+func (b *Backend) Segments(dev int, kind device.Kind) []Segment {
+	var out []Segment
+	if kind == device.Pinned {
+		b.mu.Lock()
+		for a, h := range b.host {
+			out = append(out, Segment{Addr: a, Size: h.size})
+		}
+		b.mu.Unlock()
+		return out
+	}
+	g := b.devices[dev]
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for a, s := range g.segments {
+		out = append(out, Segment{Addr: a, Size: s})
+	}
+	return out
+}
+
+// SetExternalUsage makes dev hold bytes of device memory outside any pool,
+// as another process would: real memory, visible in MemInfo.
+func (b *Backend) SetExternalUsage(dev int, bytes int64) error {
+	g, err := b.gpu(dev)
+	if err != nil {
+		return err
+	}
+	return g.do(func() error {
+		for _, p := range g.extra {
+			if err := cu.MemFree(p); err != nil {
+				return err
+			}
+		}
+		g.extra = nil
+		if bytes <= 0 {
+			return nil
+		}
+		p, err := cu.MemAlloc(bytes)
+		if err != nil {
+			return wrap("cuMemAlloc", err)
+		}
+		g.extra = append(g.extra, p)
+		return nil
+	})
+}
+
+// wrap adds the call and the device error kind to a gorgonia/cu error.
+func wrap(call string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, cu.OutOfMemory) {
+		return fmt.Errorf("%s: %v: %w", call, err, device.ErrOutOfMemory)
+	}
+	return fmt.Errorf("%s: %v: %w", call, err, device.ErrUnavailable)
+}
+
+func kindOf(code int) error {
+	if code == resultOutOfMemory {
+		return device.ErrOutOfMemory
+	}
+	return device.ErrUnavailable
+}
+
+// HostPointer returns the pointer behind a pinned address, for benchmarks
+// that call the driver directly; nil when the address is not pinned memory
+// of b.
+func HostPointer(b *Backend, addr uint64) unsafe.Pointer {
+	p, _ := b.hostPtr(addr, 1)
+	return p
+}

@@ -1,0 +1,282 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"runtime"
+	"testing"
+
+	"gorgonia.org/cu"
+
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/cuda"
+)
+
+var _ worker.Backend = (*cuda.Backend)(nil)
+
+const (
+	MiB = int64(1) << 20
+	GiB = int64(1) << 30
+)
+
+func open(t testing.TB, cfg cuda.Config) *cuda.Backend {
+	t.Helper()
+	b, err := cuda.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func TestDevicesAndMemInfo(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{})
+	infos, err := b.Devices(ctx)
+	if err != nil || len(infos) == 0 {
+		t.Fatalf("Devices() = %v, %v", infos, err)
+	}
+	for _, d := range infos {
+		t.Logf("device %d: %s %s cc %s, %d bytes", d.Index, d.Name, d.UUID, d.ComputeCapability, d.TotalBytes)
+		if d.TotalBytes < GiB || d.UUID == "" || d.ComputeCapability == "" {
+			t.Errorf("device %+v", d)
+		}
+	}
+	before, _ := b.MemInfo(ctx, 0)
+	addr, err := b.Alloc(ctx, 0, device.VRAM, GiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	during, _ := b.MemInfo(ctx, 0)
+	if before.FreeBytes-during.FreeBytes != GiB {
+		t.Errorf("free %d -> %d after 1 GiB, want a drop of exactly 1 GiB", before.FreeBytes, during.FreeBytes)
+	}
+	if err := b.Free(ctx, 0, device.VRAM, addr); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := b.MemInfo(ctx, 0); after.FreeBytes != before.FreeBytes {
+		t.Errorf("free %d after freeing, want %d", after.FreeBytes, before.FreeBytes)
+	}
+	if err := b.Free(ctx, 0, device.VRAM, addr); !errors.Is(err, device.ErrNotFound) {
+		t.Errorf("double free: %v", err)
+	}
+}
+
+func TestMemoryLimitMakesASlice(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{MemoryLimit: GiB})
+	mi, _ := b.MemInfo(ctx, 0)
+	if mi.TotalBytes != GiB || mi.FreeBytes != GiB {
+		t.Fatalf("MemInfo = %+v, want a 1 GiB slice, all free", mi)
+	}
+	if _, err := b.Alloc(ctx, 0, device.VRAM, 2*GiB); !errors.Is(err, device.ErrOutOfMemory) {
+		t.Errorf("2 GiB in a 1 GiB slice: %v", err)
+	}
+	if err := b.SetExternalUsage(0, 512*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := b.MemInfo(ctx, 0); mi.FreeBytes != 512*MiB {
+		t.Errorf("after another user took 512 MiB: %+v", mi)
+	}
+}
+
+func pattern(n int64, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = seed ^ byte(i) ^ byte(i>>9)
+	}
+	return p
+}
+
+func TestCopiesKeepContent(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{})
+	infos, _ := b.Devices(ctx)
+	const n = 64 << 20
+	want := pattern(n, 7)
+	vram := func(dev int) device.Location {
+		a, err := b.Alloc(ctx, dev, device.VRAM, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return device.Location{Device: dev, Kind: device.VRAM, Addr: a}
+	}
+	pinned := func() device.Location {
+		a, err := b.Alloc(ctx, 0, device.Pinned, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return device.Location{Device: 0, Kind: device.Pinned, Addr: a}
+	}
+	check := func(what string, at device.Location) {
+		got := make([]byte, n)
+		if err := b.Read(ctx, at, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: content differs", what)
+		}
+	}
+	src := vram(0)
+	if err := b.Write(ctx, src, want); err != nil {
+		t.Fatal(err)
+	}
+	check("write then read", src)
+	d2d := vram(0)
+	if err := b.Copy(ctx, d2d, src, n); err != nil {
+		t.Fatal(err)
+	}
+	check("device to device", d2d)
+	host := pinned()
+	if err := b.Copy(ctx, host, d2d, n); err != nil {
+		t.Fatal(err)
+	}
+	check("device to pinned host", host)
+	back := vram(0)
+	if err := b.Copy(ctx, back, host, n); err != nil {
+		t.Fatal(err)
+	}
+	check("pinned host to device", back)
+	if len(infos) > 1 {
+		peer := vram(1)
+		if err := b.Copy(ctx, peer, src, n); err != nil {
+			t.Fatal(err)
+		}
+		check("peer", peer)
+	} else {
+		t.Log("one GPU: peer copy not tested")
+	}
+}
+
+func TestExportAndTelemetry(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{})
+	a, _ := b.Alloc(ctx, 0, device.VRAM, 2*MiB)
+	h, err := b.Export(ctx, 0, a)
+	if err != nil || len(h) != cuda.IPCHandleSize {
+		t.Fatalf("Export = %d bytes, %v", len(h), err)
+	}
+	procs, reserved, err := b.Processes(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("NVML: %d processes %+v, driver reserves %d bytes (this pid %d)", len(procs), procs, reserved, os.Getpid())
+}
+
+// lockedContext makes device dev's primary context current on this
+// goroutine's thread, for raw driver calls.
+func lockedContext(b testing.TB, dev int) {
+	runtime.LockOSThread()
+	b.Cleanup(runtime.UnlockOSThread)
+	d, _ := cu.GetDevice(dev)
+	ctx, err := d.RetainPrimaryCtx()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cu.SetCurrentContext(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkCopy measures memworker's Copy beside the raw driver call it
+// makes, for 1 GiB buffers: device to device, pinned host to device, device
+// to pinned host, and peer.
+func BenchmarkCopy(b *testing.B) {
+	ctx := context.Background()
+	be := open(b, cuda.Config{})
+	infos, _ := be.Devices(ctx)
+	const n = GiB
+	loc := func(dev int, kind device.Kind) device.Location {
+		a, err := be.Alloc(ctx, dev, kind, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return device.Location{Device: dev, Kind: kind, Addr: a}
+	}
+	d0, d0b, h0 := loc(0, device.VRAM), loc(0, device.VRAM), loc(0, device.Pinned)
+	cases := []struct {
+		name     string
+		dst, src device.Location
+		raw      func() error
+	}{
+		{"D2D", d0b, d0, func() error { return cu.MemcpyDtoD(cu.DevicePtr(d0b.Addr), cu.DevicePtr(d0.Addr), n) }},
+		{"H2D", d0, h0, func() error { return cu.MemcpyHtoD(cu.DevicePtr(d0.Addr), cuda.HostPointer(be, h0.Addr), n) }},
+		{"D2H", h0, d0, func() error { return cu.MemcpyDtoH(cuda.HostPointer(be, h0.Addr), cu.DevicePtr(d0.Addr), n) }},
+	}
+	if len(infos) > 1 {
+		d1 := loc(1, device.VRAM)
+		dev0, _ := cu.GetDevice(0)
+		dev1, _ := cu.GetDevice(1)
+		c0, _ := dev0.RetainPrimaryCtx()
+		c1, _ := dev1.RetainPrimaryCtx()
+		cases = append(cases, struct {
+			name     string
+			dst, src device.Location
+			raw      func() error
+		}{"Peer", d1, d0, func() error { return cu.MemcpyPeer(cu.DevicePtr(d1.Addr), c1, cu.DevicePtr(d0.Addr), c0, n) }})
+	}
+	for _, c := range cases {
+		b.Run(c.name+"/memworker", func(b *testing.B) {
+			b.SetBytes(n)
+			for b.Loop() {
+				if err := be.Copy(ctx, c.dst, c.src, n); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/raw", func(b *testing.B) {
+			lockedContext(b, 0)
+			b.SetBytes(n)
+			for b.Loop() {
+				if err := c.raw(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// source adapts the backend to the pool, as the worker does.
+type source struct{ b *cuda.Backend }
+
+func (s source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
+	return s.b.Alloc(ctx, 0, device.VRAM, size)
+}
+func (s source) FreeSegment(ctx context.Context, addr uint64) error {
+	return s.b.Free(ctx, 0, device.VRAM, addr)
+}
+
+// BenchmarkAllocFree1MiB puts the pool's cached allocate+free of 1 MiB
+// beside the driver's cuMemAlloc+cuMemFree.
+func BenchmarkAllocFree1MiB(b *testing.B) {
+	ctx := context.Background()
+	be := open(b, cuda.Config{})
+	b.Run("pool", func(b *testing.B) {
+		p := alloc.New(source{be})
+		for b.Loop() {
+			blk, err := p.Alloc(ctx, MiB, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = p.Free(blk)
+		}
+	})
+	b.Run("raw", func(b *testing.B) {
+		lockedContext(b, 0)
+		for b.Loop() {
+			p, err := cu.MemAlloc(MiB)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cu.MemFree(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
