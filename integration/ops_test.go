@@ -60,7 +60,7 @@ func TestCoreOperationsEndToEnd(t *testing.T) {
 
 	var st subjects.StatusReply
 	call(t, nc, subjects.GetStatus, dev, subjects.StatusRequest{IncludeAllocations: true, IncludeFragmentation: true}, &st)
-	if st.Device.DeviceID != dev || st.Device.Node != "n1" || st.Device.Index != 1 || st.Device.Backend != "sim" || st.Device.TotalBytes != 4*GiB {
+	if st.Device.DeviceID != dev || st.Device.Node != "n1" || st.Device.Index != 1 || st.Device.Backend != h.dev.Name() || st.Device.TotalBytes != 4*GiB {
 		t.Errorf("device %+v", st.Device)
 	}
 	if st.AllocationCount != 3 || len(st.Allocations) != 3 || st.UsageStats == nil || st.Fragmentation == nil {

@@ -125,20 +125,29 @@ func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) 
 		ByPurpose:       g.byPurpose(),
 		SampledAt:       now,
 	}
-	if pl, ok := g.backend.(processLister); ok {
-		// Telemetry is extra: without it usage stands on device truth.
-		if procs, reserved, err := pl.Processes(ctx, g.index); err == nil {
-			u.DriverReservedBytes = reserved
-			for _, p := range procs {
-				u.Processes = append(u.Processes, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
-			}
-		}
-	}
 	if mi.TotalBytes > 0 {
 		u.UsageRatio = float64(used) / float64(mi.TotalBytes)
 		u.UsagePercentage = u.UsageRatio * 100
 	}
 	return u, nil
+}
+
+// addTelemetry adds what the backend's telemetry knows (NVML: processes,
+// driver reservations) to u. It is only for replies: it can take a
+// millisecond, too slow for the paths that only need device truth.
+func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
+	pl, ok := g.backend.(processLister)
+	if !ok {
+		return
+	}
+	procs, reserved, err := pl.Processes(ctx, g.index)
+	if err != nil {
+		return // telemetry is extra: usage stands on device truth
+	}
+	u.DriverReservedBytes = reserved
+	for _, p := range procs {
+		u.Processes = append(u.Processes, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
+	}
 }
 
 // unspecified is the purpose of allocations made without one.

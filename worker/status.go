@@ -15,6 +15,7 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest)
 		return nil, err
 	}
 	w.observe(g, u)
+	g.addTelemetry(ctx, &u)
 	return u, nil
 }
 
@@ -31,6 +32,8 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 	if err != nil {
 		return nil, err
 	}
+	p := w.observe(g, u)
+	g.addTelemetry(ctx, &u)
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
 			DeviceID:          g.id,
@@ -43,7 +46,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 			TotalBytes:        u.TotalBytes,
 		},
 		Usage:           u,
-		Pressure:        w.observe(g, u),
+		Pressure:        p,
 		AllocationCount: len(g.ledger),
 	}
 	if req.IncludeUsageStats == nil || *req.IncludeUsageStats {

@@ -320,10 +320,10 @@ func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
 	return nil, fmt.Errorf("range %#x+%d is not inside a pinned segment: %w", addr, n, device.ErrNotFound)
 }
 
-// Copy copies n bytes between any two locations: on one device
-// (cuMemcpyDtoD), between devices (cuMemcpyPeer, direct where peer access
-// is on), host to device and back (cuMemcpyHtoD/DtoH from pinned memory),
-// or host to host.
+// Copy copies n bytes between any two locations, and returns once they are
+// copied: on one device (cuMemcpyDtoD), between devices (cuMemcpyPeer,
+// direct where peer access is on), host to device and back
+// (cuMemcpyHtoD/DtoH from pinned memory), or host to host.
 func (b *Backend) Copy(_ context.Context, dst, src device.Location, n int64) error {
 	if n <= 0 {
 		return nil
@@ -338,13 +338,22 @@ func (b *Backend) Copy(_ context.Context, dst, src device.Location, n int64) err
 		if err != nil {
 			return err
 		}
+		// Device-to-device copies return before they finish; wait, so a
+		// copy that returned is done (transfers report completion, and
+		// compaction frees the source right after).
 		if sg == dg {
 			return sg.do(func() error {
-				return wrap("cuMemcpyDtoD", cu.MemcpyDtoD(cu.DevicePtr(dst.Addr), cu.DevicePtr(src.Addr), n))
+				if err := cu.MemcpyDtoD(cu.DevicePtr(dst.Addr), cu.DevicePtr(src.Addr), n); err != nil {
+					return wrap("cuMemcpyDtoD", err)
+				}
+				return wrap("cuCtxSynchronize", cu.Synchronize())
 			})
 		}
 		return dg.do(func() error {
-			return wrap("cuMemcpyPeer", cu.MemcpyPeer(cu.DevicePtr(dst.Addr), dg.ctx, cu.DevicePtr(src.Addr), sg.ctx, n))
+			if err := cu.MemcpyPeer(cu.DevicePtr(dst.Addr), dg.ctx, cu.DevicePtr(src.Addr), sg.ctx, n); err != nil {
+				return wrap("cuMemcpyPeer", err)
+			}
+			return wrap("cuCtxSynchronize", cu.Synchronize())
 		})
 	case src.Kind == device.Pinned && dst.Kind == device.VRAM:
 		h, err := b.hostPtr(src.Addr, n)

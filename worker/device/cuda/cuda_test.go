@@ -184,6 +184,14 @@ func lockedContext(b testing.TB, dev int) {
 	}
 }
 
+// synced waits for a device-to-device copy, which returns before it ends.
+func synced(err error) error {
+	if err != nil {
+		return err
+	}
+	return cu.Synchronize()
+}
+
 // BenchmarkCopy measures memworker's Copy beside the raw driver call it
 // makes, for 1 GiB buffers: device to device, pinned host to device, device
 // to pinned host, and peer.
@@ -205,7 +213,7 @@ func BenchmarkCopy(b *testing.B) {
 		dst, src device.Location
 		raw      func() error
 	}{
-		{"D2D", d0b, d0, func() error { return cu.MemcpyDtoD(cu.DevicePtr(d0b.Addr), cu.DevicePtr(d0.Addr), n) }},
+		{"D2D", d0b, d0, func() error { return synced(cu.MemcpyDtoD(cu.DevicePtr(d0b.Addr), cu.DevicePtr(d0.Addr), n)) }},
 		{"H2D", d0, h0, func() error { return cu.MemcpyHtoD(cu.DevicePtr(d0.Addr), cuda.HostPointer(be, h0.Addr), n) }},
 		{"D2H", h0, d0, func() error { return cu.MemcpyDtoH(cuda.HostPointer(be, h0.Addr), cu.DevicePtr(d0.Addr), n) }},
 	}
@@ -219,7 +227,7 @@ func BenchmarkCopy(b *testing.B) {
 			name     string
 			dst, src device.Location
 			raw      func() error
-		}{"Peer", d1, d0, func() error { return cu.MemcpyPeer(cu.DevicePtr(d1.Addr), c1, cu.DevicePtr(d0.Addr), c0, n) }})
+		}{"Peer", d1, d0, func() error { return synced(cu.MemcpyPeer(cu.DevicePtr(d1.Addr), c1, cu.DevicePtr(d0.Addr), c0, n)) }})
 	}
 	for _, c := range cases {
 		b.Run(c.name+"/memworker", func(b *testing.B) {
