@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +78,7 @@ type host struct {
 	*worker.Worker
 	dev  testBackend
 	node string
+	done chan struct{}
 }
 
 // faults returns the backend's fault injection, or skips the test.
@@ -117,36 +117,58 @@ func withConfig(f func(*worker.Config)) hostOpt {
 // startWorker runs a worker for node on srv until the test ends.
 func startWorker(t testing.TB, srv *server.Server, node string, opts ...hostOpt) *host {
 	t.Helper()
+	return startWorkerOn(t, context.Background(), connect(t, srv), node, opts...)
+}
+
+// startWorkerCtx runs a worker until ctx is done (or the test ends).
+func startWorkerCtx(t testing.TB, ctx context.Context, srv *server.Server, node string, opts ...hostOpt) *host {
+	t.Helper()
+	return startWorkerOn(t, ctx, connect(t, srv), node, opts...)
+}
+
+// startWorkerOn runs a worker on the connection nc until ctx is done or
+// the test ends.
+func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string, opts ...hostOpt) *host {
+	t.Helper()
 	hc := hostConfig{devices: 2, bytes: 16 * GiB}
 	cfg := worker.DefaultConfig()
 	cfg.Node = node
 	cfg.ExpiryInterval = 20 * time.Millisecond
+	cfg.DiscoveryWait = 50 * time.Millisecond
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, o := range opts {
 		o(&cfg, &hc)
 	}
 	b := newTestBackend(t, hc.devices, hc.bytes)
 	cfg.Backend = b
-	nc := connect(t, srv)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	w, err := worker.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
 		if err := w.Run(ctx, nc); err != nil {
 			t.Errorf("worker %s: %v", node, err)
 		}
-	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	}()
+	h := &host{Worker: w, dev: b, node: node, done: done}
+	t.Cleanup(func() { cancel(); h.wait() })
 	select {
 	case <-w.Ready():
+	case <-done:
+		t.Fatalf("worker %s stopped before serving", node)
 	case <-time.After(5 * time.Second):
 		t.Fatal("worker not ready")
 	}
-	return &host{Worker: w, dev: b, node: node}
+	return h
 }
+
+// wait waits for the worker's Run to return.
+func (h *host) wait() { <-h.done }
+
+func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
 // request sends a raw body to op on dev and returns the reply message.
 func request(t testing.TB, nc *nats.Conn, op subjects.Op, dev string, body []byte) *nats.Msg {

@@ -272,13 +272,22 @@ func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 	}
 	served := map[string]bool{}
 	for _, e := range info.Endpoints {
-		if e.QueueGroup != subjects.QueueGroup(e.Metadata["device_id"]) {
-			t.Errorf("endpoint %s in queue group %q", e.Subject, e.QueueGroup)
+		wantGroup := subjects.QueueGroup(e.Metadata["device_id"])
+		if e.Metadata["device_id"] == subjects.Fleet {
+			wantGroup = subjects.NodeQueueGroup("n1")
+		}
+		if e.QueueGroup != wantGroup {
+			t.Errorf("endpoint %s in queue group %q, want %q", e.Subject, e.QueueGroup, wantGroup)
 		}
 		if e.Subject != subjects.Request(subjects.Op(e.Metadata["op"]), e.Metadata["device_id"]) {
 			t.Errorf("endpoint %s has metadata %v", e.Subject, e.Metadata)
 		}
 		served[e.Subject] = true
+	}
+	for _, op := range subjects.FleetOps() {
+		if !served[subjects.FleetRequest(op)] {
+			t.Errorf("%s not served", subjects.FleetRequest(op))
+		}
 	}
 	for _, dev := range []string{"n1-gpu0", "n1-gpu1"} {
 		for _, op := range subjects.Ops() {
@@ -294,7 +303,7 @@ func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 func TestQueueGroupAnswersOnce(t *testing.T) {
 	srv := startServer(t)
 	startWorker(t, srv, "n1")
-	startWorker(t, srv, "n1")
+	startWorker(t, srv, "n1", withConfig(func(c *worker.Config) { c.Standby = true }))
 	nc := connect(t, srv)
 
 	inbox := nats.NewInbox()

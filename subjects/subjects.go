@@ -34,6 +34,16 @@ func PressureEvents(deviceID string) string {
 // AllPressureEvents matches the pressure events of every device.
 const AllPressureEvents = Root + "." + pressureToken + ".>"
 
+// lifecycleToken is the op position token of lifecycle event subjects.
+const lifecycleToken = "lifecycle"
+
+// LifecycleEvents is the subject of a node's worker lifecycle events
+// (started, stopped): memory.lifecycle.<node>.
+func LifecycleEvents(node string) string { return Root + "." + lifecycleToken + "." + node }
+
+// AllLifecycleEvents matches the lifecycle events of every node.
+const AllLifecycleEvents = Root + "." + lifecycleToken + ".>"
+
 // QueueGroup is the queue group of a device's request subscriptions, shared
 // by every worker (active or standby) serving that device.
 func QueueGroup(deviceID string) string { return "memory-" + deviceID }

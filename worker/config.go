@@ -19,6 +19,13 @@ type Config struct {
 	Node string
 	// Version is reported by micro discovery.
 	Version string
+	// Standby joins the queue groups of a node another worker already
+	// serves (a standby replica, or the next worker of a rolling restart).
+	// Without it, a worker refuses to start when its node is taken.
+	Standby bool
+	// DiscoveryWait is how long start-up listens for other workers of the
+	// same node.
+	DiscoveryWait time.Duration
 	// Thresholds are the pressure levels.
 	Thresholds monitor.Thresholds
 	// ExpiryInterval is how often allocations past their ttl are freed.
@@ -65,6 +72,7 @@ func DefaultConfig() Config {
 		IdempotencyWindow:  10 * time.Minute,
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
+		DiscoveryWait:      250 * time.Millisecond,
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -101,19 +103,26 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	case pub.JetStream():
 		w.log.Info("pressure events are kept in JetStream", "stream", events.StreamName)
 	}
+	if err := w.checkNode(ctx, nc); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
 		Version:     w.cfg.Version,
 		Description: "GPU memory coordination for node " + w.cfg.Node,
-		Metadata:    map[string]string{"node": w.cfg.Node, "backend": w.cfg.Backend.Name()},
+		Metadata: map[string]string{"node": w.cfg.Node, "backend": w.cfg.Backend.Name(),
+			"host": host, "standby": strconv.FormatBool(w.cfg.Standby)},
 	})
 	if err != nil {
 		return fmt.Errorf("registering micro service: %w", err)
 	}
+	instance := svc.Info().ID
 	defer func() {
 		if err := svc.Stop(); err != nil {
 			w.log.Warn("stopping micro service", "err", err)
 		}
+		w.lifecycle(pub, events.TypeWorkerStopped, instance)
 	}()
 	ops := w.ops()
 	for _, g := range w.gpus {
@@ -131,11 +140,21 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 			}
 		}
 	}
+	for _, op := range subjects.FleetOps() {
+		err := svc.AddEndpoint(string(op)+"-"+subjects.Fleet, w.fleetHandler(ctx, op, ops[op], instance),
+			micro.WithEndpointSubject(subjects.FleetRequest(op)),
+			micro.WithEndpointQueueGroup(subjects.NodeQueueGroup(w.cfg.Node)),
+			micro.WithEndpointMetadata(map[string]string{"op": string(op), "device_id": subjects.Fleet, "node": w.cfg.Node}))
+		if err != nil {
+			return fmt.Errorf("adding fleet endpoint %s: %w", op, err)
+		}
+	}
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribing: %w", err)
 	}
 	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
 		"devices", w.DeviceIDs(), "ops", len(ops))
+	w.lifecycle(pub, events.TypeWorkerStarted, instance)
 	close(w.ready)
 
 	var wg sync.WaitGroup

@@ -1,0 +1,73 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// Lifecycle event types: a worker started serving a node's devices, or
+// stopped (its allocations were freed with its process).
+const (
+	TypeWorkerStarted = "io.memworker.worker.started.v1"
+	TypeWorkerStopped = "io.memworker.worker.stopped.v1"
+)
+
+// Lifecycle is the data of a lifecycle event.
+type Lifecycle struct {
+	Node     string    `json:"node"`
+	Instance string    `json:"instance"`
+	Host     string    `json:"host"`
+	Standby  bool      `json:"standby"`
+	Devices  []string  `json:"devices"`
+	At       time.Time `json:"at"`
+}
+
+// PublishLifecycle sends a lifecycle event of type typ on
+// memory.lifecycle.<node> (core NATS: it is news for those listening now).
+func (p *Publisher) PublishLifecycle(typ string, data Lifecycle) error {
+	e := event.New(event.CloudEventsVersionV1)
+	e.SetID(uuid.NewString())
+	e.SetType(typ)
+	e.SetSource("/memworker/" + data.Node + "/" + data.Instance)
+	e.SetSubject(data.Node)
+	e.SetTime(data.At)
+	if err := e.SetData(ContentTypeJSON, data); err != nil {
+		return err
+	}
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	body, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	msg := nats.NewMsg(subjects.LifecycleEvents(data.Node))
+	msg.Header.Set("Content-Type", ContentTypeStructured)
+	msg.Data = body
+	if err := p.nc.PublishMsg(msg); err != nil {
+		return fmt.Errorf("publishing %s: %w", typ, err)
+	}
+	return p.nc.FlushWithContext(context.Background())
+}
+
+// DecodeLifecycle reads a lifecycle event.
+func DecodeLifecycle(msg *nats.Msg) (event.Event, Lifecycle, error) {
+	var e event.Event
+	var data Lifecycle
+	if err := json.Unmarshal(msg.Data, &e); err != nil {
+		return e, data, err
+	}
+	if err := e.Validate(); err != nil {
+		return e, data, err
+	}
+	err := e.DataAs(&data)
+	return e, data, err
+}

@@ -1,0 +1,308 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/client"
+	"github.com/memworker/memworker/events"
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+// startCluster starts n embedded servers routed together on loopback, with
+// JetStream clustered, and waits until the routes and the JetStream meta
+// leader are up.
+func startCluster(t *testing.T, n int) []*server.Server {
+	t.Helper()
+	// JetStream clustering needs every route configured up front, so the
+	// route ports are picked free before the servers start.
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	var servers []*server.Server
+	for i := 0; i < n; i++ {
+		servers = append(servers, serve(t, &server.Options{
+			ServerName: fmt.Sprintf("s%d", i), Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+			JetStream: true, StoreDir: t.TempDir(),
+			Cluster:   server.ClusterOpts{Name: "memworker-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:    routes,
+		}))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ready := true
+		for _, s := range servers {
+			if s.NumRoutes() < n-1 {
+				ready = false
+			}
+		}
+		if ready && servers[0].JetStreamIsClustered() {
+			leader := false
+			for _, s := range servers {
+				leader = leader || s.JetStreamIsLeader()
+			}
+			if leader {
+				return servers
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cluster did not form")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// urls lists the client URLs of servers, first the one to prefer.
+func urls(prefer *server.Server, servers []*server.Server) string {
+	list := []string{prefer.ClientURL()}
+	for _, s := range servers {
+		if s != prefer {
+			list = append(list, s.ClientURL())
+		}
+	}
+	return strings.Join(list, ",")
+}
+
+func TestClusterRoutesOperationsFleetAndEvents(t *testing.T) {
+	servers := startCluster(t, 3)
+	startWorker(t, servers[0], "n1")
+	startWorker(t, servers[1], "n2")
+	nc := connect(t, servers[2])
+	next := subscribeEvents(t, nc, "n2-gpu1")
+
+	// Every op routes across the cluster.
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 15 * GiB, ModelID: "m"}, &a) // n1-gpu0 to warning
+	call(t, nc, subjects.Allocate, "n2-gpu1", subjects.AllocateRequest{SizeBytes: 15 * GiB}, nil)
+	if r := next(5 * time.Second); r.data.Level != subjects.LevelWarning || r.data.Node != "n2" {
+		t.Errorf("pressure event from n2 through the cluster: %+v", r.data)
+	}
+	for _, op := range subjects.Ops() {
+		msg := request(t, nc, op, "n1-gpu1", []byte(`{}`))
+		if len(msg.Data) == 0 {
+			t.Errorf("%s: empty reply", op)
+		}
+	}
+
+	// A fleet request gets every node once, with all its devices.
+	cl := client.New(nc)
+	res, err := cl.Fleet(context.Background(), subjects.GetStatus, nil, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]int{}
+	warnings := 0
+	for _, n := range res.Nodes {
+		nodes[n.Node] += len(n.Devices)
+		for _, d := range n.Devices {
+			var st subjects.StatusReply
+			if !d.Success {
+				t.Errorf("%s: %s %s", d.DeviceID, d.ErrorCode, d.ErrorMessage)
+				continue
+			}
+			_ = jsonUnmarshal(d.Data, &st)
+			if st.Pressure.Level == subjects.LevelWarning {
+				warnings++
+			}
+		}
+	}
+	if len(res.Nodes) != 2 || nodes["n1"] != 2 || nodes["n2"] != 2 || len(res.Failed) != 0 {
+		t.Errorf("fleet replies %v (failed %v), want n1 and n2 with 2 devices each", nodes, res.Failed)
+	}
+	if warnings != 2 {
+		t.Errorf("%d devices at warning in the fleet status, want 2", warnings)
+	}
+	if _, err := cl.Fleet(context.Background(), subjects.Allocate, nil, time.Second); err == nil {
+		t.Error("allocate is not a fleet operation, but Fleet sent it")
+	}
+}
+
+func TestSecondWorkerForANodeRefusesUnlessStandby(t *testing.T) {
+	servers := startCluster(t, 2)
+	startWorker(t, servers[0], "n1")
+	cfg := worker.DefaultConfig()
+	cfg.Node = "n1"
+	cfg.Backend = newTestBackend(t, 1, GiB)
+	w, err := worker.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.Run(ctx, connect(t, servers[1])); !errors.Is(err, worker.ErrNodeTaken) {
+		t.Fatalf("a second worker for n1 on another server: %v, want ErrNodeTaken", err)
+	}
+}
+
+// TestRollingRestartLosesNoRequest stops the active worker of a node while
+// a client keeps asking; a standby in the same queue groups takes over, and
+// every request gets exactly one answer.
+func TestRollingRestartLosesNoRequest(t *testing.T) {
+	servers := startCluster(t, 3)
+	nc := connect(t, servers[2])
+	life, err := nc.SubscribeSync(subjects.LifecycleEvents("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	activeCtx, stopActive := context.WithCancel(context.Background())
+	active := startWorkerCtx(t, activeCtx, servers[0], "n1")
+	startWorker(t, servers[1], "n1", withConfig(func(c *worker.Config) { c.Standby = true }))
+
+	var answered, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			msg, err := nc.Request(subjects.Request(subjects.GetUsage, "n1-gpu0"), nil, 5*time.Second)
+			if err != nil {
+				failed.Add(1)
+				continue
+			}
+			if _, err := subjects.DecodeReply(msg.Data, nil); err != nil {
+				failed.Add(1)
+				continue
+			}
+			answered.Add(1)
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	stopActive() // SIGTERM: drain
+	active.wait()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 || answered.Load() == 0 {
+		t.Errorf("%d answered, %d failed across the restart", answered.Load(), failed.Load())
+	}
+	var types []string
+	for {
+		msg, err := life.NextMsg(500 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		e, d, err := events.DecodeLifecycle(msg)
+		if err != nil || d.Node != "n1" {
+			t.Fatalf("lifecycle event %s: %v", msg.Data, err)
+		}
+		types = append(types, e.Type())
+	}
+	if strings.Join(types, ",") != events.TypeWorkerStarted+","+events.TypeWorkerStarted+","+events.TypeWorkerStopped {
+		t.Errorf("lifecycle events %v, want two starts and a stop", types)
+	}
+}
+
+// TestServerLossMidLoad shuts down the server a worker is connected to
+// while clients allocate and free with retries; the worker reconnects to
+// another server, and no allocation is lost or doubled.
+func TestServerLossMidLoad(t *testing.T) {
+	servers := startCluster(t, 3)
+	wnc, err := nats.Connect(urls(servers[0], servers), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wnc.Close)
+	h := startWorkerOn(t, context.Background(), wnc, "n1")
+	cnc, err := nats.Connect(urls(servers[1], servers), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cnc.Close)
+	cl := client.New(cnc)
+	cl.Timeout = 2 * time.Second
+
+	var mu sync.Mutex
+	live := map[string]bool{}
+	var wg sync.WaitGroup
+	for c := 0; c < 4; c++ {
+		wg.Go(func() {
+			for i := 0; i < 40; i++ {
+				id := fmt.Sprintf("c%d-%d", c, i)
+				var a subjects.Allocation
+				if err := retry(func() error {
+					_, err := cl.DoID(context.Background(), id, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: MiB}, &a)
+					return err
+				}); err != nil {
+					t.Errorf("allocate %s: %v", id, err)
+					return
+				}
+				mu.Lock()
+				live[a.AllocationID] = true
+				mu.Unlock()
+				if i%2 == 1 {
+					if err := retry(func() error {
+						_, err := cl.DoID(context.Background(), id+"-free", subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+						return err
+					}); err != nil {
+						t.Errorf("deallocate %s: %v", id, err)
+						return
+					}
+					mu.Lock()
+					delete(live, a.AllocationID)
+					mu.Unlock()
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	servers[0].Shutdown() // the worker's server
+	wg.Wait()
+
+	var page subjects.AllocationsReply
+	if _, err := cl.Do(context.Background(), subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Limit: 1000}, &page); err != nil {
+		t.Fatal(err)
+	}
+	if page.TotalCount != len(live) {
+		t.Errorf("worker holds %d allocations, clients hold %d", page.TotalCount, len(live))
+	}
+	for _, a := range page.Allocations {
+		if !live[a.AllocationID] {
+			t.Errorf("allocation %s is held but no client knows it", a.AllocationID)
+		}
+	}
+	if wnc.ConnectedUrl() == servers[0].ClientURL() {
+		t.Error("the worker is still on the server that went away")
+	}
+	checkLedger(t, cnc, h, "n1-gpu0", 0)
+}
+
+// retry retries f until it succeeds or a non-transient error comes, for up
+// to 10 s, as a client does across a server loss.
+func retry(f func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		var we *subjects.Error
+		if err == nil || errors.As(err, &we) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

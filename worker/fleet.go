@@ -1,0 +1,66 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// fleetHandler answers memory.<op>.all for every device of this node in one
+// reply, so request-many gathers one reply per node.
+func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, instance string) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		if req.Reply() == "" {
+			return
+		}
+		env, err := subjects.DecodeRequest(req.Data(), op)
+		if err != nil {
+			requestID := ""
+			if env != nil {
+				requestID = env.RequestID
+			}
+			w.respondFleetError(req, op, orNewID(requestID), err)
+			return
+		}
+		reply := subjects.FleetReply{Node: w.cfg.Node, Instance: instance, Devices: make([]subjects.FleetDevice, 0, len(w.gpus))}
+		for _, g := range w.gpus {
+			fd := subjects.FleetDevice{DeviceID: g.id}
+			data, err := w.runLocked(ctx, g, env.Data, fn)
+			if err == nil {
+				fd.Data, err = json.Marshal(data)
+			}
+			if err != nil {
+				we := wireError(err)
+				fd.ErrorCode, fd.ErrorMessage = we.Code, we.Message
+			} else {
+				fd.Success = true
+			}
+			reply.Devices = append(reply.Devices, fd)
+		}
+		body, err := encodeReply(orNewID(env.RequestID), reply, time.Now())
+		if err != nil {
+			w.respondFleetError(req, op, orNewID(env.RequestID), err)
+			return
+		}
+		if err := req.Respond(body); err != nil {
+			w.log.Warn("fleet reply failed", "op", op, "err", err)
+		}
+	})
+}
+
+// runLocked runs a read operation on g under its lock.
+func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
+	defer cancel()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fn(ctx, g, data)
+}
+
+func (w *Worker) respondFleetError(req micro.Request, op subjects.Op, requestID string, err error) {
+	w.respond(req, op, &gpu{id: subjects.Fleet}, requestID, err)
+}
