@@ -46,8 +46,8 @@ func startCluster(t *testing.T, n int) []*server.Server {
 		servers = append(servers, serve(t, &server.Options{
 			ServerName: fmt.Sprintf("s%d", i), Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
 			JetStream: true, StoreDir: t.TempDir(),
-			Cluster:   server.ClusterOpts{Name: "memworker-test", Host: "127.0.0.1", Port: ports[i]},
-			Routes:    routes,
+			Cluster: server.ClusterOpts{Name: "memworker-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  routes,
 		}))
 	}
 	deadline := time.Now().Add(20 * time.Second)
