@@ -31,6 +31,7 @@ type cli struct {
 	StoreDir string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
+	Standby bool   `help:"Join the queue groups of a node another worker already serves (standby replica, rolling restart)."`
 	Backend string `default:"auto" enum:"auto,sim,cuda" help:"Memory backend: auto (cuda when built with the cuda tag and a GPU is present, else sim), sim or cuda."`
 
 	CudaMemoryLimit string `name:"cuda-memory-limit" help:"cuda backend: manage at most this much of each GPU (a size such as 40GiB; default: all of it)."`
@@ -70,6 +71,7 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		host, _ := os.Hostname()
 		cfg.Node = subjects.SanitizeNode(host)
 	}
+	cfg.Standby = c.Standby
 	cfg.Thresholds.Warning, cfg.Thresholds.Critical = c.WarningThreshold, c.CriticalThreshold
 	cfg.ExpiryInterval = c.ExpiryInterval
 	cfg.SampleInterval = c.SampleInterval
