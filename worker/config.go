@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/monitor"
 )
@@ -54,6 +56,8 @@ type Config struct {
 	OpTimeout time.Duration
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Metrics, when set, receives the worker's Prometheus metrics.
+	Metrics prometheus.Registerer
 }
 
 // Version is the worker's release.

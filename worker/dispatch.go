@@ -44,6 +44,7 @@ func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error))
 // respond. Every reply, error or not, has a JSON body.
 func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		start := time.Now()
 		if req.Reply() == "" {
 			// Nobody could learn the outcome: doing a mutation would leak it.
 			w.log.Warn("request without a reply subject ignored", "subject", req.Subject())
@@ -56,6 +57,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		}
 		if err != nil {
 			w.respond(req, op, g, orNewID(requestID), err)
+			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
 		body, err := w.act(ctx, op, g, env, fn)
@@ -63,9 +65,11 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
 			}
+			w.metrics.served(op, "", start)
 			return
 		}
 		w.respond(req, op, g, orNewID(requestID), err)
+		w.metrics.served(op, wireError(err).Code, start)
 	})
 }
 

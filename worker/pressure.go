@@ -93,8 +93,12 @@ func (w *Worker) publish(ctx context.Context, pub *events.Publisher) {
 			return
 		case data := <-w.events:
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if _, err := pub.Publish(pctx, data); err != nil && !errors.Is(err, context.Canceled) {
-				w.log.Warn("publishing pressure event", "device", data.DeviceID, "err", err)
+			if _, err := pub.Publish(pctx, data); err != nil {
+				if !errors.Is(err, context.Canceled) {
+					w.log.Warn("publishing pressure event", "device", data.DeviceID, "err", err)
+				}
+			} else {
+				w.metrics.events.WithLabelValues(data.Reason).Inc()
 			}
 			cancel()
 		}

@@ -323,6 +323,7 @@ func (w *Worker) finish(ctx context.Context, j *job, dest *allocation, err error
 	if err != nil {
 		w.log.Warn("transfer failed", "transfer_id", j.status.TransferID, "err", err)
 	} else {
+		w.metrics.transfers.Add(float64(j.srcAlloc.SizeBytes))
 		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.id, "to", j.dst.id, "bytes", j.srcAlloc.SizeBytes)
 	}
 }

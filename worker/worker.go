@@ -29,6 +29,7 @@ type Worker struct {
 	gpus      []*gpu
 	transfers *transfers
 	events    chan events.Pressure
+	metrics   *metrics
 	ready     chan struct{}
 }
 
@@ -53,6 +54,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	for _, info := range infos {
 		w.gpus = append(w.gpus, newGPU(&w.cfg, cfg.Node, info))
 	}
+	w.metrics = newMetrics(cfg.Metrics, w)
 	return w, nil
 }
 
@@ -203,4 +205,20 @@ func (w *Worker) Locate(deviceID, allocationID string) (device.Location, int64, 
 		return device.Location{}, 0, fmt.Errorf("allocation %s: %w", allocationID, ErrAllocationNotFound)
 	}
 	return g.loc(a), a.SizeBytes, nil
+}
+
+// Check reports whether the worker can serve: its endpoints are up and
+// every device answers.
+func (w *Worker) Check(ctx context.Context) error {
+	select {
+	case <-w.ready:
+	default:
+		return errors.New("not serving yet")
+	}
+	for _, g := range w.gpus {
+		if _, err := w.cfg.Backend.MemInfo(ctx, g.index); err != nil {
+			return fmt.Errorf("%s: %w", g.id, err)
+		}
+	}
+	return nil
 }

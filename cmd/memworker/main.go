@@ -17,6 +17,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/dustin/go-humanize"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -46,6 +47,8 @@ type cli struct {
 	CriticalRepeat    time.Duration `name:"critical-repeat" default:"30s" help:"How often a critical level is announced again."`
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
+
+	MetricsAddr string `name:"metrics-addr" help:"Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9400)."`
 
 	LogFormat string `name:"log-format" default:"text" enum:"text,json" help:"Log format (text, json)."`
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level."`
@@ -86,6 +89,11 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	defer closeBackend()
 	cfg.Backend = backend
 
+	var reg *prometheus.Registry
+	if c.MetricsAddr != "" {
+		reg = newRegistry()
+		cfg.Metrics = reg
+	}
 	w, err := worker.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -108,6 +116,20 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", url, err)
+	}
+	if reg != nil {
+		ready := func(ctx context.Context) error {
+			if !nc.IsConnected() {
+				return errors.New("not connected to NATS")
+			}
+			return w.Check(ctx)
+		}
+		stopHTTP, err := serveHTTP(ctx, c.MetricsAddr, reg, ready, log)
+		if err != nil {
+			nc.Close()
+			return err
+		}
+		defer stopHTTP()
 	}
 	runErr := w.Run(ctx, nc)
 	log.Info("draining")

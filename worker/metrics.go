@@ -1,0 +1,113 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// metrics are the worker's Prometheus metrics. Device gauges are read from
+// the devices at scrape time (a Collector), so they are never stale;
+// counters and histograms are updated as requests are served.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	transfers prometheus.Counter
+	events    *prometheus.CounterVec
+}
+
+var deviceLabels = []string{"node", "device_id"}
+
+var (
+	descTotal     = prometheus.NewDesc("memworker_device_total_bytes", "Device memory in all (device truth).", deviceLabels, nil)
+	descUsed      = prometheus.NewDesc("memworker_device_used_bytes", "Device memory in use by anyone (device truth).", deviceLabels, nil)
+	descFree      = prometheus.NewDesc("memworker_device_free_bytes", "Device memory free (device truth).", deviceLabels, nil)
+	descReserved  = prometheus.NewDesc("memworker_pool_reserved_bytes", "Device memory the worker's pool holds.", deviceLabels, nil)
+	descAllocated = prometheus.NewDesc("memworker_pool_allocated_bytes", "Pool memory handed out to allocations.", deviceLabels, nil)
+	descPinned    = prometheus.NewDesc("memworker_pinned_host_bytes", "Page-locked host memory held for the device.", deviceLabels, nil)
+	descAllocs    = prometheus.NewDesc("memworker_allocations", "Live allocations.", deviceLabels, nil)
+	descFrag      = prometheus.NewDesc("memworker_pool_fragmentation_ratio", "1 - largest free block / free bytes in the pool.", deviceLabels, nil)
+	descPressure  = prometheus.NewDesc("memworker_pressure_level", "1 for the device's current pressure level, 0 for the others.", append(deviceLabels, "level"), nil)
+	descUp        = prometheus.NewDesc("memworker_device_up", "1 when the device answers, 0 when it does not.", deviceLabels, nil)
+)
+
+func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "memworker_requests_total", Help: "Requests served, by operation and result code (ok or the error code).",
+		}, []string{"op", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "memworker_request_duration_seconds", Help: "Time to serve a request, by operation.",
+			Buckets: prometheus.ExponentialBuckets(25e-6, 2.5, 12),
+		}, []string{"op"}),
+		transfers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "memworker_transfer_bytes_total", Help: "Bytes copied by completed transfers.",
+		}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
+		}, []string{"reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, deviceCollector{w})
+	}
+	return m
+}
+
+func (m *metrics) served(op subjects.Op, code subjects.Code, since time.Time) {
+	label := "ok"
+	if code != "" {
+		label = string(code)
+	}
+	m.requests.WithLabelValues(string(op), label).Inc()
+	m.duration.WithLabelValues(string(op)).Observe(time.Since(since).Seconds())
+}
+
+// deviceCollector reads every device at scrape time.
+type deviceCollector struct{ w *Worker }
+
+func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp} {
+		ch <- d
+	}
+}
+
+func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, g := range c.w.gpus {
+		c.collect(g, ch)
+	}
+}
+
+func (c deviceCollector) collect(g *gpu, ch chan<- prometheus.Metric) {
+	labels := []string{c.w.cfg.Node, g.id}
+	gauge := func(d *prometheus.Desc, v float64, extra ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append(labels, extra...)...)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	u, err := g.usage(context.Background(), time.Now().UTC())
+	if err != nil {
+		gauge(descUp, 0)
+		return
+	}
+	gauge(descUp, 1)
+	gauge(descTotal, float64(u.TotalBytes))
+	gauge(descUsed, float64(u.UsedBytes))
+	gauge(descFree, float64(u.FreeBytes))
+	gauge(descReserved, float64(u.ReservedBytes))
+	gauge(descAllocated, float64(u.AllocatedBytes))
+	gauge(descPinned, float64(u.PinnedHostBytes))
+	gauge(descAllocs, float64(u.Allocations))
+	gauge(descFrag, g.pools[device.VRAM].Fragmentation().Ratio)
+	level, _ := g.pressure.Level()
+	for _, l := range []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical} {
+		v := 0.0
+		if l == level {
+			v = 1
+		}
+		gauge(descPressure, v, string(l))
+	}
+}
