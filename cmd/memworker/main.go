@@ -19,13 +19,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/memworker/memworker/cmd/internal/natsflags"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/device/sim"
 )
 
 type cli struct {
-	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster instead of starting an embedded one."`
+	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
+	natsflags.Flags
 
 	Listen   string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
 	Port     int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
@@ -107,13 +109,17 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		defer srv.shutdown()
 		url = srv.ClientURL()
 	}
-	nc, err := nats.Connect(url, nats.Name("memworker "+cfg.Node), nats.MaxReconnects(-1),
+	natsOpts, err := c.Flags.Options()
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(url, append(natsOpts, nats.Name("memworker "+cfg.Node), nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", url, err)
 	}

@@ -1,0 +1,196 @@
+// Command memctl is the operator's CLI for memworker: device status, the
+// memory operations, live pressure, and raw requests, over NATS.
+//
+// Exit codes: 0 success; 1 the worker answered with an error; 2 bad usage;
+// 3 NATS unreachable, no worker for the device, or a timeout.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/client"
+	"github.com/memworker/memworker/cmd/internal/natsflags"
+	"github.com/memworker/memworker/subjects"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitWorkerError = 1
+	exitUsage       = 2
+	exitUnreachable = 3
+)
+
+type cli struct {
+	Server  string        `name:"server" short:"s" env:"NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s)."`
+	Device  string        `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
+	JSON    bool          `name:"json" help:"Print JSON instead of tables."`
+	Timeout time.Duration `name:"timeout" default:"10s" help:"Request timeout."`
+	natsflags.Flags
+
+	Status      statusCmd      `cmd:"" help:"Device status: usage, pool, pressure."`
+	Alloc       allocCmd       `cmd:"" help:"Allocate memory (sizes such as 512MiB, 2GiB)."`
+	Free        freeCmd        `cmd:"" help:"Free allocations by id."`
+	Allocations allocationsCmd `cmd:"" help:"List allocations."`
+	Clear       clearCmd       `cmd:"" help:"Free non-persistent allocations and release cached memory."`
+	Defrag      defragCmd      `cmd:"" help:"Compact the device's pool."`
+	Optimize    optimizeCmd    `cmd:"" help:"Run optimization strategies."`
+	Recs        recsCmd        `cmd:"" help:"Optimization recommendations; --apply N sends the Nth."`
+	Models      modelsCmd      `cmd:"" help:"Memory per model."`
+	Transfer    transferCmd    `cmd:"" help:"Copy or move an allocation to another device or host memory."`
+	Watch       watchCmd       `cmd:"" help:"Live pressure events."`
+	Req         reqCmd         `cmd:"" help:"Send a raw request and print the reply."`
+}
+
+// env is what every command runs with.
+type env struct {
+	ctx    context.Context
+	cli    *cli
+	nc     *nats.Conn
+	client *client.Client
+	out    io.Writer
+	tty    bool
+}
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{exitUsage, fmt.Errorf(format, args...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, isTerminal(os.Stdout))
+	stop()
+	os.Exit(code)
+}
+
+// run parses args, runs the command and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) int {
+	var c cli
+	exit := -1
+	parser, err := kong.New(&c, kong.Name("memctl"),
+		kong.Description("Operate memworker GPU memory services over NATS."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exit = code }),
+		kong.UsageOnError())
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+	kctx, err := parser.Parse(args)
+	if exit >= 0 { // --help
+		return exit
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "memctl:", err)
+		return exitUsage
+	}
+	opts, err := c.Flags.Options()
+	if err != nil {
+		fmt.Fprintln(stderr, "memctl:", err)
+		return exitUsage
+	}
+	nc, err := nats.Connect(c.Server, append(opts, nats.Name("memctl"), nats.Timeout(c.Timeout))...)
+	if err != nil {
+		fmt.Fprintf(stderr, "memctl: cannot reach NATS at %s: %v\n", c.Server, err)
+		return exitUnreachable
+	}
+	defer nc.Close()
+	cl := client.New(nc)
+	cl.Timeout = c.Timeout
+	e := &env{ctx: ctx, cli: &c, nc: nc, client: cl, out: stdout, tty: tty && !c.JSON}
+	if err := kctx.Run(e); err != nil {
+		fmt.Fprintln(stderr, "memctl:", describe(err, e))
+		return codeOf(err)
+	}
+	return exitOK
+}
+
+// codeOf maps an error to an exit code.
+func codeOf(err error) int {
+	var ee *exitError
+	var we *subjects.Error
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &we):
+		return exitWorkerError
+	default:
+		return exitUnreachable
+	}
+}
+
+// describe makes NATS errors say what they mean here.
+func describe(err error, e *env) string {
+	switch {
+	case errors.Is(err, client.ErrNoWorker):
+		return err.Error() + " (is a worker running, and is the device id right?)"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fmt.Sprintf("no answer within %v: %v", e.cli.Timeout, err)
+	}
+	return err.Error()
+}
+
+// device returns --device, or the fleet's only device.
+func (e *env) device() (string, error) {
+	if e.cli.Device != "" {
+		return e.cli.Device, nil
+	}
+	res, err := e.client.Fleet(e.ctx, subjects.GetUsage, nil, 300*time.Millisecond)
+	if err != nil {
+		return "", err
+	}
+	var ids []string
+	for _, n := range res.Nodes {
+		for _, d := range n.Devices {
+			ids = append(ids, d.DeviceID)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return "", &exitError{exitUnreachable, errors.New("no worker answered: no device to talk to")}
+	case 1:
+		return ids[0], nil
+	}
+	return "", usageErr("the fleet has %d devices %v: pick one with --device", len(ids), ids)
+}
+
+// do sends op to the device and decodes the reply's data into out.
+func (e *env) do(op subjects.Op, data, out any) error {
+	dev, err := e.device()
+	if err != nil {
+		return err
+	}
+	_, err = e.client.Do(e.ctx, op, dev, data, out)
+	return err
+}
+
+// print writes v as indented JSON.
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

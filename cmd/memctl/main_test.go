@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+const GiB = int64(1) << 30
+
+// fixture runs an embedded server and a worker with devices of 1 GiB each,
+// and memctl against them.
+type fixture struct {
+	t   *testing.T
+	url string
+}
+
+func newFixture(t *testing.T, devices int) *fixture {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	cfg := worker.DefaultConfig()
+	cfg.Node = "n1"
+	cfg.Backend = sim.New(sim.Default(devices, GiB))
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.DiscoveryWait = 50 * time.Millisecond
+	w, err := worker.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = w.Run(ctx, nc) })
+	t.Cleanup(func() { cancel(); wg.Wait(); nc.Close() })
+	<-w.Ready()
+	return &fixture{t: t, url: srv.ClientURL()}
+}
+
+// memctl runs the CLI and returns its exit code, stdout and stderr.
+func (f *fixture) memctl(args ...string) (int, string, string) {
+	f.t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s"}, args...), &out, &errb, false)
+	return code, out.String(), errb.String()
+}
+
+func (f *fixture) ok(args ...string) string {
+	f.t.Helper()
+	code, out, errs := f.memctl(args...)
+	if code != exitOK {
+		f.t.Fatalf("memctl %v: exit %d\n%s%s", args, code, out, errs)
+	}
+	return out
+}
+
+func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
+	f := newFixture(t, 2)
+	out := f.ok("status", "--all")
+	for _, want := range []string{"n1-gpu0", "n1-gpu1", "Simulated GPU", "1 nodes, 2 devices", "normal", "0 B / 1.0 GiB"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status --all lacks %q:\n%s", want, out)
+		}
+	}
+	// Two devices and no --device: a usage error that names them.
+	if code, _, errs := f.memctl("alloc", "1MiB"); code != exitUsage || !strings.Contains(errs, "n1-gpu1") {
+		t.Errorf("alloc without --device on two devices: exit %d, %s", code, errs)
+	}
+	out = f.ok("-d", "n1-gpu0", "alloc", "900MiB", "--purpose", "kv", "--model", "m1")
+	id := strings.Fields(out)[0]
+	if !strings.Contains(out, "900 MiB on n1-gpu0") {
+		t.Errorf("alloc printed %q", out)
+	}
+	out = f.ok("-d", "n1-gpu0", "status")
+	if !strings.Contains(out, "warning") || !strings.Contains(out, "88%") {
+		t.Errorf("status after 900 MiB of 1 GiB:\n%s", out)
+	}
+	if out := f.ok("-d", "n1-gpu0", "allocations"); !strings.Contains(out, id) || !strings.Contains(out, "1 of 1") {
+		t.Errorf("allocations:\n%s", out)
+	}
+	if out := f.ok("-d", "n1-gpu0", "models"); !strings.Contains(out, "m1") {
+		t.Errorf("models:\n%s", out)
+	}
+	var a subjects.Allocation
+	if err := json.Unmarshal([]byte(f.ok("-d", "n1-gpu0", "--json", "alloc", "4KiB")), &a); err != nil || a.SizeBytes != 4096 {
+		t.Errorf("alloc --json: %+v %v", a, err)
+	}
+	f.ok("-d", "n1-gpu0", "free", id, a.AllocationID)
+	if code, _, errs := f.memctl("-d", "n1-gpu0", "free", id); code != exitWorkerError || !strings.Contains(errs, "ALLOCATION_NOT_FOUND") {
+		t.Errorf("double free: exit %d, %s", code, errs)
+	}
+	if code, _, errs := f.memctl("-d", "nope-gpu0", "status"); code != exitUnreachable || !strings.Contains(errs, "no worker serves") {
+		t.Errorf("unknown device: exit %d, %s", code, errs)
+	}
+	if code, _, _ := f.memctl("-d", "n1-gpu0", "alloc", "lots"); code != exitUsage {
+		t.Errorf("bad size: exit %d, want %d", code, exitUsage)
+	}
+	var out2, errb bytes.Buffer
+	if code := run(context.Background(), []string{"--server", "nats://127.0.0.1:1", "status"}, &out2, &errb, false); code != exitUnreachable {
+		t.Errorf("unreachable server: exit %d, %s", code, errb.String())
+	}
+}
+
+func TestReqRecsDefragAndTransfer(t *testing.T) {
+	f := newFixture(t, 2)
+	out := f.ok("req", "get_usage", "n1-gpu1", "{}")
+	var reply subjects.Reply
+	if err := json.Unmarshal([]byte(out), &reply); err != nil || !reply.Success {
+		t.Errorf("req printed %q", out)
+	}
+	if code, out, _ := f.memctl("req", "allocate", "n1-gpu1", `{"size_bytes":-1}`); code != exitWorkerError || !strings.Contains(out, "INVALID_REQUEST") {
+		t.Errorf("req with a bad request: exit %d, %s", code, out)
+	}
+	id := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "200MiB"))[0]
+	out = f.ok("-d", "n1-gpu0", "transfer", id, "--to", "n1-gpu1", "--verify", "--follow")
+	if !strings.Contains(out, "completed") || !strings.Contains(out, "200 MiB of 200 MiB") {
+		t.Errorf("transfer --follow printed %q", out)
+	}
+	f.ok("-d", "n1-gpu0", "free", id)
+	out = f.ok("-d", "n1-gpu0", "recs")
+	if !strings.Contains(out, "release_cached") && !strings.Contains(out, "optimize") {
+		t.Errorf("recs after freeing 200 MiB:\n%s", out)
+	}
+	if out := f.ok("-d", "n1-gpu0", "recs", "--apply", "1"); !strings.Contains(out, "sent optimize") {
+		t.Errorf("recs --apply 1 printed %q", out)
+	}
+	if code, _, _ := f.memctl("-d", "n1-gpu0", "recs", "--apply", "9"); code != exitUsage {
+		t.Errorf("recs --apply beyond the list: exit %d", code)
+	}
+	if out := f.ok("-d", "n1-gpu0", "defrag"); !strings.Contains(out, "fragmentation") {
+		t.Errorf("defrag printed %q", out)
+	}
+	if out := f.ok("-d", "n1-gpu0", "optimize", "--dry-run"); !strings.Contains(out, "dry run: true") {
+		t.Errorf("optimize printed %q", out)
+	}
+	if out := f.ok("-d", "n1-gpu1", "clear", "--force"); !strings.Contains(out, "cleared 1 allocations") {
+		t.Errorf("clear printed %q", out)
+	}
+}
+
+func TestWatchPrintsEventsAsJSONLines(t *testing.T) {
+	f := newFixture(t, 1)
+	done := make(chan string)
+	go func() {
+		_, out, _ := f.memctl("watch", "--json", "--count", "2")
+		done <- out
+	}()
+	time.Sleep(200 * time.Millisecond) // let watch subscribe
+	f.ok("alloc", "900MiB")            // warning
+	f.ok("clear")                      // normal again
+	var out string
+	select {
+	case out = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch did not end after 2 events")
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("watch printed %d lines: %q", len(lines), out)
+	}
+	var first, second watchLine
+	_ = json.Unmarshal([]byte(lines[0]), &first)
+	_ = json.Unmarshal([]byte(lines[1]), &second)
+	if first.Level != subjects.LevelWarning || second.Level != subjects.LevelNormal || first.DeviceID != "n1-gpu0" {
+		t.Errorf("events %+v then %+v", first, second)
+	}
+}

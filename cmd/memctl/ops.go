@@ -1,0 +1,253 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/jedib0t/go-pretty/v6/table"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+type allocCmd struct {
+	Size       string        `arg:"" help:"Size, e.g. 512MiB, 2GiB or bytes."`
+	Type       string        `name:"type" default:"VRAM" enum:"VRAM,PINNED" help:"VRAM or PINNED host memory."`
+	Purpose    string        `help:"What the memory is for."`
+	Model      string        `help:"Model id."`
+	Persistent bool          `help:"Survive clear without --force."`
+	TTL        time.Duration `name:"ttl" help:"Free automatically after this long."`
+	Alignment  int64         `help:"Alignment in bytes (power of two)."`
+	Export     bool          `help:"Return a CUDA IPC handle for other processes."`
+}
+
+func (a *allocCmd) Run(e *env) error {
+	n, err := humanize.ParseBytes(a.Size)
+	if err != nil {
+		return usageErr("size %q: want bytes or a size such as 512MiB", a.Size)
+	}
+	var out subjects.Allocation
+	err = e.do(subjects.Allocate, subjects.AllocateRequest{
+		SizeBytes: int64(n), AllocationType: subjects.AllocationType(a.Type), Purpose: a.Purpose, ModelID: a.Model,
+		Persistent: a.Persistent, TTLSeconds: a.TTL.Seconds(), Alignment: a.Alignment, Export: a.Export,
+	}, &out)
+	if err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.out, "%s  %s on %s (%s reserved)\n", out.AllocationID, size(out.SizeBytes), out.DeviceID, size(out.ReservedBytes))
+	if out.IPCHandle != "" {
+		fmt.Fprintf(e.out, "ipc_handle %s offset %d\n", out.IPCHandle, out.IPCOffset)
+	}
+	return nil
+}
+
+type freeCmd struct {
+	IDs []string `arg:"" name:"id" help:"Allocation ids."`
+}
+
+func (f *freeCmd) Run(e *env) error {
+	var out subjects.DeallocateReply
+	if err := e.do(subjects.Deallocate, subjects.DeallocateRequest{AllocationIDs: f.IDs}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.out, "freed %d allocations, %s\n", len(out.DeallocatedIDs), size(out.FreedBytes))
+	return nil
+}
+
+type allocationsCmd struct {
+	Purpose string `help:"Only this purpose."`
+	Model   string `help:"Only this model."`
+	Limit   int    `default:"100" help:"Page size."`
+	Cursor  string `help:"Continue after this allocation id."`
+}
+
+func (a *allocationsCmd) Run(e *env) error {
+	var out subjects.AllocationsReply
+	if err := e.do(subjects.GetAllocations, subjects.AllocationsRequest{Purpose: a.Purpose, ModelID: a.Model, Limit: a.Limit, Cursor: a.Cursor}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	t := e.table("ID", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires")
+	for _, al := range out.Allocations {
+		exp := ""
+		if al.ExpiresAt != nil {
+			exp = al.ExpiresAt.Format(time.RFC3339)
+		}
+		typ := string(al.AllocationType)
+		if al.Offloaded {
+			typ += " (offloaded)"
+		}
+		t.AppendRow(table.Row{al.AllocationID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp})
+	}
+	footer := fmt.Sprintf("%d of %d", len(out.Allocations), out.TotalCount)
+	if out.NextCursor != "" {
+		footer += ", more with --cursor " + out.NextCursor
+	}
+	t.Render()
+	fmt.Fprintln(e.out, footer)
+	return nil
+}
+
+type clearCmd struct {
+	Purpose string `help:"Only this purpose."`
+	Model   string `help:"Only this model."`
+	Force   bool   `help:"Free persistent allocations too."`
+}
+
+func (c *clearCmd) Run(e *env) error {
+	var out subjects.ClearReply
+	if err := e.do(subjects.Clear, subjects.ClearRequest{Purpose: c.Purpose, ModelID: c.Model, Force: c.Force}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.out, "cleared %d allocations (%s), kept %d persistent, released %d segments (%s) to the device\n",
+		out.ClearedAllocations, size(out.ClearedBytes), out.SkippedPersistent, out.ReleasedSegments, size(out.ReleasedBytes))
+	return nil
+}
+
+type defragCmd struct{}
+
+func (defragCmd) Run(e *env) error {
+	var out subjects.DefragmentReply
+	if err := e.do(subjects.Defragment, subjects.DefragmentRequest{}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.out, "moved %d blocks (%s), released %d segments (%s), fragmentation %.0f%% -> %.0f%% in %.3fs\n",
+		out.BlocksMoved, size(out.BytesMoved), out.SegmentsReleased, size(out.ReleasedBytes),
+		out.Before.FragmentationRatio*100, out.After.FragmentationRatio*100, out.DurationSeconds)
+	return nil
+}
+
+type optimizeCmd struct {
+	Strategy []string `name:"strategy" help:"Strategies in order: release_cached, defragment, free_expired, offload_idle."`
+	Target   float64  `help:"Stop at this usage percentage."`
+	Idle     float64  `help:"offload_idle: seconds unused."`
+	DryRun   bool     `name:"dry-run" help:"Only say what would be done."`
+}
+
+func (o *optimizeCmd) Run(e *env) error {
+	var out subjects.OptimizeReply
+	if err := e.do(subjects.Optimize, subjects.OptimizeRequest{Strategies: o.Strategy, TargetUsagePercentage: o.Target, IdleSeconds: o.Idle, DryRun: o.DryRun}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	for _, a := range out.Actions {
+		fmt.Fprintf(e.out, "%-15s %-10s %s\n", a.Strategy, size(a.BytesFreed), a.Description)
+	}
+	fmt.Fprintf(e.out, "usage %.1f%% -> %.1f%%, %s freed (dry run: %v)\n", out.UsagePercentageBefore, out.UsagePercentageAfter, size(out.BytesFreed), out.DryRun)
+	return nil
+}
+
+type recsCmd struct {
+	Apply int `help:"Send the Nth recommendation's suggested action (1 is the first)."`
+}
+
+func (r *recsCmd) Run(e *env) error {
+	var out subjects.OptimizationRecsReply
+	if err := e.do(subjects.OptimizationRecs, subjects.OptimizationRecsRequest{}, &out); err != nil {
+		return err
+	}
+	if r.Apply > 0 {
+		if r.Apply > len(out.Recommendations) {
+			return usageErr("--apply %d: there are %d recommendations", r.Apply, len(out.Recommendations))
+		}
+		act := out.Recommendations[r.Apply-1].SuggestedAction
+		var reply json.RawMessage
+		if err := e.do(act.Op, act.Data, &reply); err != nil {
+			return err
+		}
+		if e.cli.JSON {
+			return e.printJSON(reply)
+		}
+		fmt.Fprintf(e.out, "sent %s %s: %s\n", act.Op, mustJSON(act.Data), reply)
+		return nil
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	t := e.table("#", "Severity", "Savings", "Recommendation", "Action")
+	for i, rec := range out.Recommendations {
+		t.AppendRow(table.Row{i + 1, rec.Severity, size(rec.EstimatedSavingsBytes), rec.Message, string(rec.SuggestedAction.Op) + " " + mustJSON(rec.SuggestedAction.Data)})
+	}
+	t.Render()
+	fmt.Fprintf(e.out, "pressure %s at %.0f%%\n", out.Level, out.UsageRatio*100)
+	return nil
+}
+
+type modelsCmd struct{}
+
+func (modelsCmd) Run(e *env) error {
+	var out subjects.ModelStatusReply
+	if err := e.do(subjects.ModelStatus, subjects.ModelStatusRequest{}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	t := e.table("Model", "Resident", "Offloaded", "Allocations", "Persistent", "Last used")
+	for _, m := range out.Models {
+		t.AppendRow(table.Row{m.ModelID, size(m.ResidentBytes), size(m.OffloadedBytes), m.Allocations, m.PersistentAllocations, m.LastUsedAt.Format(time.RFC3339)})
+	}
+	t.Render()
+	return nil
+}
+
+type reqCmd struct {
+	Op     string `arg:"" help:"Operation, e.g. get_usage."`
+	Target string `arg:"" name:"device" help:"Device id, or all for a fleet request."`
+	Data   string `arg:"" optional:"" default:"{}" help:"The request's data as JSON."`
+}
+
+func (r *reqCmd) Run(e *env) error {
+	op := subjects.Op(r.Op)
+	if !op.Valid() {
+		return usageErr("unknown operation %q", r.Op)
+	}
+	if !json.Valid([]byte(r.Data)) {
+		return usageErr("data is not JSON: %s", r.Data)
+	}
+	body := []byte(`{"data":` + r.Data + `}`)
+	ctx, cancel := contextWithTimeout(e)
+	defer cancel()
+	msg, err := e.nc.RequestWithContext(ctx, subjects.Request(op, r.Target), body)
+	if err != nil {
+		return fmt.Errorf("%s on %s: %w", op, r.Target, noResponders(err, r.Target))
+	}
+	fmt.Fprintln(e.out, string(msg.Data))
+	var reply subjects.Reply
+	if err := json.Unmarshal(msg.Data, &reply); err == nil && !reply.Success {
+		return &exitError{exitWorkerError, reply.Err()}
+	}
+	return nil
+}
+
+func (e *env) table(header ...any) table.Writer {
+	t := table.NewWriter()
+	t.SetOutputMirror(e.out)
+	t.SetStyle(table.StyleLight)
+	t.AppendHeader(table.Row(header))
+	return t
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/jedib0t/go-pretty/v6/table"
+	"github.com/jedib0t/go-pretty/v6/text"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+type statusCmd struct {
+	All bool `help:"Every device of every node (a fleet request)."`
+}
+
+func (s *statusCmd) Run(e *env) error {
+	var rows []subjects.StatusReply
+	nodes := 0
+	if s.All || e.cli.Device == "" {
+		res, err := e.client.Fleet(e.ctx, subjects.GetStatus, subjects.StatusRequest{IncludeFragmentation: true}, 300*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		nodes = len(res.Nodes)
+		for _, n := range res.Nodes {
+			for _, d := range n.Devices {
+				var st subjects.StatusReply
+				if d.Success && jsonUnmarshal(d.Data, &st) == nil {
+					rows = append(rows, st)
+				} else {
+					rows = append(rows, subjects.StatusReply{Device: subjects.DeviceInfo{DeviceID: d.DeviceID, Node: n.Node, Name: string(d.ErrorCode)}})
+				}
+			}
+		}
+		if nodes == 0 {
+			return &exitError{exitUnreachable, fmt.Errorf("no worker answered on %s", subjects.FleetRequest(subjects.GetStatus))}
+		}
+	} else {
+		var st subjects.StatusReply
+		if err := e.do(subjects.GetStatus, subjects.StatusRequest{IncludeFragmentation: true}, &st); err != nil {
+			return err
+		}
+		rows = append(rows, st)
+	}
+	if e.cli.JSON {
+		return e.printJSON(rows)
+	}
+	t := table.NewWriter()
+	t.SetOutputMirror(e.out)
+	t.SetStyle(table.StyleLight)
+	t.AppendHeader(table.Row{"Device", "Name", "Used / Total", "Usage", "Reserved", "Allocated", "Frag", "Pressure", "Allocs"})
+	for _, st := range rows {
+		u := st.Usage
+		frag := "-"
+		if st.Fragmentation != nil {
+			frag = fmt.Sprintf("%.0f%%", st.Fragmentation.FragmentationRatio*100)
+		}
+		t.AppendRow(table.Row{
+			st.Device.DeviceID, st.Device.Name,
+			size(u.UsedBytes) + " / " + size(u.TotalBytes),
+			bar(u.UsageRatio, 20) + fmt.Sprintf(" %3.0f%%", u.UsagePercentage),
+			size(u.ReservedBytes), size(u.AllocatedBytes), frag,
+			e.level(st.Pressure.Level), st.AllocationCount,
+		})
+	}
+	t.Render()
+	if nodes > 0 {
+		fmt.Fprintf(e.out, "%d nodes, %d devices\n", nodes, len(rows))
+	}
+	return nil
+}
+
+// bar draws ratio as a bar of n cells.
+func bar(ratio float64, n int) string {
+	full := int(ratio*float64(n) + 0.5)
+	full = max(0, min(full, n))
+	return strings.Repeat("█", full) + strings.Repeat("░", n-full)
+}
+
+func size(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
+
+// level colours a pressure level on a terminal.
+func (e *env) level(l subjects.Level) string {
+	if !e.tty {
+		return string(l)
+	}
+	switch l {
+	case subjects.LevelCritical:
+		return text.Colors{text.FgHiRed, text.Bold}.Sprint(l)
+	case subjects.LevelWarning:
+		return text.FgYellow.Sprint(l)
+	case subjects.LevelNormal:
+		return text.FgGreen.Sprint(l)
+	}
+	return string(l)
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jedib0t/go-pretty/v6/table"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/events"
+	"github.com/memworker/memworker/subjects"
+)
+
+type watchCmd struct {
+	Count int `help:"Exit after this many events (0: until interrupted)."`
+}
+
+// watchLine is one event as --json prints it.
+type watchLine struct {
+	Time          time.Time      `json:"time"`
+	ID            string         `json:"id"`
+	DeviceID      string         `json:"device_id"`
+	Node          string         `json:"node"`
+	Reason        string         `json:"reason"`
+	Level         subjects.Level `json:"level"`
+	PreviousLevel subjects.Level `json:"previous_level,omitempty"`
+	UsageRatio    float64        `json:"usage_ratio"`
+	UsedBytes     int64          `json:"used_bytes"`
+	TotalBytes    int64          `json:"total_bytes"`
+}
+
+func (w *watchCmd) Run(e *env) error {
+	subject := subjects.AllPressureEvents
+	if e.cli.Device != "" {
+		subject = subjects.PressureEvents(e.cli.Device)
+	}
+	ch := make(chan *nats.Msg, 256)
+	sub, err := e.nc.ChanSubscribe(subject, ch)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := e.nc.Flush(); err != nil {
+		return err
+	}
+	latest := map[string]watchLine{}
+	if !e.cli.JSON {
+		fmt.Fprintf(e.out, "watching %s (Ctrl-C to stop)\n", subject)
+	}
+	for seen := 0; w.Count == 0 || seen < w.Count; {
+		var msg *nats.Msg
+		select {
+		case <-e.ctx.Done():
+			return nil
+		case msg = <-ch:
+		}
+		ev, p, err := events.Decode(msg)
+		if err != nil {
+			fmt.Fprintf(e.out, "undecodable event on %s: %v\n", msg.Subject, err)
+			continue
+		}
+		seen++
+		line := watchLine{Time: ev.Time(), ID: ev.ID(), DeviceID: p.DeviceID, Node: p.Node, Reason: p.Reason,
+			Level: p.Level, PreviousLevel: p.PreviousLevel, UsageRatio: p.UsageRatio, UsedBytes: p.UsedBytes, TotalBytes: p.TotalBytes}
+		if e.cli.JSON {
+			b, _ := json.Marshal(line)
+			fmt.Fprintln(e.out, string(b))
+			continue
+		}
+		latest[p.DeviceID] = line
+		e.renderWatch(latest)
+	}
+	return nil
+}
+
+// renderWatch redraws the per-device view; on a terminal it replaces the
+// previous one.
+func (e *env) renderWatch(latest map[string]watchLine) {
+	if e.tty {
+		fmt.Fprint(e.out, "\033[H\033[2J")
+	}
+	ids := make([]string, 0, len(latest))
+	for id := range latest {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	t := e.table("Device", "Level", "Usage", "Used / Total", "Since", "Reason")
+	for _, id := range ids {
+		l := latest[id]
+		level := e.level(l.Level)
+		if l.PreviousLevel != "" && l.PreviousLevel != l.Level {
+			level = string(l.PreviousLevel) + " → " + level
+		}
+		t.AppendRow(table.Row{id, level, bar(l.UsageRatio, 20) + fmt.Sprintf(" %3.0f%%", l.UsageRatio*100),
+			size(l.UsedBytes) + " / " + size(l.TotalBytes), l.Time.Local().Format("15:04:05"), l.Reason})
+	}
+	t.Render()
+	if !e.tty {
+		fmt.Fprintln(e.out, strings.Repeat("─", 10))
+	}
+}
