@@ -1,7 +1,6 @@
 package events
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -55,7 +54,7 @@ func (p *Publisher) PublishLifecycle(typ string, data Lifecycle) error {
 	if err := p.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publishing %s: %w", typ, err)
 	}
-	return p.nc.FlushWithContext(context.Background())
+	return p.nc.FlushTimeout(2 * time.Second)
 }
 
 // DecodeLifecycle reads a lifecycle event.

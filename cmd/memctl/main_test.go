@@ -80,7 +80,7 @@ func (f *fixture) ok(args ...string) string {
 func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 	f := newFixture(t, 2)
 	out := f.ok("status", "--all")
-	for _, want := range []string{"n1-gpu0", "n1-gpu1", "Simulated GPU", "1 nodes, 2 devices", "normal", "0 B / 1.0 GiB"} {
+	for _, want := range []string{"n1-gpu0", "n1-gpu1", "Simulated GPU", "1 node, 2 devices", "normal", "0 B / 1.0 GiB"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status --all lacks %q:\n%s", want, out)
 		}

@@ -68,7 +68,7 @@ func (s *statusCmd) Run(e *env) error {
 	}
 	t.Render()
 	if nodes > 0 {
-		fmt.Fprintf(e.out, "%d nodes, %d devices\n", nodes, len(rows))
+		fmt.Fprintf(e.out, "%s, %s\n", plural(nodes, "node"), plural(len(rows), "device"))
 	}
 	return nil
 }
@@ -96,4 +96,11 @@ func (e *env) level(l subjects.Level) string {
 		return text.FgGreen.Sprint(l)
 	}
 	return string(l)
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
