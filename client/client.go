@@ -75,6 +75,12 @@ type FleetResult struct {
 // no reply came for stall (or ctx ends). Every node answers once for all its
 // devices.
 func (c *Client) Fleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*FleetResult, error) {
+	return c.FleetExpect(ctx, op, data, stall, 0)
+}
+
+// FleetExpect is Fleet that also stops as soon as expect nodes answered
+// (0: wait for the stall), for callers that know the fleet's size.
+func (c *Client) FleetExpect(ctx context.Context, op subjects.Op, data any, stall time.Duration, expect int) (*FleetResult, error) {
 	if !op.Fleet() {
 		return nil, fmt.Errorf("%s is not a fleet operation", op)
 	}
@@ -84,7 +90,11 @@ func (c *Client) Fleet(ctx context.Context, op subjects.Op, data any, stall time
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	msgs, err := natsext.RequestMany(ctx, c.nc, subjects.FleetRequest(op), body, natsext.RequestManyStall(stall))
+	opts := []natsext.RequestManyOpt{natsext.RequestManyStall(stall)}
+	if expect > 0 {
+		opts = append(opts, natsext.RequestManyMaxMessages(expect))
+	}
+	msgs, err := natsext.RequestMany(ctx, c.nc, subjects.FleetRequest(op), body, opts...)
 	if err != nil {
 		return nil, err
 	}

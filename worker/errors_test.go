@@ -2,9 +2,11 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
@@ -32,5 +34,20 @@ func TestWireErrorMapsEveryKind(t *testing.T) {
 		if got.Code != tt.want || got.Message == "" {
 			t.Errorf("wireError(%v) = %+v, want %s", tt.err, got, tt.want)
 		}
+	}
+}
+
+func TestEncodeReplyIsTheEnvelope(t *testing.T) {
+	now := time.Date(2026, 11, 25, 17, 0, 0, 123, time.FixedZone("x", 3600))
+	body, err := encodeReply(`id "quoted"`, map[string]int{"a": 1}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r subjects.Reply
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	if !r.Success || r.RequestID != `id "quoted"` || !r.Timestamp.Equal(now) || r.Timestamp.Location() != time.UTC || string(r.Data) != `{"a":1}` {
+		t.Errorf("reply %+v from %s", r, body)
 	}
 }

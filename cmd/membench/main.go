@@ -1,0 +1,357 @@
+// Command membench measures memworker beside the fastest thing that could
+// stand in its place: a bare NATS micro echo endpoint on the same server,
+// driven by the same clients in the same run. It starts an embedded server
+// and sim workers in this process (or targets --server), and prints a table
+// of throughput, p50 and p99 for each case and concurrency, with ratios to
+// echo; then the fleet fan-out from 1 to 16 nodes and the monitor's CPU
+// cost.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/jedib0t/go-pretty/v6/table"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/memworker/memworker/client"
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+type cli struct {
+	Duration    time.Duration `default:"2s" help:"How long each case runs at each concurrency."`
+	Concurrency string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
+	FleetNodes  int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
+	Monitor     time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
+	Cases       string        `default:"echo,get_status,allocate+deallocate" help:"Cases to run (echo always runs first)."`
+	CPUProfile  string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
+}
+
+func main() {
+	var c cli
+	kong.Parse(&c, kong.Description("Benchmark memworker against a bare NATS echo endpoint."))
+	if err := run(&c, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "membench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli, out io.Writer) error {
+	var levels []int
+	for _, s := range strings.Split(c.Concurrency, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fmt.Errorf("--concurrency %q", c.Concurrency)
+		}
+		levels = append(levels, n)
+	}
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		return err
+	}
+	srv.Start()
+	defer srv.Shutdown()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		return fmt.Errorf("embedded server not ready")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, 1, 64<<30, time.Hour)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	echoConn, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer echoConn.Close()
+	if _, err := micro.AddService(echoConn, micro.Config{Name: "echo", Version: "1.0.0", Endpoint: &micro.EndpointConfig{
+		Subject: "bench.echo", Handler: micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(r.Data()) }),
+	}}); err != nil {
+		return err
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v per case\n\n", cpuName(), runtimeProcs(), c.Duration)
+	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
+	dev := subjects.DeviceID("bench0", 0)
+	cases := []struct {
+		name string
+		op   func(*nats.Conn) error
+	}{
+		{"echo", func(nc *nats.Conn) error { return req(nc, "bench.echo", status) }},
+		{"get_status", func(nc *nats.Conn) error { return req(nc, subjects.Request(subjects.GetStatus, dev), status) }},
+		{"allocate+deallocate", func(nc *nats.Conn) error { return allocFree(nc, dev) }},
+	}
+	t := table.NewWriter()
+	t.SetOutputMirror(out)
+	t.SetStyle(table.StyleLight)
+	t.AppendHeader(table.Row{"case", "clients", "req/s", "p50", "p99", "req/s vs echo", "p50 vs echo"})
+	if c.CPUProfile != "" {
+		f, err := os.Create(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	for _, n := range levels {
+		var echo result
+		for i, cs := range cases {
+			if i > 0 && !slices.Contains(strings.Split(c.Cases, ","), cs.name) {
+				continue
+			}
+			r := drive(nc, n, c.Duration, cs.op)
+			if cs.name == "allocate+deallocate" {
+				r.perSecond *= 2 // two requests per pair
+			}
+			if i == 0 {
+				echo = r
+			}
+			t.AppendRow(table.Row{cs.name, n, fmt.Sprintf("%.0f", r.perSecond), r.p50, r.p99,
+				fmt.Sprintf("%.2fx", r.perSecond/echo.perSecond), fmt.Sprintf("%.2fx", float64(r.p50)/float64(echo.p50))})
+		}
+		t.AppendSeparator()
+	}
+	t.Render()
+	fmt.Fprintln(out, "allocate+deallocate counts both requests of a pair; errors abort the run.")
+
+	if c.FleetNodes > 0 {
+		if err := fleet(srv.ClientURL(), c.FleetNodes, out); err != nil {
+			return err
+		}
+	}
+	if c.Monitor > 0 {
+		if err := monitorCost(c.Monitor, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func req(nc *nats.Conn, subject string, body []byte) error {
+	_, err := nc.Request(subject, body, 5*time.Second)
+	return err
+}
+
+func allocFree(nc *nats.Conn, dev string) error {
+	cl := client.New(nc)
+	var a subjects.Allocation
+	if _, err := cl.Do(context.Background(), subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 1 << 20}, &a); err != nil {
+		return err
+	}
+	_, err := cl.Do(context.Background(), subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+	return err
+}
+
+type result struct {
+	perSecond float64
+	p50, p99  time.Duration
+}
+
+// drive runs op from n goroutines for d and measures each call.
+func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) result {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := op(nc); err != nil {
+					fmt.Fprintln(os.Stderr, "membench:", err)
+					os.Exit(1)
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	return result{
+		perSecond: float64(len(lat)) / elapsed.Seconds(),
+		p50:       lat[len(lat)/2].Round(time.Microsecond),
+		p99:       lat[len(lat)*99/100].Round(time.Microsecond),
+	}
+}
+
+// startWorkers runs nodes sim workers (<prefix>0, <prefix>1, ...) of
+// devices devices each on url.
+func startWorkers(ctx context.Context, url, prefix string, nodes, devices int, bytes int64, sample time.Duration) (func(), error) {
+	var wg sync.WaitGroup
+	var conns []*nats.Conn
+	stop := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	for i := 0; i < nodes; i++ {
+		cfg := worker.DefaultConfig()
+		cfg.Node = fmt.Sprintf("%s%d", prefix, i)
+		cfg.Backend = sim.New(sim.Default(devices, bytes))
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.SampleInterval = sample
+		cfg.EventsJetStream = false
+		w, err := worker.New(ctx, cfg)
+		if err != nil {
+			cancel()
+			stop()
+			return nil, err
+		}
+		nc, err := nats.Connect(url)
+		if err != nil {
+			cancel()
+			stop()
+			return nil, err
+		}
+		conns = append(conns, nc)
+		failed := make(chan error, 1)
+		wg.Go(func() { failed <- w.Run(ctx, nc) })
+		select {
+		case <-w.Ready():
+		case err := <-failed:
+			cancel()
+			stop()
+			return nil, fmt.Errorf("worker %s: %v", cfg.Node, err)
+		}
+	}
+	return func() { cancel(); stop() }, nil
+}
+
+// fleet measures get_status.all gathered with request-many as the fleet
+// grows.
+func fleet(url string, max int, out io.Writer) error {
+	t := table.NewWriter()
+	t.SetOutputMirror(out)
+	t.SetStyle(table.StyleLight)
+	t.AppendHeader(table.Row{"fleet nodes", "replies", "p50", "p99"})
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cl := client.New(nc)
+	for n := 1; n <= max; n *= 2 {
+		// The bench worker answers too, so n+1 replies come.
+		ctx, cancel := context.WithCancel(context.Background())
+		stop, err := startWorkers(ctx, url, "fleet", n, 1, 16<<30, time.Hour)
+		if err != nil {
+			cancel()
+			return err
+		}
+		var lat []time.Duration
+		replies := 0
+		for range 200 {
+			t0 := time.Now()
+			// Stop as soon as every node answered; the stall only bounds a
+			// missing node.
+			res, err := fleetN(cl, n+1)
+			if err != nil {
+				cancel()
+				stop()
+				return err
+			}
+			lat = append(lat, time.Since(t0))
+			replies = len(res.Nodes)
+		}
+		cancel()
+		stop()
+		slices.Sort(lat)
+		t.AppendRow(table.Row{n, replies, lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond)})
+	}
+	fmt.Fprintln(out, "\nFleet get_status.all (the bench worker answers too, so replies = nodes + 1):")
+	t.Render()
+	return nil
+}
+
+func fleetN(cl *client.Client, expect int) (*client.FleetResult, error) {
+	return cl.FleetExpect(context.Background(), subjects.GetStatus, nil, 100*time.Millisecond, expect)
+}
+
+// monitorCost measures the process's CPU time with 8 sim devices sampled
+// every second, against the same worker sampled hourly.
+func monitorCost(d time.Duration, out io.Writer) error {
+	measure := func(sample time.Duration) (float64, error) {
+		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+		if err != nil {
+			return 0, err
+		}
+		srv.Start()
+		defer srv.Shutdown()
+		srv.ReadyForConnections(5 * time.Second)
+		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, 8, 16<<30, sample)
+		if err != nil {
+			return 0, err
+		}
+		defer stop()
+		time.Sleep(time.Second)
+		c0, t0 := cpuTime(), time.Now()
+		time.Sleep(d)
+		return (cpuTime() - c0).Seconds() / time.Since(t0).Seconds() * 100, nil
+	}
+	idle, err := measure(time.Hour)
+	if err != nil {
+		return err
+	}
+	busy, err := measure(time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nMonitor: 8 sim devices sampled every 1s: %.3f%% of one core; the same process sampling hourly: %.3f%%; monitor cost %.3f%%\n",
+		busy, idle, busy-idle)
+	return nil
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func cpuName() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "model name") {
+			_, name, _ := strings.Cut(line, ":")
+			return strings.TrimSpace(name)
+		}
+	}
+	return "unknown CPU"
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

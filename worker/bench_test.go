@@ -1,0 +1,71 @@
+package worker
+
+import (
+	"context"
+	"testing"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+func benchWorker(b *testing.B) *Worker {
+	cfg := DefaultConfig()
+	cfg.Node = "bench"
+	cfg.Backend = sim.New(sim.Default(1, 16<<30))
+	w, err := New(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
+// BenchmarkAct measures an operation in process: decode, lock, act, encode,
+// without NATS.
+func BenchmarkAct(b *testing.B) {
+	for _, tc := range []struct {
+		op   subjects.Op
+		body string
+	}{
+		{subjects.GetStatus, `{"request_id":"r","data":{}}`},
+		{subjects.GetUsage, `{"request_id":"r","data":{}}`},
+		{subjects.GetPressure, `{}`},
+	} {
+		b.Run(string(tc.op), func(b *testing.B) {
+			w := benchWorker(b)
+			g := w.gpus[0]
+			fn := w.ops()[tc.op]
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				env, err := subjects.DecodeRequest([]byte(tc.body), tc.op)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := w.act(ctx, tc.op, g, env, fn); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("allocate+deallocate", func(b *testing.B) {
+		w := benchWorker(b)
+		g := w.gpus[0]
+		ops := w.ops()
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			env, _ := subjects.DecodeRequest([]byte(`{"data":{"size_bytes":1048576}}`), subjects.Allocate)
+			g.mu.Lock()
+			data, err := ops[subjects.Allocate](ctx, g, env.Data)
+			g.mu.Unlock()
+			if err != nil {
+				b.Fatal(err)
+			}
+			id := data.(subjects.Allocation).AllocationID
+			env, _ = subjects.DecodeRequest([]byte(`{"data":{"allocation_id":"`+id+`"}}`), subjects.Deallocate)
+			if _, err := w.act(ctx, subjects.Deallocate, g, env, ops[subjects.Deallocate]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
