@@ -20,7 +20,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/client"
-	"github.com/memworker/memworker/cmd/internal/natsflags"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -37,7 +36,7 @@ type cli struct {
 	Device  string        `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
 	JSON    bool          `name:"json" help:"Print JSON instead of tables."`
 	Timeout time.Duration `name:"timeout" default:"10s" help:"Request timeout."`
-	natsflags.Flags
+	client.Flags
 
 	Status      statusCmd      `cmd:"" help:"Device status: usage, pool, pressure."`
 	Alloc       allocCmd       `cmd:"" help:"Allocate memory (sizes such as 512MiB, 2GiB)."`

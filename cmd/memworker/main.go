@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/memworker/memworker/cmd/internal/natsflags"
+	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -27,7 +27,7 @@ import (
 
 type cli struct {
 	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
-	natsflags.Flags
+	client.Flags
 
 	Listen   string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
 	Port     int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`

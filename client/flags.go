@@ -1,7 +1,4 @@
-// Package natsflags holds the NATS connection flags memworker and memctl
-// share: server URLs, credentials (user/password, token, NKey seed, creds
-// file) and TLS.
-package natsflags
+package client
 
 import (
 	"errors"
@@ -9,7 +6,9 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Flags are the connection flags, for embedding in a kong CLI struct.
+// Flags are the NATS connection flags memworker and memctl share:
+// credentials (user/password, token, NKey seed, creds file) and TLS, for
+// embedding in a kong CLI struct.
 type Flags struct {
 	Creds    string `name:"creds" env:"NATS_CREDS" help:"NATS credentials file (JWT and NKey seed)." type:"existingfile"`
 	NKey     string `name:"nkey" env:"NATS_NKEY" help:"NATS NKey seed file." type:"existingfile"`

@@ -1,0 +1,56 @@
+package subjects_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// FuzzDecodeRequest feeds arbitrary bytes to the envelope and payload
+// decoders and validators: they must never panic, and every failure must
+// be a wire error with a request code.
+func FuzzDecodeRequest(f *testing.F) {
+	for _, seed := range []string{
+		``, `{}`, `{"request_id":"r","action":"memory.allocate","data":{"size_bytes":1024}}`,
+		`{"RequestId":"r","Data":{"SizeBytes":1,"AllocationType":"pinned","TtlSeconds":1.5}}`,
+		`{"data":{"allocation_ids":["a","b"]}}`, `{"data":{"strategies":["defragment"],"target_usage_percentage":50}}`,
+		`{"data":{"optimization_type":"evict","target_usage_percentage":10,"force":true}}`,
+		`{"data":{"window_seconds":60,"max_samples":10}}`, `[`, `{"data":{"a":{"b":{"c":[1,2,{"D":1}]}}}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	payloads := []func() any{
+		func() any { return &subjects.AllocateRequest{} }, func() any { return &subjects.DeallocateRequest{} },
+		func() any { return &subjects.AllocationsRequest{} }, func() any { return &subjects.ClearRequest{} },
+		func() any { return &subjects.TransferRequest{} }, func() any { return &subjects.OptimizeRequest{} },
+		func() any { return &subjects.ModelOptimizeRequest{} }, func() any { return &subjects.AnalyticsRequest{} },
+		func() any { return &subjects.StatusRequest{} }, func() any { return &subjects.GetTransferRequest{} },
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		env, err := subjects.DecodeRequest(body, subjects.Allocate)
+		checkWireError(t, err)
+		if err != nil || len(env.Data) == 0 {
+			return
+		}
+		for _, p := range payloads {
+			req := p()
+			err := subjects.Decode(env.Data, req)
+			checkWireError(t, err)
+			if v, ok := req.(interface{ Validate() error }); ok && err == nil {
+				checkWireError(t, v.Validate())
+			}
+		}
+	})
+}
+
+func checkWireError(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	var we *subjects.Error
+	if !errors.As(err, &we) || (we.Code != subjects.CodeInvalidRequest && we.Code != subjects.CodeUnknownAction) || we.Message == "" {
+		t.Fatalf("error %v (%T) is not a request wire error", err, err)
+	}
+}
