@@ -19,6 +19,7 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.73.1
 	github.com/synadia-io/orbit.go/natsext v0.1.3
+	go.uber.org/goleak v1.3.0
 	gorgonia.org/cu v0.9.6
 )
 

@@ -115,3 +115,6 @@ func (c *Client) FleetExpect(ctx context.Context, op subjects.Op, data any, stal
 	}
 	return res, nil
 }
+
+// Conn is the client's NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }

@@ -1,0 +1,204 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/memworker/memworker/client"
+	"github.com/memworker/memworker/subjects"
+)
+
+// TestServerRestartMidLoad restarts the only NATS server while clients
+// allocate and free, retrying with the same request_id: afterwards no
+// allocation is lost or doubled and the ledger equals the backend.
+func TestServerRestartMidLoad(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true}
+	srv := serve(t, opts)
+	port := srv.Addr().(interface{ String() string }).String()
+	url := srv.ClientURL()
+	reconnecting := func() *nats.Conn {
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectBufSize(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	h := startWorkerOn(t, context.Background(), reconnecting(), "n1", withDevices(1, 4*GiB))
+	cl := client.New(reconnecting())
+	cl.Timeout = time.Second
+
+	var mu sync.Mutex
+	live := map[string]bool{}
+	var wg sync.WaitGroup
+	for c := 0; c < 4; c++ {
+		wg.Go(func() {
+			for i := 0; i < 30; i++ {
+				id := fmt.Sprintf("c%d-%d", c, i)
+				var a subjects.Allocation
+				if err := retry(func() error {
+					_, err := cl.DoID(context.Background(), id, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 2 * MiB}, &a)
+					return err
+				}); err != nil {
+					t.Errorf("allocate %s: %v", id, err)
+					return
+				}
+				mu.Lock()
+				live[a.AllocationID] = true
+				mu.Unlock()
+				if i%3 != 0 {
+					if err := retry(func() error {
+						_, err := cl.DoID(context.Background(), id+"-free", subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+						return err
+					}); err != nil {
+						t.Errorf("deallocate %s: %v", id, err)
+						return
+					}
+					mu.Lock()
+					delete(live, a.AllocationID)
+					mu.Unlock()
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	time.Sleep(100 * time.Millisecond)
+	_, portStr, _ := cutLast(port, ":")
+	var p int
+	fmt.Sscan(portStr, &p)
+	serve(t, &server.Options{Host: "127.0.0.1", Port: p, NoSigs: true, NoLog: true})
+	wg.Wait()
+
+	var page subjects.AllocationsReply
+	if err := retry(func() error {
+		_, err := cl.Do(context.Background(), subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Limit: 1000}, &page)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if page.TotalCount != len(live) {
+		t.Errorf("worker holds %d allocations, clients hold %d", page.TotalCount, len(live))
+	}
+	for _, a := range page.Allocations {
+		if !live[a.AllocationID] {
+			t.Errorf("allocation %s is held but no client knows it: a retry allocated twice", a.AllocationID)
+		}
+	}
+	checkLedger(t, cl.Conn(), h, "n1-gpu0", 0)
+}
+
+func cutLast(s, sep string) (string, string, bool) {
+	for i := len(s) - len(sep); i >= 0; i-- {
+		if s[i:i+len(sep)] == sep {
+			return s[:i], s[i+len(sep):], true
+		}
+	}
+	return s, "", false
+}
+
+// TestSoak runs a mixed load from many clients (MEMWORKER_SOAK sets how
+// long; 3 s by default, minutes for a real soak), then stops everything:
+// no goroutine may outlive it and the heap must return near its baseline.
+func TestSoak(t *testing.T) {
+	d := 3 * time.Second
+	if v := os.Getenv("MEMWORKER_SOAK"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ignore := goleak.IgnoreCurrent()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	func() {
+		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Start()
+		defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+		srv.ReadyForConnections(5 * time.Second)
+		ctx, cancel := context.WithCancel(context.Background())
+		wnc, _ := nats.Connect(srv.ClientURL())
+		h := startWorkerOn(t, ctx, wnc, "soak", withDevices(2, 4*GiB))
+		defer func() { cancel(); h.wait(); wnc.Close() }()
+
+		deadline := time.Now().Add(d)
+		var wg sync.WaitGroup
+		var ops, failures int64
+		var mu sync.Mutex
+		for c := 0; c < 16; c++ {
+			wg.Go(func() {
+				nc, err := nats.Connect(srv.ClientURL())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer nc.Close()
+				cl := client.New(nc)
+				rng := rand.New(rand.NewPCG(uint64(c), 7))
+				dev := fmt.Sprintf("soak-gpu%d", c%2)
+				var mine []string
+				for time.Now().Before(deadline) {
+					var err error
+					switch r := rng.IntN(10); {
+					case r < 4:
+						var a subjects.Allocation
+						_, err = cl.Do(context.Background(), subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: rng.Int64N(64*MiB) + 1, TTLSeconds: float64(rng.IntN(3))}, &a)
+						if err == nil {
+							mine = append(mine, a.AllocationID)
+						}
+					case r < 7 && len(mine) > 0:
+						_, err = cl.Do(context.Background(), subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: mine[0]}, nil)
+						mine = mine[1:]
+					case r == 7:
+						_, err = cl.Do(context.Background(), subjects.GetStatus, dev, subjects.StatusRequest{IncludeAllocations: true}, nil)
+					case r == 8:
+						_, err = cl.Do(context.Background(), subjects.Defragment, dev, nil, nil)
+					default:
+						_, err = cl.Do(context.Background(), subjects.Optimize, dev, nil, nil)
+					}
+					mu.Lock()
+					ops++
+					if err != nil {
+						failures++ // expired or out-of-memory allocations are expected
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("soak: %d operations in %v (%d error replies, expiries and OOM included)", ops, d, failures)
+		nc, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		for i := range 2 {
+			checkLedger(t, nc, h, fmt.Sprintf("soak-gpu%d", i), i)
+		}
+	}()
+
+	goleak.VerifyNone(t, ignore)
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 32<<20 {
+		t.Errorf("heap grew by %d bytes over the soak", grown)
+	}
+}
