@@ -15,24 +15,30 @@ type embedded struct {
 	tmpDir string
 }
 
-// startEmbedded starts a nats-server in this process with JetStream on.
-func startEmbedded(host string, port int, storeDir string, log *slog.Logger) (*embedded, error) {
+// startEmbedded starts a nats-server in this process: from configFile when
+// given (it decides listen address, auth and JetStream), else on host:port
+// with JetStream on.
+func startEmbedded(host string, port int, storeDir, configFile string, log *slog.Logger) (*embedded, error) {
 	e := &embedded{}
-	if storeDir == "" {
+	opts := &server.Options{ServerName: "memworker-embedded", Host: host, Port: port, JetStream: true}
+	if configFile != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(configFile); err != nil {
+			return nil, fmt.Errorf("--nats-config: %w", err)
+		}
+	}
+	opts.NoSigs = true
+	if storeDir != "" {
+		opts.StoreDir = storeDir
+	}
+	if opts.JetStream && opts.StoreDir == "" {
 		dir, err := os.MkdirTemp("", "memworker-js-")
 		if err != nil {
 			return nil, err
 		}
-		storeDir, e.tmpDir = dir, dir
+		opts.StoreDir, e.tmpDir = dir, dir
 	}
-	srv, err := server.NewServer(&server.Options{
-		ServerName: "memworker-embedded",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   storeDir,
-		NoSigs:     true,
-	})
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		e.cleanup()
 		return nil, fmt.Errorf("embedded nats-server: %w", err)
@@ -44,7 +50,7 @@ func startEmbedded(host string, port int, storeDir string, log *slog.Logger) (*e
 		return nil, errors.New("embedded nats-server did not become ready (is the port taken? use --port or --nats-url)")
 	}
 	e.Server = srv
-	log.Info("embedded nats-server started", "url", srv.ClientURL(), "jetstream", srv.JetStreamEnabled(), "store_dir", storeDir)
+	log.Info("embedded nats-server started", "url", srv.ClientURL(), "jetstream", srv.JetStreamEnabled(), "store_dir", opts.StoreDir)
 	return e, nil
 }
 

@@ -29,9 +29,10 @@ type cli struct {
 	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
 	client.Flags
 
-	Listen   string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
-	Port     int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
-	StoreDir string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
+	Listen     string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
+	Port       int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
+	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
+	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); it decides where the server listens."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
 	Standby bool   `help:"Join the queue groups of a node another worker already serves (standby replica, rolling restart)."`
@@ -102,7 +103,7 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	}
 	url := c.NatsURL
 	if url == "" {
-		srv, err := startEmbedded(c.Listen, c.Port, c.StoreDir, log)
+		srv, err := startEmbedded(c.Listen, c.Port, c.StoreDir, c.NatsConfig, log)
 		if err != nil {
 			return err
 		}

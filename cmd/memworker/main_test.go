@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -98,5 +101,34 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		if err := run(context.Background(), c, quiet()); err == nil {
 			t.Errorf("%s: run accepted a bad flag", name)
 		}
+	}
+}
+
+// TestEmbeddedServerFromAConfigFile starts the embedded server from the
+// sample configuration with its users; the worker connects as its user.
+func TestEmbeddedServerFromAConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	conf, err := os.ReadFile("../../docs/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = bytes.ReplaceAll(conf, []byte("listen: 127.0.0.1:4222"), []byte("listen: 127.0.0.1:-1"))
+	conf = bytes.ReplaceAll(conf, []byte("/var/lib/nats/jetstream"), []byte(filepath.Join(dir, "js")))
+	path := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(path, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := defaults()
+	c.Node = "conf"
+	c.NatsConfig = path
+	c.User, c.Password = "worker", "change-me-worker"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := run(ctx, c, quiet()); err != nil {
+		t.Fatalf("run with --nats-config: %v", err)
+	}
+	c.Password = "wrong"
+	if err := run(context.Background(), c, quiet()); err == nil {
+		t.Error("the worker connected with a wrong password")
 	}
 }
