@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/subjects"
@@ -32,16 +31,8 @@ type Lifecycle struct {
 // PublishLifecycle sends a lifecycle event of type typ on
 // memory.lifecycle.<node> (core NATS: it is news for those listening now).
 func (p *Publisher) PublishLifecycle(typ string, data Lifecycle) error {
-	e := event.New(event.CloudEventsVersionV1)
-	e.SetID(uuid.NewString())
-	e.SetType(typ)
-	e.SetSource("/memworker/" + data.Node + "/" + data.Instance)
-	e.SetSubject(data.Node)
-	e.SetTime(data.At)
-	if err := e.SetData(ContentTypeJSON, data); err != nil {
-		return err
-	}
-	if err := e.Validate(); err != nil {
+	e, err := build(typ, "/memworker/"+data.Node+"/"+data.Instance, data.Node, data.At, data)
+	if err != nil {
 		return err
 	}
 	body, err := json.Marshal(e)

@@ -81,12 +81,17 @@ func (p *Publisher) JetStream() bool { return p.js != nil }
 
 // New builds and validates the CloudEvent for data.
 func New(data Pressure) (event.Event, error) {
+	return build(TypePressure, Source(data.Node, data.DeviceID), data.DeviceID, data.ObservedAt, data)
+}
+
+// build makes a validated CloudEvent with a fresh id and JSON data.
+func build(typ, source, subject string, at time.Time, data any) (event.Event, error) {
 	e := event.New(event.CloudEventsVersionV1)
 	e.SetID(uuid.NewString())
-	e.SetType(TypePressure)
-	e.SetSource(Source(data.Node, data.DeviceID))
-	e.SetSubject(data.DeviceID)
-	e.SetTime(data.ObservedAt)
+	e.SetType(typ)
+	e.SetSource(source)
+	e.SetSubject(subject)
+	e.SetTime(at)
 	if err := e.SetData(ContentTypeJSON, data); err != nil {
 		return e, err
 	}

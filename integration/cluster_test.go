@@ -237,60 +237,82 @@ func TestServerLossMidLoad(t *testing.T) {
 	cl := client.New(cnc)
 	cl.Timeout = 2 * time.Second
 
-	var mu sync.Mutex
-	live := map[string]bool{}
-	var wg sync.WaitGroup
-	for c := 0; c < 4; c++ {
-		wg.Go(func() {
-			for i := 0; i < 40; i++ {
-				id := fmt.Sprintf("c%d-%d", c, i)
-				var a subjects.Allocation
-				if err := retry(func() error {
-					_, err := cl.DoID(context.Background(), id, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: MiB}, &a)
-					return err
-				}); err != nil {
-					t.Errorf("allocate %s: %v", id, err)
-					return
-				}
-				mu.Lock()
-				live[a.AllocationID] = true
-				mu.Unlock()
-				if i%2 == 1 {
-					if err := retry(func() error {
-						_, err := cl.DoID(context.Background(), id+"-free", subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
-						return err
-					}); err != nil {
-						t.Errorf("deallocate %s: %v", id, err)
-						return
-					}
-					mu.Lock()
-					delete(live, a.AllocationID)
-					mu.Unlock()
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		})
-	}
+	load := startRetryingLoad(t, cl, "n1-gpu0", 40, MiB)
 	time.Sleep(100 * time.Millisecond)
 	servers[0].Shutdown() // the worker's server
-	wg.Wait()
-
-	var page subjects.AllocationsReply
-	if _, err := cl.Do(context.Background(), subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Limit: 1000}, &page); err != nil {
-		t.Fatal(err)
-	}
-	if page.TotalCount != len(live) {
-		t.Errorf("worker holds %d allocations, clients hold %d", page.TotalCount, len(live))
-	}
-	for _, a := range page.Allocations {
-		if !live[a.AllocationID] {
-			t.Errorf("allocation %s is held but no client knows it", a.AllocationID)
-		}
-	}
+	load.wait(t, cl)
 	if wnc.ConnectedUrl() == servers[0].ClientURL() {
 		t.Error("the worker is still on the server that went away")
 	}
 	checkLedger(t, cnc, h, "n1-gpu0", 0)
+}
+
+// retryingLoad is 4 clients allocating and freeing on one device, each
+// request retried with its request_id across connection loss; live is what
+// the clients believe is allocated.
+type retryingLoad struct {
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	live map[string]bool
+	dev  string
+}
+
+func startRetryingLoad(t *testing.T, cl *client.Client, dev string, rounds int, size int64) *retryingLoad {
+	l := &retryingLoad{live: map[string]bool{}, dev: dev}
+	do := func(id string, op subjects.Op, data, out any) error {
+		return retry(func() error {
+			_, err := cl.DoID(context.Background(), id, op, dev, data, out)
+			return err
+		})
+	}
+	for c := 0; c < 4; c++ {
+		l.wg.Go(func() {
+			for i := 0; i < rounds; i++ {
+				id := fmt.Sprintf("c%d-%d", c, i)
+				var a subjects.Allocation
+				if err := do(id, subjects.Allocate, subjects.AllocateRequest{SizeBytes: size}, &a); err != nil {
+					t.Errorf("allocate %s: %v", id, err)
+					return
+				}
+				l.mu.Lock()
+				l.live[a.AllocationID] = true
+				l.mu.Unlock()
+				if i%2 == 1 {
+					if err := do(id+"-free", subjects.Deallocate, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil); err != nil {
+						t.Errorf("deallocate %s: %v", id, err)
+						return
+					}
+					l.mu.Lock()
+					delete(l.live, a.AllocationID)
+					l.mu.Unlock()
+				}
+				time.Sleep(3 * time.Millisecond)
+			}
+		})
+	}
+	return l
+}
+
+// wait waits for the load and checks the worker holds exactly what the
+// clients believe: nothing lost, nothing allocated twice by a retry.
+func (l *retryingLoad) wait(t *testing.T, cl *client.Client) {
+	t.Helper()
+	l.wg.Wait()
+	var page subjects.AllocationsReply
+	if err := retry(func() error {
+		_, err := cl.Do(context.Background(), subjects.GetAllocations, l.dev, subjects.AllocationsRequest{Limit: 1000}, &page)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if page.TotalCount != len(l.live) {
+		t.Errorf("worker holds %d allocations, clients hold %d", page.TotalCount, len(l.live))
+	}
+	for _, a := range page.Allocations {
+		if !l.live[a.AllocationID] {
+			t.Errorf("allocation %s is held but no client knows it: a retry allocated twice", a.AllocationID)
+		}
+	}
 }
 
 // retry retries f until it succeeds or a non-transient error comes, for up

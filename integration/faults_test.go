@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -24,7 +25,7 @@ import (
 func TestServerRestartMidLoad(t *testing.T) {
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true}
 	srv := serve(t, opts)
-	port := srv.Addr().(interface{ String() string }).String()
+	port := srv.Addr().(*net.TCPAddr).Port // the restarted server listens here again
 	url := srv.ClientURL()
 	reconnecting := func() *nats.Conn {
 		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectBufSize(-1))
@@ -38,75 +39,14 @@ func TestServerRestartMidLoad(t *testing.T) {
 	cl := client.New(reconnecting())
 	cl.Timeout = time.Second
 
-	var mu sync.Mutex
-	live := map[string]bool{}
-	var wg sync.WaitGroup
-	for c := 0; c < 4; c++ {
-		wg.Go(func() {
-			for i := 0; i < 30; i++ {
-				id := fmt.Sprintf("c%d-%d", c, i)
-				var a subjects.Allocation
-				if err := retry(func() error {
-					_, err := cl.DoID(context.Background(), id, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 2 * MiB}, &a)
-					return err
-				}); err != nil {
-					t.Errorf("allocate %s: %v", id, err)
-					return
-				}
-				mu.Lock()
-				live[a.AllocationID] = true
-				mu.Unlock()
-				if i%3 != 0 {
-					if err := retry(func() error {
-						_, err := cl.DoID(context.Background(), id+"-free", subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
-						return err
-					}); err != nil {
-						t.Errorf("deallocate %s: %v", id, err)
-						return
-					}
-					mu.Lock()
-					delete(live, a.AllocationID)
-					mu.Unlock()
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		})
-	}
+	load := startRetryingLoad(t, cl, "n1-gpu0", 30, 2*MiB)
 	time.Sleep(50 * time.Millisecond)
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	time.Sleep(100 * time.Millisecond)
-	_, portStr, _ := cutLast(port, ":")
-	var p int
-	fmt.Sscan(portStr, &p)
-	serve(t, &server.Options{Host: "127.0.0.1", Port: p, NoSigs: true, NoLog: true})
-	wg.Wait()
-
-	var page subjects.AllocationsReply
-	if err := retry(func() error {
-		_, err := cl.Do(context.Background(), subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Limit: 1000}, &page)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if page.TotalCount != len(live) {
-		t.Errorf("worker holds %d allocations, clients hold %d", page.TotalCount, len(live))
-	}
-	for _, a := range page.Allocations {
-		if !live[a.AllocationID] {
-			t.Errorf("allocation %s is held but no client knows it: a retry allocated twice", a.AllocationID)
-		}
-	}
+	serve(t, &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	load.wait(t, cl)
 	checkLedger(t, cl.Conn(), h, "n1-gpu0", 0)
-}
-
-func cutLast(s, sep string) (string, string, bool) {
-	for i := len(s) - len(sep); i >= 0; i-- {
-		if s[i:i+len(sep)] == sep {
-			return s[:i], s[i+len(sep):], true
-		}
-	}
-	return s, "", false
 }
 
 // TestSoak runs a mixed load from many clients (MEMWORKER_SOAK sets how
