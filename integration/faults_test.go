@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,5 +141,63 @@ func TestSoak(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 32<<20 {
 		t.Errorf("heap grew by %d bytes over the soak", grown)
+	}
+}
+
+// TestRepliesFitTheMaxPayload runs a server with a 64 KiB max payload: a
+// page that would not fit becomes a clear error instead of a dropped reply,
+// and smaller pages work.
+func TestRepliesFitTheMaxPayload(t *testing.T) {
+	srv := serve(t, &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, MaxPayload: 64 << 10})
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	ids := make([]string, 0, 300)
+	for range 300 {
+		var a subjects.Allocation
+		call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 4096, Purpose: "a-purpose-to-make-it-longer"}, &a)
+		ids = append(ids, a.AllocationID)
+	}
+	r := callErr(t, nc, subjects.GetAllocations, "n1-gpu0", []byte(`{"data":{"limit":1000}}`), subjects.CodeInvalidRequest)
+	if !strings.Contains(r.ErrorMessage, "max payload") {
+		t.Errorf("error %q does not explain the max payload", r.ErrorMessage)
+	}
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Limit: 50}, &page)
+	if len(page.Allocations) != 50 || page.NextCursor == "" {
+		t.Errorf("a 50-allocation page: %d, cursor %q", len(page.Allocations), page.NextCursor)
+	}
+	// get_status lists at most 100 allocations, so it fits.
+	var st subjects.StatusReply
+	call(t, nc, subjects.GetStatus, "n1-gpu0", subjects.StatusRequest{IncludeAllocations: true}, &st)
+	if !st.AllocationsTruncated || len(st.Allocations) != subjects.MaxStatusAllocations {
+		t.Errorf("status lists %d allocations (truncated %v)", len(st.Allocations), st.AllocationsTruncated)
+	}
+}
+
+// TestAFloodDoesNotDropSubscriptions sends far more requests than the
+// worker can take without reading the replies; afterwards it still serves.
+func TestAFloodDoesNotDropSubscriptions(t *testing.T) {
+	srv := startServer(t)
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	flood := connect(t, srv)
+	for range 200_000 {
+		if err := flood.PublishRequest(subjects.Request(subjects.GetStatus, "n1-gpu0"), "nobody.listens", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = flood.Flush()
+	nc := connect(t, srv)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msg, err := nc.Request(subjects.Request(subjects.GetUsage, "n1-gpu0"), nil, 2*time.Second)
+		if err == nil {
+			if _, err := subjects.DecodeReply(msg.Data, nil); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker stopped serving after a flood: %v", err)
+		}
 	}
 }

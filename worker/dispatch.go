@@ -104,7 +104,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	if err != nil {
 		return nil, err
 	}
-	body, err := encodeReply(requestID, data, now)
+	body, err := w.encodeReply(requestID, data, now)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +116,17 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
 	}
 	return body, nil
+}
+
+// encodeReply encodes a success reply that the server will carry: a reply
+// over its max payload would be dropped, so it becomes an error that says
+// how to page instead.
+func (w *Worker) encodeReply(requestID string, data any, now time.Time) ([]byte, error) {
+	body, err := encodeReply(requestID, data, now)
+	if err == nil && w.maxPayload > 0 && int64(len(body)) > w.maxPayload {
+		return nil, subjects.Invalid("the reply would be %d bytes, over the server's max payload of %d: ask for less (a smaller limit or max_samples, then page with cursor)", len(body), w.maxPayload)
+	}
+	return body, err
 }
 
 // encodeReply writes the success envelope around data. It builds the

@@ -41,7 +41,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			}
 			reply.Devices = append(reply.Devices, fd)
 		}
-		body, err := encodeReply(orNewID(env.RequestID), reply, time.Now())
+		body, err := w.encodeReply(orNewID(env.RequestID), reply, time.Now())
 		if err != nil {
 			w.respondFleetError(req, op, orNewID(env.RequestID), err)
 			return

@@ -30,7 +30,10 @@ type Worker struct {
 	transfers *transfers
 	events    chan events.Pressure
 	metrics   *metrics
-	ready     chan struct{}
+	// maxPayload is the server's limit on a message, set by Run before
+	// any handler runs.
+	maxPayload int64
+	ready      chan struct{}
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -108,8 +111,14 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	if err := w.checkNode(ctx, nc); err != nil {
 		return err
 	}
+	w.maxPayload = nc.MaxPayload()
 	host, _ := os.Hostname()
 	svc, err := micro.AddService(nc, micro.Config{
+		// A flood beyond an endpoint's pending limits drops messages, not
+		// the subscription: say so once per burst instead of silently.
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			w.log.Warn("NATS subscription error", "subject", e.Subject, "err", e.Description)
+		},
 		Name:        ServiceName,
 		Version:     w.cfg.Version,
 		Description: "GPU memory coordination for node " + w.cfg.Node,
