@@ -113,7 +113,7 @@ func TestClusterRoutesOperationsFleetAndEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodes := map[string]int{}
-	warnings := 0
+	levels := map[string]subjects.Level{}
 	for _, n := range res.Nodes {
 		nodes[n.Node] += len(n.Devices)
 		for _, d := range n.Devices {
@@ -123,16 +123,16 @@ func TestClusterRoutesOperationsFleetAndEvents(t *testing.T) {
 				continue
 			}
 			_ = jsonUnmarshal(d.Data, &st)
-			if st.Pressure.Level == subjects.LevelWarning {
-				warnings++
-			}
+			levels[d.DeviceID] = st.Pressure.Level
 		}
 	}
 	if len(res.Nodes) != 2 || nodes["n1"] != 2 || nodes["n2"] != 2 || len(res.Failed) != 0 {
 		t.Errorf("fleet replies %v (failed %v), want n1 and n2 with 2 devices each", nodes, res.Failed)
 	}
-	if warnings != 2 {
-		t.Errorf("%d devices at warning in the fleet status, want 2", warnings)
+	// (On the cuda backend both test nodes share the host's GPUs, so the
+	// other two devices may be at warning too.)
+	if levels["n1-gpu0"] != subjects.LevelWarning || levels["n2-gpu1"] != subjects.LevelWarning {
+		t.Errorf("fleet status levels %v, want n1-gpu0 and n2-gpu1 at warning", levels)
 	}
 	if _, err := cl.Fleet(context.Background(), subjects.Allocate, nil, time.Second); err == nil {
 		t.Error("allocate is not a fleet operation, but Fleet sent it")

@@ -77,7 +77,14 @@ func TestSoak(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		wnc, _ := nats.Connect(srv.ClientURL())
 		h := startWorkerOn(t, ctx, wnc, "soak", withDevices(2, 4*GiB))
-		defer func() { cancel(); h.wait(); wnc.Close() }()
+		defer func() {
+			cancel()
+			h.wait()
+			wnc.Close()
+			if c, ok := h.dev.(interface{ Close() }); ok {
+				c.Close() // the cuda backend's device threads
+			}
+		}()
 
 		deadline := time.Now().Add(d)
 		var wg sync.WaitGroup

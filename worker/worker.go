@@ -95,9 +95,10 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 }
 
 // Run registers the micro service and its endpoints on nc and serves until
-// ctx is done; then it stops the service (draining its subscriptions) and
-// waits for its background work. The caller owns nc and should then drain
-// it, so requests already received are answered.
+// ctx is done. Then it stops the service, announces the stop, waits for its
+// background work, and drains nc: requests already received are answered,
+// and once Run returns no handler runs any more (the connection is closed),
+// so the backend can be closed.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	pub, err := events.NewPublisher(ctx, nc, events.Options{Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream})
 	switch {
@@ -134,6 +135,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 			w.log.Warn("stopping micro service", "err", err)
 		}
 		w.lifecycle(pub, events.TypeWorkerStopped, instance)
+		w.drain(nc)
 	}()
 	ops := w.ops()
 	for _, g := range w.gpus {
@@ -230,4 +232,24 @@ func (w *Worker) Check(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// drainTimeout bounds how long Run waits for requests already received.
+const drainTimeout = 10 * time.Second
+
+// drain drains nc and waits for it to close.
+func (w *Worker) drain(nc *nats.Conn) {
+	closed := nc.StatusChanged(nats.CLOSED)
+	if err := nc.Drain(); err != nil {
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			w.log.Warn("draining NATS connection", "err", err)
+		}
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(drainTimeout):
+		w.log.Warn("drain timed out; closing", "after", drainTimeout)
+		nc.Close()
+	}
 }

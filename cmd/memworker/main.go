@@ -139,31 +139,7 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		defer stopHTTP()
 	}
 	runErr := w.Run(ctx, nc)
-	log.Info("draining")
-	if err := drain(nc, 10*time.Second); err != nil {
-		log.Warn("draining NATS connection", "err", err)
-	}
 	return runErr
-}
-
-// drain drains nc, so requests already received are answered, and waits for
-// it to close.
-func drain(nc *nats.Conn, timeout time.Duration) error {
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := nc.Drain(); err != nil {
-		if errors.Is(err, nats.ErrConnectionClosed) {
-			return nil
-		}
-		return err
-	}
-	select {
-	case <-closed:
-		return nil
-	case <-time.After(timeout):
-		nc.Close()
-		return errors.New("drain timed out")
-	}
 }
 
 func newLogger(format, level string) *slog.Logger {

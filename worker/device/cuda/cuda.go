@@ -33,9 +33,9 @@ type Backend struct {
 	devices []*gpu
 	nvml    *telemetry
 
-	mu      sync.Mutex
-	host    map[uint64]hostSegment // pinned host memory by address
-	hostErr error
+	closeOnce sync.Once
+	mu        sync.Mutex
+	host      map[uint64]hostSegment // pinned host memory by address
 }
 
 type hostSegment struct {
@@ -172,6 +172,10 @@ func (b *Backend) enablePeers() {
 // Close frees everything the backend still holds, stops the device
 // threads and releases the contexts.
 func (b *Backend) Close() {
+	b.closeOnce.Do(b.close)
+}
+
+func (b *Backend) close() {
 	if len(b.devices) > 0 {
 		_ = b.devices[0].do(func() error { // a context must be current
 			b.mu.Lock()
