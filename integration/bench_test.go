@@ -14,8 +14,8 @@ import (
 func BenchmarkPressureEventLatency(b *testing.B) {
 	srv := startJetStreamServer(b)
 	nc := connect(b, srv)
-	h := startWorker(b, srv, "n1", withDevices(1, GiB))
 	next := subscribeEvents(b, nc, "n1-gpu0")
+	h := startWorker(b, srv, "n1", withDevices(1, GiB))
 	next(2 * time.Second) // startup
 	var lat []time.Duration
 	for b.Loop() {

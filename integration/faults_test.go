@@ -132,6 +132,9 @@ func TestSoak(t *testing.T) {
 		}
 		wg.Wait()
 		t.Logf("soak: %d operations in %v (%d error replies, expiries and OOM included)", ops, d, failures)
+		// Let every ttl (at most 2 s) pass and the expiry loop run, so the
+		// books are still while they are compared.
+		time.Sleep(2100 * time.Millisecond)
 		nc, err := nats.Connect(srv.ClientURL())
 		if err != nil {
 			t.Fatal(err)
