@@ -11,6 +11,9 @@ strip=(-ldflags="-s -w")
 go build -tags cuda "${strip[@]}" -o bin/cuda/memworker ./cmd/memworker
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/cuda.test ./worker/device/cuda
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
-# The device tool carries at most 64 MiB: ship one compressed archive.
-tar -C bin -czf bin/cuda.tgz cuda
+# Test data the integration tests read relative to their folder.
+mkdir -p bin/docs && cp docs/nats-server.conf bin/docs/
+# The device tool carries at most 64 MiB: ship one compressed archive; run
+# the binaries from its cuda/ folder.
+tar -C bin -czf bin/cuda.tgz cuda docs
 ls -la bin/cuda bin/cuda.tgz
