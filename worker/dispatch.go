@@ -56,7 +56,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			requestID = env.RequestID
 		}
 		if err != nil {
-			w.respond(req, op, g, orNewID(requestID), err)
+			w.respond(req, op, g.id, orNewID(requestID), err)
 			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
@@ -68,7 +68,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			w.metrics.served(op, "", start)
 			return
 		}
-		w.respond(req, op, g, orNewID(requestID), err)
+		w.respond(req, op, g.id, orNewID(requestID), err)
 		w.metrics.served(op, wireError(err).Code, start)
 	})
 }
@@ -154,18 +154,18 @@ func encodeReply(requestID string, data any, now time.Time) ([]byte, error) {
 
 // respond sends an error reply: the JSON envelope plus micro's error headers
 // (code as a number, message as description).
-func (w *Worker) respond(req micro.Request, op subjects.Op, g *gpu, requestID string, err error) {
+func (w *Worker) respond(req micro.Request, op subjects.Op, deviceID, requestID string, err error) {
 	we := wireError(err)
 	level := slog.LevelInfo
 	if we.Code == subjects.CodeInternal {
 		level = slog.LevelError
 	}
-	w.log.Log(context.Background(), level, "request failed", "op", op, "device", g.id, "request_id", requestID, "code", we.Code, "err", we.Message)
+	w.log.Log(context.Background(), level, "request failed", "op", op, "device", deviceID, "request_id", requestID, "code", we.Code, "err", we.Message)
 	body, _ := json.Marshal(subjects.Reply{
 		RequestID: requestID, Timestamp: time.Now().UTC(),
 		ErrorCode: we.Code, ErrorMessage: we.Message,
 	})
 	if rerr := req.Error(strconv.Itoa(we.Code.Status()), string(we.Code)+": "+we.Message, body); rerr != nil {
-		w.log.Warn("error reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
+		w.log.Warn("error reply failed", "op", op, "device", deviceID, "request_id", requestID, "err", rerr)
 	}
 }

@@ -14,6 +14,7 @@ import (
 // reply, so request-many gathers one reply per node.
 func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, instance string) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		start := time.Now()
 		if req.Reply() == "" {
 			return
 		}
@@ -23,7 +24,8 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			if env != nil {
 				requestID = env.RequestID
 			}
-			w.respondFleetError(req, op, orNewID(requestID), err)
+			w.respond(req, op, subjects.Fleet, orNewID(requestID), err)
+			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
 		reply := subjects.FleetReply{Node: w.cfg.Node, Instance: instance, Devices: make([]subjects.FleetDevice, 0, len(w.gpus))}
@@ -43,12 +45,14 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		}
 		body, err := w.encodeReply(orNewID(env.RequestID), reply, time.Now())
 		if err != nil {
-			w.respondFleetError(req, op, orNewID(env.RequestID), err)
+			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err)
+			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
 		if err := req.Respond(body); err != nil {
 			w.log.Warn("fleet reply failed", "op", op, "err", err)
 		}
+		w.metrics.served(op, "", start)
 	})
 }
 
@@ -59,8 +63,4 @@ func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return fn(ctx, g, data)
-}
-
-func (w *Worker) respondFleetError(req micro.Request, op subjects.Op, requestID string, err error) {
-	w.respond(req, op, &gpu{id: subjects.Fleet}, requestID, err)
 }

@@ -18,18 +18,12 @@ type watchCmd struct {
 	Count int `help:"Exit after this many events (0: until interrupted)."`
 }
 
-// watchLine is one event as --json prints it.
+// watchLine is one event as --json prints it: the event's time and id, and
+// its data.
 type watchLine struct {
-	Time          time.Time      `json:"time"`
-	ID            string         `json:"id"`
-	DeviceID      string         `json:"device_id"`
-	Node          string         `json:"node"`
-	Reason        string         `json:"reason"`
-	Level         subjects.Level `json:"level"`
-	PreviousLevel subjects.Level `json:"previous_level,omitempty"`
-	UsageRatio    float64        `json:"usage_ratio"`
-	UsedBytes     int64          `json:"used_bytes"`
-	TotalBytes    int64          `json:"total_bytes"`
+	Time time.Time `json:"time"`
+	ID   string    `json:"id"`
+	events.Pressure
 }
 
 func (w *watchCmd) Run(e *env) error {
@@ -63,8 +57,7 @@ func (w *watchCmd) Run(e *env) error {
 			continue
 		}
 		seen++
-		line := watchLine{Time: ev.Time(), ID: ev.ID(), DeviceID: p.DeviceID, Node: p.Node, Reason: p.Reason,
-			Level: p.Level, PreviousLevel: p.PreviousLevel, UsageRatio: p.UsageRatio, UsedBytes: p.UsedBytes, TotalBytes: p.TotalBytes}
+		line := watchLine{Time: ev.Time(), ID: ev.ID(), Pressure: p}
 		if e.cli.JSON {
 			b, _ := json.Marshal(line)
 			fmt.Fprintln(e.out, string(b))
