@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
@@ -33,7 +34,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			fd := subjects.FleetDevice{DeviceID: g.id}
 			data, err := w.runLocked(ctx, g, env.Data, fn)
 			if err == nil {
-				fd.Data, err = json.Marshal(data)
+				fd.Data, err = gojson.Marshal(data)
 			}
 			if err != nil {
 				we := wireError(err)

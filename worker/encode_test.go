@@ -1,0 +1,51 @@
+package worker
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// TestReplyEncodingMatchesEncodingJSON guards the faster encoder: for
+// every reply type, filled with awkward values, it must write exactly what
+// encoding/json writes.
+func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
+	now := time.Date(2026, 11, 25, 17, 30, 1, 123456789, time.UTC)
+	odd := `<script>&"quoted"\ ü 😀 ` + "\u2028"
+	exp := now.Add(time.Hour)
+	alloc := subjects.Allocation{AllocationID: odd, DeviceID: "n-gpu0", SizeBytes: 1 << 40, Purpose: odd, CreatedAt: now, ExpiresAt: &exp, LastUsedAt: now, IPCHandle: "aGk="}
+	replies := []any{
+		alloc,
+		subjects.StatusReply{Allocations: []subjects.Allocation{alloc}, UsageStats: &subjects.PoolStats{CacheHitRatio: 0.3333333333333333}, Fragmentation: &subjects.Fragmentation{FragmentationRatio: 1e-9}},
+		subjects.Usage{UsageRatio: 0.1 + 0.2, ByPurpose: []subjects.PurposeUsage{{Purpose: odd}}, Processes: []subjects.ProcessUsage{{PID: 1}}, SampledAt: now},
+		subjects.AllocationsReply{Allocations: []subjects.Allocation{}, NextCursor: odd},
+		subjects.DeallocateReply{DeallocatedIDs: []string{odd}},
+		subjects.ClearReply{ClearedBytes: -1},
+		subjects.Pressure{Level: subjects.LevelCritical, ChangedAt: now, SampledAt: now, UsageRatio: 1},
+		subjects.DefragmentReply{DurationSeconds: 1e-7},
+		subjects.TransferStatus{StartedAt: &now, ThroughputBytesPerSecond: 1.5e12, ErrorMessage: odd},
+		subjects.OptimizeReply{Actions: []subjects.OptimizeAction{{Description: odd}}},
+		subjects.ModelStatusReply{Models: []subjects.ModelMemory{{ModelID: odd, LastUsedAt: now}}},
+		subjects.ModelOptimizeReply{OptimizationStarted: now, OptimizationDetails: subjects.OptimizationDetails{Models: []subjects.ModelAction{{AllocationIDs: nil}}}},
+		subjects.AnalyticsReply{Samples: []subjects.Sample{{At: now, UsageRatio: 2.0 / 3}}, SizeHistogram: []subjects.SizeBucket{{LeBytes: subjects.MaxSizeBytes}}},
+		subjects.OptimizationRecsReply{Recommendations: []subjects.Recommendation{{SuggestedAction: subjects.SuggestedAction{Op: subjects.Optimize, Data: map[string]any{"strategies": []string{"a"}, "idle_seconds": 300.0, "b": odd}}}}},
+		subjects.FleetReply{Devices: []subjects.FleetDevice{{Data: json.RawMessage(`{"a": 1}`)}}},
+	}
+	for _, r := range replies {
+		want, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := gojson.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("%T:\n got %s\nwant %s", r, got, want)
+		}
+	}
+}
