@@ -35,7 +35,8 @@ func wireError(err error) *subjects.Error {
 		code = subjects.CodeInvalidRequest
 	case errors.Is(err, device.ErrOutOfMemory):
 		code = subjects.CodeOutOfMemory
-	case errors.Is(err, device.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, device.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		// A device that failed or timed out, or a worker stopping.
 		code = subjects.CodeDeviceUnavailable
 	}
 	return &subjects.Error{Code: code, Message: err.Error()}

@@ -27,6 +27,7 @@ func TestWireErrorMapsEveryKind(t *testing.T) {
 		{fmt.Errorf("a: %w", device.ErrOutOfMemory), subjects.CodeOutOfMemory},
 		{fmt.Errorf("a: %w", device.ErrUnavailable), subjects.CodeDeviceUnavailable},
 		{context.DeadlineExceeded, subjects.CodeDeviceUnavailable},
+		{fmt.Errorf("transfer: %w", context.Canceled), subjects.CodeDeviceUnavailable},
 		{errors.New("surprise"), subjects.CodeInternal},
 	}
 	for _, tt := range tests {
