@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go/micro"
 	gojson "github.com/goccy/go-json"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/subjects"
