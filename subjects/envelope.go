@@ -3,6 +3,8 @@ package subjects
 import (
 	"encoding/json"
 	"time"
+
+	gojson "github.com/goccy/go-json"
 )
 
 // Envelope is the seed's request envelope. Action is optional (the subject
@@ -70,17 +72,19 @@ func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 }
 
 // DecodeReply decodes a reply envelope and, on success, its data into
-// data (which may be nil).
+// data (which may be nil). Replies come from the worker, so it decodes
+// leniently and fast (goccy/go-json); requests, which come from anyone, are
+// decoded strictly with encoding/json.
 func DecodeReply(body []byte, data any) (*Reply, error) {
 	var resp Reply
-	if err := json.Unmarshal(body, &resp); err != nil {
+	if err := gojson.Unmarshal(body, &resp); err != nil {
 		return nil, err
 	}
 	if !resp.Success {
 		return &resp, resp.Err()
 	}
 	if data != nil && len(resp.Data) > 0 {
-		if err := json.Unmarshal(resp.Data, data); err != nil {
+		if err := gojson.Unmarshal(resp.Data, data); err != nil {
 			return &resp, err
 		}
 	}
