@@ -7,12 +7,18 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	gojson "github.com/goccy/go-json"
 )
 
 // Decode decodes a JSON request body into v strictly: keys may be
 // snake_case, PascalCase or camelCase (a .NET client without a naming policy
 // sends DeviceId), unknown keys and trailing data are refused, and every
 // failure is an INVALID_REQUEST *Error that names the offending field.
+//
+// It decodes with goccy/go-json: the same rules as encoding/json's
+// Decoder with DisallowUnknownFields, at a fraction of the cost (decoding
+// was half of an allocate's time in the worker's profile).
 func Decode(body []byte, v any) error {
 	if needsKeyNormalising(body) {
 		var err error
@@ -20,7 +26,7 @@ func Decode(body []byte, v any) error {
 			return err
 		}
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
+	dec := gojson.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return describeJSONError(err)
@@ -34,15 +40,17 @@ func Decode(body []byte, v any) error {
 func describeJSONError(err error) *Error {
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
+	var gsyntax *gojson.SyntaxError
+	var gtyp *gojson.UnmarshalTypeError
 	switch {
 	case errors.As(err, &syntax):
 		return Invalid("malformed JSON at byte %d: %v", syntax.Offset, syntax)
+	case errors.As(err, &gsyntax):
+		return Invalid("malformed JSON at byte %d: %v", gsyntax.Offset, strings.TrimPrefix(gsyntax.Error(), "json: "))
 	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			return Invalid("expected a JSON object, got %s", typ.Value)
-		}
-		return Invalid("field %s: expected %s, got %s", field, jsonKind(typ.Type.Kind().String()), typ.Value)
+		return typeError(typ.Field, typ.Value, typ.Type.Kind().String())
+	case errors.As(err, &gtyp):
+		return typeError(gtyp.Field, gtyp.Value, gtyp.Type.Kind().String())
 	case errors.Is(err, io.EOF):
 		return Invalid("empty JSON body")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -53,6 +61,13 @@ func describeJSONError(err error) *Error {
 		return Invalid("unknown field %s", f)
 	}
 	return Invalid("%s", strings.TrimPrefix(msg, "json: "))
+}
+
+func typeError(field, value, kind string) *Error {
+	if field == "" {
+		return Invalid("expected a JSON object, got %s", value)
+	}
+	return Invalid("field %s: expected %s, got %s", field, jsonKind(kind), value)
 }
 
 func jsonKind(goKind string) string {
