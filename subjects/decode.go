@@ -123,7 +123,7 @@ func needsKeyNormalising(body []byte) bool {
 
 // normaliseKeys rewrites every object key of body to snake_case.
 func normaliseKeys(body []byte) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
+	dec := gojson.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
@@ -136,7 +136,7 @@ func normaliseKeys(body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(v)
+	return gojson.Marshal(v)
 }
 
 func snakeKeys(v any, path string) (any, error) {
