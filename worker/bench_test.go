@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/memworker/memworker/subjects"
@@ -47,11 +48,29 @@ func BenchmarkAct(b *testing.B) {
 			}
 		})
 	}
-	b.Run("allocate+deallocate", func(b *testing.B) {
+	for _, live := range []int{0, 10_000} {
+		b.Run(fmt.Sprintf("allocate+deallocate/%d-live", live), func(b *testing.B) {
+			benchAllocFree(b, live)
+		})
+	}
+}
+
+// benchAllocFree measures an allocate and a deallocate on a device already
+// holding live allocations.
+func benchAllocFree(b *testing.B, live int) {
+	{
 		w := benchWorker(b)
 		g := w.gpus[0]
 		ops := w.ops()
 		ctx := context.Background()
+		for i := 0; i < live; i++ {
+			g.mu.Lock()
+			_, err := ops[subjects.Allocate](ctx, g, []byte(`{"size_bytes":4096,"purpose":"p"}`))
+			g.mu.Unlock()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
 		b.ReportAllocs()
 		for b.Loop() {
 			env, _ := subjects.DecodeRequest([]byte(`{"data":{"size_bytes":1048576}}`), subjects.Allocate)
@@ -67,5 +86,5 @@ func BenchmarkAct(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-	})
+	}
 }

@@ -101,8 +101,9 @@ func (g *gpu) add(a *allocation) {
 	g.history.events.push(memEvent{at: a.CreatedAt, bytes: a.ReservedBytes, alloc: true})
 }
 
-// usage reads device truth and puts the worker's own figures beside it. The
-// caller holds mu.
+// usage reads device truth and puts the worker's own figures beside it. It
+// runs after every mutation, so it leaves out what needs a walk of the
+// ledger (ByPurpose: see withPurposes). The caller holds mu.
 func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) {
 	mi, err := g.backend.MemInfo(ctx, g.index)
 	if err != nil {
@@ -122,7 +123,6 @@ func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) 
 		OtherBytes:      max(used-vram.ReservedBytes, 0),
 		PinnedHostBytes: pinned.ReservedBytes,
 		Allocations:     len(g.ledger),
-		ByPurpose:       g.byPurpose(),
 		SampledAt:       now,
 	}
 	if mi.TotalBytes > 0 {
@@ -148,6 +148,13 @@ func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
 	for _, p := range procs {
 		u.Processes = append(u.Processes, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
 	}
+}
+
+// withPurposes adds the split by purpose to u, for replies. The caller
+// holds mu.
+func (g *gpu) withPurposes(u subjects.Usage) subjects.Usage {
+	u.ByPurpose = g.byPurpose()
+	return u
 }
 
 // unspecified is the purpose of allocations made without one.

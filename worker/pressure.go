@@ -73,7 +73,7 @@ func (g *gpu) consumers(u subjects.Usage) []events.Consumer {
 	for m, b := range byModel {
 		out = append(out, events.Consumer{Kind: events.ConsumerModel, Name: m, Bytes: b})
 	}
-	for _, p := range u.ByPurpose {
+	for _, p := range g.byPurpose() {
 		out = append(out, events.Consumer{Kind: events.ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
 	}
 	if u.OtherBytes > 0 {

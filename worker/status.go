@@ -16,7 +16,7 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest)
 	}
 	w.observe(g, u)
 	g.addTelemetry(ctx, &u)
-	return u, nil
+	return g.withPurposes(u), nil
 }
 
 func (w *Worker) getPressure(ctx context.Context, g *gpu, _ *subjects.PressureRequest) (any, error) {
@@ -34,6 +34,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 	}
 	p := w.observe(g, u)
 	g.addTelemetry(ctx, &u)
+	u = g.withPurposes(u)
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
 			DeviceID:          g.id,
