@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -127,7 +128,9 @@ func TestClusterRoutesOperationsFleetAndEvents(t *testing.T) {
 				t.Errorf("%s: %s %s", d.DeviceID, d.ErrorCode, d.ErrorMessage)
 				continue
 			}
-			_ = jsonUnmarshal(d.Data, &st)
+			if err := json.Unmarshal(d.Data, &st); err != nil {
+				t.Fatal(err)
+			}
 			levels[d.DeviceID] = st.Pressure.Level
 		}
 	}

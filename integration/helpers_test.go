@@ -168,8 +168,6 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 // wait waits for the worker's Run to return.
 func (h *host) wait() { <-h.done }
 
-func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
-
 // request sends a raw body to op on dev and returns the reply message.
 func request(t testing.TB, nc *nats.Conn, op subjects.Op, dev string, body []byte) *nats.Msg {
 	t.Helper()

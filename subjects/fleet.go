@@ -1,6 +1,9 @@
 package subjects
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"slices"
+)
 
 // fleetOps are the read operations served on memory.<op>.all.
 var fleetOps = []Op{GetStatus, GetUsage, GetAllocations, GetPressure, Analytics, OptimizationRecs, ModelStatus}
@@ -9,14 +12,7 @@ var fleetOps = []Op{GetStatus, GetUsage, GetAllocations, GetPressure, Analytics,
 func FleetOps() []Op { return append([]Op(nil), fleetOps...) }
 
 // Fleet reports whether op is served on memory.<op>.all.
-func (op Op) Fleet() bool {
-	for _, f := range fleetOps {
-		if f == op {
-			return true
-		}
-	}
-	return false
-}
+func (op Op) Fleet() bool { return slices.Contains(fleetOps, op) }
 
 // FleetReply is one node's answer to a fleet request: the op's reply for
 // each of its devices, or that device's error. The request's data applies

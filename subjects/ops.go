@@ -1,5 +1,7 @@
 package subjects
 
+import "slices"
+
 // Op names one memory operation. Its string is the token used in subjects
 // (memory.<op>.<device_id>) and, prefixed with "memory.", in the envelope's
 // action field.
@@ -41,14 +43,7 @@ var mutating = map[Op]bool{
 func Ops() []Op { return append([]Op(nil), catalogue...) }
 
 // Valid reports whether op is one of the catalogue's operations.
-func (op Op) Valid() bool {
-	for _, c := range catalogue {
-		if c == op {
-			return true
-		}
-	}
-	return false
-}
+func (op Op) Valid() bool { return slices.Contains(catalogue, op) }
 
 // Mutating reports whether op changes memory (and so is idempotent by
 // request_id).

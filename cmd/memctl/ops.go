@@ -11,8 +11,6 @@ import (
 	"github.com/memworker/memworker/subjects"
 )
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
-
 type allocCmd struct {
 	Size       string        `arg:"" help:"Size, e.g. 512MiB, 2GiB or bytes."`
 	Type       string        `name:"type" default:"VRAM" enum:"VRAM,PINNED" help:"VRAM or PINNED host memory."`

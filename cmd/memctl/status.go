@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -28,7 +29,7 @@ func (s *statusCmd) Run(e *env) error {
 		for _, n := range res.Nodes {
 			for _, d := range n.Devices {
 				var st subjects.StatusReply
-				if d.Success && jsonUnmarshal(d.Data, &st) == nil {
+				if d.Success && json.Unmarshal(d.Data, &st) == nil {
 					rows = append(rows, st)
 				} else {
 					rows = append(rows, subjects.StatusReply{Device: subjects.DeviceInfo{DeviceID: d.DeviceID, Node: n.Node, Name: string(d.ErrorCode)}})
