@@ -143,12 +143,15 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 			CreatedAt:            now,
 		},
 	}
+	// Busy before the job is queued: a runner must never see the source
+	// free to move.
+	a.busy++
 	select {
 	case w.transfers.queue <- j:
 	default:
+		a.busy--
 		return nil, fmt.Errorf("%d transfers are queued; try again later: %w", transferQueueLen, device.ErrUnavailable)
 	}
-	a.busy++
 	w.transfers.add(j)
 	return j.snapshot(now), nil
 }
