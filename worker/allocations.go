@@ -54,7 +54,7 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 			SizeBytes:      req.SizeBytes,
 			ReservedBytes:  block.Size(),
 			AllocationType: req.AllocationType,
-			Alignment:      max(req.Alignment, minAlignment),
+			Alignment:      max(req.Alignment, alloc.MinBlock),
 			Purpose:        req.Purpose,
 			ModelID:        req.ModelID,
 			Persistent:     req.Persistent,
@@ -76,9 +76,6 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 	g.add(a)
 	return a.Allocation, nil
 }
-
-// minAlignment is the alignment every block has.
-const minAlignment = 512
 
 func (w *Worker) deallocate(_ context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
 	ids := req.IDs()
