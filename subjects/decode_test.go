@@ -27,6 +27,9 @@ func TestDecodeRequest(t *testing.T) {
 		{"syntax", `{"request_id" 1}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
 		{"wrong type", `{"request_id":5}`, subjects.CodeInvalidRequest, "request_id", ""},
 		{"unknown key", `{"requestid":"x","bogus":1}`, subjects.CodeInvalidRequest, "unknown field", ""},
+		{"trailing data", `{"request_id":"x"} {}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
+		{"two values", `{}{}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
+		{"not an object", `[1]`, subjects.CodeInvalidRequest, "expected a JSON object", ""},
 		{"long id", `{"request_id":"` + strings.Repeat("a", 200) + `"}`, subjects.CodeInvalidRequest, "request_id", ""},
 		{"uppercase in values only", `{"request_id":"ABC","action":"ALLOCATE"}`, subjects.CodeUnknownAction, "ALLOCATE", ""},
 	}
@@ -55,6 +58,21 @@ func TestDecodeNormalisesNestedKeys(t *testing.T) {
 	err := subjects.Decode([]byte(`{"DeviceId":"n-gpu0","AllocationIds":["a","b"]}`), &req)
 	if err != nil || req.DeviceID != "n-gpu0" || len(req.AllocationIDs) != 2 {
 		t.Errorf("Decode = %+v, %v", req, err)
+	}
+}
+
+func TestDecodeRefusesUnknownFields(t *testing.T) {
+	for _, body := range []string{
+		`{"size_bytes":1,"sise":2}`,
+		`{"SizeBytes":1,"Bogus":true}`,
+		`{"size_bytes":1,"size_bytes_":1}`,
+	} {
+		var req subjects.AllocateRequest
+		err := subjects.Decode([]byte(body), &req)
+		var we *subjects.Error
+		if !errors.As(err, &we) || we.Code != subjects.CodeInvalidRequest || !strings.Contains(we.Message, "unknown field") {
+			t.Errorf("Decode(%s) = %v, want INVALID_REQUEST unknown field", body, err)
+		}
 	}
 }
 

@@ -73,8 +73,8 @@ func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 
 // DecodeReply decodes a reply envelope and, on success, its data into
 // data (which may be nil). Replies come from the worker, so it decodes
-// leniently and fast (goccy/go-json); requests, which come from anyone, are
-// decoded strictly with encoding/json.
+// leniently (unknown keys are skipped, so a newer worker may add fields);
+// requests, which come from anyone, are decoded strictly with Decode.
 func DecodeReply(body []byte, data any) (*Reply, error) {
 	var resp Reply
 	if err := gojson.Unmarshal(body, &resp); err != nil {
