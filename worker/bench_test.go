@@ -36,13 +36,14 @@ func BenchmarkAct(b *testing.B) {
 			g := w.gpus[0]
 			fn := w.ops()[tc.op]
 			ctx := context.Background()
+			rw := newReplyWriter()
 			b.ReportAllocs()
 			for b.Loop() {
 				env, err := subjects.DecodeRequest([]byte(tc.body), tc.op)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := w.act(ctx, tc.op, g, env, fn); err != nil {
+				if _, err := w.act(ctx, tc.op, g, env, fn, rw); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -63,6 +64,7 @@ func benchAllocFree(b *testing.B, live int) {
 		g := w.gpus[0]
 		ops := w.ops()
 		ctx := context.Background()
+		rw := newReplyWriter()
 		for i := 0; i < live; i++ {
 			g.mu.Lock()
 			_, err := ops[subjects.Allocate](ctx, g, []byte(`{"size_bytes":4096,"purpose":"p"}`))
@@ -82,7 +84,7 @@ func benchAllocFree(b *testing.B, live int) {
 			}
 			id := data.(subjects.Allocation).AllocationID
 			env, _ = subjects.DecodeRequest([]byte(`{"data":{"allocation_id":"`+id+`"}}`), subjects.Deallocate)
-			if _, err := w.act(ctx, subjects.Deallocate, g, env, ops[subjects.Deallocate]); err != nil {
+			if _, err := w.act(ctx, subjects.Deallocate, g, env, ops[subjects.Deallocate], rw); err != nil {
 				b.Fatal(err)
 			}
 		}

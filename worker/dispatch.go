@@ -1,13 +1,13 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strconv"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
@@ -61,7 +61,9 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
-		body, err := w.act(ctx, op, g, env, fn)
+		rw := newReplyWriter()
+		defer rw.release()
+		body, err := w.act(ctx, op, g, env, fn, rw)
 		if body != nil {
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
@@ -84,13 +86,12 @@ func orNewID(id string) string {
 }
 
 // act runs op under the device lock. It returns the encoded success reply,
-// or the error. Mutating requests with a client request_id are replayed from
-// the cache, and their successful replies cached.
-func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc) ([]byte, error) {
+// written by rw (or, for a replay, the cached reply), or the error.
+// Mutating requests with a client request_id are replayed from the cache,
+// and their successful replies cached.
+func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	idempotent := op.Mutating() && env.RequestID != ""
 	requestID := orNewID(env.RequestID)
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
-	defer cancel()
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -105,12 +106,12 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	if err != nil {
 		return nil, err
 	}
-	body, err := w.encodeReply(requestID, data, now)
+	body, err := w.encodeReply(rw, requestID, data, now)
 	if err != nil {
 		return nil, err
 	}
 	if idempotent {
-		g.replays.store(requestID, op, env.Data, body, now)
+		g.replays.store(requestID, op, env.Data, bytes.Clone(body), now)
 	}
 	if op.Mutating() {
 		w.recheck(g)
@@ -119,40 +120,26 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	return body, nil
 }
 
+// bounded gives an operation that copies bytes under the device lock a
+// deadline of OpTimeout for its copies. The other operations make no call
+// that waits on a context, so they skip the timer.
+func (w *Worker) bounded(fn opFunc) opFunc {
+	return func(ctx context.Context, g *gpu, data json.RawMessage) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
+		defer cancel()
+		return fn(ctx, g, data)
+	}
+}
+
 // encodeReply encodes a success reply that the server will carry: a reply
 // over its max payload would be dropped, so it becomes an error that says
 // how to page instead.
-func (w *Worker) encodeReply(requestID string, data any, now time.Time) ([]byte, error) {
-	body, err := encodeReply(requestID, data, now)
+func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, now time.Time) ([]byte, error) {
+	body, err := rw.success(requestID, data, now)
 	if err == nil && w.maxPayload > 0 && int64(len(body)) > w.maxPayload {
 		return nil, subjects.Invalid("the reply would be %d bytes, over the server's max payload of %d: ask for less (a smaller limit or max_samples, then page with cursor)", len(body), w.maxPayload)
 	}
 	return body, err
-}
-
-// encodeReply writes the success envelope around data. It builds the
-// envelope by hand: marshalling a struct holding the already encoded data as
-// a json.RawMessage would scan and compact those bytes again, which was the
-// largest cost of a get_status in the profile. The data is encoded with
-// goccy/go-json, which writes the same bytes as encoding/json (a test
-// checks it for every reply type) about three times faster.
-func encodeReply(requestID string, data any, now time.Time) ([]byte, error) {
-	raw, err := gojson.Marshal(data)
-	if err != nil {
-		return nil, err
-	}
-	id, err := gojson.Marshal(requestID)
-	if err != nil {
-		return nil, err
-	}
-	buf := make([]byte, 0, len(raw)+len(id)+96)
-	buf = append(buf, `{"success":true,"request_id":`...)
-	buf = append(buf, id...)
-	buf = append(buf, `,"timestamp":"`...)
-	buf = now.UTC().AppendFormat(buf, time.RFC3339Nano)
-	buf = append(buf, `","data":`...)
-	buf = append(buf, raw...)
-	return append(buf, '}'), nil
 }
 
 // respond sends an error reply: the JSON envelope plus micro's error headers

@@ -5,14 +5,12 @@ import (
 	"testing"
 	"time"
 
-	gojson "github.com/goccy/go-json"
-
 	"github.com/memworker/memworker/subjects"
 )
 
 // TestReplyEncodingMatchesEncodingJSON guards the faster encoder: for
-// every reply type, filled with awkward values, it must write exactly what
-// encoding/json writes.
+// every reply type, filled with awkward values, the reply writer must write
+// exactly the envelope encoding/json writes.
 func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 	now := time.Date(2026, 11, 25, 17, 30, 1, 123456789, time.UTC)
 	odd := `<script>&"quoted"\ ü 😀 ` + "\u2028"
@@ -35,12 +33,17 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 		subjects.OptimizationRecsReply{Recommendations: []subjects.Recommendation{{SuggestedAction: subjects.SuggestedAction{Op: subjects.Optimize, Data: map[string]any{"strategies": []string{"a"}, "idle_seconds": 300.0, "b": odd}}}}},
 		subjects.FleetReply{Devices: []subjects.FleetDevice{{Data: json.RawMessage(`{"a": 1}`)}}},
 	}
+	rw := newReplyWriter()
 	for _, r := range replies {
-		want, err := json.Marshal(r)
+		data, err := json.Marshal(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := gojson.Marshal(r)
+		want, err := json.Marshal(subjects.Reply{Success: true, RequestID: odd, Timestamp: now, Data: data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := rw.success(odd, r, now)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -44,7 +44,9 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			}
 			reply.Devices = append(reply.Devices, fd)
 		}
-		body, err := w.encodeReply(orNewID(env.RequestID), reply, time.Now())
+		rw := newReplyWriter()
+		defer rw.release()
+		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, time.Now())
 		if err != nil {
 			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err)
 			w.metrics.served(op, wireError(err).Code, start)
@@ -59,8 +61,6 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 
 // runLocked runs a read operation on g under its lock.
 func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, error) {
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
-	defer cancel()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return fn(ctx, g, data)

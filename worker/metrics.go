@@ -18,6 +18,14 @@ type metrics struct {
 	duration  *prometheus.HistogramVec
 	transfers prometheus.Counter
 	events    *prometheus.CounterVec
+	// ops holds each operation's success counter and duration histogram,
+	// looked up once: a label lookup hashes the labels on every request.
+	ops map[subjects.Op]opMetrics
+}
+
+type opMetrics struct {
+	ok       prometheus.Counter
+	duration prometheus.Observer
 }
 
 var deviceLabels = []string{"node", "device_id"}
@@ -51,19 +59,25 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
 		}, []string{"reason"}),
 	}
+	m.ops = make(map[subjects.Op]opMetrics)
+	for _, op := range subjects.Ops() {
+		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
+	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, deviceCollector{w})
 	}
 	return m
 }
 
+// served counts a request of op that ended with code ("" for success).
 func (m *metrics) served(op subjects.Op, code subjects.Code, since time.Time) {
-	label := "ok"
-	if code != "" {
-		label = string(code)
+	om := m.ops[op]
+	if code == "" {
+		om.ok.Inc()
+	} else {
+		m.requests.WithLabelValues(string(op), string(code)).Inc()
 	}
-	m.requests.WithLabelValues(string(op), label).Inc()
-	m.duration.WithLabelValues(string(op)).Observe(time.Since(since).Seconds())
+	om.duration.Observe(time.Since(since).Seconds())
 }
 
 // deviceCollector reads every device at scrape time.

@@ -1,0 +1,75 @@
+package worker
+
+import (
+	"bytes"
+	"sync"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+)
+
+// A replyWriter writes success envelopes into a buffer it keeps from one
+// reply to the next. The NATS client copies a reply into its own write
+// buffer during Respond, so the buffer is free again once Respond returns;
+// pooling writers saves, per request, the reply's two allocations and
+// copies (the encoder's result, then the envelope around it).
+//
+// The data is encoded with goccy/go-json, which writes the same bytes as
+// encoding/json (TestReplyEncodingMatchesEncodingJSON checks every reply
+// type) about three times faster. The envelope is written by hand:
+// marshalling a struct holding already encoded data as a json.RawMessage
+// would scan and compact those bytes again, which was the largest cost of a
+// get_status in the first profile.
+type replyWriter struct {
+	buf bytes.Buffer
+	enc *gojson.Encoder
+}
+
+// maxPooledReply bounds the buffers kept for reuse: a rare large reply
+// (analytics, a long listing) is not held on to.
+const maxPooledReply = 64 << 10
+
+var replyWriters = sync.Pool{New: func() any {
+	rw := new(replyWriter)
+	rw.enc = gojson.NewEncoder(&rw.buf)
+	return rw
+}}
+
+// newReplyWriter takes a writer from the pool; release gives it back.
+func newReplyWriter() *replyWriter { return replyWriters.Get().(*replyWriter) }
+
+// release returns rw to the pool. What success returned is invalid after.
+func (rw *replyWriter) release() {
+	if rw.buf.Cap() > maxPooledReply {
+		return
+	}
+	rw.buf.Reset()
+	replyWriters.Put(rw)
+}
+
+// success writes the success envelope around data. The bytes are valid
+// until the next success or release.
+func (rw *replyWriter) success(requestID string, data any, now time.Time) ([]byte, error) {
+	rw.buf.Reset()
+	rw.buf.WriteString(`{"success":true,"request_id":`)
+	if err := rw.value(requestID); err != nil {
+		return nil, err
+	}
+	rw.buf.WriteString(`,"timestamp":"`)
+	rw.buf.Write(now.UTC().AppendFormat(rw.buf.AvailableBuffer(), time.RFC3339Nano))
+	rw.buf.WriteString(`","data":`)
+	if err := rw.value(data); err != nil {
+		return nil, err
+	}
+	rw.buf.WriteByte('}')
+	return rw.buf.Bytes(), nil
+}
+
+// value appends v as JSON. The encoder writes nothing when it fails.
+func (rw *replyWriter) value(v any) error {
+	if err := rw.enc.Encode(v); err != nil {
+		return err
+	}
+	rw.buf.Truncate(rw.buf.Len() - 1) // Encode ends the value with a newline
+	return nil
+}
