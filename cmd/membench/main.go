@@ -107,7 +107,7 @@ func run(c *cli, out io.Writer) error {
 	t := table.NewWriter()
 	t.SetOutputMirror(out)
 	t.SetStyle(table.StyleLight)
-	t.AppendHeader(table.Row{"case", "clients", "req/s", "p50", "p99", "req/s vs echo", "p50 vs echo"})
+	t.AppendHeader(table.Row{"case", "clients", "req/s", "p50", "p99", "CPU/req", "req/s vs echo", "p50 vs echo"})
 	if c.CPUProfile != "" {
 		f, err := os.Create(c.CPUProfile)
 		if err != nil {
@@ -127,17 +127,18 @@ func run(c *cli, out io.Writer) error {
 			r := drive(nc, n, c.Duration, cs.op)
 			if cs.name == "allocate+deallocate" {
 				r.perSecond *= 2 // two requests per pair
+				r.cpu /= 2
 			}
 			if i == 0 {
 				echo = r
 			}
-			t.AppendRow(table.Row{cs.name, n, fmt.Sprintf("%.0f", r.perSecond), r.p50, r.p99,
+			t.AppendRow(table.Row{cs.name, n, fmt.Sprintf("%.0f", r.perSecond), r.p50, r.p99, r.cpu,
 				fmt.Sprintf("%.2fx", r.perSecond/echo.perSecond), fmt.Sprintf("%.2fx", float64(r.p50)/float64(echo.p50))})
 		}
 		t.AppendSeparator()
 	}
 	t.Render()
-	fmt.Fprintln(out, "allocate+deallocate counts both requests of a pair; errors abort the run.")
+	fmt.Fprintln(out, "allocate+deallocate counts both requests of a pair; CPU/req is the whole process's CPU time (clients, server, worker) per request; errors abort the run.")
 
 	if c.FleetNodes > 0 {
 		if err := fleet(srv.ClientURL(), c.FleetNodes, out); err != nil {
@@ -170,6 +171,9 @@ func allocFree(nc *nats.Conn, dev string) error {
 type result struct {
 	perSecond float64
 	p50, p99  time.Duration
+	// cpu is the process's CPU time (clients, server and worker alike) per
+	// call.
+	cpu time.Duration
 }
 
 // drive runs op from n goroutines for d and measures each call.
@@ -178,7 +182,7 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 	var lat []time.Duration
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	for range n {
 		wg.Go(func() {
 			var mine []time.Duration
@@ -196,9 +200,10 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpu0
 	slices.Sort(lat)
 	return result{
+		cpu:       (cpu / time.Duration(len(lat))).Round(10 * time.Nanosecond),
 		perSecond: float64(len(lat)) / elapsed.Seconds(),
 		p50:       lat[len(lat)/2].Round(time.Microsecond),
 		p99:       lat[len(lat)*99/100].Round(time.Microsecond),
