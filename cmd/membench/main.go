@@ -4,7 +4,8 @@
 // and sim workers in this process (or targets --server), and prints a table
 // of throughput, p50 and p99 for each case and concurrency, with ratios to
 // echo; then the fleet fan-out from 1 to 16 nodes and the monitor's CPU
-// cost.
+// cost. With --server it measures a worker already running on that server
+// (a CUDA worker on a GPU host, say) beside an echo endpoint it adds there.
 package main
 
 import (
@@ -41,6 +42,9 @@ type cli struct {
 	Monitor     time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
 	Cases       string        `default:"echo,get_status,allocate+deallocate" help:"Cases to run (echo always runs first)."`
 	CPUProfile  string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
+	Server      string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
+	Device      string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
+	client.Flags
 }
 
 func main() {
@@ -61,23 +65,34 @@ func run(c *cli, out io.Writer) error {
 		}
 		levels = append(levels, n)
 	}
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	url, dev := c.Server, c.Device
+	opts, err := c.Options()
 	if err != nil {
 		return err
 	}
-	srv.Start()
-	defer srv.Shutdown()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		return fmt.Errorf("embedded server not ready")
+	if url == "" {
+		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+		if err != nil {
+			return err
+		}
+		srv.Start()
+		defer srv.Shutdown()
+		if !srv.ReadyForConnections(5 * time.Second) {
+			return fmt.Errorf("embedded server not ready")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, 1, 64<<30, time.Hour)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		url, opts = srv.ClientURL(), nil
+		if dev == "" {
+			dev = subjects.DeviceID("bench0", 0)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, 1, 64<<30, time.Hour)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	echoConn, err := nats.Connect(srv.ClientURL())
+	echoConn, err := nats.Connect(url, opts...)
 	if err != nil {
 		return err
 	}
@@ -87,15 +102,19 @@ func run(c *cli, out io.Writer) error {
 	}}); err != nil {
 		return err
 	}
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	if dev == "" {
+		if dev, err = firstDevice(nc); err != nil {
+			return err
+		}
+	}
 
-	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v per case\n\n", cpuName(), runtimeProcs(), c.Duration)
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v per case, device %s\n\n", cpuName(), runtimeProcs(), c.Duration, dev)
 	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
-	dev := subjects.DeviceID("bench0", 0)
 	cases := []struct {
 		name string
 		op   func(*nats.Conn) error
@@ -138,10 +157,17 @@ func run(c *cli, out io.Writer) error {
 		t.AppendSeparator()
 	}
 	t.Render()
-	fmt.Fprintln(out, "allocate+deallocate counts both requests of a pair; CPU/req is the whole process's CPU time (clients, server, worker) per request; errors abort the run.")
+	cpuNote := "the whole process's CPU time (clients, server, worker)"
+	if c.Server != "" {
+		cpuNote = "this process's CPU time (clients and echo; the server and worker run elsewhere)"
+	}
+	fmt.Fprintf(out, "allocate+deallocate counts both requests of a pair; CPU/req is %s per request; errors abort the run.\n", cpuNote)
 
+	if c.Server != "" {
+		return nil // the fleet and monitor cases start their own workers
+	}
 	if c.FleetNodes > 0 {
-		if err := fleet(srv.ClientURL(), c.FleetNodes, out); err != nil {
+		if err := fleet(url, c.FleetNodes, out); err != nil {
 			return err
 		}
 	}
@@ -151,6 +177,23 @@ func run(c *cli, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// firstDevice asks the fleet for its devices and picks the first that
+// answers.
+func firstDevice(nc *nats.Conn) (string, error) {
+	res, err := client.New(nc).Fleet(context.Background(), subjects.GetStatus, nil, 500*time.Millisecond)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range res.Nodes {
+		for _, d := range n.Devices {
+			if d.Success {
+				return d.DeviceID, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no worker answered memory.get_status.all: name one with --device")
 }
 
 func req(nc *nats.Conn, subject string, body []byte) error {

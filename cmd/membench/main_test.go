@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// TestBenchReportsEveryCase runs the whole bench, briefly: every case and
+// the fleet table come out with figures, and no request failed (a failed
+// request aborts the run).
+func TestBenchReportsEveryCase(t *testing.T) {
+	var out strings.Builder
+	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,get_status,allocate+deallocate"}
+	if err := run(c, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"│ echo ", "│ get_status ", "│ allocate+deallocate ", "Fleet get_status.all", "device bench0-gpu0"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchTargetsARunningWorker: with --server the bench finds the
+// worker's device by asking the fleet, and measures it there.
+func TestBenchTargetsARunningWorker(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Shutdown()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	stop, err := startWorkers(context.Background(), srv.ClientURL(), "remote", 1, 2, 1<<30, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var out strings.Builder
+	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "2", FleetNodes: 4, Monitor: time.Hour, Cases: "echo,get_status", Server: srv.ClientURL()}
+	if err := run(c, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "device remote0-gpu") || !strings.Contains(out.String(), "│ get_status ") {
+		t.Errorf("output:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "Fleet") {
+		t.Errorf("the fleet case ran against a running server:\n%s", out.String())
+	}
+}
