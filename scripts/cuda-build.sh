@@ -9,6 +9,7 @@ mkdir -p bin/cuda
 go vet -tags cuda ./worker/device/cuda/ ./integration/
 strip=(-ldflags="-s -w")
 go build -tags cuda "${strip[@]}" -o bin/cuda/memworker ./cmd/memworker
+go build -tags cuda "${strip[@]}" -o bin/cuda/membench ./cmd/membench
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/cuda.test ./worker/device/cuda
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
 # Test data the integration tests read relative to their folder.

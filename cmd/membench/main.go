@@ -42,6 +42,7 @@ type cli struct {
 	Monitor     time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
 	Cases       string        `default:"echo,get_status,allocate+deallocate" help:"Cases to run (echo always runs first)."`
 	CPUProfile  string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
+	Backend     string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
 	Server      string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
 	Device      string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
 	client.Flags
@@ -82,7 +83,7 @@ func run(c *cli, out io.Writer) error {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, 1, 64<<30, time.Hour)
+		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, benchBackend(c.Backend), time.Hour)
 		if err != nil {
 			return err
 		}
@@ -253,36 +254,57 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 	}
 }
 
-// startWorkers runs nodes sim workers (<prefix>0, <prefix>1, ...) of
-// devices devices each on url.
-func startWorkers(ctx context.Context, url, prefix string, nodes, devices int, bytes int64, sample time.Duration) (func(), error) {
+// opener opens a worker's backend and says how to close it once the
+// worker has stopped.
+type opener func() (worker.Backend, func(), error)
+
+// simHost opens a sim host of devices devices of bytes each.
+func simHost(devices int, bytes int64) opener {
+	return func() (worker.Backend, func(), error) {
+		return sim.New(sim.Default(devices, bytes)), func() {}, nil
+	}
+}
+
+// startWorkers runs nodes workers (<prefix>0, <prefix>1, ...) on url, each
+// on a backend open gives it.
+func startWorkers(ctx context.Context, url, prefix string, nodes int, open opener, sample time.Duration) (func(), error) {
 	var wg sync.WaitGroup
 	var conns []*nats.Conn
+	var closers []func()
 	stop := func() {
 		for _, c := range conns {
 			c.Close()
 		}
 		wg.Wait()
+		for _, c := range closers {
+			c()
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	fail := func(err error) (func(), error) {
+		cancel()
+		stop()
+		return nil, err
+	}
 	for i := 0; i < nodes; i++ {
 		cfg := worker.DefaultConfig()
 		cfg.Node = fmt.Sprintf("%s%d", prefix, i)
-		cfg.Backend = sim.New(sim.Default(devices, bytes))
+		b, closeBackend, err := open()
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closeBackend)
+		cfg.Backend = b
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		cfg.SampleInterval = sample
 		cfg.EventsJetStream = false
 		w, err := worker.New(ctx, cfg)
 		if err != nil {
-			cancel()
-			stop()
-			return nil, err
+			return fail(err)
 		}
 		nc, err := nats.Connect(url)
 		if err != nil {
-			cancel()
-			stop()
-			return nil, err
+			return fail(err)
 		}
 		conns = append(conns, nc)
 		failed := make(chan error, 1)
@@ -290,9 +312,7 @@ func startWorkers(ctx context.Context, url, prefix string, nodes, devices int, b
 		select {
 		case <-w.Ready():
 		case err := <-failed:
-			cancel()
-			stop()
-			return nil, fmt.Errorf("worker %s: %v", cfg.Node, err)
+			return fail(fmt.Errorf("worker %s: %v", cfg.Node, err))
 		}
 	}
 	return func() { cancel(); stop() }, nil
@@ -314,7 +334,7 @@ func fleet(url string, max int, out io.Writer) error {
 	for n := 1; n <= max; n *= 2 {
 		// The bench worker answers too, so n+1 replies come.
 		ctx, cancel := context.WithCancel(context.Background())
-		stop, err := startWorkers(ctx, url, "fleet", n, 1, 16<<30, time.Hour)
+		stop, err := startWorkers(ctx, url, "fleet", n, simHost(1, 16<<30), time.Hour)
 		if err != nil {
 			cancel()
 			return err
@@ -359,7 +379,7 @@ func monitorCost(d time.Duration, out io.Writer) error {
 		srv.Start()
 		defer srv.Shutdown()
 		srv.ReadyForConnections(5 * time.Second)
-		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, 8, 16<<30, sample)
+		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, simHost(8, 16<<30), sample)
 		if err != nil {
 			return 0, err
 		}
