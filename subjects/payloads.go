@@ -116,8 +116,11 @@ type Usage struct {
 	// DriverReservedBytes and Processes come from NVML where the backend
 	// has it: memory the driver keeps for itself, and every process using
 	// the device with its bytes.
+	// ProcessesSampledAt is when they were read: NVML is slow, so they are
+	// read at most once a second (the worker's TelemetryMaxAge).
 	DriverReservedBytes int64          `json:"driver_reserved_bytes,omitempty"`
 	Processes           []ProcessUsage `json:"processes,omitempty"`
+	ProcessesSampledAt  *time.Time     `json:"processes_sampled_at,omitempty"`
 	Allocations         int            `json:"allocations"`
 	UsageRatio          float64        `json:"usage_ratio"`
 	UsagePercentage     float64        `json:"usage_percentage"`

@@ -54,6 +54,12 @@ type Config struct {
 	IdempotencyEntries int
 	// OpTimeout bounds one operation's backend calls.
 	OpTimeout time.Duration
+	// TelemetryMaxAge is how old the telemetry in a reply (NVML's process
+	// list and driver reservation) may be. Reading it costs a driver round
+	// trip far slower than the rest of a status, so it is read at most this
+	// often per device; device truth (free and used bytes) is always read
+	// fresh.
+	TelemetryMaxAge time.Duration
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics, when set, receives the worker's Prometheus metrics.
@@ -76,6 +82,7 @@ func DefaultConfig() Config {
 		IdempotencyWindow:  10 * time.Minute,
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
+		TelemetryMaxAge:    time.Second,
 		DiscoveryWait:      250 * time.Millisecond,
 	}
 }
@@ -92,8 +99,8 @@ func (c *Config) Validate() error {
 	if err := c.Thresholds.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 {
-		errs = append(errs, errors.New("expiry and sample intervals, idempotency window and op timeout must be positive"))
+	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 || c.TelemetryMaxAge <= 0 {
+		errs = append(errs, errors.New("expiry and sample intervals, idempotency window, op timeout and telemetry max age must be positive"))
 	}
 	if c.IdempotencyEntries <= 0 {
 		errs = append(errs, errors.New("idempotency entries must be positive"))

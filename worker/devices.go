@@ -33,6 +33,18 @@ type gpu struct {
 	// set while the device does not answer.
 	lastEvent   time.Time
 	unavailable bool
+	// telemetry is the last reading of the backend's telemetry, reused for
+	// TelemetryMaxAge.
+	telemetry telemetry
+}
+
+// telemetry is one reading of a device's processes and driver reservation.
+// Its slice is never changed once read: replies share it.
+type telemetry struct {
+	at       time.Time
+	procs    []subjects.ProcessUsage
+	reserved int64
+	ok       bool
 }
 
 // allocation is a ledger entry: what the client sees and the block behind
@@ -133,21 +145,29 @@ func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) 
 }
 
 // addTelemetry adds what the backend's telemetry knows (NVML: processes,
-// driver reservations) to u. It is only for replies: it can take a
-// millisecond, too slow for the paths that only need device truth.
-func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
+// driver reservations) to u, read at most once per maxAge. It is only for
+// replies: a reading costs far more than the rest of a status (on an H100,
+// see BenchmarkTelemetry), too slow for every request. The caller holds mu.
+func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage, maxAge time.Duration) {
 	pl, ok := g.backend.(processLister)
 	if !ok {
 		return
 	}
-	procs, reserved, err := pl.Processes(ctx, g.index)
-	if err != nil {
-		return // telemetry is extra: usage stands on device truth
+	t := &g.telemetry
+	if t.at.IsZero() || u.SampledAt.Sub(t.at) >= maxAge || u.SampledAt.Before(t.at) {
+		procs, reserved, err := pl.Processes(ctx, g.index)
+		// A failed reading is kept too, so a broken NVML is not asked on
+		// every request; telemetry is extra, usage stands on device truth.
+		*t = telemetry{at: u.SampledAt, reserved: reserved, ok: err == nil}
+		for _, p := range procs {
+			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
+		}
 	}
-	u.DriverReservedBytes = reserved
-	for _, p := range procs {
-		u.Processes = append(u.Processes, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
+	if !t.ok {
+		return
 	}
+	at := t.at
+	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, &at
 }
 
 // withPurposes adds the split by purpose to u, for replies. The caller

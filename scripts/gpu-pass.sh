@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU machine's test and bench pass. Build first with
+# scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
+# repository root; results go to $OUT (default ./gpu-out). Steps can be
+# picked: scripts/gpu-pass.sh cuda integration bench
+set -uo pipefail
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+work=$(mktemp -d)
+tar -C "$work" -xzf bin/cuda.tgz
+cd "$work/cuda"
+steps=${*:-cuda integration bench}
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+lscpu >"$out/lscpu.txt" 2>&1
+step() { # name command...: run, keep the output, note the exit status
+	local name=$1
+	shift
+	local t0=$SECONDS
+	"$@" >"$out/$name.txt" 2>&1
+	echo "$name: rc $? in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+}
+for s in $steps; do
+	case $s in
+	cuda) step cuda-test ./cuda.test -test.v -test.count 1 -test.bench . -test.benchmem ;;
+	integration) step integration ./integration.test -test.v -test.count 1 -test.timeout 8m -test.bench PressureEventLatency ;;
+	bench)
+		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
+		step membench-sim ./membench
+		step membench-sim-2procs env GOMAXPROCS=2 ./membench --fleet-nodes 0 --monitor 0
+		;;
+	esac
+done
