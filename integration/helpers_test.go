@@ -79,6 +79,9 @@ type host struct {
 	dev  testBackend
 	node string
 	done chan struct{}
+	// truthMaxAge is how long what another process does may take to show
+	// (worker.Config.TruthMaxAge).
+	truthMaxAge time.Duration
 }
 
 // faults returns the backend's fault injection, or skips the test.
@@ -91,12 +94,22 @@ func (h *host) faults(t testing.TB) faultInjector {
 	return f
 }
 
-// external makes another process use bytes of dev's memory.
+// external makes another process use bytes of dev's memory, and waits
+// until the worker would see it.
 func (h *host) external(t testing.TB, dev int, bytes int64) {
 	t.Helper()
 	if err := setExternal(h.dev, dev, bytes); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(h.truthMaxAge)
+}
+
+// unavailable makes dev stop (or resume) answering, and waits until the
+// worker would see it.
+func (h *host) unavailable(t testing.TB, dev int, unavailable bool) {
+	t.Helper()
+	h.faults(t).SetUnavailable(dev, unavailable)
+	time.Sleep(h.truthMaxAge)
 }
 
 type hostConfig struct {
@@ -153,7 +166,7 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 			t.Errorf("worker %s: %v", node, err)
 		}
 	}()
-	h := &host{Worker: w, dev: b, node: node, done: done}
+	h := &host{Worker: w, dev: b, node: node, done: done, truthMaxAge: cfg.TruthMaxAge}
 	t.Cleanup(func() { cancel(); h.wait() })
 	select {
 	case <-w.Ready():

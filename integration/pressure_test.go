@@ -50,13 +50,13 @@ func TestUnavailableDeviceAnswersWithAClearError(t *testing.T) {
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1")
 	nc := connect(t, srv)
-	h.faults(t).SetUnavailable(0, true)
+	h.unavailable(t, 0, true)
 	callErr(t, nc, subjects.Allocate, "n1-gpu0", []byte(`{"data":{"size_bytes":1024}}`), subjects.CodeDeviceUnavailable)
 	callErr(t, nc, subjects.GetUsage, "n1-gpu0", nil, subjects.CodeDeviceUnavailable)
 	// The other device keeps serving.
 	var a subjects.Allocation
 	call(t, nc, subjects.Allocate, "n1-gpu1", subjects.AllocateRequest{SizeBytes: 1024}, &a)
-	h.faults(t).SetUnavailable(0, false)
+	h.unavailable(t, 0, false)
 	checkLedger(t, nc, h, "n1-gpu0", 0)
 }
 

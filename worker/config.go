@@ -60,6 +60,11 @@ type Config struct {
 	// often per device; device truth (free and used bytes) is always read
 	// fresh.
 	TelemetryMaxAge time.Duration
+	// TruthMaxAge is how old a reading of device truth (the driver's free
+	// and total bytes) may be before it is read again; the worker's own
+	// allocations are applied to it at once, so it only delays what other
+	// processes do. 0 reads the driver on every request.
+	TruthMaxAge time.Duration
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics, when set, receives the worker's Prometheus metrics.
@@ -83,6 +88,7 @@ func DefaultConfig() Config {
 		IdempotencyEntries: 10_000,
 		OpTimeout:          30 * time.Second,
 		TelemetryMaxAge:    time.Second,
+		TruthMaxAge:        time.Millisecond,
 		DiscoveryWait:      250 * time.Millisecond,
 	}
 }
@@ -101,6 +107,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 || c.TelemetryMaxAge <= 0 {
 		errs = append(errs, errors.New("expiry and sample intervals, idempotency window, op timeout and telemetry max age must be positive"))
+	}
+	if c.TruthMaxAge < 0 {
+		errs = append(errs, errors.New("truth max age must not be negative"))
 	}
 	if c.IdempotencyEntries <= 0 {
 		errs = append(errs, errors.New("idempotency entries must be positive"))

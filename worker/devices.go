@@ -33,18 +33,12 @@ type gpu struct {
 	// set while the device does not answer.
 	lastEvent   time.Time
 	unavailable bool
-	// telemetry is the last reading of the backend's telemetry, reused for
-	// TelemetryMaxAge.
-	telemetry telemetry
-}
-
-// telemetry is one reading of a device's processes and driver reservation.
-// Its slice is never changed once read: replies share it.
-type telemetry struct {
-	at       time.Time
-	procs    []subjects.ProcessUsage
-	reserved int64
-	ok       bool
+	// truth and telemetry are the last readings of the backend, reused
+	// while young (readings.go).
+	truth        truth
+	truthMaxAge  time.Duration
+	telemetry    telemetry
+	telemetryAge time.Duration
 }
 
 // allocation is a ledger entry: what the client sees and the block behind
@@ -81,6 +75,9 @@ func newGPU(cfg *Config, node string, info device.Info) *gpu {
 		ledger:  map[string]*allocation{},
 		replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries),
 		history: newHistory(),
+
+		truthMaxAge:  cfg.TruthMaxAge,
+		telemetryAge: cfg.TelemetryMaxAge,
 	}
 	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
 		g.pools[k] = alloc.New(source{b: cfg.Backend, dev: info.Index, kind: k})
@@ -117,11 +114,11 @@ func (g *gpu) add(a *allocation) {
 // runs after every mutation, so it leaves out what needs a walk of the
 // ledger (ByPurpose: see withPurposes). The caller holds mu.
 func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) {
-	mi, err := g.backend.MemInfo(ctx, g.index)
+	vram, pinned := g.pools[device.VRAM].Stats(), g.pools[device.Pinned].Stats()
+	mi, err := g.deviceTruth(ctx, now, vram.ReservedBytes)
 	if err != nil {
 		return subjects.Usage{}, err
 	}
-	vram, pinned := g.pools[device.VRAM].Stats(), g.pools[device.Pinned].Stats()
 	used := mi.TotalBytes - mi.FreeBytes
 	u := subjects.Usage{
 		DeviceID:        g.id,
@@ -142,32 +139,6 @@ func (g *gpu) usage(ctx context.Context, now time.Time) (subjects.Usage, error) 
 		u.UsagePercentage = u.UsageRatio * 100
 	}
 	return u, nil
-}
-
-// addTelemetry adds what the backend's telemetry knows (NVML: processes,
-// driver reservations) to u, read at most once per maxAge. It is only for
-// replies: a reading costs far more than the rest of a status (on an H100,
-// see BenchmarkTelemetry), too slow for every request. The caller holds mu.
-func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage, maxAge time.Duration) {
-	pl, ok := g.backend.(processLister)
-	if !ok {
-		return
-	}
-	t := &g.telemetry
-	if t.at.IsZero() || u.SampledAt.Sub(t.at) >= maxAge || u.SampledAt.Before(t.at) {
-		procs, reserved, err := pl.Processes(ctx, g.index)
-		// A failed reading is kept too, so a broken NVML is not asked on
-		// every request; telemetry is extra, usage stands on device truth.
-		*t = telemetry{at: u.SampledAt, reserved: reserved, ok: err == nil}
-		for _, p := range procs {
-			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
-		}
-	}
-	if !t.ok {
-		return
-	}
-	at := t.at
-	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, &at
 }
 
 // withPurposes adds the split by purpose to u, for replies. The caller

@@ -15,7 +15,7 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest)
 		return nil, err
 	}
 	w.observe(g, u)
-	g.addTelemetry(ctx, &u, w.cfg.TelemetryMaxAge)
+	g.addTelemetry(ctx, &u)
 	return g.withPurposes(u), nil
 }
 
@@ -33,7 +33,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 		return nil, err
 	}
 	p := w.observe(g, u)
-	g.addTelemetry(ctx, &u, w.cfg.TelemetryMaxAge)
+	g.addTelemetry(ctx, &u)
 	u = g.withPurposes(u)
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
