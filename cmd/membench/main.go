@@ -40,7 +40,7 @@ type cli struct {
 	Concurrency string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
 	FleetNodes  int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
 	Monitor     time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
-	Cases       string        `default:"echo,get_status,allocate+deallocate" help:"Cases to run (echo always runs first)."`
+	Cases       string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
 	CPUProfile  string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
 	Backend     string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
 	Server      string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
@@ -98,9 +98,10 @@ func run(c *cli, out io.Writer) error {
 		return err
 	}
 	defer echoConn.Close()
-	if _, err := micro.AddService(echoConn, micro.Config{Name: "echo", Version: "1.0.0", Endpoint: &micro.EndpointConfig{
+	echo, err := micro.AddService(echoConn, micro.Config{Name: "echo", Version: "1.0.0", Endpoint: &micro.EndpointConfig{
 		Subject: "bench.echo", Handler: micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(r.Data()) }),
-	}}); err != nil {
+	}})
+	if err != nil {
 		return err
 	}
 	nc, err := nats.Connect(url, opts...)
@@ -116,13 +117,23 @@ func run(c *cli, out io.Writer) error {
 
 	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v per case, device %s\n\n", cpuName(), runtimeProcs(), c.Duration, dev)
 	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
+	// The sized echo answers with a get_status reply taken once: what a
+	// status costs NATS for its size alone, with no work behind it.
+	sized, err := nc.Request(subjects.Request(subjects.GetStatus, dev), status, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("get_status of %s: %w", dev, err)
+	}
+	if err := echo.AddEndpoint("sized", micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(sized.Data) }), micro.WithEndpointSubject("bench.echo.sized")); err != nil {
+		return err
+	}
 	cases := []struct {
-		name string
-		op   func(*nats.Conn) error
+		key, name string
+		op        func(*nats.Conn) error
 	}{
-		{"echo", func(nc *nats.Conn) error { return req(nc, "bench.echo", status) }},
-		{"get_status", func(nc *nats.Conn) error { return req(nc, subjects.Request(subjects.GetStatus, dev), status) }},
-		{"allocate+deallocate", func(nc *nats.Conn) error { return allocFree(nc, dev) }},
+		{"echo", "echo", func(nc *nats.Conn) error { return req(nc, "bench.echo", status) }},
+		{"sized", fmt.Sprintf("echo, %d B reply", len(sized.Data)), func(nc *nats.Conn) error { return req(nc, "bench.echo.sized", status) }},
+		{"get_status", "get_status", func(nc *nats.Conn) error { return req(nc, subjects.Request(subjects.GetStatus, dev), status) }},
+		{"allocate+deallocate", "allocate+deallocate", func(nc *nats.Conn) error { return allocFree(nc, dev) }},
 	}
 	t := table.NewWriter()
 	t.SetOutputMirror(out)
@@ -141,11 +152,11 @@ func run(c *cli, out io.Writer) error {
 	for _, n := range levels {
 		var echo result
 		for i, cs := range cases {
-			if i > 0 && !slices.Contains(strings.Split(c.Cases, ","), cs.name) {
+			if i > 0 && !slices.Contains(strings.Split(c.Cases, ","), cs.key) {
 				continue
 			}
 			r := drive(nc, n, c.Duration, cs.op)
-			if cs.name == "allocate+deallocate" {
+			if cs.key == "allocate+deallocate" {
 				r.perSecond *= 2 // two requests per pair
 				r.cpu /= 2
 			}

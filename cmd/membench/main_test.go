@@ -14,11 +14,11 @@ import (
 // request aborts the run).
 func TestBenchReportsEveryCase(t *testing.T) {
 	var out strings.Builder
-	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,get_status,allocate+deallocate", Backend: "sim"}
+	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,allocate+deallocate", Backend: "sim"}
 	if err := run(c, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"│ echo ", "│ get_status ", "│ allocate+deallocate ", "Fleet get_status.all", "device bench0-gpu0"} {
+	for _, want := range []string{"│ echo ", "│ echo, 1", "│ get_status ", "│ allocate+deallocate ", "Fleet get_status.all", "device bench0-gpu0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
