@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 	"github.com/synadia-io/orbit.go/natsext"
 
 	"github.com/memworker/memworker/subjects"
@@ -32,9 +32,10 @@ var ErrNoWorker = errors.New("no worker serves this device")
 
 // Do sends op with data to deviceID and decodes a successful reply's data
 // into out (which may be nil). A failed reply returns its *subjects.Error.
-// Every call gets a fresh request_id; use DoID to retry with the same one.
+// Every call gets a fresh request_id (a NUID: unique without coordination,
+// and far cheaper than a random UUID); use DoID to retry with the same one.
 func (c *Client) Do(ctx context.Context, op subjects.Op, deviceID string, data, out any) (*subjects.Reply, error) {
-	return c.DoID(ctx, uuid.NewString(), op, deviceID, data, out)
+	return c.DoID(ctx, nuid.Next(), op, deviceID, data, out)
 }
 
 // DoID is Do with a caller-chosen request_id, so a retry after a lost reply
@@ -56,9 +57,10 @@ func (c *Client) DoID(ctx context.Context, requestID string, op subjects.Op, dev
 	return subjects.DecodeReply(msg.Data, out)
 }
 
+// bound gives ctx the client's timeout unless it has a deadline already.
 func (c *Client) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
+		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, c.Timeout)
 }
@@ -84,7 +86,7 @@ func (c *Client) FleetExpect(ctx context.Context, op subjects.Op, data any, stal
 	if !op.Fleet() {
 		return nil, fmt.Errorf("%s is not a fleet operation", op)
 	}
-	body, err := subjects.NewRequest(uuid.NewString(), op, data)
+	body, err := subjects.NewRequest(nuid.Next(), op, data)
 	if err != nil {
 		return nil, err
 	}

@@ -39,11 +39,11 @@ const MaxRequestIDLen = 128
 
 // NewRequest builds an encoded request envelope for op with data as payload.
 func NewRequest(requestID string, op Op, data any) ([]byte, error) {
-	raw, err := json.Marshal(data)
+	raw, err := gojson.Marshal(data)
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(Envelope{RequestID: requestID, Action: op.Action(), Data: raw})
+	return gojson.Marshal(Envelope{RequestID: requestID, Action: op.Action(), Data: raw})
 }
 
 // DecodeRequest decodes and checks an envelope received on op's subject.
