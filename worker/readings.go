@@ -41,9 +41,9 @@ func (g *gpu) deviceTruth(ctx context.Context, now time.Time, reserved int64) (d
 }
 
 // telemetry is one reading of a device's processes and driver reservation.
-// Its slice is never changed once read: replies share it.
+// Its slice and time are never changed once read: replies share them.
 type telemetry struct {
-	at       time.Time
+	at       *time.Time
 	procs    []subjects.ProcessUsage
 	reserved int64
 	ok       bool
@@ -60,11 +60,12 @@ func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
 		return
 	}
 	t := &g.telemetry
-	if t.at.IsZero() || u.SampledAt.Sub(t.at) >= g.telemetryAge || u.SampledAt.Before(t.at) {
+	if t.at == nil || u.SampledAt.Sub(*t.at) >= g.telemetryAge || u.SampledAt.Before(*t.at) {
 		procs, reserved, err := pl.Processes(ctx, g.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
-		*t = telemetry{at: u.SampledAt, reserved: reserved, ok: err == nil}
+		at := u.SampledAt
+		*t = telemetry{at: &at, reserved: reserved, ok: err == nil}
 		for _, p := range procs {
 			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
 		}
@@ -72,6 +73,5 @@ func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
 	if !t.ok {
 		return
 	}
-	at := t.at
-	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, &at
+	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, t.at
 }
