@@ -1,16 +1,21 @@
 package integration
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
-	"github.com/nats-io/nats.go"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
+	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
 )
 
 // TestBadInputChangesNothing sends hostile requests; each gets its documented
@@ -106,11 +111,13 @@ func snapshot(t *testing.T, nc *nats.Conn, h *host, dev string) ledgerSnapshot {
 	return ledgerSnapshot{Usage: u, Allocations: page.Allocations}
 }
 
-// TestConcurrentClientsKeepTheLedgerExact runs many clients allocating and
-// freeing on both devices at once; afterwards the ledger equals the backend.
+// TestConcurrentClientsKeepTheLedgerExact runs many clients allocating,
+// freeing and reading status on both devices at once, reads served by
+// several handlers per device; every status is consistent in itself, and
+// afterwards the ledger equals the backend.
 func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 	srv := startServer(t)
-	h := startWorker(t, srv, "n1", withDevices(2, 2*GiB))
+	h := startWorker(t, srv, "n1", withDevices(2, 2*GiB), withConfig(func(c *worker.Config) { c.ReadHandlers = 4 }))
 	const clients, rounds = 16, 30
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
@@ -133,6 +140,15 @@ func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 					return
 				}
 				mine = append(mine, a.AllocationID)
+				var st subjects.StatusReply
+				if _, err := client.New(nc).Do(context.Background(), subjects.GetStatus, dev, subjects.StatusRequest{IncludeAllocations: true}, &st); err != nil {
+					errs <- err
+					return
+				}
+				if st.Device.DeviceID != dev || st.AllocationCount != st.Usage.Allocations || st.AllocationCount != len(st.Allocations) {
+					errs <- fmt.Errorf("%s: status inconsistent in itself: count %d, usage %d, listed %d", dev, st.AllocationCount, st.Usage.Allocations, len(st.Allocations))
+					return
+				}
 				if r%3 == 2 {
 					body, _ := subjects.NewRequest("", subjects.Deallocate, subjects.DeallocateRequest{AllocationIDs: mine[:2]})
 					msg, err := nc.Request(subjects.Request(subjects.Deallocate, dev), body, 5*time.Second)
@@ -154,6 +170,21 @@ func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 		t.Error(err)
 	}
 	nc := connect(t, srv)
+	msg, err := nc.Request("$SRV.INFO."+worker.ServiceName, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	handlers := map[string]int{}
+	for _, e := range info.Endpoints {
+		handlers[e.Subject]++
+	}
+	if n, m := handlers[subjects.Request(subjects.GetStatus, "n1-gpu0")], handlers[subjects.Request(subjects.Allocate, "n1-gpu0")]; n != 4 || m != 1 {
+		t.Errorf("%d get_status and %d allocate endpoints for n1-gpu0, want 4 and 1", n, m)
+	}
 	for i, dev := range []string{"n1-gpu0", "n1-gpu1"} {
 		u := checkLedger(t, nc, h, dev, i)
 		// Each client keeps rounds/3 allocations.

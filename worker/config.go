@@ -65,6 +65,9 @@ type Config struct {
 	// allocations are applied to it at once, so it only delays what other
 	// processes do. 0 reads the driver on every request.
 	TruthMaxAge time.Duration
+	// ReadHandlers is how many subscriptions serve each read-only
+	// operation of a device (micro runs one request at a time on each).
+	ReadHandlers int
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics, when set, receives the worker's Prometheus metrics.
@@ -89,6 +92,7 @@ func DefaultConfig() Config {
 		OpTimeout:          30 * time.Second,
 		TelemetryMaxAge:    time.Second,
 		TruthMaxAge:        time.Millisecond,
+		ReadHandlers:       1,
 		DiscoveryWait:      250 * time.Millisecond,
 	}
 }
@@ -110,6 +114,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TruthMaxAge < 0 {
 		errs = append(errs, errors.New("truth max age must not be negative"))
+	}
+	if c.ReadHandlers < 1 {
+		errs = append(errs, errors.New("read handlers must be at least 1"))
 	}
 	if c.IdempotencyEntries <= 0 {
 		errs = append(errs, errors.New("idempotency entries must be positive"))

@@ -90,8 +90,18 @@ func orNewID(id string) string {
 // Mutating requests with a client request_id are replayed from the cache,
 // and their successful replies cached.
 func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
-	idempotent := op.Mutating() && env.RequestID != ""
 	requestID := orNewID(env.RequestID)
+	if !op.Mutating() {
+		// A read's data shares nothing the device's next request changes,
+		// so it is encoded after the lock is let go.
+		now := time.Now()
+		data, err := w.runLocked(ctx, g, env.Data, fn)
+		if err != nil {
+			return nil, err
+		}
+		return w.encodeReply(rw, requestID, data, now)
+	}
+	idempotent := env.RequestID != ""
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -113,10 +123,8 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	if idempotent {
 		g.replays.store(requestID, op, env.Data, bytes.Clone(body), now)
 	}
-	if op.Mutating() {
-		w.recheck(g)
-		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
-	}
+	w.recheck(g)
+	w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
 	return body, nil
 }
 

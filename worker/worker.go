@@ -144,12 +144,25 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 			if !ok {
 				continue
 			}
-			err := svc.AddEndpoint(string(op)+"-"+g.id, w.handler(ctx, op, g, fn),
-				micro.WithEndpointSubject(subjects.Request(op, g.id)),
-				micro.WithEndpointQueueGroup(subjects.QueueGroup(g.id)),
-				micro.WithEndpointMetadata(map[string]string{"op": string(op), "device_id": g.id}))
-			if err != nil {
-				return fmt.Errorf("adding endpoint %s for %s: %w", op, g.id, err)
+			// micro runs one request at a time per endpoint; a read runs
+			// on several, in the device's queue group, so a burst of
+			// reads is decoded, encoded and answered in parallel.
+			handlers := 1
+			if !op.Mutating() {
+				handlers = w.cfg.ReadHandlers
+			}
+			for k := 1; k <= handlers; k++ {
+				name, meta := string(op)+"-"+g.id, map[string]string{"op": string(op), "device_id": g.id}
+				if k > 1 {
+					name, meta["handler"] = fmt.Sprintf("%s-%d", name, k), strconv.Itoa(k)
+				}
+				err := svc.AddEndpoint(name, w.handler(ctx, op, g, fn),
+					micro.WithEndpointSubject(subjects.Request(op, g.id)),
+					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.id)),
+					micro.WithEndpointMetadata(meta))
+				if err != nil {
+					return fmt.Errorf("adding endpoint %s for %s: %w", op, g.id, err)
+				}
 			}
 		}
 	}

@@ -36,15 +36,16 @@ import (
 )
 
 type cli struct {
-	Duration    time.Duration `default:"2s" help:"How long each case runs at each concurrency."`
-	Concurrency string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
-	FleetNodes  int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
-	Monitor     time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
-	Cases       string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
-	CPUProfile  string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
-	Backend     string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
-	Server      string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
-	Device      string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
+	Duration     time.Duration `default:"2s" help:"How long each case runs at each concurrency."`
+	Concurrency  string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
+	FleetNodes   int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
+	Monitor      time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
+	Cases        string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
+	CPUProfile   string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
+	ReadHandlers int           `name:"read-handlers" default:"1" help:"Subscriptions serving each read-only operation of the measured worker's device."`
+	Backend      string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
+	Server       string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
+	Device       string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
 	client.Flags
 }
 
@@ -83,7 +84,7 @@ func run(c *cli, out io.Writer) error {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, benchBackend(c.Backend), time.Hour)
+		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, benchBackend(c.Backend), time.Hour, c.ReadHandlers)
 		if err != nil {
 			return err
 		}
@@ -278,7 +279,7 @@ func simHost(devices int, bytes int64) opener {
 
 // startWorkers runs nodes workers (<prefix>0, <prefix>1, ...) on url, each
 // on a backend open gives it.
-func startWorkers(ctx context.Context, url, prefix string, nodes int, open opener, sample time.Duration) (func(), error) {
+func startWorkers(ctx context.Context, url, prefix string, nodes int, open opener, sample time.Duration, readHandlers int) (func(), error) {
 	var wg sync.WaitGroup
 	var conns []*nats.Conn
 	var closers []func()
@@ -308,6 +309,7 @@ func startWorkers(ctx context.Context, url, prefix string, nodes int, open opene
 		cfg.Backend = b
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		cfg.SampleInterval = sample
+		cfg.ReadHandlers = readHandlers
 		cfg.EventsJetStream = false
 		w, err := worker.New(ctx, cfg)
 		if err != nil {
@@ -345,7 +347,7 @@ func fleet(url string, max int, out io.Writer) error {
 	for n := 1; n <= max; n *= 2 {
 		// The bench worker answers too, so n+1 replies come.
 		ctx, cancel := context.WithCancel(context.Background())
-		stop, err := startWorkers(ctx, url, "fleet", n, simHost(1, 16<<30), time.Hour)
+		stop, err := startWorkers(ctx, url, "fleet", n, simHost(1, 16<<30), time.Hour, 1)
 		if err != nil {
 			cancel()
 			return err
@@ -390,7 +392,7 @@ func monitorCost(d time.Duration, out io.Writer) error {
 		srv.Start()
 		defer srv.Shutdown()
 		srv.ReadyForConnections(5 * time.Second)
-		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, simHost(8, 16<<30), sample)
+		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, simHost(8, 16<<30), sample, 1)
 		if err != nil {
 			return 0, err
 		}

@@ -14,7 +14,7 @@ import (
 // request aborts the run).
 func TestBenchReportsEveryCase(t *testing.T) {
 	var out strings.Builder
-	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,allocate+deallocate", Backend: "sim"}
+	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,allocate+deallocate", Backend: "sim", ReadHandlers: 1}
 	if err := run(c, &out); err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestBenchTargetsARunningWorker(t *testing.T) {
 	if !srv.ReadyForConnections(5 * time.Second) {
 		t.Fatal("server not ready")
 	}
-	stop, err := startWorkers(context.Background(), srv.ClientURL(), "remote", 1, simHost(2, 1<<30), time.Hour)
+	stop, err := startWorkers(context.Background(), srv.ClientURL(), "remote", 1, simHost(2, 1<<30), time.Hour, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func defaults() *cli {
 	return &cli{Listen: "127.0.0.1", Port: -1, Backend: "sim", SimDevices: 2, SimMemory: "16GiB",
 		WarningThreshold: 0.85, CriticalThreshold: 0.95, ExpiryInterval: time.Second,
-		SampleInterval: 5 * time.Second, CriticalRepeat: 30 * time.Second, TelemetryMaxAge: time.Second, TruthMaxAge: time.Millisecond}
+		SampleInterval: 5 * time.Second, CriticalRepeat: 30 * time.Second, TelemetryMaxAge: time.Second, TruthMaxAge: time.Millisecond, ReadHandlers: 1}
 }
 
 // TestServesOnAnExistingServerAndStopsCleanly runs the daemon against a
