@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
@@ -170,14 +168,7 @@ func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 		t.Error(err)
 	}
 	nc := connect(t, srv)
-	msg, err := nc.Request("$SRV.INFO."+worker.ServiceName, nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var info micro.Info
-	if err := json.Unmarshal(msg.Data, &info); err != nil {
-		t.Fatal(err)
-	}
+	info := serviceInfo(t, nc)
 	handlers := map[string]int{}
 	for _, e := range info.Endpoints {
 		handlers[e.Subject]++

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -259,4 +260,19 @@ func checkLedger(t *testing.T, nc *nats.Conn, h *host, dev string, index int) su
 		t.Fatalf("%s: allocations sum to %d bytes, usage says %d allocated", dev, sum, u.AllocatedBytes)
 	}
 	return u
+}
+
+// serviceInfo asks micro's discovery for the memory service's info (one
+// worker answers).
+func serviceInfo(t testing.TB, nc *nats.Conn) micro.Info {
+	t.Helper()
+	msg, err := nc.Request("$SRV.INFO."+worker.ServiceName, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	return info
 }

@@ -258,15 +258,7 @@ func TestRequestsWithoutReplySubjectDoNothing(t *testing.T) {
 func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 	srv := startServer(t)
 	startWorker(t, srv, "n1")
-	nc := connect(t, srv)
-	msg, err := nc.Request("$SRV.INFO."+worker.ServiceName, nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var info micro.Info
-	if err := json.Unmarshal(msg.Data, &info); err != nil {
-		t.Fatal(err)
-	}
+	info := serviceInfo(t, connect(t, srv))
 	if info.Name != "memory" || info.Metadata["node"] != "n1" {
 		t.Errorf("service %s metadata %v", info.Name, info.Metadata)
 	}

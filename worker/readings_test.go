@@ -13,16 +13,7 @@ import (
 // shows the process list read before, with when it was read; after it, a
 // fresh one. With TruthMaxAge 0 device truth is fresh in every reply.
 func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Node = "telemetry"
-	b := sim.New(sim.Default(1, 1<<30))
-	cfg.Backend = b
-	cfg.TelemetryMaxAge = 200 * time.Millisecond
-	cfg.TruthMaxAge = 0
-	w, err := New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, b := testWorker(t, "telemetry", func(c *Config) { c.TelemetryMaxAge, c.TruthMaxAge = 200*time.Millisecond, 0 })
 	usage := usageOf(t, w)
 	external := func(u subjects.Usage) int64 {
 		for _, p := range u.Processes {
@@ -46,7 +37,7 @@ func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
 	if second.UsedBytes != 300<<20 {
 		t.Errorf("device truth within the max age: used %d, want %d", second.UsedBytes, 300<<20)
 	}
-	time.Sleep(cfg.TelemetryMaxAge)
+	time.Sleep(w.cfg.TelemetryMaxAge)
 	third := usage()
 	if external(third) != 300<<20 || !third.ProcessesSampledAt.After(*first.ProcessesSampledAt) {
 		t.Errorf("after the max age: processes %+v sampled at %v, want a fresh reading", third.Processes, third.ProcessesSampledAt)
@@ -57,24 +48,9 @@ func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
 // worker's own allocations show at once and exactly, what another process
 // does shows after it, and an unavailable device after it too.
 func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Node = "truth"
-	b := sim.New(sim.Default(1, 1<<30))
-	cfg.Backend = b
-	cfg.TruthMaxAge = 200 * time.Millisecond
-	w, err := New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, b := testWorker(t, "truth", func(c *Config) { c.TruthMaxAge = 200 * time.Millisecond })
 	usage := usageOf(t, w)
-	act := func(op subjects.Op, body string) error {
-		env, err := subjects.DecodeRequest([]byte(body), op)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = w.act(context.Background(), op, w.gpus[0], env, w.ops()[op], newReplyWriter())
-		return err
-	}
+	act := func(op subjects.Op, body string) error { return actOn(t, w, op, body) }
 
 	if u := usage(); u.UsedBytes != 0 {
 		t.Fatalf("fresh device: used %d", u.UsedBytes)
@@ -91,7 +67,7 @@ func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 	if _, err := w.getUsage(context.Background(), w.gpus[0], &subjects.UsageRequest{}); err != nil {
 		t.Errorf("within the max age the last reading stands: %v", err)
 	}
-	time.Sleep(cfg.TruthMaxAge)
+	time.Sleep(w.cfg.TruthMaxAge)
 	if err := act(subjects.GetUsage, `{}`); wireError(err).Code != subjects.CodeDeviceUnavailable {
 		t.Errorf("after the max age, an unavailable device: %v, want DEVICE_UNAVAILABLE", err)
 	}

@@ -7,36 +7,20 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/device/sim"
 )
 
 // TestOpTimeoutBoundsCopies: an operation that copies bytes under the
 // device lock gives up after OpTimeout when the link stalls, and the
 // allocation stays where it was, tracked.
 func TestOpTimeoutBoundsCopies(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Node = "timeout"
-	b := sim.New(sim.Default(1, 1<<30))
-	cfg.Backend = b
-	cfg.OpTimeout = 50 * time.Millisecond
-	w, err := New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, ops := w.gpus[0], w.ops()
-	do := func(op subjects.Op, body string) ([]byte, error) {
-		env, err := subjects.DecodeRequest([]byte(body), op)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return w.act(context.Background(), op, g, env, ops[op], newReplyWriter())
-	}
-	if _, err := do(subjects.Allocate, `{"data":{"size_bytes":1048576,"model_id":"m"}}`); err != nil {
+	w, b := testWorker(t, "timeout", func(c *Config) { c.OpTimeout = 50 * time.Millisecond })
+	g := w.gpus[0]
+	if err := actOn(t, w, subjects.Allocate, `{"data":{"size_bytes":1048576,"model_id":"m"}}`); err != nil {
 		t.Fatal(err)
 	}
 	b.SetCopyDelay(time.Hour)
 	start := time.Now()
-	_, err = do(subjects.ModelOptimize, `{"data":{"optimization_type":"offload","target_usage_percentage":0,"model_id":"m"}}`)
+	err := actOn(t, w, subjects.ModelOptimize, `{"data":{"optimization_type":"offload","target_usage_percentage":0,"model_id":"m"}}`)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("offload over a stalled link: %v, want the deadline", err)
 	}

@@ -73,15 +73,11 @@ func run(c *cli, out io.Writer) error {
 		return err
 	}
 	if url == "" {
-		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+		srv, err := startServer()
 		if err != nil {
 			return err
 		}
-		srv.Start()
 		defer srv.Shutdown()
-		if !srv.ReadyForConnections(5 * time.Second) {
-			return fmt.Errorf("embedded server not ready")
-		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		stop, err := startWorkers(ctx, srv.ClientURL(), "bench", 1, benchBackend(c.Backend), time.Hour, c.ReadHandlers)
@@ -266,6 +262,20 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 	}
 }
 
+// startServer starts an embedded NATS server on a free loopback port.
+func startServer() (*server.Server, error) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		return nil, err
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("embedded server not ready")
+	}
+	return srv, nil
+}
+
 // opener opens a worker's backend and says how to close it once the
 // worker has stopped.
 type opener func() (worker.Backend, func(), error)
@@ -385,13 +395,11 @@ func fleetN(cl *client.Client, expect int) (*client.FleetResult, error) {
 // every second, against the same worker sampled hourly.
 func monitorCost(d time.Duration, out io.Writer) error {
 	measure := func(sample time.Duration) (float64, error) {
-		srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+		srv, err := startServer()
 		if err != nil {
 			return 0, err
 		}
-		srv.Start()
 		defer srv.Shutdown()
-		srv.ReadyForConnections(5 * time.Second)
 		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, simHost(8, 16<<30), sample, 1)
 		if err != nil {
 			return 0, err

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
 )
 
 // TestBenchReportsEveryCase runs the whole bench, briefly: every case and
@@ -28,15 +26,11 @@ func TestBenchReportsEveryCase(t *testing.T) {
 // TestBenchTargetsARunningWorker: with --server the bench finds the
 // worker's device by asking the fleet, and measures it there.
 func TestBenchTargetsARunningWorker(t *testing.T) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	srv, err := startServer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start()
 	defer srv.Shutdown()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("server not ready")
-	}
 	stop, err := startWorkers(context.Background(), srv.ClientURL(), "remote", 1, simHost(2, 1<<30), time.Hour, 2)
 	if err != nil {
 		t.Fatal(err)
