@@ -96,7 +96,9 @@ type UsageRequest struct {
 // other processes included) beside the worker's own view.
 type Usage struct {
 	DeviceID string `json:"device_id"`
-	// TotalBytes, FreeBytes and UsedBytes are device truth.
+	// TotalBytes, FreeBytes and UsedBytes are device truth: the driver's
+	// figures, read at most the worker's TruthMaxAge (1 ms) ago, with the
+	// worker's own reservations since applied exactly.
 	TotalBytes int64 `json:"total_bytes"`
 	FreeBytes  int64 `json:"free_bytes"`
 	UsedBytes  int64 `json:"used_bytes"`
@@ -117,7 +119,8 @@ type Usage struct {
 	// has it: memory the driver keeps for itself, and every process using
 	// the device with its bytes.
 	// ProcessesSampledAt is when they were read: NVML is slow, so they are
-	// read at most once a second (the worker's TelemetryMaxAge).
+	// read at most once a second (the worker's TelemetryMaxAge). It is
+	// absent when the backend has no telemetry.
 	DriverReservedBytes int64          `json:"driver_reserved_bytes,omitempty"`
 	Processes           []ProcessUsage `json:"processes,omitempty"`
 	ProcessesSampledAt  *time.Time     `json:"processes_sampled_at,omitempty"`
