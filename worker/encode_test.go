@@ -34,6 +34,17 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 		subjects.FleetReply{Devices: []subjects.FleetDevice{{Data: json.RawMessage(`{"a": 1}`)}}},
 	}
 	rw := newReplyWriter()
+	// Plain ids take the writer's fast path; the others the encoder.
+	for _, id := range []string{"qjtOZFgblPmHINXvIPDGTn", "0193f4a2-7c1e-7d3a-9f00-1b2c3d4e5f60", "a b~", "", "é", "a\tb", `a"b`, "\x7f"} {
+		got, err := rw.success(id, 1, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(subjects.Reply{Success: true, RequestID: id, Timestamp: now, Data: json.RawMessage(`1`)})
+		if string(got) != string(want) {
+			t.Errorf("request id %q:\n got %s\nwant %s", id, got, want)
+		}
+	}
 	for _, r := range replies {
 		data, err := json.Marshal(r)
 		if err != nil {

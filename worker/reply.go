@@ -52,7 +52,7 @@ func (rw *replyWriter) release() {
 func (rw *replyWriter) success(requestID string, data any, now time.Time) ([]byte, error) {
 	rw.buf.Reset()
 	rw.buf.WriteString(`{"success":true,"request_id":`)
-	if err := rw.value(requestID); err != nil {
+	if err := rw.str(requestID); err != nil {
 		return nil, err
 	}
 	rw.buf.WriteString(`,"timestamp":"`)
@@ -63,6 +63,21 @@ func (rw *replyWriter) success(requestID string, data any, now time.Time) ([]byt
 	}
 	rw.buf.WriteByte('}')
 	return rw.buf.Bytes(), nil
+}
+
+// str appends s as a JSON string. Ids (NUIDs, UUIDs, most clients' own)
+// need no escaping and are written as they are; anything else goes
+// through the encoder.
+func (rw *replyWriter) str(s string) error {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return rw.value(s)
+		}
+	}
+	rw.buf.WriteByte('"')
+	rw.buf.WriteString(s)
+	rw.buf.WriteByte('"')
+	return nil
 }
 
 // value appends v as JSON. The encoder writes nothing when it fails.

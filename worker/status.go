@@ -61,7 +61,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 		st.AllocationsTruncated = len(all) > subjects.MaxStatusAllocations
 		st.Allocations = all[:min(len(all), subjects.MaxStatusAllocations)]
 	}
-	return st, nil
+	return &st, nil
 }
 
 func poolStats(s alloc.Stats) *subjects.PoolStats {
