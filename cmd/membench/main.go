@@ -36,7 +36,8 @@ import (
 )
 
 type cli struct {
-	Duration     time.Duration `default:"2s" help:"How long each case runs at each concurrency."`
+	Duration     time.Duration `default:"1s" help:"How long each case runs at each concurrency, each round."`
+	Rounds       int           `default:"3" help:"Rounds of all cases at each concurrency; the table shows the medians."`
 	Concurrency  string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
 	FleetNodes   int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
 	Monitor      time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
@@ -66,6 +67,9 @@ func run(c *cli, out io.Writer) error {
 			return fmt.Errorf("--concurrency %q", c.Concurrency)
 		}
 		levels = append(levels, n)
+	}
+	if c.Rounds < 1 {
+		return fmt.Errorf("--rounds %d: at least 1", c.Rounds)
 	}
 	url, dev := c.Server, c.Device
 	opts, err := c.Options()
@@ -112,7 +116,7 @@ func run(c *cli, out io.Writer) error {
 		}
 	}
 
-	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v per case, device %s\n\n", cpuName(), runtimeProcs(), c.Duration, dev)
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s; medians\n\n", cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev)
 	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
 	// The sized echo answers with a get_status reply taken once: what a
 	// status costs NATS for its size alone, with no work behind it.
@@ -147,21 +151,36 @@ func run(c *cli, out io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	for _, n := range levels {
-		var echo result
+		// Rounds interleave the cases, so drift on a shared machine falls
+		// on all of them; each ratio is taken within a round, then the
+		// median of every figure across rounds is shown.
+		var picked []int
 		for i, cs := range cases {
-			if i > 0 && !slices.Contains(strings.Split(c.Cases, ","), cs.key) {
-				continue
+			if i == 0 || slices.Contains(strings.Split(c.Cases, ","), cs.key) {
+				picked = append(picked, i)
 			}
-			r := drive(nc, n, c.Duration, cs.op)
-			if cs.key == "allocate+deallocate" {
-				r.perSecond *= 2 // two requests per pair
-				r.cpu /= 2
+		}
+		rounds := make([][]result, len(cases))
+		for range c.Rounds {
+			var echo result
+			for _, i := range picked {
+				cs := cases[i]
+				r := drive(nc, n, c.Duration, cs.op)
+				if cs.key == "allocate+deallocate" {
+					r.perSecond *= 2 // two requests per pair
+					r.cpu /= 2
+				}
+				if i == 0 {
+					echo = r
+				}
+				r.vsEcho, r.p50VsEcho = r.perSecond/echo.perSecond, float64(r.p50)/float64(echo.p50)
+				rounds[i] = append(rounds[i], r)
 			}
-			if i == 0 {
-				echo = r
-			}
-			t.AppendRow(table.Row{cs.name, n, fmt.Sprintf("%.0f", r.perSecond), r.p50, r.p99, r.cpu,
-				fmt.Sprintf("%.2fx", r.perSecond/echo.perSecond), fmt.Sprintf("%.2fx", float64(r.p50)/float64(echo.p50))})
+		}
+		for _, i := range picked {
+			r := median(rounds[i])
+			t.AppendRow(table.Row{cases[i].name, n, fmt.Sprintf("%.0f", r.perSecond), r.p50, r.p99, r.cpu,
+				fmt.Sprintf("%.2fx", r.vsEcho), fmt.Sprintf("%.2fx", r.p50VsEcho)})
 		}
 		t.AppendSeparator()
 	}
@@ -226,6 +245,28 @@ type result struct {
 	// cpu is the process's CPU time (clients, server and worker alike) per
 	// call.
 	cpu time.Duration
+	// vsEcho and p50VsEcho are the ratios to echo in the same round.
+	vsEcho, p50VsEcho float64
+}
+
+// median takes the median of each figure of rs on its own.
+func median(rs []result) result {
+	pick := func(f func(result) float64) float64 {
+		vs := make([]float64, len(rs))
+		for i, r := range rs {
+			vs[i] = f(r)
+		}
+		slices.Sort(vs)
+		return vs[len(vs)/2]
+	}
+	return result{
+		perSecond: pick(func(r result) float64 { return r.perSecond }),
+		p50:       time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
+		p99:       time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+		cpu:       time.Duration(pick(func(r result) float64 { return float64(r.cpu) })),
+		vsEcho:    pick(func(r result) float64 { return r.vsEcho }),
+		p50VsEcho: pick(func(r result) float64 { return r.p50VsEcho }),
+	}
 }
 
 // drive runs op from n goroutines for d and measures each call.

@@ -12,11 +12,11 @@ import (
 // request aborts the run).
 func TestBenchReportsEveryCase(t *testing.T) {
 	var out strings.Builder
-	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,allocate+deallocate", Backend: "sim", ReadHandlers: 1}
+	c := &cli{Duration: 50 * time.Millisecond, Rounds: 2, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,allocate+deallocate", Backend: "sim", ReadHandlers: 1}
 	if err := run(c, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"│ echo ", "│ echo, 1", "│ get_status ", "│ allocate+deallocate ", "Fleet get_status.all", "device bench0-gpu0"} {
+	for _, want := range []string{"│ echo ", "│ echo, 1", "│ get_status ", "│ allocate+deallocate ", "Fleet get_status.all", "device bench0-gpu0", "2 rounds"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
@@ -37,7 +37,7 @@ func TestBenchTargetsARunningWorker(t *testing.T) {
 	}
 	defer stop()
 	var out strings.Builder
-	c := &cli{Duration: 50 * time.Millisecond, Concurrency: "2", FleetNodes: 4, Monitor: time.Hour, Cases: "echo,get_status", Server: srv.ClientURL()}
+	c := &cli{Duration: 50 * time.Millisecond, Rounds: 1, Concurrency: "2", FleetNodes: 4, Monitor: time.Hour, Cases: "echo,get_status", Server: srv.ClientURL()}
 	if err := run(c, &out); err != nil {
 		t.Fatal(err)
 	}
