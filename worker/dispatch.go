@@ -86,14 +86,14 @@ func orNewID(id string) string {
 }
 
 // act runs op under the device lock. It returns the encoded success reply,
-// written by rw (or, for a replay, the cached reply), or the error.
-// Mutating requests with a client request_id are replayed from the cache,
-// and their successful replies cached.
+// written by rw (or, for a replay, the cached reply), or the error. A read
+// is encoded after the lock is let go; a mutation under it, and when it
+// came with a request_id its reply is cached for a retry (and a retry is
+// answered from the cache).
 func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	requestID := orNewID(env.RequestID)
 	if !op.Mutating() {
-		// A read's data shares nothing the device's next request changes,
-		// so it is encoded after the lock is let go.
+		// A read's data shares nothing the device's next request changes.
 		now := time.Now()
 		data, err := w.runLocked(ctx, g, env.Data, fn)
 		if err != nil {
@@ -124,8 +124,17 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 		g.replays.store(requestID, op, env.Data, bytes.Clone(body), now)
 	}
 	w.recheck(g)
-	w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
+	if w.log.Enabled(ctx, slog.LevelDebug) {
+		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
+	}
 	return body, nil
+}
+
+// runLocked runs a read operation on g under its lock.
+func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fn(ctx, g, data)
 }
 
 // bounded gives an operation that copies bytes under the device lock a

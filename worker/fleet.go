@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -57,11 +56,4 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		}
 		w.metrics.served(op, "", start)
 	})
-}
-
-// runLocked runs a read operation on g under its lock.
-func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return fn(ctx, g, data)
 }
