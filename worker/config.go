@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,7 +67,8 @@ type Config struct {
 	// processes do. 0 reads the driver on every request.
 	TruthMaxAge time.Duration
 	// ReadHandlers is how many subscriptions serve each read-only
-	// operation of a device (micro runs one request at a time on each).
+	// operation of a device (micro runs one request at a time on each);
+	// DefaultReadHandlers by default.
 	ReadHandlers int
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -76,6 +78,12 @@ type Config struct {
 
 // Version is the worker's release.
 const Version = "0.1.0"
+
+// DefaultReadHandlers is one read handler per 4 cores, at most 4: on a
+// 16-core H100 host 4 served bursts of 8 concurrent statuses at 0.81x a
+// bare echo against 0.71 to 0.75x with 1, while on 2 cores the extra
+// goroutines cost more than they gave.
+func DefaultReadHandlers() int { return min(4, max(1, runtime.GOMAXPROCS(0)/4)) }
 
 // DefaultConfig returns a Config with every optional field set.
 func DefaultConfig() Config {
@@ -92,7 +100,7 @@ func DefaultConfig() Config {
 		OpTimeout:          30 * time.Second,
 		TelemetryMaxAge:    time.Second,
 		TruthMaxAge:        time.Millisecond,
-		ReadHandlers:       1,
+		ReadHandlers:       DefaultReadHandlers(),
 		DiscoveryWait:      250 * time.Millisecond,
 	}
 }

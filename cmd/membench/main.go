@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -43,7 +44,7 @@ type cli struct {
 	Monitor      time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
 	Cases        string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
 	CPUProfile   string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
-	ReadHandlers int           `name:"read-handlers" default:"1" help:"Subscriptions serving each read-only operation of the measured worker's device."`
+	ReadHandlers int           `name:"read-handlers" help:"Subscriptions serving each read-only operation of the measured worker's device (default: the worker's, one per 4 cores, at most 4)."`
 	Backend      string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
 	Server       string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
 	Device       string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
@@ -116,7 +117,12 @@ func run(c *cli, out io.Writer) error {
 		}
 	}
 
-	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s; medians\n\n", cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev)
+	handlers := "the running worker's read handlers"
+	if c.Server == "" {
+		handlers = fmt.Sprintf("%d read handlers", cmp.Or(c.ReadHandlers, worker.DefaultReadHandlers()))
+	}
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s, %s; medians\n\n",
+		cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev, handlers)
 	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
 	// The sized echo answers with a get_status reply taken once: what a
 	// status costs NATS for its size alone, with no work behind it.
@@ -360,7 +366,9 @@ func startWorkers(ctx context.Context, url, prefix string, nodes int, open opene
 		cfg.Backend = b
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		cfg.SampleInterval = sample
-		cfg.ReadHandlers = readHandlers
+		if readHandlers != 0 {
+			cfg.ReadHandlers = readHandlers
+		}
 		cfg.EventsJetStream = false
 		w, err := worker.New(ctx, cfg)
 		if err != nil {

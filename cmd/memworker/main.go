@@ -47,7 +47,7 @@ type cli struct {
 	CriticalThreshold float64       `name:"critical-threshold" default:"0.95" help:"Usage ratio at which pressure is critical."`
 	ExpiryInterval    time.Duration `name:"expiry-interval" default:"1s" help:"How often allocations past their ttl are freed."`
 	SampleInterval    time.Duration `name:"sample-interval" default:"5s" help:"How often devices are sampled for pressure and history."`
-	ReadHandlers      int           `name:"read-handlers" default:"1" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each); more help bursts of reads on hosts with cores to spare."`
+	ReadHandlers      int           `name:"read-handlers" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
 	TruthMaxAge       time.Duration `name:"truth-max-age" default:"1ms" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
 	TelemetryMaxAge   time.Duration `name:"telemetry-max-age" default:"1s" help:"How old NVML's process list in a status or usage reply may be (it is read at most this often per device)."`
 	CriticalRepeat    time.Duration `name:"critical-repeat" default:"30s" help:"How often a critical level is announced again."`
@@ -86,7 +86,9 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	cfg.SampleInterval = c.SampleInterval
 	cfg.TelemetryMaxAge = c.TelemetryMaxAge
 	cfg.TruthMaxAge = c.TruthMaxAge
-	cfg.ReadHandlers = c.ReadHandlers
+	if c.ReadHandlers != 0 {
+		cfg.ReadHandlers = c.ReadHandlers
+	}
 	cfg.CriticalRepeat = c.CriticalRepeat
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
