@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -88,5 +89,36 @@ func benchAllocFree(b *testing.B, live int) {
 				b.Fatal(err)
 			}
 		}
+	}
+}
+
+// BenchmarkReply measures writing a success envelope alone: a status as
+// get_status builds it on an idle device, and an allocation.
+func BenchmarkReply(b *testing.B) {
+	w := benchWorker(b)
+	g := w.gpus[0]
+	g.mu.Lock()
+	status, err := w.getStatus(context.Background(), g, &subjects.StatusRequest{})
+	if err == nil {
+		_, err = w.ops()[subjects.Allocate](context.Background(), g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
+	}
+	g.mu.Unlock()
+	if err != nil {
+		b.Fatal(err)
+	}
+	allocation := g.list(func(*allocation) bool { return true })[0]
+	for _, tc := range []struct {
+		name string
+		data any
+	}{{"status", status}, {"allocation", allocation}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rw := newReplyWriter()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := rw.success("qjtOZFgblPmHINXvIPDGTn", tc.data, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
