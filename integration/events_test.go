@@ -211,3 +211,37 @@ func TestUnavailableDevicesAreAnnounced(t *testing.T) {
 		t.Errorf("after the device came back: %+v, want an available event", r.data)
 	}
 }
+
+// TestStartupEventTellsTheLevelFound sends allocations that cross the
+// warning threshold from before the worker serves: however soon the first
+// one lands, the first event is the level the worker found at startup.
+func TestStartupEventTellsTheLevelFound(t *testing.T) {
+	srv := startServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	body, _ := subjects.NewRequest("", subjects.Allocate, subjects.AllocateRequest{SizeBytes: 900 * MiB})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if msg, err := nc.Request(subjects.Request(subjects.Allocate, "n1-gpu0"), body, time.Second); err == nil {
+				if _, err := subjects.DecodeReply(msg.Data, nil); err == nil {
+					return // one allocation is enough to cross the threshold
+				}
+			}
+		}
+	}()
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	first := next(2 * time.Second).data
+	close(stop)
+	<-done
+	if first.Reason != events.ReasonStartup || first.Level != subjects.LevelNormal {
+		t.Errorf("first event: %s at %s, want startup at normal", first.Reason, first.Level)
+	}
+}

@@ -137,6 +137,12 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		w.lifecycle(pub, events.TypeWorkerStopped, instance)
 		w.drain(nc)
 	}()
+	// Each device's level is announced (queued for the publisher) before
+	// the first request can change it, so the startup event tells the
+	// level the worker found.
+	for _, g := range w.gpus {
+		w.sample(g, time.Now().UTC())
+	}
 	ops := w.ops()
 	for _, g := range w.gpus {
 		for _, op := range subjects.Ops() {
@@ -189,9 +195,6 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	wg.Go(func() { w.every(ctx, w.cfg.SampleInterval, w.sample) })
 	for range transferRunners {
 		wg.Go(func() { w.runTransfers(ctx) })
-	}
-	for _, g := range w.gpus {
-		w.sample(g, time.Now().UTC()) // announces each device's level
 	}
 	<-ctx.Done()
 	wg.Wait()
