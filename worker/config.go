@@ -58,8 +58,7 @@ type Config struct {
 	// TelemetryMaxAge is how old the telemetry in a reply (NVML's process
 	// list and driver reservation) may be. Reading it costs a driver round
 	// trip far slower than the rest of a status, so it is read at most this
-	// often per device; device truth (free and used bytes) is always read
-	// fresh.
+	// often per device.
 	TelemetryMaxAge time.Duration
 	// TruthMaxAge is how old a reading of device truth (the driver's free
 	// and total bytes) may be before it is read again; the worker's own

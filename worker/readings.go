@@ -52,7 +52,7 @@ type telemetry struct {
 // addTelemetry adds what the backend's telemetry knows (NVML: processes,
 // driver reservations) to u, read at most once per TelemetryMaxAge. It is
 // only for replies: a reading costs far more than the rest of a status
-// (26 µs on an H100, see BenchmarkTelemetry), too slow for every request.
+// (26 to 43 µs on an H100, see BenchmarkTelemetry), too slow for every request.
 // The caller holds mu.
 func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
 	pl, ok := g.backend.(processLister)

@@ -290,8 +290,8 @@ func BenchmarkAllocFree1MiB(b *testing.B) {
 }
 
 // BenchmarkTelemetry measures what a status costs the backend: device
-// truth through the device's thread beside the same driver call made on a
-// thread that already has the context, and NVML's process list.
+// truth (MemInfo) beside the bare driver call on a thread that already has
+// the context, and NVML's process list.
 func BenchmarkTelemetry(b *testing.B) {
 	ctx := context.Background()
 	be := open(b, cuda.Config{})
@@ -306,24 +306,6 @@ func BenchmarkTelemetry(b *testing.B) {
 		lockedContext(b, 0)
 		for b.Loop() {
 			if _, _, err := cu.MemInfo(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("MemInfo/caller-thread", func(b *testing.B) {
-		d, _ := cu.GetDevice(0)
-		c, err := d.RetainPrimaryCtx()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for b.Loop() {
-			runtime.LockOSThread()
-			err := cu.SetCurrentContext(c)
-			if err == nil {
-				_, _, err = cu.MemInfo()
-			}
-			runtime.UnlockOSThread()
-			if err != nil {
 				b.Fatal(err)
 			}
 		}
