@@ -4,48 +4,13 @@ import (
 	"context"
 
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
-// Backend is a host's GPU memory as the worker uses it: device discovery,
-// device truth, and segments of device or pinned host memory. Errors wrap
-// the kinds of package device.
+// Backend is a host's GPU memory as the worker uses it: what each device's
+// ledger calls, and device discovery. Errors wrap the kinds of package
+// device. Optional abilities are ledger.Exporter and ledger.ProcessLister.
 type Backend interface {
-	// Name names the backend in replies ("sim", "cuda").
-	Name() string
+	ledger.Backend
 	Devices(ctx context.Context) ([]device.Info, error)
-	MemInfo(ctx context.Context, dev int) (device.MemInfo, error)
-	Alloc(ctx context.Context, dev int, kind device.Kind, size int64) (addr uint64, err error)
-	Free(ctx context.Context, dev int, kind device.Kind, addr uint64) error
-	// Copy copies n bytes between any two locations of the host (device to
-	// device, peer, host to device and back); overlapping ranges are fine.
-	Copy(ctx context.Context, dst, src device.Location, n int64) error
-	// Read copies memory at src into p (for checksums).
-	Read(ctx context.Context, src device.Location, p []byte) error
-}
-
-// source adapts one kind of one device's memory to alloc.Source.
-type source struct {
-	b    Backend
-	dev  int
-	kind device.Kind
-}
-
-func (s source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
-	return s.b.Alloc(ctx, s.dev, s.kind, size)
-}
-
-func (s source) FreeSegment(ctx context.Context, addr uint64) error {
-	return s.b.Free(ctx, s.dev, s.kind, addr)
-}
-
-// exporter is a backend that can share a device segment with other
-// processes of the host (CUDA IPC).
-type exporter interface {
-	Export(ctx context.Context, dev int, base uint64) (handle []byte, err error)
-}
-
-// processLister is a backend with telemetry: the processes using a device
-// and the memory its driver reserves.
-type processLister interface {
-	Processes(ctx context.Context, dev int) (procs []device.Process, driverReserved int64, err error)
 }

@@ -99,14 +99,14 @@ func BenchmarkReply(b *testing.B) {
 	g := w.gpus[0]
 	g.mu.Lock()
 	status, err := w.getStatus(context.Background(), g, &subjects.StatusRequest{})
+	var allocation any
 	if err == nil {
-		_, err = w.ops()[subjects.Allocate](context.Background(), g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
+		allocation, err = w.ops()[subjects.Allocate](context.Background(), g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
 	}
 	g.mu.Unlock()
 	if err != nil {
 		b.Fatal(err)
 	}
-	allocation := g.list(func(*allocation) bool { return true })[0]
 	for _, tc := range []struct {
 		name string
 		data any

@@ -29,8 +29,8 @@ func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error))
 				return nil, err
 			}
 		}
-		if t, ok := any(req).(interface{ Device() string }); ok && t.Device() != "" && t.Device() != g.id {
-			return nil, subjects.Invalid("data.device_id %q contradicts the subject's device %q", t.Device(), g.id)
+		if t, ok := any(req).(interface{ Device() string }); ok && t.Device() != "" && t.Device() != g.ID() {
+			return nil, subjects.Invalid("data.device_id %q contradicts the subject's device %q", t.Device(), g.ID())
 		}
 		if v, ok := any(req).(interface{ Validate() error }); ok {
 			if err := v.Validate(); err != nil {
@@ -57,7 +57,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			requestID = env.RequestID
 		}
 		if err != nil {
-			w.respond(req, op, g.id, orNewID(requestID), err)
+			w.respond(req, op, g.ID(), orNewID(requestID), err)
 			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
@@ -66,12 +66,12 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		body, err := w.act(ctx, op, g, env, fn, rw)
 		if body != nil {
 			if rerr := req.Respond(body); rerr != nil {
-				w.log.Warn("reply failed", "op", op, "device", g.id, "request_id", requestID, "err", rerr)
+				w.log.Warn("reply failed", "op", op, "device", g.ID(), "request_id", requestID, "err", rerr)
 			}
 			w.metrics.served(op, "", start)
 			return
 		}
-		w.respond(req, op, g.id, orNewID(requestID), err)
+		w.respond(req, op, g.ID(), orNewID(requestID), err)
 		w.metrics.served(op, wireError(err).Code, start)
 	})
 }
@@ -113,6 +113,9 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 		}
 	}
 	data, err := fn(ctx, g, env.Data)
+	// A failed mutation may have changed the device too (a model_optimize
+	// that stopped half way), so pressure is checked either way.
+	w.recheck(g)
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +126,8 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	if idempotent {
 		g.replays.store(requestID, op, env.Data, bytes.Clone(body), now)
 	}
-	w.recheck(g)
 	if w.log.Enabled(ctx, slog.LevelDebug) {
-		w.log.Debug("done", "op", op, "device", g.id, "request_id", requestID)
+		w.log.Debug("done", "op", op, "device", g.ID(), "request_id", requestID)
 	}
 	return body, nil
 }

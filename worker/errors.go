@@ -7,17 +7,12 @@ import (
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
-// Error kinds of the worker's own; backends' kinds are in package device and
-// request decoding's are *subjects.Error.
-var (
-	ErrAllocationNotFound = errors.New("allocation not found")
-	ErrConflict           = errors.New("conflict")
-	ErrUnsupported        = errors.New("unsupported")
-)
-
-// wireError maps any error to its wire code. It is the only place that does.
+// wireError maps any error to its wire code. It is the only place that
+// does: the ledger, the backends and the shell return error kinds, request
+// decoding returns *subjects.Error with its code.
 func wireError(err error) *subjects.Error {
 	var we *subjects.Error
 	if errors.As(err, &we) {
@@ -25,13 +20,17 @@ func wireError(err error) *subjects.Error {
 	}
 	code := subjects.CodeInternal
 	switch {
-	case errors.Is(err, ErrAllocationNotFound):
+	case errors.Is(err, ledger.ErrAllocationNotFound):
 		code = subjects.CodeAllocationNotFound
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, ledger.ErrTransferNotFound):
+		code = subjects.CodeTransferNotFound
+	case errors.Is(err, ledger.ErrDeviceNotFound), errors.Is(err, device.ErrNotFound):
+		code = subjects.CodeDeviceNotFound
+	case errors.Is(err, ledger.ErrConflict):
 		code = subjects.CodeConflict
-	case errors.Is(err, ErrUnsupported):
+	case errors.Is(err, ledger.ErrUnsupported):
 		code = subjects.CodeUnsupported
-	case errors.Is(err, alloc.ErrInvalid):
+	case errors.Is(err, ledger.ErrInvalid), errors.Is(err, alloc.ErrInvalid):
 		code = subjects.CodeInvalidRequest
 	case errors.Is(err, device.ErrOutOfMemory):
 		code = subjects.CodeOutOfMemory

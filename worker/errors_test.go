@@ -11,6 +11,7 @@ import (
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 func TestWireErrorMapsEveryKind(t *testing.T) {
@@ -20,9 +21,13 @@ func TestWireErrorMapsEveryKind(t *testing.T) {
 	}{
 		{subjects.Invalid("bad"), subjects.CodeInvalidRequest},
 		{fmt.Errorf("wrapped: %w", &subjects.Error{Code: subjects.CodeUnknownAction, Message: "x"}), subjects.CodeUnknownAction},
-		{fmt.Errorf("a: %w", ErrAllocationNotFound), subjects.CodeAllocationNotFound},
-		{fmt.Errorf("a: %w", ErrConflict), subjects.CodeConflict},
-		{fmt.Errorf("a: %w", ErrUnsupported), subjects.CodeUnsupported},
+		{fmt.Errorf("a: %w", ledger.ErrAllocationNotFound), subjects.CodeAllocationNotFound},
+		{ledger.Errorf(ledger.ErrTransferNotFound, "no transfer t"), subjects.CodeTransferNotFound},
+		{ledger.Errorf(ledger.ErrDeviceNotFound, "no device d"), subjects.CodeDeviceNotFound},
+		{fmt.Errorf("device 7: %w", device.ErrNotFound), subjects.CodeDeviceNotFound},
+		{fmt.Errorf("a: %w", ledger.ErrConflict), subjects.CodeConflict},
+		{fmt.Errorf("a: %w", ledger.ErrUnsupported), subjects.CodeUnsupported},
+		{ledger.Errorf(ledger.ErrInvalid, "moving to itself"), subjects.CodeInvalidRequest},
 		{fmt.Errorf("a: %w", alloc.ErrInvalid), subjects.CodeInvalidRequest},
 		{fmt.Errorf("a: %w", device.ErrOutOfMemory), subjects.CodeOutOfMemory},
 		{fmt.Errorf("a: %w", device.ErrUnavailable), subjects.CodeDeviceUnavailable},

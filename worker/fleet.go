@@ -30,7 +30,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		}
 		reply := subjects.FleetReply{Node: w.cfg.Node, Instance: instance, Devices: make([]subjects.FleetDevice, 0, len(w.gpus))}
 		for _, g := range w.gpus {
-			fd := subjects.FleetDevice{DeviceID: g.id}
+			fd := subjects.FleetDevice{DeviceID: g.ID()}
 			data, err := w.runLocked(ctx, g, env.Data, fn)
 			if err == nil {
 				fd.Data, err = gojson.Marshal(data)

@@ -53,23 +53,18 @@ func checkBooks(t *testing.T, w *Worker, b *sim.Backend) {
 	t.Helper()
 	for _, g := range w.gpus {
 		g.mu.Lock()
-		var want [2]int64
-		for _, a := range g.ledger {
-			want[a.kind] += a.block.Size()
-		}
-		for _, k := range []device.Kind{device.VRAM, device.Pinned} {
-			s := g.pools[k].Stats()
-			if s.AllocatedBytes != want[k] {
-				t.Fatalf("%s %v: ledger holds %d bytes, pool says %d allocated", g.id, k, want[k], s.AllocatedBytes)
-			}
-			var held int64
-			for _, seg := range b.Segments(g.index, k) {
-				held += seg.Size
-			}
-			if k == device.VRAM && held != s.ReservedBytes {
-				t.Fatalf("%s: pool reserves %d, backend holds %d", g.id, s.ReservedBytes, held)
-			}
+		err := g.Audit()
+		s := g.PoolStats(device.VRAM)
+		var held int64
+		for _, seg := range b.Segments(g.Index(), device.VRAM) {
+			held += seg.Size
 		}
 		g.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held != s.ReservedBytes {
+			t.Fatalf("%s: pool reserves %d, backend holds %d", g.ID(), s.ReservedBytes, held)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // replayCache keeps the replies of successful mutating requests by
@@ -49,8 +50,7 @@ func (c *replayCache) lookup(requestID string, op subjects.Op, data []byte, now 
 	}
 	r := el.Value.(*replay)
 	if r.op != op || r.digest != digest(op, data) {
-		return nil, &subjects.Error{Code: subjects.CodeConflict,
-			Message: "request_id " + requestID + " was already used for a different request (" + r.op.Action() + ")"}
+		return nil, ledger.Errorf(ledger.ErrConflict, "request_id %s was already used for a different request (%s)", requestID, r.op.Action())
 	}
 	return r.reply, nil
 }

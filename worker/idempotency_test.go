@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -19,11 +18,10 @@ func TestReplayCache(t *testing.T) {
 	if got, _ := c.lookup("r1", subjects.Allocate, data, now); string(got) != "reply1" {
 		t.Errorf("lookup = %q, want reply1", got)
 	}
-	var we *subjects.Error
-	if _, err := c.lookup("r1", subjects.Allocate, []byte(`{"size_bytes":2}`), now); !errors.As(err, &we) || we.Code != subjects.CodeConflict {
+	if _, err := c.lookup("r1", subjects.Allocate, []byte(`{"size_bytes":2}`), now); wireError(err).Code != subjects.CodeConflict {
 		t.Errorf("same id, other payload: %v, want CONFLICT", err)
 	}
-	if _, err := c.lookup("r1", subjects.Clear, data, now); !errors.As(err, &we) || we.Code != subjects.CodeConflict {
+	if _, err := c.lookup("r1", subjects.Clear, data, now); wireError(err).Code != subjects.CodeConflict {
 		t.Errorf("same id, other op: %v, want CONFLICT", err)
 	}
 	// Bounded in entries: the oldest goes first.

@@ -7,7 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/device"
 )
 
 // metrics are the worker's Prometheus metrics. Device gauges are read from
@@ -96,13 +95,13 @@ func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c deviceCollector) collect(g *gpu, ch chan<- prometheus.Metric) {
-	labels := []string{c.w.cfg.Node, g.id}
+	labels := []string{c.w.cfg.Node, g.ID()}
 	gauge := func(d *prometheus.Desc, v float64, extra ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append(labels, extra...)...)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	u, err := g.usage(context.Background(), time.Now().UTC())
+	u, err := g.Usage(context.Background(), time.Now().UTC())
 	if err != nil {
 		gauge(descUp, 0)
 		return
@@ -115,8 +114,8 @@ func (c deviceCollector) collect(g *gpu, ch chan<- prometheus.Metric) {
 	gauge(descAllocated, float64(u.AllocatedBytes))
 	gauge(descPinned, float64(u.PinnedHostBytes))
 	gauge(descAllocs, float64(u.Allocations))
-	gauge(descFrag, g.pools[device.VRAM].Fragmentation().Ratio)
-	level, _ := g.pressure.Level()
+	gauge(descFrag, g.Fragmentation().Ratio)
+	level, _ := g.Level()
 	for _, l := range []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical} {
 		v := 0.0
 		if l == level {

@@ -1,15 +1,13 @@
 package worker
 
 import (
-	"cmp"
 	"context"
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // eventQueueLen bounds the events waiting for the publisher; beyond it new
@@ -24,7 +22,7 @@ const topConsumers = 5
 // reports a level no event announced. The caller holds g.mu.
 func (w *Worker) observe(g *gpu, u subjects.Usage) subjects.Pressure {
 	first := g.lastEvent.IsZero()
-	p, changed := g.observe(w.cfg.Thresholds, u)
+	p, changed := g.Observe(u)
 	if changed {
 		reason := events.ReasonChanged
 		if first {
@@ -39,7 +37,7 @@ func (w *Worker) observe(g *gpu, u subjects.Usage) subjects.Pressure {
 func (w *Worker) announce(g *gpu, u subjects.Usage, p subjects.Pressure, reason string) {
 	g.lastEvent = u.SampledAt
 	data := events.Pressure{
-		DeviceID:          g.id,
+		DeviceID:          g.ID(),
 		Node:              w.cfg.Node,
 		Reason:            reason,
 		Level:             p.Level,
@@ -50,39 +48,23 @@ func (w *Worker) announce(g *gpu, u subjects.Usage, p subjects.Pressure, reason 
 		TotalBytes:        u.TotalBytes,
 		WarningThreshold:  w.cfg.Thresholds.Warning,
 		CriticalThreshold: w.cfg.Thresholds.Critical,
-		TopConsumers:      g.consumers(u),
+		TopConsumers:      consumers(g.Consumers(u, topConsumers)),
 		ObservedAt:        u.SampledAt,
 	}
 	select {
 	case w.events <- data:
 	default:
-		w.log.Warn("pressure event dropped: the publisher is behind", "device", g.id, "level", p.Level)
+		w.log.Warn("pressure event dropped: the publisher is behind", "device", g.ID(), "level", p.Level)
 	}
 }
 
-// consumers lists the largest users of g's memory: models, purposes and
-// other processes. The caller holds mu.
-func (g *gpu) consumers(u subjects.Usage) []events.Consumer {
-	byModel := map[string]int64{}
-	for _, a := range g.ledger {
-		if a.kind == device.VRAM && a.ModelID != "" {
-			byModel[a.ModelID] += a.ReservedBytes
-		}
+// consumers converts the ledger's consumers for an event.
+func consumers(cs []ledger.Consumer) []events.Consumer {
+	out := make([]events.Consumer, len(cs))
+	for i, c := range cs {
+		out[i] = events.Consumer{Kind: c.Kind, Name: c.Name, Bytes: c.Bytes}
 	}
-	out := []events.Consumer{}
-	for m, b := range byModel {
-		out = append(out, events.Consumer{Kind: events.ConsumerModel, Name: m, Bytes: b})
-	}
-	for _, p := range g.byPurpose() {
-		out = append(out, events.Consumer{Kind: events.ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
-	}
-	if u.OtherBytes > 0 {
-		out = append(out, events.Consumer{Kind: events.ConsumerOther, Name: events.ConsumerOther, Bytes: u.OtherBytes})
-	}
-	slices.SortFunc(out, func(a, b events.Consumer) int {
-		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
-	})
-	return out[:min(len(out), topConsumers)]
+	return out
 }
 
 // publish sends queued events until ctx is done.
@@ -111,13 +93,13 @@ func (w *Worker) publish(ctx context.Context, pub *events.Publisher) {
 func (w *Worker) sample(g *gpu, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	u, err := g.usage(context.Background(), now)
+	u, err := g.Usage(context.Background(), now)
 	if err != nil {
 		if !g.unavailable {
 			g.unavailable = true
-			w.log.Error("device unavailable", "device", g.id, "err", err)
-			level, prev := g.pressure.Level()
-			w.announce(g, subjects.Usage{SampledAt: now, TotalBytes: g.info.TotalBytes},
+			w.log.Error("device unavailable", "device", g.ID(), "err", err)
+			level, prev := g.Level()
+			w.announce(g, subjects.Usage{SampledAt: now, TotalBytes: g.Info().TotalBytes},
 				subjects.Pressure{Level: level, PreviousLevel: prev}, events.ReasonUnavailable)
 		}
 		return
@@ -125,26 +107,17 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 	p := w.observe(g, u)
 	if g.unavailable {
 		g.unavailable = false
-		w.log.Info("device available again", "device", g.id)
+		w.log.Info("device available again", "device", g.ID())
 		w.announce(g, u, p, events.ReasonAvailable)
 	} else if p.Level == subjects.LevelCritical && now.Sub(g.lastEvent) >= w.cfg.CriticalRepeat {
 		w.announce(g, u, p, events.ReasonRepeat)
 	}
-	g.history.samples.push(subjects.Sample{
-		At:                 now,
-		UsedBytes:          u.UsedBytes,
-		ReservedBytes:      u.ReservedBytes,
-		AllocatedBytes:     u.AllocatedBytes,
-		UsageRatio:         u.UsageRatio,
-		FragmentationRatio: g.pools[device.VRAM].Fragmentation().Ratio,
-		Level:              p.Level,
-	})
+	g.Record(u, p.Level)
 }
 
-// recheck feeds device truth to the pressure tracker after a change. The
-// caller holds mu.
+// recheck feeds device truth to the pressure tracker after a change.
 func (w *Worker) recheck(g *gpu) {
-	u, err := g.usage(context.Background(), time.Now().UTC())
+	u, err := g.Usage(context.Background(), time.Now().UTC())
 	if err != nil {
 		return // the device cannot say; the sampler announces it
 	}

@@ -28,10 +28,11 @@ func TestOpTimeoutBoundsCopies(t *testing.T) {
 		t.Errorf("gave up after %v", waited)
 	}
 	checkBooks(t, w, b)
-	if n := len(g.ledger); n != 1 {
+	list := g.Allocations(&subjects.AllocationsRequest{Limit: 10})
+	if n := len(list.Allocations); n != 1 {
 		t.Errorf("%d allocations tracked after the failed offload, want 1", n)
 	}
-	for _, a := range g.ledger {
+	for _, a := range list.Allocations {
 		if a.Offloaded {
 			t.Errorf("allocation %s marked offloaded though its copy failed", a.AllocationID)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // Transfer tuning.
@@ -33,11 +34,9 @@ type job struct {
 	status    subjects.TransferStatus
 	bytesDone atomic.Int64
 
-	src, dst   *gpu
-	srcAlloc   *allocation
-	srcLoc     device.Location
-	targetKind device.Kind
-	verify     bool
+	src, dst *gpu
+	lent     ledger.Lent
+	verify   bool
 }
 
 // snapshot returns the job's status with progress filled in.
@@ -99,57 +98,46 @@ func (t *transfers) add(j *job) {
 	}
 }
 
-// transfer checks the request, marks the source busy and queues the job; a
-// runner does the copy. The reply is the job's status, queued.
+// transfer lends the source to a job and queues it; a runner does the
+// copy. The reply is the job's status, queued.
 func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferRequest) (any, error) {
-	a, ok := g.ledger[req.AllocationID]
-	if !ok {
-		return nil, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, g.id, ErrAllocationNotFound)
+	if _, _, err := g.Locate(req.AllocationID); err != nil {
+		return nil, err
 	}
 	dst := g
-	if req.TargetDeviceID != "" && req.TargetDeviceID != g.id {
+	if req.TargetDeviceID != "" && req.TargetDeviceID != g.ID() {
 		dst = w.gpu(req.TargetDeviceID)
 		if dst == nil {
 			if strings.HasPrefix(req.TargetDeviceID, w.cfg.Node+"-") {
-				return nil, &subjects.Error{Code: subjects.CodeDeviceNotFound,
-					Message: fmt.Sprintf("node %s has no device %s", w.cfg.Node, req.TargetDeviceID)}
+				return nil, ledger.Errorf(ledger.ErrDeviceNotFound, "node %s has no device %s", w.cfg.Node, req.TargetDeviceID)
 			}
 			return nil, fmt.Errorf("target device %s is not on this node (%s); transfers between nodes are not supported: %w",
-				req.TargetDeviceID, w.cfg.Node, ErrUnsupported)
+				req.TargetDeviceID, w.cfg.Node, ledger.ErrUnsupported)
 		}
 	}
-	targetKind := kindOf(req.TargetAllocationType)
-	if req.Mode == subjects.ModeMove && dst == g && targetKind == a.kind {
-		return nil, subjects.Invalid("moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.AllocationID)
-	}
-	if !a.idle() {
-		return nil, fmt.Errorf("allocation %s is already being transferred: %w", a.AllocationID, ErrConflict)
-	}
-	if targetKind == device.VRAM && a.SizeBytes > dst.info.TotalBytes {
-		return nil, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.SizeBytes, dst.id, dst.info.TotalBytes, device.ErrOutOfMemory)
+	lent, err := g.Lend(req.AllocationID, ledger.Target{DeviceID: dst.ID(), TotalBytes: dst.Info().TotalBytes, Type: req.TargetAllocationType}, req.Mode)
+	if err != nil {
+		return nil, err
 	}
 	now := time.Now().UTC()
 	j := &job{
-		src: g, dst: dst, srcAlloc: a, srcLoc: g.loc(a), targetKind: targetKind, verify: req.Verify,
+		src: g, dst: dst, lent: lent, verify: req.Verify,
 		status: subjects.TransferStatus{
 			TransferID:           uuid.NewString(),
 			Status:               subjects.TransferQueued,
 			Mode:                 req.Mode,
-			SourceDeviceID:       g.id,
-			SourceAllocationID:   a.AllocationID,
-			TargetDeviceID:       dst.id,
+			SourceDeviceID:       g.ID(),
+			SourceAllocationID:   req.AllocationID,
+			TargetDeviceID:       dst.ID(),
 			TargetAllocationType: req.TargetAllocationType,
-			BytesTotal:           a.SizeBytes,
+			BytesTotal:           lent.Allocation.SizeBytes,
 			CreatedAt:            now,
 		},
 	}
-	// Busy before the job is queued: a runner must never see the source
-	// free to move.
-	a.busy++
 	select {
 	case w.transfers.queue <- j:
 	default:
-		a.busy--
+		g.Return(req.AllocationID)
 		return nil, fmt.Errorf("%d transfers are queued; try again later: %w", transferQueueLen, device.ErrUnavailable)
 	}
 	w.transfers.add(j)
@@ -159,19 +147,9 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 func (w *Worker) getTransfer(_ context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
 	j := w.transfers.get(req.TransferID)
 	if j == nil || (j.src != g && j.dst != g) {
-		return nil, &subjects.Error{Code: subjects.CodeTransferNotFound,
-			Message: fmt.Sprintf("no transfer %s from or to %s", req.TransferID, g.id)}
+		return nil, ledger.Errorf(ledger.ErrTransferNotFound, "no transfer %s from or to %s", req.TransferID, g.ID())
 	}
 	return j.snapshot(time.Now().UTC()), nil
-}
-
-func (w *Worker) gpu(id string) *gpu {
-	for _, g := range w.gpus {
-		if g.id == id {
-			return g
-		}
-	}
-	return nil
 }
 
 // runTransfers runs queued jobs until ctx is done; jobs still queued then
@@ -183,7 +161,7 @@ func (w *Worker) runTransfers(ctx context.Context) {
 			for {
 				select {
 				case j := <-w.transfers.queue:
-					w.finish(ctx, j, nil, ctx.Err())
+					w.finish(ctx, j, "", ctx.Err())
 				default:
 					return
 				}
@@ -201,39 +179,31 @@ func (w *Worker) runTransfer(ctx context.Context, j *job) {
 	// Reserve the destination.
 	d := j.dst
 	d.mu.Lock()
-	block, err := d.pools[j.targetKind].Alloc(ctx, j.srcAlloc.SizeBytes, j.srcAlloc.Alignment)
-	var dest *allocation
+	destID, dstLoc, err := d.Receive(ctx, j.lent.Allocation, j.status.TargetAllocationType, started)
 	if err == nil {
-		dest = &allocation{Allocation: j.srcAlloc.Allocation, kind: j.targetKind, block: block, busy: 1}
-		dest.AllocationID = uuid.Must(uuid.NewV7()).String()
-		dest.DeviceID, dest.ReservedBytes = d.id, block.Size()
-		dest.AllocationType, dest.Offloaded = j.status.TargetAllocationType, false
-		dest.CreatedAt, dest.LastUsedAt = started, started
-		d.add(dest)
 		w.recheck(d)
 	}
 	d.mu.Unlock()
 	if err != nil {
-		w.finish(ctx, j, nil, fmt.Errorf("reserving %d bytes on %s: %w", j.srcAlloc.SizeBytes, d.id, err))
+		w.finish(ctx, j, "", err)
 		return
 	}
-	j.update(func(s *subjects.TransferStatus) { s.DestinationAllocationID = dest.AllocationID })
+	j.update(func(s *subjects.TransferStatus) { s.DestinationAllocationID = destID })
 
 	// Copy without holding either device: both allocations are busy, so
 	// nothing moves or frees them.
-	dstLoc := device.Location{Device: d.index, Kind: j.targetKind, Addr: block.Addr()}
 	err = w.copyChunks(ctx, j, dstLoc)
 	if err == nil && j.verify {
 		err = w.verifyCopy(ctx, j, dstLoc)
 	}
-	w.finish(ctx, j, dest, err)
+	w.finish(ctx, j, destID, err)
 }
 
 func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) error {
-	n := j.srcAlloc.SizeBytes
+	n := j.lent.Allocation.SizeBytes
 	for off := int64(0); off < n; off += transferChunk {
 		m := min(transferChunk, n-off)
-		s, d := j.srcLoc, dst
+		s, d := j.lent.Loc, dst
 		s.Addr += uint64(off)
 		d.Addr += uint64(off)
 		if err := w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
@@ -246,11 +216,11 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 
 // verifyCopy compares CRC-32C checksums of the source and the copy.
 func (w *Worker) verifyCopy(ctx context.Context, j *job, dst device.Location) error {
-	src, err := w.checksum(ctx, j.srcLoc, j.srcAlloc.SizeBytes)
+	src, err := w.checksum(ctx, j.lent.Loc, j.lent.Allocation.SizeBytes)
 	if err != nil {
 		return err
 	}
-	got, err := w.checksum(ctx, dst, j.srcAlloc.SizeBytes)
+	got, err := w.checksum(ctx, dst, j.lent.Allocation.SizeBytes)
 	if err != nil {
 		return err
 	}
@@ -283,34 +253,27 @@ func (w *Worker) checksum(ctx context.Context, at device.Location, n int64) (str
 }
 
 // finish settles a job: on success, a move frees the source; on failure the
-// destination is freed. Either way both allocations stop being busy.
-func (w *Worker) finish(ctx context.Context, j *job, dest *allocation, err error) {
+// destination (destID, when there is one) is freed. Either way both
+// allocations stop being busy.
+func (w *Worker) finish(ctx context.Context, j *job, destID string, err error) {
 	now := time.Now().UTC()
-	s := j.src
+	s, srcID := j.src, j.status.SourceAllocationID
 	s.mu.Lock()
-	j.srcAlloc.busy--
-	if err == nil {
-		j.srcAlloc.LastUsedAt = now
-		if j.status.Mode == subjects.ModeMove {
-			if ferr := s.free(j.srcAlloc); ferr != nil {
-				err = ferr
-			}
-		}
+	if serr := s.Settle(srcID, err == nil, err == nil && j.status.Mode == subjects.ModeMove, now); serr != nil && err == nil {
+		err = serr
 	}
 	w.recheck(s)
 	s.mu.Unlock()
-	if dest != nil {
+	if destID != "" {
 		d := j.dst
 		d.mu.Lock()
-		dest.busy--
-		if err != nil {
-			if ferr := d.free(dest); ferr != nil {
-				w.log.Error("freeing a failed transfer's destination", "device", d.id, "err", ferr)
-			}
+		if derr := d.Settle(destID, false, err != nil, now); derr != nil {
+			w.log.Error("settling a transfer's destination", "device", d.ID(), "err", derr)
 		}
 		w.recheck(d)
 		d.mu.Unlock()
 	}
+	size := j.lent.Allocation.SizeBytes
 	j.update(func(st *subjects.TransferStatus) {
 		st.CompletedAt = &now
 		if err == nil {
@@ -319,14 +282,12 @@ func (w *Worker) finish(ctx context.Context, j *job, dest *allocation, err error
 		}
 		we := wireError(err)
 		st.Status, st.ErrorCode, st.ErrorMessage = subjects.TransferFailed, we.Code, we.Message
-		if dest != nil {
-			st.DestinationAllocationID = ""
-		}
+		st.DestinationAllocationID = ""
 	})
 	if err != nil {
 		w.log.Warn("transfer failed", "transfer_id", j.status.TransferID, "err", err)
 	} else {
-		w.metrics.transfers.Add(float64(j.srcAlloc.SizeBytes))
-		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.id, "to", j.dst.id, "bytes", j.srcAlloc.SizeBytes)
+		w.metrics.transfers.Add(float64(size))
+		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.ID(), "to", j.dst.ID(), "bytes", size)
 	}
 }

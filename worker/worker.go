@@ -15,7 +15,7 @@ import (
 
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // ServiceName is the micro service name every worker registers, so
@@ -55,7 +55,14 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(),
 		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{})}
 	for _, info := range infos {
-		w.gpus = append(w.gpus, newGPU(&w.cfg, cfg.Node, info))
+		w.gpus = append(w.gpus, &gpu{
+			Device: ledger.New(ledger.Config{
+				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend,
+				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
+				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
+			}),
+			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries),
+		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)
 	return w, nil
@@ -65,34 +72,13 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 func (w *Worker) DeviceIDs() []string {
 	ids := make([]string, len(w.gpus))
 	for i, g := range w.gpus {
-		ids[i] = g.id
+		ids[i] = g.ID()
 	}
 	return ids
 }
 
 // Ready is closed once every endpoint is subscribed.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
-
-// ops are the operations and their functions.
-func (w *Worker) ops() map[subjects.Op]opFunc {
-	return map[subjects.Op]opFunc{
-		subjects.GetStatus:        typed(w.getStatus),
-		subjects.GetUsage:         typed(w.getUsage),
-		subjects.GetAllocations:   typed(w.getAllocations),
-		subjects.Allocate:         typed(w.allocate),
-		subjects.Deallocate:       typed(w.deallocate),
-		subjects.Clear:            typed(w.clear),
-		subjects.Defragment:       w.bounded(typed(w.defragment)),
-		subjects.Transfer:         typed(w.transfer),
-		subjects.GetTransfer:      typed(w.getTransfer),
-		subjects.Optimize:         w.bounded(typed(w.optimize)),
-		subjects.ModelStatus:      typed(w.modelStatus),
-		subjects.ModelOptimize:    w.bounded(typed(w.modelOptimize)),
-		subjects.GetPressure:      typed(w.getPressure),
-		subjects.Analytics:        typed(w.analytics),
-		subjects.OptimizationRecs: typed(w.optimizationRecs),
-	}
-}
 
 // Run registers the micro service and its endpoints on nc and serves until
 // ctx is done. Then it stops the service, announces the stop, waits for its
@@ -158,16 +144,16 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 				handlers = w.cfg.ReadHandlers
 			}
 			for k := 1; k <= handlers; k++ {
-				name, meta := string(op)+"-"+g.id, map[string]string{"op": string(op), "device_id": g.id}
+				name, meta := string(op)+"-"+g.ID(), map[string]string{"op": string(op), "device_id": g.ID()}
 				if k > 1 {
 					name, meta["handler"] = fmt.Sprintf("%s-%d", name, k), strconv.Itoa(k)
 				}
 				err := svc.AddEndpoint(name, w.handler(ctx, op, g, fn),
-					micro.WithEndpointSubject(subjects.Request(op, g.id)),
-					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.id)),
+					micro.WithEndpointSubject(subjects.Request(op, g.ID())),
+					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.ID())),
 					micro.WithEndpointMetadata(meta))
 				if err != nil {
-					return fmt.Errorf("adding endpoint %s for %s: %w", op, g.id, err)
+					return fmt.Errorf("adding endpoint %s for %s: %w", op, g.ID(), err)
 				}
 			}
 		}
@@ -217,23 +203,6 @@ func (w *Worker) every(ctx context.Context, interval time.Duration, f func(*gpu,
 	}
 }
 
-// Locate tells where an allocation's bytes are and how many there are, for
-// in-process users that reach the backend directly (tests, embedding). The
-// location is valid until the allocation is moved, transferred or freed.
-func (w *Worker) Locate(deviceID, allocationID string) (device.Location, int64, error) {
-	g := w.gpu(deviceID)
-	if g == nil {
-		return device.Location{}, 0, fmt.Errorf("device %s: %w", deviceID, device.ErrNotFound)
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	a, ok := g.ledger[allocationID]
-	if !ok {
-		return device.Location{}, 0, fmt.Errorf("allocation %s: %w", allocationID, ErrAllocationNotFound)
-	}
-	return g.loc(a), a.SizeBytes, nil
-}
-
 // Check reports whether the worker can serve: its endpoints are up and
 // every device answers.
 func (w *Worker) Check(ctx context.Context) error {
@@ -243,8 +212,8 @@ func (w *Worker) Check(ctx context.Context) error {
 		return errors.New("not serving yet")
 	}
 	for _, g := range w.gpus {
-		if _, err := w.cfg.Backend.MemInfo(ctx, g.index); err != nil {
-			return fmt.Errorf("%s: %w", g.id, err)
+		if _, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err != nil {
+			return fmt.Errorf("%s: %w", g.ID(), err)
 		}
 	}
 	return nil

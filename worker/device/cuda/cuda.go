@@ -13,6 +13,14 @@ import (
 	"gorgonia.org/cu"
 
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// The backend's abilities, checked at compile time.
+var (
+	_ ledger.Backend       = (*Backend)(nil)
+	_ ledger.Exporter      = (*Backend)(nil)
+	_ ledger.ProcessLister = (*Backend)(nil)
 )
 
 // Config tunes the backend.

@@ -12,6 +12,14 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// The backend's abilities, checked at compile time.
+var (
+	_ ledger.Backend       = (*Backend)(nil)
+	_ ledger.Exporter      = (*Backend)(nil)
+	_ ledger.ProcessLister = (*Backend)(nil)
 )
 
 // Spec describes one simulated device.

@@ -1,8 +1,7 @@
-package worker
+package ledger
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -12,18 +11,19 @@ import (
 	"github.com/memworker/memworker/worker/device"
 )
 
-func (w *Worker) analytics(_ context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {
+// Analytics summarises the device's history over the request's window.
+func (d *Device) Analytics(req *subjects.AnalyticsRequest) subjects.AnalyticsReply {
 	now := time.Now().UTC()
 	from := now.Add(-time.Duration(req.WindowSeconds * float64(time.Second)))
 	r := subjects.AnalyticsReply{
-		DeviceID:      g.id,
+		DeviceID:      d.id,
 		WindowSeconds: req.WindowSeconds,
 		From:          from,
 		To:            now,
-		ByPurpose:     g.byPurpose(),
+		ByPurpose:     d.byPurpose(),
 	}
-	g.history.summarise(&r, from, now, req.MaxSamples)
-	return r, nil
+	d.history.summarise(&r, from, now, req.MaxSamples)
+	return r
 }
 
 // Thresholds of the recommendations.
@@ -35,13 +35,11 @@ const (
 	recFragmentation = 0.25
 )
 
-func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.OptimizationRecsRequest) (any, error) {
-	now := time.Now().UTC()
-	u, err := g.usage(ctx, now)
-	if err != nil {
-		return nil, err
-	}
-	p := w.observe(g, u)
+// Recommendations says what would relieve the device, most urgent first,
+// each with a request ready to send. u and p are the device's usage and
+// pressure now.
+func (d *Device) Recommendations(u subjects.Usage, p subjects.Pressure) subjects.OptimizationRecsReply {
+	now := u.SampledAt
 	underPressure := p.Level != subjects.LevelNormal
 	severity := func(base string) string {
 		if underPressure && base == subjects.SeverityInfo {
@@ -50,12 +48,12 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 		return base
 	}
 	var recs []subjects.Recommendation
-	frag := g.pools[device.VRAM].Fragmentation()
+	frag := d.pools[device.VRAM].Fragmentation()
 
 	expired, expiredBytes := 0, int64(0)
 	idle, idleBytes := 0, int64(0)
-	idleCutoff := now.Add(-w.cfg.IdleAfter)
-	for _, a := range g.ledger {
+	idleCutoff := now.Add(-d.cfg.IdleAfter)
+	for _, a := range d.allocs {
 		if !a.idle() {
 			continue
 		}
@@ -84,7 +82,7 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 			SuggestedAction:       action(subjects.Optimize, map[string]any{"strategies": []string{subjects.StrategyReleaseCached}}),
 		})
 	}
-	if segs, bytes := g.pools[device.VRAM].PlanCompaction(movableIn(g.owners())); segs > 0 && frag.Ratio >= recFragmentation {
+	if segs, bytes := d.pools[device.VRAM].PlanCompaction(movableIn(d.owners())); segs > 0 && frag.Ratio >= recFragmentation {
 		recs = append(recs, subjects.Recommendation{
 			Type: "defragment", Severity: severity(subjects.SeverityInfo),
 			Message:               fmt.Sprintf("the pool is %.0f%% fragmented: moving live blocks would empty %d segments (%d bytes)", frag.Ratio*100, segs, bytes),
@@ -95,32 +93,38 @@ func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.Optim
 	if idle > 0 {
 		recs = append(recs, subjects.Recommendation{
 			Type: "offload_idle", Severity: severity(subjects.SeverityInfo),
-			Message:               fmt.Sprintf("%d allocations (%d bytes) have not been used for %v", idle, idleBytes, w.cfg.IdleAfter),
+			Message:               fmt.Sprintf("%d allocations (%d bytes) have not been used for %v", idle, idleBytes, d.cfg.IdleAfter),
 			EstimatedSavingsBytes: idleBytes,
 			SuggestedAction: action(subjects.Optimize, map[string]any{
-				"strategies": []string{subjects.StrategyOffloadIdle}, "idle_seconds": w.cfg.IdleAfter.Seconds()}),
+				"strategies": []string{subjects.StrategyOffloadIdle}, "idle_seconds": d.cfg.IdleAfter.Seconds()}),
 		})
 	}
 	if underPressure {
-		if rec, ok := w.modelRec(g, u, p); ok {
+		if rec, ok := d.modelRec(u, p); ok {
 			recs = append(recs, rec)
 		}
 	}
-	rank := map[string]int{subjects.SeverityCritical: 0, subjects.SeverityWarning: 1, subjects.SeverityInfo: 2}
-	slices.SortStableFunc(recs, func(a, b subjects.Recommendation) int {
-		return cmp.Or(cmp.Compare(rank[a.Severity], rank[b.Severity]), cmp.Compare(b.EstimatedSavingsBytes, a.EstimatedSavingsBytes))
-	})
+	rank(recs)
 	if recs == nil {
 		recs = []subjects.Recommendation{}
 	}
-	return subjects.OptimizationRecsReply{DeviceID: g.id, Level: p.Level, UsageRatio: u.UsageRatio, Recommendations: recs}, nil
+	return subjects.OptimizationRecsReply{DeviceID: d.id, Level: p.Level, UsageRatio: u.UsageRatio, Recommendations: recs}
+}
+
+// rank orders recommendations by severity, most severe first, then by
+// estimated savings, largest first.
+func rank(recs []subjects.Recommendation) {
+	order := map[string]int{subjects.SeverityCritical: 0, subjects.SeverityWarning: 1, subjects.SeverityInfo: 2}
+	slices.SortStableFunc(recs, func(a, b subjects.Recommendation) int {
+		return cmp.Or(cmp.Compare(order[a.Severity], order[b.Severity]), cmp.Compare(b.EstimatedSavingsBytes, a.EstimatedSavingsBytes))
+	})
 }
 
 // modelRec recommends offloading model memory until usage is back under the
 // warning threshold (less its hysteresis margin, so the level drops).
-func (w *Worker) modelRec(g *gpu, u subjects.Usage, p subjects.Pressure) (subjects.Recommendation, bool) {
+func (d *Device) modelRec(u subjects.Usage, p subjects.Pressure) (subjects.Recommendation, bool) {
 	var resident int64
-	for _, a := range g.ledger {
+	for _, a := range d.allocs {
 		if a.ModelID != "" && a.kind == device.VRAM && !a.Persistent && a.relocatable() {
 			resident += a.ReservedBytes
 		}
@@ -128,7 +132,7 @@ func (w *Worker) modelRec(g *gpu, u subjects.Usage, p subjects.Pressure) (subjec
 	if resident == 0 {
 		return subjects.Recommendation{}, false
 	}
-	th := w.cfg.Thresholds
+	th := d.cfg.Thresholds
 	target := math.Floor((th.Warning - th.Hysteresis) * 100)
 	excess := u.UsedBytes - int64(target/100*float64(u.TotalBytes))
 	sev := subjects.SeverityWarning

@@ -1,4 +1,4 @@
-package worker
+package ledger
 
 import (
 	"context"
@@ -10,16 +10,18 @@ import (
 	"github.com/memworker/memworker/worker/device"
 )
 
-func (w *Worker) defragment(ctx context.Context, g *gpu, _ *subjects.DefragmentRequest) (any, error) {
+// Defragment compacts the VRAM pool and reports the fragmentation before
+// and after.
+func (d *Device) Defragment(ctx context.Context) (subjects.DefragmentReply, error) {
 	start := time.Now()
-	before := fragmentation(g.pools[device.VRAM].Fragmentation())
-	c, unmoved, err := g.compact(ctx)
+	before := fragmentation(d.pools[device.VRAM].Fragmentation())
+	c, unmoved, err := d.compact(ctx)
 	if err != nil {
-		return nil, err
+		return subjects.DefragmentReply{}, err
 	}
 	return subjects.DefragmentReply{
 		Before:             *before,
-		After:              *fragmentation(g.pools[device.VRAM].Fragmentation()),
+		After:              *fragmentation(d.pools[device.VRAM].Fragmentation()),
 		BlocksMoved:        len(c.Moves),
 		BytesMoved:         c.BytesMoved,
 		SegmentsReleased:   c.SegmentsReleased,
@@ -32,9 +34,9 @@ func (w *Worker) defragment(ctx context.Context, g *gpu, _ *subjects.DefragmentR
 // compact compacts the device's VRAM pool: live blocks of sparsely used
 // segments move (bytes copied by the backend) and the emptied segments go
 // back to the device. Allocation ids stay; their blocks change. Allocations
-// being transferred do not move. The caller holds mu.
-func (g *gpu) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err error) {
-	owners := g.owners()
+// being transferred do not move.
+func (d *Device) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err error) {
+	owners := d.owners()
 	for _, a := range owners {
 		if !a.relocatable() {
 			unmoved++
@@ -42,11 +44,11 @@ func (g *gpu) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err
 	}
 	movable := movableIn(owners)
 	mover := func(ctx context.Context, dst, src uint64, n int64) error {
-		return g.backend.Copy(ctx,
-			device.Location{Device: g.index, Kind: device.VRAM, Addr: dst},
-			device.Location{Device: g.index, Kind: device.VRAM, Addr: src}, n)
+		return d.backend.Copy(ctx,
+			device.Location{Device: d.index, Kind: device.VRAM, Addr: dst},
+			device.Location{Device: d.index, Kind: device.VRAM, Addr: src}, n)
 	}
-	c, err = g.pools[device.VRAM].Compact(ctx, movable, mover)
+	c, err = d.pools[device.VRAM].Compact(ctx, movable, mover)
 	// Follow the moves, also when Compact stopped half way.
 	for _, mv := range c.Moves {
 		a := owners[mv.From]
@@ -56,46 +58,44 @@ func (g *gpu) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err
 		delete(owners, mv.From)
 	}
 	if err != nil {
-		return c, unmoved, fmt.Errorf("defragmenting %s: %w", g.id, err)
+		return c, unmoved, fmt.Errorf("defragmenting %s: %w", d.id, err)
 	}
 	return c, unmoved, nil
 }
 
 // offload moves a resident VRAM allocation's bytes to pinned host memory of
 // the same device and frees its VRAM block (which stays cached in the pool
-// until released). The caller holds mu.
-func (g *gpu) offload(ctx context.Context, a *allocation, now time.Time) error {
+// until released).
+func (d *Device) offload(ctx context.Context, a *allocation, now time.Time) error {
 	if a.kind != device.VRAM || !a.relocatable() {
 		return fmt.Errorf("allocation %s cannot be offloaded now: %w", a.AllocationID, ErrConflict)
 	}
-	host, err := g.pools[device.Pinned].Alloc(ctx, a.SizeBytes, a.Alignment)
+	host, err := d.pools[device.Pinned].Alloc(ctx, a.SizeBytes, a.Alignment)
 	if err != nil {
 		return fmt.Errorf("pinned host memory for %s: %w", a.AllocationID, err)
 	}
-	dst := device.Location{Device: g.index, Kind: device.Pinned, Addr: host.Addr()}
-	if err := g.backend.Copy(ctx, dst, g.loc(a), a.SizeBytes); err != nil {
-		_ = g.pools[device.Pinned].Free(host)
+	dst := device.Location{Device: d.index, Kind: device.Pinned, Addr: host.Addr()}
+	if err := d.backend.Copy(ctx, dst, d.loc(a), a.SizeBytes); err != nil {
+		_ = d.pools[device.Pinned].Free(host)
 		return fmt.Errorf("offloading %s: %w", a.AllocationID, err)
 	}
-	if err := g.pools[device.VRAM].Free(a.block); err != nil {
+	if err := d.pools[device.VRAM].Free(a.block); err != nil {
 		return err
 	}
 	a.kind, a.block, a.ReservedBytes, a.Offloaded, a.LastUsedAt = device.Pinned, host, host.Size(), true, now
 	return nil
 }
 
-// release returns the VRAM pool's empty segments to the device. The caller
-// holds mu.
-func (g *gpu) release(ctx context.Context) (int64, error) {
-	_, bytes, err := g.pools[device.VRAM].Release(ctx)
+// release returns the VRAM pool's empty segments to the device.
+func (d *Device) release(ctx context.Context) (int64, error) {
+	_, bytes, err := d.pools[device.VRAM].Release(ctx)
 	return bytes, err
 }
 
-// owners maps the VRAM pool's allocated blocks to their allocations. The
-// caller holds mu.
-func (g *gpu) owners() map[*alloc.Block]*allocation {
+// owners maps the VRAM pool's allocated blocks to their allocations.
+func (d *Device) owners() map[*alloc.Block]*allocation {
 	owners := map[*alloc.Block]*allocation{}
-	for _, a := range g.ledger {
+	for _, a := range d.allocs {
 		if a.kind == device.VRAM {
 			owners[a.block] = a
 		}

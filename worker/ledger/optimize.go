@@ -1,4 +1,4 @@
-package worker
+package ledger
 
 import (
 	"context"
@@ -11,13 +11,13 @@ import (
 	"github.com/memworker/memworker/worker/device"
 )
 
-// optimize runs the requested strategies in order, each measured against
+// Optimize runs the requested strategies in order, each measured against
 // device truth, and stops once usage is at or below the target.
-func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeRequest) (any, error) {
+func (d *Device) Optimize(ctx context.Context, req *subjects.OptimizeRequest) (subjects.OptimizeReply, error) {
 	now := time.Now().UTC()
-	u, err := g.usage(ctx, now)
+	u, err := d.Usage(ctx, now)
 	if err != nil {
-		return nil, err
+		return subjects.OptimizeReply{}, err
 	}
 	reply := subjects.OptimizeReply{DryRun: req.DryRun, Actions: []subjects.OptimizeAction{}, UsagePercentageBefore: u.UsagePercentage}
 	met := func(pct float64) bool { return req.TargetUsagePercentage > 0 && pct <= req.TargetUsagePercentage }
@@ -30,16 +30,16 @@ func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeReq
 		var err error
 		switch s {
 		case subjects.StrategyFreeExpired:
-			act, err = g.freeExpired(now, req.DryRun)
+			act, err = d.freeExpired(now, req.DryRun)
 		case subjects.StrategyReleaseCached:
-			act, err = g.releaseCached(ctx, req.DryRun)
+			act, err = d.releaseCached(ctx, req.DryRun)
 		case subjects.StrategyDefragment:
-			act, err = g.defragmentAction(ctx, req.DryRun)
+			act, err = d.defragmentAction(ctx, req.DryRun)
 		case subjects.StrategyOffloadIdle:
-			act, err = g.offloadIdle(ctx, now, req, projected, u.TotalBytes)
+			act, err = d.offloadIdle(ctx, now, req, projected, u.TotalBytes)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("optimize %s: %w", s, err)
+			return subjects.OptimizeReply{}, fmt.Errorf("optimize %s: %w", s, err)
 		}
 		reply.Actions = append(reply.Actions, act)
 		reply.BytesFreed += act.BytesFreed
@@ -49,11 +49,10 @@ func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeReq
 	}
 	reply.UsagePercentageAfter = projected
 	if !req.DryRun {
-		after, err := g.usage(ctx, time.Now().UTC())
+		after, err := d.Usage(ctx, time.Now().UTC())
 		if err != nil {
-			return nil, err
+			return subjects.OptimizeReply{}, err
 		}
-		w.observe(g, after)
 		reply.UsagePercentageAfter = after.UsagePercentage
 	}
 	reply.TargetMet = req.TargetUsagePercentage == 0 || reply.UsagePercentageAfter <= req.TargetUsagePercentage
@@ -63,15 +62,15 @@ func (w *Worker) optimize(ctx context.Context, g *gpu, req *subjects.OptimizeReq
 // freeExpired frees allocations whose ttl has passed (the expiry loop does
 // it within a second; this does it now). Their blocks stay cached, so the
 // bytes count as freed in the pool, not on the device.
-func (g *gpu) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, error) {
+func (d *Device) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyFreeExpired}
-	for _, a := range g.sorted() {
+	for _, a := range d.sorted() {
 		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.idle() {
 			continue
 		}
 		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
 		if !dryRun {
-			if err := g.free(a); err != nil {
+			if err := d.free(a); err != nil {
 				return act, err
 			}
 		}
@@ -81,13 +80,13 @@ func (g *gpu) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, 
 }
 
 // releaseCached returns the VRAM pool's empty segments to the device.
-func (g *gpu) releaseCached(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
+func (d *Device) releaseCached(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyReleaseCached}
-	f := g.pools[device.VRAM].Fragmentation()
+	f := d.pools[device.VRAM].Fragmentation()
 	if dryRun {
 		act.BytesFreed = f.EmptySegmentBytes
 	} else {
-		n, err := g.release(ctx)
+		n, err := d.release(ctx)
 		if err != nil {
 			return act, err
 		}
@@ -99,15 +98,15 @@ func (g *gpu) releaseCached(ctx context.Context, dryRun bool) (subjects.Optimize
 
 // defragmentAction compacts the pool, or for a dry run reports what the
 // plan would release.
-func (g *gpu) defragmentAction(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
+func (d *Device) defragmentAction(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyDefragment}
 	if dryRun {
-		segs, bytes := g.pools[device.VRAM].PlanCompaction(movableIn(g.owners()))
+		segs, bytes := d.pools[device.VRAM].PlanCompaction(movableIn(d.owners()))
 		act.BytesFreed = bytes
 		act.Description = fmt.Sprintf("move live blocks out of %d sparsely used segments and release them", segs)
 		return act, nil
 	}
-	c, _, err := g.compact(ctx)
+	c, _, err := d.compact(ctx)
 	if err != nil {
 		return act, err
 	}
@@ -119,11 +118,11 @@ func (g *gpu) defragmentAction(ctx context.Context, dryRun bool) (subjects.Optim
 // offloadIdle moves allocations unused for req.IdleSeconds to pinned host
 // memory, least recently used first, until the target is met; then it
 // releases the VRAM they held. Persistent allocations stay on the device.
-func (g *gpu) offloadIdle(ctx context.Context, now time.Time, req *subjects.OptimizeRequest, pct float64, total int64) (subjects.OptimizeAction, error) {
+func (d *Device) offloadIdle(ctx context.Context, now time.Time, req *subjects.OptimizeRequest, pct float64, total int64) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyOffloadIdle}
 	cutoff := now.Add(-time.Duration(req.IdleSeconds * float64(time.Second)))
 	var idle []*allocation
-	for _, a := range g.ledger {
+	for _, a := range d.allocs {
 		if a.kind == device.VRAM && !a.Persistent && a.relocatable() && a.AllocationType == subjects.VRAM && a.LastUsedAt.Before(cutoff) {
 			idle = append(idle, a)
 		}
@@ -140,7 +139,7 @@ func (g *gpu) offloadIdle(ctx context.Context, now time.Time, req *subjects.Opti
 			break
 		}
 		if !req.DryRun {
-			if err := g.offload(ctx, a, now); err != nil {
+			if err := d.offload(ctx, a, now); err != nil {
 				return act, err
 			}
 		}
@@ -149,20 +148,10 @@ func (g *gpu) offloadIdle(ctx context.Context, now time.Time, req *subjects.Opti
 	}
 	act.BytesFreed = moved
 	if !req.DryRun {
-		if _, err := g.release(ctx); err != nil {
+		if _, err := d.release(ctx); err != nil {
 			return act, err
 		}
 	}
 	act.Description = fmt.Sprintf("offload %d allocations idle for %gs (%d bytes) to pinned host memory", len(act.AllocationIDs), req.IdleSeconds, moved)
 	return act, nil
-}
-
-// sorted lists the ledger's entries by id. The caller holds mu.
-func (g *gpu) sorted() []*allocation {
-	out := make([]*allocation, 0, len(g.ledger))
-	for _, a := range g.ledger {
-		out = append(out, a)
-	}
-	slices.SortFunc(out, func(a, b *allocation) int { return strings.Compare(a.AllocationID, b.AllocationID) })
-	return out
 }

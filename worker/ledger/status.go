@@ -1,67 +1,46 @@
-package worker
+package ledger
 
 import (
 	"context"
-	"time"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
 )
 
-func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest) (any, error) {
-	u, err := g.usage(ctx, time.Now().UTC())
-	if err != nil {
-		return nil, err
-	}
-	w.observe(g, u)
-	g.addTelemetry(ctx, &u)
-	return g.withPurposes(u), nil
-}
-
-func (w *Worker) getPressure(ctx context.Context, g *gpu, _ *subjects.PressureRequest) (any, error) {
-	u, err := g.usage(ctx, time.Now().UTC())
-	if err != nil {
-		return nil, err
-	}
-	return w.observe(g, u), nil
-}
-
-func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequest) (any, error) {
-	u, err := g.usage(ctx, time.Now().UTC())
-	if err != nil {
-		return nil, err
-	}
-	p := w.observe(g, u)
-	g.addTelemetry(ctx, &u)
-	u = g.withPurposes(u)
+// Status is get_status's reply: the device, its usage u (with purposes and
+// telemetry added) and pressure p, and what the request includes.
+func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subjects.Usage, p subjects.Pressure) *subjects.StatusReply {
+	d.AddTelemetry(ctx, &u)
+	u = d.WithPurposes(u)
+	info := d.cfg.Info
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
-			DeviceID:          g.id,
-			Node:              w.cfg.Node,
-			Index:             g.index,
-			Name:              g.info.Name,
-			UUID:              g.info.UUID,
-			Backend:           w.cfg.Backend.Name(),
-			ComputeCapability: g.info.ComputeCapability,
+			DeviceID:          d.id,
+			Node:              d.cfg.Node,
+			Index:             d.index,
+			Name:              info.Name,
+			UUID:              info.UUID,
+			Backend:           d.backend.Name(),
+			ComputeCapability: info.ComputeCapability,
 			TotalBytes:        u.TotalBytes,
 		},
 		Usage:           u,
 		Pressure:        p,
-		AllocationCount: len(g.ledger),
+		AllocationCount: len(d.allocs),
 	}
 	if req.IncludeUsageStats == nil || *req.IncludeUsageStats {
-		st.UsageStats = poolStats(g.pools[device.VRAM].Stats())
+		st.UsageStats = poolStats(d.pools[device.VRAM].Stats())
 	}
 	if req.IncludeFragmentation {
-		st.Fragmentation = fragmentation(g.pools[device.VRAM].Fragmentation())
+		st.Fragmentation = fragmentation(d.pools[device.VRAM].Fragmentation())
 	}
 	if req.IncludeAllocations {
-		all := g.list(func(*allocation) bool { return true })
+		all := d.list(func(*allocation) bool { return true })
 		st.AllocationsTruncated = len(all) > subjects.MaxStatusAllocations
 		st.Allocations = all[:min(len(all), subjects.MaxStatusAllocations)]
 	}
-	return &st, nil
+	return &st
 }
 
 func poolStats(s alloc.Stats) *subjects.PoolStats {

@@ -1,4 +1,4 @@
-package worker
+package ledger
 
 import (
 	"context"
@@ -17,17 +17,16 @@ type truth struct {
 }
 
 // deviceTruth returns the device's total and free bytes as of now. The
-// driver is asked at most once per TruthMaxAge: a reading is a driver
-// round trip (cuMemGetInfo took 5 to 7 µs on an H100, more under load, and
-// was the largest cost of a status there), while a busy device serves tens
-// of thousands of requests a second. Between readings the worker's own
-// reservations, which it knows exactly, are applied to the last one, so an
-// allocation shows at once (and its pressure check sees it); other
-// processes' use shows within TruthMaxAge. The caller holds mu.
-func (g *gpu) deviceTruth(ctx context.Context, now time.Time, reserved int64) (device.MemInfo, error) {
-	t := &g.truth
-	if t.at.IsZero() || now.Sub(t.at) >= g.truthMaxAge || now.Before(t.at) {
-		mi, err := g.backend.MemInfo(ctx, g.index)
+// driver is asked at most once per TruthMaxAge: a reading is a driver round
+// trip, the largest cost of a status (docs/performance.md), while a busy
+// device serves tens of thousands of requests a second. Between readings
+// the worker's own reservations, which it knows exactly, are applied to the
+// last one, so an allocation shows at once (and its pressure check sees
+// it); other processes' use shows within TruthMaxAge.
+func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64) (device.MemInfo, error) {
+	t := &d.truth
+	if t.at.IsZero() || now.Sub(t.at) >= d.cfg.TruthMaxAge || now.Before(t.at) {
+		mi, err := d.backend.MemInfo(ctx, d.index)
 		if err != nil {
 			*t = truth{}
 			return mi, err
@@ -49,19 +48,18 @@ type telemetry struct {
 	ok       bool
 }
 
-// addTelemetry adds what the backend's telemetry knows (NVML: processes,
+// AddTelemetry adds what the backend's telemetry knows (NVML: processes,
 // driver reservations) to u, read at most once per TelemetryMaxAge. It is
-// only for replies: a reading costs far more than the rest of a status
-// (26 to 43 µs on an H100, see BenchmarkTelemetry), too slow for every request.
-// The caller holds mu.
-func (g *gpu) addTelemetry(ctx context.Context, u *subjects.Usage) {
-	pl, ok := g.backend.(processLister)
+// only for replies: a reading costs far more than the rest of a status, too
+// much for every request.
+func (d *Device) AddTelemetry(ctx context.Context, u *subjects.Usage) {
+	pl, ok := d.backend.(ProcessLister)
 	if !ok {
 		return
 	}
-	t := &g.telemetry
-	if t.at == nil || u.SampledAt.Sub(*t.at) >= g.telemetryAge || u.SampledAt.Before(*t.at) {
-		procs, reserved, err := pl.Processes(ctx, g.index)
+	t := &d.tele
+	if t.at == nil || u.SampledAt.Sub(*t.at) >= d.cfg.TelemetryMaxAge || u.SampledAt.Before(*t.at) {
+		procs, reserved, err := pl.Processes(ctx, d.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
 		at := u.SampledAt

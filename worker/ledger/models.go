@@ -1,4 +1,4 @@
-package worker
+package ledger
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 )
 
 // models groups the ledger by model_id (allocations without one are not a
-// model's), narrowed to modelID when set. The caller holds mu.
-func (g *gpu) models(modelID string) map[string][]*allocation {
+// model's), narrowed to modelID when set.
+func (d *Device) models(modelID string) map[string][]*allocation {
 	out := map[string][]*allocation{}
-	for _, a := range g.sorted() {
+	for _, a := range d.sorted() {
 		if a.ModelID != "" && (modelID == "" || a.ModelID == modelID) {
 			out[a.ModelID] = append(out[a.ModelID], a)
 		}
@@ -23,10 +23,11 @@ func (g *gpu) models(modelID string) map[string][]*allocation {
 	return out
 }
 
-func (w *Worker) modelStatus(_ context.Context, g *gpu, req *subjects.ModelStatusRequest) (any, error) {
+// ModelStatus reports the memory of each model (or of req.ModelID).
+func (d *Device) ModelStatus(req *subjects.ModelStatusRequest) subjects.ModelStatusReply {
 	reply := subjects.ModelStatusReply{Models: []subjects.ModelMemory{}}
-	for id, allocs := range g.models(req.ModelID) {
-		m := subjects.ModelMemory{ModelID: id, DeviceID: g.id}
+	for id, allocs := range d.models(req.ModelID) {
+		m := subjects.ModelMemory{ModelID: id, DeviceID: d.id}
 		for _, a := range allocs {
 			m.Allocations++
 			if a.Persistent {
@@ -44,39 +45,38 @@ func (w *Worker) modelStatus(_ context.Context, g *gpu, req *subjects.ModelStatu
 		reply.Models = append(reply.Models, m)
 	}
 	slices.SortFunc(reply.Models, func(a, b subjects.ModelMemory) int { return strings.Compare(a.ModelID, b.ModelID) })
-	return reply, nil
+	return reply
 }
 
-// modelOptimize offloads or evicts the device-resident memory of the least
-// recently used models, one model at a time, until device usage is at or
-// below the target. Persistent allocations are touched only with force.
-func (w *Worker) modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelOptimizeRequest) (any, error) {
-	start := time.Now().UTC()
-	target := *req.TargetUsagePercentage
-	u, err := g.usage(ctx, start)
-	if err != nil {
-		return nil, err
-	}
-	details := subjects.OptimizationDetails{
-		OptimizationType:      req.OptimizationType,
-		UsagePercentageBefore: u.UsagePercentage,
-		TargetUsagePercentage: target,
-		Models:                []subjects.ModelAction{},
-	}
-	type candidate struct {
-		id       string
-		allocs   []*allocation
-		lastUsed time.Time
-	}
-	var lru []candidate
-	for id, allocs := range g.models(req.ModelID) {
+// candidate is a model whose resident memory model_optimize may act on.
+type candidate struct {
+	id       string
+	allocs   []*allocation
+	lastUsed time.Time
+}
+
+// leastRecentlyUsed orders candidates by their last use, oldest first; ties
+// by model id, so the choice is deterministic.
+func leastRecentlyUsed(c []candidate) {
+	slices.SortFunc(c, func(a, b candidate) int {
+		if n := a.lastUsed.Compare(b.lastUsed); n != 0 {
+			return n
+		}
+		return strings.Compare(a.id, b.id)
+	})
+}
+
+// candidates lists the models whose resident allocations the request may
+// offload or evict, and counts the persistent allocations it must skip.
+func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate, skippedPersistent int) {
+	for id, allocs := range d.models(req.ModelID) {
 		c := candidate{id: id}
 		for _, a := range allocs {
 			if a.kind != device.VRAM || !a.idle() || (req.OptimizationType == subjects.OptimizeOffload && !a.relocatable()) {
 				continue
 			}
 			if a.Persistent && !req.Force {
-				details.SkippedPersistent++
+				skippedPersistent++
 				continue
 			}
 			c.allocs = append(c.allocs, a)
@@ -88,13 +88,28 @@ func (w *Worker) modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelO
 			lru = append(lru, c)
 		}
 	}
-	slices.SortFunc(lru, func(a, b candidate) int {
-		if c := a.lastUsed.Compare(b.lastUsed); c != 0 {
-			return c
-		}
-		return strings.Compare(a.id, b.id)
-	})
+	leastRecentlyUsed(lru)
+	return lru, skippedPersistent
+}
 
+// ModelOptimize offloads or evicts the device-resident memory of the least
+// recently used models, one model at a time, until device usage is at or
+// below the target. Persistent allocations are touched only with force.
+func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeRequest) (subjects.ModelOptimizeReply, error) {
+	start := time.Now().UTC()
+	target := *req.TargetUsagePercentage
+	u, err := d.Usage(ctx, start)
+	if err != nil {
+		return subjects.ModelOptimizeReply{}, err
+	}
+	lru, skipped := d.candidates(req)
+	details := subjects.OptimizationDetails{
+		OptimizationType:      req.OptimizationType,
+		UsagePercentageBefore: u.UsagePercentage,
+		TargetUsagePercentage: target,
+		Models:                []subjects.ModelAction{},
+		SkippedPersistent:     skipped,
+	}
 	pct := u.UsagePercentage
 	var freed int64
 	for _, c := range lru {
@@ -106,30 +121,25 @@ func (w *Worker) modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelO
 			act.Bytes += a.ReservedBytes
 			act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
 			if req.OptimizationType == subjects.OptimizeEvict {
-				err = g.free(a)
+				err = d.free(a)
 			} else {
-				err = g.offload(ctx, a, start)
+				err = d.offload(ctx, a, start)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
+				return subjects.ModelOptimizeReply{}, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
 			}
 		}
 		details.Models = append(details.Models, act)
-		released, err := g.release(ctx)
+		released, err := d.release(ctx)
 		if err != nil {
-			return nil, err
+			return subjects.ModelOptimizeReply{}, err
 		}
 		freed += released
-		after, err := g.usage(ctx, time.Now().UTC())
+		after, err := d.Usage(ctx, time.Now().UTC())
 		if err != nil {
-			return nil, err
+			return subjects.ModelOptimizeReply{}, err
 		}
 		pct = after.UsagePercentage
-	}
-	if len(details.Models) > 0 {
-		if after, err := g.usage(ctx, time.Now().UTC()); err == nil {
-			w.observe(g, after)
-		}
 	}
 	details.UsagePercentageAfter = pct
 	details.TargetMet = pct <= target

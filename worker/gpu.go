@@ -1,0 +1,30 @@
+package worker
+
+import (
+	"sync"
+	"time"
+
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// gpu is one device the worker serves: its ledger, and what the NATS shell
+// keeps beside it. mu serialises every call of the ledger and guards the
+// rest.
+type gpu struct {
+	mu sync.Mutex
+	*ledger.Device
+	replays *replayCache
+	// lastEvent is when the last pressure event was queued; unavailable is
+	// set while the device does not answer.
+	lastEvent   time.Time
+	unavailable bool
+}
+
+func (w *Worker) gpu(id string) *gpu {
+	for _, g := range w.gpus {
+		if g.ID() == id {
+			return g
+		}
+	}
+	return nil
+}

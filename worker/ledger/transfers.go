@@ -1,0 +1,97 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// A transfer copies an allocation's bytes between devices of a host, or
+// between a device and host memory. The worker runs it as a job in three
+// steps on the ledgers involved, each under its device's lock, with the copy
+// itself between them holding no lock: Lend on the source, Receive on the
+// destination, then Settle on each. While lent, the source is busy: nothing
+// moves or frees it.
+
+// Lent is a source allocation lent to a transfer.
+type Lent struct {
+	Allocation subjects.Allocation
+	Loc        device.Location
+}
+
+// Target is where a transfer goes: the destination device's id and total
+// memory, and the type of memory.
+type Target struct {
+	DeviceID   string
+	TotalBytes int64
+	Type       subjects.AllocationType
+}
+
+// Lend checks that allocation id may go to target by mode, and marks it
+// busy until Settle (or Return, when the job never runs).
+func (d *Device) Lend(id string, target Target, mode string) (Lent, error) {
+	a, ok := d.allocs[id]
+	if !ok {
+		return Lent{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
+	}
+	kind := KindOf(target.Type)
+	if mode == subjects.ModeMove && target.DeviceID == d.id && kind == a.kind {
+		return Lent{}, Errorf(ErrInvalid, "moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.AllocationID)
+	}
+	if !a.idle() {
+		return Lent{}, fmt.Errorf("allocation %s is already being transferred: %w", a.AllocationID, ErrConflict)
+	}
+	if kind == device.VRAM && a.SizeBytes > target.TotalBytes {
+		return Lent{}, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.SizeBytes, target.DeviceID, target.TotalBytes, device.ErrOutOfMemory)
+	}
+	a.busy++
+	return Lent{Allocation: a.Allocation, Loc: d.loc(a)}, nil
+}
+
+// Return ends a loan whose transfer never ran.
+func (d *Device) Return(id string) {
+	if a, ok := d.allocs[id]; ok {
+		a.busy--
+	}
+}
+
+// Receive allocates the destination of a transfer of src, as a new
+// allocation of type t that is busy until Settle. It returns the new
+// allocation's id and where its bytes go.
+func (d *Device) Receive(ctx context.Context, src subjects.Allocation, t subjects.AllocationType, now time.Time) (string, device.Location, error) {
+	kind := KindOf(t)
+	block, err := d.pools[kind].Alloc(ctx, src.SizeBytes, src.Alignment)
+	if err != nil {
+		return "", device.Location{}, fmt.Errorf("reserving %d bytes on %s: %w", src.SizeBytes, d.id, err)
+	}
+	dest := &allocation{Allocation: src, kind: kind, block: block, busy: 1}
+	dest.AllocationID = uuid.Must(uuid.NewV7()).String()
+	dest.DeviceID, dest.ReservedBytes = d.id, block.Size()
+	dest.AllocationType, dest.Offloaded = t, false
+	dest.CreatedAt, dest.LastUsedAt = now, now
+	d.add(dest)
+	return dest.AllocationID, d.loc(dest), nil
+}
+
+// Settle ends a transfer's use of allocation id: it is no longer busy, it
+// was last used at now when touch, and it is freed when drop (a moved source, or
+// the destination of a failed transfer).
+func (d *Device) Settle(id string, touch, drop bool, now time.Time) error {
+	a, found := d.allocs[id]
+	if !found {
+		return fmt.Errorf("settling transfer of %s: %w", id, ErrAllocationNotFound)
+	}
+	a.busy--
+	if touch {
+		a.LastUsedAt = now
+	}
+	if drop {
+		return d.free(a)
+	}
+	return nil
+}

@@ -1,0 +1,157 @@
+package ledger
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Usage reads device truth and puts the worker's own figures beside it. It
+// runs after every mutation, so it leaves out what needs a walk of the
+// ledger (ByPurpose: see WithPurposes) and telemetry (AddTelemetry).
+func (d *Device) Usage(ctx context.Context, now time.Time) (subjects.Usage, error) {
+	vram, pinned := d.pools[device.VRAM].Stats(), d.pools[device.Pinned].Stats()
+	mi, err := d.deviceTruth(ctx, now, vram.ReservedBytes)
+	if err != nil {
+		return subjects.Usage{}, err
+	}
+	used := mi.TotalBytes - mi.FreeBytes
+	u := subjects.Usage{
+		DeviceID:        d.id,
+		TotalBytes:      mi.TotalBytes,
+		FreeBytes:       mi.FreeBytes,
+		UsedBytes:       used,
+		ReservedBytes:   vram.ReservedBytes,
+		AllocatedBytes:  vram.AllocatedBytes,
+		RequestedBytes:  vram.RequestedBytes,
+		CachedBytes:     vram.ReservedBytes - vram.AllocatedBytes,
+		OtherBytes:      max(used-vram.ReservedBytes, 0),
+		PinnedHostBytes: pinned.ReservedBytes,
+		Allocations:     len(d.allocs),
+		SampledAt:       now,
+	}
+	if mi.TotalBytes > 0 {
+		u.UsageRatio = float64(used) / float64(mi.TotalBytes)
+		u.UsagePercentage = u.UsageRatio * 100
+	}
+	return u, nil
+}
+
+// WithPurposes adds the split by purpose to u, for replies.
+func (d *Device) WithPurposes(u subjects.Usage) subjects.Usage {
+	u.ByPurpose = d.byPurpose()
+	return u
+}
+
+// unspecified is the purpose of allocations made without one.
+const unspecified = "unspecified"
+
+func (d *Device) byPurpose() []subjects.PurposeUsage {
+	idx := map[string]int{}
+	out := []subjects.PurposeUsage{}
+	for _, a := range d.allocs {
+		if a.kind != device.VRAM {
+			continue
+		}
+		p := a.Purpose
+		if p == "" {
+			p = unspecified
+		}
+		i, ok := idx[p]
+		if !ok {
+			i = len(out)
+			idx[p] = i
+			out = append(out, subjects.PurposeUsage{Purpose: p})
+		}
+		out[i].Allocations++
+		out[i].AllocatedBytes += a.ReservedBytes
+	}
+	slices.SortFunc(out, func(a, b subjects.PurposeUsage) int { return strings.Compare(a.Purpose, b.Purpose) })
+	return out
+}
+
+// Observe feeds device truth to the pressure tracker and returns the
+// pressure as get_pressure reports it, and whether the level changed: the
+// caller announces a change, so no level goes unannounced.
+func (d *Device) Observe(u subjects.Usage) (subjects.Pressure, bool) {
+	th := d.cfg.Thresholds
+	changed := d.pressure.Observe(th, u.UsageRatio, u.SampledAt)
+	level, prev := d.pressure.Level()
+	if changed {
+		d.history.levels.push(levelChange{at: u.SampledAt, level: level})
+	}
+	return subjects.Pressure{
+		DeviceID:          d.id,
+		Level:             level,
+		PreviousLevel:     prev,
+		UsageRatio:        u.UsageRatio,
+		WarningThreshold:  th.Warning,
+		CriticalThreshold: th.Critical,
+		UsedBytes:         u.UsedBytes,
+		FreeBytes:         u.FreeBytes,
+		TotalBytes:        u.TotalBytes,
+		ChangedAt:         d.pressure.ChangedAt(),
+		Trend:             d.pressure.Trend(),
+		SampledAt:         u.SampledAt,
+	}, changed
+}
+
+// Level is the current pressure level and the one before it.
+func (d *Device) Level() (level, previous subjects.Level) { return d.pressure.Level() }
+
+// Record keeps a sample of u, at level, in the device's history.
+func (d *Device) Record(u subjects.Usage, level subjects.Level) {
+	d.history.samples.push(subjects.Sample{
+		At:                 u.SampledAt,
+		UsedBytes:          u.UsedBytes,
+		ReservedBytes:      u.ReservedBytes,
+		AllocatedBytes:     u.AllocatedBytes,
+		UsageRatio:         u.UsageRatio,
+		FragmentationRatio: d.pools[device.VRAM].Fragmentation().Ratio,
+		Level:              level,
+	})
+}
+
+// Consumer is a user of a device's memory, as pressure events name them.
+type Consumer struct {
+	// Kind is ConsumerModel, ConsumerPurpose or ConsumerOther.
+	Kind, Name string
+	Bytes      int64
+}
+
+// Kinds of consumers.
+const (
+	ConsumerModel   = "model"
+	ConsumerPurpose = "purpose"
+	ConsumerOther   = "other_processes"
+)
+
+// Consumers lists the n largest users of the device's memory: models,
+// purposes and other processes, largest first.
+func (d *Device) Consumers(u subjects.Usage, n int) []Consumer {
+	byModel := map[string]int64{}
+	for _, a := range d.allocs {
+		if a.kind == device.VRAM && a.ModelID != "" {
+			byModel[a.ModelID] += a.ReservedBytes
+		}
+	}
+	out := []Consumer{}
+	for m, b := range byModel {
+		out = append(out, Consumer{Kind: ConsumerModel, Name: m, Bytes: b})
+	}
+	for _, p := range d.byPurpose() {
+		out = append(out, Consumer{Kind: ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
+	}
+	if u.OtherBytes > 0 {
+		out = append(out, Consumer{Kind: ConsumerOther, Name: ConsumerOther, Bytes: u.OtherBytes})
+	}
+	slices.SortFunc(out, func(a, b Consumer) int {
+		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
+	})
+	return out[:min(len(out), n)]
+}

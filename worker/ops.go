@@ -1,0 +1,125 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// ops are the operations and their handlers. Each is thin: the device's
+// lock is held (dispatch.go), the ledger acts, and the reads that observe
+// pressure announce what they find.
+func (w *Worker) ops() map[subjects.Op]opFunc {
+	return map[subjects.Op]opFunc{
+		subjects.GetStatus:        typed(w.getStatus),
+		subjects.GetUsage:         typed(w.getUsage),
+		subjects.GetAllocations:   typed(getAllocations),
+		subjects.Allocate:         typed(allocate),
+		subjects.Deallocate:       typed(deallocate),
+		subjects.Clear:            typed(clearDevice),
+		subjects.Defragment:       w.bounded(typed(defragment)),
+		subjects.Transfer:         typed(w.transfer),
+		subjects.GetTransfer:      typed(w.getTransfer),
+		subjects.Optimize:         w.bounded(typed(optimize)),
+		subjects.ModelStatus:      typed(modelStatus),
+		subjects.ModelOptimize:    w.bounded(typed(modelOptimize)),
+		subjects.GetPressure:      typed(w.getPressure),
+		subjects.Analytics:        typed(analytics),
+		subjects.OptimizationRecs: typed(w.optimizationRecs),
+	}
+}
+
+func getAllocations(_ context.Context, g *gpu, req *subjects.AllocationsRequest) (any, error) {
+	return g.Allocations(req), nil
+}
+
+func allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
+	return g.Allocate(ctx, req)
+}
+
+func deallocate(_ context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
+	return g.Deallocate(req)
+}
+
+func clearDevice(ctx context.Context, g *gpu, req *subjects.ClearRequest) (any, error) {
+	return g.Clear(ctx, req)
+}
+
+func defragment(ctx context.Context, g *gpu, _ *subjects.DefragmentRequest) (any, error) {
+	return g.Defragment(ctx)
+}
+
+func optimize(ctx context.Context, g *gpu, req *subjects.OptimizeRequest) (any, error) {
+	return g.Optimize(ctx, req)
+}
+
+func modelStatus(_ context.Context, g *gpu, req *subjects.ModelStatusRequest) (any, error) {
+	return g.ModelStatus(req), nil
+}
+
+func modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelOptimizeRequest) (any, error) {
+	return g.ModelOptimize(ctx, req)
+}
+
+func analytics(_ context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {
+	return g.Analytics(req), nil
+}
+
+// current reads g's usage now and observes its pressure.
+func (w *Worker) current(ctx context.Context, g *gpu) (subjects.Usage, subjects.Pressure, error) {
+	u, err := g.Usage(ctx, time.Now().UTC())
+	if err != nil {
+		return u, subjects.Pressure{}, err
+	}
+	return u, w.observe(g, u), nil
+}
+
+func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest) (any, error) {
+	u, _, err := w.current(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	g.AddTelemetry(ctx, &u)
+	return g.WithPurposes(u), nil
+}
+
+func (w *Worker) getPressure(ctx context.Context, g *gpu, _ *subjects.PressureRequest) (any, error) {
+	_, p, err := w.current(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequest) (any, error) {
+	u, p, err := w.current(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	return g.Status(ctx, req, u, p), nil
+}
+
+func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.OptimizationRecsRequest) (any, error) {
+	u, p, err := w.current(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	return g.Recommendations(u, p), nil
+}
+
+// Locate tells where an allocation's bytes are and how many there are, for
+// in-process users that reach the backend directly (tests, embedding). The
+// location is valid until the allocation is moved, transferred or freed.
+func (w *Worker) Locate(deviceID, allocationID string) (device.Location, int64, error) {
+	g := w.gpu(deviceID)
+	if g == nil {
+		return device.Location{}, 0, fmt.Errorf("device %s: %w", deviceID, ledger.ErrDeviceNotFound)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.Locate(allocationID)
+}
