@@ -1,0 +1,105 @@
+package ledger
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// The decisions a device makes behind its lock, as pure functions.
+
+func TestLeastRecentlyUsedPicksTheOldestModelFirst(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		in   []candidate
+		want []string
+	}{
+		{"empty", nil, nil},
+		{"oldest first", []candidate{{id: "new", lastUsed: t0.Add(time.Hour)}, {id: "old", lastUsed: t0}, {id: "mid", lastUsed: t0.Add(time.Minute)}}, []string{"old", "mid", "new"}},
+		{"ties by model id", []candidate{{id: "b", lastUsed: t0}, {id: "a", lastUsed: t0}, {id: "c", lastUsed: t0.Add(-time.Second)}}, []string{"c", "a", "b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leastRecentlyUsed(tt.in)
+			var got []string
+			for _, c := range tt.in {
+				got = append(got, c.id)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("order (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRankPutsSeverityBeforeSavings(t *testing.T) {
+	rec := func(typ, sev string, savings int64) subjects.Recommendation {
+		return subjects.Recommendation{Type: typ, Severity: sev, EstimatedSavingsBytes: savings}
+	}
+	tests := []struct {
+		name string
+		in   []subjects.Recommendation
+		want []string
+	}{
+		{"by severity", []subjects.Recommendation{rec("a", subjects.SeverityInfo, 9), rec("b", subjects.SeverityCritical, 1), rec("c", subjects.SeverityWarning, 5)}, []string{"b", "c", "a"}},
+		{"same severity by savings", []subjects.Recommendation{rec("small", subjects.SeverityInfo, 1), rec("large", subjects.SeverityInfo, 100)}, []string{"large", "small"}},
+		{"equal stays in order", []subjects.Recommendation{rec("first", subjects.SeverityInfo, 5), rec("second", subjects.SeverityInfo, 5)}, []string{"first", "second"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rank(tt.in)
+			var got []string
+			for _, r := range tt.in {
+				got = append(got, r.Type)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("order (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPageFollowsTheCursor(t *testing.T) {
+	var all []subjects.Allocation
+	for i := range 5 {
+		all = append(all, subjects.Allocation{AllocationID: fmt.Sprintf("id-%d", i)})
+	}
+	ids := func(r subjects.AllocationsReply) []string {
+		out := []string{}
+		for _, a := range r.Allocations {
+			out = append(out, a.AllocationID)
+		}
+		return out
+	}
+	tests := []struct {
+		name       string
+		cursor     string
+		limit      int
+		want       []string
+		wantCursor string
+	}{
+		{"first page", "", 2, []string{"id-0", "id-1"}, "id-1"},
+		{"next page", "id-1", 2, []string{"id-2", "id-3"}, "id-3"},
+		{"last page has no cursor", "id-3", 2, []string{"id-4"}, ""},
+		{"exactly the rest", "id-2", 2, []string{"id-3", "id-4"}, ""},
+		{"all at once", "", 10, []string{"id-0", "id-1", "id-2", "id-3", "id-4"}, ""},
+		{"cursor of a freed allocation resumes after it", "id-1x", 2, []string{"id-2", "id-3"}, "id-3"},
+		{"cursor past the end", "id-9", 2, []string{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := page(all, tt.cursor, tt.limit)
+			if diff := cmp.Diff(tt.want, ids(got)); diff != "" {
+				t.Errorf("page (-want +got):\n%s", diff)
+			}
+			if got.NextCursor != tt.wantCursor || got.TotalCount != len(all) {
+				t.Errorf("next cursor %q, total %d; want %q, %d", got.NextCursor, got.TotalCount, tt.wantCursor, len(all))
+			}
+		})
+	}
+}
