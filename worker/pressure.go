@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/memworker/memworker/events"
@@ -67,24 +66,38 @@ func consumers(cs []ledger.Consumer) []events.Consumer {
 	return out
 }
 
-// publish sends queued events until ctx is done.
-func (w *Worker) publish(ctx context.Context, pub *events.Publisher) {
+// publish sends queued events until stop is closed, and then those still
+// queued.
+func (w *Worker) publish(pub *events.Publisher, stop <-chan struct{}) {
 	for {
 		select {
-		case <-ctx.Done():
-			return
 		case data := <-w.events:
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if _, err := pub.Publish(pctx, data); err != nil {
-				if !errors.Is(err, context.Canceled) {
-					w.log.Warn("publishing pressure event", "device", data.DeviceID, "err", err)
+			w.publishOne(pub, data)
+		case <-stop:
+			for {
+				select {
+				case data := <-w.events:
+					w.publishOne(pub, data)
+				default:
+					return
 				}
-			} else {
-				w.metrics.events.WithLabelValues(data.Reason).Inc()
 			}
-			cancel()
 		}
 	}
+}
+
+// eventTimeout bounds the wait for one event's publication (a JetStream
+// ack).
+const eventTimeout = 5 * time.Second
+
+func (w *Worker) publishOne(pub *events.Publisher, data events.Pressure) {
+	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
+	defer cancel()
+	if _, err := pub.Publish(ctx, data); err != nil {
+		w.log.Warn("publishing pressure event", "device", data.DeviceID, "err", err)
+		return
+	}
+	w.metrics.events.WithLabelValues(data.Reason).Inc()
 }
 
 // sample reads a device, records it in the history, feeds its pressure,

@@ -152,22 +152,22 @@ func (w *Worker) getTransfer(_ context.Context, g *gpu, req *subjects.GetTransfe
 	return j.snapshot(time.Now().UTC()), nil
 }
 
-// runTransfers runs queued jobs until ctx is done; jobs still queued then
-// fail.
-func (w *Worker) runTransfers(ctx context.Context) {
+// runTransfers runs queued jobs with ctx until stop is closed, and then the
+// jobs still queued, so none is left queued.
+func (w *Worker) runTransfers(ctx context.Context, stop <-chan struct{}) {
 	for {
 		select {
-		case <-ctx.Done():
+		case j := <-w.transfers.queue:
+			w.runTransfer(ctx, j)
+		case <-stop:
 			for {
 				select {
 				case j := <-w.transfers.queue:
-					w.finish(ctx, j, "", ctx.Err())
+					w.runTransfer(ctx, j)
 				default:
 					return
 				}
 			}
-		case j := <-w.transfers.queue:
-			w.runTransfer(ctx, j)
 		}
 	}
 }

@@ -81,10 +81,12 @@ func (w *Worker) DeviceIDs() []string {
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Run registers the micro service and its endpoints on nc and serves until
-// ctx is done. Then it stops the service, announces the stop, waits for its
-// background work, and drains nc: requests already received are answered,
-// and once Run returns no handler runs any more (the connection is closed),
-// so the backend can be closed.
+// ctx is done. Then it stops in order: the endpoints stop taking requests
+// and every request already received is answered (with a context of its
+// own, not the cancelled ctx); then the loops stop (sampler, expiry, and the
+// transfer runners once every queued transfer has run); then the event pump
+// publishes what is queued; then the stop is announced and nc drained. Once
+// Run returns no handler runs any more, so the backend can be closed.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	pub, err := events.NewPublisher(ctx, nc, events.Options{Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream})
 	switch {
@@ -99,6 +101,59 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		return err
 	}
 	w.maxPayload = nc.MaxPayload()
+
+	// Requests, transfers and events outlive ctx: what was received before
+	// the stop is done in full during the drain.
+	serveCtx := context.WithoutCancel(ctx)
+	loopCtx, stopLoops := context.WithCancel(serveCtx)
+	defer stopLoops()
+	// Transfers still running drainTimeout after the stop are cancelled.
+	jobCtx, cancelJobs := context.WithCancel(serveCtx)
+	defer cancelJobs()
+	stopTransfers, stopPump := make(chan struct{}), make(chan struct{})
+	var loops, pump sync.WaitGroup
+	pump.Go(func() { w.publish(pub, stopPump) })
+	for range transferRunners {
+		loops.Go(func() { w.runTransfers(jobCtx, stopTransfers) })
+	}
+
+	subsBefore := nc.NumSubscriptions()
+	svc, err := w.addService(serveCtx, nc)
+	// Stopping, also when the service did not come up whole.
+	defer func() {
+		w.stopService(svc, nc, nc.NumSubscriptions()-subsBefore)
+		close(stopTransfers)
+		stopLoops()
+		deadline := time.AfterFunc(drainTimeout, cancelJobs)
+		loops.Wait()
+		deadline.Stop()
+		close(stopPump)
+		pump.Wait()
+		if svc != nil {
+			w.lifecycle(pub, events.TypeWorkerStopped, svc.Info().ID)
+		}
+		w.drain(nc)
+		w.log.Info("stopped", "node", w.cfg.Node)
+	}()
+	if err != nil {
+		return err
+	}
+	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
+		"devices", w.DeviceIDs(), "ops", len(subjects.Ops()))
+	w.lifecycle(pub, events.TypeWorkerStarted, svc.Info().ID)
+	close(w.ready)
+
+	loops.Go(func() { w.every(loopCtx, w.cfg.ExpiryInterval, w.expire) })
+	loops.Go(func() { w.every(loopCtx, w.cfg.SampleInterval, w.sample) })
+	<-ctx.Done()
+	w.log.Info("stopping: answering the requests received", "node", w.cfg.Node)
+	return nil
+}
+
+// addService registers the micro service with an endpoint per operation and
+// device, and the fleet endpoints. Handlers act with ctx. The service is
+// returned also with an error when it was registered, so it can be stopped.
+func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, error) {
 	host, _ := os.Hostname()
 	svc, err := micro.AddService(nc, micro.Config{
 		// A flood beyond an endpoint's pending limits drops messages, not
@@ -113,16 +168,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 			"host": host, "standby": strconv.FormatBool(w.cfg.Standby)},
 	})
 	if err != nil {
-		return fmt.Errorf("registering micro service: %w", err)
+		return nil, fmt.Errorf("registering micro service: %w", err)
 	}
-	instance := svc.Info().ID
-	defer func() {
-		if err := svc.Stop(); err != nil {
-			w.log.Warn("stopping micro service", "err", err)
-		}
-		w.lifecycle(pub, events.TypeWorkerStopped, instance)
-		w.drain(nc)
-	}()
 	// Each device's level is announced (queued for the publisher) before
 	// the first request can change it, so the startup event tells the
 	// level the worker found.
@@ -153,38 +200,47 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.ID())),
 					micro.WithEndpointMetadata(meta))
 				if err != nil {
-					return fmt.Errorf("adding endpoint %s for %s: %w", op, g.ID(), err)
+					return svc, fmt.Errorf("adding endpoint %s for %s: %w", op, g.ID(), err)
 				}
 			}
 		}
 	}
 	for _, op := range subjects.FleetOps() {
-		err := svc.AddEndpoint(string(op)+"-"+subjects.Fleet, w.fleetHandler(ctx, op, ops[op], instance),
+		err := svc.AddEndpoint(string(op)+"-"+subjects.Fleet, w.fleetHandler(ctx, op, ops[op], svc.Info().ID),
 			micro.WithEndpointSubject(subjects.FleetRequest(op)),
 			micro.WithEndpointQueueGroup(subjects.NodeQueueGroup(w.cfg.Node)),
 			micro.WithEndpointMetadata(map[string]string{"op": string(op), "device_id": subjects.Fleet, "node": w.cfg.Node}))
 		if err != nil {
-			return fmt.Errorf("adding fleet endpoint %s: %w", op, err)
+			return svc, fmt.Errorf("adding fleet endpoint %s: %w", op, err)
 		}
 	}
 	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("subscribing: %w", err)
+		return svc, fmt.Errorf("subscribing: %w", err)
 	}
-	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
-		"devices", w.DeviceIDs(), "ops", len(ops))
-	w.lifecycle(pub, events.TypeWorkerStarted, instance)
-	close(w.ready)
+	return svc, nil
+}
 
-	var wg sync.WaitGroup
-	wg.Go(func() { w.publish(ctx, pub) })
-	wg.Go(func() { w.every(ctx, w.cfg.ExpiryInterval, w.expire) })
-	wg.Go(func() { w.every(ctx, w.cfg.SampleInterval, w.sample) })
-	for range transferRunners {
-		wg.Go(func() { w.runTransfers(ctx) })
+// stopService stops svc's endpoints and waits, at most drainTimeout, until
+// each of its subs subscriptions has answered every request it received: a
+// drained subscription leaves the connection once its last handler has
+// returned.
+func (w *Worker) stopService(svc micro.Service, nc *nats.Conn, subs int) {
+	if svc == nil {
+		return
 	}
-	<-ctx.Done()
-	wg.Wait()
-	return nil
+	left := nc.NumSubscriptions() - subs
+	if err := svc.Stop(); err != nil {
+		w.log.Warn("stopping micro service", "err", err)
+		return
+	}
+	deadline := time.Now().Add(drainTimeout)
+	for nc.NumSubscriptions() > left && !nc.IsClosed() {
+		if time.Now().After(deadline) {
+			w.log.Warn("requests still being answered; stopping anyway", "after", drainTimeout)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // every calls f for each device at each tick of interval until ctx is done.
