@@ -67,7 +67,7 @@ func TestComposeFileAgreesWithTheWorker(t *testing.T) {
 	nodes := map[string]string{}
 	for name, svc := range workers {
 		var c cli
-		parser, err := kong.New(&c, kong.Name("memworker"), kong.Exit(func(int) { t.Fatalf("%s: kong exited", name) }))
+		parser, err := kong.New(&c, kong.Name("memworker"), defaults(), kong.Exit(func(int) { t.Fatalf("%s: kong exited", name) }))
 		if err != nil {
 			t.Fatal(err)
 		}

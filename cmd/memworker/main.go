@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -43,14 +44,14 @@ type cli struct {
 	SimDevices int    `name:"sim-devices" default:"2" help:"sim backend: number of devices."`
 	SimMemory  string `name:"sim-memory" default:"16GiB" help:"sim backend: memory per device (bytes or a size such as 16GiB)."`
 
-	WarningThreshold  float64       `name:"warning-threshold" default:"0.85" help:"Usage ratio at which pressure is warning."`
-	CriticalThreshold float64       `name:"critical-threshold" default:"0.95" help:"Usage ratio at which pressure is critical."`
-	ExpiryInterval    time.Duration `name:"expiry-interval" default:"1s" help:"How often allocations past their ttl are freed."`
-	SampleInterval    time.Duration `name:"sample-interval" default:"5s" help:"How often devices are sampled for pressure and history."`
-	ReadHandlers      int           `name:"read-handlers" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
-	TruthMaxAge       time.Duration `name:"truth-max-age" default:"1ms" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
-	TelemetryMaxAge   time.Duration `name:"telemetry-max-age" default:"1s" help:"How old NVML's process list in a status or usage reply may be (it is read at most this often per device)."`
-	CriticalRepeat    time.Duration `name:"critical-repeat" default:"30s" help:"How often a critical level is announced again."`
+	WarningThreshold  float64       `name:"warning-threshold" default:"${warning}" help:"Usage ratio at which pressure is warning."`
+	CriticalThreshold float64       `name:"critical-threshold" default:"${critical}" help:"Usage ratio at which pressure is critical."`
+	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How often allocations past their ttl are freed."`
+	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
+	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
+	TruthMaxAge       time.Duration `name:"truth-max-age" default:"${truth_max_age}" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
+	TelemetryMaxAge   time.Duration `name:"telemetry-max-age" default:"${telemetry_max_age}" help:"How old NVML's process list in a status or usage reply may be (it is read at most this often per device)."`
+	CriticalRepeat    time.Duration `name:"critical-repeat" default:"${critical_repeat}" help:"How often a critical level is announced again."`
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
 
@@ -60,9 +61,25 @@ type cli struct {
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level."`
 }
 
+// defaults are the flags' defaults, taken from the worker's own so they
+// are stated once.
+func defaults() kong.Vars {
+	d := worker.DefaultConfig()
+	return kong.Vars{
+		"warning":           strconv.FormatFloat(d.Thresholds.Warning, 'g', -1, 64),
+		"critical":          strconv.FormatFloat(d.Thresholds.Critical, 'g', -1, 64),
+		"expiry":            d.ExpiryInterval.String(),
+		"sample":            d.SampleInterval.String(),
+		"read_handlers":     strconv.Itoa(d.ReadHandlers),
+		"truth_max_age":     d.TruthMaxAge.String(),
+		"telemetry_max_age": d.TelemetryMaxAge.String(),
+		"critical_repeat":   d.CriticalRepeat.String(),
+	}
+}
+
 func main() {
 	var c cli
-	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."))
+	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."), defaults())
 	log := newLogger(c.LogFormat, c.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -72,7 +89,9 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, c *cli, log *slog.Logger) error {
+// config is the worker's configuration the flags describe, without a
+// backend.
+func config(c *cli, log *slog.Logger) worker.Config {
 	cfg := worker.DefaultConfig()
 	cfg.Logger = log
 	cfg.Node = c.Node
@@ -86,12 +105,15 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	cfg.SampleInterval = c.SampleInterval
 	cfg.TelemetryMaxAge = c.TelemetryMaxAge
 	cfg.TruthMaxAge = c.TruthMaxAge
-	if c.ReadHandlers != 0 {
-		cfg.ReadHandlers = c.ReadHandlers
-	}
+	cfg.ReadHandlers = c.ReadHandlers
 	cfg.CriticalRepeat = c.CriticalRepeat
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
+	return cfg
+}
+
+func run(ctx context.Context, c *cli, log *slog.Logger) error {
+	cfg := config(c, log)
 
 	backend, closeBackend, err := openBackend(c, log)
 	if err != nil {

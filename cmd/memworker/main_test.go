@@ -10,18 +10,48 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alecthomas/kong"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func defaults() *cli {
-	return &cli{Listen: "127.0.0.1", Port: -1, Backend: "sim", SimDevices: 2, SimMemory: "16GiB",
-		WarningThreshold: 0.85, CriticalThreshold: 0.95, ExpiryInterval: time.Second,
-		SampleInterval: 5 * time.Second, CriticalRepeat: 30 * time.Second, TelemetryMaxAge: time.Second, TruthMaxAge: time.Millisecond, ReadHandlers: 1}
+// parse parses args as memworker does.
+func parse(t *testing.T, args ...string) *cli {
+	t.Helper()
+	c := new(cli)
+	k, err := kong.New(c, defaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// testCLI is the flags of a test daemon: the defaults, on a free port, on
+// the sim.
+func testCLI(t *testing.T) *cli {
+	return parse(t, "--port=-1", "--backend=sim", "--read-handlers=1")
+}
+
+// TestFlagDefaultsAreTheWorkersDefaults: with no flags the daemon runs the
+// worker's DefaultConfig, stated once.
+func TestFlagDefaultsAreTheWorkersDefaults(t *testing.T) {
+	c := parse(t)
+	c.Node = "n"
+	got, want := config(c, nil), worker.DefaultConfig()
+	want.Node = "n"
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreUnexported(worker.Config{})); diff != "" {
+		t.Errorf("config from no flags (-want +got):\n%s", diff)
+	}
 }
 
 // TestServesOnAnExistingServerAndStopsCleanly runs the daemon against a
@@ -36,7 +66,7 @@ func TestServesOnAnExistingServerAndStopsCleanly(t *testing.T) {
 	if !srv.ReadyForConnections(5 * time.Second) {
 		t.Fatal("server not ready")
 	}
-	c := defaults()
+	c := testCLI(t)
 	c.NatsURL = srv.ClientURL()
 	c.Node = "cmdtest"
 	c.SimMemory = "1GiB"
@@ -79,7 +109,7 @@ func TestServesOnAnExistingServerAndStopsCleanly(t *testing.T) {
 }
 
 func TestEmbeddedServerStartsAndStops(t *testing.T) {
-	c := defaults()
+	c := testCLI(t)
 	c.Node = "embedded"
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -95,7 +125,7 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		"thresholds": func(c *cli) { c.WarningThreshold = 0.99 },
 		"node":       func(c *cli) { c.Node = "bad.node" },
 	} {
-		c := defaults()
+		c := testCLI(t)
 		c.NatsURL = "nats://127.0.0.1:1" // never reached
 		mutate(c)
 		if err := run(context.Background(), c, quiet()); err == nil {
@@ -118,7 +148,7 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	if err := os.WriteFile(path, conf, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := defaults()
+	c := testCLI(t)
 	c.Node = "conf"
 	c.NatsConfig = path
 	c.User, c.Password = "worker", "change-me-worker"
