@@ -266,7 +266,11 @@ func checkLedger(t *testing.T, nc *nats.Conn, h *host, dev string, index int) su
 // worker answers).
 func serviceInfo(t testing.TB, nc *nats.Conn) micro.Info {
 	t.Helper()
-	msg, err := nc.Request("$SRV.INFO."+worker.ServiceName, nil, 5*time.Second)
+	subject, err := micro.ControlSubject(micro.InfoVerb, worker.ServiceName, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(subject, nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

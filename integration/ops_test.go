@@ -320,7 +320,8 @@ func TestQueueGroupAnswersOnce(t *testing.T) {
 	counts := map[string]int{}
 	// Ask each instance for its stats through micro's per-id subject.
 	sub, _ := nc.SubscribeSync(nats.NewInbox())
-	_ = nc.PublishRequest("$SRV.STATS."+worker.ServiceName, sub.Subject, nil)
+	stats, _ := micro.ControlSubject(micro.StatsVerb, worker.ServiceName, "")
+	_ = nc.PublishRequest(stats, sub.Subject, nil)
 	for i := 0; i < 2; i++ {
 		m, err := sub.NextMsg(2 * time.Second)
 		if err != nil {

@@ -100,32 +100,26 @@ func (r *AllocationsRequest) Validate() error {
 	if len(r.Cursor) > MaxIDLen {
 		return Invalid("cursor is longer than %d bytes", MaxIDLen)
 	}
-	return r.validateFilters()
-}
-
-func (r *AllocationsRequest) validateFilters() error {
-	t, err := normaliseType(r.AllocationType, "")
-	if err != nil {
-		return err
-	}
-	r.AllocationType = t
-	if err := checkLabel("purpose", r.Purpose); err != nil {
-		return err
-	}
-	return checkLabel("model_id", r.ModelID)
+	return validateFilter(&r.AllocationType, r.Purpose, r.ModelID)
 }
 
 // Validate checks a clear payload.
 func (r *ClearRequest) Validate() error {
-	t, err := normaliseType(r.AllocationType, "")
+	return validateFilter(&r.AllocationType, r.Purpose, r.ModelID)
+}
+
+// validateFilter checks the filters get_allocations and clear share, and
+// normalises the type's letter case.
+func validateFilter(t *AllocationType, purpose, modelID string) error {
+	n, err := normaliseType(*t, "")
 	if err != nil {
 		return err
 	}
-	r.AllocationType = t
-	if err := checkLabel("purpose", r.Purpose); err != nil {
+	*t = n
+	if err := checkLabel("purpose", purpose); err != nil {
 		return err
 	}
-	return checkLabel("model_id", r.ModelID)
+	return checkLabel("model_id", modelID)
 }
 
 // normaliseType accepts an allocation type in any letter case; empty means

@@ -25,7 +25,11 @@ var ErrNodeTaken = errors.New("node is already served")
 func (w *Worker) checkNode(ctx context.Context, nc *nats.Conn) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.DiscoveryWait+time.Second)
 	defer cancel()
-	msgs, err := natsext.RequestMany(ctx, nc, "$SRV.INFO."+ServiceName, nil, natsext.RequestManyStall(w.cfg.DiscoveryWait))
+	subject, err := micro.ControlSubject(micro.InfoVerb, ServiceName, "")
+	if err != nil {
+		return err
+	}
+	msgs, err := natsext.RequestMany(ctx, nc, subject, nil, natsext.RequestManyStall(w.cfg.DiscoveryWait))
 	if err != nil {
 		return fmt.Errorf("discovering workers: %w", err)
 	}
