@@ -78,10 +78,10 @@ type Config struct {
 // Version is the worker's release.
 const Version = "0.1.0"
 
-// DefaultReadHandlers is one read handler per 4 cores, at most 4: on a
-// 16-core H100 host 4 served bursts of 8 concurrent statuses at 0.81x a
-// bare echo against 0.71 to 0.75x with 1, while on 2 cores the extra
-// goroutines cost more than they gave.
+// DefaultReadHandlers is one read handler per 4 cores, at most 4: with many
+// cores, concurrent reads of one device are served faster in parallel;
+// with few, the extra goroutines cost more than they give (membench's
+// figures in docs/performance.md).
 func DefaultReadHandlers() int { return min(4, max(1, runtime.GOMAXPROCS(0)/4)) }
 
 // DefaultConfig returns a Config with every optional field set.

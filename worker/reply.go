@@ -16,10 +16,10 @@ import (
 //
 // The data is encoded with goccy/go-json, which writes the same bytes as
 // encoding/json (TestReplyEncodingMatchesEncodingJSON checks every reply
-// type) about three times faster. The envelope is written by hand:
-// marshalling a struct holding already encoded data as a json.RawMessage
-// would scan and compact those bytes again, which was the largest cost of a
-// get_status in the first profile.
+// type) faster. The envelope is written by hand: marshalling a struct
+// holding already encoded data as a json.RawMessage would scan and compact
+// those bytes again, the largest cost of a get_status when profiled
+// (docs/performance.md).
 type replyWriter struct {
 	buf bytes.Buffer
 	enc *gojson.Encoder

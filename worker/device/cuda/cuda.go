@@ -156,8 +156,8 @@ func (g *gpu) run(ready chan<- error) {
 // here runs f on the calling goroutine's thread with the device's context
 // made current, for short driver calls that every status and every
 // mutation make: handing them to the device's thread (a channel round trip
-// and two goroutine wake-ups) took 17 µs of the 25 µs a cuMemGetInfo cost
-// on an H100, the call itself 7 (BenchmarkTelemetry).
+// and two goroutine wake-ups) costs more than such a call itself
+// (BenchmarkTelemetry; figures in docs/performance.md).
 func (g *gpu) here(f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
