@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
@@ -49,8 +50,15 @@ func clearDevice(ctx context.Context, g *gpu, req *subjects.ClearRequest) (any, 
 	return g.Clear(ctx, req)
 }
 
+// defragment compacts a segment at a time and lets the device's other
+// requests in between: it is called holding g.mu (act), which it lets go
+// and takes again after each step.
 func defragment(ctx context.Context, g *gpu, _ *subjects.DefragmentRequest) (any, error) {
-	return g.Defragment(ctx)
+	return g.Defragment(ctx, func() {
+		g.mu.Unlock()
+		runtime.Gosched()
+		g.mu.Lock()
+	})
 }
 
 func optimize(ctx context.Context, g *gpu, req *subjects.OptimizeRequest) (any, error) {

@@ -26,34 +26,63 @@ type Compaction struct {
 // Compact moves live blocks out of the least used segments into free space
 // of the others, so whole segments empty and go back to the Source. Blocks
 // for which movable says false stay put, and so do the segments holding
-// them. It plans per size class: the k least used segments whose live bytes
-// fit in the free space of the rest are evacuated, into the rest only. A
-// failed copy stops it; every block is valid either way (callers must follow
-// Moves to learn the new blocks).
+// them. It goes step by step (CompactStep) until no step makes progress. A
+// failed copy stops it; every block is valid either way (callers must
+// follow Moves to learn the new blocks).
 func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Mover) (Compaction, error) {
 	var c Compaction
+	// Each step releases a segment or ends; the bound is insurance.
+	for steps := 2*len(p.segments) + 1; steps > 0; steps-- {
+		step, done, err := p.CompactStep(ctx, movable, move)
+		c.add(step)
+		if err != nil || done {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// CompactStep is one step of Compact: it plans from the pool as it is now
+// and evacuates one segment, so a caller may let others use the pool
+// between steps. It plans per size class: the k least used segments whose
+// live bytes fit in the free space of the rest are the candidates, and the
+// first is evacuated into the rest only, then released. done reports that
+// there is nothing (more) to gain.
+func (p *Pool) CompactStep(ctx context.Context, movable func(*Block) bool, move Mover) (c Compaction, done bool, err error) {
 	for _, small := range []bool{true, false} {
 		victims := p.plan(small, movable)
+		if len(victims) == 0 {
+			continue
+		}
 		skip := make(map[*segment]bool, len(victims))
 		for _, s := range victims {
 			skip[s] = true
 		}
-		for _, seg := range victims {
-			if err := p.evacuate(ctx, seg, skip, move, &c); err != nil {
-				return c, err
-			}
-			if b := seg.first; b.free && b.next == nil {
-				p.uncache(b)
-				if err := p.dropSegment(ctx, seg); err != nil {
-					p.cache(b)
-					return c, err
-				}
-				c.SegmentsReleased++
-				c.BytesReleased += seg.size
-			}
+		seg := victims[0]
+		if err := p.evacuate(ctx, seg, skip, move, &c); err != nil {
+			return c, true, err
 		}
+		if b := seg.first; b.free && b.next == nil {
+			p.uncache(b)
+			if err := p.dropSegment(ctx, seg); err != nil {
+				p.cache(b)
+				return c, true, err
+			}
+			c.SegmentsReleased++
+			c.BytesReleased += seg.size
+		}
+		// A step that could move nothing (no block fits elsewhere) ends
+		// the compaction rather than planning the same segment again.
+		return c, len(c.Moves) == 0 && c.SegmentsReleased == 0, nil
 	}
-	return c, nil
+	return c, true, nil
+}
+
+func (c *Compaction) add(o Compaction) {
+	c.Moves = append(c.Moves, o.Moves...)
+	c.BytesMoved += o.BytesMoved
+	c.SegmentsReleased += o.SegmentsReleased
+	c.BytesReleased += o.BytesReleased
 }
 
 // PlanCompaction reports how many segments, of how many bytes, Compact

@@ -11,11 +11,13 @@ import (
 )
 
 // Defragment compacts the VRAM pool and reports the fragmentation before
-// and after.
-func (d *Device) Defragment(ctx context.Context) (subjects.DefragmentReply, error) {
+// and after. It goes a segment at a time and calls yield between segments
+// (when not nil), where its owner may let other requests use the device:
+// each step plans from the ledger as it is then.
+func (d *Device) Defragment(ctx context.Context, yield func()) (subjects.DefragmentReply, error) {
 	start := time.Now()
 	before := fragmentation(d.pools[device.VRAM].Fragmentation())
-	c, unmoved, err := d.compact(ctx)
+	c, unmoved, err := d.compact(ctx, yield)
 	if err != nil {
 		return subjects.DefragmentReply{}, err
 	}
@@ -31,34 +33,48 @@ func (d *Device) Defragment(ctx context.Context) (subjects.DefragmentReply, erro
 	}, nil
 }
 
-// compact compacts the device's VRAM pool: live blocks of sparsely used
-// segments move (bytes copied by the backend) and the emptied segments go
-// back to the device. Allocation ids stay; their blocks change. Allocations
-// being transferred do not move.
-func (d *Device) compact(ctx context.Context) (c alloc.Compaction, unmoved int, err error) {
-	owners := d.owners()
-	for _, a := range owners {
+// compact compacts the device's VRAM pool a segment at a time: live blocks
+// of sparsely used segments move (bytes copied by the backend) and the
+// emptied segments go back to the device. Allocation ids stay; their
+// blocks change. Allocations being transferred or exported do not move.
+// yield, when not nil, runs between steps. unmoved counts the allocations
+// that could not move when it started.
+func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction, unmoved int, err error) {
+	for _, a := range d.owners() {
 		if !a.relocatable() {
 			unmoved++
 		}
 	}
-	movable := movableIn(owners)
 	mover := func(ctx context.Context, dst, src uint64, n int64) error {
 		return d.backend.Copy(ctx,
 			device.Location{Device: d.index, Kind: device.VRAM, Addr: dst},
 			device.Location{Device: d.index, Kind: device.VRAM, Addr: src}, n)
 	}
-	c, err = d.pools[device.VRAM].Compact(ctx, movable, mover)
-	// Follow the moves, also when Compact stopped half way.
-	for _, mv := range c.Moves {
-		a := owners[mv.From]
-		a.block = mv.To
-		a.ReservedBytes = mv.To.Size()
-		owners[mv.To] = a
-		delete(owners, mv.From)
-	}
-	if err != nil {
-		return c, unmoved, fmt.Errorf("defragmenting %s: %w", d.id, err)
+	pool := d.pools[device.VRAM]
+	for steps := 2*pool.Stats().Segments + 1; steps > 0; steps-- {
+		owners := d.owners()
+		step, done, err := pool.CompactStep(ctx, movableIn(owners), mover)
+		// Follow the moves, also when the step stopped half way.
+		for _, mv := range step.Moves {
+			a := owners[mv.From]
+			a.block = mv.To
+			a.ReservedBytes = mv.To.Size()
+			owners[mv.To] = a
+			delete(owners, mv.From)
+		}
+		c.Moves = append(c.Moves, step.Moves...)
+		c.BytesMoved += step.BytesMoved
+		c.SegmentsReleased += step.SegmentsReleased
+		c.BytesReleased += step.BytesReleased
+		if err != nil {
+			return c, unmoved, fmt.Errorf("defragmenting %s: %w", d.id, err)
+		}
+		if done {
+			break
+		}
+		if yield != nil {
+			yield()
+		}
 	}
 	return c, unmoved, nil
 }

@@ -140,7 +140,7 @@ func TestExportedAllocationsCarryAHandle(t *testing.T) {
 	if !a.Exported || a.IPCHandle == "" {
 		t.Fatalf("exported allocation %+v", a)
 	}
-	rep, err := d.Defragment(ctx)
+	rep, err := d.Defragment(ctx, nil)
 	if err != nil || rep.UnmovedAllocations != 1 || rep.BlocksMoved != 0 {
 		t.Errorf("defragment with an exported allocation: %+v, %v", rep, err)
 	}
@@ -302,9 +302,13 @@ func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 	if err != nil || dry.BytesFreed == 0 {
 		t.Fatalf("dry run: %+v, %v", dry, err)
 	}
-	rep, err := d.Defragment(ctx)
+	steps := 0
+	rep, err := d.Defragment(ctx, func() { steps++ })
 	if err != nil || rep.BlocksMoved == 0 || rep.SegmentsReleased == 0 || rep.BytesMoved == 0 {
 		t.Fatalf("defragment: %+v, %v", rep, err)
+	}
+	if rep.SegmentsReleased > 1 && steps == 0 {
+		t.Errorf("%d segments released in one step: nothing could come in between", rep.SegmentsReleased)
 	}
 	for _, a := range keep {
 		loc, n, err := d.Locate(a.AllocationID)

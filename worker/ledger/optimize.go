@@ -106,7 +106,7 @@ func (d *Device) defragmentAction(ctx context.Context, dryRun bool) (subjects.Op
 		act.Description = fmt.Sprintf("move live blocks out of %d sparsely used segments and release them", segs)
 		return act, nil
 	}
-	c, _, err := d.compact(ctx)
+	c, _, err := d.compact(ctx, nil)
 	if err != nil {
 		return act, err
 	}

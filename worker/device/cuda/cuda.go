@@ -350,7 +350,32 @@ func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
 // copied: on one device (cuMemcpyDtoD), between devices (cuMemcpyPeer,
 // direct where peer access is on), host to device and back
 // (cuMemcpyHtoD/DtoH from pinned memory), or host to host.
-func (b *Backend) Copy(_ context.Context, dst, src device.Location, n int64) error {
+func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) error {
+	// Ranges of one memory that overlap are copied whole: a copy in chunks
+	// could overwrite source bytes before it reads them.
+	if dst.Device == src.Device && dst.Kind == src.Kind && dst.Addr < src.Addr+uint64(n) && src.Addr < dst.Addr+uint64(n) {
+		return b.copy(dst, src, n)
+	}
+	for off := int64(0); off < n; off += copyChunk {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
+		}
+		d, s := dst, src
+		d.Addr += uint64(off)
+		s.Addr += uint64(off)
+		if err := b.copy(d, s, min(copyChunk, n-off)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyChunk bounds one driver copy, so a cancelled context stops a long
+// copy between chunks (a driver copy cannot be interrupted).
+const copyChunk = 256 << 20
+
+// copy copies n bytes with one driver call.
+func (b *Backend) copy(dst, src device.Location, n int64) error {
 	if n <= 0 {
 		return nil
 	}

@@ -20,6 +20,41 @@ import (
 
 var _ worker.Backend = (*cuda.Backend)(nil)
 
+// TestCopyHonoursItsContext: a cancelled context stops a copy between
+// chunks, and a live one copies every chunk.
+func TestCopyHonoursItsContext(t *testing.T) {
+	b := open(t, cuda.Config{})
+	ctx := context.Background()
+	n := GiB
+	src, err := b.Alloc(ctx, 0, device.VRAM, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Free(ctx, 0, device.VRAM, src)
+	dst, err := b.Alloc(ctx, 0, device.VRAM, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Free(ctx, 0, device.VRAM, dst)
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	at := func(addr uint64) device.Location { return device.Location{Device: 0, Kind: device.VRAM, Addr: addr} }
+	if err := b.Copy(cancelled, at(dst), at(src), n); !errors.Is(err, context.Canceled) {
+		t.Errorf("copy with a cancelled context: %v, want context.Canceled", err)
+	}
+	want := pattern(n, 7)
+	if err := b.Write(ctx, at(src), want); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Copy(ctx, at(dst), at(src), n); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, n)
+	if err := b.Read(ctx, at(dst), got); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("a 1 GiB copy in chunks: content differs (%v)", err)
+	}
+}
+
 const (
 	MiB = int64(1) << 20
 	GiB = int64(1) << 30

@@ -1,0 +1,57 @@
+package worker
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// TestDefragmentLetsOtherRequestsThrough: a defragment copies a segment at
+// a time and lets the device's other requests in between, so a status
+// asked while it copies is answered before it ends.
+func TestDefragmentLetsOtherRequestsThrough(t *testing.T) {
+	w, b := testWorker(t, "defrag", nil)
+	var ids []string
+	for range 64 {
+		g := w.gpus[0]
+		g.mu.Lock()
+		data, err := w.ops()[subjects.Allocate](t.Context(), g, []byte(`{"size_bytes":524288}`))
+		g.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, data.(subjects.Allocation).AllocationID)
+	}
+	for i, id := range ids {
+		if i%4 != 0 {
+			if err := actOn(t, w, subjects.Deallocate, fmt.Sprintf(`{"data":{"allocation_id":%q}}`, id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b.SetCopyDelay(20 * time.Millisecond)
+	env, err := subjects.DecodeRequest([]byte(`{}`), subjects.Defragment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.act(t.Context(), subjects.Defragment, w.gpus[0], env, w.ops()[subjects.Defragment], newReplyWriter())
+		done <- err
+	}()
+	time.Sleep(30 * time.Millisecond) // into its first copy
+	if err := actOn(t, w, subjects.GetUsage, `{}`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the status waited for the whole defragment (%v)", err)
+	default:
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkBooks(t, w, b)
+}
