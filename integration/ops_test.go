@@ -241,6 +241,43 @@ func TestMutationsAreIdempotentByRequestID(t *testing.T) {
 	}
 }
 
+// TestAnAllocateRetryNeverAllocatesTwice: a retry of an allocate whose
+// reply the cache has long dropped (more newer mutations than it keeps)
+// gets the same allocation, not a second one; a retry respelled is the
+// same request.
+func TestAnAllocateRetryNeverAllocatesTwice(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withConfig(func(c *worker.Config) { c.IdempotencyEntries = 10 }))
+	nc := connect(t, srv)
+	body := []byte(`{"request_id":"late-retry","data":{"size_bytes":1048576,"purpose":"p"}}`)
+	var first subjects.Allocation
+	if _, err := subjects.DecodeReply(request(t, nc, subjects.Allocate, "n1-gpu0", body).Data, &first); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 25 {
+		other, _ := subjects.NewRequest(fmt.Sprint("other-", i), subjects.Allocate, subjects.AllocateRequest{SizeBytes: 4096})
+		if _, err := subjects.DecodeReply(request(t, nc, subjects.Allocate, "n1-gpu0", other).Data, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, retry := range []string{string(body), `{"Data":{"Purpose":"p","SizeBytes":1048576},"RequestId":"late-retry"}`} {
+		var again subjects.Allocation
+		if _, err := subjects.DecodeReply(request(t, nc, subjects.Allocate, "n1-gpu0", []byte(retry)).Data, &again); err != nil {
+			t.Fatalf("retry %s: %v", retry, err)
+		}
+		if again.AllocationID != first.AllocationID {
+			t.Errorf("retry %s allocated %s, want the first allocation %s", retry, again.AllocationID, first.AllocationID)
+		}
+	}
+	callErr(t, nc, subjects.Allocate, "n1-gpu0", []byte(`{"request_id":"late-retry","data":{"size_bytes":2097152}}`), subjects.CodeConflict)
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, "n1-gpu0", subjects.AllocationsRequest{Purpose: "p"}, &page)
+	if page.TotalCount != 1 {
+		t.Errorf("%d allocations of the retried request, want 1", page.TotalCount)
+	}
+	checkLedger(t, nc, h, "n1-gpu0", 0)
+}
+
 func TestRequestsWithoutReplySubjectDoNothing(t *testing.T) {
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1")

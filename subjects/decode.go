@@ -1,6 +1,7 @@
 package subjects
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,18 +12,20 @@ import (
 
 // Decode decodes a JSON request body into v strictly: keys may be
 // snake_case, PascalCase or camelCase (a .NET client without a naming policy
-// sends DeviceId), unknown keys and trailing data are refused, and every
-// failure is an INVALID_REQUEST *Error that names the offending field.
+// sends DeviceId), exactly so (checkKeys); unknown and repeated keys and
+// trailing data are refused, and every failure is an INVALID_REQUEST *Error
+// that names the offending field.
 //
 // It decodes with goccy/go-json's Unmarshal: the same rules as
 // encoding/json's Decoder with DisallowUnknownFields, at a fraction of the
 // cost (BenchmarkDecode).
 func Decode(body []byte, v any) error {
-	if needsKeyNormalising(body) {
-		var err error
-		if body, err = normaliseKeys(body); err != nil {
-			return err
-		}
+	rewrite, err := checkKeys(body)
+	if err != nil {
+		return err
+	}
+	if rewrite {
+		body = snakeKeys(body)
 	}
 	if err := gojson.UnmarshalWithOption(body, v, disallowUnknownFields); err != nil {
 		return describeJSONError(err)
@@ -94,4 +97,24 @@ func jsonKind(goKind string) string {
 	default:
 		return "an object"
 	}
+}
+
+// Canonical is body in one spelling: keys snake_case and sorted, no white
+// space, numbers as written. Two requests with the same canonical form ask
+// for the same thing (a retry may reorder keys or change their case).
+func Canonical(body []byte) ([]byte, error) {
+	rewrite, err := checkKeys(body)
+	if err != nil {
+		return nil, err
+	}
+	if rewrite {
+		body = snakeKeys(body)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, describeJSONError(err)
+	}
+	return json.Marshal(v)
 }

@@ -2,6 +2,7 @@ package subjects_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -29,13 +30,20 @@ func TestDecodeRequest(t *testing.T) {
 		{"unknown key", `{"requestid":"x","bogus":1}`, subjects.CodeInvalidRequest, "unknown field", ""},
 		{"two spellings of a key", `{"RequestId":"r","Data":{"SizeBytes":1,"size_bytes":2}}`, subjects.CodeInvalidRequest, `key data.size_bytes appears twice (as "SizeBytes" and "size_bytes")`, ""},
 		{"two spellings deeper", `{"Data":{"Items":[{"A":1},{"a":1,"A":2}]}}`, subjects.CodeInvalidRequest, "key data.items.1.a appears twice", ""},
-		{"one spelling twice", `{"RequestId":"r1","RequestId":"r2"}`, "", "", "r2"},
-		{"escaped key", `{"Request\u0049d":"r3"}`, "", "", "r3"},
+		{"one spelling twice", `{"RequestId":"r1","RequestId":"r2"}`, subjects.CodeInvalidRequest, "key request_id appears twice", ""},
+		{"snake key twice", `{"data":{"device_id":"COPY","device_id":"n-gpu0"}}`, subjects.CodeInvalidRequest, "key data.device_id appears twice", ""},
+		{"escaped key", `{"Request\u0049d":"r3"}`, subjects.CodeInvalidRequest, "is not a field name", ""},
+		{"folded key", `{"data":{"ſize_bytes":1}}`, subjects.CodeInvalidRequest, "is not a field name", ""},
+		{"upper snake key", `{"REQUEST_ID":"r"}`, subjects.CodeInvalidRequest, "is not a field name", ""},
+		{"long key", `{"` + strings.Repeat("a", subjects.MaxKeyLen+1) + `":1}`, subjects.CodeInvalidRequest, "is not a field name", ""},
+		{"too many keys", `{"data":{` + manyKeys(subjects.MaxKeysPerObject+1) + `}}`, subjects.CodeInvalidRequest, "at data has more than", ""},
+		{"acronym", `{"RequestID":"r4"}`, "", "", "r4"},
 		{"pascal with stray close", `{"RequestId":"r"}}`, subjects.CodeInvalidRequest, "", ""},
 		{"trailing data", `{"request_id":"x"} {}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
 		{"two values", `{}{}`, subjects.CodeInvalidRequest, "malformed JSON", ""},
 		{"not an object", `[1]`, subjects.CodeInvalidRequest, "expected a JSON object", ""},
-		{"long id", `{"request_id":"` + strings.Repeat("a", 200) + `"}`, subjects.CodeInvalidRequest, "request_id", ""},
+		{"long id", `{"request_id":"` + strings.Repeat("a", subjects.MaxRequestIDLen+1) + `"}`, subjects.CodeInvalidRequest, "request_id", ""},
+		{"control character in id", `{"request_id":"a\u0000b"}`, subjects.CodeInvalidRequest, "not printable", ""},
 		{"uppercase in values only", `{"request_id":"ABC","action":"ALLOCATE"}`, subjects.CodeUnknownAction, "ALLOCATE", ""},
 	}
 	for _, tt := range tests {
@@ -55,6 +63,45 @@ func TestDecodeRequest(t *testing.T) {
 				t.Errorf("DecodeRequest error %v, want %s mentioning %q", err, tt.wantCode, tt.wantMsg)
 			}
 		})
+	}
+}
+
+// manyKeys is n distinct keys of an object, without the braces.
+func manyKeys(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%d":1`, i)
+	}
+	return b.String()
+}
+
+// TestRefusedRequestsKeepTheirID: a request refused for its body still
+// names its (valid) request_id, so the client learns which one failed; an
+// invalid id is never echoed.
+func TestRefusedRequestsKeepTheirID(t *testing.T) {
+	tests := []struct{ body, wantID string }{
+		{`{"request_id":"r1","data":{"size_bytes":1,"size_bytes":2}}`, "r1"},
+		{`{"RequestId":"r2","Action":"memory.launch"}`, "r2"},
+		{`{"request_id":"` + strings.Repeat("x", subjects.MaxRequestIDLen+1) + `","data":{"a":1,"a":1}}`, ""},
+		{`{"request_id":"r\u0007","action":"memory.allocate"}`, ""},
+		{`{"request_id":`, ""},
+	}
+	for _, tt := range tests {
+		env, err := subjects.DecodeRequest([]byte(tt.body), subjects.Allocate)
+		if err == nil {
+			t.Errorf("%s: accepted", tt.body)
+			continue
+		}
+		got := ""
+		if env != nil {
+			got = env.RequestID
+		}
+		if got != tt.wantID {
+			t.Errorf("%.60s: request_id %q with the error, want %q", tt.body, got, tt.wantID)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package subjects
 
 import (
+	"cmp"
 	"encoding/json"
 	"time"
 
@@ -35,7 +36,7 @@ func (r *Reply) Err() error {
 }
 
 // MaxRequestIDLen bounds request ids.
-const MaxRequestIDLen = 128
+const MaxRequestIDLen = 256
 
 // NewRequest builds an encoded request envelope for op with data as payload.
 func NewRequest(requestID string, op Op, data any) ([]byte, error) {
@@ -48,16 +49,19 @@ func NewRequest(requestID string, op Op, data any) ([]byte, error) {
 
 // DecodeRequest decodes and checks an envelope received on op's subject.
 // Keys may be snake_case, PascalCase or camelCase. An empty body is a request
-// with no data.
+// with no data. With an error, the envelope returned (when not nil) holds
+// only what may be echoed: a request_id that is valid, found even in a body
+// refused for something else, so the client learns which request failed.
 func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 	var req Envelope
 	if len(body) > 0 {
 		if err := Decode(body, &req); err != nil {
-			return nil, err
+			return salvageID(body), err
 		}
 	}
-	if len(req.RequestID) > MaxRequestIDLen {
-		return &req, Invalid("request_id is longer than %d bytes", MaxRequestIDLen)
+	if err := checkRequestID(req.RequestID); err != nil {
+		req.RequestID = ""
+		return &req, err
 	}
 	if req.Action != "" {
 		got, ok := ParseAction(req.Action)
@@ -69,6 +73,38 @@ func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 		}
 	}
 	return &req, nil
+}
+
+// checkRequestID refuses a request_id longer than MaxRequestIDLen or with
+// characters that are not printable ASCII.
+func checkRequestID(id string) error {
+	if len(id) > MaxRequestIDLen {
+		return Invalid("request_id is longer than %d bytes", MaxRequestIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c > 0x7e {
+			return Invalid("request_id holds a character that is not printable ASCII at byte %d", i)
+		}
+	}
+	return nil
+}
+
+// salvageID returns an envelope with the request_id of a refused body when
+// one can be read leniently and is valid, else nil.
+func salvageID(body []byte) *Envelope {
+	var ids struct {
+		Snake  string `json:"request_id"`
+		Pascal string `json:"RequestId"`
+		Camel  string `json:"requestId"`
+	}
+	if len(body) > 1<<20 || json.Unmarshal(body, &ids) != nil {
+		return nil
+	}
+	id := cmp.Or(ids.Snake, ids.Pascal, ids.Camel)
+	if id == "" || checkRequestID(id) != nil {
+		return nil
+	}
+	return &Envelope{RequestID: id}
 }
 
 // DecodeReply decodes a reply envelope and, on success, its data into

@@ -5,126 +5,181 @@ import (
 	"strconv"
 	"strings"
 
-	gojson "github.com/goccy/go-json"
 )
 
-// needsKeyNormalising reports whether some object key in body holds an
-// upper-case letter. It is a cheap scan so the common snake_case request
-// skips the rewrite.
-func needsKeyNormalising(body []byte) bool {
-	for i := 0; i < len(body); i++ {
-		if body[i] != '"' {
-			continue
-		}
-		end := stringEnd(body, i)
-		if end < len(body) && isKey(body, end) && hasUpper(body[i+1:end]) {
-			return true
-		}
-		i = end
-	}
-	return false
-}
+// Bounds on the keys of a request. The contract's objects have fewer than
+// 20 keys of fewer than 30 bytes each.
+const (
+	MaxKeysPerObject = 32
+	MaxKeyLen        = 64
+)
 
-// normaliseKeys rewrites every object key of body to snake_case in one pass
-// over the bytes. Everything else is copied as it is, so values, nesting
-// and any malformation reach the strict decoder untouched, and it reports
-// them. Two spellings of one key in an object (SizeBytes and size_bytes)
-// are refused, since which one counts would be a guess.
-func normaliseKeys(body []byte) ([]byte, error) {
-	out := make([]byte, 0, len(body)+len(body)/8)
-	var stack []keyFrame
-	var keys []keySeen
+// checkKeys checks every object key of body in one pass, in time linear in
+// its length: a key is 1 to MaxKeyLen plain ASCII letters, digits and
+// underscores, spelled snake_case (no upper case) or PascalCase/camelCase
+// (no underscore); an object holds at most MaxKeysPerObject keys and none
+// twice, in any spelling (which one would count is a guess, and a second
+// device_id could slip past the device check). It reports whether some key
+// must be rewritten to snake_case. Anything else malformed is left to the
+// strict decoder, which reports it.
+func checkKeys(body []byte) (rewrite bool, err error) {
+	var stackBuf [8]keyFrame
+	var keysBuf [32]keySeen
+	var namesBuf [512]byte
+	stack, keys, names := stackBuf[:0], keysBuf[:0], namesBuf[:0]
 	for i := 0; i < len(body); i++ {
 		switch c := body[i]; c {
 		case '"':
 			end := stringEnd(body, i)
 			if end >= len(body) || !isKey(body, end) {
-				out = append(out, body[i:min(end+1, len(body))]...)
 				i = end
 				continue
 			}
-			k := keySeen{orig: body[i+1 : end]}
-			if bytes.IndexByte(k.orig, '\\') < 0 {
-				k.at = len(out) + 1
-				out = append(appendSnake(append(out, '"'), k.orig), '"')
-			} else {
-				var unescaped string
-				if err := gojson.Unmarshal(body[i:end+1], &unescaped); err != nil {
-					return nil, describeJSONError(err)
-				}
-				quoted, err := gojson.Marshal(Snake(unescaped))
-				if err != nil {
-					return nil, err
-				}
-				k.orig, k.at = []byte(unescaped), len(out)+1
-				out = append(out, quoted...)
-			}
-			k.end = len(out) - 1
+			k := keySeen{orig: span{i + 1, end}}
 			i = end
+			orig := k.orig.of(body)
+			upper, ok := spelledKey(orig)
+			if !ok {
+				return false, Invalid("key %s is not a field name: keys are snake_case, PascalCase or camelCase ASCII names of at most %d bytes", quote(string(orig)), MaxKeyLen)
+			}
+			if upper {
+				rewrite = true
+				at := len(names)
+				names = appendSnake(names, orig)
+				k.snake, k.rewritten = span{at, len(names)}, true
+			}
+			snake := k.name(body, names)
 			n := len(stack)
 			if n == 0 || !stack[n-1].object {
 				continue
 			}
 			f := &stack[n-1]
+			if len(keys)-f.first >= MaxKeysPerObject {
+				return false, Invalid("an object %shas more than %d keys", inPath(keyPath(stack, keys, body, names)), MaxKeysPerObject)
+			}
 			for _, prev := range keys[f.first:] {
-				if bytes.Equal(out[prev.at:prev.end], out[k.at:k.end]) && !bytes.Equal(prev.orig, k.orig) {
-					return nil, Invalid("key %s appears twice (as %s and %s)",
-						keyPath(stack, keys, out)+string(out[k.at:k.end]), quote(string(prev.orig)), quote(string(k.orig)))
+				if bytes.Equal(prev.name(body, names), snake) {
+					path := keyPath(stack, keys, body, names) + string(snake)
+					if bytes.Equal(prev.orig.of(body), orig) {
+						return false, Invalid("key %s appears twice", path)
+					}
+					return false, Invalid("key %s appears twice (as %s and %s)", path, quote(string(prev.orig.of(body))), quote(string(orig)))
 				}
 			}
 			f.key = len(keys)
 			keys = append(keys, k)
 		case '{', '[':
-			stack = append(stack, keyFrame{object: c == '{', first: len(keys), key: -1})
-			out = append(out, c)
+			stack = append(stack, keyFrame{object: c == '{', first: len(keys), names: len(names), key: -1})
 		case '}', ']':
 			if n := len(stack); n > 0 {
-				keys = keys[:stack[n-1].first]
+				keys, names = keys[:stack[n-1].first], names[:stack[n-1].names]
 				stack = stack[:n-1]
 			}
-			out = append(out, c)
 		case ',':
 			if n := len(stack); n > 0 && !stack[n-1].object {
 				stack[n-1].index++
 			}
-			out = append(out, c)
-		default:
-			out = append(out, c)
 		}
 	}
-	return out, nil
+	return rewrite, nil
 }
 
-// keyFrame is an object or array normaliseKeys is inside.
+// spelledKey reports whether key is a plain ASCII name spelled in one of
+// the accepted cases, and whether it has upper-case letters.
+func spelledKey(key []byte) (upper, ok bool) {
+	if len(key) == 0 || len(key) > MaxKeyLen {
+		return false, false
+	}
+	under := false
+	for _, c := range key {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case c == '_':
+			under = true
+		default:
+			return false, false
+		}
+	}
+	return upper, !(upper && under)
+}
+
+// snakeKeys rewrites every object key of body to snake_case in one pass
+// over the bytes; everything else is copied as it is. checkKeys has
+// accepted body, so every key is a plain ASCII name.
+func snakeKeys(body []byte) []byte {
+	out := make([]byte, 0, len(body)+len(body)/8)
+	for i := 0; i < len(body); i++ {
+		if body[i] != '"' {
+			out = append(out, body[i])
+			continue
+		}
+		end := stringEnd(body, i)
+		if end < len(body) && isKey(body, end) {
+			out = append(appendSnake(append(out, '"'), body[i+1:end]), '"')
+		} else {
+			out = append(out, body[i:min(end+1, len(body))]...)
+		}
+		i = end
+	}
+	return out
+}
+
+// keyFrame is an object or array checkKeys is inside.
 type keyFrame struct {
 	object bool
 	index  int // arrays: the element being read
 	first  int // objects: where their keys start in the keys seen
+	names  int // objects: where their rewritten names start
 	key    int // objects: the key being read, in the keys seen; -1 before the first
 }
 
-// keySeen is a key of an open object.
+// keySeen is a key of an open object, by where its bytes are (offsets,
+// not slices, so checkKeys's buffers stay on the stack).
 type keySeen struct {
-	at, end int    // the snake_case key, in the output
-	orig    []byte // as the client spelled it, unescaped
+	orig      span // in the body, as the client spelled it
+	snake     span // in the rewritten names, when rewritten
+	rewritten bool
+}
+
+// span is a range of a byte slice.
+type span struct{ from, to int }
+
+func (s span) of(b []byte) []byte { return b[s.from:s.to] }
+
+// name is the key in snake_case.
+func (k keySeen) name(body, names []byte) []byte {
+	if k.rewritten {
+		return k.snake.of(names)
+	}
+	return k.orig.of(body)
 }
 
 // keyPath names where the innermost object of stack sits, as a.0.b. (keys
 // snake_case, array elements by index).
-func keyPath(stack []keyFrame, keys []keySeen, out []byte) string {
+func keyPath(stack []keyFrame, keys []keySeen, body, names []byte) string {
 	var b strings.Builder
 	for _, f := range stack[:len(stack)-1] {
 		switch {
 		case !f.object:
 			b.WriteString(strconv.Itoa(f.index))
 		case f.key >= 0:
-			b.Write(out[keys[f.key].at:keys[f.key].end])
+			b.Write(keys[f.key].name(body, names))
 		default:
 			continue
 		}
 		b.WriteByte('.')
 	}
 	return b.String()
+}
+
+// inPath is "at PATH " for a non-empty path.
+func inPath(path string) string {
+	if path == "" {
+		return ""
+	}
+	return "at " + strings.TrimSuffix(path, ".") + " "
 }
 
 // stringEnd returns the index of the quote that closes the JSON string
@@ -149,15 +204,6 @@ func isKey(body []byte, end int) bool {
 		k++
 	}
 	return k < len(body) && body[k] == ':'
-}
-
-func hasUpper(b []byte) bool {
-	for _, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			return true
-		}
-	}
-	return false
 }
 
 // Snake converts a PascalCase or camelCase key to lower snake_case:

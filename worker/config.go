@@ -49,10 +49,13 @@ type Config struct {
 	// optimization_recs suggests offloading it.
 	IdleAfter time.Duration
 	// IdempotencyWindow is how long the reply to a mutating request is kept
-	// for retries with the same request_id; IdempotencyEntries bounds how
-	// many are kept per device.
+	// for retries with the same request_id; IdempotencyEntries and
+	// IdempotencyBytes bound how many, and how many bytes, are kept per
+	// device (the oldest go first). An allocate's retry is recognised for
+	// as long as the allocation lives, whatever these bounds.
 	IdempotencyWindow  time.Duration
 	IdempotencyEntries int
+	IdempotencyBytes   int64
 	// OpTimeout bounds one operation's backend calls.
 	OpTimeout time.Duration
 	// TelemetryMaxAge is how old the telemetry in a reply (NVML's process
@@ -95,7 +98,8 @@ func DefaultConfig() Config {
 		CriticalRepeat:     30 * time.Second,
 		EventsJetStream:    true,
 		IdempotencyWindow:  10 * time.Minute,
-		IdempotencyEntries: 10_000,
+		IdempotencyEntries: 1_000_000,
+		IdempotencyBytes:   64 << 20,
 		OpTimeout:          30 * time.Second,
 		TelemetryMaxAge:    time.Second,
 		TruthMaxAge:        time.Millisecond,
@@ -125,8 +129,8 @@ func (c *Config) Validate() error {
 	if c.ReadHandlers < 1 {
 		errs = append(errs, errors.New("read handlers must be at least 1"))
 	}
-	if c.IdempotencyEntries <= 0 {
-		errs = append(errs, errors.New("idempotency entries must be positive"))
+	if c.IdempotencyEntries <= 0 || c.IdempotencyBytes <= 0 {
+		errs = append(errs, errors.New("idempotency entries and bytes must be positive"))
 	}
 	return errors.Join(errs...)
 }

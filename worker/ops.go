@@ -39,8 +39,13 @@ func getAllocations(_ context.Context, g *gpu, req *subjects.AllocationsRequest)
 }
 
 func allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
-	return g.Allocate(ctx, req)
+	origin, _ := ctx.Value(originKey{}).(ledger.Origin)
+	return g.Allocate(ctx, req, origin)
 }
+
+// originKey is the context key of the request an operation acts for
+// (ledger.Origin), set by act for mutations with a request_id.
+type originKey struct{}
 
 func deallocate(_ context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
 	return g.Deallocate(req)

@@ -61,7 +61,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 			}),
-			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries),
+			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)

@@ -19,8 +19,8 @@ import (
 
 // Allocate allocates memory from the device's pool of the request's kind
 // (or a segment of its own for an exported allocation) and enters it in
-// the ledger.
-func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest) (subjects.Allocation, error) {
+// the ledger, made by origin (which may be empty).
+func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin) (subjects.Allocation, error) {
 	kind := KindOf(req.AllocationType)
 	if kind == device.VRAM && req.SizeBytes > d.cfg.Info.TotalBytes {
 		return subjects.Allocation{}, fmt.Errorf("size_bytes %d exceeds the device's total memory of %d bytes: %w",
@@ -65,8 +65,9 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest) (s
 			CreatedAt:      now,
 			LastUsedAt:     now,
 		},
-		kind:  kind,
-		block: block,
+		kind:   kind,
+		block:  block,
+		origin: origin,
 	}
 	if req.Export {
 		a.Exported = true

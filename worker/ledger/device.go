@@ -35,12 +35,14 @@ type Device struct {
 	index   int
 	backend Backend
 
-	pools    [2]*alloc.Pool // by device.Kind
-	allocs   map[string]*allocation
-	pressure monitor.Tracker
-	history  *history
-	truth    truth
-	tele     telemetry
+	pools  [2]*alloc.Pool // by device.Kind
+	allocs map[string]*allocation
+	// byRequest finds an allocation by the request that made it.
+	byRequest map[string]*allocation
+	pressure  monitor.Tracker
+	history   *history
+	truth     truth
+	tele      telemetry
 }
 
 // allocation is a ledger entry: what the client sees and the block behind
@@ -53,6 +55,16 @@ type allocation struct {
 	// busy counts transfers reading or writing the allocation: while it is
 	// not zero the allocation is neither moved nor freed.
 	busy int
+	// origin is the request that made it, when it came with a request_id.
+	origin Origin
+}
+
+// Origin is the request that made an allocation: its request_id and a
+// digest of its payload. A retry of it, however late, finds the allocation
+// (MadeBy) instead of allocating again.
+type Origin struct {
+	RequestID string
+	Digest    uint64
 }
 
 // idle reports whether no transfer is using the allocation, so it may be
@@ -66,12 +78,13 @@ func (a *allocation) relocatable() bool { return a.idle() && !a.Exported }
 // New returns the state of an empty device.
 func New(cfg Config) *Device {
 	d := &Device{
-		cfg:     cfg,
-		id:      cfg.ID,
-		index:   cfg.Info.Index,
-		backend: cfg.Backend,
-		allocs:  map[string]*allocation{},
-		history: newHistory(),
+		cfg:       cfg,
+		id:        cfg.ID,
+		index:     cfg.Info.Index,
+		backend:   cfg.Backend,
+		allocs:    map[string]*allocation{},
+		byRequest: map[string]*allocation{},
+		history:   newHistory(),
 	}
 	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
 		d.pools[k] = alloc.New(source{b: cfg.Backend, dev: d.index, kind: k})
@@ -127,6 +140,9 @@ func (d *Device) free(a *allocation) error {
 		return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.AllocationID, err)
 	}
 	delete(d.allocs, a.AllocationID)
+	if a.origin.RequestID != "" {
+		delete(d.byRequest, a.origin.RequestID)
+	}
 	d.history.events.push(memEvent{at: time.Now(), bytes: a.ReservedBytes})
 	return nil
 }
@@ -134,7 +150,20 @@ func (d *Device) free(a *allocation) error {
 // add enters a new allocation in the ledger.
 func (d *Device) add(a *allocation) {
 	d.allocs[a.AllocationID] = a
+	if a.origin.RequestID != "" {
+		d.byRequest[a.origin.RequestID] = a
+	}
 	d.history.events.push(memEvent{at: a.CreatedAt, bytes: a.ReservedBytes, alloc: true})
+}
+
+// MadeBy returns the live allocation a request made, and the digest of
+// that request's payload.
+func (d *Device) MadeBy(requestID string) (subjects.Allocation, uint64, bool) {
+	a, ok := d.byRequest[requestID]
+	if !ok {
+		return subjects.Allocation{}, 0, false
+	}
+	return a.Allocation, a.origin.Digest, true
 }
 
 // Audit checks that the ledger and the pools agree: every kind's pool has

@@ -54,7 +54,7 @@ func valid[R any](t *testing.T, req *R) *R {
 
 func allocate(t *testing.T, d *ledger.Device, req subjects.AllocateRequest) subjects.Allocation {
 	t.Helper()
-	a, err := d.Allocate(ctx, valid(t, &req))
+	a, err := d.Allocate(ctx, valid(t, &req), ledger.Origin{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +110,29 @@ func TestAllocateAndDeallocate(t *testing.T) {
 	audit(t, d)
 }
 
+// TestAnAllocationRemembersItsRequest: the request that made an allocation
+// finds it for as long as it lives, and no longer.
+func TestAnAllocationRemembersItsRequest(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	a, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: mib}), ledger.Origin{RequestID: "r1", Digest: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, digest, ok := d.MadeBy("r1")
+	if !ok || got.AllocationID != a.AllocationID || digest != 42 {
+		t.Fatalf("MadeBy(r1) = %+v, %d, %v", got, digest, ok)
+	}
+	if _, _, ok := d.MadeBy("r2"); ok {
+		t.Error("MadeBy of another request found something")
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID})); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := d.MadeBy("r1"); ok {
+		t.Error("a freed allocation is still found by its request")
+	}
+}
+
 func TestAllocateRefusals(t *testing.T) {
 	d, b := newDevice(t, gib, nil)
 	tests := []struct {
@@ -123,7 +146,7 @@ func TestAllocateRefusals(t *testing.T) {
 	b.SetExternalUsage(0, gib/2)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := d.Allocate(ctx, valid(t, &tt.req)); !errors.Is(err, tt.want) {
+			if _, err := d.Allocate(ctx, valid(t, &tt.req), ledger.Origin{}); !errors.Is(err, tt.want) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 			if d.Len() != 0 {
