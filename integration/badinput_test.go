@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
@@ -58,6 +59,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown field", subjects.Allocate, `{"data":{"size_bytes":1024,"sise":1}}`, subjects.CodeInvalidRequest},
 		{"unknown envelope field", subjects.Allocate, `{"data":{"size_bytes":1024},"extra":1}`, subjects.CodeInvalidRequest},
 		{"duplicate key spellings", subjects.Allocate, `{"data":{"size_bytes":1024,"SizeBytes":2048}}`, subjects.CodeInvalidRequest},
+		{"the same key twice", subjects.Allocate, `{"data":{"device_id":"COPY","device_id":"n1-gpu0","size_bytes":1024}}`, subjects.CodeInvalidRequest},
+		{"a key folded to a field", subjects.Allocate, `{"data":{"ſize_bytes":1024}}`, subjects.CodeInvalidRequest},
+		{"a key in upper snake case", subjects.Allocate, `{"data":{"SIZE_BYTES":1024}}`, subjects.CodeInvalidRequest},
+		{"control character in request id", subjects.Allocate, `{"request_id":"a\u0001","data":{"size_bytes":1024}}`, subjects.CodeInvalidRequest},
 		{"deeply nested", subjects.Allocate, `{"data":` + deep + `}`, subjects.CodeInvalidRequest},
 		{"device contradicts subject", subjects.Allocate, `{"data":{"device_id":"n1-gpu1","size_bytes":1024}}`, subjects.CodeInvalidRequest},
 		{"unknown action", subjects.Allocate, `{"action":"memory.explode","data":{"size_bytes":1024}}`, subjects.CodeUnknownAction},
@@ -92,6 +97,35 @@ func TestBadInputChangesNothing(t *testing.T) {
 	callErr(t, nc, subjects.Deallocate, dev, mustJSON(t, map[string]any{"data": map[string]string{"allocation_id": keep.AllocationID}}), subjects.CodeAllocationNotFound)
 	if diff := cmp.Diff(after, snapshot(t, nc, h, dev)); diff != "" {
 		t.Errorf("double free changed the ledger:\n%s", diff)
+	}
+}
+
+// TestHugeInputGetsAShortReply: however long the input an error quotes,
+// the reply and its headers stay short, every request is answered, and
+// micro's stats keep answering.
+func TestHugeInputGetsAShortReply(t *testing.T) {
+	srv := startServer(t)
+	startWorker(t, srv, "n1")
+	nc := connect(t, srv)
+	huge := strings.Repeat("x", 900_000)
+	for body, code := range map[string]subjects.Code{
+		`{"data":{"device_id":"` + huge + `"}}`: subjects.CodeInvalidRequest,
+		`{"request_id":"` + huge + `"}`:         subjects.CodeInvalidRequest,
+		`{"action":"` + huge + `"}`:             subjects.CodeUnknownAction,
+		`{"data":{"` + huge + `":1}}`:           subjects.CodeInvalidRequest,
+	} {
+		reply := callErr(t, nc, subjects.GetPressure, "n1-gpu0", []byte(body), code)
+		if len(reply.ErrorMessage) > subjects.MaxErrorMessage || len(reply.RequestID) > subjects.MaxRequestIDLen {
+			t.Errorf("%.40s...: error message of %d bytes, request_id of %d", body, len(reply.ErrorMessage), len(reply.RequestID))
+		}
+	}
+	msg := request(t, nc, subjects.GetPressure, "n1-gpu0", []byte(`{"data":{"device_id":"`+huge+`"}}`))
+	if n := len(msg.Data) + len(msg.Header.Get("Nats-Service-Error")); n > 2*subjects.MaxErrorMessage+300 {
+		t.Errorf("reply of %d bytes with its error header", n)
+	}
+	stats, _ := micro.ControlSubject(micro.StatsVerb, worker.ServiceName, "")
+	if _, err := nc.Request(stats, nil, 5*time.Second); err != nil {
+		t.Errorf("micro stats after huge errors: %v", err)
 	}
 }
 

@@ -292,6 +292,42 @@ func TestRequestsWithoutReplySubjectDoNothing(t *testing.T) {
 	}
 }
 
+// TestRepliesNeverGoToTheWorkersOwnSubjects: a request whose reply subject
+// is one of the worker's event subjects (or a $ API) is dropped, not
+// answered there: a client cannot make the worker publish a forged event.
+func TestRepliesNeverGoToTheWorkersOwnSubjects(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1")
+	nc := connect(t, srv)
+	watch, err := nc.SubscribeSync("memory.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := []string{subjects.PressureEvents("n1-gpu0"), subjects.LifecycleEvents("n1"), "$JS.API.STREAM.CREATE.X"}
+	for _, reply := range forged {
+		if err := nc.PublishRequest(subjects.Request(subjects.Allocate, "n1-gpu0"), reply, []byte(`{"data":{"size_bytes":1048576}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An allocate after them on the same endpoint, answered, shows the
+	// worker has handled them.
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 4096}, nil)
+	for {
+		msg, err := watch.NextMsg(100 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		for _, reply := range forged {
+			if msg.Subject == reply {
+				t.Errorf("the worker published on %s: %s", reply, msg.Data)
+			}
+		}
+	}
+	if u := checkLedger(t, nc, h, "n1-gpu0", 0); u.Allocations != 1 {
+		t.Errorf("%d allocations, want only the answered one", u.Allocations)
+	}
+}
+
 func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 	srv := startServer(t)
 	startWorker(t, srv, "n1")

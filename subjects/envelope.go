@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"time"
+	"unicode/utf8"
 
 	gojson "github.com/goccy/go-json"
 )
@@ -66,10 +67,10 @@ func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 	if req.Action != "" {
 		got, ok := ParseAction(req.Action)
 		if !ok {
-			return &req, &Error{Code: CodeUnknownAction, Message: "unknown action " + quote(req.Action)}
+			return &req, &Error{Code: CodeUnknownAction, Message: "unknown action " + Quote(req.Action)}
 		}
 		if got != op {
-			return &req, Invalid("action %s does not match the subject's operation %s", quote(req.Action), op.Action())
+			return &req, Invalid("action %s does not match the subject's operation %s", Quote(req.Action), op.Action())
 		}
 	}
 	return &req, nil
@@ -127,12 +128,32 @@ func DecodeReply(body []byte, data any) (*Reply, error) {
 	return &resp, nil
 }
 
-// quote shortens and quotes untrusted text for error messages.
-func quote(s string) string {
-	const max = 64
-	if len(s) > max {
-		s = s[:max] + "..."
+// MaxQuoted bounds how much of a client's input an error message quotes.
+const MaxQuoted = 64
+
+// Quote shortens and quotes untrusted text for error messages: at most
+// MaxQuoted bytes of it, then "...".
+func Quote(s string) string {
+	if len(s) > MaxQuoted {
+		s = s[:MaxQuoted] + "..."
 	}
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+
+// MaxErrorMessage bounds an error message on the wire (body and
+// Nats-Service-Error header), whatever it quotes.
+const MaxErrorMessage = 512
+
+// Clip shortens msg to MaxErrorMessage bytes, on a UTF-8 boundary.
+func Clip(msg string) string {
+	if len(msg) <= MaxErrorMessage {
+		return msg
+	}
+	cut := MaxErrorMessage - len("...")
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "..."
 }

@@ -40,7 +40,7 @@ func checkKeys(body []byte) (rewrite bool, err error) {
 			orig := k.orig.of(body)
 			upper, ok := spelledKey(orig)
 			if !ok {
-				return false, Invalid("key %s is not a field name: keys are snake_case, PascalCase or camelCase ASCII names of at most %d bytes", quote(string(orig)), MaxKeyLen)
+				return false, Invalid("key %s is not a field name: keys are snake_case, PascalCase or camelCase ASCII names of at most %d bytes", Quote(string(orig)), MaxKeyLen)
 			}
 			if upper {
 				rewrite = true
@@ -63,7 +63,7 @@ func checkKeys(body []byte) (rewrite bool, err error) {
 					if bytes.Equal(prev.orig.of(body), orig) {
 						return false, Invalid("key %s appears twice", path)
 					}
-					return false, Invalid("key %s appears twice (as %s and %s)", path, quote(string(prev.orig.of(body))), quote(string(orig)))
+					return false, Invalid("key %s appears twice (as %s and %s)", path, Quote(string(prev.orig.of(body))), Quote(string(orig)))
 				}
 			}
 			f.key = len(keys)

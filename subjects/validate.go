@@ -132,7 +132,7 @@ func normaliseType(t AllocationType, def AllocationType) (AllocationType, error)
 	case VRAM, Pinned:
 		return u, nil
 	}
-	return "", Invalid("allocation_type must be %s or %s, got %s", VRAM, Pinned, quote(string(t)))
+	return "", Invalid("allocation_type must be %s or %s, got %s", VRAM, Pinned, Quote(string(t)))
 }
 
 func checkLabel(field, s string) error {
@@ -156,7 +156,7 @@ func (r *TransferRequest) Validate() error {
 		return Invalid("allocation_id is required (at most %d bytes)", MaxIDLen)
 	}
 	if r.TargetDeviceID != "" && !ValidToken(r.TargetDeviceID) {
-		return Invalid("target_device_id %s is not a device id", quote(r.TargetDeviceID))
+		return Invalid("target_device_id %s is not a device id", Quote(r.TargetDeviceID))
 	}
 	t, err := normaliseType(r.TargetAllocationType, VRAM)
 	if err != nil {
@@ -168,7 +168,7 @@ func (r *TransferRequest) Validate() error {
 		r.Mode = ModeCopy
 	case ModeCopy, ModeMove:
 	default:
-		return Invalid("mode must be %s or %s, got %s", ModeCopy, ModeMove, quote(r.Mode))
+		return Invalid("mode must be %s or %s, got %s", ModeCopy, ModeMove, Quote(r.Mode))
 	}
 	return nil
 }
@@ -200,7 +200,7 @@ func (r *OptimizeRequest) Validate() error {
 		switch s {
 		case StrategyReleaseCached, StrategyDefragment, StrategyFreeExpired, StrategyOffloadIdle:
 		default:
-			return Invalid("unknown strategy %s (want %s, %s, %s or %s)", quote(s),
+			return Invalid("unknown strategy %s (want %s, %s, %s or %s)", Quote(s),
 				StrategyReleaseCached, StrategyDefragment, StrategyFreeExpired, StrategyOffloadIdle)
 		}
 		if seen[s] {
@@ -226,7 +226,7 @@ func (r *ModelOptimizeRequest) Validate() error {
 	switch r.OptimizationType = strings.ToLower(r.OptimizationType); r.OptimizationType {
 	case OptimizeOffload, OptimizeEvict:
 	default:
-		return Invalid("optimization_type must be %s or %s, got %s", OptimizeOffload, OptimizeEvict, quote(r.OptimizationType))
+		return Invalid("optimization_type must be %s or %s, got %s", OptimizeOffload, OptimizeEvict, Quote(r.OptimizationType))
 	}
 	if r.TargetUsagePercentage == nil {
 		return Invalid("target_usage_percentage is required")

@@ -31,7 +31,7 @@ func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error))
 			}
 		}
 		if t, ok := any(req).(interface{ Device() string }); ok && t.Device() != "" && t.Device() != g.ID() {
-			return nil, subjects.Invalid("data.device_id %q contradicts the subject's device %q", t.Device(), g.ID())
+			return nil, subjects.Invalid("data.device_id %s contradicts the subject's device %s", subjects.Quote(t.Device()), subjects.Quote(g.ID()))
 		}
 		if v, ok := any(req).(interface{ Validate() error }); ok {
 			if err := v.Validate(); err != nil {
@@ -47,9 +47,7 @@ func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error))
 func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		start := time.Now()
-		if req.Reply() == "" {
-			// Nobody could learn the outcome: doing a mutation would leak it.
-			w.log.Warn("request without a reply subject ignored", "subject", req.Subject())
+		if !w.replyable(req) {
 			return
 		}
 		env, err := subjects.DecodeRequest(req.Data(), op)
@@ -75,6 +73,24 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		w.respond(req, op, g.ID(), orNewID(requestID), err)
 		w.metrics.served(op, wireError(err).Code, start)
 	})
+}
+
+// replyable reports whether req may be answered, and counts (and now and
+// then logs) the requests dropped: those without a reply subject (nobody
+// could learn the outcome: a mutation would leak) and those whose reply
+// subject is one the worker must never publish on.
+func (w *Worker) replyable(req micro.Request) bool {
+	reply := req.Reply()
+	if replyAllowed(reply) {
+		return true
+	}
+	reason := dropReplySubject
+	if reply == "" {
+		reason = dropNoReply
+	}
+	w.metrics.dropped.WithLabelValues(reason).Inc()
+	w.drops.note(w.log, "requests dropped without a reply", "reason", reason, "subject", clipArg(req.Subject()), "reply", clipArg(reply))
+	return false
 }
 
 // orNewID returns id, or a new unique one (a NUID: fast, and unique without
@@ -180,11 +196,16 @@ func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, now ti
 // (code as a number, message as description).
 func (w *Worker) respond(req micro.Request, op subjects.Op, deviceID, requestID string, err error) {
 	we := wireError(err)
-	level := slog.LevelInfo
-	if we.Code == subjects.CodeInternal {
+	// A client's mistake is the client's to see in its reply; the log
+	// speaks up only where an operator has something to do.
+	level := slog.LevelDebug
+	switch we.Code {
+	case subjects.CodeInternal:
 		level = slog.LevelError
+	case subjects.CodeDeviceUnavailable:
+		level = slog.LevelWarn
 	}
-	w.log.Log(context.Background(), level, "request failed", "op", op, "device", deviceID, "request_id", requestID, "code", we.Code, "err", we.Message)
+	w.log.Log(context.Background(), level, "request failed", "op", op, "device", deviceID, "request_id", clipArg(requestID), "code", we.Code, "err", we.Message)
 	body, _ := json.Marshal(subjects.Reply{
 		RequestID: requestID, Timestamp: time.Now().UTC(),
 		ErrorCode: we.Code, ErrorMessage: we.Message,

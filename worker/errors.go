@@ -16,7 +16,7 @@ import (
 func wireError(err error) *subjects.Error {
 	var we *subjects.Error
 	if errors.As(err, &we) {
-		return we
+		return &subjects.Error{Code: we.Code, Message: subjects.Clip(we.Message)}
 	}
 	code := subjects.CodeInternal
 	switch {
@@ -38,5 +38,5 @@ func wireError(err error) *subjects.Error {
 		// A device that failed or timed out, or a worker stopping.
 		code = subjects.CodeDeviceUnavailable
 	}
-	return &subjects.Error{Code: code, Message: err.Error()}
+	return &subjects.Error{Code: code, Message: subjects.Clip(err.Error())}
 }

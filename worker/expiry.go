@@ -11,7 +11,7 @@ func (w *Worker) expire(g *gpu, now time.Time) {
 		w.log.Error("freeing expired allocations", "device", g.ID(), "err", err)
 	}
 	for _, e := range freed {
-		w.log.Info("allocation expired", "device", g.ID(), "allocation_id", e.AllocationID, "bytes", e.Bytes)
+		w.log.Debug("allocation expired", "device", g.ID(), "allocation_id", e.AllocationID, "bytes", e.Bytes)
 	}
 	if len(freed) > 0 {
 		w.recheck(g)

@@ -15,7 +15,7 @@ import (
 func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, instance string) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		start := time.Now()
-		if req.Reply() == "" {
+		if !w.replyable(req) {
 			return
 		}
 		env, err := subjects.DecodeRequest(req.Data(), op)

@@ -17,6 +17,7 @@ type metrics struct {
 	duration  *prometheus.HistogramVec
 	transfers prometheus.Counter
 	events    *prometheus.CounterVec
+	dropped   *prometheus.CounterVec
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
 	ops map[subjects.Op]opMetrics
@@ -57,13 +58,16 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
 		}, []string{"reason"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "memworker_requests_dropped_total", Help: "Requests dropped without a reply, by reason (no_reply_subject, reply_subject_not_allowed).",
+		}, []string{"reason"}),
 	}
 	m.ops = make(map[subjects.Op]opMetrics)
 	for _, op := range subjects.Ops() {
 		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, deviceCollector{w})
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, deviceCollector{w})
 	}
 	return m
 }

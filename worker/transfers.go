@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,9 +286,13 @@ func (w *Worker) finish(ctx context.Context, j *job, destID string, err error) {
 		st.DestinationAllocationID = ""
 	})
 	if err != nil {
-		w.log.Warn("transfer failed", "transfer_id", j.status.TransferID, "err", err)
+		level := slog.LevelDebug
+		if code := wireError(err).Code; code == subjects.CodeInternal || code == subjects.CodeDeviceUnavailable {
+			level = slog.LevelWarn
+		}
+		w.log.Log(context.Background(), level, "transfer failed", "transfer_id", j.status.TransferID, "err", subjects.Clip(err.Error()))
 	} else {
 		w.metrics.transfers.Add(float64(size))
-		w.log.Info("transfer completed", "transfer_id", j.status.TransferID, "from", s.ID(), "to", j.dst.ID(), "bytes", size)
+		w.log.Debug("transfer completed", "transfer_id", j.status.TransferID, "from", s.ID(), "to", j.dst.ID(), "bytes", size)
 	}
 }

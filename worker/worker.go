@@ -34,6 +34,8 @@ type Worker struct {
 	// any handler runs.
 	maxPayload int64
 	ready      chan struct{}
+	// drops logs the requests dropped without a reply, sampled.
+	drops sampledLog
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -53,7 +55,8 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, errors.New("the backend has no devices")
 	}
 	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(),
-		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{})}
+		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{}),
+		drops: sampledLog{interval: time.Minute}}
 	for _, info := range infos {
 		w.gpus = append(w.gpus, &gpu{
 			Device: ledger.New(ledger.Config{
