@@ -18,6 +18,10 @@ type Flags struct {
 	TLSCA    string `name:"tls-ca" help:"CA certificate to verify the NATS server with." type:"existingfile"`
 	TLSCert  string `name:"tls-cert" help:"Client certificate for TLS." type:"existingfile"`
 	TLSKey   string `name:"tls-key" help:"Client key for TLS." type:"existingfile"`
+	// InboxPrefix is where replies come back. The default, _INBOX, is
+	// shared: any user allowed to subscribe to _INBOX.> reads everyone's
+	// replies. docs/nats-server.conf gives each user its own prefix.
+	InboxPrefix string `name:"inbox-prefix" env:"NATS_INBOX_PREFIX" help:"Prefix of this client's reply subjects (default _INBOX); give each NATS user its own (docs/nats-server.conf: _INBOX_<user>) so no other user can read its replies."`
 }
 
 // Options turns the flags into nats.go options.
@@ -47,6 +51,9 @@ func (f *Flags) Options() ([]nats.Option, error) {
 	}
 	if f.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(f.TLSCert, f.TLSKey))
+	}
+	if f.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(f.InboxPrefix))
 	}
 	return opts, nil
 }

@@ -36,7 +36,12 @@ func startConfiguredServer(t *testing.T) *server.Server {
 
 func connectAs(t *testing.T, srv *server.Server, user, password string) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	f := client.Flags{User: user, Password: password, InboxPrefix: "_INBOX_" + user}
+	opts, err := f.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(srv.ClientURL(), append(opts, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))...)
 	if err != nil {
 		t.Fatalf("connecting as %s: %v", user, err)
 	}
@@ -77,10 +82,25 @@ func TestRolesFromTheSampleConfig(t *testing.T) {
 		t.Errorf("a reader's refused allocate allocated %d", u.Allocations)
 	}
 
-	// The operator acts; the reader sees the event it causes.
+	// The operator acts; the reader sees the event it causes, but not the
+	// operator's reply: replies go to inboxes of their own user.
+	snoop, err := reader.SubscribeSync("_INBOX_operator.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := reader.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = reader.Flush()
 	call(t, operator, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 900 * MiB}, nil)
 	if _, err := events.NextMsg(2 * time.Second); err != nil {
 		t.Errorf("reader got no pressure event: %v", err)
+	}
+	for _, sub := range []*nats.Subscription{snoop, shared} {
+		if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+			t.Errorf("the reader read a reply on %s: %s", msg.Subject, msg.Data)
+		}
 	}
 
 	// Forged events are refused for the operator and the reader.

@@ -151,7 +151,7 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	c := testCLI(t)
 	c.Node = "conf"
 	c.NatsConfig = path
-	c.User, c.Password = "worker", "change-me-worker"
+	c.User, c.Password, c.InboxPrefix = "worker", "change-me-worker", "_INBOX_worker"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := run(ctx, c, quiet()); err != nil {
