@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -33,47 +35,162 @@ type Options struct {
 	JetStream bool
 	// MaxAge bounds how long the stream keeps events (default 24 h).
 	MaxAge time.Duration
+	// Replicas is the stream's replicas; 0 takes the number of servers the
+	// connection knows of, at most 3 (1 on a lone server).
+	Replicas int
+	// MaxPending bounds the events published to the stream and not yet
+	// acknowledged (default 256); beyond it events still reach core
+	// subscribers, unkept.
+	MaxPending int
+	// Logf, when set, is told about the stream: lost, recreated, events
+	// not kept.
+	Logf func(format string, args ...any)
 }
 
-// Publisher sends pressure events on one connection.
+// Publisher sends pressure events on one connection. Events always go out
+// on core NATS at once; with JetStream the stream stores them as well,
+// acknowledged asynchronously, so a slow or missing stream never delays
+// delivery. A stream that disappears (deleted, or a server restarted with
+// an empty store) is created again.
 type Publisher struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream // nil: core publish only
 	opts Options
+
+	mu sync.Mutex
+	// lost is set when an event was not acknowledged: Check looks for
+	// the stream.
+	lost bool
 }
 
 // ErrNoJetStream is returned (wrapped) by NewPublisher's stream set-up when
 // the server has no JetStream; the publisher still works, core only.
 var ErrNoJetStream = errors.New("JetStream is not available")
 
-// NewPublisher prepares a publisher. With opts.JetStream it creates or
-// updates the stream; when that fails the publisher falls back to core
-// publish and the error says why (the caller logs it once).
+// ackTimeout is how long the stream may take to acknowledge an event
+// before it is looked for (Check).
+const ackTimeout = 2 * time.Second
+
+// NewPublisher prepares a publisher. With opts.JetStream it creates the
+// stream, or updates it where its configuration differs; when that fails
+// the publisher falls back to core publish and the error says why (the
+// caller logs it once).
 func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher, error) {
 	if opts.MaxAge == 0 {
 		opts.MaxAge = 24 * time.Hour
+	}
+	if opts.MaxPending == 0 {
+		opts.MaxPending = 256
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
 	}
 	p := &Publisher{nc: nc, opts: opts}
 	if !opts.JetStream {
 		return p, nil
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(opts.MaxPending),
+		jetstream.WithPublishAsyncTimeout(ackTimeout),
+		jetstream.WithPublishAsyncErrHandler(p.notKept))
 	if err != nil {
 		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "memworker pressure events",
-		Subjects:    []string{subjects.AllPressureEvents},
-		MaxAge:      opts.MaxAge,
-		Duplicates:  2 * time.Minute,
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return p, fmt.Errorf("%w: creating stream %s: %v", ErrNoJetStream, StreamName, err)
+	if err := p.ensureStream(ctx, js); err != nil {
+		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
 	p.js = js
 	return p, nil
+}
+
+// StreamConfig is the stream the publisher keeps events in.
+func (p *Publisher) StreamConfig() jetstream.StreamConfig {
+	replicas := p.opts.Replicas
+	if replicas == 0 {
+		replicas = min(3, max(1, len(p.nc.Servers())))
+	}
+	return jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "memworker pressure events",
+		Subjects:    []string{subjects.AllPressureEvents},
+		MaxAge:      p.opts.MaxAge,
+		Duplicates:  2 * time.Minute,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}
+}
+
+// ensureStream creates the stream, or updates it when its configuration
+// differs from StreamConfig's.
+func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) error {
+	want := p.StreamConfig()
+	s, err := js.Stream(ctx, StreamName)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = js.CreateStream(ctx, want)
+	case err != nil:
+	default:
+		have := s.CachedInfo().Config
+		if have.MaxAge != want.MaxAge || have.Replicas != want.Replicas || have.Duplicates != want.Duplicates ||
+			!slices.Equal(have.Subjects, want.Subjects) {
+			_, err = js.UpdateStream(ctx, want)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", StreamName, err)
+	}
+	return nil
+}
+
+// notKept hears of an event the stream did not acknowledge: no stream
+// answered (gone, and nobody else subscribed), or no acknowledgement came
+// in time (gone, with subscribers). Check looks for the stream next.
+func (p *Publisher) notKept(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	p.mu.Lock()
+	first := !p.lost
+	p.lost = true
+	p.mu.Unlock()
+	if first {
+		p.opts.Logf("event on %s not kept in %s (%v); looking for the stream", msg.Subject, StreamName, err)
+	}
+}
+
+// Check creates the stream again when an event was not acknowledged since
+// the last check and the stream is gone (deleted, or a server restarted
+// with an empty store). The caller calls it now and then (the worker's
+// event pump, every second).
+func (p *Publisher) Check(ctx context.Context) {
+	if p.js == nil {
+		return
+	}
+	p.mu.Lock()
+	lost := p.lost
+	p.mu.Unlock()
+	if !lost {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := p.ensureStream(ctx, p.js); err != nil {
+		p.opts.Logf("the event stream %s cannot be created: %v", StreamName, err)
+		return
+	}
+	p.mu.Lock()
+	p.lost = false
+	p.mu.Unlock()
+	p.opts.Logf("the event stream %s is in place again", StreamName)
+}
+
+// Close waits, at most until ctx is done, for the stream to acknowledge
+// the events published to it.
+func (p *Publisher) Close(ctx context.Context) {
+	if p.js == nil {
+		return
+	}
+	select {
+	case <-p.js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
 }
 
 // JetStream reports whether events are kept in the stream.
@@ -98,8 +215,9 @@ func build(typ, source, subject string, at time.Time, data any) (event.Event, er
 	return e, e.Validate()
 }
 
-// Publish sends the event for data on memory.pressure.<device_id> and, with
-// JetStream, waits for the stream to store it.
+// Publish sends the event for data on memory.pressure.<device_id>; with
+// JetStream the stream stores it too, acknowledged in the background (see
+// Publisher).
 func (p *Publisher) Publish(ctx context.Context, data Pressure) (event.Event, error) {
 	e, err := New(data)
 	if err != nil {
@@ -109,9 +227,18 @@ func (p *Publisher) Publish(ctx context.Context, data Pressure) (event.Event, er
 	if err != nil {
 		return e, err
 	}
+	kept := false
 	if p.js != nil {
-		_, err = p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(e.ID()))
-	} else {
+		// A JetStream publish is a core publish with a reply subject for
+		// the ack: subscribers get it as soon as any other.
+		_, err = p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID()), jetstream.WithStallWait(50*time.Millisecond))
+		kept = err == nil
+		if err != nil {
+			p.opts.Logf("event on %s not kept: %v", msg.Subject, err)
+		}
+	}
+	if !kept {
+		msg.Reply = ""
 		err = p.nc.PublishMsg(msg)
 	}
 	if err != nil {

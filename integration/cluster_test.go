@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/events"
@@ -334,5 +336,105 @@ func retry(f func() error) error {
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestEventsSurviveTheLossOfTheStreamLeader: on a 3-server cluster the
+// event stream has 3 replicas, so when the server leading it goes, the
+// events kept before and those published after are all replayed.
+func TestEventsSurviveTheLossOfTheStreamLeader(t *testing.T) {
+	servers := startCluster(t, 3)
+	wnc, err := nats.Connect(urls(servers[0], servers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wnc.Close)
+	h := startWorkerOn(t, context.Background(), wnc, "n1", withDevices(1, GiB))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// The stream, as the worker made it.
+	var stream jetstream.Stream
+	streamOn := func(s *server.Server) jetstream.Stream {
+		nc := connect(t, s)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err := js.Stream(callCtx, events.StreamName)
+			cancel()
+			if err == nil && st.CachedInfo().Cluster != nil && st.CachedInfo().Cluster.Leader != "" {
+				return st
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no stream %s with a leader: %v", events.StreamName, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	stream = streamOn(servers[1])
+	if r := stream.CachedInfo().Config.Replicas; r != 3 {
+		t.Fatalf("the event stream has %d replicas on a 3-server cluster, want 3", r)
+	}
+	nc := connect(t, servers[1])
+	drive(t, nc, h, "n1-gpu0")
+
+	// Wait until the stream holds the first round, then stop its leader.
+	for stream.CachedInfo().State.Msgs < uint64(len(wantLevels)) {
+		callCtx, cancelCall := context.WithTimeout(ctx, 2*time.Second)
+		_, err := stream.Info(callCtx)
+		cancelCall()
+		if err != nil || ctx.Err() != nil {
+			t.Fatalf("the stream holds %d events: %v", stream.CachedInfo().State.Msgs, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	leader := stream.CachedInfo().Cluster.Leader
+	var rest []*server.Server
+	for _, s := range servers {
+		if s.Name() == leader {
+			s.Shutdown()
+			continue
+		}
+		rest = append(rest, s)
+	}
+	if len(rest) != 2 {
+		t.Fatalf("stream leader %q is none of the servers", leader)
+	}
+	// A new leader, then a second round.
+	for {
+		stream = streamOn(rest[0])
+		if stream.CachedInfo().Cluster.Leader != leader {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	nc = connect(t, rest[0])
+	drive(t, nc, h, "n1-gpu0")
+
+	want := append(append([]subjects.Level{}, wantLevels...), wantLevels[1:]...)
+	var got []subjects.Level
+	for len(got) < len(want) && ctx.Err() == nil {
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for {
+			msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				break
+			}
+			_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, d.Level)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("replayed %v after the leader's loss, want %v", got, want)
 	}
 }

@@ -245,3 +245,62 @@ func TestStartupEventTellsTheLevelFound(t *testing.T) {
 		t.Errorf("first event: %s at %s, want startup at normal", first.Reason, first.Level)
 	}
 }
+
+// TestALostEventStreamIsRecreated: with the event stream deleted under a
+// running worker, every level change still reaches subscribers at once
+// (none waits for an acknowledgement that cannot come), and the stream is
+// created again and keeps the events after it.
+func TestALostEventStreamIsRecreated(t *testing.T) {
+	srv := startJetStreamServer(t)
+	nc := connect(t, srv)
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	next(2 * time.Second) // startup
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	round := func(n int) {
+		drive(t, nc, h, "n1-gpu0")
+		for i, want := range wantLevels[1:] {
+			if r := next(time.Second); r.data.Level != want {
+				t.Fatalf("round %d, event %d: level %s, want %s", n, i, r.data.Level, want)
+			}
+		}
+	}
+	round(1)
+	var s jetstream.Stream
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if s, err = js.Stream(ctx, events.StreamName); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream was not created again: %v", err)
+		}
+	}
+	round(2)
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []subjects.Level
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(500 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, d.Level)
+	}
+	if n := len(wantLevels) - 1; len(kept) < n || !slices.Equal(kept[len(kept)-n:], wantLevels[1:]) {
+		t.Errorf("the stream kept %v, want it to end with the second round %v", kept, wantLevels[1:])
+	}
+}

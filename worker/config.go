@@ -45,6 +45,9 @@ type Config struct {
 	// EventsJetStream keeps pressure events in a JetStream stream when the
 	// server has JetStream.
 	EventsJetStream bool
+	// EventReplicas is the event stream's replicas; 0 takes the number of
+	// servers the connection knows of, at most 3.
+	EventReplicas int
 	// IdleAfter is how long an allocation goes unused before
 	// optimization_recs suggests offloading it.
 	IdleAfter time.Duration
@@ -98,8 +101,8 @@ func DefaultConfig() Config {
 		CriticalRepeat:     30 * time.Second,
 		EventsJetStream:    true,
 		IdempotencyWindow:  10 * time.Minute,
-		IdempotencyEntries: 1_000_000,
-		IdempotencyBytes:   64 << 20,
+		IdempotencyEntries: 100_000,
+		IdempotencyBytes:   8 << 20,
 		OpTimeout:          30 * time.Second,
 		TelemetryMaxAge:    time.Second,
 		TruthMaxAge:        time.Millisecond,
@@ -122,6 +125,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 || c.TelemetryMaxAge <= 0 {
 		errs = append(errs, errors.New("expiry and sample intervals, idempotency window, op timeout and telemetry max age must be positive"))
+	}
+	if c.EventReplicas < 0 || c.EventReplicas > 5 {
+		errs = append(errs, errors.New("event replicas must be 0 (from the cluster) to 5"))
 	}
 	if c.TruthMaxAge < 0 {
 		errs = append(errs, errors.New("truth max age must not be negative"))

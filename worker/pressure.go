@@ -67,10 +67,14 @@ func consumers(cs []ledger.Consumer) []events.Consumer {
 }
 
 // publish sends queued events until stop is closed, and then those still
-// queued.
+// queued. Every second it lets the publisher look for a lost stream.
 func (w *Worker) publish(pub *events.Publisher, stop <-chan struct{}) {
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
 	for {
 		select {
+		case <-check.C:
+			pub.Check(context.Background())
 		case data := <-w.events:
 			w.publishOne(pub, data)
 		case <-stop:

@@ -91,14 +91,17 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // publishes what is queued; then the stop is announced and nc drained. Once
 // Run returns no handler runs any more, so the backend can be closed.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
-	pub, err := events.NewPublisher(ctx, nc, events.Options{Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream})
+	pub, err := events.NewPublisher(ctx, nc, events.Options{
+		Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream, Replicas: w.cfg.EventReplicas,
+		Logf: func(format string, args ...any) { w.log.Warn(fmt.Sprintf(format, args...)) },
+	})
 	switch {
 	case errors.Is(err, events.ErrNoJetStream):
 		w.log.Warn("pressure events go to core NATS only", "reason", err)
 	case err != nil:
 		return err
 	case pub.JetStream():
-		w.log.Info("pressure events are kept in JetStream", "stream", events.StreamName)
+		w.log.Info("pressure events are kept in JetStream", "stream", events.StreamName, "replicas", pub.StreamConfig().Replicas)
 	}
 	if err := w.checkNode(ctx, nc); err != nil {
 		return err
@@ -115,16 +118,19 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	defer cancelJobs()
 	stopTransfers, stopPump := make(chan struct{}), make(chan struct{})
 	var loops, pump sync.WaitGroup
-	pump.Go(func() { w.publish(pub, stopPump) })
 	for range transferRunners {
 		loops.Go(func() { w.runTransfers(jobCtx, stopTransfers) })
 	}
 
 	subsBefore := nc.NumSubscriptions()
 	svc, err := w.addService(serveCtx, nc)
+	// The service's own subscriptions, counted before anything else (the
+	// event pump's JetStream ack inbox) subscribes.
+	serviceSubs := nc.NumSubscriptions() - subsBefore
+	pump.Go(func() { w.publish(pub, stopPump) })
 	// Stopping, also when the service did not come up whole.
 	defer func() {
-		w.stopService(svc, nc, nc.NumSubscriptions()-subsBefore)
+		w.stopService(svc, nc, serviceSubs)
 		close(stopTransfers)
 		stopLoops()
 		deadline := time.AfterFunc(drainTimeout, cancelJobs)
@@ -132,6 +138,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		deadline.Stop()
 		close(stopPump)
 		pump.Wait()
+		acked, cancel := context.WithTimeout(context.Background(), eventTimeout)
+		pub.Close(acked)
+		cancel()
 		if svc != nil {
 			w.lifecycle(pub, events.TypeWorkerStopped, svc.Info().ID)
 		}

@@ -54,6 +54,7 @@ type cli struct {
 	CriticalRepeat    time.Duration `name:"critical-repeat" default:"${critical_repeat}" help:"How often a critical level is announced again."`
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
+	EventReplicas     int           `name:"event-replicas" help:"Replicas of the event stream (default: the number of servers in the cluster, at most 3)."`
 
 	MetricsAddr string `name:"metrics-addr" help:"Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9400)."`
 
@@ -109,6 +110,7 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.CriticalRepeat = c.CriticalRepeat
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
+	cfg.EventReplicas = c.EventReplicas
 	return cfg
 }
 
