@@ -59,6 +59,11 @@ type Config struct {
 	IdempotencyWindow  time.Duration
 	IdempotencyEntries int
 	IdempotencyBytes   int64
+	// TransferRetention is how long get_transfer knows a finished
+	// transfer; TransferHistoryBytes bounds the memory those take (the
+	// oldest go first), counting about 1 KiB each.
+	TransferRetention    time.Duration
+	TransferHistoryBytes int64
 	// OpTimeout bounds one operation's backend calls.
 	OpTimeout time.Duration
 	// TelemetryMaxAge is how old the telemetry in a reply (NVML's process
@@ -93,21 +98,23 @@ func DefaultReadHandlers() int { return min(4, max(1, runtime.GOMAXPROCS(0)/4)) 
 // DefaultConfig returns a Config with every optional field set.
 func DefaultConfig() Config {
 	return Config{
-		Version:            Version,
-		Thresholds:         monitor.DefaultThresholds(),
-		ExpiryInterval:     time.Second,
-		SampleInterval:     5 * time.Second,
-		IdleAfter:          subjects.DefaultIdleSeconds * time.Second,
-		CriticalRepeat:     30 * time.Second,
-		EventsJetStream:    true,
-		IdempotencyWindow:  10 * time.Minute,
-		IdempotencyEntries: 100_000,
-		IdempotencyBytes:   8 << 20,
-		OpTimeout:          30 * time.Second,
-		TelemetryMaxAge:    time.Second,
-		TruthMaxAge:        time.Millisecond,
-		ReadHandlers:       DefaultReadHandlers(),
-		DiscoveryWait:      250 * time.Millisecond,
+		Version:              Version,
+		Thresholds:           monitor.DefaultThresholds(),
+		ExpiryInterval:       time.Second,
+		SampleInterval:       5 * time.Second,
+		IdleAfter:            subjects.DefaultIdleSeconds * time.Second,
+		CriticalRepeat:       30 * time.Second,
+		EventsJetStream:      true,
+		IdempotencyWindow:    10 * time.Minute,
+		IdempotencyEntries:   100_000,
+		IdempotencyBytes:     8 << 20,
+		OpTimeout:            30 * time.Second,
+		TransferRetention:    time.Hour,
+		TransferHistoryBytes: 64 << 20,
+		TelemetryMaxAge:      time.Second,
+		TruthMaxAge:          time.Millisecond,
+		ReadHandlers:         DefaultReadHandlers(),
+		DiscoveryWait:        250 * time.Millisecond,
 	}
 }
 
@@ -128,6 +135,9 @@ func (c *Config) Validate() error {
 	}
 	if c.EventReplicas < 0 || c.EventReplicas > 5 {
 		errs = append(errs, errors.New("event replicas must be 0 (from the cluster) to 5"))
+	}
+	if c.TransferRetention <= 0 || c.TransferHistoryBytes <= 0 {
+		errs = append(errs, errors.New("transfer retention and history bytes must be positive"))
 	}
 	if c.TruthMaxAge < 0 {
 		errs = append(errs, errors.New("truth max age must not be negative"))

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"container/list"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -21,11 +22,10 @@ import (
 
 // Transfer tuning.
 const (
-	transferChunk     = 64 << 20 // bytes per backend copy, so progress moves
-	verifyChunk       = 4 << 20  // bytes read at a time for checksums
-	transferQueueLen  = 1024     // jobs waiting for a runner
-	transferRunners   = 4        // jobs running at once
-	transfersRetained = 1024     // finished jobs kept for get_transfer
+	transferChunk    = 64 << 20 // bytes per backend copy, so progress moves
+	verifyChunk      = 4 << 20  // bytes read at a time for checksums
+	transferQueueLen = 1024     // jobs waiting for a runner
+	transferRunners  = 4        // jobs running at once
 )
 
 // job is one transfer. Its status is guarded by mu; bytesDone is read
@@ -64,21 +64,39 @@ func (j *job) update(f func(*subjects.TransferStatus)) {
 	f(&j.status)
 }
 
-// transfers is the worker's job registry and queue.
+// transfers is the worker's job registry and queue. Finished jobs are
+// kept for get_transfer for the retention, and at most maxBytes of them
+// (oldest dropped first); queued and running jobs are always kept.
 type transfers struct {
-	mu    sync.Mutex
-	jobs  map[string]*job
-	order []string // oldest first, for retention
-	queue chan *job
+	mu        sync.Mutex
+	jobs      map[string]*job
+	done      list.List // of *finished, oldest first
+	doneBytes int64
+	queue     chan *job
+
+	retention time.Duration
+	maxBytes  int64
 }
 
-func newTransfers() *transfers {
-	return &transfers{jobs: map[string]*job{}, queue: make(chan *job, transferQueueLen)}
+// finished is a finished job in the registry's history.
+type finished struct {
+	id    string
+	at    time.Time
+	bytes int64
 }
 
-func (t *transfers) get(id string) *job {
+// jobBytes is what a finished job is counted as: its status and the map
+// and list entries around it, and its error message.
+func jobBytes(s subjects.TransferStatus) int64 { return 1024 + int64(len(s.ErrorMessage)) }
+
+func newTransfers(retention time.Duration, maxBytes int64) *transfers {
+	return &transfers{jobs: map[string]*job{}, queue: make(chan *job, transferQueueLen), retention: retention, maxBytes: maxBytes}
+}
+
+func (t *transfers) get(id string, now time.Time) *job {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.prune(now)
 	return t.jobs[id]
 }
 
@@ -86,16 +104,28 @@ func (t *transfers) add(j *job) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.jobs[j.status.TransferID] = j
-	t.order = append(t.order, j.status.TransferID)
-	// Forget the oldest finished jobs beyond the bound.
-	for i := 0; len(t.jobs) > transfersRetained && i < len(t.order); {
-		old := t.jobs[t.order[i]]
-		if s := old.snapshot(time.Now()); s.CompletedAt == nil {
-			i++
-			continue
+}
+
+// finish enters a job that ended into the history.
+func (t *transfers) finish(s subjects.TransferStatus, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := &finished{id: s.TransferID, at: now, bytes: jobBytes(s)}
+	t.done.PushBack(f)
+	t.doneBytes += f.bytes
+	t.prune(now)
+}
+
+// prune forgets the finished jobs past the retention or the byte bound.
+func (t *transfers) prune(now time.Time) {
+	for e := t.done.Front(); e != nil; e = t.done.Front() {
+		f := e.Value.(*finished)
+		if now.Sub(f.at) < t.retention && t.doneBytes <= t.maxBytes {
+			return
 		}
-		delete(t.jobs, t.order[i])
-		t.order = append(t.order[:i], t.order[i+1:]...)
+		t.done.Remove(e)
+		t.doneBytes -= f.bytes
+		delete(t.jobs, f.id)
 	}
 }
 
@@ -146,7 +176,7 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 }
 
 func (w *Worker) getTransfer(_ context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
-	j := w.transfers.get(req.TransferID)
+	j := w.transfers.get(req.TransferID, time.Now())
 	if j == nil || (j.src != g && j.dst != g) {
 		return nil, ledger.Errorf(ledger.ErrTransferNotFound, "no transfer %s from or to %s", req.TransferID, g.ID())
 	}
@@ -275,16 +305,19 @@ func (w *Worker) finish(ctx context.Context, j *job, destID string, err error) {
 		d.mu.Unlock()
 	}
 	size := j.lent.Allocation.SizeBytes
+	var final subjects.TransferStatus
 	j.update(func(st *subjects.TransferStatus) {
 		st.CompletedAt = &now
 		if err == nil {
 			st.Status = subjects.TransferCompleted
-			return
+		} else {
+			we := wireError(err)
+			st.Status, st.ErrorCode, st.ErrorMessage = subjects.TransferFailed, we.Code, we.Message
+			st.DestinationAllocationID = ""
 		}
-		we := wireError(err)
-		st.Status, st.ErrorCode, st.ErrorMessage = subjects.TransferFailed, we.Code, we.Message
-		st.DestinationAllocationID = ""
+		final = *st
 	})
+	w.transfers.finish(final, now)
 	if err != nil {
 		level := slog.LevelDebug
 		if code := wireError(err).Code; code == subjects.CodeInternal || code == subjects.CodeDeviceUnavailable {

@@ -54,7 +54,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if len(infos) == 0 {
 		return nil, errors.New("the backend has no devices")
 	}
-	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(),
+	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(cfg.TransferRetention, cfg.TransferHistoryBytes),
 		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{}),
 		drops: sampledLog{interval: time.Minute}}
 	for _, info := range infos {
