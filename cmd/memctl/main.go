@@ -107,7 +107,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		fmt.Fprintln(stderr, "memctl:", err)
 		return exitUsage
 	}
-	nc, err := nats.Connect(c.Server, append(opts, nats.Name("memctl"), nats.Timeout(c.Timeout))...)
+	opts = append(opts, nats.Name("memctl"), nats.Timeout(c.Timeout))
+	opts = append(opts, client.Resilient(func(e client.ConnectionEvent) {
+		if e.Lost {
+			fmt.Fprintf(stderr, "memctl: NATS connection lost (%v); reconnecting\n", e.Err)
+			return
+		}
+		fmt.Fprintf(stderr, "memctl: NATS connection back (%s)\n", e.URL)
+	})...)
+	nc, err := nats.Connect(c.Server, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "memctl: cannot reach NATS at %s: %v\n", c.Server, err)
 		return exitUnreachable

@@ -146,13 +146,15 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(url, append(natsOpts, nats.Name("memworker "+cfg.Node), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("NATS disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))...)
+	natsOpts = append(natsOpts, nats.Name("memworker "+cfg.Node))
+	natsOpts = append(natsOpts, client.Resilient(func(e client.ConnectionEvent) {
+		if e.Lost {
+			log.Warn("NATS connection lost; reconnecting until it is back", "err", e.Err)
+			return
+		}
+		log.Info("NATS connection back", "url", e.URL)
+	})...)
+	nc, err := nats.Connect(url, natsOpts...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", url, err)
 	}
