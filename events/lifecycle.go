@@ -26,6 +26,10 @@ type Lifecycle struct {
 	Standby  bool      `json:"standby"`
 	Devices  []string  `json:"devices"`
 	At       time.Time `json:"at"`
+	// GoneInstance, in a started event, is the instance that served the
+	// node before and stopped without a stopped event (killed, or its host
+	// lost): its allocation ids are void.
+	GoneInstance string `json:"gone_instance,omitempty"`
 }
 
 // PublishLifecycle sends a lifecycle event of type typ on

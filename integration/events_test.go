@@ -304,3 +304,60 @@ func TestALostEventStreamIsRecreated(t *testing.T) {
 		t.Errorf("the stream kept %v, want it to end with the second round %v", kept, wantLevels[1:])
 	}
 }
+
+// TestStartedEventNamesAKilledInstanceAsGone: a worker that vanished
+// without its stopped event (kill -9: its record is left behind) is named
+// by the next worker's started event, so clients learn its allocation ids
+// are void; after a clean stop the next start names nobody.
+func TestStartedEventNamesAKilledInstanceAsGone(t *testing.T) {
+	srv := startJetStreamServer(t)
+	nc := connect(t, srv)
+	life, err := nc.SubscribeSync(subjects.LifecycleEvents("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := func() events.Lifecycle {
+		t.Helper()
+		for {
+			msg, err := life.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, d, err := events.DecodeLifecycle(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Type() == events.TypeWorkerStarted {
+				return d
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := startWorkerCtx(t, ctx, srv, "n1", withDevices(1, GiB))
+	first := started()
+	if first.GoneInstance != "" {
+		t.Errorf("first start names %q as gone", first.GoneInstance)
+	}
+	cancel() // a clean stop
+	h.wait()
+
+	// What a killed worker leaves: its record.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), worker.InstanceBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(context.Background(), "n1"); err == nil {
+		t.Error("a clean stop left its instance record")
+	}
+	if _, err := kv.Put(context.Background(), "n1", []byte("killed-instance")); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	if d := started(); d.GoneInstance != "killed-instance" {
+		t.Errorf("started after a kill names %q as gone, want killed-instance", d.GoneInstance)
+	}
+}

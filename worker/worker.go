@@ -122,6 +122,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		loops.Go(func() { w.runTransfers(jobCtx, stopTransfers) })
 	}
 
+	releaseInstance := func() {}
 	subsBefore := nc.NumSubscriptions()
 	svc, err := w.addService(serveCtx, nc)
 	// The service's own subscriptions, counted before anything else (the
@@ -142,7 +143,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		pub.Close(acked)
 		cancel()
 		if svc != nil {
-			w.lifecycle(pub, events.TypeWorkerStopped, svc.Info().ID)
+			w.lifecycle(pub, events.TypeWorkerStopped, svc.Info().ID, "")
+			releaseInstance()
 		}
 		w.drain(nc)
 		w.log.Info("stopped", "node", w.cfg.Node)
@@ -152,7 +154,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	}
 	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
 		"devices", w.DeviceIDs(), "ops", len(subjects.Ops()))
-	w.lifecycle(pub, events.TypeWorkerStarted, svc.Info().ID)
+	gone, release := w.registerInstance(ctx, nc, svc.Info().ID)
+	releaseInstance = release
+	w.lifecycle(pub, events.TypeWorkerStarted, svc.Info().ID, gone)
 	close(w.ready)
 
 	loops.Go(func() { w.every(loopCtx, w.cfg.ExpiryInterval, w.expire) })
