@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -52,42 +50,45 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 	}
 	now := time.Now().UTC()
 	a := &allocation{
-		Allocation: subjects.Allocation{
-			AllocationID:   id.String(),
-			DeviceID:       d.id,
-			SizeBytes:      req.SizeBytes,
-			ReservedBytes:  block.Size(),
-			AllocationType: req.AllocationType,
-			Alignment:      max(req.Alignment, alloc.MinBlock),
-			Purpose:        req.Purpose,
-			ModelID:        req.ModelID,
-			Persistent:     req.Persistent,
-			CreatedAt:      now,
-			LastUsedAt:     now,
-		},
-		kind:   kind,
-		block:  block,
-		origin: origin,
+		id:        id,
+		size:      req.SizeBytes,
+		alignment: max(req.Alignment, alloc.MinBlock),
+		created:   now.UnixNano(),
+		lastUsed:  now.UnixNano(),
+		purpose:   req.Purpose,
+		model:     req.ModelID,
+		block:     block,
+		rsv:       block.Size(),
+		typ:       typeCode(req.AllocationType),
+		kind:      kind,
+	}
+	a.set(persistent, req.Persistent)
+	if origin.RequestID != "" {
+		a.extra = &extra{origin: origin}
 	}
 	if req.Export {
-		a.Exported = true
-		a.IPCHandle = base64.StdEncoding.EncodeToString(handle)
-		a.IPCOffset = int64(block.Addr() - block.SegmentAddr())
+		if a.extra == nil {
+			a.extra = &extra{}
+		}
+		a.set(exported, true)
+		a.extra.ipcHandle = base64.StdEncoding.EncodeToString(handle)
+		a.extra.ipcOffset = int64(block.Addr() - block.SegmentAddr())
 	}
 	if req.TTLSeconds > 0 {
-		exp := now.Add(time.Duration(math.Round(req.TTLSeconds * float64(time.Second))))
-		a.ExpiresAt = &exp
+		a.expires = now.Add(time.Duration(math.Round(req.TTLSeconds * float64(time.Second)))).UnixNano()
 	}
 	d.add(a)
-	return a.Allocation, nil
+	return d.view(a), nil
 }
 
 // Deallocate frees allocations by id, all or nothing: every id is checked
 // before any is freed.
 func (d *Device) Deallocate(req *subjects.DeallocateRequest) (subjects.DeallocateReply, error) {
 	ids := req.IDs()
-	for _, id := range ids {
-		a, ok := d.allocs[id]
+	entries := make([]*allocation, len(ids))
+	for i, id := range ids {
+		a, ok := d.get(id)
+		entries[i] = a
 		if !ok {
 			return subjects.DeallocateReply{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 		}
@@ -96,51 +97,99 @@ func (d *Device) Deallocate(req *subjects.DeallocateRequest) (subjects.Deallocat
 		}
 	}
 	reply := subjects.DeallocateReply{DeallocatedIDs: []string{}}
-	for _, id := range ids {
-		a := d.allocs[id]
+	for i, a := range entries {
+		bytes := a.reserved()
 		if err := d.free(a); err != nil {
 			return subjects.DeallocateReply{}, err
 		}
-		reply.DeallocatedIDs = append(reply.DeallocatedIDs, id)
-		reply.FreedBytes += a.ReservedBytes
+		reply.DeallocatedIDs = append(reply.DeallocatedIDs, ids[i])
+		reply.FreedBytes += bytes
 	}
 	return reply, nil
 }
 
 // Allocations lists the allocations the request's filters accept, one page
-// of them.
+// of them, in id order. A page costs its length, not the ledger's size;
+// total_count with more than one filter costs a walk of the ledger.
 func (d *Device) Allocations(req *subjects.AllocationsRequest) subjects.AllocationsReply {
-	all := d.list(func(a *allocation) bool {
+	keep := func(a *allocation) bool {
 		return matches(a, req.Purpose, req.ModelID, req.AllocationType) &&
-			(req.Persistent == nil || a.Persistent == *req.Persistent)
-	})
-	return page(all, req.Cursor, req.Limit)
-}
-
-// page returns the page of all (sorted by id) after cursor, at most limit
-// long, with the cursor of the next page when there is one.
-func page(all []subjects.Allocation, cursor string, limit int) subjects.AllocationsReply {
-	start := 0
-	if cursor != "" {
-		start, _ = slices.BinarySearchFunc(all, cursor, func(a subjects.Allocation, c string) int {
-			return strings.Compare(a.AllocationID, c)
-		})
-		if start < len(all) && all[start].AllocationID == cursor {
-			start++
-		}
+			(req.Persistent == nil || a.has(persistent) == *req.Persistent)
 	}
-	p := all[start:min(len(all), start+limit)]
-	reply := subjects.AllocationsReply{Allocations: p, TotalCount: len(all)}
-	if start+len(p) < len(all) {
-		reply.NextCursor = p[len(p)-1].AllocationID
+	limit := req.Limit
+	if limit <= 0 {
+		limit = subjects.DefaultPageLimit
+	}
+	reply := subjects.AllocationsReply{Allocations: []subjects.Allocation{}, TotalCount: d.count(req, keep)}
+	visit := func(a *allocation) bool {
+		if !keep(a) {
+			return true
+		}
+		if len(reply.Allocations) == limit {
+			reply.NextCursor = reply.Allocations[len(reply.Allocations)-1].AllocationID
+			return false
+		}
+		reply.Allocations = append(reply.Allocations, d.view(a))
+		return true
+	}
+	if req.Cursor == "" {
+		d.order.Ascend(visit)
+	} else {
+		after, _ := cursorKey(req.Cursor)
+		d.order.AscendGreaterOrEqual(after, func(a *allocation) bool {
+			if a.id == after.id {
+				return true
+			}
+			return visit(a)
+		})
 	}
 	return reply
 }
 
+// cursorKey is where a page after cursor starts: the entry with the
+// cursor's id, or where it would be (a cursor that is not an id sorts by
+// its bytes).
+func cursorKey(cursor string) (*allocation, bool) {
+	if u, ok := parseID(cursor); ok {
+		return &allocation{id: u}, true
+	}
+	var u [16]byte
+	copy(u[:], cursor)
+	return &allocation{id: u}, false
+}
+
+// count is how many allocations the request's filters accept: from the
+// figures kept by name and type when there is at most one filter.
+func (d *Device) count(req *subjects.AllocationsRequest, keep func(*allocation) bool) int {
+	filters := 0
+	for _, set := range []bool{req.Purpose != "", req.ModelID != "", req.AllocationType != "", req.Persistent != nil} {
+		if set {
+			filters++
+		}
+	}
+	switch {
+	case filters == 0:
+		return len(d.allocs)
+	case filters == 1 && req.Purpose != "":
+		return d.purposes.entries(req.Purpose)
+	case filters == 1 && req.ModelID != "":
+		return d.modelNames.entries(req.ModelID)
+	case filters == 1 && req.AllocationType != "":
+		return d.byType[typeCode(req.AllocationType)]
+	}
+	n := 0
+	for _, a := range d.allocs {
+		if keep(a) {
+			n++
+		}
+	}
+	return n
+}
+
 func matches(a *allocation, purpose, modelID string, t subjects.AllocationType) bool {
-	return (purpose == "" || a.Purpose == purpose) &&
-		(modelID == "" || a.ModelID == modelID) &&
-		(t == "" || a.AllocationType == t)
+	return (purpose == "" || a.purpose == purpose) &&
+		(modelID == "" || a.model == modelID) &&
+		(t == "" || a.allocType() == t)
 }
 
 // Clear frees the allocations the filters accept (persistent ones only
@@ -152,7 +201,7 @@ func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest) (subject
 		if !matches(a, req.Purpose, req.ModelID, req.AllocationType) {
 			continue
 		}
-		if a.Persistent && !req.Force {
+		if a.has(persistent) && !req.Force {
 			reply.SkippedPersistent++
 			continue
 		}
@@ -160,11 +209,12 @@ func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest) (subject
 			reply.SkippedBusy++
 			continue
 		}
+		bytes := a.reserved()
 		if err := d.free(a); err != nil {
 			return reply, err
 		}
 		reply.ClearedAllocations++
-		reply.ClearedBytes += a.ReservedBytes
+		reply.ClearedBytes += bytes
 	}
 	if req.ReleaseCached == nil || *req.ReleaseCached {
 		for _, p := range d.pools {
@@ -192,14 +242,15 @@ func (d *Device) Expire(now time.Time) ([]Expired, error) {
 	var out []Expired
 	var errs []error
 	for _, a := range d.allocs {
-		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.idle() {
+		if !a.expiredAt(now) || !a.idle() {
 			continue
 		}
+		e := Expired{AllocationID: a.idString(), Bytes: a.reserved()}
 		if err := d.free(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		out = append(out, Expired{AllocationID: a.AllocationID, Bytes: a.ReservedBytes})
+		out = append(out, e)
 	}
 	return out, errors.Join(errs...)
 }

@@ -57,13 +57,13 @@ func (d *Device) Recommendations(u subjects.Usage, p subjects.Pressure) subjects
 		if !a.idle() {
 			continue
 		}
-		if a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) {
+		if a.expiredAt(now) {
 			expired++
-			expiredBytes += a.ReservedBytes
+			expiredBytes += a.reserved()
 		}
-		if a.relocatable() && a.kind == device.VRAM && a.AllocationType == subjects.VRAM && !a.Persistent && a.LastUsedAt.Before(idleCutoff) {
+		if a.relocatable() && a.kind == device.VRAM && a.allocType() == subjects.VRAM && !a.has(persistent) && a.lastUsedAt().Before(idleCutoff) {
 			idle++
-			idleBytes += a.ReservedBytes
+			idleBytes += a.reserved()
 		}
 	}
 	if expired > 0 {
@@ -125,8 +125,8 @@ func rank(recs []subjects.Recommendation) {
 func (d *Device) modelRec(u subjects.Usage, p subjects.Pressure) (subjects.Recommendation, bool) {
 	var resident int64
 	for _, a := range d.allocs {
-		if a.ModelID != "" && a.kind == device.VRAM && !a.Persistent && a.relocatable() {
-			resident += a.ReservedBytes
+		if a.model != "" && a.kind == device.VRAM && !a.has(persistent) && a.relocatable() {
+			resident += a.reserved()
 		}
 	}
 	if resident == 0 {

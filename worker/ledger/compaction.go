@@ -57,8 +57,9 @@ func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction,
 		// Follow the moves, also when the step stopped half way.
 		for _, mv := range step.Moves {
 			a := owners[mv.From]
-			a.block = mv.To
-			a.ReservedBytes = mv.To.Size()
+			d.account(a, -1)
+			a.block, a.rsv = mv.To, mv.To.Size()
+			d.account(a, 1)
 			owners[mv.To] = a
 			delete(owners, mv.From)
 		}
@@ -84,21 +85,24 @@ func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction,
 // until released).
 func (d *Device) offload(ctx context.Context, a *allocation, now time.Time) error {
 	if a.kind != device.VRAM || !a.relocatable() {
-		return fmt.Errorf("allocation %s cannot be offloaded now: %w", a.AllocationID, ErrConflict)
+		return fmt.Errorf("allocation %s cannot be offloaded now: %w", a.idString(), ErrConflict)
 	}
-	host, err := d.pools[device.Pinned].Alloc(ctx, a.SizeBytes, a.Alignment)
+	host, err := d.pools[device.Pinned].Alloc(ctx, a.size, a.alignment)
 	if err != nil {
-		return fmt.Errorf("pinned host memory for %s: %w", a.AllocationID, err)
+		return fmt.Errorf("pinned host memory for %s: %w", a.idString(), err)
 	}
 	dst := device.Location{Device: d.index, Kind: device.Pinned, Addr: host.Addr()}
-	if err := d.backend.Copy(ctx, dst, d.loc(a), a.SizeBytes); err != nil {
+	if err := d.backend.Copy(ctx, dst, d.loc(a), a.size); err != nil {
 		_ = d.pools[device.Pinned].Free(host)
-		return fmt.Errorf("offloading %s: %w", a.AllocationID, err)
+		return fmt.Errorf("offloading %s: %w", a.idString(), err)
 	}
 	if err := d.pools[device.VRAM].Free(a.block); err != nil {
 		return err
 	}
-	a.kind, a.block, a.ReservedBytes, a.Offloaded, a.LastUsedAt = device.Pinned, host, host.Size(), true, now
+	d.account(a, -1)
+	a.kind, a.block, a.rsv, a.lastUsed = device.Pinned, host, host.Size(), now.UnixNano()
+	a.set(offloaded, true)
+	d.account(a, 1)
 	return nil
 }
 

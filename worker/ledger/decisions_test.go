@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
@@ -59,46 +58,6 @@ func TestRankPutsSeverityBeforeSavings(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("order (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
-func TestPageFollowsTheCursor(t *testing.T) {
-	var all []subjects.Allocation
-	for i := range 5 {
-		all = append(all, subjects.Allocation{AllocationID: fmt.Sprintf("id-%d", i)})
-	}
-	ids := func(r subjects.AllocationsReply) []string {
-		out := []string{}
-		for _, a := range r.Allocations {
-			out = append(out, a.AllocationID)
-		}
-		return out
-	}
-	tests := []struct {
-		name       string
-		cursor     string
-		limit      int
-		want       []string
-		wantCursor string
-	}{
-		{"first page", "", 2, []string{"id-0", "id-1"}, "id-1"},
-		{"next page", "id-1", 2, []string{"id-2", "id-3"}, "id-3"},
-		{"last page has no cursor", "id-3", 2, []string{"id-4"}, ""},
-		{"exactly the rest", "id-2", 2, []string{"id-3", "id-4"}, ""},
-		{"all at once", "", 10, []string{"id-0", "id-1", "id-2", "id-3", "id-4"}, ""},
-		{"cursor of a freed allocation resumes after it", "id-1x", 2, []string{"id-2", "id-3"}, "id-3"},
-		{"cursor past the end", "id-9", 2, []string{}, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := page(all, tt.cursor, tt.limit)
-			if diff := cmp.Diff(tt.want, ids(got)); diff != "" {
-				t.Errorf("page (-want +got):\n%s", diff)
-			}
-			if got.NextCursor != tt.wantCursor || got.TotalCount != len(all) {
-				t.Errorf("next cursor %q, total %d; want %q, %d", got.NextCursor, got.TotalCount, tt.wantCursor, len(all))
 			}
 		})
 	}

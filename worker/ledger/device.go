@@ -2,9 +2,10 @@ package ledger
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 	"time"
+
+	"github.com/google/btree"
+	"github.com/google/uuid"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
@@ -35,28 +36,19 @@ type Device struct {
 	index   int
 	backend Backend
 
-	pools  [2]*alloc.Pool // by device.Kind
-	allocs map[string]*allocation
-	// byRequest finds an allocation by the request that made it.
+	pools [2]*alloc.Pool // by device.Kind
+	// allocs finds an entry by id, order keeps them in id order (for
+	// pages), byRequest by the request that made them.
+	allocs    map[uuid.UUID]*allocation
+	order     *btree.BTreeG[*allocation]
 	byRequest map[string]*allocation
-	pressure  monitor.Tracker
-	history   *history
-	truth     truth
-	tele      telemetry
-}
-
-// allocation is a ledger entry: what the client sees and the block behind
-// it. kind is where the bytes are now: Pinned for PINNED allocations and for
-// offloaded VRAM ones.
-type allocation struct {
-	subjects.Allocation
-	kind  device.Kind
-	block *alloc.Block
-	// busy counts transfers reading or writing the allocation: while it is
-	// not zero the allocation is neither moved nor freed.
-	busy int
-	// origin is the request that made it, when it came with a request_id.
-	origin Origin
+	// purposes and models count the entries of each name, and their VRAM.
+	purposes, modelNames names
+	byType               [2]int // entries by type code
+	pressure             monitor.Tracker
+	history              *history
+	truth                truth
+	tele                 telemetry
 }
 
 // Origin is the request that made an allocation: its request_id and a
@@ -67,24 +59,19 @@ type Origin struct {
 	Digest    uint64
 }
 
-// idle reports whether no transfer is using the allocation, so it may be
-// freed.
-func (a *allocation) idle() bool { return a.busy == 0 }
-
-// relocatable reports whether the allocation's bytes may change place:
-// idle, and not exported (another process maps its address).
-func (a *allocation) relocatable() bool { return a.idle() && !a.Exported }
-
 // New returns the state of an empty device.
 func New(cfg Config) *Device {
 	d := &Device{
-		cfg:       cfg,
-		id:        cfg.ID,
-		index:     cfg.Info.Index,
-		backend:   cfg.Backend,
-		allocs:    map[string]*allocation{},
-		byRequest: map[string]*allocation{},
-		history:   newHistory(),
+		cfg:        cfg,
+		id:         cfg.ID,
+		index:      cfg.Info.Index,
+		backend:    cfg.Backend,
+		allocs:     map[uuid.UUID]*allocation{},
+		order:      newIndex(),
+		byRequest:  map[string]*allocation{},
+		purposes:   names{},
+		modelNames: names{},
+		history:    newHistory(),
 	}
 	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
 		d.pools[k] = alloc.New(source{b: cfg.Backend, dev: d.index, kind: k})
@@ -122,38 +109,76 @@ func (d *Device) loc(a *allocation) device.Location {
 	return device.Location{Device: d.index, Kind: a.kind, Addr: a.block.Addr()}
 }
 
+// get finds an entry by its id as the client spells it.
+func (d *Device) get(id string) (*allocation, bool) {
+	u, ok := parseID(id)
+	if !ok {
+		return nil, false
+	}
+	a, ok := d.allocs[u]
+	return a, ok
+}
+
 // Locate tells where an allocation's bytes are and how many there are. The
 // location is valid until the allocation is moved, transferred or freed.
 func (d *Device) Locate(id string) (device.Location, int64, error) {
-	a, ok := d.allocs[id]
+	a, ok := d.get(id)
 	if !ok {
 		return device.Location{}, 0, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 	}
-	return d.loc(a), a.SizeBytes, nil
+	return d.loc(a), a.size, nil
+}
+
+// account adds (sign 1) or removes (sign -1) what a holds in VRAM to or
+// from its purpose's and model's figures. Every change of an entry's kind
+// or block is bracketed by the two.
+func (d *Device) account(a *allocation, sign int) {
+	if a.kind != device.VRAM {
+		return
+	}
+	d.purposes.vramDelta(a.purpose, a.reserved(), sign)
+	if a.model != "" {
+		d.modelNames.vramDelta(a.model, a.reserved(), sign)
+	}
+}
+
+// add enters a new entry, its names interned, in the ledger.
+func (d *Device) add(a *allocation) {
+	a.purpose = d.purposes.intern(a.purpose)
+	if a.model != "" {
+		a.model = d.modelNames.intern(a.model)
+	}
+	d.allocs[a.id] = a
+	d.order.ReplaceOrInsert(a)
+	if r := a.origin().RequestID; r != "" {
+		d.byRequest[r] = a
+	}
+	d.byType[a.typ]++
+	d.account(a, 1)
+	d.history.events.push(memEvent{at: time.Unix(0, a.created), bytes: a.reserved(), alloc: true})
 }
 
 // free returns a ledger entry's block to its pool and forgets it. An error
 // means the ledger and the pool disagree: a bug, never input; the entry
 // stays so the disagreement remains visible.
 func (d *Device) free(a *allocation) error {
+	bytes := a.reserved()
 	if err := d.pools[a.kind].Free(a.block); err != nil {
-		return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.AllocationID, err)
+		return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.idString(), err)
 	}
-	delete(d.allocs, a.AllocationID)
-	if a.origin.RequestID != "" {
-		delete(d.byRequest, a.origin.RequestID)
+	d.account(a, -1)
+	delete(d.allocs, a.id)
+	d.order.Delete(a)
+	if r := a.origin().RequestID; r != "" {
+		delete(d.byRequest, r)
 	}
-	d.history.events.push(memEvent{at: time.Now(), bytes: a.ReservedBytes})
+	d.byType[a.typ]--
+	d.purposes.release(a.purpose)
+	if a.model != "" {
+		d.modelNames.release(a.model)
+	}
+	d.history.events.push(memEvent{at: time.Now(), bytes: bytes})
 	return nil
-}
-
-// add enters a new allocation in the ledger.
-func (d *Device) add(a *allocation) {
-	d.allocs[a.AllocationID] = a
-	if a.origin.RequestID != "" {
-		d.byRequest[a.origin.RequestID] = a
-	}
-	d.history.events.push(memEvent{at: a.CreatedAt, bytes: a.ReservedBytes, alloc: true})
 }
 
 // MadeBy returns the live allocation a request made, and the digest of
@@ -163,43 +188,43 @@ func (d *Device) MadeBy(requestID string) (subjects.Allocation, uint64, bool) {
 	if !ok {
 		return subjects.Allocation{}, 0, false
 	}
-	return a.Allocation, a.origin.Digest, true
+	return d.view(a), a.origin().Digest, true
 }
 
 // Audit checks that the ledger and the pools agree: every kind's pool has
-// handed out exactly the bytes the ledger's entries hold.
+// handed out exactly the bytes the ledger's entries hold; and that the
+// index and the figures by name agree with the entries.
 func (d *Device) Audit() error {
 	var held [2]int64
+	vram := map[string]int64{}
 	for _, a := range d.allocs {
-		held[a.kind] += a.ReservedBytes
+		held[a.kind] += a.reserved()
+		if a.kind == device.VRAM {
+			vram[a.purpose] += a.reserved()
+		}
 	}
 	for k, p := range d.pools {
 		if s := p.Stats(); s.AllocatedBytes != held[k] {
 			return fmt.Errorf("%s %v: the ledger holds %d bytes, the pool says %d are allocated", d.id, device.Kind(k), held[k], s.AllocatedBytes)
 		}
 	}
+	if d.order.Len() != len(d.allocs) || d.byType[0]+d.byType[1] != len(d.allocs) {
+		return fmt.Errorf("%s: %d entries, %d in the index, %v by type", d.id, len(d.allocs), d.order.Len(), d.byType)
+	}
+	for p, n := range d.purposes {
+		if n.vramBytes != vram[p] {
+			return fmt.Errorf("%s: purpose %q holds %d bytes of VRAM, its figure says %d", d.id, p, vram[p], n.vramBytes)
+		}
+	}
 	return nil
 }
 
-// sorted lists the ledger's entries by id (ids are UUIDv7, so by creation
-// time).
+// sorted lists the ledger's entries by id.
 func (d *Device) sorted() []*allocation {
 	out := make([]*allocation, 0, len(d.allocs))
-	for _, a := range d.allocs {
+	d.order.Ascend(func(a *allocation) bool {
 		out = append(out, a)
-	}
-	slices.SortFunc(out, func(a, b *allocation) int { return strings.Compare(a.AllocationID, b.AllocationID) })
-	return out
-}
-
-// list returns the allocations keep accepts, by id.
-func (d *Device) list(keep func(*allocation) bool) []subjects.Allocation {
-	out := []subjects.Allocation{}
-	for _, a := range d.allocs {
-		if keep(a) {
-			out = append(out, a.Allocation)
-		}
-	}
-	slices.SortFunc(out, func(a, b subjects.Allocation) int { return strings.Compare(a.AllocationID, b.AllocationID) })
+		return true
+	})
 	return out
 }

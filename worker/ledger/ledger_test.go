@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -526,5 +528,48 @@ func TestRecommendations(t *testing.T) {
 	}
 	if r.Recommendations[0].Severity == subjects.SeverityInfo {
 		t.Errorf("under pressure the first recommendation is %s", r.Recommendations[0].Severity)
+	}
+}
+
+func TestPageFollowsTheCursor(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	var id []string
+	for range 5 {
+		id = append(id, allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096}).AllocationID)
+	}
+	// A freed allocation's id still works as a cursor.
+	gone := allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096}).AllocationID
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: gone})); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		cursor     string
+		limit      int
+		want       []string
+		wantCursor string
+	}{
+		{"first page", "", 2, id[0:2], id[1]},
+		{"next page", id[1], 2, id[2:4], id[3]},
+		{"last page has no cursor", id[3], 2, id[4:], ""},
+		{"exactly the rest", id[2], 2, id[3:], ""},
+		{"all at once", "", 10, id, ""},
+		{"cursor past the end", gone, 2, []string{}, ""},
+		{"cursor that is no id", "zzz", 2, []string{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := d.Allocations(valid(t, &subjects.AllocationsRequest{Cursor: tt.cursor, Limit: tt.limit}))
+			ids := []string{}
+			for _, a := range got.Allocations {
+				ids = append(ids, a.AllocationID)
+			}
+			if diff := cmp.Diff(tt.want, ids); diff != "" {
+				t.Errorf("page (-want +got):\n%s", diff)
+			}
+			if got.NextCursor != tt.wantCursor || got.TotalCount != len(id) {
+				t.Errorf("next cursor %q, total %d; want %q, %d", got.NextCursor, got.TotalCount, tt.wantCursor, len(id))
+			}
+		})
 	}
 }

@@ -16,8 +16,8 @@ import (
 func (d *Device) models(modelID string) map[string][]*allocation {
 	out := map[string][]*allocation{}
 	for _, a := range d.sorted() {
-		if a.ModelID != "" && (modelID == "" || a.ModelID == modelID) {
-			out[a.ModelID] = append(out[a.ModelID], a)
+		if a.model != "" && (modelID == "" || a.model == modelID) {
+			out[a.model] = append(out[a.model], a)
 		}
 	}
 	return out
@@ -30,16 +30,16 @@ func (d *Device) ModelStatus(req *subjects.ModelStatusRequest) subjects.ModelSta
 		m := subjects.ModelMemory{ModelID: id, DeviceID: d.id}
 		for _, a := range allocs {
 			m.Allocations++
-			if a.Persistent {
+			if a.has(persistent) {
 				m.PersistentAllocations++
 			}
 			if a.kind == device.VRAM {
-				m.ResidentBytes += a.ReservedBytes
+				m.ResidentBytes += a.reserved()
 			} else {
-				m.OffloadedBytes += a.ReservedBytes
+				m.OffloadedBytes += a.reserved()
 			}
-			if a.LastUsedAt.After(m.LastUsedAt) {
-				m.LastUsedAt = a.LastUsedAt
+			if a.lastUsedAt().After(m.LastUsedAt) {
+				m.LastUsedAt = a.lastUsedAt()
 			}
 		}
 		reply.Models = append(reply.Models, m)
@@ -75,13 +75,13 @@ func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate
 			if a.kind != device.VRAM || !a.idle() || (req.OptimizationType == subjects.OptimizeOffload && !a.relocatable()) {
 				continue
 			}
-			if a.Persistent && !req.Force {
+			if a.has(persistent) && !req.Force {
 				skippedPersistent++
 				continue
 			}
 			c.allocs = append(c.allocs, a)
-			if a.LastUsedAt.After(c.lastUsed) {
-				c.lastUsed = a.LastUsedAt
+			if a.lastUsedAt().After(c.lastUsed) {
+				c.lastUsed = a.lastUsedAt()
 			}
 		}
 		if len(c.allocs) > 0 {
@@ -118,8 +118,8 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 		}
 		act := subjects.ModelAction{ModelID: c.id, Action: req.OptimizationType}
 		for _, a := range c.allocs {
-			act.Bytes += a.ReservedBytes
-			act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
+			act.Bytes += a.reserved()
+			act.AllocationIDs = append(act.AllocationIDs, a.idString())
 			if req.OptimizationType == subjects.OptimizeEvict {
 				err = d.free(a)
 			} else {

@@ -65,10 +65,10 @@ func (d *Device) Optimize(ctx context.Context, req *subjects.OptimizeRequest) (s
 func (d *Device) freeExpired(now time.Time, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyFreeExpired}
 	for _, a := range d.sorted() {
-		if a.ExpiresAt == nil || now.Before(*a.ExpiresAt) || !a.idle() {
+		if !a.expiredAt(now) || !a.idle() {
 			continue
 		}
-		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
+		act.AllocationIDs = append(act.AllocationIDs, a.idString())
 		if !dryRun {
 			if err := d.free(a); err != nil {
 				return act, err
@@ -123,15 +123,15 @@ func (d *Device) offloadIdle(ctx context.Context, now time.Time, req *subjects.O
 	cutoff := now.Add(-time.Duration(req.IdleSeconds * float64(time.Second)))
 	var idle []*allocation
 	for _, a := range d.allocs {
-		if a.kind == device.VRAM && !a.Persistent && a.relocatable() && a.AllocationType == subjects.VRAM && a.LastUsedAt.Before(cutoff) {
+		if a.kind == device.VRAM && !a.has(persistent) && a.relocatable() && a.allocType() == subjects.VRAM && a.lastUsedAt().Before(cutoff) {
 			idle = append(idle, a)
 		}
 	}
 	slices.SortFunc(idle, func(a, b *allocation) int {
-		if c := a.LastUsedAt.Compare(b.LastUsedAt); c != 0 {
+		if c := a.lastUsedAt().Compare(b.lastUsedAt()); c != 0 {
 			return c
 		}
-		return strings.Compare(a.AllocationID, b.AllocationID)
+		return strings.Compare(a.idString(), b.idString())
 	})
 	var moved int64
 	for _, a := range idle {
@@ -143,7 +143,7 @@ func (d *Device) offloadIdle(ctx context.Context, now time.Time, req *subjects.O
 				return act, err
 			}
 		}
-		act.AllocationIDs = append(act.AllocationIDs, a.AllocationID)
+		act.AllocationIDs = append(act.AllocationIDs, a.idString())
 		moved += a.block.Size()
 	}
 	act.BytesFreed = moved

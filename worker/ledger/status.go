@@ -36,9 +36,15 @@ func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subj
 		st.Fragmentation = fragmentation(d.pools[device.VRAM].Fragmentation())
 	}
 	if req.IncludeAllocations {
-		all := d.list(func(*allocation) bool { return true })
-		st.AllocationsTruncated = len(all) > subjects.MaxStatusAllocations
-		st.Allocations = all[:min(len(all), subjects.MaxStatusAllocations)]
+		st.Allocations = make([]subjects.Allocation, 0, min(len(d.allocs), subjects.MaxStatusAllocations))
+		d.order.Ascend(func(a *allocation) bool {
+			if len(st.Allocations) == subjects.MaxStatusAllocations {
+				st.AllocationsTruncated = true
+				return false
+			}
+			st.Allocations = append(st.Allocations, d.view(a))
+			return true
+		})
 	}
 	return &st
 }

@@ -35,27 +35,27 @@ type Target struct {
 // Lend checks that allocation id may go to target by mode, and marks it
 // busy until Settle (or Return, when the job never runs).
 func (d *Device) Lend(id string, target Target, mode string) (Lent, error) {
-	a, ok := d.allocs[id]
+	a, ok := d.get(id)
 	if !ok {
 		return Lent{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 	}
 	kind := KindOf(target.Type)
 	if mode == subjects.ModeMove && target.DeviceID == d.id && kind == a.kind {
-		return Lent{}, Errorf(ErrInvalid, "moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.AllocationID)
+		return Lent{}, Errorf(ErrInvalid, "moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.idString())
 	}
 	if !a.idle() {
-		return Lent{}, fmt.Errorf("allocation %s is already being transferred: %w", a.AllocationID, ErrConflict)
+		return Lent{}, fmt.Errorf("allocation %s is already being transferred: %w", a.idString(), ErrConflict)
 	}
-	if kind == device.VRAM && a.SizeBytes > target.TotalBytes {
-		return Lent{}, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.SizeBytes, target.DeviceID, target.TotalBytes, device.ErrOutOfMemory)
+	if kind == device.VRAM && a.size > target.TotalBytes {
+		return Lent{}, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.size, target.DeviceID, target.TotalBytes, device.ErrOutOfMemory)
 	}
 	a.busy++
-	return Lent{Allocation: a.Allocation, Loc: d.loc(a)}, nil
+	return Lent{Allocation: d.view(a), Loc: d.loc(a)}, nil
 }
 
 // Return ends a loan whose transfer never ran.
 func (d *Device) Return(id string) {
-	if a, ok := d.allocs[id]; ok {
+	if a, ok := d.get(id); ok {
 		a.busy--
 	}
 }
@@ -69,26 +69,33 @@ func (d *Device) Receive(ctx context.Context, src subjects.Allocation, t subject
 	if err != nil {
 		return "", device.Location{}, fmt.Errorf("reserving %d bytes on %s: %w", src.SizeBytes, d.id, err)
 	}
-	dest := &allocation{Allocation: src, kind: kind, block: block, busy: 1}
-	dest.AllocationID = uuid.Must(uuid.NewV7()).String()
-	dest.DeviceID, dest.ReservedBytes = d.id, block.Size()
-	dest.AllocationType, dest.Offloaded = t, false
-	dest.CreatedAt, dest.LastUsedAt = now, now
+	// The copy keeps the source's size, alignment, names, persistence and
+	// ttl; it is a new allocation of its own type, neither offloaded nor
+	// exported.
+	dest := &allocation{
+		id: uuid.Must(uuid.NewV7()), size: src.SizeBytes, alignment: src.Alignment,
+		created: now.UnixNano(), lastUsed: now.UnixNano(),
+		purpose: src.Purpose, model: src.ModelID, block: block, rsv: block.Size(), busy: 1, typ: typeCode(t), kind: kind,
+	}
+	dest.set(persistent, src.Persistent)
+	if src.ExpiresAt != nil {
+		dest.expires = src.ExpiresAt.UnixNano()
+	}
 	d.add(dest)
-	return dest.AllocationID, d.loc(dest), nil
+	return dest.idString(), d.loc(dest), nil
 }
 
 // Settle ends a transfer's use of allocation id: it is no longer busy, it
 // was last used at now when touch, and it is freed when drop (a moved source, or
 // the destination of a failed transfer).
 func (d *Device) Settle(id string, touch, drop bool, now time.Time) error {
-	a, found := d.allocs[id]
+	a, found := d.get(id)
 	if !found {
 		return fmt.Errorf("settling transfer of %s: %w", id, ErrAllocationNotFound)
 	}
 	a.busy--
 	if touch {
-		a.LastUsedAt = now
+		a.lastUsed = now.UnixNano()
 	}
 	if drop {
 		return d.free(a)

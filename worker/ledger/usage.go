@@ -51,14 +51,16 @@ func (d *Device) WithPurposes(u subjects.Usage) subjects.Usage {
 // unspecified is the purpose of allocations made without one.
 const unspecified = "unspecified"
 
+// byPurpose is the split of the VRAM allocations by purpose, read from
+// the figures kept by name (no walk of the ledger).
 func (d *Device) byPurpose() []subjects.PurposeUsage {
 	idx := map[string]int{}
 	out := []subjects.PurposeUsage{}
-	for _, a := range d.allocs {
-		if a.kind != device.VRAM {
+	for name, n := range d.purposes {
+		if n.vram == 0 {
 			continue
 		}
-		p := a.Purpose
+		p := name
 		if p == "" {
 			p = unspecified
 		}
@@ -68,8 +70,8 @@ func (d *Device) byPurpose() []subjects.PurposeUsage {
 			idx[p] = i
 			out = append(out, subjects.PurposeUsage{Purpose: p})
 		}
-		out[i].Allocations++
-		out[i].AllocatedBytes += a.ReservedBytes
+		out[i].Allocations += n.vram
+		out[i].AllocatedBytes += n.vramBytes
 	}
 	slices.SortFunc(out, func(a, b subjects.PurposeUsage) int { return strings.Compare(a.Purpose, b.Purpose) })
 	return out
@@ -134,15 +136,11 @@ const (
 // Consumers lists the n largest users of the device's memory: models,
 // purposes and other processes, largest first.
 func (d *Device) Consumers(u subjects.Usage, n int) []Consumer {
-	byModel := map[string]int64{}
-	for _, a := range d.allocs {
-		if a.kind == device.VRAM && a.ModelID != "" {
-			byModel[a.ModelID] += a.ReservedBytes
-		}
-	}
 	out := []Consumer{}
-	for m, b := range byModel {
-		out = append(out, Consumer{Kind: ConsumerModel, Name: m, Bytes: b})
+	for m, e := range d.modelNames {
+		if e.vram > 0 {
+			out = append(out, Consumer{Kind: ConsumerModel, Name: m, Bytes: e.vramBytes})
+		}
 	}
 	for _, p := range d.byPurpose() {
 		out = append(out, Consumer{Kind: ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
