@@ -122,3 +122,50 @@ func BenchmarkReply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScale measures get_status (plain, and with its allocation list)
+// and one page of get_allocations on a device holding 100 and then a
+// million live allocations (full pages either way): their cost must not
+// grow with the ledger.
+func BenchmarkScale(b *testing.B) {
+	w := benchWorker(b)
+	g := w.gpus[0]
+	ctx := context.Background()
+	ops := w.ops()
+	fill := func(n int) {
+		for g.Len() < n {
+			g.mu.Lock()
+			_, err := ops[subjects.Allocate](ctx, g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
+			g.mu.Unlock()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for _, live := range []int{100, 1_000_000} {
+		fill(live)
+		for _, tc := range []struct {
+			op   subjects.Op
+			body string
+		}{
+			{subjects.GetStatus, `{"data":{}}`},
+			{subjects.GetStatus, `{"data":{"include_allocations":true}}`},
+			{subjects.GetAllocations, `{"data":{"limit":100}}`},
+			{subjects.GetAllocations, `{"data":{"limit":100,"purpose":"kv_cache"}}`},
+		} {
+			b.Run(fmt.Sprintf("%s%s/%d-live", tc.op, tc.body[8:len(tc.body)-1], live), func(b *testing.B) {
+				rw := newReplyWriter()
+				b.ReportAllocs()
+				for b.Loop() {
+					env, err := subjects.DecodeRequest([]byte(tc.body), tc.op)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := w.act(ctx, tc.op, g, env, ops[tc.op], rw); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

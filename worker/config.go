@@ -76,6 +76,9 @@ type Config struct {
 	// allocations are applied to it at once, so it only delays what other
 	// processes do. 0 reads the driver on every request.
 	TruthMaxAge time.Duration
+	// MaxAllocations caps each device's live allocations; past it
+	// allocate fails with OUT_OF_MEMORY naming the cap.
+	MaxAllocations int
 	// ReadHandlers is how many subscriptions serve each read-only
 	// operation of a device (micro runs one request at a time on each);
 	// DefaultReadHandlers by default.
@@ -114,6 +117,7 @@ func DefaultConfig() Config {
 		TelemetryMaxAge:      time.Second,
 		TruthMaxAge:          time.Millisecond,
 		ReadHandlers:         DefaultReadHandlers(),
+		MaxAllocations:       1_000_000,
 		DiscoveryWait:        250 * time.Millisecond,
 	}
 }
@@ -141,6 +145,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TruthMaxAge < 0 {
 		errs = append(errs, errors.New("truth max age must not be negative"))
+	}
+	if c.MaxAllocations < 1 {
+		errs = append(errs, errors.New("max allocations must be at least 1"))
 	}
 	if c.ReadHandlers < 1 {
 		errs = append(errs, errors.New("read handlers must be at least 1"))

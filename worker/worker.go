@@ -63,6 +63,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend,
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
+				MaxAllocations: cfg.MaxAllocations,
 			}),
 			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 		})

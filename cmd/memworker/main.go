@@ -48,6 +48,7 @@ type cli struct {
 	CriticalThreshold float64       `name:"critical-threshold" default:"${critical}" help:"Usage ratio at which pressure is critical."`
 	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How often allocations past their ttl are freed."`
 	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
+	MaxAllocations    int           `name:"max-allocations" default:"${max_allocations}" help:"Live allocations each device keeps at most; past it allocate fails with OUT_OF_MEMORY."`
 	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
 	TruthMaxAge       time.Duration `name:"truth-max-age" default:"${truth_max_age}" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
 	TelemetryMaxAge   time.Duration `name:"telemetry-max-age" default:"${telemetry_max_age}" help:"How old NVML's process list in a status or usage reply may be (it is read at most this often per device)."`
@@ -72,6 +73,7 @@ func defaults() kong.Vars {
 		"expiry":            d.ExpiryInterval.String(),
 		"sample":            d.SampleInterval.String(),
 		"read_handlers":     strconv.Itoa(d.ReadHandlers),
+		"max_allocations":   strconv.Itoa(d.MaxAllocations),
 		"truth_max_age":     d.TruthMaxAge.String(),
 		"telemetry_max_age": d.TelemetryMaxAge.String(),
 		"critical_repeat":   d.CriticalRepeat.String(),
@@ -107,6 +109,7 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.TelemetryMaxAge = c.TelemetryMaxAge
 	cfg.TruthMaxAge = c.TruthMaxAge
 	cfg.ReadHandlers = c.ReadHandlers
+	cfg.MaxAllocations = c.MaxAllocations
 	cfg.CriticalRepeat = c.CriticalRepeat
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream

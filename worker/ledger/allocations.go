@@ -20,6 +20,10 @@ import (
 // the ledger, made by origin (which may be empty).
 func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin) (subjects.Allocation, error) {
 	kind := KindOf(req.AllocationType)
+	if n := d.cfg.MaxAllocations; n > 0 && len(d.allocs) >= n {
+		return subjects.Allocation{}, fmt.Errorf("%s holds %d allocations, the most it keeps (--max-allocations); free some first: %w",
+			d.id, n, device.ErrOutOfMemory)
+	}
 	if kind == device.VRAM && req.SizeBytes > d.cfg.Info.TotalBytes {
 		return subjects.Allocation{}, fmt.Errorf("size_bytes %d exceeds the device's total memory of %d bytes: %w",
 			req.SizeBytes, d.cfg.Info.TotalBytes, device.ErrOutOfMemory)

@@ -27,6 +27,8 @@ type Config struct {
 	// TruthMaxAge and TelemetryMaxAge bound how old the readings of device
 	// truth and of telemetry in a reply may be (readings.go).
 	TruthMaxAge, TelemetryMaxAge time.Duration
+	// MaxAllocations caps the live allocations (0: no cap).
+	MaxAllocations int
 }
 
 // Device is one device's state. It is not safe for concurrent use.

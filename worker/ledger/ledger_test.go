@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,6 +133,17 @@ func TestAnAllocationRemembersItsRequest(t *testing.T) {
 	}
 	if _, _, ok := d.MadeBy("r1"); ok {
 		t.Error("a freed allocation is still found by its request")
+	}
+}
+
+func TestTheAllocationCapIsKept(t *testing.T) {
+	d, _ := newDevice(t, gib, func(c *ledger.Config) { c.MaxAllocations = 3 })
+	for range 3 {
+		allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
+	}
+	_, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: 4096}), ledger.Origin{})
+	if !errors.Is(err, device.ErrOutOfMemory) || !strings.Contains(err.Error(), "3 allocations") || d.Len() != 3 {
+		t.Errorf("past the cap: %v, %d allocations", err, d.Len())
 	}
 }
 
