@@ -2,6 +2,7 @@ package subjects_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/memworker/memworker/subjects"
@@ -17,6 +18,13 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"data":{"allocation_ids":["a","b"]}}`, `{"data":{"strategies":["defragment"],"target_usage_percentage":50}}`,
 		`{"data":{"optimization_type":"evict","target_usage_percentage":10,"force":true}}`,
 		`{"data":{"window_seconds":60,"max_samples":10}}`, `[`, `{"data":{"a":{"b":{"c":[1,2,{"D":1}]}}}}`,
+		// Hostile shapes: many keys, the same key twice, folded and
+		// escaped keys, long strings, control characters in the id.
+		`{"data":{"A":1,"A":1,"A":1,"A":1}}`, `{"data":{"device_id":"x","device_id":"y"}}`,
+		`{"data":{"ſize_bytes":1}}`, `{"data":{"SIZE_BYTES":1}}`, `{"Request\u0049d":"r"}`,
+		`{"data":{` + strings.Repeat(`"k":1,`, 40) + `"k":1}}`,
+		`{"request_id":"` + strings.Repeat("x", 300) + `"}`, `{"request_id":"a\u0001b"}`,
+		`{"data":{"device_id":"` + strings.Repeat("d", 2000) + `"}}`,
 	} {
 		f.Add([]byte(seed))
 	}
