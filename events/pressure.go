@@ -28,17 +28,28 @@ const (
 
 // Pressure is the data of a pressure event.
 type Pressure struct {
-	DeviceID          string         `json:"device_id"`
-	Node              string         `json:"node"`
-	Reason            string         `json:"reason"`
-	Level             subjects.Level `json:"level"`
-	PreviousLevel     subjects.Level `json:"previous_level,omitempty"`
-	UsageRatio        float64        `json:"usage_ratio"`
-	UsedBytes         int64          `json:"used_bytes"`
-	FreeBytes         int64          `json:"free_bytes"`
-	TotalBytes        int64          `json:"total_bytes"`
-	WarningThreshold  float64        `json:"warning_threshold"`
-	CriticalThreshold float64        `json:"critical_threshold"`
+	DeviceID      string         `json:"device_id"`
+	Node          string         `json:"node"`
+	Reason        string         `json:"reason"`
+	Level         subjects.Level `json:"level"`
+	PreviousLevel subjects.Level `json:"previous_level,omitempty"`
+	UsageRatio    float64        `json:"usage_ratio"`
+	// PressureRatio and the bytes below are get_usage's figures of the
+	// same names; the level follows PressureRatio.
+	PressureRatio          float64 `json:"pressure_ratio"`
+	AvailableBytes         int64   `json:"available_bytes"`
+	ReclaimableBytes       int64   `json:"reclaimable_bytes"`
+	ReservationUnusedBytes int64   `json:"reservation_unused_bytes"`
+	WaitingBytes           int64   `json:"waiting_bytes"`
+	// ReleasedBytes is what the worker returned to the device on its own
+	// (auto-release) since the previous event, because device truth
+	// crossed the warning threshold.
+	ReleasedBytes     int64   `json:"released_bytes"`
+	UsedBytes         int64   `json:"used_bytes"`
+	FreeBytes         int64   `json:"free_bytes"`
+	TotalBytes        int64   `json:"total_bytes"`
+	WarningThreshold  float64 `json:"warning_threshold"`
+	CriticalThreshold float64 `json:"critical_threshold"`
 	// TopConsumers are the largest users of the device's memory known to
 	// the worker: by model and by purpose, then other processes.
 	TopConsumers []Consumer `json:"top_consumers"`

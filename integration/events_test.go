@@ -55,8 +55,9 @@ func drive(t testing.TB, nc *nats.Conn, h *host, dev string) {
 	h.external(t, 0, 80*MiB) // 0.9375: inside the margin
 	call(t, nc, subjects.GetPressure, dev, nil, nil)
 	h.external(t, 0, 0)
-	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // 0.859, cached
-	call(t, nc, subjects.Clear, dev, nil, nil)                                                           // 0
+	call(t, nc, subjects.GetPressure, dev, nil, nil)                                                     // 0.859
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // cached: available
+	call(t, nc, subjects.Clear, dev, nil, nil)
 }
 
 var wantLevels = []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical, subjects.LevelWarning, subjects.LevelNormal}

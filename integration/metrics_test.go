@@ -63,16 +63,21 @@ func TestMetricsAgreeWithGetUsage(t *testing.T) {
 	}
 	dev := map[string]string{"node": "n1", "device_id": "n1-gpu0"}
 	for name, want := range map[string]int64{
-		"memworker_device_total_bytes":   u.TotalBytes,
-		"memworker_device_used_bytes":    u.UsedBytes,
-		"memworker_device_free_bytes":    u.FreeBytes,
-		"memworker_pool_reserved_bytes":  u.ReservedBytes,
-		"memworker_pool_allocated_bytes": u.AllocatedBytes,
-		"memworker_allocations":          int64(u.Allocations),
+		"memworker_device_total_bytes":     u.TotalBytes,
+		"memworker_device_used_bytes":      u.UsedBytes,
+		"memworker_device_free_bytes":      u.FreeBytes,
+		"memworker_pool_reserved_bytes":    u.ReservedBytes,
+		"memworker_pool_allocated_bytes":   u.AllocatedBytes,
+		"memworker_allocations":            int64(u.Allocations),
+		"memworker_device_available_bytes": u.AvailableBytes,
+		"memworker_pool_reclaimable_bytes": u.ReclaimableBytes,
 	} {
 		if got := value(name, dev); got != float64(want) {
 			t.Errorf("%s = %v, get_usage says %d", name, got, want)
 		}
+	}
+	if got := value("memworker_pressure_ratio", dev); got != u.PressureRatio {
+		t.Errorf("memworker_pressure_ratio = %v, get_usage says %v", got, u.PressureRatio)
 	}
 	if value("memworker_pressure_level", map[string]string{"device_id": "n1-gpu0", "level": "warning"}) != 1 {
 		t.Error("pressure level metric does not say warning")

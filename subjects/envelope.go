@@ -141,7 +141,6 @@ func Quote(s string) string {
 	return string(b)
 }
 
-
 // MaxErrorMessage bounds an error message on the wire (body and
 // Nats-Service-Error header), whatever it quotes.
 const MaxErrorMessage = 512

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
-
 )
 
 // Bounds on the keys of a request. The contract's objects have fewer than

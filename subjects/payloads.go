@@ -127,6 +127,21 @@ type Usage struct {
 	Allocations         int            `json:"allocations"`
 	UsageRatio          float64        `json:"usage_ratio"`
 	UsagePercentage     float64        `json:"usage_percentage"`
+	// ReclaimableBytes is what the worker holds from the device and no
+	// allocation uses (its pool's cache): empty segments go back to the
+	// device on demand, free blocks serve new allocations.
+	// ReservationUnusedBytes is the part of reservations their processes
+	// have not used yet: promised, so not available. WaitingBytes is what
+	// queued allocate requests wait for.
+	// AvailableBytes = FreeBytes + ReclaimableBytes -
+	// ReservationUnusedBytes (never below 0): what a new allocation can get
+	// now. PressureRatio = 1 - AvailableBytes / TotalBytes: the levels
+	// follow it; UsageRatio stays device truth (UsedBytes / TotalBytes).
+	ReclaimableBytes       int64   `json:"reclaimable_bytes"`
+	ReservationUnusedBytes int64   `json:"reservation_unused_bytes"`
+	WaitingBytes           int64   `json:"waiting_bytes"`
+	AvailableBytes         int64   `json:"available_bytes"`
+	PressureRatio          float64 `json:"pressure_ratio"`
 	// ByPurpose splits allocated bytes by the purpose given at allocate.
 	ByPurpose []PurposeUsage `json:"by_purpose"`
 	SampledAt time.Time      `json:"sampled_at"`
@@ -268,18 +283,25 @@ const (
 // Pressure is a device's memory pressure. Level changes with hysteresis;
 // Trend compares the usage ratio with the previous sample.
 type Pressure struct {
-	DeviceID          string    `json:"device_id"`
-	Level             Level     `json:"level"`
-	PreviousLevel     Level     `json:"previous_level,omitempty"`
-	UsageRatio        float64   `json:"usage_ratio"`
-	WarningThreshold  float64   `json:"warning_threshold"`
-	CriticalThreshold float64   `json:"critical_threshold"`
-	UsedBytes         int64     `json:"used_bytes"`
-	FreeBytes         int64     `json:"free_bytes"`
-	TotalBytes        int64     `json:"total_bytes"`
-	ChangedAt         time.Time `json:"changed_at"`
-	Trend             string    `json:"trend"`
-	SampledAt         time.Time `json:"sampled_at"`
+	DeviceID      string  `json:"device_id"`
+	Level         Level   `json:"level"`
+	PreviousLevel Level   `json:"previous_level,omitempty"`
+	UsageRatio    float64 `json:"usage_ratio"`
+	// The figures of Usage of the same names: the level follows
+	// PressureRatio.
+	PressureRatio          float64   `json:"pressure_ratio"`
+	AvailableBytes         int64     `json:"available_bytes"`
+	ReclaimableBytes       int64     `json:"reclaimable_bytes"`
+	ReservationUnusedBytes int64     `json:"reservation_unused_bytes"`
+	WaitingBytes           int64     `json:"waiting_bytes"`
+	WarningThreshold       float64   `json:"warning_threshold"`
+	CriticalThreshold      float64   `json:"critical_threshold"`
+	UsedBytes              int64     `json:"used_bytes"`
+	FreeBytes              int64     `json:"free_bytes"`
+	TotalBytes             int64     `json:"total_bytes"`
+	ChangedAt              time.Time `json:"changed_at"`
+	Trend                  string    `json:"trend"`
+	SampledAt              time.Time `json:"sampled_at"`
 }
 
 // The trends of Pressure.

@@ -45,6 +45,9 @@ type Config struct {
 	// EventsJetStream keeps pressure events in a JetStream stream when the
 	// server has JetStream.
 	EventsJetStream bool
+	// AutoRelease returns the pool's empty cached segments to the device
+	// when device truth reaches the warning threshold.
+	AutoRelease bool
 	// EventReplicas is the event stream's replicas; 0 takes the number of
 	// servers the connection knows of, at most 3.
 	EventReplicas int
@@ -108,9 +111,10 @@ func DefaultConfig() Config {
 		IdleAfter:            subjects.DefaultIdleSeconds * time.Second,
 		CriticalRepeat:       30 * time.Second,
 		EventsJetStream:      true,
+		AutoRelease:          true,
 		IdempotencyWindow:    10 * time.Minute,
 		IdempotencyEntries:   100_000,
-		IdempotencyBytes:     8 << 20,
+		IdempotencyBytes:     4 << 20,
 		OpTimeout:            30 * time.Second,
 		TransferRetention:    time.Hour,
 		TransferHistoryBytes: 64 << 20,

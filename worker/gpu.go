@@ -18,6 +18,8 @@ type gpu struct {
 	// set while the device does not answer.
 	lastEvent   time.Time
 	unavailable bool
+	// released is what auto-release gave back since the last event.
+	released int64
 }
 
 func (w *Worker) gpu(id string) *gpu {

@@ -41,7 +41,7 @@ func (r *replay) size() int64 {
 
 // replayOverhead is what an entry costs beyond its bytes: the element, the
 // map entry, the struct.
-const replayOverhead = 200
+const replayOverhead = 320
 
 func newReplayCache(window time.Duration, maxEntries int, maxBytes int64) *replayCache {
 	return &replayCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[string]*list.Element{}, order: list.New()}

@@ -18,6 +18,8 @@ type metrics struct {
 	transfers prometheus.Counter
 	events    *prometheus.CounterVec
 	dropped   *prometheus.CounterVec
+	// autoReleased counts bytes auto-release returned to the devices.
+	autoReleased prometheus.Counter
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
 	ops map[subjects.Op]opMetrics
@@ -40,6 +42,10 @@ var (
 	descAllocs    = prometheus.NewDesc("memworker_allocations", "Live allocations.", deviceLabels, nil)
 	descFrag      = prometheus.NewDesc("memworker_pool_fragmentation_ratio", "1 - largest free block / free bytes in the pool.", deviceLabels, nil)
 	descPressure  = prometheus.NewDesc("memworker_pressure_level", "1 for the device's current pressure level, 0 for the others.", append(deviceLabels, "level"), nil)
+	descAvailable = prometheus.NewDesc("memworker_device_available_bytes", "What a new allocation can get now: free + reclaimable - unused reservations.", deviceLabels, nil)
+	descReclaim   = prometheus.NewDesc("memworker_pool_reclaimable_bytes", "Memory the worker's pool holds that no allocation uses.", deviceLabels, nil)
+	descPressureR = prometheus.NewDesc("memworker_pressure_ratio", "1 - available / total: the pressure levels follow it.", deviceLabels, nil)
+	descUsageR    = prometheus.NewDesc("memworker_usage_ratio", "used / total (device truth).", deviceLabels, nil)
 	descUp        = prometheus.NewDesc("memworker_device_up", "1 when the device answers, 0 when it does not.", deviceLabels, nil)
 )
 
@@ -58,6 +64,9 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
 		}, []string{"reason"}),
+		autoReleased: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "memworker_auto_released_bytes_total", Help: "Cached pool memory returned to the devices because device memory use reached the warning threshold.",
+		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memworker_requests_dropped_total", Help: "Requests dropped without a reply, by reason (no_reply_subject, reply_subject_not_allowed).",
 		}, []string{"reason"}),
@@ -67,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, deviceCollector{w})
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, deviceCollector{w})
 	}
 	return m
 }
@@ -87,7 +96,7 @@ func (m *metrics) served(op subjects.Op, code subjects.Code, since time.Time) {
 type deviceCollector struct{ w *Worker }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp} {
+	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR} {
 		ch <- d
 	}
 }
@@ -118,6 +127,10 @@ func (c deviceCollector) collect(g *gpu, ch chan<- prometheus.Metric) {
 	gauge(descAllocated, float64(u.AllocatedBytes))
 	gauge(descPinned, float64(u.PinnedHostBytes))
 	gauge(descAllocs, float64(u.Allocations))
+	gauge(descAvailable, float64(u.AvailableBytes))
+	gauge(descReclaim, float64(u.ReclaimableBytes))
+	gauge(descPressureR, u.PressureRatio)
+	gauge(descUsageR, u.UsageRatio)
 	gauge(descFrag, g.Fragmentation().Ratio)
 	level, _ := g.Level()
 	for _, l := range []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical} {

@@ -35,20 +35,27 @@ func (w *Worker) observe(g *gpu, u subjects.Usage) subjects.Pressure {
 // announce queues a pressure event for the publisher. The caller holds g.mu.
 func (w *Worker) announce(g *gpu, u subjects.Usage, p subjects.Pressure, reason string) {
 	g.lastEvent = u.SampledAt
+	defer func() { g.released = 0 }()
 	data := events.Pressure{
-		DeviceID:          g.ID(),
-		Node:              w.cfg.Node,
-		Reason:            reason,
-		Level:             p.Level,
-		PreviousLevel:     p.PreviousLevel,
-		UsageRatio:        u.UsageRatio,
-		UsedBytes:         u.UsedBytes,
-		FreeBytes:         u.FreeBytes,
-		TotalBytes:        u.TotalBytes,
-		WarningThreshold:  w.cfg.Thresholds.Warning,
-		CriticalThreshold: w.cfg.Thresholds.Critical,
-		TopConsumers:      consumers(g.Consumers(u, topConsumers)),
-		ObservedAt:        u.SampledAt,
+		DeviceID:               g.ID(),
+		Node:                   w.cfg.Node,
+		Reason:                 reason,
+		Level:                  p.Level,
+		PreviousLevel:          p.PreviousLevel,
+		UsageRatio:             u.UsageRatio,
+		PressureRatio:          u.PressureRatio,
+		AvailableBytes:         u.AvailableBytes,
+		ReclaimableBytes:       u.ReclaimableBytes,
+		ReservationUnusedBytes: u.ReservationUnusedBytes,
+		WaitingBytes:           u.WaitingBytes,
+		ReleasedBytes:          g.released,
+		UsedBytes:              u.UsedBytes,
+		FreeBytes:              u.FreeBytes,
+		TotalBytes:             u.TotalBytes,
+		WarningThreshold:       w.cfg.Thresholds.Warning,
+		CriticalThreshold:      w.cfg.Thresholds.Critical,
+		TopConsumers:           consumers(g.Consumers(u, topConsumers)),
+		ObservedAt:             u.SampledAt,
 	}
 	select {
 	case w.events <- data:
@@ -110,7 +117,7 @@ func (w *Worker) publishOne(pub *events.Publisher, data events.Pressure) {
 func (w *Worker) sample(g *gpu, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	u, err := g.Usage(context.Background(), now)
+	u, err := w.reading(context.Background(), g, now)
 	if err != nil {
 		if !g.unavailable {
 			g.unavailable = true
@@ -132,9 +139,33 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 	g.Record(u, p.Level)
 }
 
+// reading reads g's usage as of now. When device truth is at or past the
+// warning threshold (another process grew, say), it first returns the
+// pool's empty cached segments to the device, so the GPU's other users can
+// have them (auto-release); the next event tells how much. The caller
+// holds g.mu.
+func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.Usage, error) {
+	u, err := g.Usage(ctx, now)
+	if err != nil || !w.cfg.AutoRelease || u.UsageRatio < w.cfg.Thresholds.Warning || u.CachedBytes == 0 {
+		return u, err
+	}
+	released, err := g.ReleaseCached(ctx)
+	if err != nil {
+		w.log.Warn("auto-release of cached segments", "device", g.ID(), "err", err)
+	}
+	if released == 0 {
+		return u, nil
+	}
+	g.released += released
+	w.metrics.autoReleased.Add(float64(released))
+	w.log.Info("device memory past the warning threshold: cached segments returned to the device",
+		"device", g.ID(), "usage_ratio", u.UsageRatio, "released_bytes", released)
+	return g.Usage(ctx, now)
+}
+
 // recheck feeds device truth to the pressure tracker after a change.
 func (w *Worker) recheck(g *gpu) {
-	u, err := g.Usage(context.Background(), time.Now().UTC())
+	u, err := w.reading(context.Background(), g, time.Now().UTC())
 	if err != nil {
 		return // the device cannot say; the sampler announces it
 	}

@@ -55,6 +55,7 @@ type cli struct {
 	CriticalRepeat    time.Duration `name:"critical-repeat" default:"${critical_repeat}" help:"How often a critical level is announced again."`
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
+	AutoRelease       bool          `name:"auto-release" default:"true" help:"Return the pool's empty cached segments to the device when device memory use reaches the warning threshold (--auto-release=false to keep them)."`
 	EventReplicas     int           `name:"event-replicas" help:"Replicas of the event stream (default: the number of servers in the cluster, at most 3)."`
 
 	MetricsAddr string `name:"metrics-addr" help:"Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9400)."`
@@ -114,6 +115,7 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
 	cfg.EventReplicas = c.EventReplicas
+	cfg.AutoRelease = c.AutoRelease
 	return cfg
 }
 

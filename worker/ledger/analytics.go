@@ -111,12 +111,16 @@ func (d *Device) Recommendations(u subjects.Usage, p subjects.Pressure) subjects
 	return subjects.OptimizationRecsReply{DeviceID: d.id, Level: p.Level, UsageRatio: u.UsageRatio, Recommendations: recs}
 }
 
-// rank orders recommendations by severity, most severe first, then by
-// estimated savings, largest first.
+// costs rank what recommendations cost to carry out: returning memory
+// nobody uses costs nothing, compaction copies on the device, offloading
+// moves data off it (and someone will want it back).
+var costs = map[string]int{"free_expired": 0, "release_cached": 0, "defragment": 1, "offload_idle": 2, "offload_models": 2}
+
+// rank orders recommendations by cost, cheapest first, then by estimated
+// savings, largest first.
 func rank(recs []subjects.Recommendation) {
-	order := map[string]int{subjects.SeverityCritical: 0, subjects.SeverityWarning: 1, subjects.SeverityInfo: 2}
 	slices.SortStableFunc(recs, func(a, b subjects.Recommendation) int {
-		return cmp.Or(cmp.Compare(order[a.Severity], order[b.Severity]), cmp.Compare(b.EstimatedSavingsBytes, a.EstimatedSavingsBytes))
+		return cmp.Or(cmp.Compare(costs[a.Type], costs[b.Type]), cmp.Compare(b.EstimatedSavingsBytes, a.EstimatedSavingsBytes))
 	})
 }
 
@@ -134,7 +138,8 @@ func (d *Device) modelRec(u subjects.Usage, p subjects.Pressure) (subjects.Recom
 	}
 	th := d.cfg.Thresholds
 	target := math.Floor((th.Warning - th.Hysteresis) * 100)
-	excess := u.UsedBytes - int64(target/100*float64(u.TotalBytes))
+	// Memory nobody can get beyond the target's share of the device.
+	excess := u.TotalBytes - u.AvailableBytes - int64(target/100*float64(u.TotalBytes))
 	sev := subjects.SeverityWarning
 	if p.Level == subjects.LevelCritical {
 		sev = subjects.SeverityCritical
@@ -143,7 +148,7 @@ func (d *Device) modelRec(u subjects.Usage, p subjects.Pressure) (subjects.Recom
 		Type:     "offload_models",
 		Severity: sev,
 		Message: fmt.Sprintf("memory pressure is %s at %.1f%%: offload least recently used model memory (%d bytes resident) to reach %.0f%%",
-			p.Level, u.UsagePercentage, resident, target),
+			p.Level, u.PressureRatio*100, resident, target),
 		EstimatedSavingsBytes: min(resident, max(excess, 0)),
 		SuggestedAction: action(subjects.ModelOptimize, map[string]any{
 			"optimization_type": subjects.OptimizeOffload, "target_usage_percentage": target}),

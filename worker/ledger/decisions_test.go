@@ -36,7 +36,7 @@ func TestLeastRecentlyUsedPicksTheOldestModelFirst(t *testing.T) {
 	}
 }
 
-func TestRankPutsSeverityBeforeSavings(t *testing.T) {
+func TestRankPutsCostBeforeSavings(t *testing.T) {
 	rec := func(typ, sev string, savings int64) subjects.Recommendation {
 		return subjects.Recommendation{Type: typ, Severity: sev, EstimatedSavingsBytes: savings}
 	}
@@ -45,9 +45,14 @@ func TestRankPutsSeverityBeforeSavings(t *testing.T) {
 		in   []subjects.Recommendation
 		want []string
 	}{
-		{"by severity", []subjects.Recommendation{rec("a", subjects.SeverityInfo, 9), rec("b", subjects.SeverityCritical, 1), rec("c", subjects.SeverityWarning, 5)}, []string{"b", "c", "a"}},
-		{"same severity by savings", []subjects.Recommendation{rec("small", subjects.SeverityInfo, 1), rec("large", subjects.SeverityInfo, 100)}, []string{"large", "small"}},
-		{"equal stays in order", []subjects.Recommendation{rec("first", subjects.SeverityInfo, 5), rec("second", subjects.SeverityInfo, 5)}, []string{"first", "second"}},
+		{"no copy before a copy before an offload, whatever the severity or savings", []subjects.Recommendation{
+			rec("offload_models", subjects.SeverityCritical, 900), rec("defragment", subjects.SeverityWarning, 500), rec("release_cached", subjects.SeverityInfo, 1),
+		}, []string{"release_cached", "defragment", "offload_models"}},
+		{"same cost by savings", []subjects.Recommendation{
+			rec("release_cached", subjects.SeverityInfo, 1), rec("free_expired", subjects.SeverityInfo, 100),
+			rec("offload_idle", subjects.SeverityInfo, 5), rec("offload_models", subjects.SeverityWarning, 50),
+		}, []string{"free_expired", "release_cached", "offload_models", "offload_idle"}},
+		{"equal stays in order", []subjects.Recommendation{rec("free_expired", subjects.SeverityInfo, 5), rec("release_cached", subjects.SeverityInfo, 5)}, []string{"free_expired", "release_cached"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

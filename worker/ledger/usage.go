@@ -35,9 +35,12 @@ func (d *Device) Usage(ctx context.Context, now time.Time) (subjects.Usage, erro
 		Allocations:     len(d.allocs),
 		SampledAt:       now,
 	}
+	u.ReclaimableBytes = u.CachedBytes
+	u.AvailableBytes = max(u.FreeBytes+u.ReclaimableBytes-u.ReservationUnusedBytes, 0)
 	if mi.TotalBytes > 0 {
 		u.UsageRatio = float64(used) / float64(mi.TotalBytes)
 		u.UsagePercentage = u.UsageRatio * 100
+		u.PressureRatio = min(max(1-float64(u.AvailableBytes)/float64(mi.TotalBytes), 0), 1)
 	}
 	return u, nil
 }
@@ -82,26 +85,35 @@ func (d *Device) byPurpose() []subjects.PurposeUsage {
 // caller announces a change, so no level goes unannounced.
 func (d *Device) Observe(u subjects.Usage) (subjects.Pressure, bool) {
 	th := d.cfg.Thresholds
-	changed := d.pressure.Observe(th, u.UsageRatio, u.SampledAt)
+	changed := d.pressure.Observe(th, u.PressureRatio, u.SampledAt)
 	level, prev := d.pressure.Level()
 	if changed {
 		d.history.levels.push(levelChange{at: u.SampledAt, level: level})
 	}
 	return subjects.Pressure{
-		DeviceID:          d.id,
-		Level:             level,
-		PreviousLevel:     prev,
-		UsageRatio:        u.UsageRatio,
-		WarningThreshold:  th.Warning,
-		CriticalThreshold: th.Critical,
-		UsedBytes:         u.UsedBytes,
-		FreeBytes:         u.FreeBytes,
-		TotalBytes:        u.TotalBytes,
-		ChangedAt:         d.pressure.ChangedAt(),
-		Trend:             d.pressure.Trend(),
-		SampledAt:         u.SampledAt,
+		DeviceID:               d.id,
+		Level:                  level,
+		PreviousLevel:          prev,
+		UsageRatio:             u.UsageRatio,
+		PressureRatio:          u.PressureRatio,
+		AvailableBytes:         u.AvailableBytes,
+		ReclaimableBytes:       u.ReclaimableBytes,
+		ReservationUnusedBytes: u.ReservationUnusedBytes,
+		WaitingBytes:           u.WaitingBytes,
+		WarningThreshold:       th.Warning,
+		CriticalThreshold:      th.Critical,
+		UsedBytes:              u.UsedBytes,
+		FreeBytes:              u.FreeBytes,
+		TotalBytes:             u.TotalBytes,
+		ChangedAt:              d.pressure.ChangedAt(),
+		Trend:                  d.pressure.Trend(),
+		SampledAt:              u.SampledAt,
 	}, changed
 }
+
+// ReleaseCached returns the VRAM pool's empty segments to the device and
+// says how many bytes went back.
+func (d *Device) ReleaseCached(ctx context.Context) (int64, error) { return d.release(ctx) }
 
 // Level is the current pressure level and the one before it.
 func (d *Device) Level() (level, previous subjects.Level) { return d.pressure.Level() }
