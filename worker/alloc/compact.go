@@ -1,6 +1,7 @@
 package alloc
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -97,12 +98,17 @@ func (p *Pool) PlanCompaction(movable func(*Block) bool) (segments int, bytes in
 	return segments, bytes
 }
 
-// plan picks the segments of a size class to evacuate.
+// plan picks the segments of a size class to evacuate: least live bytes
+// first, as long as every live block of each fits, whole, in a free block
+// of the segments that stay (best fit, as evacuate places them; what a
+// placement leaves of a free block stays for the next). Segments with a
+// block that may not move, and empty ones (Release's business, not a
+// destination either), take no part.
 func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 	type usage struct {
-		seg        *segment
-		live, free int64
-		pinned     bool
+		seg    *segment
+		live   int64
+		pinned bool
 	}
 	var all []usage
 	for _, seg := range p.segments {
@@ -111,44 +117,76 @@ func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 		}
 		u := usage{seg: seg}
 		for b := seg.first; b != nil; b = b.next {
-			switch {
-			case b.free:
-				u.free += b.size
-			case !movable(b):
-				u.pinned = true
+			if !b.free {
 				u.live += b.size
-			default:
-				u.live += b.size
+				u.pinned = u.pinned || !movable(b)
 			}
 		}
-		all = append(all, u)
+		if u.live > 0 {
+			all = append(all, u)
+		}
 	}
 	// Least live bytes first; ties by address so plans are deterministic.
 	slices.SortFunc(all, func(a, b usage) int {
-		if a.live != b.live {
-			return int(min(max(a.live-b.live, -1), 1))
-		}
-		return int(min(max(int64(a.seg.addr)-int64(b.seg.addr), -1), 1))
+		return cmp.Or(cmp.Compare(a.live, b.live), cmp.Compare(a.seg.addr, b.seg.addr))
 	})
-	var totalFree int64
+	// room holds the free block sizes of the segments that stay, sorted.
+	var room []int64
 	for _, u := range all {
-		totalFree += u.free
+		for b := u.seg.first; b != nil; b = b.next {
+			if b.free {
+				room = insertSorted(room, b.size)
+			}
+		}
 	}
 	var victims []*segment
-	var live, freed int64
 	for _, u := range all {
-		if u.pinned || u.live == 0 {
-			continue // empty segments are Release's business
+		if u.pinned {
+			continue
 		}
-		// Evacuating u must leave room for everything moved so far.
-		if live+u.live > totalFree-freed-u.free {
+		// Evacuating u takes its own free blocks out of the room.
+		trial := slices.Clone(room)
+		for b := u.seg.first; b != nil; b = b.next {
+			if b.free {
+				trial = removeSorted(trial, b.size)
+			}
+		}
+		fits := true
+		for b := u.seg.first; b != nil && fits; b = b.next {
+			if b.free {
+				continue
+			}
+			need := b.size + b.align - MinBlock
+			k, _ := slices.BinarySearch(trial, need)
+			if k == len(trial) {
+				fits = false
+				break
+			}
+			left := trial[k] - need
+			trial = slices.Delete(trial, k, k+1)
+			if left > 0 {
+				trial = insertSorted(trial, left)
+			}
+		}
+		if !fits {
 			break
 		}
 		victims = append(victims, u.seg)
-		live += u.live
-		freed += u.free
+		room = trial
 	}
 	return victims
+}
+
+func insertSorted(s []int64, v int64) []int64 {
+	k, _ := slices.BinarySearch(s, v)
+	return slices.Insert(s, k, v)
+}
+
+func removeSorted(s []int64, v int64) []int64 {
+	if k, ok := slices.BinarySearch(s, v); ok {
+		return slices.Delete(s, k, k+1)
+	}
+	return s
 }
 
 // evacuate moves every live block of seg into segments not in skip.

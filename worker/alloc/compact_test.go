@@ -141,3 +141,59 @@ func TestCompactStopsOnACopyFailure(t *testing.T) {
 		t.Errorf("%d active blocks after a failed move, want %d", p.Stats().ActiveBlocks, len(keep))
 	}
 }
+
+// TestPlanPlacesWholeBlocks: compaction plans by whether each live block
+// fits, whole, in a free block of a segment that stays, not by free bytes.
+func TestPlanPlacesWholeBlocks(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name         string
+		size         int64 // of each block, two to a 20 MiB segment
+		keep         func(i int) bool
+		pinned       func(i int) bool
+		wantSegments int
+	}{
+		// Each 20 MiB segment keeps one 8 MiB block and has 12 MiB free:
+		// half of them fit in the other half.
+		{"8 MiB blocks, every other freed", 8 * mib, func(i int) bool { return i%2 == 0 }, nil, 10},
+		// One 9 MiB block kept per segment, 11 MiB free: each free range
+		// takes one block, so again half.
+		{"9 MiB blocks, every other freed", 9 * mib, func(i int) bool { return i%2 == 0 }, nil, 10},
+		// Every block kept: 2 MiB free per segment, 40 MiB in all, yet no
+		// 9 MiB block fits anywhere.
+		{"full segments, free bytes in small pieces", 9 * mib, func(int) bool { return true }, nil, 0},
+		// Segments holding a block that may not move stay, and take a
+		// moved block each: still 10 of the 18 others can go.
+		{"pinned segments stay", 8 * mib, func(i int) bool { return i%2 == 0 }, func(i int) bool { return i < 4 }, 10},
+		// With most segments pinned, only as many as the room they leave.
+		{"mostly pinned", 8 * mib, func(i int) bool { return i%2 == 0 }, func(i int) bool { return i < 36 }, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			p := New(newSource(1 << 30))
+			pinned := map[*Block]bool{}
+			var blocks []*Block
+			for range 40 {
+				b, err := p.Alloc(ctx, tt.size, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				blocks = append(blocks, b)
+			}
+			for i, b := range blocks {
+				if !tt.keep(i) {
+					if err := p.Free(b); err != nil {
+						t.Fatal(err)
+					}
+				} else if tt.pinned != nil && tt.pinned(i) {
+					pinned[b] = true
+				}
+			}
+			segs, _ := p.PlanCompaction(func(b *Block) bool { return !pinned[b] })
+			if segs != tt.wantSegments {
+				t.Errorf("plan releases %d segments, want %d", segs, tt.wantSegments)
+			}
+		})
+	}
+}

@@ -33,9 +33,10 @@ func (d *Device) Defragment(ctx context.Context, yield func()) (subjects.Defragm
 	}, nil
 }
 
-// compact compacts the device's VRAM pool a segment at a time: live blocks
-// of sparsely used segments move (bytes copied by the backend) and the
-// emptied segments go back to the device. Allocation ids stay; their
+// compact compacts the device's VRAM pool: first the empty cached segments
+// go back to the device (no copy), then, a segment at a time, live blocks
+// of sparsely used segments move (bytes copied by the backend) where they
+// fit whole, and the emptied segments go back too. Allocation ids stay; their
 // blocks change. Allocations being transferred or exported do not move.
 // yield, when not nil, runs between steps. unmoved counts the allocations
 // that could not move when it started.
@@ -51,6 +52,11 @@ func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction,
 			device.Location{Device: d.index, Kind: device.VRAM, Addr: src}, n)
 	}
 	pool := d.pools[device.VRAM]
+	n, bytes, err := pool.Release(ctx)
+	c.SegmentsReleased, c.BytesReleased = n, bytes
+	if err != nil {
+		return c, unmoved, fmt.Errorf("defragmenting %s: %w", d.id, err)
+	}
 	for steps := 2*pool.Stats().Segments + 1; steps > 0; steps-- {
 		owners := d.owners()
 		step, done, err := pool.CompactStep(ctx, movableIn(owners), mover)

@@ -311,9 +311,14 @@ func TestStatusIncludesWhatIsAskedFor(t *testing.T) {
 
 func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 	d, b := newDevice(t, 4*gib, nil)
-	var keep []subjects.Allocation
-	for i := range 40 {
-		a := allocate(t, d, subjects.AllocateRequest{SizeBytes: 8 * mib})
+	// 40 blocks of 8 MiB, two to a 20 MiB segment; every other one freed
+	// leaves each segment half used, with a free range as large as the
+	// block: half the segments can go.
+	var all, keep []subjects.Allocation
+	for range 40 {
+		all = append(all, allocate(t, d, subjects.AllocateRequest{SizeBytes: 8 * mib}))
+	}
+	for i, a := range all {
 		if i%2 == 0 {
 			keep = append(keep, a)
 			continue
@@ -341,7 +346,7 @@ func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 	}
 	steps := 0
 	rep, err := d.Defragment(ctx, func() { steps++ })
-	if err != nil || rep.BlocksMoved == 0 || rep.SegmentsReleased == 0 || rep.BytesMoved == 0 {
+	if err != nil || rep.BlocksMoved != 10 || rep.SegmentsReleased != 10 || rep.BytesMoved != 10*8*mib {
 		t.Fatalf("defragment: %+v, %v", rep, err)
 	}
 	if rep.SegmentsReleased > 1 && steps == 0 {
@@ -356,6 +361,31 @@ func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 		if err := b.Read(ctx, loc, got); err != nil || !bytes.Equal(got, want[a.AllocationID]) {
 			t.Fatalf("%s after defragment: bytes differ (%v)", a.AllocationID, err)
 		}
+	}
+	audit(t, d)
+}
+
+// TestDefragmentReleasesBeforeItCopies: with every other 256 MiB block
+// freed, the freed blocks are whole empty segments: defragment returns them
+// without moving a byte.
+func TestDefragmentReleasesBeforeItCopies(t *testing.T) {
+	d, _ := newDevice(t, 32*gib, nil)
+	var all []subjects.Allocation
+	for range 100 {
+		all = append(all, allocate(t, d, subjects.AllocateRequest{SizeBytes: 256 * mib}))
+	}
+	for i := 1; i < len(all); i += 2 {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: all[i].AllocationID})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := usage(t, d)
+	rep, err := d.Defragment(ctx, nil)
+	if err != nil || rep.BytesMoved != 0 || rep.BlocksMoved != 0 || rep.SegmentsReleased != 50 || rep.ReleasedBytes != 50*256*mib {
+		t.Fatalf("defragment: %+v, %v; want 50 segments released, nothing moved", rep, err)
+	}
+	if after := usage(t, d); before.UsedBytes-after.UsedBytes != rep.ReleasedBytes {
+		t.Errorf("device truth: used %d -> %d, want a drop of the %d bytes released", before.UsedBytes, after.UsedBytes, rep.ReleasedBytes)
 	}
 	audit(t, d)
 }

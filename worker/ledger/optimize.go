@@ -101,7 +101,9 @@ func (d *Device) releaseCached(ctx context.Context, dryRun bool) (subjects.Optim
 func (d *Device) defragmentAction(ctx context.Context, dryRun bool) (subjects.OptimizeAction, error) {
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyDefragment}
 	if dryRun {
+		f := d.pools[device.VRAM].Fragmentation()
 		segs, bytes := d.pools[device.VRAM].PlanCompaction(movableIn(d.owners()))
+		segs, bytes = segs+f.EmptySegments, bytes+f.EmptySegmentBytes
 		act.BytesFreed = bytes
 		act.Description = fmt.Sprintf("move live blocks out of %d sparsely used segments and release them", segs)
 		return act, nil
