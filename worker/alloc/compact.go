@@ -27,56 +27,70 @@ type Compaction struct {
 // Compact moves live blocks out of the least used segments into free space
 // of the others, so whole segments empty and go back to the Source. Blocks
 // for which movable says false stay put, and so do the segments holding
-// them. It goes step by step (CompactStep) until no step makes progress. A
-// failed copy stops it; every block is valid either way (callers must
-// follow Moves to learn the new blocks).
+// them. It runs a Compactor to the end. A failed copy stops it; every
+// block is valid either way (callers must follow Moves to learn the new
+// blocks).
 func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Mover) (Compaction, error) {
 	var c Compaction
-	// Each step releases a segment or ends; the bound is insurance.
-	for steps := 2*len(p.segments) + 1; steps > 0; steps-- {
-		step, done, err := p.CompactStep(ctx, movable, move)
+	k := p.Compactor(move)
+	for {
+		step, done, err := k.Step(ctx, movable)
 		c.add(step)
 		if err != nil || done {
 			return c, err
 		}
 	}
-	return c, nil
 }
 
-// CompactStep is one step of Compact: it plans from the pool as it is now
-// and evacuates one segment, so a caller may let others use the pool
-// between steps. It plans per size class: the k least used segments whose
-// live bytes fit in the free space of the rest are the candidates, and the
-// first is evacuated into the rest only, then released. done reports that
-// there is nothing (more) to gain.
-func (p *Pool) CompactStep(ctx context.Context, movable func(*Block) bool, move Mover) (c Compaction, done bool, err error) {
-	for _, small := range []bool{true, false} {
-		victims := p.plan(small, movable)
-		if len(victims) == 0 {
-			continue
+// A Compactor compacts a pool a segment at a time, so its owner may let
+// others use the pool between steps. It plans per size class (see plan)
+// when it starts on the class, then evacuates the planned segments one per
+// Step, in order, into the segments that stay.
+type Compactor struct {
+	p     *Pool
+	move  Mover
+	class int // 0: small not planned yet, 1: small planned, 2: large planned
+	queue []*segment
+	skip  map[*segment]bool
+}
+
+// Compactor returns a compactor of the pool that copies with move.
+func (p *Pool) Compactor(move Mover) *Compactor { return &Compactor{p: p, move: move} }
+
+// Step evacuates the next planned segment and releases it when it emptied.
+// movable says which blocks may move now (the pool may have changed since
+// the last step); a segment whose block may not move stops being
+// evacuated. done reports that nothing is left to do.
+func (k *Compactor) Step(ctx context.Context, movable func(*Block) bool) (c Compaction, done bool, err error) {
+	for len(k.queue) == 0 {
+		if k.class == 2 {
+			return c, true, nil
 		}
-		skip := make(map[*segment]bool, len(victims))
-		for _, s := range victims {
-			skip[s] = true
+		k.queue = k.p.plan(k.class == 0, movable)
+		k.skip = make(map[*segment]bool, len(k.queue))
+		for _, s := range k.queue {
+			k.skip[s] = true
 		}
-		seg := victims[0]
-		if err := p.evacuate(ctx, seg, skip, move, &c); err != nil {
+		k.class++
+	}
+	seg := k.queue[0]
+	k.queue = k.queue[1:]
+	if k.p.segments[seg.addr] != seg {
+		return c, false, nil // released meanwhile
+	}
+	if err := k.p.evacuate(ctx, seg, k.skip, movable, k.move, &c); err != nil {
+		return c, true, err
+	}
+	if b := seg.first; b.free && b.next == nil {
+		k.p.uncache(b)
+		if err := k.p.dropSegment(ctx, seg); err != nil {
+			k.p.cache(b)
 			return c, true, err
 		}
-		if b := seg.first; b.free && b.next == nil {
-			p.uncache(b)
-			if err := p.dropSegment(ctx, seg); err != nil {
-				p.cache(b)
-				return c, true, err
-			}
-			c.SegmentsReleased++
-			c.BytesReleased += seg.size
-		}
-		// A step that could move nothing (no block fits elsewhere) ends
-		// the compaction rather than planning the same segment again.
-		return c, len(c.Moves) == 0 && c.SegmentsReleased == 0, nil
+		c.SegmentsReleased++
+		c.BytesReleased += seg.size
 	}
-	return c, true, nil
+	return c, false, nil
 }
 
 func (c *Compaction) add(o Compaction) {
@@ -98,19 +112,19 @@ func (p *Pool) PlanCompaction(movable func(*Block) bool) (segments int, bytes in
 	return segments, bytes
 }
 
-// plan picks the segments of a size class to evacuate: least live bytes
-// first, as long as every live block of each fits, whole, in a free block
-// of the segments that stay (best fit, as evacuate places them; what a
-// placement leaves of a free block stays for the next). Segments with a
-// block that may not move, and empty ones (Release's business, not a
-// destination either), take no part.
+// plan picks the segments of a size class to evacuate: the k least used
+// ones, for the largest k for which every live block of theirs fits, whole,
+// in a free block of the segments that stay (largest blocks first, each in
+// the smallest free block that holds it, what is left of that block staying
+// free for the next). Segments with a block that may not move stay (and
+// take blocks); empty ones are Release's business and take none.
 func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 	type usage struct {
 		seg    *segment
 		live   int64
 		pinned bool
 	}
-	var all []usage
+	var cands, stay []usage
 	for _, seg := range p.segments {
 		if seg.small != small {
 			continue
@@ -122,79 +136,71 @@ func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 				u.pinned = u.pinned || !movable(b)
 			}
 		}
-		if u.live > 0 {
-			all = append(all, u)
+		switch {
+		case u.live == 0:
+		case u.pinned:
+			stay = append(stay, u)
+		default:
+			cands = append(cands, u)
 		}
 	}
 	// Least live bytes first; ties by address so plans are deterministic.
-	slices.SortFunc(all, func(a, b usage) int {
+	slices.SortFunc(cands, func(a, b usage) int {
 		return cmp.Or(cmp.Compare(a.live, b.live), cmp.Compare(a.seg.addr, b.seg.addr))
 	})
-	// room holds the free block sizes of the segments that stay, sorted.
-	var room []int64
-	for _, u := range all {
-		for b := u.seg.first; b != nil; b = b.next {
-			if b.free {
-				room = insertSorted(room, b.size)
+	fits := func(k int) bool {
+		var room, need []int64
+		for _, u := range append(slices.Clone(stay), cands[k:]...) {
+			for b := u.seg.first; b != nil; b = b.next {
+				if b.free {
+					room = append(room, b.size)
+				}
 			}
 		}
-	}
-	var victims []*segment
-	for _, u := range all {
-		if u.pinned {
-			continue
-		}
-		// Evacuating u takes its own free blocks out of the room.
-		trial := slices.Clone(room)
-		for b := u.seg.first; b != nil; b = b.next {
-			if b.free {
-				trial = removeSorted(trial, b.size)
+		for _, u := range cands[:k] {
+			for b := u.seg.first; b != nil; b = b.next {
+				if !b.free {
+					need = append(need, b.size+b.align-MinBlock)
+				}
 			}
 		}
-		fits := true
-		for b := u.seg.first; b != nil && fits; b = b.next {
-			if b.free {
-				continue
+		slices.Sort(room)
+		slices.SortFunc(need, func(a, b int64) int { return cmp.Compare(b, a) })
+		for _, n := range need {
+			i, _ := slices.BinarySearch(room, n)
+			if i == len(room) {
+				return false
 			}
-			need := b.size + b.align - MinBlock
-			k, _ := slices.BinarySearch(trial, need)
-			if k == len(trial) {
-				fits = false
-				break
-			}
-			left := trial[k] - need
-			trial = slices.Delete(trial, k, k+1)
+			left := room[i] - n
+			room = slices.Delete(room, i, i+1)
 			if left > 0 {
-				trial = insertSorted(trial, left)
+				at, _ := slices.BinarySearch(room, left)
+				room = slices.Insert(room, at, left)
 			}
 		}
-		if !fits {
-			break
-		}
-		victims = append(victims, u.seg)
-		room = trial
+		return true
+	}
+	k := 0
+	for k < len(cands) && fits(k+1) {
+		k++
+	}
+	victims := make([]*segment, k)
+	for i, u := range cands[:k] {
+		victims[i] = u.seg
 	}
 	return victims
 }
 
-func insertSorted(s []int64, v int64) []int64 {
-	k, _ := slices.BinarySearch(s, v)
-	return slices.Insert(s, k, v)
-}
-
-func removeSorted(s []int64, v int64) []int64 {
-	if k, ok := slices.BinarySearch(s, v); ok {
-		return slices.Delete(s, k, k+1)
-	}
-	return s
-}
-
-// evacuate moves every live block of seg into segments not in skip.
-func (p *Pool) evacuate(ctx context.Context, seg *segment, skip map[*segment]bool, move Mover, c *Compaction) error {
+// evacuate moves every live block of seg into segments not in skip; it
+// stops at a block that may not move (or finds no room), leaving seg.
+func (p *Pool) evacuate(ctx context.Context, seg *segment, skip map[*segment]bool, movable func(*Block) bool, move Mover, c *Compaction) error {
 	for b := seg.first; b != nil; {
 		if b.free {
 			b = b.next
 			continue
+		}
+		if !movable(b) {
+			return nil
 		}
 		dst := p.bestFit(seg.small, b.size+b.align-MinBlock, skip)
 		if dst == nil {

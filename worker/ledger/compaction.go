@@ -57,9 +57,10 @@ func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction,
 	if err != nil {
 		return c, unmoved, fmt.Errorf("defragmenting %s: %w", d.id, err)
 	}
-	for steps := 2*pool.Stats().Segments + 1; steps > 0; steps-- {
+	k := pool.Compactor(mover)
+	for {
 		owners := d.owners()
-		step, done, err := pool.CompactStep(ctx, movableIn(owners), mover)
+		step, done, err := k.Step(ctx, movableIn(owners))
 		// Follow the moves, also when the step stopped half way.
 		for _, mv := range step.Moves {
 			a := owners[mv.From]
