@@ -157,3 +157,108 @@ func TestAnalyticsOverAWindow(t *testing.T) {
 	callErr(t, nc, subjects.Analytics, dev, []byte(`{"data":{"max_samples":5000}}`), subjects.CodeInvalidRequest)
 	_ = h
 }
+
+// TestModelOptimizeMovesModelsWhole: a model that cannot be offloaded
+// whole (here: pinned host memory runs out for its second half) stays
+// whole on the device and the reply says why; one that can goes, and the
+// device memory it held goes back to the device: device truth drops by
+// what the reply says was freed. Restore brings it back, ids and bytes
+// unchanged, when it fits.
+func TestModelOptimizeMovesModelsWhole(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	faults := h.faults(t)
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	// Pinned memory for the first half of big is cached in the pool; the
+	// second half will need a new segment, which will fail.
+	var p subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 200 * MiB, AllocationType: subjects.Pinned}, &p)
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: p.AllocationID}, nil)
+	var big1, big2, small subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 200 * MiB, ModelID: "big"}, &big1)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 200 * MiB, ModelID: "big"}, &big2)
+	time.Sleep(2 * time.Millisecond) // big is the least recently used
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 100 * MiB, ModelID: "small"}, &small)
+	write(t, h, dev, small.AllocationID, 9)
+	var before subjects.Usage
+	call(t, nc, subjects.GetUsage, dev, nil, &before)
+
+	faults.FailAllocs(0, 2) // the new segment, and the retry after releasing the cache
+	target := 10.0
+	var r subjects.ModelOptimizeReply
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &target}, &r)
+	det := r.OptimizationDetails
+	if len(det.SkippedModels) != 1 || det.SkippedModels[0].ModelID != "big" || det.SkippedModels[0].Reason == "" {
+		t.Fatalf("skipped %+v, want big, with a reason", det.SkippedModels)
+	}
+	if len(det.Models) != 1 || det.Models[0].ModelID != "small" || r.MemoryFreedBytes != 100*MiB {
+		t.Fatalf("offloaded %+v, freed %d; want small whole, 100 MiB", det.Models, r.MemoryFreedBytes)
+	}
+	var after subjects.Usage
+	call(t, nc, subjects.GetUsage, dev, nil, &after)
+	if before.UsedBytes-after.UsedBytes != r.MemoryFreedBytes {
+		t.Errorf("device truth: used %d -> %d, the reply says %d freed", before.UsedBytes, after.UsedBytes, r.MemoryFreedBytes)
+	}
+	var ms subjects.ModelStatusReply
+	call(t, nc, subjects.ModelStatus, dev, nil, &ms)
+	for _, m := range ms.Models {
+		switch m.ModelID {
+		case "big":
+			if m.ResidentBytes != 400*MiB || m.OffloadedBytes != 0 {
+				t.Errorf("big after a failed offload: %+v, want all of it resident", m)
+			}
+		case "small":
+			if m.ResidentBytes != 0 || m.OffloadedBytes != 100*MiB {
+				t.Errorf("small after its offload: %+v", m)
+			}
+		}
+	}
+
+	// Restore: not while there is no room, then whole, with the same id
+	// and bytes.
+	var filler subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 600 * MiB, Purpose: "filler"}, &filler)
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore}, &r)
+	if len(r.OptimizationDetails.Models) != 0 || len(r.OptimizationDetails.SkippedModels) != 1 || r.Success {
+		t.Fatalf("restore without room: %+v", r)
+	}
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: filler.AllocationID}, nil)
+	call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore, ModelID: "small"}, &r)
+	if len(r.OptimizationDetails.Models) != 1 || r.OptimizationDetails.Models[0].AllocationIDs[0] != small.AllocationID || !r.Success {
+		t.Fatalf("restore: %+v", r)
+	}
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, subjects.AllocationsRequest{ModelID: "small"}, &page)
+	if page.TotalCount != 1 || page.Allocations[0].Offloaded || page.Allocations[0].AllocationID != small.AllocationID {
+		t.Errorf("small after restore: %+v", page.Allocations)
+	}
+	checkContent(t, h, dev, small.AllocationID, 9)
+	checkLedger(t, nc, h, dev, 0)
+}
+
+// TestModelStatusCountsOnlyOffloadsAsOffloaded: a PINNED copy made by a
+// transfer is host memory of the model, not an offload.
+func TestModelStatusCountsOnlyOffloadsAsOffloaded(t *testing.T) {
+	srv := startServer(t)
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 16 * MiB, ModelID: "m"}, &a)
+	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned}, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ms subjects.ModelStatusReply
+		call(t, nc, subjects.ModelStatus, "n1-gpu0", subjects.ModelStatusRequest{ModelID: "m"}, &ms)
+		if len(ms.Models) == 1 && ms.Models[0].HostBytes == 16*MiB {
+			if ms.Models[0].OffloadedBytes != 0 || ms.Models[0].ResidentBytes != 16*MiB {
+				t.Errorf("model m: %+v, want 16 MiB resident and 16 MiB host, none offloaded", ms.Models[0])
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("model m: %+v, the copy never showed", ms.Models)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

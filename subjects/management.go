@@ -126,10 +126,14 @@ type ModelStatusRequest struct {
 
 // ModelMemory is the memory of one model on one device.
 type ModelMemory struct {
-	ModelID               string    `json:"model_id"`
-	DeviceID              string    `json:"device_id"`
+	ModelID  string `json:"model_id"`
+	DeviceID string `json:"device_id"`
+	// ResidentBytes is in VRAM; OffloadedBytes was moved to pinned host
+	// memory by an offload; HostBytes is in pinned host memory by its own
+	// type (PINNED allocations, copies made by transfer), not an offload.
 	ResidentBytes         int64     `json:"resident_bytes"`
 	OffloadedBytes        int64     `json:"offloaded_bytes"`
+	HostBytes             int64     `json:"host_bytes"`
 	Allocations           int       `json:"allocations"`
 	PersistentAllocations int       `json:"persistent_allocations"`
 	LastUsedAt            time.Time `json:"last_used_at"`
@@ -144,6 +148,7 @@ type ModelStatusReply struct {
 const (
 	OptimizeOffload = "offload" // move model memory to pinned host memory
 	OptimizeEvict   = "evict"   // free model memory
+	OptimizeRestore = "restore" // bring offloaded model memory back to VRAM
 )
 
 // ModelOptimizeRequest is the seed's model_optimize request: offload or
@@ -175,7 +180,16 @@ type OptimizationDetails struct {
 	TargetUsagePercentage float64       `json:"target_usage_percentage"`
 	TargetMet             bool          `json:"target_met"`
 	Models                []ModelAction `json:"models"`
-	SkippedPersistent     int           `json:"skipped_persistent"`
+	// SkippedModels are the models left as they were, and why: a model is
+	// moved whole or not at all.
+	SkippedModels     []SkippedModel `json:"skipped_models"`
+	SkippedPersistent int            `json:"skipped_persistent"`
+}
+
+// SkippedModel is a model model_optimize left as it was.
+type SkippedModel struct {
+	ModelID string `json:"model_id"`
+	Reason  string `json:"reason"`
 }
 
 // ModelAction is what happened to one model's memory.

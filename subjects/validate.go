@@ -224,15 +224,17 @@ func (r *OptimizeRequest) Validate() error {
 // Validate checks a model_optimize payload.
 func (r *ModelOptimizeRequest) Validate() error {
 	switch r.OptimizationType = strings.ToLower(r.OptimizationType); r.OptimizationType {
-	case OptimizeOffload, OptimizeEvict:
+	case OptimizeOffload, OptimizeEvict, OptimizeRestore:
 	default:
-		return Invalid("optimization_type must be %s or %s, got %s", OptimizeOffload, OptimizeEvict, Quote(r.OptimizationType))
+		return Invalid("optimization_type must be %s, %s or %s, got %s", OptimizeOffload, OptimizeEvict, OptimizeRestore, Quote(r.OptimizationType))
 	}
-	if r.TargetUsagePercentage == nil {
+	if r.TargetUsagePercentage == nil && r.OptimizationType != OptimizeRestore {
 		return Invalid("target_usage_percentage is required")
 	}
-	if err := checkPercentage("target_usage_percentage", *r.TargetUsagePercentage); err != nil {
-		return err
+	if r.TargetUsagePercentage != nil {
+		if err := checkPercentage("target_usage_percentage", *r.TargetUsagePercentage); err != nil {
+			return err
+		}
 	}
 	return checkLabel("model_id", r.ModelID)
 }

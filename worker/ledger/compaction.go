@@ -91,25 +91,50 @@ func (d *Device) compact(ctx context.Context, yield func()) (c alloc.Compaction,
 // the same device and frees its VRAM block (which stays cached in the pool
 // until released).
 func (d *Device) offload(ctx context.Context, a *allocation, now time.Time) error {
-	if a.kind != device.VRAM || !a.relocatable() {
-		return fmt.Errorf("allocation %s cannot be offloaded now: %w", a.idString(), ErrConflict)
+	return d.relocate(ctx, []*allocation{a}, device.Pinned, now)
+}
+
+// relocate moves the bytes of allocations to memory of kind (VRAM to
+// pinned host memory: an offload; back: a restore), all or none: blocks
+// for all are found first, then every copy is made, and only then do the
+// entries change and their old blocks go back to their pool. A failure
+// leaves every allocation where it was. Ids never change.
+func (d *Device) relocate(ctx context.Context, allocs []*allocation, kind device.Kind, now time.Time) error {
+	for _, a := range allocs {
+		if a.kind == kind || !a.relocatable() {
+			return fmt.Errorf("allocation %s cannot move now: %w", a.idString(), ErrConflict)
+		}
 	}
-	host, err := d.pools[device.Pinned].Alloc(ctx, a.size, a.alignment)
-	if err != nil {
-		return fmt.Errorf("pinned host memory for %s: %w", a.idString(), err)
+	blocks := make([]*alloc.Block, 0, len(allocs))
+	undo := func() {
+		for _, b := range blocks {
+			_ = d.pools[kind].Free(b)
+		}
 	}
-	dst := device.Location{Device: d.index, Kind: device.Pinned, Addr: host.Addr()}
-	if err := d.backend.Copy(ctx, dst, d.loc(a), a.size); err != nil {
-		_ = d.pools[device.Pinned].Free(host)
-		return fmt.Errorf("offloading %s: %w", a.idString(), err)
+	for _, a := range allocs {
+		b, err := d.pools[kind].Alloc(ctx, a.size, a.alignment)
+		if err != nil {
+			undo()
+			return fmt.Errorf("%d bytes of %s memory for %s: %w", a.size, kind, a.idString(), err)
+		}
+		blocks = append(blocks, b)
 	}
-	if err := d.pools[device.VRAM].Free(a.block); err != nil {
-		return err
+	for i, a := range allocs {
+		dst := device.Location{Device: d.index, Kind: kind, Addr: blocks[i].Addr()}
+		if err := d.backend.Copy(ctx, dst, d.loc(a), a.size); err != nil {
+			undo()
+			return fmt.Errorf("copying %s: %w", a.idString(), err)
+		}
 	}
-	d.account(a, -1)
-	a.kind, a.block, a.rsv, a.lastUsed = device.Pinned, host, host.Size(), now.UnixNano()
-	a.set(offloaded, true)
-	d.account(a, 1)
+	for i, a := range allocs {
+		if err := d.pools[a.kind].Free(a.block); err != nil {
+			return err // the ledger and its pool disagree: a bug
+		}
+		d.account(a, -1)
+		a.kind, a.block, a.rsv, a.lastUsed = kind, blocks[i], blocks[i].Size(), now.UnixNano()
+		a.set(offloaded, kind == device.Pinned)
+		d.account(a, 1)
+	}
 	return nil
 }
 

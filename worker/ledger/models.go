@@ -33,10 +33,13 @@ func (d *Device) ModelStatus(req *subjects.ModelStatusRequest) subjects.ModelSta
 			if a.has(persistent) {
 				m.PersistentAllocations++
 			}
-			if a.kind == device.VRAM {
+			switch {
+			case a.kind == device.VRAM:
 				m.ResidentBytes += a.reserved()
-			} else {
+			case a.has(offloaded):
 				m.OffloadedBytes += a.reserved()
+			default:
+				m.HostBytes += a.reserved()
 			}
 			if a.lastUsedAt().After(m.LastUsedAt) {
 				m.LastUsedAt = a.lastUsedAt()
@@ -66,83 +69,138 @@ func leastRecentlyUsed(c []candidate) {
 	})
 }
 
-// candidates lists the models whose resident allocations the request may
-// offload or evict, and counts the persistent allocations it must skip.
-func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate, skippedPersistent int) {
+// candidates lists, least recently used first, the models whose memory
+// the request may act on as a whole: their resident allocations for
+// offload and evict, their offloaded ones for restore. A model that cannot
+// be moved whole (persistent allocations without force, one being
+// transferred or exported) is skipped, with the reason.
+func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate, skipped []subjects.SkippedModel, persistentKept int) {
+	restore := req.OptimizationType == subjects.OptimizeRestore
 	for id, allocs := range d.models(req.ModelID) {
 		c := candidate{id: id}
+		reason := ""
 		for _, a := range allocs {
-			if a.kind != device.VRAM || !a.idle() || (req.OptimizationType == subjects.OptimizeOffload && !a.relocatable()) {
+			if restore != a.has(offloaded) || (!restore && a.kind != device.VRAM) {
 				continue
 			}
-			if a.has(persistent) && !req.Force {
-				skippedPersistent++
-				continue
+			switch {
+			case !a.idle():
+				reason = "an allocation of it is being transferred"
+			case a.has(exported) && req.OptimizationType != subjects.OptimizeEvict:
+				reason = "an allocation of it is exported to another process"
+			case a.has(persistent) && !req.Force && !restore:
+				persistentKept++
+				if reason == "" {
+					reason = "it has persistent allocations; use force to include them"
+				}
 			}
 			c.allocs = append(c.allocs, a)
 			if a.lastUsedAt().After(c.lastUsed) {
 				c.lastUsed = a.lastUsedAt()
 			}
 		}
-		if len(c.allocs) > 0 {
+		switch {
+		case len(c.allocs) == 0:
+		case reason != "":
+			skipped = append(skipped, subjects.SkippedModel{ModelID: id, Reason: reason})
+		default:
 			lru = append(lru, c)
 		}
 	}
 	leastRecentlyUsed(lru)
-	return lru, skippedPersistent
+	if restore {
+		slices.Reverse(lru) // the most recently used back first
+	}
+	slices.SortFunc(skipped, func(a, b subjects.SkippedModel) int { return strings.Compare(a.ModelID, b.ModelID) })
+	return lru, skipped, persistentKept
 }
 
 // ModelOptimize offloads or evicts the device-resident memory of the least
-// recently used models, one model at a time, until device usage is at or
-// below the target. Persistent allocations are touched only with force.
+// recently used models, a whole model at a time, until device usage is at
+// or below the target; the device memory that empties goes back to the
+// device, so device truth drops by what the reply says was freed. Restore
+// brings offloaded models back to VRAM, the most recently used first,
+// each whole and only when it fits the available memory. A model that
+// cannot be moved whole is skipped, and the reply says why.
 func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeRequest) (subjects.ModelOptimizeReply, error) {
 	start := time.Now().UTC()
-	target := *req.TargetUsagePercentage
+	restore := req.OptimizationType == subjects.OptimizeRestore
+	target := 100.0
+	if req.TargetUsagePercentage != nil {
+		target = *req.TargetUsagePercentage
+	}
 	u, err := d.Usage(ctx, start)
 	if err != nil {
 		return subjects.ModelOptimizeReply{}, err
 	}
-	lru, skipped := d.candidates(req)
+	lru, skipped, persistentKept := d.candidates(req)
+	if skipped == nil {
+		skipped = []subjects.SkippedModel{}
+	}
 	details := subjects.OptimizationDetails{
 		OptimizationType:      req.OptimizationType,
 		UsagePercentageBefore: u.UsagePercentage,
 		TargetUsagePercentage: target,
 		Models:                []subjects.ModelAction{},
-		SkippedPersistent:     skipped,
+		SkippedModels:         skipped,
+		SkippedPersistent:     persistentKept,
 	}
 	pct := u.UsagePercentage
 	var freed int64
 	for _, c := range lru {
-		if pct <= target {
+		if !restore && pct <= target {
 			break
 		}
-		act := subjects.ModelAction{ModelID: c.id, Action: req.OptimizationType}
+		act := subjects.ModelAction{ModelID: c.id, Action: req.OptimizationType, AllocationIDs: []string{}}
+		var size int64
 		for _, a := range c.allocs {
 			act.Bytes += a.reserved()
+			size += a.size
 			act.AllocationIDs = append(act.AllocationIDs, a.idString())
-			if req.OptimizationType == subjects.OptimizeEvict {
-				err = d.free(a)
-			} else {
-				err = d.offload(ctx, a, start)
+		}
+		switch req.OptimizationType {
+		case subjects.OptimizeEvict:
+			for _, a := range c.allocs {
+				if err = d.free(a); err != nil {
+					break
+				}
 			}
-			if err != nil {
-				return subjects.ModelOptimizeReply{}, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
+		case subjects.OptimizeOffload:
+			err = d.relocate(ctx, c.allocs, device.Pinned, start)
+		case subjects.OptimizeRestore:
+			if avail := u.AvailableBytes; size > avail {
+				details.SkippedModels = append(details.SkippedModels, subjects.SkippedModel{ModelID: c.id,
+					Reason: fmt.Sprintf("it needs %d bytes of VRAM, %d are available", size, avail)})
+				continue
 			}
+			err = d.relocate(ctx, c.allocs, device.VRAM, start)
+		}
+		if ctx.Err() != nil {
+			return subjects.ModelOptimizeReply{}, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
+		}
+		if err != nil {
+			// Nothing of the model moved: it stays whole where it was.
+			details.SkippedModels = append(details.SkippedModels, subjects.SkippedModel{ModelID: c.id, Reason: err.Error()})
+			continue
 		}
 		details.Models = append(details.Models, act)
-		released, err := d.release(ctx)
-		if err != nil {
+		if !restore {
+			released, err := d.release(ctx)
+			if err != nil {
+				return subjects.ModelOptimizeReply{}, err
+			}
+			freed += released
+		}
+		if u, err = d.Usage(ctx, time.Now().UTC()); err != nil {
 			return subjects.ModelOptimizeReply{}, err
 		}
-		freed += released
-		after, err := d.Usage(ctx, time.Now().UTC())
-		if err != nil {
-			return subjects.ModelOptimizeReply{}, err
-		}
-		pct = after.UsagePercentage
+		pct = u.UsagePercentage
 	}
 	details.UsagePercentageAfter = pct
 	details.TargetMet = pct <= target
+	if restore {
+		details.TargetMet = len(details.SkippedModels) == 0
+	}
 	reply := subjects.ModelOptimizeReply{
 		Success:                  details.TargetMet,
 		OptimizationStarted:      start,
@@ -151,12 +209,18 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 		OptimizationDetails:      details,
 	}
 	switch {
+	case restore && len(details.Models) == 0 && details.TargetMet:
+		reply.Message = "no offloaded model memory to restore"
+	case restore:
+		reply.Message = fmt.Sprintf("restored %d models, %d skipped: usage %.1f%% -> %.1f%%", len(details.Models), len(details.SkippedModels), details.UsagePercentageBefore, pct)
 	case len(details.Models) == 0 && details.TargetMet:
 		reply.Message = fmt.Sprintf("usage %.1f%% is already at or below the target %.1f%%", pct, target)
 	case details.TargetMet:
 		reply.Message = fmt.Sprintf("%s %d models, freed %d bytes: usage %.1f%% -> %.1f%%", pastTense(req.OptimizationType), len(details.Models), freed, details.UsagePercentageBefore, pct)
 	case details.SkippedPersistent > 0 && !req.Force:
 		reply.Message = fmt.Sprintf("target %.1f%% not met (usage %.1f%%): %d persistent model allocations were kept; use force to include them", target, pct, details.SkippedPersistent)
+	case len(details.SkippedModels) > 0:
+		reply.Message = fmt.Sprintf("target %.1f%% not met (usage %.1f%%): %d models could not be moved whole (see skipped_models)", target, pct, len(details.SkippedModels))
 	default:
 		reply.Message = fmt.Sprintf("target %.1f%% not met (usage %.1f%%): no more model memory to %s", target, pct, req.OptimizationType)
 	}
@@ -166,6 +230,9 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 func pastTense(optimizationType string) string {
 	if optimizationType == subjects.OptimizeEvict {
 		return "evicted"
+	}
+	if optimizationType == subjects.OptimizeRestore {
+		return "restored"
 	}
 	return "offloaded"
 }
