@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
 )
 
 // pattern is the content test allocations carry: a function of the
@@ -226,4 +227,39 @@ func TestBusyAllocationsAreNeitherFreedNorTransferredTwice(t *testing.T) {
 	}
 	call(t, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
 	checkLedger(t, nc, h, "n1-gpu0", 0)
+}
+
+// TestDefragmentReleasesBeforeItCopies: 100 blocks of 256 MiB with every
+// other one freed leave 50 empty segments: defragment returns them to the
+// device without moving a byte, and device truth shows it.
+func TestDefragmentReleasesBeforeItCopies(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, 32*GiB), withConfig(func(c *worker.Config) { c.AutoRelease = false }))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	var ids []string
+	for range 100 {
+		var a subjects.Allocation
+		call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 256 * MiB}, &a)
+		ids = append(ids, a.AllocationID)
+	}
+	var freed []string
+	for i := 1; i < len(ids); i += 2 {
+		freed = append(freed, ids[i])
+	}
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: freed}, nil)
+	var before, after subjects.Usage
+	call(t, nc, subjects.GetUsage, dev, nil, &before)
+	var r subjects.DefragmentReply
+	call(t, nc, subjects.Defragment, dev, nil, &r)
+	t.Logf("defragment: %+v", r)
+	if r.BytesMoved != 0 || r.BlocksMoved != 0 || r.SegmentsReleased != 50 || r.ReleasedBytes != 50*256*MiB {
+		t.Errorf("defragment: moved %d bytes (%d blocks), released %d segments (%d bytes); want nothing moved, 50 segments released",
+			r.BytesMoved, r.BlocksMoved, r.SegmentsReleased, r.ReleasedBytes)
+	}
+	call(t, nc, subjects.GetUsage, dev, nil, &after)
+	if before.UsedBytes-after.UsedBytes != r.ReleasedBytes {
+		t.Errorf("device truth: used %d -> %d, want a drop of the %d bytes released", before.UsedBytes, after.UsedBytes, r.ReleasedBytes)
+	}
+	checkLedger(t, nc, h, dev, 0)
 }
