@@ -21,6 +21,7 @@ func TestStopFinishesWhatItReceived(t *testing.T) {
 	srv := startServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	h := startWorkerCtx(t, ctx, srv, "stopping", withDevices(2, GiB))
+	faults := h.faults(t)
 	nc := connect(t, srv)
 	devs := h.DeviceIDs()
 
@@ -61,7 +62,7 @@ func TestStopFinishesWhatItReceived(t *testing.T) {
 	})
 	time.Sleep(200 * time.Millisecond)
 	// Transfers queued behind a slow link when the stop comes.
-	h.faults(t).SetCopyDelay(20 * time.Millisecond)
+	faults.SetCopyDelay(20 * time.Millisecond)
 	var moved []string
 	for range 12 {
 		var a subjects.Allocation

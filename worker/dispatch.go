@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/ledger"
 )
 
 // opFunc acts on a device with a request's data and returns the reply data.
@@ -129,18 +128,9 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 			return body, err
 		}
 		if op == subjects.Allocate {
-			// A retry whose reply has left the cache, but whose
-			// allocation lives: the same allocation, never a second.
-			// Allocations remember the digest of the canonical payload,
-			// so a respelled retry is recognised too.
-			dg := canonicalDigest(op, env.Data)
-			if a, d, ok := g.MadeBy(requestID); ok {
-				if d != dg {
-					return nil, ledger.Errorf(ledger.ErrConflict, "request_id %s was already used for a different request (%s)", requestID, op.Action())
-				}
-				return w.encodeReply(rw, requestID, a, now)
-			}
-			ctx = context.WithValue(ctx, originKey{}, ledger.Origin{RequestID: requestID, Digest: dg})
+			// An allocate remembers its request for as long as it lives
+			// (allocate in ops.go), beyond the replay cache.
+			ctx = context.WithValue(ctx, requestIDKey{}, requestID)
 		}
 	}
 	data, err := fn(ctx, g, env.Data)

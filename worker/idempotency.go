@@ -55,15 +55,6 @@ func digest(op subjects.Op, data []byte) uint64 {
 	return h.Sum64()
 }
 
-// canonicalDigest is the digest of data's canonical form (of data itself
-// when it has none: the decoder refuses it anyway).
-func canonicalDigest(op subjects.Op, data []byte) uint64 {
-	if c, err := subjects.Canonical(data); err == nil {
-		data = c
-	}
-	return digest(op, data)
-}
-
 // sameRequest reports whether a retry's payload asks for what the first
 // request's did: the same bytes, or the same canonical form (keys in
 // another order or spelling, other white space).

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"runtime"
 	"time"
 
@@ -38,14 +39,28 @@ func getAllocations(_ context.Context, g *gpu, req *subjects.AllocationsRequest)
 	return g.Allocations(req), nil
 }
 
+// allocate allocates, made by the request: a retry with the same
+// request_id, however late, gets the same allocation (or a conflict when
+// it asks for something else), never a second one.
 func allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
-	origin, _ := ctx.Value(originKey{}).(ledger.Origin)
+	var origin ledger.Origin
+	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
+		origin = ledger.Origin{RequestID: id, Digest: allocateDigest(req)}
+	}
 	return g.Allocate(ctx, req, origin)
 }
 
-// originKey is the context key of the request an operation acts for
-// (ledger.Origin), set by act for mutations with a request_id.
-type originKey struct{}
+// requestIDKey is the context key of the request_id a mutation acts for,
+// set by act when the request came with one.
+type requestIDKey struct{}
+
+// allocateDigest sums what an allocate asks for, after validation (so any
+// spelling, key order or letter case of the type gives the same sum).
+func allocateDigest(r *subjects.AllocateRequest) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d|%s|%d|%q|%t|%q|%g|%t", r.SizeBytes, r.AllocationType, r.Alignment, r.Purpose, r.Persistent, r.ModelID, r.TTLSeconds, r.Export)
+	return h.Sum64()
+}
 
 func deallocate(_ context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
 	return g.Deallocate(req)

@@ -19,6 +19,14 @@ import (
 // (or a segment of its own for an exported allocation) and enters it in
 // the ledger, made by origin (which may be empty).
 func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin) (subjects.Allocation, error) {
+	if origin.RequestID != "" {
+		if a, ok := d.byRequest[origin.RequestID]; ok {
+			if a.origin().Digest != origin.Digest {
+				return subjects.Allocation{}, Errorf(ErrConflict, "request_id %s was already used for a different request (memory.allocate)", origin.RequestID)
+			}
+			return d.view(a), nil
+		}
+	}
 	kind := KindOf(req.AllocationType)
 	if n := d.cfg.MaxAllocations; n > 0 && len(d.allocs) >= n {
 		return subjects.Allocation{}, fmt.Errorf("%s holds %d allocations, the most it keeps (--max-allocations); free some first: %w",
