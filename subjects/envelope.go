@@ -26,6 +26,19 @@ type Reply struct {
 	Data         json.RawMessage `json:"data,omitempty"`
 	ErrorCode    Code            `json:"error_code,omitempty"`
 	ErrorMessage string          `json:"error_message,omitempty"`
+	// TenantUsage, in a success reply to a tenant, is what the tenant holds
+	// on the device against its quota.
+	TenantUsage *TenantUsage `json:"tenant_usage,omitempty"`
+}
+
+// TenantUsage is what a tenant holds on a device: the VRAM bytes it asked
+// for (what its quota caps) and its allocations. QuotaBytes is 0 without a
+// quota.
+type TenantUsage struct {
+	Tenant         string `json:"tenant"`
+	AllocatedBytes int64  `json:"allocated_bytes"`
+	QuotaBytes     int64  `json:"quota_bytes"`
+	Allocations    int    `json:"allocations"`
 }
 
 // Err returns the reply's error as an *Error, or nil on success.

@@ -18,6 +18,10 @@ const (
 	CodeUnsupported        Code = "UNSUPPORTED"
 	CodeDeviceUnavailable  Code = "DEVICE_UNAVAILABLE"
 	CodeInternal           Code = "INTERNAL_ERROR"
+	// CodeForbidden: a tenant asked for an operator-only operation.
+	CodeForbidden Code = "FORBIDDEN"
+	// CodeQuotaExceeded: the tenant's quota on the device would be passed.
+	CodeQuotaExceeded Code = "QUOTA_EXCEEDED"
 )
 
 // Status is the numeric code sent in micro's Nats-Service-Error-Code header,
@@ -28,6 +32,8 @@ func (c Code) Status() int {
 		return 400
 	case CodeDeviceNotFound, CodeAllocationNotFound, CodeTransferNotFound:
 		return 404
+	case CodeForbidden, CodeQuotaExceeded:
+		return 403
 	case CodeConflict:
 		return 409
 	case CodeDeviceUnavailable:

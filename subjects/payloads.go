@@ -49,6 +49,10 @@ type Allocation struct {
 	Exported  bool   `json:"exported"`
 	IPCHandle string `json:"ipc_handle,omitempty"`
 	IPCOffset int64  `json:"ipc_offset"`
+	// Tenant is the NATS account that made the allocation (absent for the
+	// worker's own account), User its user when the account shares it.
+	Tenant string `json:"tenant,omitempty"`
+	User   string `json:"user,omitempty"`
 }
 
 // StatusRequest is get_status's payload.

@@ -115,7 +115,7 @@ func BenchmarkReply(b *testing.B) {
 			rw := newReplyWriter()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := rw.success("qjtOZFgblPmHINXvIPDGTn", tc.data, time.Now()); err != nil {
+				if _, err := rw.success("qjtOZFgblPmHINXvIPDGTn", tc.data, nil, time.Now()); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // opFunc acts on a device with a request's data and returns the reply data.
@@ -61,7 +62,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		}
 		rw := newReplyWriter()
 		defer rw.release()
-		body, err := w.act(ctx, op, g, env, fn, rw)
+		body, err := w.act(withCaller(ctx, callerOf(req)), op, g, env, fn, rw)
 		if body != nil {
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.ID(), "request_id", requestID, "err", rerr)
@@ -108,22 +109,28 @@ func orNewID(id string) string {
 // answered from the cache).
 func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	requestID := orNewID(env.RequestID)
+	who := caller(ctx)
 	if !op.Mutating() {
 		// A read's data shares nothing the device's next request changes.
 		now := time.Now()
-		data, err := w.runLocked(ctx, g, env.Data, fn)
+		data, tu, err := w.runLocked(ctx, g, env.Data, fn)
 		if err != nil {
 			return nil, err
 		}
-		return w.encodeReply(rw, requestID, data, now)
+		return w.encodeReply(rw, requestID, data, tu, now)
 	}
 	idempotent := env.RequestID != ""
+	// A tenant's request ids are its own: another tenant may use the same.
+	replayKey := requestID
+	if !who.Operator() {
+		replayKey = who.Tenant + "\x00" + requestID
+	}
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := time.Now()
 	if idempotent {
-		body, err := g.replays.lookup(requestID, op, env.Data, now)
+		body, err := g.replays.lookup(replayKey, op, env.Data, now)
 		if body != nil || err != nil {
 			return body, err
 		}
@@ -140,12 +147,12 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	if err != nil {
 		return nil, err
 	}
-	body, err := w.encodeReply(rw, requestID, data, now)
+	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, who), now)
 	if err != nil {
 		return nil, err
 	}
 	if idempotent {
-		g.replays.store(requestID, op, env.Data, bytes.Clone(body), now)
+		g.replays.store(replayKey, op, env.Data, bytes.Clone(body), now)
 	}
 	if w.log.Enabled(ctx, slog.LevelDebug) {
 		w.log.Debug("done", "op", op, "device", g.ID(), "request_id", requestID)
@@ -153,11 +160,23 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	return body, nil
 }
 
-// runLocked runs a read operation on g under its lock.
-func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, error) {
+// runLocked runs a read operation on g under its lock, and tells the
+// caller's usage when it is a tenant.
+func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, *subjects.TenantUsage, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return fn(ctx, g, data)
+	out, err := fn(ctx, g, data)
+	return out, tenantUsage(g, caller(ctx)), err
+}
+
+// tenantUsage is who's usage of g for its replies, nil for the operator.
+// The caller holds g.mu.
+func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
+	u, ok := g.TenantUsage(who)
+	if !ok {
+		return nil
+	}
+	return &subjects.TenantUsage{Tenant: u.Tenant, AllocatedBytes: u.AllocatedBytes, QuotaBytes: u.QuotaBytes, Allocations: u.Allocations}
 }
 
 // bounded gives an operation that copies bytes under the device lock a
@@ -174,8 +193,8 @@ func (w *Worker) bounded(fn opFunc) opFunc {
 // encodeReply encodes a success reply that the server will carry: a reply
 // over its max payload would be dropped, so it becomes an error that says
 // how to page instead.
-func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, now time.Time) ([]byte, error) {
-	body, err := rw.success(requestID, data, now)
+func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
+	body, err := rw.success(requestID, data, tu, now)
 	if err == nil && w.maxPayload > 0 && int64(len(body)) > w.maxPayload {
 		return nil, subjects.Invalid("the reply would be %d bytes, over the server's max payload of %d: ask for less (a smaller limit or max_samples, then page with cursor)", len(body), w.maxPayload)
 	}

@@ -36,7 +36,7 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 	rw := newReplyWriter()
 	// Plain ids take the writer's fast path; the others the encoder.
 	for _, id := range []string{"qjtOZFgblPmHINXvIPDGTn", "0193f4a2-7c1e-7d3a-9f00-1b2c3d4e5f60", "a b~", "", "é", "a\tb", `a"b`, "\x7f"} {
-		got, err := rw.success(id, 1, now)
+		got, err := rw.success(id, 1, nil, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := rw.success(odd, r, now)
+		got, err := rw.success(odd, r, nil, now)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -28,6 +28,10 @@ func wireError(err error) *subjects.Error {
 		code = subjects.CodeDeviceNotFound
 	case errors.Is(err, ledger.ErrConflict):
 		code = subjects.CodeConflict
+	case errors.Is(err, ledger.ErrForbidden):
+		code = subjects.CodeForbidden
+	case errors.Is(err, ledger.ErrQuotaExceeded):
+		code = subjects.CodeQuotaExceeded
 	case errors.Is(err, ledger.ErrUnsupported):
 		code = subjects.CodeUnsupported
 	case errors.Is(err, ledger.ErrInvalid), errors.Is(err, alloc.ErrInvalid):

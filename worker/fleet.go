@@ -28,10 +28,11 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			w.metrics.served(op, wireError(err).Code, start)
 			return
 		}
+		ctx := withCaller(ctx, callerOf(req))
 		reply := subjects.FleetReply{Node: w.cfg.Node, Instance: instance, Devices: make([]subjects.FleetDevice, 0, len(w.gpus))}
 		for _, g := range w.gpus {
 			fd := subjects.FleetDevice{DeviceID: g.ID()}
-			data, err := w.runLocked(ctx, g, env.Data, fn)
+			data, _, err := w.runLocked(ctx, g, env.Data, fn)
 			if err == nil {
 				fd.Data, err = gojson.Marshal(data)
 			}
@@ -45,7 +46,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		}
 		rw := newReplyWriter()
 		defer rw.release()
-		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, time.Now())
+		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, nil, time.Now())
 		if err != nil {
 			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err)
 			w.metrics.served(op, wireError(err).Code, start)

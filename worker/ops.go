@@ -23,10 +23,10 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 		subjects.Allocate:         typed(allocate),
 		subjects.Deallocate:       typed(deallocate),
 		subjects.Clear:            typed(clearDevice),
-		subjects.Defragment:       w.bounded(typed(defragment)),
+		subjects.Defragment:       operatorOnly(string(subjects.Defragment), w.bounded(typed(defragment))),
 		subjects.Transfer:         typed(w.transfer),
 		subjects.GetTransfer:      typed(w.getTransfer),
-		subjects.Optimize:         w.bounded(typed(optimize)),
+		subjects.Optimize:         operatorOnly(string(subjects.Optimize), w.bounded(typed(optimize))),
 		subjects.ModelStatus:      typed(modelStatus),
 		subjects.ModelOptimize:    w.bounded(typed(modelOptimize)),
 		subjects.GetPressure:      typed(w.getPressure),
@@ -35,8 +35,8 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 	}
 }
 
-func getAllocations(_ context.Context, g *gpu, req *subjects.AllocationsRequest) (any, error) {
-	return g.Allocations(req), nil
+func getAllocations(ctx context.Context, g *gpu, req *subjects.AllocationsRequest) (any, error) {
+	return g.Allocations(req, caller(ctx)), nil
 }
 
 // allocate allocates, made by the request: a retry with the same
@@ -47,7 +47,7 @@ func allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, 
 	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
 		origin = ledger.Origin{RequestID: id, Digest: allocateDigest(req)}
 	}
-	return g.Allocate(ctx, req, origin)
+	return g.Allocate(ctx, req, origin, caller(ctx))
 }
 
 // requestIDKey is the context key of the request_id a mutation acts for,
@@ -62,12 +62,12 @@ func allocateDigest(r *subjects.AllocateRequest) uint64 {
 	return h.Sum64()
 }
 
-func deallocate(_ context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
-	return g.Deallocate(req)
+func deallocate(ctx context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {
+	return g.Deallocate(req, caller(ctx))
 }
 
 func clearDevice(ctx context.Context, g *gpu, req *subjects.ClearRequest) (any, error) {
-	return g.Clear(ctx, req)
+	return g.Clear(ctx, req, caller(ctx))
 }
 
 // defragment compacts a segment at a time and lets the device's other
@@ -85,16 +85,16 @@ func optimize(ctx context.Context, g *gpu, req *subjects.OptimizeRequest) (any, 
 	return g.Optimize(ctx, req)
 }
 
-func modelStatus(_ context.Context, g *gpu, req *subjects.ModelStatusRequest) (any, error) {
-	return g.ModelStatus(req), nil
+func modelStatus(ctx context.Context, g *gpu, req *subjects.ModelStatusRequest) (any, error) {
+	return g.ModelStatus(req, caller(ctx)), nil
 }
 
 func modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelOptimizeRequest) (any, error) {
-	return g.ModelOptimize(ctx, req)
+	return g.ModelOptimize(ctx, req, caller(ctx))
 }
 
-func analytics(_ context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {
-	return g.Analytics(req), nil
+func analytics(ctx context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {
+	return g.Analytics(req, caller(ctx)), nil
 }
 
 // current reads g's usage now and observes its pressure.
@@ -112,7 +112,7 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, _ *subjects.UsageRequest)
 		return nil, err
 	}
 	g.AddTelemetry(ctx, &u)
-	return g.WithPurposes(u), nil
+	return g.WithPurposes(u, caller(ctx)), nil
 }
 
 func (w *Worker) getPressure(ctx context.Context, g *gpu, _ *subjects.PressureRequest) (any, error) {
@@ -128,7 +128,7 @@ func (w *Worker) getStatus(ctx context.Context, g *gpu, req *subjects.StatusRequ
 	if err != nil {
 		return nil, err
 	}
-	return g.Status(ctx, req, u, p), nil
+	return g.Status(ctx, req, u, p, caller(ctx)), nil
 }
 
 func (w *Worker) optimizationRecs(ctx context.Context, g *gpu, _ *subjects.OptimizationRecsRequest) (any, error) {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	gojson "github.com/goccy/go-json"
+
+	"github.com/memworker/memworker/subjects"
 )
 
 // A replyWriter writes success envelopes into a buffer it keeps from one
@@ -47,9 +49,9 @@ func (rw *replyWriter) release() {
 	replyWriters.Put(rw)
 }
 
-// success writes the success envelope around data. The bytes are valid
-// until the next success or release.
-func (rw *replyWriter) success(requestID string, data any, now time.Time) ([]byte, error) {
+// success writes the success envelope around data (and the tenant's usage,
+// when not nil). The bytes are valid until the next success or release.
+func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
 	rw.buf.Reset()
 	rw.buf.WriteString(`{"success":true,"request_id":`)
 	if err := rw.str(requestID); err != nil {
@@ -60,6 +62,12 @@ func (rw *replyWriter) success(requestID string, data any, now time.Time) ([]byt
 	rw.buf.WriteString(`","data":`)
 	if err := rw.value(data); err != nil {
 		return nil, err
+	}
+	if tu != nil {
+		rw.buf.WriteString(`,"tenant_usage":`)
+		if err := rw.value(tu); err != nil {
+			return nil, err
+		}
 	}
 	rw.buf.WriteByte('}')
 	return rw.buf.Bytes(), nil

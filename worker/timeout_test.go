@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // TestOpTimeoutBoundsCopies: an operation that copies bytes under the
@@ -28,7 +29,7 @@ func TestOpTimeoutBoundsCopies(t *testing.T) {
 		t.Errorf("gave up after %v", waited)
 	}
 	checkBooks(t, w, b)
-	list := g.Allocations(&subjects.AllocationsRequest{Limit: 10})
+	list := g.Allocations(&subjects.AllocationsRequest{Limit: 10}, ledger.Who{})
 	if n := len(list.Allocations); n != 1 {
 		t.Errorf("%d allocations tracked after the failed offload, want 1", n)
 	}

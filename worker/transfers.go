@@ -38,6 +38,7 @@ type job struct {
 	src, dst *gpu
 	lent     ledger.Lent
 	verify   bool
+	tenant   string // whose transfer it is ("" the operator's)
 }
 
 // snapshot returns the job's status with progress filled in.
@@ -131,8 +132,9 @@ func (t *transfers) prune(now time.Time) {
 
 // transfer lends the source to a job and queues it; a runner does the
 // copy. The reply is the job's status, queued.
-func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferRequest) (any, error) {
-	if _, _, err := g.Locate(req.AllocationID); err != nil {
+func (w *Worker) transfer(ctx context.Context, g *gpu, req *subjects.TransferRequest) (any, error) {
+	who := caller(ctx)
+	if err := g.Find(req.AllocationID, who); err != nil {
 		return nil, err
 	}
 	dst := g
@@ -146,13 +148,13 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 				req.TargetDeviceID, w.cfg.Node, ledger.ErrUnsupported)
 		}
 	}
-	lent, err := g.Lend(req.AllocationID, ledger.Target{DeviceID: dst.ID(), TotalBytes: dst.Info().TotalBytes, Type: req.TargetAllocationType}, req.Mode)
+	lent, err := g.Lend(req.AllocationID, ledger.Target{DeviceID: dst.ID(), TotalBytes: dst.Info().TotalBytes, Type: req.TargetAllocationType}, req.Mode, who)
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now().UTC()
 	j := &job{
-		src: g, dst: dst, lent: lent, verify: req.Verify,
+		src: g, dst: dst, lent: lent, verify: req.Verify, tenant: who.Tenant,
 		status: subjects.TransferStatus{
 			TransferID:           uuid.NewString(),
 			Status:               subjects.TransferQueued,
@@ -175,9 +177,9 @@ func (w *Worker) transfer(_ context.Context, g *gpu, req *subjects.TransferReque
 	return j.snapshot(now), nil
 }
 
-func (w *Worker) getTransfer(_ context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
+func (w *Worker) getTransfer(ctx context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
 	j := w.transfers.get(req.TransferID, time.Now())
-	if j == nil || (j.src != g && j.dst != g) {
+	if who := caller(ctx); j == nil || (j.src != g && j.dst != g) || (!who.Operator() && j.tenant != who.Tenant) {
 		return nil, ledger.Errorf(ledger.ErrTransferNotFound, "no transfer %s from or to %s", req.TransferID, g.ID())
 	}
 	return j.snapshot(time.Now().UTC()), nil

@@ -18,13 +18,25 @@ import (
 // Allocate allocates memory from the device's pool of the request's kind
 // (or a segment of its own for an exported allocation) and enters it in
 // the ledger, made by origin (which may be empty).
-func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin) (subjects.Allocation, error) {
+func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin, who Who) (subjects.Allocation, error) {
 	if origin.RequestID != "" {
+		// A tenant's request ids are its own: another's may be the same.
+		origin.RequestID = who.Tenant + "\x00" + origin.RequestID
 		if a, ok := d.byRequest[origin.RequestID]; ok {
 			if a.origin().Digest != origin.Digest {
 				return subjects.Allocation{}, Errorf(ErrConflict, "request_id %s was already used for a different request (memory.allocate)", origin.RequestID)
 			}
 			return d.view(a), nil
+		}
+	}
+	if q, ok := d.quota(who.Tenant); ok && KindOf(req.AllocationType) == device.VRAM {
+		held := int64(0)
+		if f := d.tenants[who.Tenant]; f != nil {
+			held = f.requested
+		}
+		if held+req.SizeBytes > q {
+			return subjects.Allocation{}, Errorf(ErrQuotaExceeded, "tenant %s holds %d bytes on %s; %d more would pass its quota of %d bytes",
+				who.Tenant, held, d.id, req.SizeBytes, q)
 		}
 	}
 	kind := KindOf(req.AllocationType)
@@ -73,10 +85,17 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 		rsv:       block.Size(),
 		typ:       typeCode(req.AllocationType),
 		kind:      kind,
+		tenant:    who.Tenant,
 	}
 	a.set(persistent, req.Persistent)
+	if who.User != "" {
+		a.extra = &extra{user: who.User}
+	}
 	if origin.RequestID != "" {
-		a.extra = &extra{origin: origin}
+		if a.extra == nil {
+			a.extra = &extra{}
+		}
+		a.extra.origin = origin
 	}
 	if req.Export {
 		if a.extra == nil {
@@ -95,13 +114,13 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 
 // Deallocate frees allocations by id, all or nothing: every id is checked
 // before any is freed.
-func (d *Device) Deallocate(req *subjects.DeallocateRequest) (subjects.DeallocateReply, error) {
+func (d *Device) Deallocate(req *subjects.DeallocateRequest, who Who) (subjects.DeallocateReply, error) {
 	ids := req.IDs()
 	entries := make([]*allocation, len(ids))
 	for i, id := range ids {
 		a, ok := d.get(id)
 		entries[i] = a
-		if !ok {
+		if !ok || !a.visibleTo(who) {
 			return subjects.DeallocateReply{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 		}
 		if !a.idle() {
@@ -123,16 +142,16 @@ func (d *Device) Deallocate(req *subjects.DeallocateRequest) (subjects.Deallocat
 // Allocations lists the allocations the request's filters accept, one page
 // of them, in id order. A page costs its length, not the ledger's size;
 // total_count with more than one filter costs a walk of the ledger.
-func (d *Device) Allocations(req *subjects.AllocationsRequest) subjects.AllocationsReply {
+func (d *Device) Allocations(req *subjects.AllocationsRequest, who Who) subjects.AllocationsReply {
 	keep := func(a *allocation) bool {
-		return matches(a, req.Purpose, req.ModelID, req.AllocationType) &&
+		return a.visibleTo(who) && matches(a, req.Purpose, req.ModelID, req.AllocationType) &&
 			(req.Persistent == nil || a.has(persistent) == *req.Persistent)
 	}
 	limit := req.Limit
 	if limit <= 0 {
 		limit = subjects.DefaultPageLimit
 	}
-	reply := subjects.AllocationsReply{Allocations: []subjects.Allocation{}, TotalCount: d.count(req, keep)}
+	reply := subjects.AllocationsReply{Allocations: []subjects.Allocation{}, TotalCount: d.count(req, who, keep)}
 	visit := func(a *allocation) bool {
 		if !keep(a) {
 			return true
@@ -172,8 +191,14 @@ func cursorKey(cursor string) (*allocation, bool) {
 
 // count is how many allocations the request's filters accept: from the
 // figures kept by name and type when there is at most one filter.
-func (d *Device) count(req *subjects.AllocationsRequest, keep func(*allocation) bool) int {
+func (d *Device) count(req *subjects.AllocationsRequest, who Who, keep func(*allocation) bool) int {
 	filters := 0
+	if !who.Operator() {
+		filters = 2 // a tenant's own: walk (its count alone is in the figures)
+		if f := d.tenants[who.Tenant]; f == nil {
+			return 0
+		}
+	}
 	for _, set := range []bool{req.Purpose != "", req.ModelID != "", req.AllocationType != "", req.Persistent != nil} {
 		if set {
 			filters++
@@ -207,10 +232,10 @@ func matches(a *allocation, purpose, modelID string, t subjects.AllocationType) 
 // Clear frees the allocations the filters accept (persistent ones only
 // with force, busy ones never) and, unless told not to, returns the pools'
 // empty cached segments.
-func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest) (subjects.ClearReply, error) {
+func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest, who Who) (subjects.ClearReply, error) {
 	var reply subjects.ClearReply
 	for _, a := range d.allocs {
-		if !matches(a, req.Purpose, req.ModelID, req.AllocationType) {
+		if !a.visibleTo(who) || !matches(a, req.Purpose, req.ModelID, req.AllocationType) {
 			continue
 		}
 		if a.has(persistent) && !req.Force {

@@ -12,7 +12,7 @@ import (
 )
 
 // Analytics summarises the device's history over the request's window.
-func (d *Device) Analytics(req *subjects.AnalyticsRequest) subjects.AnalyticsReply {
+func (d *Device) Analytics(req *subjects.AnalyticsRequest, who Who) subjects.AnalyticsReply {
 	now := time.Now().UTC()
 	from := now.Add(-time.Duration(req.WindowSeconds * float64(time.Second)))
 	r := subjects.AnalyticsReply{
@@ -20,7 +20,7 @@ func (d *Device) Analytics(req *subjects.AnalyticsRequest) subjects.AnalyticsRep
 		WindowSeconds: req.WindowSeconds,
 		From:          from,
 		To:            now,
-		ByPurpose:     d.byPurpose(),
+		ByPurpose:     d.purposesOf(who),
 	}
 	d.history.summarise(&r, from, now, req.MaxSamples)
 	return r

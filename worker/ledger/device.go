@@ -29,6 +29,9 @@ type Config struct {
 	TruthMaxAge, TelemetryMaxAge time.Duration
 	// MaxAllocations caps the live allocations (0: no cap).
 	MaxAllocations int
+	// Quotas cap each tenant's requested bytes on the device, by tenant;
+	// AnyTenant's applies to the tenants not named.
+	Quotas map[string]int64
 }
 
 // Device is one device's state. It is not safe for concurrent use.
@@ -46,7 +49,8 @@ type Device struct {
 	byRequest map[string]*allocation
 	// purposes and models count the entries of each name, and their VRAM.
 	purposes, modelNames names
-	byType               [2]int // entries by type code
+	byType               [2]int                    // entries by type code
+	tenants              map[string]*tenantFigures // by tenant, "" the operator
 	pressure             monitor.Tracker
 	history              *history
 	truth                truth
@@ -73,6 +77,7 @@ func New(cfg Config) *Device {
 		byRequest:  map[string]*allocation{},
 		purposes:   names{},
 		modelNames: names{},
+		tenants:    map[string]*tenantFigures{},
 		history:    newHistory(),
 	}
 	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
@@ -131,6 +136,15 @@ func (d *Device) Locate(id string) (device.Location, int64, error) {
 	return d.loc(a), a.size, nil
 }
 
+// Find says whether who may see allocation id: ErrAllocationNotFound,
+// exactly as for an unknown id, when not.
+func (d *Device) Find(id string, who Who) error {
+	if a, ok := d.get(id); ok && a.visibleTo(who) {
+		return nil
+	}
+	return fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
+}
+
 // account adds (sign 1) or removes (sign -1) what a holds in VRAM to or
 // from its purpose's and model's figures. Every change of an entry's kind
 // or block is bracketed by the two.
@@ -156,6 +170,15 @@ func (d *Device) add(a *allocation) {
 		d.byRequest[r] = a
 	}
 	d.byType[a.typ]++
+	f := d.tenants[a.tenant]
+	if f == nil {
+		f = &tenantFigures{}
+		d.tenants[a.tenant] = f
+	}
+	if a.allocType() == subjects.VRAM {
+		f.requested += a.size
+	}
+	f.allocations++
 	d.account(a, 1)
 	d.history.events.push(memEvent{at: time.Unix(0, a.created), bytes: a.reserved(), alloc: true})
 }
@@ -175,6 +198,14 @@ func (d *Device) free(a *allocation) error {
 		delete(d.byRequest, r)
 	}
 	d.byType[a.typ]--
+	if f := d.tenants[a.tenant]; f != nil {
+		if a.allocType() == subjects.VRAM {
+			f.requested -= a.size
+		}
+		if f.allocations--; f.allocations == 0 {
+			delete(d.tenants, a.tenant)
+		}
+	}
 	d.purposes.release(a.purpose)
 	if a.model != "" {
 		d.modelNames.release(a.model)
@@ -183,10 +214,10 @@ func (d *Device) free(a *allocation) error {
 	return nil
 }
 
-// MadeBy returns the live allocation a request made, and the digest of
-// that request's payload.
-func (d *Device) MadeBy(requestID string) (subjects.Allocation, uint64, bool) {
-	a, ok := d.byRequest[requestID]
+// MadeBy returns the live allocation a request of who made, and the digest
+// of that request's payload.
+func (d *Device) MadeBy(requestID string, who Who) (subjects.Allocation, uint64, bool) {
+	a, ok := d.byRequest[who.Tenant+"\x00"+requestID]
 	if !ok {
 		return subjects.Allocation{}, 0, false
 	}

@@ -30,6 +30,7 @@ type allocation struct {
 	expires   int64  // 0: no ttl
 	purpose   string // interned (names)
 	model     string // interned (names)
+	tenant    string // interned (the tenants' figures); "" for the operator
 	block     *alloc.Block
 	extra     *extra
 	// busy counts transfers reading or writing the allocation: while it is
@@ -52,6 +53,7 @@ type extra struct {
 	ipcHandle string
 	ipcOffset int64
 	origin    Origin
+	user      string
 }
 
 // typeCodes are the allocation types by their code in an entry.
@@ -118,8 +120,9 @@ func (d *Device) view(a *allocation) subjects.Allocation {
 		v.ExpiresAt = &exp
 	}
 	if a.extra != nil {
-		v.IPCHandle, v.IPCOffset = a.extra.ipcHandle, a.extra.ipcOffset
+		v.IPCHandle, v.IPCOffset, v.User = a.extra.ipcHandle, a.extra.ipcOffset, a.extra.user
 	}
+	v.Tenant = a.tenant
 	return v
 }
 

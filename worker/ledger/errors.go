@@ -12,6 +12,10 @@ var (
 	ErrDeviceNotFound     = errors.New("device not found")
 	ErrConflict           = errors.New("conflict")
 	ErrUnsupported        = errors.New("unsupported")
+	// ErrForbidden: a tenant asked for what only the operator may do.
+	ErrForbidden = errors.New("forbidden")
+	// ErrQuotaExceeded: the allocation would pass the tenant's quota.
+	ErrQuotaExceeded = errors.New("quota exceeded")
 	// ErrInvalid: the request is well formed but cannot mean anything on
 	// this device (moving an allocation to where it is, say).
 	ErrInvalid = errors.New("invalid request")

@@ -24,6 +24,9 @@ const (
 
 var ctx = context.Background()
 
+// op is the operator: these tests act for the worker's own account.
+var op = ledger.Who{}
+
 // newDevice returns the ledger of the first device of a sim host of n
 // devices of total bytes each, reading device truth on every call.
 func newDevice(t *testing.T, total int64, tweak func(*ledger.Config)) (*ledger.Device, *sim.Backend) {
@@ -57,7 +60,7 @@ func valid[R any](t *testing.T, req *R) *R {
 
 func allocate(t *testing.T, d *ledger.Device, req subjects.AllocateRequest) subjects.Allocation {
 	t.Helper()
-	a, err := d.Allocate(ctx, valid(t, &req), ledger.Origin{})
+	a, err := d.Allocate(ctx, valid(t, &req), ledger.Origin{}, op)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,16 +97,16 @@ func TestAllocateAndDeallocate(t *testing.T) {
 	if u.AllocatedBytes != a.ReservedBytes || u.Allocations != 1 || u.UsedBytes < a.ReservedBytes {
 		t.Errorf("usage after allocate: %+v", u)
 	}
-	if bp := d.WithPurposes(u).ByPurpose; len(bp) != 1 || bp[0].Purpose != "kv_cache" || bp[0].AllocatedBytes != a.ReservedBytes {
+	if bp := d.WithPurposes(u, op).ByPurpose; len(bp) != 1 || bp[0].Purpose != "kv_cache" || bp[0].AllocatedBytes != a.ReservedBytes {
 		t.Errorf("by purpose: %+v", bp)
 	}
 
 	// All or nothing: one unknown id frees nothing.
-	_, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationIDs: []string{a.AllocationID, "nope"}}))
+	_, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationIDs: []string{a.AllocationID, "nope"}}), op)
 	if !errors.Is(err, ledger.ErrAllocationNotFound) || d.Len() != 1 {
 		t.Fatalf("deallocate with an unknown id: %v, %d left", err, d.Len())
 	}
-	r, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}))
+	r, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op)
 	if err != nil || r.FreedBytes != a.ReservedBytes || len(r.DeallocatedIDs) != 1 || d.Len() != 0 {
 		t.Fatalf("deallocate: %+v, %v", r, err)
 	}
@@ -117,21 +120,21 @@ func TestAllocateAndDeallocate(t *testing.T) {
 // finds it for as long as it lives, and no longer.
 func TestAnAllocationRemembersItsRequest(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	a, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: mib}), ledger.Origin{RequestID: "r1", Digest: 42})
+	a, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: mib}), ledger.Origin{RequestID: "r1", Digest: 42}, op)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, digest, ok := d.MadeBy("r1")
+	got, digest, ok := d.MadeBy("r1", op)
 	if !ok || got.AllocationID != a.AllocationID || digest != 42 {
 		t.Fatalf("MadeBy(r1) = %+v, %d, %v", got, digest, ok)
 	}
-	if _, _, ok := d.MadeBy("r2"); ok {
+	if _, _, ok := d.MadeBy("r2", op); ok {
 		t.Error("MadeBy of another request found something")
 	}
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID})); err != nil {
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok := d.MadeBy("r1"); ok {
+	if _, _, ok := d.MadeBy("r1", op); ok {
 		t.Error("a freed allocation is still found by its request")
 	}
 }
@@ -141,7 +144,7 @@ func TestTheAllocationCapIsKept(t *testing.T) {
 	for range 3 {
 		allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
 	}
-	_, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: 4096}), ledger.Origin{})
+	_, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: 4096}), ledger.Origin{}, op)
 	if !errors.Is(err, device.ErrOutOfMemory) || !strings.Contains(err.Error(), "3 allocations") || d.Len() != 3 {
 		t.Errorf("past the cap: %v, %d allocations", err, d.Len())
 	}
@@ -160,7 +163,7 @@ func TestAllocateRefusals(t *testing.T) {
 	b.SetExternalUsage(0, gib/2)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := d.Allocate(ctx, valid(t, &tt.req), ledger.Origin{}); !errors.Is(err, tt.want) {
+			if _, err := d.Allocate(ctx, valid(t, &tt.req), ledger.Origin{}, op); !errors.Is(err, tt.want) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 			if d.Len() != 0 {
@@ -206,16 +209,16 @@ func TestClear(t *testing.T) {
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, Purpose: "b"})
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, Purpose: "a", Persistent: true})
 	busy := allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, Purpose: "a"})
-	if _, err := d.Lend(busy.AllocationID, ledger.Target{DeviceID: "n-gpu0", TotalBytes: gib, Type: subjects.Pinned}, subjects.ModeCopy); err != nil {
+	if _, err := d.Lend(busy.AllocationID, ledger.Target{DeviceID: "n-gpu0", TotalBytes: gib, Type: subjects.Pinned}, subjects.ModeCopy, op); err != nil {
 		t.Fatal(err)
 	}
 	no := false
-	r, err := d.Clear(ctx, valid(t, &subjects.ClearRequest{Purpose: "a", ReleaseCached: &no}))
+	r, err := d.Clear(ctx, valid(t, &subjects.ClearRequest{Purpose: "a", ReleaseCached: &no}), op)
 	if err != nil || r.ClearedAllocations != 1 || r.SkippedPersistent != 1 || r.SkippedBusy != 1 || r.ReleasedBytes != 0 {
 		t.Fatalf("clear purpose a: %+v, %v", r, err)
 	}
 	d.Return(busy.AllocationID)
-	r, err = d.Clear(ctx, valid(t, &subjects.ClearRequest{Force: true}))
+	r, err = d.Clear(ctx, valid(t, &subjects.ClearRequest{Force: true}), op)
 	if err != nil || r.ClearedAllocations != 3 || r.ReleasedSegments == 0 || r.ReleasedBytes == 0 {
 		t.Fatalf("clear with force: %+v, %v", r, err)
 	}
@@ -233,13 +236,13 @@ func TestAllocationsFilterAndPage(t *testing.T) {
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, ModelID: "other"})
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, AllocationType: subjects.Pinned, ModelID: "m"})
 	yes := true
-	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{Persistent: &yes})); r.TotalCount != 0 {
+	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{Persistent: &yes}), op); r.TotalCount != 0 {
 		t.Errorf("persistent only: %d", r.TotalCount)
 	}
 	req := valid(t, &subjects.AllocationsRequest{ModelID: "m", AllocationType: subjects.VRAM, Limit: 2})
 	seen := map[string]bool{}
 	for {
-		r := d.Allocations(req)
+		r := d.Allocations(req, op)
 		if r.TotalCount != 5 {
 			t.Fatalf("total %d, want 5", r.TotalCount)
 		}
@@ -297,7 +300,7 @@ func TestStatusIncludesWhatIsAskedFor(t *testing.T) {
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, Purpose: "p"})
 	u := usage(t, d)
 	p, _ := d.Observe(u)
-	st := d.Status(ctx, valid(t, &subjects.StatusRequest{IncludeAllocations: true, IncludeFragmentation: true}), u, p)
+	st := d.Status(ctx, valid(t, &subjects.StatusRequest{IncludeAllocations: true, IncludeFragmentation: true}), u, p, op)
 	if st.Device.DeviceID != "n-gpu0" || st.Device.Node != "n" || st.Device.Backend != "sim" || st.AllocationCount != 1 {
 		t.Errorf("device %+v, %d allocations", st.Device, st.AllocationCount)
 	}
@@ -323,7 +326,7 @@ func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 			keep = append(keep, a)
 			continue
 		}
-		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID})); err != nil {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -375,7 +378,7 @@ func TestDefragmentReleasesBeforeItCopies(t *testing.T) {
 		all = append(all, allocate(t, d, subjects.AllocateRequest{SizeBytes: 256 * mib}))
 	}
 	for i := 1; i < len(all); i += 2 {
-		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: all[i].AllocationID})); err != nil {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: all[i].AllocationID}), op); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -398,7 +401,7 @@ func TestModelOptimizeActsOnTheLeastRecentlyUsedModel(t *testing.T) {
 			allocate(t, d, subjects.AllocateRequest{SizeBytes: 300 * mib, ModelID: "new"})
 			allocate(t, d, subjects.AllocateRequest{SizeBytes: 100 * mib, ModelID: "new", Persistent: true})
 			target := 50.0
-			r, err := d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}))
+			r, err := d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}), op)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -406,7 +409,7 @@ func TestModelOptimizeActsOnTheLeastRecentlyUsedModel(t *testing.T) {
 			if len(det.Models) != 1 || det.Models[0].ModelID != "old" || det.Models[0].AllocationIDs[0] != old.AllocationID || !det.TargetMet || r.MemoryFreedBytes == 0 {
 				t.Fatalf("reply %+v", r)
 			}
-			ms := d.ModelStatus(valid(t, &subjects.ModelStatusRequest{}))
+			ms := d.ModelStatus(valid(t, &subjects.ModelStatusRequest{}), op)
 			wantModels := map[string]int{subjects.OptimizeOffload: 2, subjects.OptimizeEvict: 1}[typ]
 			if len(ms.Models) != wantModels || ms.Models[0].ModelID != "new" || ms.Models[0].PersistentAllocations != 1 {
 				t.Fatalf("model status %+v", ms)
@@ -417,7 +420,7 @@ func TestModelOptimizeActsOnTheLeastRecentlyUsedModel(t *testing.T) {
 			// Nothing left but the persistent allocation: the target is not
 			// met, and the reply says why.
 			target = 0
-			r, err = d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}))
+			r, err = d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}), op)
 			if err != nil || r.OptimizationDetails.TargetMet || r.OptimizationDetails.SkippedPersistent != 1 {
 				t.Fatalf("down to 0: %+v, %v", r, err)
 			}
@@ -449,7 +452,7 @@ func TestOptimizeStrategies(t *testing.T) {
 	if r.UsagePercentageAfter != 0 {
 		t.Errorf("usage after freeing the lease and offloading the rest: %.2f%%, want 0", r.UsagePercentageAfter)
 	}
-	ms := d.Allocations(valid(t, &subjects.AllocationsRequest{}))
+	ms := d.Allocations(valid(t, &subjects.AllocationsRequest{}), op)
 	if ms.TotalCount != 1 || ms.Allocations[0].AllocationID != idle.AllocationID || !ms.Allocations[0].Offloaded {
 		t.Errorf("after optimize: %+v", ms.Allocations)
 	}
@@ -473,20 +476,20 @@ func TestTransferSteps(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := d.Lend(tt.id, tt.target, tt.mode); !errors.Is(err, tt.want) {
+			if _, err := d.Lend(tt.id, tt.target, tt.mode, op); !errors.Is(err, tt.want) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 		})
 	}
 
-	lent, err := d.Lend(a.AllocationID, ledger.Target{DeviceID: "n-gpu0", TotalBytes: gib, Type: subjects.Pinned}, subjects.ModeMove)
+	lent, err := d.Lend(a.AllocationID, ledger.Target{DeviceID: "n-gpu0", TotalBytes: gib, Type: subjects.Pinned}, subjects.ModeMove, op)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Lend(a.AllocationID, here, subjects.ModeCopy); !errors.Is(err, ledger.ErrConflict) {
+	if _, err := d.Lend(a.AllocationID, here, subjects.ModeCopy, op); !errors.Is(err, ledger.ErrConflict) {
 		t.Errorf("lending a busy allocation: %v, want a conflict", err)
 	}
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID})); !errors.Is(err, ledger.ErrConflict) {
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); !errors.Is(err, ledger.ErrConflict) {
 		t.Errorf("freeing a busy allocation: %v, want a conflict", err)
 	}
 	destID, dst, err := d.Receive(ctx, lent.Allocation, subjects.Pinned, time.Now())
@@ -502,7 +505,7 @@ func TestTransferSteps(t *testing.T) {
 	if err := d.Settle(destID, false, false, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	r := d.Allocations(valid(t, &subjects.AllocationsRequest{}))
+	r := d.Allocations(valid(t, &subjects.AllocationsRequest{}), op)
 	if r.TotalCount != 1 || r.Allocations[0].AllocationID != destID || r.Allocations[0].AllocationType != subjects.Pinned || r.Allocations[0].ModelID != "m" {
 		t.Fatalf("after the move: %+v", r.Allocations)
 	}
@@ -517,12 +520,12 @@ func TestAnalyticsSummarisesTheHistory(t *testing.T) {
 	for range 3 {
 		a := allocate(t, d, subjects.AllocateRequest{SizeBytes: 2 * mib})
 		d.Record(usage(t, d), subjects.LevelNormal)
-		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID})); err != nil {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); err != nil {
 			t.Fatal(err)
 		}
 	}
 	d.Observe(usage(t, d))
-	r := d.Analytics(valid(t, &subjects.AnalyticsRequest{WindowSeconds: 60}))
+	r := d.Analytics(valid(t, &subjects.AnalyticsRequest{WindowSeconds: 60}), op)
 	if r.Allocations != 3 || r.Frees != 3 || r.SampleCount != 3 || r.PeakReservedBytes == 0 || r.AllocationRatePerSecond == 0 {
 		t.Errorf("analytics %+v", r)
 	}
@@ -544,7 +547,7 @@ func TestRecommendations(t *testing.T) {
 	// model under pressure.
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: 100 * mib, ModelID: "m"})
 	tmp := allocate(t, d, subjects.AllocateRequest{SizeBytes: 64 * mib})
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: tmp.AllocationID})); err != nil {
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: tmp.AllocationID}), op); err != nil {
 		t.Fatal(err)
 	}
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, TTLSeconds: 0.001})
@@ -583,7 +586,7 @@ func TestPageFollowsTheCursor(t *testing.T) {
 	}
 	// A freed allocation's id still works as a cursor.
 	gone := allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096}).AllocationID
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: gone})); err != nil {
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: gone}), op); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -603,7 +606,7 @@ func TestPageFollowsTheCursor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := d.Allocations(valid(t, &subjects.AllocationsRequest{Cursor: tt.cursor, Limit: tt.limit}))
+			got := d.Allocations(valid(t, &subjects.AllocationsRequest{Cursor: tt.cursor, Limit: tt.limit}), op)
 			ids := []string{}
 			for _, a := range got.Allocations {
 				ids = append(ids, a.AllocationID)

@@ -13,10 +13,10 @@ import (
 
 // models groups the ledger by model_id (allocations without one are not a
 // model's), narrowed to modelID when set.
-func (d *Device) models(modelID string) map[string][]*allocation {
+func (d *Device) models(modelID string, who Who) map[string][]*allocation {
 	out := map[string][]*allocation{}
 	for _, a := range d.sorted() {
-		if a.model != "" && (modelID == "" || a.model == modelID) {
+		if a.model != "" && (modelID == "" || a.model == modelID) && a.visibleTo(who) {
 			out[a.model] = append(out[a.model], a)
 		}
 	}
@@ -24,9 +24,9 @@ func (d *Device) models(modelID string) map[string][]*allocation {
 }
 
 // ModelStatus reports the memory of each model (or of req.ModelID).
-func (d *Device) ModelStatus(req *subjects.ModelStatusRequest) subjects.ModelStatusReply {
+func (d *Device) ModelStatus(req *subjects.ModelStatusRequest, who Who) subjects.ModelStatusReply {
 	reply := subjects.ModelStatusReply{Models: []subjects.ModelMemory{}}
-	for id, allocs := range d.models(req.ModelID) {
+	for id, allocs := range d.models(req.ModelID, who) {
 		m := subjects.ModelMemory{ModelID: id, DeviceID: d.id}
 		for _, a := range allocs {
 			m.Allocations++
@@ -74,9 +74,9 @@ func leastRecentlyUsed(c []candidate) {
 // offload and evict, their offloaded ones for restore. A model that cannot
 // be moved whole (persistent allocations without force, one being
 // transferred or exported) is skipped, with the reason.
-func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate, skipped []subjects.SkippedModel, persistentKept int) {
+func (d *Device) candidates(req *subjects.ModelOptimizeRequest, who Who) (lru []candidate, skipped []subjects.SkippedModel, persistentKept int) {
 	restore := req.OptimizationType == subjects.OptimizeRestore
-	for id, allocs := range d.models(req.ModelID) {
+	for id, allocs := range d.models(req.ModelID, who) {
 		c := candidate{id: id}
 		reason := ""
 		for _, a := range allocs {
@@ -122,7 +122,7 @@ func (d *Device) candidates(req *subjects.ModelOptimizeRequest) (lru []candidate
 // brings offloaded models back to VRAM, the most recently used first,
 // each whole and only when it fits the available memory. A model that
 // cannot be moved whole is skipped, and the reply says why.
-func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeRequest) (subjects.ModelOptimizeReply, error) {
+func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeRequest, who Who) (subjects.ModelOptimizeReply, error) {
 	start := time.Now().UTC()
 	restore := req.OptimizationType == subjects.OptimizeRestore
 	target := 100.0
@@ -133,7 +133,7 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 	if err != nil {
 		return subjects.ModelOptimizeReply{}, err
 	}
-	lru, skipped, persistentKept := d.candidates(req)
+	lru, skipped, persistentKept := d.candidates(req, who)
 	if skipped == nil {
 		skipped = []subjects.SkippedModel{}
 	}

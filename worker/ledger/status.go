@@ -10,9 +10,9 @@ import (
 
 // Status is get_status's reply: the device, its usage u (with purposes and
 // telemetry added) and pressure p, and what the request includes.
-func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subjects.Usage, p subjects.Pressure) *subjects.StatusReply {
+func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subjects.Usage, p subjects.Pressure, who Who) *subjects.StatusReply {
 	d.AddTelemetry(ctx, &u)
-	u = d.WithPurposes(u)
+	u = d.WithPurposes(u, who)
 	info := d.cfg.Info
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
@@ -29,6 +29,12 @@ func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subj
 		Pressure:        p,
 		AllocationCount: len(d.allocs),
 	}
+	if !who.Operator() {
+		st.AllocationCount = 0
+		if f := d.tenants[who.Tenant]; f != nil {
+			st.AllocationCount = f.allocations
+		}
+	}
 	if req.IncludeUsageStats == nil || *req.IncludeUsageStats {
 		st.UsageStats = poolStats(d.pools[device.VRAM].Stats())
 	}
@@ -38,6 +44,9 @@ func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subj
 	if req.IncludeAllocations {
 		st.Allocations = make([]subjects.Allocation, 0, min(len(d.allocs), subjects.MaxStatusAllocations))
 		d.order.Ascend(func(a *allocation) bool {
+			if !a.visibleTo(who) {
+				return true
+			}
 			if len(st.Allocations) == subjects.MaxStatusAllocations {
 				st.AllocationsTruncated = true
 				return false

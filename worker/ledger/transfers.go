@@ -34,9 +34,9 @@ type Target struct {
 
 // Lend checks that allocation id may go to target by mode, and marks it
 // busy until Settle (or Return, when the job never runs).
-func (d *Device) Lend(id string, target Target, mode string) (Lent, error) {
+func (d *Device) Lend(id string, target Target, mode string, who Who) (Lent, error) {
 	a, ok := d.get(id)
-	if !ok {
+	if !ok || !a.visibleTo(who) {
 		return Lent{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 	}
 	kind := KindOf(target.Type)
@@ -75,9 +75,12 @@ func (d *Device) Receive(ctx context.Context, src subjects.Allocation, t subject
 	dest := &allocation{
 		id: uuid.Must(uuid.NewV7()), size: src.SizeBytes, alignment: src.Alignment,
 		created: now.UnixNano(), lastUsed: now.UnixNano(),
-		purpose: src.Purpose, model: src.ModelID, block: block, rsv: block.Size(), busy: 1, typ: typeCode(t), kind: kind,
+		purpose: src.Purpose, model: src.ModelID, tenant: src.Tenant, block: block, rsv: block.Size(), busy: 1, typ: typeCode(t), kind: kind,
 	}
 	dest.set(persistent, src.Persistent)
+	if src.User != "" {
+		dest.extra = &extra{user: src.User}
+	}
 	if src.ExpiresAt != nil {
 		dest.expires = src.ExpiresAt.UnixNano()
 	}

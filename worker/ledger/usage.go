@@ -45,10 +45,36 @@ func (d *Device) Usage(ctx context.Context, now time.Time) (subjects.Usage, erro
 	return u, nil
 }
 
-// WithPurposes adds the split by purpose to u, for replies.
-func (d *Device) WithPurposes(u subjects.Usage) subjects.Usage {
-	u.ByPurpose = d.byPurpose()
+// WithPurposes adds the split by purpose to u, for replies: of every VRAM
+// allocation for the operator, of its own for a tenant.
+func (d *Device) WithPurposes(u subjects.Usage, who Who) subjects.Usage {
+	u.ByPurpose = d.purposesOf(who)
 	return u
+}
+
+// purposesOf is the split by purpose of what who may see.
+func (d *Device) purposesOf(who Who) []subjects.PurposeUsage {
+	if who.Operator() {
+		return d.byPurpose()
+	}
+	idx := map[string]int{}
+	out := []subjects.PurposeUsage{}
+	for _, a := range d.allocs {
+		if a.kind != device.VRAM || !a.visibleTo(who) {
+			continue
+		}
+		p := cmp.Or(a.purpose, unspecified)
+		i, ok := idx[p]
+		if !ok {
+			i = len(out)
+			idx[p] = i
+			out = append(out, subjects.PurposeUsage{Purpose: p})
+		}
+		out[i].Allocations++
+		out[i].AllocatedBytes += a.reserved()
+	}
+	slices.SortFunc(out, func(a, b subjects.PurposeUsage) int { return strings.Compare(a.Purpose, b.Purpose) })
+	return out
 }
 
 // unspecified is the purpose of allocations made without one.
@@ -143,12 +169,35 @@ const (
 	ConsumerModel   = "model"
 	ConsumerPurpose = "purpose"
 	ConsumerOther   = "other_processes"
+	ConsumerTenant  = "tenant"
+	ConsumerCache   = "cache"
 )
+
+// operatorName names the worker's own account among tenant consumers.
+const operatorName = "operator"
 
 // Consumers lists the n largest users of the device's memory: models,
 // purposes and other processes, largest first.
+//
+// Once any tenant holds memory, events reach every tenant, so they name no
+// tenant's models or purposes: the consumers are then the tenants (and the
+// operator), other processes and the pool's cache.
 func (d *Device) Consumers(u subjects.Usage, n int) []Consumer {
 	out := []Consumer{}
+	if len(d.tenants) > 1 || d.tenants[""] == nil && len(d.tenants) == 1 {
+		for t, f := range d.tenants {
+			if f.requested > 0 {
+				out = append(out, Consumer{Kind: ConsumerTenant, Name: cmp.Or(t, operatorName), Bytes: f.requested})
+			}
+		}
+		if u.OtherBytes > 0 {
+			out = append(out, Consumer{Kind: ConsumerOther, Name: ConsumerOther, Bytes: u.OtherBytes})
+		}
+		if u.ReclaimableBytes > 0 {
+			out = append(out, Consumer{Kind: ConsumerCache, Name: ConsumerCache, Bytes: u.ReclaimableBytes})
+		}
+		return topN(out, n)
+	}
 	for m, e := range d.modelNames {
 		if e.vram > 0 {
 			out = append(out, Consumer{Kind: ConsumerModel, Name: m, Bytes: e.vramBytes})
@@ -160,6 +209,11 @@ func (d *Device) Consumers(u subjects.Usage, n int) []Consumer {
 	if u.OtherBytes > 0 {
 		out = append(out, Consumer{Kind: ConsumerOther, Name: ConsumerOther, Bytes: u.OtherBytes})
 	}
+	return topN(out, n)
+}
+
+// topN is the n largest consumers, largest first.
+func topN(out []Consumer, n int) []Consumer {
 	slices.SortFunc(out, func(a, b Consumer) int {
 		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
 	})
