@@ -61,6 +61,11 @@ const (
 	ConsumerModel   = "model"
 	ConsumerPurpose = "purpose"
 	ConsumerOther   = "other_processes"
+	// Once tenants hold memory on the device, events (which reach every
+	// tenant) name tenants and the pool's cache instead of models and
+	// purposes.
+	ConsumerTenant = "tenant"
+	ConsumerCache  = "cache"
 )
 
 // Consumer is one user of device memory.

@@ -79,6 +79,9 @@ type Config struct {
 	// allocations are applied to it at once, so it only delays what other
 	// processes do. 0 reads the driver on every request.
 	TruthMaxAge time.Duration
+	// Quotas cap each tenant's requested VRAM bytes per device, by tenant
+	// (NATS account); the key "*" applies to every tenant not named.
+	Quotas map[string]int64
 	// MaxAllocations caps each device's live allocations; past it
 	// allocate fails with OUT_OF_MEMORY naming the cap.
 	MaxAllocations int
@@ -149,6 +152,11 @@ func (c *Config) Validate() error {
 	}
 	if c.TruthMaxAge < 0 {
 		errs = append(errs, errors.New("truth max age must not be negative"))
+	}
+	for t, q := range c.Quotas {
+		if t == "" || q <= 0 {
+			errs = append(errs, fmt.Errorf("quota %q=%d: want a tenant (or *) and a positive size", t, q))
+		}
 	}
 	if c.MaxAllocations < 1 {
 		errs = append(errs, errors.New("max allocations must be at least 1"))

@@ -33,20 +33,22 @@ type opMetrics struct {
 var deviceLabels = []string{"node", "device_id"}
 
 var (
-	descTotal     = prometheus.NewDesc("memworker_device_total_bytes", "Device memory in all (device truth).", deviceLabels, nil)
-	descUsed      = prometheus.NewDesc("memworker_device_used_bytes", "Device memory in use by anyone (device truth).", deviceLabels, nil)
-	descFree      = prometheus.NewDesc("memworker_device_free_bytes", "Device memory free (device truth).", deviceLabels, nil)
-	descReserved  = prometheus.NewDesc("memworker_pool_reserved_bytes", "Device memory the worker's pool holds.", deviceLabels, nil)
-	descAllocated = prometheus.NewDesc("memworker_pool_allocated_bytes", "Pool memory handed out to allocations.", deviceLabels, nil)
-	descPinned    = prometheus.NewDesc("memworker_pinned_host_bytes", "Page-locked host memory held for the device.", deviceLabels, nil)
-	descAllocs    = prometheus.NewDesc("memworker_allocations", "Live allocations.", deviceLabels, nil)
-	descFrag      = prometheus.NewDesc("memworker_pool_fragmentation_ratio", "1 - largest free block / free bytes in the pool.", deviceLabels, nil)
-	descPressure  = prometheus.NewDesc("memworker_pressure_level", "1 for the device's current pressure level, 0 for the others.", append(deviceLabels, "level"), nil)
-	descAvailable = prometheus.NewDesc("memworker_device_available_bytes", "What a new allocation can get now: free + reclaimable - unused reservations.", deviceLabels, nil)
-	descReclaim   = prometheus.NewDesc("memworker_pool_reclaimable_bytes", "Memory the worker's pool holds that no allocation uses.", deviceLabels, nil)
-	descPressureR = prometheus.NewDesc("memworker_pressure_ratio", "1 - available / total: the pressure levels follow it.", deviceLabels, nil)
-	descUsageR    = prometheus.NewDesc("memworker_usage_ratio", "used / total (device truth).", deviceLabels, nil)
-	descUp        = prometheus.NewDesc("memworker_device_up", "1 when the device answers, 0 when it does not.", deviceLabels, nil)
+	descTotal           = prometheus.NewDesc("memworker_device_total_bytes", "Device memory in all (device truth).", deviceLabels, nil)
+	descUsed            = prometheus.NewDesc("memworker_device_used_bytes", "Device memory in use by anyone (device truth).", deviceLabels, nil)
+	descFree            = prometheus.NewDesc("memworker_device_free_bytes", "Device memory free (device truth).", deviceLabels, nil)
+	descReserved        = prometheus.NewDesc("memworker_pool_reserved_bytes", "Device memory the worker's pool holds.", deviceLabels, nil)
+	descAllocated       = prometheus.NewDesc("memworker_pool_allocated_bytes", "Pool memory handed out to allocations.", deviceLabels, nil)
+	descPinned          = prometheus.NewDesc("memworker_pinned_host_bytes", "Page-locked host memory held for the device.", deviceLabels, nil)
+	descAllocs          = prometheus.NewDesc("memworker_allocations", "Live allocations.", deviceLabels, nil)
+	descFrag            = prometheus.NewDesc("memworker_pool_fragmentation_ratio", "1 - largest free block / free bytes in the pool.", deviceLabels, nil)
+	descPressure        = prometheus.NewDesc("memworker_pressure_level", "1 for the device's current pressure level, 0 for the others.", append(deviceLabels, "level"), nil)
+	descAvailable       = prometheus.NewDesc("memworker_device_available_bytes", "What a new allocation can get now: free + reclaimable - unused reservations.", deviceLabels, nil)
+	descReclaim         = prometheus.NewDesc("memworker_pool_reclaimable_bytes", "Memory the worker's pool holds that no allocation uses.", deviceLabels, nil)
+	descPressureR       = prometheus.NewDesc("memworker_pressure_ratio", "1 - available / total: the pressure levels follow it.", deviceLabels, nil)
+	descUsageR          = prometheus.NewDesc("memworker_usage_ratio", "used / total (device truth).", deviceLabels, nil)
+	descTenantAllocated = prometheus.NewDesc("memworker_tenant_allocated_bytes", "VRAM bytes a tenant asked for on the device (what its quota caps).", append(deviceLabels, "tenant"), nil)
+	descTenantQuota     = prometheus.NewDesc("memworker_tenant_quota_bytes", "A tenant's quota on the device.", append(deviceLabels, "tenant"), nil)
+	descUp              = prometheus.NewDesc("memworker_device_up", "1 when the device answers, 0 when it does not.", deviceLabels, nil)
 )
 
 func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
@@ -96,7 +98,7 @@ func (m *metrics) served(op subjects.Op, code subjects.Code, since time.Time) {
 type deviceCollector struct{ w *Worker }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR} {
+	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR, descTenantAllocated, descTenantQuota} {
 		ch <- d
 	}
 }
@@ -127,6 +129,12 @@ func (c deviceCollector) collect(g *gpu, ch chan<- prometheus.Metric) {
 	gauge(descAllocated, float64(u.AllocatedBytes))
 	gauge(descPinned, float64(u.PinnedHostBytes))
 	gauge(descAllocs, float64(u.Allocations))
+	for _, t := range g.Tenants() {
+		gauge(descTenantAllocated, float64(t.AllocatedBytes), t.Tenant)
+		if t.QuotaBytes > 0 {
+			gauge(descTenantQuota, float64(t.QuotaBytes), t.Tenant)
+		}
+	}
 	gauge(descAvailable, float64(u.AvailableBytes))
 	gauge(descReclaim, float64(u.ReclaimableBytes))
 	gauge(descPressureR, u.PressureRatio)

@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend,
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
-				MaxAllocations: cfg.MaxAllocations,
+				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas,
 			}),
 			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 		})

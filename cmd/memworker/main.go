@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -48,6 +49,7 @@ type cli struct {
 	CriticalThreshold float64       `name:"critical-threshold" default:"${critical}" help:"Usage ratio at which pressure is critical."`
 	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How often allocations past their ttl are freed."`
 	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
+	Quota             []string      `name:"quota" help:"Cap a tenant's (NATS account's) VRAM per device: TENANT=SIZE such as team-a=40GiB, or *=SIZE for every tenant not named. Repeatable." placeholder:"TENANT=SIZE"`
 	MaxAllocations    int           `name:"max-allocations" default:"${max_allocations}" help:"Live allocations each device keeps at most; past it allocate fails with OUT_OF_MEMORY."`
 	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
 	TruthMaxAge       time.Duration `name:"truth-max-age" default:"${truth_max_age}" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
@@ -111,6 +113,17 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.TruthMaxAge = c.TruthMaxAge
 	cfg.ReadHandlers = c.ReadHandlers
 	cfg.MaxAllocations = c.MaxAllocations
+	for _, q := range c.Quota {
+		if cfg.Quotas == nil {
+			cfg.Quotas = map[string]int64{}
+		}
+		tenant, size, _ := strings.Cut(q, "=")
+		n, err := parseSize("--quota "+tenant, size)
+		if err != nil || tenant == "" {
+			n = -1 // refused by Validate, with the flag named
+		}
+		cfg.Quotas[tenant] = n
+	}
 	cfg.CriticalRepeat = c.CriticalRepeat
 	cfg.EventsBinary = c.EventsBinary
 	cfg.EventsJetStream = !c.NoEventStream
