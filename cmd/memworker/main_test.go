@@ -5,8 +5,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,6 +133,62 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		if err := run(context.Background(), c, quiet()); err == nil {
 			t.Errorf("%s: run accepted a bad flag", name)
 		}
+	}
+}
+
+// TestEmbeddedServerWithTenantAccounts starts the embedded server from
+// docs/accounts.conf with a quota; a tenant's user allocates through its
+// account's import.
+func TestEmbeddedServerWithTenantAccounts(t *testing.T) {
+	dir := t.TempDir()
+	conf, err := os.ReadFile("../../docs/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The config decides where the server listens: a port free now.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + l.Addr().String()
+	l.Close()
+	conf = bytes.ReplaceAll(conf, []byte("listen: 127.0.0.1:4222"), []byte("listen: "+l.Addr().String()))
+	conf = bytes.ReplaceAll(conf, []byte("/var/lib/nats/jetstream"), []byte(filepath.Join(dir, "js")))
+	path := filepath.Join(dir, "accounts.conf")
+	if err := os.WriteFile(path, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := testCLI(t)
+	c.Node, c.NatsConfig, c.User, c.Password = "acct", path, "worker", "change-me-worker"
+	c.Quota = []string{"TEAM_A=1MiB"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, quiet()) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	var nc *nats.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if nc, err = nats.Connect(url, nats.UserInfo("alice", "change-me-alice")); err == nil {
+			if _, err = nc.Request(subjects.Request(subjects.GetUsage, "acct-gpu0"), nil, time.Second); err == nil {
+				break
+			}
+			nc.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer through the tenant's import: %v", err)
+		}
+	}
+	defer nc.Close()
+	msg, err := nc.Request(subjects.Request(subjects.Allocate, "acct-gpu0"), []byte(`{"data":{"size_bytes":2097152}}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := subjects.DecodeReply(msg.Data, nil); err == nil || !strings.Contains(err.Error(), "QUOTA_EXCEEDED") {
+		t.Errorf("2 MiB past a 1 MiB quota: %v", err)
 	}
 }
 
