@@ -111,8 +111,8 @@ func (p *Publisher) StreamConfig() jetstream.StreamConfig {
 	}
 	return jetstream.StreamConfig{
 		Name:        StreamName,
-		Description: "memworker pressure events",
-		Subjects:    []string{subjects.AllPressureEvents},
+		Description: "memworker pressure and allocation events",
+		Subjects:    []string{subjects.AllPressureEvents, subjects.AllAllocationEvents},
 		MaxAge:      p.opts.MaxAge,
 		Duplicates:  2 * time.Minute,
 		Storage:     jetstream.FileStorage,
@@ -227,24 +227,26 @@ func (p *Publisher) Publish(ctx context.Context, data Pressure) (event.Event, er
 	if err != nil {
 		return e, err
 	}
-	kept := false
-	if p.js != nil {
-		// A JetStream publish is a core publish with a reply subject for
-		// the ack: subscribers get it as soon as any other.
-		_, err = p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID()), jetstream.WithStallWait(50*time.Millisecond))
-		kept = err == nil
-		if err != nil {
-			p.opts.Logf("event on %s not kept: %v", msg.Subject, err)
-		}
-	}
-	if !kept {
-		msg.Reply = ""
-		err = p.nc.PublishMsg(msg)
-	}
-	if err != nil {
+	if err := p.send(ctx, msg, e.ID()); err != nil {
 		return e, fmt.Errorf("publishing pressure event for %s: %w", data.DeviceID, err)
 	}
 	return e, nil
+}
+
+// send publishes an event message: to the stream when there is one, which
+// reaches core subscribers as any publish does, else on core NATS.
+func (p *Publisher) send(_ context.Context, msg *nats.Msg, id string) error {
+	if p.js != nil {
+		// A JetStream publish is a core publish with a reply subject for
+		// the ack: subscribers get it as soon as any other.
+		_, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithStallWait(50*time.Millisecond))
+		if err == nil {
+			return nil
+		}
+		p.opts.Logf("event on %s not kept: %v", msg.Subject, err)
+	}
+	msg.Reply = ""
+	return p.nc.PublishMsg(msg)
 }
 
 func (p *Publisher) message(e event.Event) (*nats.Msg, error) {
@@ -272,8 +274,24 @@ func (p *Publisher) message(e event.Event) (*nats.Msg, error) {
 // Decode reads a pressure event from a NATS message in either mode, with
 // the sdk's own decoding and validation.
 func Decode(msg *nats.Msg) (event.Event, Pressure, error) {
-	var e event.Event
 	var data Pressure
+	e, err := decodeEvent(msg)
+	if err != nil {
+		return e, data, err
+	}
+	if e.Type() != TypePressure {
+		return e, data, fmt.Errorf("event type %q is not %s", e.Type(), TypePressure)
+	}
+	if err := e.DataAs(&data); err != nil {
+		return e, data, fmt.Errorf("decoding pressure data: %w", err)
+	}
+	return e, data, nil
+}
+
+// decodeEvent reads a CloudEvent from a NATS message in either mode and
+// validates it.
+func decodeEvent(msg *nats.Msg) (event.Event, error) {
+	var e event.Event
 	if id := msg.Header.Get("ce-id"); id != "" {
 		e = event.New(msg.Header.Get("ce-specversion"))
 		e.SetID(id)
@@ -286,16 +304,7 @@ func Decode(msg *nats.Msg) (event.Event, Pressure, error) {
 		e.SetDataContentType(msg.Header.Get("Content-Type"))
 		e.DataEncoded = msg.Data
 	} else if err := json.Unmarshal(msg.Data, &e); err != nil {
-		return e, data, fmt.Errorf("decoding structured CloudEvent: %w", err)
+		return e, fmt.Errorf("decoding structured CloudEvent: %w", err)
 	}
-	if err := e.Validate(); err != nil {
-		return e, data, err
-	}
-	if e.Type() != TypePressure {
-		return e, data, fmt.Errorf("event type %q is not %s", e.Type(), TypePressure)
-	}
-	if err := e.DataAs(&data); err != nil {
-		return e, data, fmt.Errorf("decoding pressure data: %w", err)
-	}
-	return e, data, nil
+	return e, e.Validate()
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -361,4 +362,56 @@ func TestStartedEventNamesAKilledInstanceAsGone(t *testing.T) {
 	if d := started(); d.GoneInstance != "killed-instance" {
 		t.Errorf("started after a kill names %q as gone, want killed-instance", d.GoneInstance)
 	}
+}
+
+// TestLeasesRunOutUnlessRenewed: a lease renewed (by the Go client's
+// keep-alive) lives on; one not renewed is freed and its expiry published
+// on memory.allocation.<device_id>.
+func TestLeasesRunOutUnlessRenewed(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	sub, err := nc.SubscribeSync(subjects.AllocationEvents(dev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept, dropped subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 0.3}, &kept)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 2 * MiB, TTLSeconds: 0.3}, &dropped)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := client.New(nc).KeepAlive(ctx, dev, 300*time.Millisecond, kept.AllocationID)
+
+	msg, err := sub.NextMsg(3 * time.Second)
+	if err != nil {
+		t.Fatalf("no expiry event: %v", err)
+	}
+	typ, e, err := events.DecodeAllocation(msg)
+	if err != nil || typ != events.TypeAllocationExpired || e.AllocationID != dropped.AllocationID || e.SizeBytes != 2*MiB || e.ExpiresAt == nil {
+		t.Fatalf("event %s %+v, %v; want the expiry of %s", typ, e, err, dropped.AllocationID)
+	}
+	time.Sleep(500 * time.Millisecond) // more than a ttl: kept lives on renewals only
+	var page subjects.AllocationsReply
+	call(t, nc, subjects.GetAllocations, dev, nil, &page)
+	if page.TotalCount != 1 || page.Allocations[0].AllocationID != kept.AllocationID {
+		t.Errorf("allocations %+v, want only the renewed lease", page.Allocations)
+	}
+	select {
+	case err := <-errs:
+		t.Errorf("keep-alive: %v", err)
+	default:
+	}
+	// renew is all or nothing, and needs a lease (or a ttl).
+	var r subjects.RenewReply
+	call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: kept.AllocationID, TTLSeconds: 60}, &r)
+	if len(r.Renewed) != 1 || time.Until(r.Renewed[0].ExpiresAt) < 59*time.Second {
+		t.Errorf("renew for 60 s: %+v", r)
+	}
+	callErr(t, nc, subjects.Renew, dev, mustJSON(t, map[string]any{"data": map[string]any{"allocation_ids": []string{kept.AllocationID, dropped.AllocationID}}}), subjects.CodeAllocationNotFound)
+	var plain subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB}, &plain)
+	callErr(t, nc, subjects.Renew, dev, mustJSON(t, map[string]any{"data": map[string]any{"allocation_id": plain.AllocationID}}), subjects.CodeInvalidRequest)
+	cancel()
+	checkLedger(t, nc, h, dev, 0)
 }

@@ -25,6 +25,7 @@ var wireTypes = []any{
 	subjects.ModelOptimizeRequest{}, subjects.ModelOptimizeReply{}, subjects.OptimizationDetails{}, subjects.ModelAction{},
 	subjects.AnalyticsRequest{}, subjects.AnalyticsReply{}, subjects.Sample{}, subjects.SizeBucket{}, subjects.PressureTime{},
 	subjects.OptimizationRecsRequest{}, subjects.OptimizationRecsReply{}, subjects.Recommendation{}, subjects.SuggestedAction{},
+	subjects.RenewRequest{}, subjects.RenewReply{}, subjects.RenewedLease{}, subjects.TenantUsage{}, subjects.SkippedModel{},
 }
 
 // TestEveryWireKeyRoundTripsThroughPascalCase walks every wire type,

@@ -186,6 +186,26 @@ type OptimizationDetails struct {
 	SkippedPersistent int            `json:"skipped_persistent"`
 }
 
+// RenewRequest is renew's payload: leases to extend, all or nothing, each
+// by ttl_seconds from now (default: its own ttl as given at allocate).
+type RenewRequest struct {
+	Target
+	AllocationID  string   `json:"allocation_id,omitempty"`
+	AllocationIDs []string `json:"allocation_ids,omitempty"`
+	TTLSeconds    float64  `json:"ttl_seconds,omitempty"`
+}
+
+// RenewReply is renew's reply: each lease and when it now expires.
+type RenewReply struct {
+	Renewed []RenewedLease `json:"renewed"`
+}
+
+// RenewedLease is one renewed lease.
+type RenewedLease struct {
+	AllocationID string    `json:"allocation_id"`
+	ExpiresAt    time.Time `json:"expires_at"`
+}
+
 // SkippedModel is a model model_optimize left as it was.
 type SkippedModel struct {
 	ModelID string `json:"model_id"`

@@ -7,7 +7,8 @@ import "slices"
 // action field.
 type Op string
 
-// The 15 operations of the seed, in catalogue order.
+// The 15 operations of the seed, in catalogue order, and renew, which
+// extends leases.
 const (
 	GetStatus        Op = "get_status"
 	GetUsage         Op = "get_usage"
@@ -24,19 +25,20 @@ const (
 	GetPressure      Op = "get_pressure"
 	Analytics        Op = "analytics"
 	OptimizationRecs Op = "optimization_recs"
+	Renew            Op = "renew"
 )
 
 var catalogue = []Op{
 	GetStatus, GetUsage, GetAllocations, Allocate, Deallocate, Clear,
 	Defragment, Transfer, GetTransfer, Optimize, ModelStatus, ModelOptimize,
-	GetPressure, Analytics, OptimizationRecs,
+	GetPressure, Analytics, OptimizationRecs, Renew,
 }
 
 // mutating lists the operations that change memory; they are idempotent by
 // request_id.
 var mutating = map[Op]bool{
 	Allocate: true, Deallocate: true, Clear: true, Defragment: true,
-	Transfer: true, Optimize: true, ModelOptimize: true,
+	Transfer: true, Optimize: true, ModelOptimize: true, Renew: true,
 }
 
 // Ops returns the catalogue of all operations, in a fresh slice.

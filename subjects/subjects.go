@@ -31,6 +31,19 @@ func PressureEvents(deviceID string) string {
 	return Root + "." + pressureToken + "." + deviceID
 }
 
+// allocationToken is the op position token of allocation event subjects
+// (a lease expired, a reservation exceeded).
+const allocationToken = "allocation"
+
+// AllocationEvents is the subject of a device's allocation events:
+// memory.allocation.<device_id>.
+func AllocationEvents(deviceID string) string {
+	return Root + "." + allocationToken + "." + deviceID
+}
+
+// AllAllocationEvents matches the allocation events of every device.
+const AllAllocationEvents = Root + "." + allocationToken + ".>"
+
 // AllPressureEvents matches the pressure events of every device.
 const AllPressureEvents = Root + "." + pressureToken + ".>"
 

@@ -6,10 +6,10 @@ import (
 	"github.com/memworker/memworker/subjects"
 )
 
-func TestCatalogueHasTheSeedsFifteenOps(t *testing.T) {
+func TestCatalogueHasTheSeedsFifteenOpsAndRenew(t *testing.T) {
 	ops := subjects.Ops()
-	if len(ops) != 15 {
-		t.Fatalf("%d ops, want 15", len(ops))
+	if len(ops) != 16 || ops[15] != subjects.Renew {
+		t.Fatalf("%d ops, want the seed's 15 and renew", len(ops))
 	}
 	seen := map[subjects.Op]bool{}
 	for _, op := range ops {
@@ -21,8 +21,10 @@ func TestCatalogueHasTheSeedsFifteenOps(t *testing.T) {
 			t.Errorf("ParseAction(%q) = %q, %v", op.Action(), got, ok)
 		}
 	}
-	if subjects.Op("pressure").Valid() {
-		t.Error("pressure must not be an op: memory.pressure.<device> carries events")
+	for _, events := range []string{"pressure", "allocation", "lifecycle"} {
+		if subjects.Op(events).Valid() {
+			t.Errorf("%s must not be an op: memory.%s.<device> carries events", events, events)
+		}
 	}
 }
 

@@ -45,8 +45,8 @@ func (r *AllocateRequest) Validate() error {
 	if r.Alignment < 0 || r.Alignment > MaxAlignment || r.Alignment&(r.Alignment-1) != 0 {
 		return Invalid("alignment must be 0 or a power of two up to %d, got %d", MaxAlignment, r.Alignment)
 	}
-	if math.IsNaN(r.TTLSeconds) || r.TTLSeconds < 0 || r.TTLSeconds > MaxTTLSeconds {
-		return Invalid("ttl_seconds must be between 0 (no expiry) and %d", MaxTTLSeconds)
+	if err := checkTTL(r.TTLSeconds); err != nil {
+		return err
 	}
 	if err := checkLabel("purpose", r.Purpose); err != nil {
 		return err
@@ -262,6 +262,27 @@ func (r *AnalyticsRequest) Validate() error {
 func checkPercentage(field string, v float64) error {
 	if math.IsNaN(v) || v < 0 || v > 100 {
 		return Invalid("%s must be between 0 and 100, got %v", field, v)
+	}
+	return nil
+}
+
+// Validate checks a renew payload.
+func (r *RenewRequest) Validate() error {
+	ids := DeallocateRequest{AllocationID: r.AllocationID, AllocationIDs: r.AllocationIDs}
+	if err := ids.Validate(); err != nil {
+		return err
+	}
+	return checkTTL(r.TTLSeconds)
+}
+
+// IDs returns every id the request names, without duplicates, in order.
+func (r *RenewRequest) IDs() []string {
+	return (&DeallocateRequest{AllocationID: r.AllocationID, AllocationIDs: r.AllocationIDs}).IDs()
+}
+
+func checkTTL(ttl float64) error {
+	if math.IsNaN(ttl) || ttl < 0 || ttl > MaxTTLSeconds {
+		return Invalid("ttl_seconds must be between 0 (no expiry) and %d", MaxTTLSeconds)
 	}
 	return nil
 }

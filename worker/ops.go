@@ -32,6 +32,7 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 		subjects.GetPressure:      typed(w.getPressure),
 		subjects.Analytics:        typed(analytics),
 		subjects.OptimizationRecs: typed(w.optimizationRecs),
+		subjects.Renew:            typed(renew),
 	}
 }
 
@@ -91,6 +92,10 @@ func modelStatus(ctx context.Context, g *gpu, req *subjects.ModelStatusRequest) 
 
 func modelOptimize(ctx context.Context, g *gpu, req *subjects.ModelOptimizeRequest) (any, error) {
 	return g.ModelOptimize(ctx, req, caller(ctx))
+}
+
+func renew(ctx context.Context, g *gpu, req *subjects.RenewRequest) (any, error) {
+	return g.Renew(req, caller(ctx), time.Now())
 }
 
 func analytics(ctx context.Context, g *gpu, req *subjects.AnalyticsRequest) (any, error) {

@@ -73,6 +73,21 @@ func consumers(cs []ledger.Consumer) []events.Consumer {
 	return out
 }
 
+// allocationEvent is an allocation event waiting for the publisher.
+type allocationEvent struct {
+	typ  string
+	data events.Allocation
+}
+
+// announceAllocation queues an allocation event for the publisher.
+func (w *Worker) announceAllocation(typ string, data events.Allocation) {
+	select {
+	case w.allocEvents <- allocationEvent{typ, data}:
+	default:
+		w.log.Warn("allocation event dropped: the publisher is behind", "device", data.DeviceID, "type", typ)
+	}
+}
+
 // publish sends queued events until stop is closed, and then those still
 // queued. Every second it lets the publisher look for a lost stream.
 func (w *Worker) publish(pub *events.Publisher, stop <-chan struct{}) {
@@ -84,17 +99,31 @@ func (w *Worker) publish(pub *events.Publisher, stop <-chan struct{}) {
 			pub.Check(context.Background())
 		case data := <-w.events:
 			w.publishOne(pub, data)
+		case e := <-w.allocEvents:
+			w.publishAllocation(pub, e)
 		case <-stop:
 			for {
 				select {
 				case data := <-w.events:
 					w.publishOne(pub, data)
+				case e := <-w.allocEvents:
+					w.publishAllocation(pub, e)
 				default:
 					return
 				}
 			}
 		}
 	}
+}
+
+func (w *Worker) publishAllocation(pub *events.Publisher, e allocationEvent) {
+	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
+	defer cancel()
+	if err := pub.PublishAllocation(ctx, e.typ, e.data); err != nil {
+		w.log.Warn("publishing allocation event", "device", e.data.DeviceID, "type", e.typ, "err", err)
+		return
+	}
+	w.metrics.events.WithLabelValues(e.typ).Inc()
 }
 
 // eventTimeout bounds the wait for one event's publication (a JetStream

@@ -29,7 +29,10 @@ type Worker struct {
 	gpus      []*gpu
 	transfers *transfers
 	events    chan events.Pressure
-	metrics   *metrics
+	// allocEvents are allocation events (a lease expired, a reservation
+	// exceeded) waiting for the publisher.
+	allocEvents chan allocationEvent
+	metrics     *metrics
 	// maxPayload is the server's limit on a message, set by Run before
 	// any handler runs.
 	maxPayload int64
@@ -55,7 +58,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, errors.New("the backend has no devices")
 	}
 	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(cfg.TransferRetention, cfg.TransferHistoryBytes),
-		events: make(chan events.Pressure, eventQueueLen), ready: make(chan struct{}),
+		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
 		drops: sampledLog{interval: time.Minute}}
 	for _, info := range infos {
 		w.gpus = append(w.gpus, &gpu{

@@ -106,7 +106,8 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 		a.extra.ipcOffset = int64(block.Addr() - block.SegmentAddr())
 	}
 	if req.TTLSeconds > 0 {
-		a.expires = now.Add(time.Duration(math.Round(req.TTLSeconds * float64(time.Second)))).UnixNano()
+		a.ttl = int64(math.Round(req.TTLSeconds * float64(time.Second)))
+		a.expires = now.UnixNano() + a.ttl
 	}
 	d.add(a)
 	return d.view(a), nil
@@ -268,8 +269,8 @@ func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest, who Who)
 
 // Expired is an allocation freed because its ttl passed.
 type Expired struct {
-	AllocationID string
-	Bytes        int64
+	subjects.Allocation
+	Bytes int64
 }
 
 // Expire frees the allocations whose ttl has passed by now and are not
@@ -282,7 +283,7 @@ func (d *Device) Expire(now time.Time) ([]Expired, error) {
 		if !a.expiredAt(now) || !a.idle() {
 			continue
 		}
-		e := Expired{AllocationID: a.idString(), Bytes: a.reserved()}
+		e := Expired{Allocation: d.view(a), Bytes: a.reserved()}
 		if err := d.free(a); err != nil {
 			errs = append(errs, err)
 			continue
@@ -290,4 +291,32 @@ func (d *Device) Expire(now time.Time) ([]Expired, error) {
 		out = append(out, e)
 	}
 	return out, errors.Join(errs...)
+}
+
+// Renew extends leases, all or nothing: each by ttl_seconds from now, or
+// by its own ttl. An allocation that is not a lease becomes one when
+// ttl_seconds is given.
+func (d *Device) Renew(req *subjects.RenewRequest, who Who, now time.Time) (subjects.RenewReply, error) {
+	ids := req.IDs()
+	entries := make([]*allocation, len(ids))
+	ttl := int64(math.Round(req.TTLSeconds * float64(time.Second)))
+	for i, id := range ids {
+		a, ok := d.get(id)
+		if !ok || !a.visibleTo(who) {
+			return subjects.RenewReply{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
+		}
+		if a.ttl == 0 && ttl == 0 {
+			return subjects.RenewReply{}, Errorf(ErrInvalid, "allocation %s is not a lease: give ttl_seconds to make it one", id)
+		}
+		entries[i] = a
+	}
+	reply := subjects.RenewReply{Renewed: make([]subjects.RenewedLease, len(entries))}
+	for i, a := range entries {
+		if ttl > 0 {
+			a.ttl = ttl
+		}
+		a.expires = now.UnixNano() + a.ttl
+		reply.Renewed[i] = subjects.RenewedLease{AllocationID: ids[i], ExpiresAt: time.Unix(0, a.expires).UTC()}
+	}
+	return reply, nil
 }

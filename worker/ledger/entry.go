@@ -28,6 +28,7 @@ type allocation struct {
 	created   int64
 	lastUsed  int64
 	expires   int64  // 0: no ttl
+	ttl       int64  // the lease's ttl as given, for renew
 	purpose   string // interned (names)
 	model     string // interned (names)
 	tenant    string // interned (the tenants' figures); "" for the operator

@@ -1,0 +1,67 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// Allocation event types, on memory.allocation.<device_id>.
+const (
+	// TypeAllocationExpired: a lease was not renewed in time; the worker
+	// freed it.
+	TypeAllocationExpired = "io.memworker.allocation.expired.v1"
+	// TypeReservationExceeded: the process a reservation is for uses more
+	// than it reserved (sent once per crossing).
+	TypeReservationExceeded = "io.memworker.reservation.exceeded.v1"
+)
+
+// Allocation is the data of an allocation event.
+type Allocation struct {
+	DeviceID     string `json:"device_id"`
+	Node         string `json:"node"`
+	AllocationID string `json:"allocation_id"`
+	// Tenant is the account the allocation was made for (absent for the
+	// worker's own).
+	Tenant         string                  `json:"tenant,omitempty"`
+	AllocationType subjects.AllocationType `json:"allocation_type"`
+	SizeBytes      int64                   `json:"size_bytes"`
+	// PID and ObservedBytes, for a reservation: its process, and what the
+	// process uses.
+	PID           int        `json:"pid,omitempty"`
+	ObservedBytes int64      `json:"observed_bytes,omitempty"`
+	ExpiresAt     *time.Time `json:"expires_at,omitempty"`
+	ObservedAt    time.Time  `json:"observed_at"`
+}
+
+// PublishAllocation sends an allocation event of type typ on
+// memory.allocation.<device_id>, kept in the stream like pressure events.
+func (p *Publisher) PublishAllocation(ctx context.Context, typ string, data Allocation) error {
+	e, err := build(typ, Source(data.Node, data.DeviceID), data.DeviceID, data.ObservedAt, data)
+	if err != nil {
+		return fmt.Errorf("building %s: %w", typ, err)
+	}
+	msg, err := p.message(e)
+	if err != nil {
+		return err
+	}
+	msg.Subject = subjects.AllocationEvents(data.DeviceID)
+	return p.send(ctx, msg, e.ID())
+}
+
+// DecodeAllocation reads an allocation event (structured mode).
+func DecodeAllocation(msg *nats.Msg) (string, Allocation, error) {
+	var data Allocation
+	e, err := decodeEvent(msg)
+	if err != nil {
+		return "", data, err
+	}
+	if err := e.DataAs(&data); err != nil {
+		return e.Type(), data, fmt.Errorf("decoding allocation data: %w", err)
+	}
+	return e.Type(), data, nil
+}
