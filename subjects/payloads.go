@@ -21,6 +21,10 @@ const (
 	// Pinned is page-locked host memory, for fast transfers to and from the
 	// device.
 	Pinned AllocationType = "PINNED"
+	// Reservation holds device memory for another process (pid), which
+	// allocates it itself: the worker allocates nothing, the bytes count
+	// against admission, quotas and pressure until that process uses them.
+	Reservation AllocationType = "RESERVATION"
 )
 
 // Allocation is one allocation as the worker tracks it.
@@ -49,6 +53,11 @@ type Allocation struct {
 	Exported  bool   `json:"exported"`
 	IPCHandle string `json:"ipc_handle,omitempty"`
 	IPCOffset int64  `json:"ipc_offset"`
+	// PID is the process a reservation is for; ObservedBytes what that
+	// process uses of the device (NVML, or the sim), read at ObservedAt.
+	PID           int        `json:"pid,omitempty"`
+	ObservedBytes int64      `json:"observed_bytes,omitempty"`
+	ObservedAt    *time.Time `json:"observed_at,omitempty"`
 	// Tenant is the NATS account that made the allocation (absent for the
 	// worker's own account), User its user when the account shares it.
 	Tenant string `json:"tenant,omitempty"`
@@ -231,6 +240,8 @@ type AllocateRequest struct {
 	// Export asks for a CUDA IPC handle so another process of the host can
 	// map the memory (VRAM only).
 	Export bool `json:"export,omitempty"`
+	// PID names the process a RESERVATION is for (optional).
+	PID int `json:"pid,omitempty"`
 }
 
 // DeallocateRequest is deallocate's payload: one id, or several. It is all

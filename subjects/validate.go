@@ -42,6 +42,9 @@ func (r *AllocateRequest) Validate() error {
 	if r.Export && t != VRAM {
 		return Invalid("export needs allocation_type %s", VRAM)
 	}
+	if r.PID < 0 || (r.PID > 0 && t != Reservation) {
+		return Invalid("pid names the process of a %s (a positive number), got %d for %s", Reservation, r.PID, t)
+	}
 	if r.Alignment < 0 || r.Alignment > MaxAlignment || r.Alignment&(r.Alignment-1) != 0 {
 		return Invalid("alignment must be 0 or a power of two up to %d, got %d", MaxAlignment, r.Alignment)
 	}
@@ -129,10 +132,10 @@ func normaliseType(t AllocationType, def AllocationType) (AllocationType, error)
 		return def, nil
 	}
 	switch u := AllocationType(strings.ToUpper(string(t))); u {
-	case VRAM, Pinned:
+	case VRAM, Pinned, Reservation:
 		return u, nil
 	}
-	return "", Invalid("allocation_type must be %s or %s, got %s", VRAM, Pinned, Quote(string(t)))
+	return "", Invalid("allocation_type must be %s, %s or %s, got %s", VRAM, Pinned, Reservation, Quote(string(t)))
 }
 
 func checkLabel(field, s string) error {
@@ -161,6 +164,9 @@ func (r *TransferRequest) Validate() error {
 	t, err := normaliseType(r.TargetAllocationType, VRAM)
 	if err != nil {
 		return Invalid("target_allocation_type must be %s or %s", VRAM, Pinned)
+	}
+	if t == Reservation {
+		return Invalid("a transfer copies bytes: its target is %s or %s, not %s", VRAM, Pinned, Reservation)
 	}
 	r.TargetAllocationType = t
 	switch r.Mode = strings.ToLower(r.Mode); r.Mode {

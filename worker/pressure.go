@@ -175,6 +175,13 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 // holds g.mu.
 func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.Usage, error) {
 	u, err := g.Usage(ctx, now)
+	for _, r := range g.Exceeding() {
+		w.announceAllocation(events.TypeReservationExceeded, events.Allocation{
+			DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: r.AllocationID, Tenant: r.Tenant,
+			AllocationType: r.AllocationType, SizeBytes: r.SizeBytes, PID: r.PID, ObservedBytes: r.ObservedBytes,
+			ExpiresAt: r.ExpiresAt, ObservedAt: now,
+		})
+	}
 	if err != nil || !w.cfg.AutoRelease || u.UsageRatio < w.cfg.Thresholds.Warning || u.CachedBytes == 0 {
 		return u, err
 	}

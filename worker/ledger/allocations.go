@@ -29,7 +29,7 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 			return d.view(a), nil
 		}
 	}
-	if q, ok := d.quota(who.Tenant); ok && KindOf(req.AllocationType) == device.VRAM {
+	if q, ok := d.quota(who.Tenant); ok && KindOf(req.AllocationType) != device.Pinned {
 		held := int64(0)
 		if f := d.tenants[who.Tenant]; f != nil {
 			held = f.requested
@@ -44,13 +44,29 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 		return subjects.Allocation{}, fmt.Errorf("%s holds %d allocations, the most it keeps (--max-allocations); free some first: %w",
 			d.id, n, device.ErrOutOfMemory)
 	}
-	if kind == device.VRAM && req.SizeBytes > d.cfg.Info.TotalBytes {
+	if kind != device.Pinned && req.SizeBytes > d.cfg.Info.TotalBytes {
 		return subjects.Allocation{}, fmt.Errorf("size_bytes %d exceeds the device's total memory of %d bytes: %w",
 			req.SizeBytes, d.cfg.Info.TotalBytes, device.ErrOutOfMemory)
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return subjects.Allocation{}, err
+	}
+	// Memory promised to reservations is nobody else's: a reservation, or
+	// a VRAM allocation while reservations exist, must fit what is
+	// available.
+	if kind == kindNone || (kind == device.VRAM && d.byType[reservationCode] > 0) {
+		u, err := d.Usage(ctx, time.Now().UTC())
+		if err != nil {
+			return subjects.Allocation{}, err
+		}
+		if req.SizeBytes > u.AvailableBytes {
+			return subjects.Allocation{}, fmt.Errorf("%d bytes do not fit %s: %d are available (%d promised to reservations): %w",
+				req.SizeBytes, d.id, u.AvailableBytes, u.ReservationUnusedBytes, device.ErrOutOfMemory)
+		}
+	}
+	if kind == kindNone {
+		return d.reserve(req, id, origin, who), nil
 	}
 	ex, canExport := d.backend.(Exporter)
 	if req.Export && !canExport {
@@ -319,4 +335,25 @@ func (d *Device) Renew(req *subjects.RenewRequest, who Who, now time.Time) (subj
 		reply.Renewed[i] = subjects.RenewedLease{AllocationID: ids[i], ExpiresAt: time.Unix(0, a.expires).UTC()}
 	}
 	return reply, nil
+}
+
+// reserve enters a reservation: size bytes held for process pid, which
+// allocates them itself.
+func (d *Device) reserve(req *subjects.AllocateRequest, id uuid.UUID, origin Origin, who Who) subjects.Allocation {
+	now := time.Now().UTC()
+	a := &allocation{
+		id: id, size: req.SizeBytes, rsv: req.SizeBytes, alignment: max(req.Alignment, alloc.MinBlock),
+		created: now.UnixNano(), lastUsed: now.UnixNano(), purpose: req.Purpose, model: req.ModelID,
+		typ: reservationCode, kind: kindNone, tenant: who.Tenant,
+	}
+	a.set(persistent, req.Persistent)
+	if req.PID != 0 || who.User != "" || origin.RequestID != "" {
+		a.extra = &extra{pid: req.PID, user: who.User, origin: origin}
+	}
+	if req.TTLSeconds > 0 {
+		a.ttl = int64(math.Round(req.TTLSeconds * float64(time.Second)))
+		a.expires = now.UnixNano() + a.ttl
+	}
+	d.add(a)
+	return d.view(a)
 }

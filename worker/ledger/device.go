@@ -49,7 +49,7 @@ type Device struct {
 	byRequest map[string]*allocation
 	// purposes and models count the entries of each name, and their VRAM.
 	purposes, modelNames names
-	byType               [2]int                    // entries by type code
+	byType               [3]int                    // entries by type code
 	tenants              map[string]*tenantFigures // by tenant, "" the operator
 	pressure             monitor.Tracker
 	history              *history
@@ -106,8 +106,11 @@ func (d *Device) Fragmentation() alloc.Fragmentation { return d.pools[device.VRA
 
 // KindOf is where memory of an allocation type lives.
 func KindOf(t subjects.AllocationType) device.Kind {
-	if t == subjects.Pinned {
+	switch t {
+	case subjects.Pinned:
 		return device.Pinned
+	case subjects.Reservation:
+		return kindNone
 	}
 	return device.VRAM
 }
@@ -132,6 +135,9 @@ func (d *Device) Locate(id string) (device.Location, int64, error) {
 	a, ok := d.get(id)
 	if !ok {
 		return device.Location{}, 0, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
+	}
+	if a.reservation() {
+		return device.Location{}, 0, Errorf(ErrUnsupported, "allocation %s is a reservation: its memory is its process's", id)
 	}
 	return d.loc(a), a.size, nil
 }
@@ -175,7 +181,7 @@ func (d *Device) add(a *allocation) {
 		f = &tenantFigures{}
 		d.tenants[a.tenant] = f
 	}
-	if a.allocType() == subjects.VRAM {
+	if a.allocType() != subjects.Pinned {
 		f.requested += a.size
 	}
 	f.allocations++
@@ -188,8 +194,10 @@ func (d *Device) add(a *allocation) {
 // stays so the disagreement remains visible.
 func (d *Device) free(a *allocation) error {
 	bytes := a.reserved()
-	if err := d.pools[a.kind].Free(a.block); err != nil {
-		return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.idString(), err)
+	if !a.reservation() {
+		if err := d.pools[a.kind].Free(a.block); err != nil {
+			return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.idString(), err)
+		}
 	}
 	d.account(a, -1)
 	delete(d.allocs, a.id)
@@ -199,7 +207,7 @@ func (d *Device) free(a *allocation) error {
 	}
 	d.byType[a.typ]--
 	if f := d.tenants[a.tenant]; f != nil {
-		if a.allocType() == subjects.VRAM {
+		if a.allocType() != subjects.Pinned {
 			f.requested -= a.size
 		}
 		if f.allocations--; f.allocations == 0 {
@@ -231,6 +239,9 @@ func (d *Device) Audit() error {
 	var held [2]int64
 	vram := map[string]int64{}
 	for _, a := range d.allocs {
+		if a.reservation() {
+			continue
+		}
 		held[a.kind] += a.reserved()
 		if a.kind == device.VRAM {
 			vram[a.purpose] += a.reserved()
@@ -241,7 +252,7 @@ func (d *Device) Audit() error {
 			return fmt.Errorf("%s %v: the ledger holds %d bytes, the pool says %d are allocated", d.id, device.Kind(k), held[k], s.AllocatedBytes)
 		}
 	}
-	if d.order.Len() != len(d.allocs) || d.byType[0]+d.byType[1] != len(d.allocs) {
+	if d.order.Len() != len(d.allocs) || d.byType[0]+d.byType[1]+d.byType[2] != len(d.allocs) {
 		return fmt.Errorf("%s: %d entries, %d in the index, %v by type", d.id, len(d.allocs), d.order.Len(), d.byType)
 	}
 	for p, n := range d.purposes {

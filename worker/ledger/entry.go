@@ -47,7 +47,11 @@ const (
 	persistent uint8 = 1 << iota
 	offloaded
 	exported
+	exceeded // a reservation's process uses more than it reserved
 )
+
+// kindNone is the kind of a reservation: memory the worker does not hold.
+const kindNone device.Kind = -1
 
 // extra is what few allocations carry.
 type extra struct {
@@ -55,10 +59,23 @@ type extra struct {
 	ipcOffset int64
 	origin    Origin
 	user      string
+	pid       int // a reservation's process
 }
 
 // typeCodes are the allocation types by their code in an entry.
-var typeCodes = []subjects.AllocationType{subjects.VRAM, subjects.Pinned}
+var typeCodes = []subjects.AllocationType{subjects.VRAM, subjects.Pinned, subjects.Reservation}
+
+// reservationCode is the type code of reservations.
+const reservationCode = 2
+
+func (a *allocation) reservation() bool { return a.typ == reservationCode }
+
+func (a *allocation) pid() int {
+	if a.extra == nil {
+		return 0
+	}
+	return a.extra.pid
+}
 
 func typeCode(t subjects.AllocationType) uint8 {
 	return uint8(max(slices.Index(typeCodes, t), 0))
@@ -97,7 +114,7 @@ func (a *allocation) idle() bool { return a.busy == 0 }
 
 // relocatable reports whether the allocation's bytes may change place:
 // idle, and not exported (another process maps its address).
-func (a *allocation) relocatable() bool { return a.idle() && !a.has(exported) }
+func (a *allocation) relocatable() bool { return a.idle() && !a.has(exported) && !a.reservation() }
 
 // view is the allocation as the client sees it.
 func (d *Device) view(a *allocation) subjects.Allocation {
@@ -124,6 +141,12 @@ func (d *Device) view(a *allocation) subjects.Allocation {
 		v.IPCHandle, v.IPCOffset, v.User = a.extra.ipcHandle, a.extra.ipcOffset, a.extra.user
 	}
 	v.Tenant = a.tenant
+	if a.reservation() {
+		v.PID = a.pid()
+		if obs, at, ok := d.observed(a.pid()); ok {
+			v.ObservedBytes, v.ObservedAt = obs, at
+		}
+	}
 	return v
 }
 

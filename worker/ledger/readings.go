@@ -53,23 +53,85 @@ type telemetry struct {
 // only for replies: a reading costs far more than the rest of a status, too
 // much for every request.
 func (d *Device) AddTelemetry(ctx context.Context, u *subjects.Usage) {
-	pl, ok := d.backend.(ProcessLister)
-	if !ok {
+	t := d.readTelemetry(ctx, u.SampledAt)
+	if t == nil || !t.ok {
 		return
 	}
+	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, t.at
+}
+
+// readTelemetry returns the telemetry as of now, read again when older
+// than TelemetryMaxAge; nil when the backend has none.
+func (d *Device) readTelemetry(ctx context.Context, now time.Time) *telemetry {
+	pl, ok := d.backend.(ProcessLister)
+	if !ok {
+		return nil
+	}
 	t := &d.tele
-	if t.at == nil || u.SampledAt.Sub(*t.at) >= d.cfg.TelemetryMaxAge || u.SampledAt.Before(*t.at) {
+	if t.at == nil || now.Sub(*t.at) >= d.cfg.TelemetryMaxAge || now.Before(*t.at) {
 		procs, reserved, err := pl.Processes(ctx, d.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
-		at := u.SampledAt
+		at := now
 		*t = telemetry{at: &at, reserved: reserved, ok: err == nil}
 		for _, p := range procs {
 			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
 		}
 	}
-	if !t.ok {
-		return
+	return t
+}
+
+// observed is what process pid used of the device at the last telemetry
+// reading, and when that was; ok is false without a pid or telemetry.
+func (d *Device) observed(pid int) (int64, *time.Time, bool) {
+	t := &d.tele
+	if pid == 0 || t.at == nil || !t.ok {
+		return 0, nil, false
 	}
-	u.DriverReservedBytes, u.Processes, u.ProcessesSampledAt = t.reserved, t.procs, t.at
+	for _, p := range t.procs {
+		if p.PID == pid {
+			return p.UsedBytes, t.at, true
+		}
+	}
+	return 0, t.at, true
+}
+
+// reservationUnused is what reservations hold that their processes do not
+// use yet: the sum of max(0, size - observed). Telemetry is read again when
+// stale, and only when there are reservations.
+func (d *Device) reservationUnused(ctx context.Context, now time.Time) int64 {
+	if d.byType[reservationCode] == 0 {
+		return 0
+	}
+	d.readTelemetry(ctx, now)
+	var unused int64
+	for _, a := range d.allocs {
+		if a.reservation() {
+			obs, _, _ := d.observed(a.pid())
+			unused += max(0, a.size-obs)
+		}
+	}
+	return unused
+}
+
+// Exceeding lists, once per crossing, the reservations whose process now
+// uses more than it reserved (for an event); a reservation back under its
+// size may be listed again when it next crosses.
+func (d *Device) Exceeding() []subjects.Allocation {
+	if d.byType[reservationCode] == 0 {
+		return nil
+	}
+	var out []subjects.Allocation
+	for _, a := range d.allocs {
+		if !a.reservation() {
+			continue
+		}
+		obs, _, ok := d.observed(a.pid())
+		over := ok && obs > a.size
+		if over && !a.has(exceeded) {
+			out = append(out, d.view(a))
+		}
+		a.set(exceeded, over)
+	}
+	return out
 }

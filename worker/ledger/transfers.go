@@ -39,6 +39,9 @@ func (d *Device) Lend(id string, target Target, mode string, who Who) (Lent, err
 	if !ok || !a.visibleTo(who) {
 		return Lent{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 	}
+	if a.reservation() {
+		return Lent{}, Errorf(ErrUnsupported, "allocation %s is a reservation: the worker holds none of its bytes to transfer", id)
+	}
 	kind := KindOf(target.Type)
 	if mode == subjects.ModeMove && target.DeviceID == d.id && kind == a.kind {
 		return Lent{}, Errorf(ErrInvalid, "moving %s to the memory it is in does nothing; use copy, another device or target_allocation_type", a.idString())

@@ -36,6 +36,7 @@ func (d *Device) Usage(ctx context.Context, now time.Time) (subjects.Usage, erro
 		SampledAt:       now,
 	}
 	u.ReclaimableBytes = u.CachedBytes
+	u.ReservationUnusedBytes = d.reservationUnused(ctx, now)
 	u.AvailableBytes = max(u.FreeBytes+u.ReclaimableBytes-u.ReservationUnusedBytes, 0)
 	if mi.TotalBytes > 0 {
 		u.UsageRatio = float64(used) / float64(mi.TotalBytes)

@@ -61,8 +61,9 @@ type Backend struct {
 
 type simDevice struct {
 	spec        Spec
-	mem         [2]*space // by device.Kind
-	external    int64     // bytes used by "other processes"
+	mem         [2]*space     // by device.Kind
+	external    int64         // bytes used by "other processes"
+	procs       map[int]int64 // simulated processes by pid: their bytes
 	unavailable bool
 	failAllocs  int
 }
@@ -135,7 +136,7 @@ func (b *Backend) MemInfo(_ context.Context, dev int) (device.MemInfo, error) {
 	if err != nil {
 		return device.MemInfo{}, err
 	}
-	free := d.spec.TotalBytes - d.mem[device.VRAM].used - d.external
+	free := d.spec.TotalBytes - d.mem[device.VRAM].used - d.others()
 	return device.MemInfo{TotalBytes: d.spec.TotalBytes, FreeBytes: max(free, 0)}, nil
 }
 
@@ -160,7 +161,7 @@ func (b *Backend) Alloc(_ context.Context, dev int, kind device.Kind, size int64
 			return 0, fmt.Errorf("pinned host memory: %d of %d bytes used, %d more asked: %w", b.pinnedUsed, b.pinnedCap, size, device.ErrOutOfMemory)
 		}
 		b.pinnedUsed += size
-	} else if free := d.spec.TotalBytes - sp.used - d.external; size > free {
+	} else if free := d.spec.TotalBytes - sp.used - d.others(); size > free {
 		return 0, fmt.Errorf("device %d: %d bytes free, %d asked: %w", dev, free, size, device.ErrOutOfMemory)
 	}
 	seg := &segment{addr: sp.next, size: size, chunks: map[int64][]byte{}}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/memworker/memworker/worker/device"
 )
@@ -28,6 +30,9 @@ func (b *Backend) Processes(_ context.Context, dev int) ([]device.Process, int64
 	}
 	if d.external > 0 {
 		procs = append(procs, device.Process{PID: ExternalPID, UsedBytes: d.external})
+	}
+	for _, pid := range slices.Sorted(maps.Keys(d.procs)) {
+		procs = append(procs, device.Process{PID: pid, UsedBytes: d.procs[pid]})
 	}
 	return procs, 0, nil
 }
