@@ -317,9 +317,13 @@ func TestRepliesNeverGoToTheWorkersOwnSubjects(t *testing.T) {
 		if err != nil {
 			break
 		}
+		// The worker's own events are fine there; a reply envelope is not.
+		var envelope struct {
+			RequestID *string `json:"request_id"`
+		}
 		for _, reply := range forged {
-			if msg.Subject == reply {
-				t.Errorf("the worker published on %s: %s", reply, msg.Data)
+			if msg.Subject == reply && json.Unmarshal(msg.Data, &envelope) == nil && envelope.RequestID != nil {
+				t.Errorf("the worker replied on %s: %s", reply, msg.Data)
 			}
 		}
 	}
