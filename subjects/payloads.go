@@ -53,6 +53,8 @@ type Allocation struct {
 	Exported  bool   `json:"exported"`
 	IPCHandle string `json:"ipc_handle,omitempty"`
 	IPCOffset int64  `json:"ipc_offset"`
+	// WaitedSeconds is how long a granted allocate waited for room.
+	WaitedSeconds float64 `json:"waited_seconds,omitempty"`
 	// PID is the process a reservation is for; ObservedBytes what that
 	// process uses of the device (NVML, or the sim), read at ObservedAt.
 	PID           int        `json:"pid,omitempty"`
@@ -153,6 +155,7 @@ type Usage struct {
 	ReclaimableBytes       int64   `json:"reclaimable_bytes"`
 	ReservationUnusedBytes int64   `json:"reservation_unused_bytes"`
 	WaitingBytes           int64   `json:"waiting_bytes"`
+	WaitingRequests        int     `json:"waiting_requests"`
 	AvailableBytes         int64   `json:"available_bytes"`
 	PressureRatio          float64 `json:"pressure_ratio"`
 	// ByPurpose splits allocated bytes by the purpose given at allocate.
@@ -242,7 +245,20 @@ type AllocateRequest struct {
 	Export bool `json:"export,omitempty"`
 	// PID names the process a RESERVATION is for (optional).
 	PID int `json:"pid,omitempty"`
+	// WaitSeconds (0 to 300) makes an allocation that does not fit now
+	// (or would pass the quota) wait for room instead of failing; it needs
+	// ttl_seconds, so a requester that gave up leaks nothing. Priority
+	// (-100 to 100) orders the waiters of a device: higher first, then
+	// older.
+	WaitSeconds float64 `json:"wait_seconds,omitempty"`
+	Priority    int     `json:"priority,omitempty"`
 }
+
+// Admission bounds.
+const (
+	MaxWaitSeconds = 300
+	MaxPriority    = 100
+)
 
 // DeallocateRequest is deallocate's payload: one id, or several. It is all
 // or nothing: when one id is unknown nothing is freed.

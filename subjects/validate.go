@@ -42,6 +42,15 @@ func (r *AllocateRequest) Validate() error {
 	if r.Export && t != VRAM {
 		return Invalid("export needs allocation_type %s", VRAM)
 	}
+	if math.IsNaN(r.WaitSeconds) || r.WaitSeconds < 0 || r.WaitSeconds > MaxWaitSeconds {
+		return Invalid("wait_seconds must be between 0 and %d", MaxWaitSeconds)
+	}
+	if r.WaitSeconds > 0 && r.TTLSeconds == 0 {
+		return Invalid("wait_seconds needs ttl_seconds: a requester that gave up waiting must not leak memory")
+	}
+	if r.Priority < -MaxPriority || r.Priority > MaxPriority {
+		return Invalid("priority must be between -%d and %d, got %d", MaxPriority, MaxPriority, r.Priority)
+	}
 	if r.PID < 0 || (r.PID > 0 && t != Reservation) {
 		return Invalid("pid names the process of a %s (a positive number), got %d for %s", Reservation, r.PID, t)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strconv"
 	"time"
@@ -62,7 +63,14 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		}
 		rw := newReplyWriter()
 		defer rw.release()
-		body, err := w.act(withCaller(ctx, callerOf(req)), op, g, env, fn, rw)
+		actx := withCaller(ctx, callerOf(req))
+		if op == subjects.Allocate {
+			actx = context.WithValue(actx, replyKey{}, req)
+		}
+		body, err := w.act(actx, op, g, env, fn, rw)
+		if errors.Is(err, errQueued) {
+			return // it waits for room; admit or the deadline answers it
+		}
 		if body != nil {
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.ID(), "request_id", requestID, "err", rerr)
@@ -134,18 +142,18 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 		if body != nil || err != nil {
 			return body, err
 		}
-		if op == subjects.Allocate {
-			// An allocate remembers its request for as long as it lives
-			// (allocate in ops.go), beyond the replay cache.
-			ctx = context.WithValue(ctx, requestIDKey{}, requestID)
-		}
+	}
+	if op == subjects.Allocate {
+		// An allocate remembers its request for as long as it lives, and
+		// may wait for room (admission.go).
+		ctx = context.WithValue(ctx, allocateKey{}, allocateCall{id: requestID, idempotent: idempotent, replayKey: replayKey, data: env.Data})
 	}
 	data, err := fn(ctx, g, env.Data)
 	// A failed mutation may have changed the device too (a model_optimize
 	// that stopped half way), so pressure is checked either way.
 	w.recheck(g)
 	if err != nil {
-		return nil, err
+		return nil, err // errQueued included: the reply comes later
 	}
 	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, who), now)
 	if err != nil {

@@ -14,6 +14,7 @@ type gpu struct {
 	mu sync.Mutex
 	*ledger.Device
 	replays *replayCache
+	queue   waitQueue // allocates waiting for room
 	// lastEvent is when the last pressure event was queued; unavailable is
 	// set while the device does not answer.
 	lastEvent   time.Time

@@ -20,6 +20,10 @@ type metrics struct {
 	dropped   *prometheus.CounterVec
 	// autoReleased counts bytes auto-release returned to the devices.
 	autoReleased prometheus.Counter
+	// waiting counts the allocates waiting for room; waited is how long
+	// they waited.
+	waiting prometheus.Gauge
+	waited  prometheus.Histogram
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
 	ops map[subjects.Op]opMetrics
@@ -66,6 +70,13 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
 		}, []string{"reason"}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "memworker_admission_waiting", Help: "Allocate requests waiting for room, on every device.",
+		}),
+		waited: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "memworker_admission_wait_seconds", Help: "How long allocate requests waited for room, granted or not.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
 		autoReleased: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "memworker_auto_released_bytes_total", Help: "Cached pool memory returned to the devices because device memory use reached the warning threshold.",
 		}),
@@ -78,7 +89,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, deviceCollector{w})
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, m.waiting, m.waited, deviceCollector{w})
 	}
 	return m
 }

@@ -20,7 +20,7 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 		subjects.GetStatus:        typed(w.getStatus),
 		subjects.GetUsage:         typed(w.getUsage),
 		subjects.GetAllocations:   typed(getAllocations),
-		subjects.Allocate:         typed(allocate),
+		subjects.Allocate:         typed(w.allocate),
 		subjects.Deallocate:       typed(deallocate),
 		subjects.Clear:            typed(clearDevice),
 		subjects.Defragment:       operatorOnly(string(subjects.Defragment), w.bounded(typed(defragment))),
@@ -43,17 +43,14 @@ func getAllocations(ctx context.Context, g *gpu, req *subjects.AllocationsReques
 // allocate allocates, made by the request: a retry with the same
 // request_id, however late, gets the same allocation (or a conflict when
 // it asks for something else), never a second one.
-func allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
+// A wait_seconds that does not fit queues it (admission.go).
+func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
 	var origin ledger.Origin
-	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
-		origin = ledger.Origin{RequestID: id, Digest: allocateDigest(req)}
+	if call, _ := ctx.Value(allocateKey{}).(allocateCall); call.idempotent {
+		origin = ledger.Origin{RequestID: call.id, Digest: allocateDigest(req)}
 	}
-	return g.Allocate(ctx, req, origin, caller(ctx))
+	return w.allocateOrWait(ctx, g, req, origin)
 }
-
-// requestIDKey is the context key of the request_id a mutation acts for,
-// set by act when the request came with one.
-type requestIDKey struct{}
 
 // allocateDigest sums what an allocate asks for, after validation (so any
 // spelling, key order or letter case of the type gives the same sum).
@@ -108,6 +105,7 @@ func (w *Worker) current(ctx context.Context, g *gpu) (subjects.Usage, subjects.
 	if err != nil {
 		return u, subjects.Pressure{}, err
 	}
+	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
 	return u, w.observe(g, u), nil
 }
 

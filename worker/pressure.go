@@ -116,6 +116,18 @@ func (w *Worker) publish(pub *events.Publisher, stop <-chan struct{}) {
 	}
 }
 
+// publishQueued publishes the pressure events queued so far.
+func (w *Worker) publishQueued(pub *events.Publisher) {
+	for {
+		select {
+		case data := <-w.events:
+			w.publishOne(pub, data)
+		default:
+			return
+		}
+	}
+}
+
 func (w *Worker) publishAllocation(pub *events.Publisher, e allocationEvent) {
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
@@ -158,6 +170,11 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 		return
 	}
 	p := w.observe(g, u)
+	if w.admit(g) { // what another process freed may make room
+		if u2, err := w.reading(context.Background(), g, now); err == nil {
+			u, p = u2, w.observe(g, u2)
+		}
+	}
 	if g.unavailable {
 		g.unavailable = false
 		w.log.Info("device available again", "device", g.ID())
@@ -175,6 +192,7 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 // holds g.mu.
 func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.Usage, error) {
 	u, err := g.Usage(ctx, now)
+	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
 	for _, r := range g.Exceeding() {
 		w.announceAllocation(events.TypeReservationExceeded, events.Allocation{
 			DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: r.AllocationID, Tenant: r.Tenant,
@@ -196,14 +214,22 @@ func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.U
 	w.metrics.autoReleased.Add(float64(released))
 	w.log.Info("device memory past the warning threshold: cached segments returned to the device",
 		"device", g.ID(), "usage_ratio", u.UsageRatio, "released_bytes", released)
-	return g.Usage(ctx, now)
+	u, err = g.Usage(ctx, now)
+	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
+	return u, err
 }
 
-// recheck feeds device truth to the pressure tracker after a change.
+// recheck feeds device truth to the pressure tracker after a change, and
+// grants the waiters the change made room for.
 func (w *Worker) recheck(g *gpu) {
 	u, err := w.reading(context.Background(), g, time.Now().UTC())
 	if err != nil {
 		return // the device cannot say; the sampler announces it
 	}
 	w.observe(g, u)
+	if w.admit(g) {
+		if u, err := w.reading(context.Background(), g, time.Now().UTC()); err == nil {
+			w.observe(g, u)
+		}
+	}
 }

@@ -125,6 +125,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	for range transferRunners {
 		loops.Go(func() { w.runTransfers(jobCtx, stopTransfers) })
 	}
+	loops.Go(func() { w.runAdmission(stopTransfers) })
 
 	releaseInstance := func() {}
 	subsBefore := nc.NumSubscriptions()
@@ -132,6 +133,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	// The service's own subscriptions, counted before anything else (the
 	// event pump's JetStream ack inbox) subscribes.
 	serviceSubs := nc.NumSubscriptions() - subsBefore
+	// The startup events go out before the worker says it is ready, so a
+	// subscriber that waits for ready sees them first.
+	w.publishQueued(pub)
 	pump.Go(func() { w.publish(pub, stopPump) })
 	// Stopping, also when the service did not come up whole.
 	defer func() {
