@@ -41,6 +41,7 @@ type cli struct {
 	Status      statusCmd      `cmd:"" help:"Device status: usage, pool, pressure."`
 	Alloc       allocCmd       `cmd:"" help:"Allocate memory (sizes such as 512MiB, 2GiB)."`
 	Free        freeCmd        `cmd:"" help:"Free allocations by id."`
+	Renew       renewCmd       `cmd:"" help:"Extend leases (allocations made with --ttl)."`
 	Allocations allocationsCmd `cmd:"" help:"List allocations."`
 	Clear       clearCmd       `cmd:"" help:"Free non-persistent allocations and release cached memory."`
 	Defrag      defragCmd      `cmd:"" help:"Compact the device's pool."`

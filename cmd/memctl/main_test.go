@@ -108,6 +108,21 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 	if err := json.Unmarshal([]byte(f.ok("-d", "n1-gpu0", "--json", "alloc", "4KiB")), &a); err != nil || a.SizeBytes != 4096 {
 		t.Errorf("alloc --json: %+v %v", a, err)
 	}
+	var lease subjects.Allocation
+	if err := json.Unmarshal([]byte(f.ok("-d", "n1-gpu0", "--json", "alloc", "4KiB", "--ttl", "1m")), &lease); err != nil || lease.ExpiresAt == nil {
+		t.Fatalf("alloc --ttl: %+v %v", lease, err)
+	}
+	if out := f.ok("-d", "n1-gpu0", "renew", lease.AllocationID, "--ttl", "5m"); !strings.Contains(out, lease.AllocationID+"  expires") {
+		t.Errorf("renew printed %q", out)
+	}
+	var r subjects.Allocation
+	if err := json.Unmarshal([]byte(f.ok("-d", "n1-gpu0", "--json", "alloc", "8MiB", "--type", "RESERVATION", "--pid", "99")), &r); err != nil || r.PID != 99 || r.AllocationType != subjects.Reservation {
+		t.Errorf("alloc --type RESERVATION: %+v %v", r, err)
+	}
+	if code, _, errs := f.memctl("-d", "n1-gpu0", "alloc", "900MiB", "--wait", "200ms", "--ttl", "1m"); code != exitWorkerError || !strings.Contains(errs, "OUT_OF_MEMORY") || !strings.Contains(errs, "waited") {
+		t.Errorf("alloc --wait past its deadline: exit %d, %s", code, errs)
+	}
+	f.ok("-d", "n1-gpu0", "free", lease.AllocationID, r.AllocationID)
 	f.ok("-d", "n1-gpu0", "free", id, a.AllocationID)
 	if code, _, errs := f.memctl("-d", "n1-gpu0", "free", id); code != exitWorkerError || !strings.Contains(errs, "ALLOCATION_NOT_FOUND") {
 		t.Errorf("double free: exit %d, %s", code, errs)

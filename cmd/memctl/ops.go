@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -13,7 +14,10 @@ import (
 
 type allocCmd struct {
 	Size       string        `arg:"" help:"Size, e.g. 512MiB, 2GiB or bytes."`
-	Type       string        `name:"type" default:"VRAM" enum:"VRAM,PINNED" help:"VRAM or PINNED host memory."`
+	Type       string        `name:"type" default:"VRAM" enum:"VRAM,PINNED,RESERVATION" help:"VRAM, PINNED host memory, or a RESERVATION held for another process (--pid)."`
+	PID        int           `name:"pid" help:"The process a RESERVATION is for."`
+	Wait       time.Duration `name:"wait" help:"Wait this long for room instead of failing (needs --ttl)."`
+	Priority   int           `help:"Priority among the waiters (-100 to 100)."`
 	Purpose    string        `help:"What the memory is for."`
 	Model      string        `help:"Model id."`
 	Persistent bool          `help:"Survive clear without --force."`
@@ -28,17 +32,30 @@ func (a *allocCmd) Run(e *env) error {
 		return usageErr("size %q: want bytes or a size such as 512MiB", a.Size)
 	}
 	var out subjects.Allocation
-	err = e.do(subjects.Allocate, subjects.AllocateRequest{
+	req := subjects.AllocateRequest{
 		SizeBytes: int64(n), AllocationType: subjects.AllocationType(a.Type), Purpose: a.Purpose, ModelID: a.Model,
 		Persistent: a.Persistent, TTLSeconds: a.TTL.Seconds(), Alignment: a.Alignment, Export: a.Export,
-	}, &out)
+		PID: a.PID, WaitSeconds: a.Wait.Seconds(), Priority: a.Priority,
+	}
+	dev, err := e.device()
 	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, a.Wait+e.cli.Timeout)
+	defer cancel()
+	if a.Wait > 0 && e.tty {
+		fmt.Fprintf(e.out, "waiting up to %v for %s on %s...\n", a.Wait, size(int64(n)), dev)
+	}
+	if _, err := e.client.Do(ctx, subjects.Allocate, dev, req, &out); err != nil {
 		return err
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
 	fmt.Fprintf(e.out, "%s  %s on %s (%s reserved)\n", out.AllocationID, size(out.SizeBytes), out.DeviceID, size(out.ReservedBytes))
+	if out.WaitedSeconds > 0 {
+		fmt.Fprintf(e.out, "granted after waiting %.1f s\n", out.WaitedSeconds)
+	}
 	if out.IPCHandle != "" {
 		fmt.Fprintf(e.out, "ipc_handle %s offset %d\n", out.IPCHandle, out.IPCOffset)
 	}
@@ -58,6 +75,25 @@ func (f *freeCmd) Run(e *env) error {
 		return e.printJSON(out)
 	}
 	fmt.Fprintf(e.out, "freed %d allocations, %s\n", len(out.DeallocatedIDs), size(out.FreedBytes))
+	return nil
+}
+
+type renewCmd struct {
+	IDs []string      `arg:"" name:"id" help:"Lease ids."`
+	TTL time.Duration `name:"ttl" help:"Renew for this long (default: each lease's own ttl)."`
+}
+
+func (r *renewCmd) Run(e *env) error {
+	var out subjects.RenewReply
+	if err := e.do(subjects.Renew, subjects.RenewRequest{AllocationIDs: r.IDs, TTLSeconds: r.TTL.Seconds()}, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	for _, l := range out.Renewed {
+		fmt.Fprintf(e.out, "%s  expires %s\n", l.AllocationID, l.ExpiresAt.Format(time.RFC3339))
+	}
 	return nil
 }
 

@@ -52,7 +52,7 @@ func (s *statusCmd) Run(e *env) error {
 	t := table.NewWriter()
 	t.SetOutputMirror(e.out)
 	t.SetStyle(table.StyleLight)
-	t.AppendHeader(table.Row{"Device", "Name", "Used / Total", "Usage", "Available", "Reserved", "Allocated", "Frag", "Pressure", "Allocs"})
+	t.AppendHeader(table.Row{"Device", "Name", "Used / Total", "Usage", "Available", "Reserved", "Allocated", "Promised", "Waiting", "Frag", "Pressure", "Allocs"})
 	for _, st := range rows {
 		u := st.Usage
 		frag := "-"
@@ -63,7 +63,8 @@ func (s *statusCmd) Run(e *env) error {
 			st.Device.DeviceID, st.Device.Name,
 			size(u.UsedBytes) + " / " + size(u.TotalBytes),
 			bar(u.UsageRatio, 20) + fmt.Sprintf(" %3.0f%%", u.UsagePercentage),
-			size(u.AvailableBytes), size(u.ReservedBytes), size(u.AllocatedBytes), frag,
+			size(u.AvailableBytes), size(u.ReservedBytes), size(u.AllocatedBytes),
+			size(u.ReservationUnusedBytes), fmt.Sprintf("%d (%s)", u.WaitingRequests, size(u.WaitingBytes)), frag,
 			fmt.Sprintf("%s %.0f%%", e.level(st.Pressure.Level), u.PressureRatio*100), st.AllocationCount,
 		})
 	}
