@@ -10,10 +10,12 @@ go vet -tags cuda ./worker/device/cuda/ ./integration/
 strip=(-ldflags="-s -w")
 go build -tags cuda "${strip[@]}" -o bin/cuda/memworker ./cmd/memworker
 go build -tags cuda "${strip[@]}" -o bin/cuda/membench ./cmd/membench
+go build "${strip[@]}" -o bin/cuda/memctl ./cmd/memctl
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/cuda.test ./worker/device/cuda
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
 # Test data the integration tests read relative to their folder.
-mkdir -p bin/docs && cp docs/nats-server.conf bin/docs/
+mkdir -p bin/docs && cp docs/nats-server.conf docs/accounts.conf bin/docs/
+cp scripts/gpu-coordinate.sh bin/cuda/
 # The device tool carries at most 64 MiB: ship one compressed archive; run
 # the binaries from its cuda/ folder.
 tar -C bin -czf bin/cuda.tgz cuda docs

@@ -101,14 +101,11 @@ type allocateCall struct {
 	data       json.RawMessage
 }
 
-// allocateKey is the context key of an allocate's allocateCall.
-type allocateKey struct{}
-
 // allocateOrWait allocates, or, when the request may wait and there is no
 // room (or waiters are ahead), queues it. The caller holds g.mu.
 func (w *Worker) allocateOrWait(ctx context.Context, g *gpu, req *subjects.AllocateRequest, origin ledger.Origin) (any, error) {
 	who := caller(ctx)
-	call, _ := ctx.Value(allocateKey{}).(allocateCall)
+	call := g.call
 	key := ""
 	if call.idempotent {
 		key = call.replayKey

@@ -145,8 +145,10 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.
 	}
 	if op == subjects.Allocate {
 		// An allocate remembers its request for as long as it lives, and
-		// may wait for room (admission.go).
-		ctx = context.WithValue(ctx, allocateKey{}, allocateCall{id: requestID, idempotent: idempotent, replayKey: replayKey, data: env.Data})
+		// may wait for room (admission.go). (Set under g.mu, read by the
+		// allocate it is for: no per-request context value.)
+		g.call = allocateCall{id: requestID, idempotent: idempotent, replayKey: replayKey, data: env.Data}
+		defer func() { g.call = allocateCall{} }()
 	}
 	data, err := fn(ctx, g, env.Data)
 	// A failed mutation may have changed the device too (a model_optimize

@@ -15,6 +15,8 @@ type gpu struct {
 	*ledger.Device
 	replays *replayCache
 	queue   waitQueue // allocates waiting for room
+	// call is the allocate being served (act sets it under mu).
+	call allocateCall
 	// lastEvent is when the last pressure event was queued; unavailable is
 	// set while the device does not answer.
 	lastEvent   time.Time

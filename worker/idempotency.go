@@ -86,7 +86,9 @@ func (c *replayCache) store(requestID string, op subjects.Op, data, reply []byte
 	if el, ok := c.entries[requestID]; ok {
 		c.remove(el)
 	}
-	r := &replay{requestID, op, digest(op, data), bytes.Clone(data), reply, now}
+	// data is the request's own (the envelope decoder copied it), so it is
+	// kept as it is.
+	r := &replay{requestID, op, digest(op, data), data, reply, now}
 	c.entries[requestID] = c.order.PushBack(r)
 	c.bytes += r.size()
 	for c.order.Len() > c.maxEntries || (c.bytes > c.maxBytes && c.order.Len() > 1) {

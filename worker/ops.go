@@ -3,8 +3,8 @@ package worker
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
@@ -46,7 +46,7 @@ func getAllocations(ctx context.Context, g *gpu, req *subjects.AllocationsReques
 // A wait_seconds that does not fit queues it (admission.go).
 func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateRequest) (any, error) {
 	var origin ledger.Origin
-	if call, _ := ctx.Value(allocateKey{}).(allocateCall); call.idempotent {
+	if call := g.call; call.idempotent {
 		origin = ledger.Origin{RequestID: call.id, Digest: allocateDigest(req)}
 	}
 	return w.allocateOrWait(ctx, g, req, origin)
@@ -55,9 +55,26 @@ func (w *Worker) allocate(ctx context.Context, g *gpu, req *subjects.AllocateReq
 // allocateDigest sums what an allocate asks for, after validation (so any
 // spelling, key order or letter case of the type gives the same sum).
 func allocateDigest(r *subjects.AllocateRequest) uint64 {
-	h := fnv.New64a()
-	fmt.Fprintf(h, "%d|%s|%d|%q|%t|%q|%g|%t", r.SizeBytes, r.AllocationType, r.Alignment, r.Purpose, r.Persistent, r.ModelID, r.TTLSeconds, r.Export)
-	return h.Sum64()
+	var buf [256]byte
+	b := strconv.AppendInt(buf[:0], r.SizeBytes, 10)
+	b = append(append(b, '|'), r.AllocationType...)
+	b = strconv.AppendInt(append(b, '|'), r.Alignment, 10)
+	b = strconv.AppendQuote(append(b, '|'), r.Purpose)
+	b = strconv.AppendBool(append(b, '|'), r.Persistent)
+	b = strconv.AppendQuote(append(b, '|'), r.ModelID)
+	b = strconv.AppendFloat(append(b, '|'), r.TTLSeconds, 'g', -1, 64)
+	b = strconv.AppendBool(append(b, '|'), r.Export)
+	b = strconv.AppendInt(append(b, '|'), int64(r.PID), 10)
+	return fnv64a(b)
+}
+
+// fnv64a is FNV-1a over b.
+func fnv64a(b []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range b {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	return h
 }
 
 func deallocate(ctx context.Context, g *gpu, req *subjects.DeallocateRequest) (any, error) {

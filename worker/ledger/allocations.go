@@ -21,8 +21,8 @@ import (
 func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin, who Who) (subjects.Allocation, error) {
 	if origin.RequestID != "" {
 		// A tenant's request ids are its own: another's may be the same.
-		origin.RequestID = who.Tenant + "\x00" + origin.RequestID
-		if a, ok := d.byRequest[origin.RequestID]; ok {
+		origin.tenant = who.Tenant
+		if a, ok := d.byRequest[origin.key()]; ok {
 			if a.origin().Digest != origin.Digest {
 				return subjects.Allocation{}, Errorf(ErrConflict, "request_id %s was already used for a different request (memory.allocate)", origin.RequestID)
 			}

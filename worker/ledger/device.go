@@ -46,7 +46,7 @@ type Device struct {
 	// pages), byRequest by the request that made them.
 	allocs    map[uuid.UUID]*allocation
 	order     *btree.BTreeG[*allocation]
-	byRequest map[string]*allocation
+	byRequest map[originKey]*allocation
 	// purposes and models count the entries of each name, and their VRAM.
 	purposes, modelNames names
 	byType               [3]int                    // entries by type code
@@ -63,7 +63,13 @@ type Device struct {
 type Origin struct {
 	RequestID string
 	Digest    uint64
+	tenant    string // whose request id it is
 }
+
+// originKey finds an allocation by its tenant's request id.
+type originKey struct{ tenant, requestID string }
+
+func (o Origin) key() originKey { return originKey{o.tenant, o.RequestID} }
 
 // New returns the state of an empty device.
 func New(cfg Config) *Device {
@@ -74,7 +80,7 @@ func New(cfg Config) *Device {
 		backend:    cfg.Backend,
 		allocs:     map[uuid.UUID]*allocation{},
 		order:      newIndex(),
-		byRequest:  map[string]*allocation{},
+		byRequest:  map[originKey]*allocation{},
 		purposes:   names{},
 		modelNames: names{},
 		tenants:    map[string]*tenantFigures{},
@@ -172,8 +178,8 @@ func (d *Device) add(a *allocation) {
 	}
 	d.allocs[a.id] = a
 	d.order.ReplaceOrInsert(a)
-	if r := a.origin().RequestID; r != "" {
-		d.byRequest[r] = a
+	if o := a.origin(); o.RequestID != "" {
+		d.byRequest[o.key()] = a
 	}
 	d.byType[a.typ]++
 	f := d.tenants[a.tenant]
@@ -202,8 +208,8 @@ func (d *Device) free(a *allocation) error {
 	d.account(a, -1)
 	delete(d.allocs, a.id)
 	d.order.Delete(a)
-	if r := a.origin().RequestID; r != "" {
-		delete(d.byRequest, r)
+	if o := a.origin(); o.RequestID != "" {
+		delete(d.byRequest, o.key())
 	}
 	d.byType[a.typ]--
 	if f := d.tenants[a.tenant]; f != nil {
@@ -225,7 +231,7 @@ func (d *Device) free(a *allocation) error {
 // MadeBy returns the live allocation a request of who made, and the digest
 // of that request's payload.
 func (d *Device) MadeBy(requestID string, who Who) (subjects.Allocation, uint64, bool) {
-	a, ok := d.byRequest[who.Tenant+"\x00"+requestID]
+	a, ok := d.byRequest[originKey{who.Tenant, requestID}]
 	if !ok {
 		return subjects.Allocation{}, 0, false
 	}

@@ -185,10 +185,11 @@ func (n names) intern(s string) string {
 	return e.name
 }
 
-// release counts one entry of s less.
+// release counts one entry of s less. The empty name stays, to spare
+// re-making it for the next allocation without a name.
 func (n names) release(s string) {
 	if e, ok := n[s]; ok {
-		if e.entries--; e.entries == 0 {
+		if e.entries--; e.entries == 0 && s != "" {
 			delete(n, s)
 		}
 	}
