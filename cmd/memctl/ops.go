@@ -44,9 +44,13 @@ func (a *allocCmd) Run(e *env) error {
 	ctx, cancel := context.WithTimeout(e.ctx, a.Wait+e.cli.Timeout)
 	defer cancel()
 	if a.Wait > 0 && e.tty {
-		fmt.Fprintf(e.out, "waiting up to %v for %s on %s...\n", a.Wait, size(int64(n)), dev)
+		stop := e.spin(fmt.Sprintf("waiting up to %v for %s on %s", a.Wait, size(int64(n)), dev))
+		_, err = e.client.Do(ctx, subjects.Allocate, dev, req, &out)
+		stop(err == nil)
+	} else {
+		_, err = e.client.Do(ctx, subjects.Allocate, dev, req, &out)
 	}
-	if _, err := e.client.Do(ctx, subjects.Allocate, dev, req, &out); err != nil {
+	if err != nil {
 		return err
 	}
 	if e.cli.JSON {
@@ -112,7 +116,7 @@ func (a *allocationsCmd) Run(e *env) error {
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	t := e.table("ID", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires")
+	t := e.table("ID", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires", "Observed")
 	for _, al := range out.Allocations {
 		exp := ""
 		if al.ExpiresAt != nil {
@@ -122,7 +126,12 @@ func (a *allocationsCmd) Run(e *env) error {
 		if al.Offloaded {
 			typ += " (offloaded)"
 		}
-		t.AppendRow(table.Row{al.AllocationID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp})
+		observed := ""
+		if al.AllocationType == subjects.Reservation {
+			typ += fmt.Sprintf(" (pid %d)", al.PID)
+			observed = size(al.ObservedBytes)
+		}
+		t.AppendRow(table.Row{al.AllocationID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp, observed})
 	}
 	footer := fmt.Sprintf("%d of %d", len(out.Allocations), out.TotalCount)
 	if out.NextCursor != "" {

@@ -60,6 +60,28 @@ func (c *transferCmd) Run(e *env) error {
 	return nil
 }
 
+// spin shows an indeterminate progress line with msg until the returned
+// function is called (ok: done, else errored).
+func (e *env) spin(msg string) func(ok bool) {
+	pw := progress.NewWriter()
+	pw.SetOutputWriter(e.out)
+	pw.SetUpdateFrequency(100 * time.Millisecond)
+	tracker := &progress.Tracker{Message: msg, Total: 0}
+	pw.AppendTracker(tracker)
+	go pw.Render()
+	return func(ok bool) {
+		if ok {
+			tracker.MarkAsDone()
+		} else {
+			tracker.MarkAsErrored()
+		}
+		for pw.IsRenderInProgress() {
+			pw.Stop()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
 // follow polls the job, with a progress bar on a terminal, until it ends.
 func (e *env) follow(dev string, st subjects.TransferStatus) (subjects.TransferStatus, error) {
 	var pw progress.Writer
