@@ -1,4 +1,4 @@
-// Package subjects is memworker's wire contract: the catalogue of the 15
+// Package subjects is memworker's wire contract: the catalogue of the 16
 // memory operations, the subjects and queue groups they are served on, the
 // request/response envelope, the payload types of every operation and the
 // stable error codes.
