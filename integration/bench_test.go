@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/subjects"
@@ -99,4 +104,75 @@ func BenchmarkAdmissionGrant(b *testing.B) {
 		b.StartTimer()
 	}
 	reportLatency(b, lat)
+}
+
+// BenchmarkThroughImport measures what a tenant pays: allocate+deallocate
+// and a bare echo, each sent from the worker's own account and from a
+// tenant account through a service import (share: true), on one server
+// loaded from docs/accounts.conf with the echo exported beside the
+// operations. Compare allocate+deallocate/echo within each account: the
+// import's own cost is in both.
+func BenchmarkThroughImport(b *testing.B) {
+	conf, err := os.ReadFile("../docs/accounts.conf")
+	if err != nil {
+		b.Fatal(err)
+	}
+	text := strings.Replace(string(conf), `      { stream: "memory.pressure.>" }
+      { stream: "memory.allocation.>" }
+      { stream: "memory.lifecycle.>" }
+    ]
+  }
+  TEAM_A: {`, `      { stream: "memory.pressure.>" }
+      { stream: "memory.allocation.>" }
+      { stream: "memory.lifecycle.>" }
+      { service: "bench.echo" }
+    ]
+  }
+  TEAM_A: {`, 1)
+	text = strings.Replace(text, `    users: [ { user: alice, password: "change-me-alice" } ]
+    imports: [`, `    users: [ { user: alice, password: "change-me-alice" } ]
+    imports: [
+      { service: { account: MEMORY, subject: "bench.echo" }, share: true }`, 1)
+	path := filepath.Join(b.TempDir(), "accounts.conf")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts.Port, opts.StoreDir, opts.NoSigs, opts.NoLog = -1, b.TempDir(), true, true
+	srv := serve(b, opts)
+	login := func(user string) *nats.Conn {
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, "change-me-"+user))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		return nc
+	}
+	startWorkerOn(b, context.Background(), login("worker"), "n1", withDevices(1, 64*GiB))
+	echo := login("operator")
+	if _, err := echo.Subscribe("bench.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		b.Fatal(err)
+	}
+	_ = echo.Flush()
+	alloc, _ := subjects.NewRequest("", subjects.Allocate, subjects.AllocateRequest{SizeBytes: MiB})
+	for _, who := range []string{"operator", "alice"} {
+		nc := login(who)
+		b.Run("echo/"+who, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := nc.Request("bench.echo", alloc, 5*time.Second); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("allocate+deallocate/"+who, func(b *testing.B) {
+			for b.Loop() {
+				var a subjects.Allocation
+				call(b, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: MiB}, &a)
+				call(b, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+			}
+		})
+	}
 }
