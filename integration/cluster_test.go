@@ -417,22 +417,7 @@ func TestEventsSurviveTheLossOfTheStreamLeader(t *testing.T) {
 	want := append(append([]subjects.Level{}, wantLevels...), wantLevels[1:]...)
 	var got []subjects.Level
 	for len(got) < len(want) && ctx.Err() == nil {
-		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = got[:0]
-		for {
-			msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				break
-			}
-			_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, d.Level)
-		}
+		got = replayLevels(t, ctx, stream, time.Second)
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("replayed %v after the leader's loss, want %v", got, want)

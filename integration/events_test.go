@@ -286,22 +286,7 @@ func TestALostEventStreamIsRecreated(t *testing.T) {
 		}
 	}
 	round(2)
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kept []subjects.Level
-	for {
-		msg, err := cons.Next(jetstream.FetchMaxWait(500 * time.Millisecond))
-		if err != nil {
-			break
-		}
-		_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		kept = append(kept, d.Level)
-	}
+	kept := replayLevels(t, ctx, s, 500*time.Millisecond)
 	if n := len(wantLevels) - 1; len(kept) < n || !slices.Equal(kept[len(kept)-n:], wantLevels[1:]) {
 		t.Errorf("the stream kept %v, want it to end with the second round %v", kept, wantLevels[1:])
 	}
@@ -414,4 +399,26 @@ func TestLeasesRunOutUnlessRenewed(t *testing.T) {
 	callErr(t, nc, subjects.Renew, dev, mustJSON(t, map[string]any{"data": map[string]any{"allocation_id": plain.AllocationID}}), subjects.CodeInvalidRequest)
 	cancel()
 	checkLedger(t, nc, h, dev, 0)
+}
+
+// replayLevels reads a stream's pressure events from its start until none
+// comes for wait, and returns their levels.
+func replayLevels(t *testing.T, ctx context.Context, s jetstream.Stream, wait time.Duration) []subjects.Level {
+	t.Helper()
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AllPressureEvents}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var levels []subjects.Level
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(wait))
+		if err != nil {
+			return levels
+		}
+		_, d, err := events.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		levels = append(levels, d.Level)
+	}
 }
