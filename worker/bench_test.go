@@ -34,20 +34,7 @@ func BenchmarkAct(b *testing.B) {
 	} {
 		b.Run(string(tc.op), func(b *testing.B) {
 			w := benchWorker(b)
-			g := w.gpus[0]
-			fn := w.ops()[tc.op]
-			ctx := context.Background()
-			rw := newReplyWriter()
-			b.ReportAllocs()
-			for b.Loop() {
-				env, err := subjects.DecodeRequest([]byte(tc.body), tc.op)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := w.act(ctx, tc.op, g, env, fn, rw); err != nil {
-					b.Fatal(err)
-				}
-			}
+			benchOp(b, w, w.gpus[0], tc.op, tc.body)
 		})
 	}
 	for _, live := range []int{0, 10_000} {
@@ -154,18 +141,25 @@ func BenchmarkScale(b *testing.B) {
 			{subjects.GetAllocations, `{"data":{"limit":100,"purpose":"kv_cache"}}`},
 		} {
 			b.Run(fmt.Sprintf("%s%s/%d-live", tc.op, tc.body[8:len(tc.body)-1], live), func(b *testing.B) {
-				rw := newReplyWriter()
-				b.ReportAllocs()
-				for b.Loop() {
-					env, err := subjects.DecodeRequest([]byte(tc.body), tc.op)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, err := w.act(ctx, tc.op, g, env, ops[tc.op], rw); err != nil {
-						b.Fatal(err)
-					}
-				}
+				benchOp(b, w, g, tc.op, tc.body)
 			})
+		}
+	}
+}
+
+// benchOp measures decoding body and acting op with it on g.
+func benchOp(b *testing.B, w *Worker, g *gpu, op subjects.Op, body string) {
+	fn := w.ops()[op]
+	ctx := context.Background()
+	rw := newReplyWriter()
+	b.ReportAllocs()
+	for b.Loop() {
+		env, err := subjects.DecodeRequest([]byte(body), op)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.act(ctx, op, g, env, fn, rw); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
