@@ -193,8 +193,7 @@ func (w *Worker) expireWaiters(g *gpu, now time.Time, stop bool) {
 func (w *Worker) answerWaiter(g *gpu, wt *waiter, a any, err error) {
 	if err != nil {
 		for _, r := range wt.reqs {
-			w.respond(r, subjects.Allocate, g.ID(), wt.id, err)
-			w.metrics.served(subjects.Allocate, wireError(err).Code, wt.enqueued)
+			w.respond(r, subjects.Allocate, g.ID(), wt.id, err, wt.enqueued)
 		}
 		return
 	}
@@ -209,10 +208,10 @@ func (w *Worker) answerWaiter(g *gpu, wt *waiter, a any, err error) {
 		g.replays.store(wt.key, subjects.Allocate, wt.data, append([]byte(nil), body...), time.Now())
 	}
 	for _, r := range wt.reqs {
+		w.metrics.served(subjects.Allocate, "", wt.enqueued)
 		if rerr := r.Respond(body); rerr != nil {
 			w.log.Warn("reply to a waiter failed", "device", g.ID(), "request_id", clipArg(wt.id), "err", rerr)
 		}
-		w.metrics.served(subjects.Allocate, "", wt.enqueued)
 	}
 }
 

@@ -57,8 +57,7 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			requestID = env.RequestID
 		}
 		if err != nil {
-			w.respond(req, op, g.ID(), orNewID(requestID), err)
-			w.metrics.served(op, wireError(err).Code, start)
+			w.respond(req, op, g.ID(), orNewID(requestID), err, start)
 			return
 		}
 		rw := newReplyWriter()
@@ -72,14 +71,15 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			return // it waits for room; admit or the deadline answers it
 		}
 		if body != nil {
+			// Counted before the reply leaves: a client that reads the
+			// metrics after its reply finds its request there.
+			w.metrics.served(op, "", start)
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.ID(), "request_id", requestID, "err", rerr)
 			}
-			w.metrics.served(op, "", start)
 			return
 		}
-		w.respond(req, op, g.ID(), orNewID(requestID), err)
-		w.metrics.served(op, wireError(err).Code, start)
+		w.respond(req, op, g.ID(), orNewID(requestID), err, start)
 	})
 }
 
@@ -213,8 +213,10 @@ func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *su
 
 // respond sends an error reply: the JSON envelope plus micro's error headers
 // (code as a number, message as description).
-func (w *Worker) respond(req micro.Request, op subjects.Op, deviceID, requestID string, err error) {
+// It counts the request (before the reply leaves) as served at start.
+func (w *Worker) respond(req micro.Request, op subjects.Op, deviceID, requestID string, err error, start time.Time) {
 	we := wireError(err)
+	w.metrics.served(op, we.Code, start)
 	// A client's mistake is the client's to see in its reply; the log
 	// speaks up only where an operator has something to do.
 	level := slog.LevelDebug

@@ -24,8 +24,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			if env != nil {
 				requestID = env.RequestID
 			}
-			w.respond(req, op, subjects.Fleet, orNewID(requestID), err)
-			w.metrics.served(op, wireError(err).Code, start)
+			w.respond(req, op, subjects.Fleet, orNewID(requestID), err, start)
 			return
 		}
 		ctx := withCaller(ctx, callerOf(req))
@@ -48,13 +47,12 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		defer rw.release()
 		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, nil, time.Now())
 		if err != nil {
-			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err)
-			w.metrics.served(op, wireError(err).Code, start)
+			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err, start)
 			return
 		}
+		w.metrics.served(op, "", start)
 		if err := req.Respond(body); err != nil {
 			w.log.Warn("fleet reply failed", "op", op, "err", err)
 		}
-		w.metrics.served(op, "", start)
 	})
 }

@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 			Name: "memworker_transfer_bytes_total", Help: "Bytes copied by completed transfers.",
 		}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "memworker_events_published_total", Help: "Pressure events published, by reason.",
+			Name: "memworker_events_published_total", Help: "Events sent: pressure events by reason, allocation events by type. Counted as they go out.",
 		}, []string{"reason"}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "memworker_admission_waiting", Help: "Allocate requests waiting for room, on every device.",

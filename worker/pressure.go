@@ -131,11 +131,10 @@ func (w *Worker) publishQueued(pub *events.Publisher) {
 func (w *Worker) publishAllocation(pub *events.Publisher, e allocationEvent) {
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
+	w.metrics.events.WithLabelValues(e.typ).Inc()
 	if err := pub.PublishAllocation(ctx, e.typ, e.data); err != nil {
 		w.log.Warn("publishing allocation event", "device", e.data.DeviceID, "type", e.typ, "err", err)
-		return
 	}
-	w.metrics.events.WithLabelValues(e.typ).Inc()
 }
 
 // eventTimeout bounds the wait for one event's publication (a JetStream
@@ -145,11 +144,12 @@ const eventTimeout = 5 * time.Second
 func (w *Worker) publishOne(pub *events.Publisher, data events.Pressure) {
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
+	// Counted before it goes out: a subscriber that reads the metrics
+	// after the event finds it there. A failure is logged.
+	w.metrics.events.WithLabelValues(data.Reason).Inc()
 	if _, err := pub.Publish(ctx, data); err != nil {
 		w.log.Warn("publishing pressure event", "device", data.DeviceID, "err", err)
-		return
 	}
-	w.metrics.events.WithLabelValues(data.Reason).Inc()
 }
 
 // sample reads a device, records it in the history, feeds its pressure,
