@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -32,11 +35,27 @@ func startEmbedded(host string, port int, storeDir, configFile string, log *slog
 		opts.StoreDir = storeDir
 	}
 	if opts.JetStream && opts.StoreDir == "" {
-		dir, err := os.MkdirTemp("", "memworker-js-")
+		// Events are kept across restarts: a per-user state folder.
+		dir, err := stateDir()
 		if err != nil {
-			return nil, err
+			log.Warn("no state folder; JetStream keeps events in a temporary one until the worker stops", "err", err)
+			if dir, err = os.MkdirTemp("", "memworker-js-"); err != nil {
+				return nil, err
+			}
+			e.tmpDir = dir
 		}
-		opts.StoreDir, e.tmpDir = dir, dir
+		opts.StoreDir = dir
+	}
+	// A port in use fails now, with the system's words, instead of after
+	// the server's ten seconds of trying.
+	if opts.Port > 0 {
+		addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			e.cleanup()
+			return nil, fmt.Errorf("embedded nats-server cannot listen on %s: %w (another memworker or nats-server? use --port, --port -1 for any free one, or --nats-url to join a running server)", addr, err)
+		}
+		l.Close()
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -52,6 +71,21 @@ func startEmbedded(host string, port int, storeDir, configFile string, log *slog
 	e.Server = srv
 	log.Info("embedded nats-server started", "url", srv.ClientURL(), "jetstream", srv.JetStreamEnabled(), "store_dir", opts.StoreDir)
 	return e, nil
+}
+
+// stateDir is where the embedded server keeps JetStream data by default:
+// $XDG_STATE_HOME/memworker, else ~/.local/state/memworker.
+func stateDir() (string, error) {
+	base := os.Getenv("XDG_STATE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", err
+		}
+		base = filepath.Join(home, ".local", "state")
+	}
+	dir := filepath.Join(base, "memworker")
+	return dir, os.MkdirAll(dir, 0o700)
 }
 
 func (e *embedded) shutdown() {

@@ -33,7 +33,7 @@ type cli struct {
 
 	Listen     string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
 	Port       int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
-	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder (default: a fresh temporary folder)."`
+	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder, where events are kept across restarts (default: $XDG_STATE_HOME/memworker or ~/.local/state/memworker)."`
 	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); it decides where the server listens."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`

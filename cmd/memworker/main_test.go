@@ -41,7 +41,41 @@ func parse(t *testing.T, args ...string) *cli {
 // testCLI is the flags of a test daemon: the defaults, on a free port, on
 // the sim.
 func testCLI(t *testing.T) *cli {
-	return parse(t, "--port=-1", "--backend=sim", "--read-handlers=1")
+	return parse(t, "--port=-1", "--backend=sim", "--read-handlers=1", "--store-dir="+t.TempDir())
+}
+
+// TestAPortInUseFailsAtOnce: a second worker on a taken port says so with
+// the system's error, at once.
+func TestAPortInUseFailsAtOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := testCLI(t)
+	c.Node, c.Port = "clash", l.Addr().(*net.TCPAddr).Port
+	err = run(context.Background(), c, quiet())
+	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), "--port") {
+		t.Errorf("on a taken port: %v", err)
+	}
+}
+
+// TestEventsAreKeptInTheStateFolder: without --store-dir, the embedded
+// server keeps JetStream data in the per-user state folder, which outlives
+// the worker.
+func TestEventsAreKeptInTheStateFolder(t *testing.T) {
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
+	c := testCLI(t)
+	c.Node, c.StoreDir = "state", ""
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := run(ctx, c, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "memworker", "jetstream")); err != nil {
+		t.Errorf("no JetStream data in the state folder after the worker stopped: %v", err)
+	}
 }
 
 // TestFlagDefaultsAreTheWorkersDefaults: with no flags the daemon runs the
