@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -168,4 +169,28 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("idempotency entries and bytes must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// BuildVersion names this build: the release, the module version when
+// installed with go install, and the VCS revision the binary was built from.
+func BuildVersion() string {
+	v := Version
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v
+	}
+	if m := info.Main.Version; m != "" && m != "(devel)" {
+		v += " (module " + m + ")"
+	}
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v += " revision " + s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				v += " (modified)"
+			}
+		}
+	}
+	return v
 }

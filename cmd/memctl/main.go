@@ -21,6 +21,7 @@ import (
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
 )
 
 // Exit codes.
@@ -32,10 +33,11 @@ const (
 )
 
 type cli struct {
-	Server  string        `name:"server" short:"s" env:"NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s)."`
-	Device  string        `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
-	JSON    bool          `name:"json" help:"Print JSON instead of tables."`
-	Timeout time.Duration `name:"timeout" default:"10s" help:"Request timeout."`
+	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
+	Server  string           `name:"server" short:"s" env:"NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s)."`
+	Device  string           `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
+	JSON    bool             `name:"json" help:"Print JSON instead of tables."`
+	Timeout time.Duration    `name:"timeout" default:"10s" help:"Request timeout."`
 	client.Flags
 
 	Status      statusCmd      `cmd:"" help:"Device status: usage, pool, pressure."`
@@ -90,6 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		kong.Description("Operate memworker GPU memory services over NATS."),
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
+		kong.Vars{"version": "memctl " + worker.BuildVersion()},
 		kong.UsageOnError())
 	if err != nil {
 		fmt.Fprintln(stderr, err)

@@ -203,3 +203,10 @@ func TestWatchPrintsEventsAsJSONLines(t *testing.T) {
 		t.Errorf("events %+v then %+v", first, second)
 	}
 }
+
+func TestVersion(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"--version"}, &out, &errb, false); code != 0 || !strings.HasPrefix(out.String(), "memctl "+worker.Version) {
+		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
+	}
+}

@@ -28,6 +28,8 @@ import (
 )
 
 type cli struct {
+	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
+
 	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
 	client.Flags
 
@@ -80,6 +82,7 @@ func defaults() kong.Vars {
 		"truth_max_age":     d.TruthMaxAge.String(),
 		"telemetry_max_age": d.TelemetryMaxAge.String(),
 		"critical_repeat":   d.CriticalRepeat.String(),
+		"version":           "memworker " + worker.BuildVersion(),
 	}
 }
 
