@@ -171,7 +171,7 @@ func TestReqRecsDefragAndTransfer(t *testing.T) {
 	if out := f.ok("-d", "n1-gpu0", "optimize", "--dry-run"); !strings.Contains(out, "dry run: true") {
 		t.Errorf("optimize printed %q", out)
 	}
-	if out := f.ok("-d", "n1-gpu1", "clear", "--force"); !strings.Contains(out, "cleared 1 allocations") {
+	if out := f.ok("-d", "n1-gpu1", "clear", "--force"); !strings.Contains(out, "cleared 1 allocation ") {
 		t.Errorf("clear printed %q", out)
 	}
 }

@@ -78,7 +78,7 @@ func (f *freeCmd) Run(e *env) error {
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	fmt.Fprintf(e.out, "freed %d allocations, %s\n", len(out.DeallocatedIDs), size(out.FreedBytes))
+	fmt.Fprintf(e.out, "freed %s, %s\n", plural(len(out.DeallocatedIDs), "allocation"), size(out.FreedBytes))
 	return nil
 }
 
@@ -156,8 +156,8 @@ func (c *clearCmd) Run(e *env) error {
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	fmt.Fprintf(e.out, "cleared %d allocations (%s), kept %d persistent, released %d segments (%s) to the device\n",
-		out.ClearedAllocations, size(out.ClearedBytes), out.SkippedPersistent, out.ReleasedSegments, size(out.ReleasedBytes))
+	fmt.Fprintf(e.out, "cleared %s (%s), kept %d persistent, released %s (%s) to the device\n",
+		plural(out.ClearedAllocations, "allocation"), size(out.ClearedBytes), out.SkippedPersistent, plural(out.ReleasedSegments, "segment"), size(out.ReleasedBytes))
 	return nil
 }
 
@@ -225,6 +225,10 @@ func (r *recsCmd) Run(e *env) error {
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)
+	}
+	if len(out.Recommendations) == 0 {
+		fmt.Fprintf(e.out, "nothing to recommend: pressure %s at %.0f%%\n", out.Level, out.UsageRatio*100)
+		return nil
 	}
 	t := e.table("#", "Severity", "Savings", "Recommendation", "Action")
 	for i, rec := range out.Recommendations {
