@@ -149,6 +149,9 @@ func TestReqRecsDefragAndTransfer(t *testing.T) {
 	if code, out, _ := f.memctl("req", "allocate", "n1-gpu1", `{"size_bytes":-1}`); code != exitWorkerError || !strings.Contains(out, "INVALID_REQUEST") {
 		t.Errorf("req with a bad request: exit %d, %s", code, out)
 	}
+	if out := f.ok("-d", "n1-gpu0", "recs"); !strings.Contains(out, "nothing to recommend") {
+		t.Errorf("recs on an idle device: %q", out)
+	}
 	id := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "200MiB"))[0]
 	out = f.ok("-d", "n1-gpu0", "transfer", id, "--to", "n1-gpu1", "--verify", "--follow")
 	if !strings.Contains(out, "completed") || !strings.Contains(out, "200 MiB of 200 MiB") {
