@@ -6,14 +6,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/jedib0t/go-pretty/v6/table"
 
+	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
 )
 
 type allocCmd struct {
-	Size       string        `arg:"" help:"Size, e.g. 512MiB, 2GiB or bytes."`
+	Size       string        `arg:"" help:"Size, e.g. 512MiB, 2G or bytes (binary units: 2G, 2GB and 2GiB are all 2 GiB)."`
 	Type       string        `name:"type" default:"VRAM" enum:"VRAM,PINNED,RESERVATION" help:"VRAM, PINNED host memory, or a RESERVATION held for another process (--pid)."`
 	PID        int           `name:"pid" help:"The process a RESERVATION is for."`
 	Wait       time.Duration `name:"wait" help:"Wait this long for room instead of failing (needs --ttl)."`
@@ -27,9 +27,9 @@ type allocCmd struct {
 }
 
 func (a *allocCmd) Run(e *env) error {
-	n, err := humanize.ParseBytes(a.Size)
+	n, err := client.ParseSize(a.Size)
 	if err != nil {
-		return usageErr("size %q: want bytes or a size such as 512MiB", a.Size)
+		return usageErr("%v", err)
 	}
 	var out subjects.Allocation
 	req := subjects.AllocateRequest{

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	"github.com/dustin/go-humanize"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -220,9 +219,9 @@ func simBackend(c *cli) (*sim.Backend, error) {
 }
 
 func parseSize(flag, s string) (int64, error) {
-	n, err := humanize.ParseBytes(s)
-	if err != nil || n == 0 || n > 1<<50 {
-		return 0, fmt.Errorf("%s %q: want a size such as 16GiB", flag, s)
+	n, err := client.ParseSize(s)
+	if err != nil || n > 1<<50 {
+		return 0, fmt.Errorf("%s %q: want a size such as 16GiB (%s)", flag, s, client.SizeHelp)
 	}
-	return int64(n), nil
+	return n, nil
 }
