@@ -213,3 +213,29 @@ func TestVersion(t *testing.T) {
 		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }
+
+// TestWatchStartsWithTheCurrentLevels: the table shows every device's level
+// at once, before anything changes, then the change.
+func TestWatchStartsWithTheCurrentLevels(t *testing.T) {
+	f := newFixture(t, 2)
+	done := make(chan string)
+	go func() {
+		_, out, _ := f.memctl("watch", "--count", "1")
+		done <- out
+	}()
+	time.Sleep(500 * time.Millisecond) // let watch read the levels and subscribe
+	f.ok("-d", "n1-gpu1", "alloc", "900MiB")
+	var out string
+	select {
+	case out = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch did not end after 1 event")
+	}
+	first, _, _ := strings.Cut(out, "└") // the first table
+	if !strings.Contains(first, "n1-gpu0") || !strings.Contains(first, "n1-gpu1") || !strings.Contains(first, "current") {
+		t.Errorf("the first table does not show both devices' current levels:\n%s", out)
+	}
+	if !strings.Contains(out, "warning") {
+		t.Errorf("no change shown:\n%s", out)
+	}
+}

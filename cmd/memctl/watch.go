@@ -41,14 +41,35 @@ func (w *watchCmd) Run(e *env) error {
 		return err
 	}
 	latest := map[string]watchLine{}
+	life := make(chan *nats.Msg, 64)
 	if !e.cli.JSON {
 		fmt.Fprintf(e.out, "watching %s (Ctrl-C to stop)\n", subject)
+		// The table starts with every device's level now, then follows
+		// the changes; workers starting and stopping are told too.
+		lsub, err := e.nc.ChanSubscribe(subjects.AllLifecycleEvents, life)
+		if err != nil {
+			return err
+		}
+		defer lsub.Unsubscribe()
+		e.currentLevels(latest)
+		if len(latest) > 0 {
+			e.renderWatch(latest)
+		}
 	}
 	for seen := 0; w.Count == 0 || seen < w.Count; {
 		var msg *nats.Msg
 		select {
 		case <-e.ctx.Done():
 			return nil
+		case lm := <-life:
+			if e2, l, err := events.DecodeLifecycle(lm); err == nil {
+				what := "started"
+				if e2.Type() == events.TypeWorkerStopped {
+					what = "stopped"
+				}
+				fmt.Fprintf(e.out, "%s worker %s on node %s (instance %s)\n", l.At.Local().Format("15:04:05"), what, l.Node, l.Instance)
+			}
+			continue
 		case msg = <-ch:
 		}
 		ev, p, err := events.Decode(msg)
@@ -67,6 +88,27 @@ func (w *watchCmd) Run(e *env) error {
 		e.renderWatch(latest)
 	}
 	return nil
+}
+
+// currentLevels fills latest with each device's pressure now, from every
+// node (or the --device one).
+func (e *env) currentLevels(latest map[string]watchLine) {
+	res, err := e.client.Fleet(e.ctx, subjects.GetPressure, nil, 300*time.Millisecond)
+	if err != nil {
+		return
+	}
+	for _, n := range res.Nodes {
+		for _, d := range n.Devices {
+			var p subjects.Pressure
+			if !d.Success || json.Unmarshal(d.Data, &p) != nil || (e.cli.Device != "" && d.DeviceID != e.cli.Device) {
+				continue
+			}
+			latest[d.DeviceID] = watchLine{Time: p.SampledAt, Pressure: events.Pressure{
+				DeviceID: d.DeviceID, Node: n.Node, Reason: "current", Level: p.Level, UsageRatio: p.UsageRatio,
+				PressureRatio: p.PressureRatio, UsedBytes: p.UsedBytes, FreeBytes: p.FreeBytes, TotalBytes: p.TotalBytes,
+			}}
+		}
+	}
 }
 
 // renderWatch redraws the per-device view; on a terminal it replaces the
