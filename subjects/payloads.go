@@ -214,6 +214,9 @@ type AllocationsRequest struct {
 	Persistent     *bool          `json:"persistent,omitempty"`
 	Limit          int            `json:"limit,omitempty"`
 	Cursor         string         `json:"cursor,omitempty"`
+	// AllocationIDs narrows the list to these ids (at most MaxIDs): a
+	// fleet request with it finds which device holds an allocation.
+	AllocationIDs []string `json:"allocation_ids,omitempty"`
 }
 
 // Page sizes of get_allocations.

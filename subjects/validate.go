@@ -112,6 +112,11 @@ func (r *AllocationsRequest) Validate() error {
 	if len(r.Cursor) > MaxIDLen {
 		return Invalid("cursor is longer than %d bytes", MaxIDLen)
 	}
+	if len(r.AllocationIDs) > 0 {
+		if err := (&DeallocateRequest{AllocationIDs: r.AllocationIDs}).Validate(); err != nil {
+			return err
+		}
+	}
 	return validateFilter(&r.AllocationType, r.Purpose, r.ModelID)
 }
 

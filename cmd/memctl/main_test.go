@@ -85,9 +85,18 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 			t.Errorf("status --all lacks %q:\n%s", want, out)
 		}
 	}
-	// Two devices and no --device: a usage error that names them.
-	if code, _, errs := f.memctl("alloc", "1MiB"); code != exitUsage || !strings.Contains(errs, "n1-gpu1") {
-		t.Errorf("alloc without --device on two devices: exit %d, %s", code, errs)
+	// Two devices and no --device: alloc picks the one with the most
+	// available memory and says so; free finds the allocation's device.
+	out = f.ok("alloc", "1MiB")
+	if !strings.Contains(out, "allocating on n1-gpu0 (the device with the most available memory") {
+		t.Errorf("alloc without --device on two devices printed %q", out)
+	}
+	first := strings.Fields(strings.Split(out, "\n")[1])[0]
+	if out := f.ok("free", first); !strings.Contains(out, "freed 1 allocation,") {
+		t.Errorf("free without --device printed %q", out)
+	}
+	if code, _, errs := f.memctl("free", first); code != exitWorkerError || !strings.Contains(errs, "no device of the fleet holds") {
+		t.Errorf("free of an id nobody holds: exit %d, %s", code, errs)
 	}
 	out = f.ok("-d", "n1-gpu0", "alloc", "900MiB", "--purpose", "kv", "--model", "m1")
 	id := strings.Fields(out)[0]
@@ -100,6 +109,9 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 	}
 	if out := f.ok("-d", "n1-gpu0", "allocations"); !strings.Contains(out, id) || !strings.Contains(out, "1 of 1") {
 		t.Errorf("allocations:\n%s", out)
+	}
+	if out := f.ok("allocations"); !strings.Contains(out, id) || !strings.Contains(out, "n1-gpu0") {
+		t.Errorf("allocations of the whole fleet:\n%s", out)
 	}
 	if out := f.ok("-d", "n1-gpu0", "models"); !strings.Contains(out, "m1") {
 		t.Errorf("models:\n%s", out)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jedib0t/go-pretty/v6/table"
@@ -37,9 +39,12 @@ func (a *allocCmd) Run(e *env) error {
 		Persistent: a.Persistent, TTLSeconds: a.TTL.Seconds(), Alignment: a.Alignment, Export: a.Export,
 		PID: a.PID, WaitSeconds: a.Wait.Seconds(), Priority: a.Priority,
 	}
-	dev, err := e.device()
+	dev, note, err := e.roomiest()
 	if err != nil {
 		return err
+	}
+	if note != "" && !e.cli.JSON {
+		fmt.Fprintf(e.out, "allocating on %s %s\n", dev, note)
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, a.Wait+e.cli.Timeout)
 	defer cancel()
@@ -71,9 +76,18 @@ type freeCmd struct {
 }
 
 func (f *freeCmd) Run(e *env) error {
-	var out subjects.DeallocateReply
-	if err := e.do(subjects.Deallocate, subjects.DeallocateRequest{AllocationIDs: f.IDs}, &out); err != nil {
+	groups, err := e.devicesOf(f.IDs)
+	if err != nil {
 		return err
+	}
+	var out subjects.DeallocateReply
+	for _, dev := range slices.Sorted(maps.Keys(groups)) {
+		var r subjects.DeallocateReply
+		if _, err := e.client.Do(e.ctx, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: groups[dev]}, &r); err != nil {
+			return err
+		}
+		out.DeallocatedIDs = append(out.DeallocatedIDs, r.DeallocatedIDs...)
+		out.FreedBytes += r.FreedBytes
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)
@@ -88,9 +102,17 @@ type renewCmd struct {
 }
 
 func (r *renewCmd) Run(e *env) error {
-	var out subjects.RenewReply
-	if err := e.do(subjects.Renew, subjects.RenewRequest{AllocationIDs: r.IDs, TTLSeconds: r.TTL.Seconds()}, &out); err != nil {
+	groups, err := e.devicesOf(r.IDs)
+	if err != nil {
 		return err
+	}
+	var out subjects.RenewReply
+	for _, dev := range slices.Sorted(maps.Keys(groups)) {
+		var part subjects.RenewReply
+		if _, err := e.client.Do(e.ctx, subjects.Renew, dev, subjects.RenewRequest{AllocationIDs: groups[dev], TTLSeconds: r.TTL.Seconds()}, &part); err != nil {
+			return err
+		}
+		out.Renewed = append(out.Renewed, part.Renewed...)
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)
@@ -109,14 +131,28 @@ type allocationsCmd struct {
 }
 
 func (a *allocationsCmd) Run(e *env) error {
-	var out subjects.AllocationsReply
-	if err := e.do(subjects.GetAllocations, subjects.AllocationsRequest{Purpose: a.Purpose, ModelID: a.Model, Limit: a.Limit, Cursor: a.Cursor}, &out); err != nil {
+	replies, err := e.perDevice(subjects.GetAllocations, subjects.AllocationsRequest{Purpose: a.Purpose, ModelID: a.Model, Limit: a.Limit, Cursor: a.Cursor})
+	if err != nil {
 		return err
+	}
+	// Without --device, the whole fleet: each device's first page.
+	var out subjects.AllocationsReply
+	devs := slices.Sorted(maps.Keys(replies))
+	for _, dev := range devs {
+		var page subjects.AllocationsReply
+		if err := json.Unmarshal(replies[dev], &page); err != nil {
+			return err
+		}
+		out.Allocations = append(out.Allocations, page.Allocations...)
+		out.TotalCount += page.TotalCount
+		if len(devs) == 1 {
+			out.NextCursor = page.NextCursor
+		}
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	t := e.table("ID", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires", "Observed")
+	t := e.table("ID", "Device", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires", "Observed")
 	for _, al := range out.Allocations {
 		exp := ""
 		if al.ExpiresAt != nil {
@@ -131,7 +167,7 @@ func (a *allocationsCmd) Run(e *env) error {
 			typ += fmt.Sprintf(" (pid %d)", al.PID)
 			observed = size(al.ObservedBytes)
 		}
-		t.AppendRow(table.Row{al.AllocationID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp, observed})
+		t.AppendRow(table.Row{al.AllocationID, al.DeviceID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp, observed})
 	}
 	footer := fmt.Sprintf("%d of %d", len(out.Allocations), out.TotalCount)
 	if out.NextCursor != "" {

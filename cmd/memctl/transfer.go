@@ -23,9 +23,13 @@ type transferCmd struct {
 }
 
 func (c *transferCmd) Run(e *env) error {
-	dev, err := e.device()
+	groups, err := e.devicesOf([]string{c.ID})
 	if err != nil {
 		return err
+	}
+	var dev string
+	for d := range groups {
+		dev = d
 	}
 	req := subjects.TransferRequest{AllocationID: c.ID, TargetDeviceID: c.To, Verify: c.Verify, Mode: subjects.ModeCopy}
 	if c.Move {

@@ -168,6 +168,16 @@ func (d *Device) Allocations(req *subjects.AllocationsRequest, who Who) subjects
 	if limit <= 0 {
 		limit = subjects.DefaultPageLimit
 	}
+	if len(req.AllocationIDs) > 0 {
+		reply := subjects.AllocationsReply{Allocations: []subjects.Allocation{}}
+		for _, id := range (&subjects.DeallocateRequest{AllocationIDs: req.AllocationIDs}).IDs() {
+			if a, ok := d.get(id); ok && keep(a) {
+				reply.Allocations = append(reply.Allocations, d.view(a))
+			}
+		}
+		reply.TotalCount = len(reply.Allocations)
+		return reply
+	}
 	reply := subjects.AllocationsReply{Allocations: []subjects.Allocation{}, TotalCount: d.count(req, who, keep)}
 	visit := func(a *allocation) bool {
 		if !keep(a) {

@@ -620,3 +620,16 @@ func TestPageFollowsTheCursor(t *testing.T) {
 		})
 	}
 }
+
+func TestAllocationsByID(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	a := allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
+	allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
+	r := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID, "nope", a.AllocationID}}), op)
+	if r.TotalCount != 1 || len(r.Allocations) != 1 || r.Allocations[0].AllocationID != a.AllocationID {
+		t.Errorf("by id: %+v", r)
+	}
+	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID}}), ledger.Who{Tenant: "other"}); r.TotalCount != 0 {
+		t.Errorf("another tenant finds %+v", r.Allocations)
+	}
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+)
+
+// fleetStall is how long a fleet request waits for one more node.
+const fleetStall = 300 * time.Millisecond
+
+// perDevice sends op with data to --device, or to every device of the
+// fleet, and returns each device's reply data by device id.
+func (e *env) perDevice(op subjects.Op, data any) (map[string]json.RawMessage, error) {
+	if e.cli.Device != "" {
+		var raw json.RawMessage
+		if _, err := e.client.Do(e.ctx, op, e.cli.Device, data, &raw); err != nil {
+			return nil, err
+		}
+		return map[string]json.RawMessage{e.cli.Device: raw}, nil
+	}
+	res, err := e.client.Fleet(e.ctx, op, data, fleetStall)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]json.RawMessage{}
+	for _, n := range res.Nodes {
+		for _, d := range n.Devices {
+			if d.Success {
+				out[d.DeviceID] = d.Data
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, &exitError{exitUnreachable, errors.New("no worker answered: no device to talk to")}
+	}
+	return out, nil
+}
+
+// devicesOf finds the device of each allocation id (ids are unique across
+// the fleet): --device when given, else a fleet lookup. An id no device
+// holds is an error that names it.
+func (e *env) devicesOf(ids []string) (map[string][]string, error) {
+	if e.cli.Device != "" {
+		return map[string][]string{e.cli.Device: ids}, nil
+	}
+	replies, err := e.perDevice(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	found := map[string]bool{}
+	for dev, raw := range replies {
+		var page subjects.AllocationsReply
+		if json.Unmarshal(raw, &page) != nil {
+			continue
+		}
+		for _, a := range page.Allocations {
+			out[dev] = append(out[dev], a.AllocationID)
+			found[a.AllocationID] = true
+		}
+	}
+	for _, id := range ids {
+		if !found[id] {
+			return nil, &exitError{exitWorkerError, fmt.Errorf("ALLOCATION_NOT_FOUND: no device of the fleet holds allocation %s", id)}
+		}
+	}
+	return out, nil
+}
+
+// roomiest is --device, or the fleet's device with the most available
+// memory (and a note saying so).
+func (e *env) roomiest() (dev, note string, err error) {
+	if e.cli.Device != "" {
+		return e.cli.Device, "", nil
+	}
+	replies, err := e.perDevice(subjects.GetUsage, nil)
+	if err != nil {
+		return "", "", err
+	}
+	type avail struct {
+		dev   string
+		bytes int64
+	}
+	var all []avail
+	for d, raw := range replies {
+		var u subjects.Usage
+		if json.Unmarshal(raw, &u) == nil {
+			all = append(all, avail{d, u.AvailableBytes})
+		}
+	}
+	if len(all) == 0 {
+		return "", "", &exitError{exitUnreachable, errors.New("no device answered")}
+	}
+	slices.SortFunc(all, func(a, b avail) int { return cmp.Or(cmp.Compare(b.bytes, a.bytes), cmp.Compare(a.dev, b.dev)) })
+	if len(all) == 1 {
+		return all[0].dev, "", nil
+	}
+	return all[0].dev, fmt.Sprintf("(the device with the most available memory, %s)", size(all[0].bytes)), nil
+}
