@@ -11,8 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -153,6 +156,13 @@ func codeOf(err error) int {
 func describe(err error, e *env) string {
 	switch {
 	case errors.Is(err, client.ErrNoWorker):
+		if e.cli.Device != "" {
+			// Name the devices there are: the id was likely mistyped.
+			e.cli.Device = ""
+			if replies, ferr := e.perDevice(subjects.GetUsage, nil); ferr == nil {
+				return fmt.Sprintf("%v; the fleet's devices are %s", err, strings.Join(slices.Sorted(maps.Keys(replies)), ", "))
+			}
+		}
 		return err.Error() + " (is a worker running, and is the device id right?)"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return fmt.Sprintf("no answer within %v: %v", e.cli.Timeout, err)

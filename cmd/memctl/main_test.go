@@ -139,7 +139,7 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 	if code, _, errs := f.memctl("-d", "n1-gpu0", "free", id); code != exitWorkerError || !strings.Contains(errs, "ALLOCATION_NOT_FOUND") {
 		t.Errorf("double free: exit %d, %s", code, errs)
 	}
-	if code, _, errs := f.memctl("-d", "nope-gpu0", "status"); code != exitUnreachable || !strings.Contains(errs, "no worker serves") {
+	if code, _, errs := f.memctl("-d", "nope-gpu0", "status"); code != exitUnreachable || !strings.Contains(errs, "no worker serves") || !strings.Contains(errs, "devices are n1-gpu0, n1-gpu1") {
 		t.Errorf("unknown device: exit %d, %s", code, errs)
 	}
 	if code, _, _ := f.memctl("-d", "n1-gpu0", "alloc", "lots"); code != exitUsage {
