@@ -21,6 +21,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/nats-io/nats.go"
+	"github.com/willabides/kongplete"
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
@@ -56,6 +57,8 @@ type cli struct {
 	Transfer    transferCmd    `cmd:"" help:"Copy or move an allocation to another device or host memory."`
 	Watch       watchCmd       `cmd:"" help:"Live pressure events."`
 	Req         reqCmd         `cmd:"" help:"Send a raw request and print the reply."`
+
+	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions for memctl (bash, zsh, fish)."`
 }
 
 // env is what every command runs with.
@@ -101,6 +104,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		fmt.Fprintln(stderr, err)
 		return exitUsage
 	}
+	// A shell asking for completions (COMP_LINE set) gets them and nothing
+	// else runs.
+	kongplete.Complete(parser, kongplete.WithExitFunc(func(code int) { exit = code }))
+	if exit >= 0 {
+		return exit
+	}
 	kctx, err := parser.Parse(args)
 	if exit >= 0 { // --help
 		return exit
@@ -108,6 +117,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if err != nil {
 		fmt.Fprintln(stderr, "memctl:", err)
 		return exitUsage
+	}
+	if kctx.Command() == "install-completions" { // needs no NATS
+		if err := kctx.Run(); err != nil {
+			fmt.Fprintln(stderr, "memctl:", err)
+			return exitWorkerError
+		}
+		return exitOK
 	}
 	opts, err := c.Flags.Options()
 	if err != nil {

@@ -251,3 +251,13 @@ func TestWatchStartsWithTheCurrentLevels(t *testing.T) {
 		t.Errorf("no change shown:\n%s", out)
 	}
 }
+
+// TestShellCompletion: a shell asking (COMP_LINE) gets memctl's commands,
+// and nothing else runs (no NATS needed).
+func TestShellCompletion(t *testing.T) {
+	t.Setenv("COMP_LINE", "memctl sta")
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{}, &out, io.Discard, false); code != 0 || !strings.Contains(out.String(), "status") {
+		t.Errorf("completion of %q: exit %d, %q", "memctl sta", code, out.String())
+	}
+}

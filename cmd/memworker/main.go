@@ -85,15 +85,29 @@ func defaults() kong.Vars {
 	}
 }
 
+// Exit codes: 0 stopped cleanly (SIGINT, SIGTERM), 1 could not start or
+// failed while serving, 2 bad flags.
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
 func main() {
 	var c cli
-	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."), defaults())
+	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."), defaults(),
+		// Bad flags exit 2, as usage errors do (kong's own code is 80).
+		kong.Exit(func(code int) {
+			if code == 80 {
+				code = exitUsage
+			}
+			os.Exit(code)
+		}))
 	log := newLogger(c.LogFormat, c.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, &c, log); err != nil {
 		log.Error("memworker stopped", "err", err)
-		os.Exit(1)
+		os.Exit(exitFailed)
 	}
 }
 
