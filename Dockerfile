@@ -2,7 +2,9 @@
 # with the sim backend. Target cuda: the worker built with the cuda tag on NVIDIA's CUDA
 # image, for hosts with GPUs (run with the NVIDIA container toolkit).
 
-FROM golang:1.26 AS build
+# Pinned to go.mod's go line: the image sets GOTOOLCHAIN=local, so an older
+# Go refuses to build (TestDockerfileStagesBuild checks both).
+FROM golang:1.26.8 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -13,7 +15,8 @@ FROM nvidia/cuda:13.0.0-devel-ubuntu24.04 AS cuda-build
 COPY --from=build /usr/local/go /usr/local/go
 ENV PATH=/usr/local/go/bin:$PATH
 WORKDIR /src
-COPY --from=build /root/go/pkg/mod /root/go/pkg/mod
+# The golang image keeps GOPATH at /go; this image's GOPATH is /root/go.
+COPY --from=build /go/pkg/mod /root/go/pkg/mod
 COPY . .
 RUN CGO_ENABLED=1 \
     CGO_CFLAGS="-I/src/worker/device/cuda/cuda13 -I/usr/local/cuda/include -Wno-deprecated-declarations" \
