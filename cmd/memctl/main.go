@@ -69,6 +69,15 @@ type env struct {
 	client *client.Client
 	out    io.Writer
 	tty    bool
+	in     io.Reader // a terminal to ask on; nil when there is none
+	stderr io.Writer // prompts, so --json output stays clean
+}
+
+// streams are the command's standard files.
+type streams struct {
+	in       io.Reader // nil when stdin is not a terminal: nobody to ask
+	out, err io.Writer
+	tty      bool // out is a terminal: tables, bars
 }
 
 // exitError carries an exit code out of a command.
@@ -85,13 +94,18 @@ func usageErr(format string, args ...any) error {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, isTerminal(os.Stdout))
+	std := streams{out: os.Stdout, err: os.Stderr, tty: isTerminal(os.Stdout)}
+	if isTerminal(os.Stdin) {
+		std.in = os.Stdin
+	}
+	code := run(ctx, os.Args[1:], std)
 	stop()
 	os.Exit(code)
 }
 
 // run parses args, runs the command and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) int {
+func run(ctx context.Context, args []string, std streams) int {
+	stdout, stderr := std.out, std.err
 	var c cli
 	exit := -1
 	parser, err := kong.New(&c, kong.Name("memctl"),
@@ -146,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	defer nc.Close()
 	cl := client.New(nc)
 	cl.Timeout = c.Timeout
-	e := &env{ctx: ctx, cli: &c, nc: nc, client: cl, out: stdout, tty: tty && !c.JSON}
+	e := &env{ctx: ctx, cli: &c, nc: nc, client: cl, out: stdout, tty: std.tty && !c.JSON, in: std.in, stderr: stderr}
 	if err := kctx.Run(e); err != nil {
 		fmt.Fprintln(stderr, "memctl:", describe(err, e))
 		return codeOf(err)

@@ -63,8 +63,14 @@ func newFixture(t *testing.T, devices int) *fixture {
 // memctl runs the CLI and returns its exit code, stdout and stderr.
 func (f *fixture) memctl(args ...string) (int, string, string) {
 	f.t.Helper()
+	return f.memctlOnTerminal(nil, args...)
+}
+
+// memctlOnTerminal runs memctl as if stdin were a terminal giving in.
+func (f *fixture) memctlOnTerminal(in io.Reader, args ...string) (int, string, string) {
+	f.t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s"}, args...), &out, &errb, false)
+	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s"}, args...), streams{in: in, out: &out, err: &errb})
 	return code, out.String(), errb.String()
 }
 
@@ -146,7 +152,7 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 		t.Errorf("bad size: exit %d, want %d", code, exitUsage)
 	}
 	var out2, errb bytes.Buffer
-	if code := run(context.Background(), []string{"--server", "nats://127.0.0.1:1", "status"}, &out2, &errb, false); code != exitUnreachable {
+	if code := run(context.Background(), []string{"--server", "nats://127.0.0.1:1", "status"}, streams{out: &out2, err: &errb}); code != exitUnreachable {
 		t.Errorf("unreachable server: exit %d, %s", code, errb.String())
 	}
 }
@@ -186,7 +192,7 @@ func TestReqRecsDefragAndTransfer(t *testing.T) {
 	if out := f.ok("-d", "n1-gpu0", "optimize", "--dry-run"); !strings.Contains(out, "dry run: true") {
 		t.Errorf("optimize printed %q", out)
 	}
-	if out := f.ok("-d", "n1-gpu1", "clear", "--force"); !strings.Contains(out, "cleared 1 allocation ") {
+	if out := f.ok("-d", "n1-gpu1", "clear", "--force", "--yes"); !strings.Contains(out, "cleared 1 allocation ") {
 		t.Errorf("clear printed %q", out)
 	}
 }
@@ -200,7 +206,7 @@ func TestWatchPrintsEventsAsJSONLines(t *testing.T) {
 	}()
 	time.Sleep(200 * time.Millisecond) // let watch subscribe
 	f.ok("alloc", "900MiB")            // warning
-	f.ok("clear")                      // normal again
+	f.ok("clear", "-y")                // normal again
 	var out string
 	select {
 	case out = <-done:
@@ -221,7 +227,7 @@ func TestWatchPrintsEventsAsJSONLines(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run(context.Background(), []string{"--version"}, &out, &errb, false); code != 0 || !strings.HasPrefix(out.String(), "memctl "+worker.Version) {
+	if code := run(context.Background(), []string{"--version"}, streams{out: &out, err: &errb}); code != 0 || !strings.HasPrefix(out.String(), "memctl "+worker.Version) {
 		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }
@@ -257,7 +263,51 @@ func TestWatchStartsWithTheCurrentLevels(t *testing.T) {
 func TestShellCompletion(t *testing.T) {
 	t.Setenv("COMP_LINE", "memctl sta")
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{}, &out, io.Discard, false); code != 0 || !strings.Contains(out.String(), "status") {
+	if code := run(context.Background(), []string{}, streams{out: &out, err: io.Discard}); code != 0 || !strings.Contains(out.String(), "status") {
 		t.Errorf("completion of %q: exit %d, %q", "memctl sta", code, out.String())
+	}
+}
+
+func TestClearAsksFirst(t *testing.T) {
+	f := newFixture(t, 1)
+	f.ok("alloc", "100MiB", "--purpose", "cache")
+	remaining := func() string {
+		return f.ok("allocations")
+	}
+	for _, tc := range []struct {
+		name   string
+		in     io.Reader // nil: stdin is not a terminal
+		args   []string
+		code   int
+		prompt bool
+	}{
+		{"no terminal and no --yes refuses", nil, nil, exitUsage, false},
+		{"an empty answer is no", strings.NewReader("\n"), nil, exitUsage, true},
+		{"n is no", strings.NewReader("n\n"), nil, exitUsage, true},
+		{"--json does not skip the question", strings.NewReader("no\n"), []string{"--json"}, exitUsage, true},
+	} {
+		code, out, errs := f.memctlOnTerminal(tc.in, append([]string{"clear"}, tc.args...)...)
+		if code != tc.code {
+			t.Errorf("%s: exit %d, want %d\n%s%s", tc.name, code, tc.code, out, errs)
+		}
+		if got := strings.Contains(errs, "[y/N]"); got != tc.prompt {
+			t.Errorf("%s: prompted %v, want %v: %q", tc.name, got, tc.prompt, errs)
+		}
+		if strings.Contains(out, "[y/N]") {
+			t.Errorf("%s: the question went to stdout: %q", tc.name, out)
+		}
+		if !strings.Contains(remaining(), "cache") {
+			t.Fatalf("%s: the allocation was freed without a yes", tc.name)
+		}
+	}
+	if code, _, errs := f.memctl("clear"); !strings.Contains(errs, "--yes") {
+		t.Errorf("refusal (exit %d) does not say --yes: %q", code, errs)
+	}
+	_, out, errs := f.memctlOnTerminal(strings.NewReader("y\n"), "clear")
+	if !strings.Contains(errs, "(matching now: 1 allocation)") || !strings.Contains(out, "cleared 1 allocation ") {
+		t.Errorf("yes: stdout %q stderr %q", out, errs)
+	}
+	if strings.Contains(remaining(), "cache") {
+		t.Error("yes did not free the allocation")
 	}
 }

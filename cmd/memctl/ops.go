@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jedib0t/go-pretty/v6/table"
@@ -182,11 +185,21 @@ type clearCmd struct {
 	Purpose string `help:"Only this purpose."`
 	Model   string `help:"Only this model."`
 	Force   bool   `help:"Free persistent allocations too."`
+	Yes     bool   `short:"y" help:"Do not ask for confirmation (needed when stdin is not a terminal)."`
 }
 
 func (c *clearCmd) Run(e *env) error {
+	dev, err := e.device()
+	if err != nil {
+		return err
+	}
+	if !c.Yes {
+		if err := c.confirm(e, dev); err != nil {
+			return err
+		}
+	}
 	var out subjects.ClearReply
-	if err := e.do(subjects.Clear, subjects.ClearRequest{Purpose: c.Purpose, ModelID: c.Model, Force: c.Force}, &out); err != nil {
+	if _, err := e.client.Do(e.ctx, subjects.Clear, dev, subjects.ClearRequest{Purpose: c.Purpose, ModelID: c.Model, Force: c.Force}, &out); err != nil {
 		return err
 	}
 	if e.cli.JSON {
@@ -195,6 +208,35 @@ func (c *clearCmd) Run(e *env) error {
 	fmt.Fprintf(e.out, "cleared %s (%s), kept %d persistent, released %s (%s) to the device\n",
 		plural(out.ClearedAllocations, "allocation"), size(out.ClearedBytes), out.SkippedPersistent, plural(out.ReleasedSegments, "segment"), size(out.ReleasedBytes))
 	return nil
+}
+
+// confirm asks on the terminal before clear frees what others may be
+// using; without a terminal it refuses, so a script says --yes.
+func (c *clearCmd) confirm(e *env, dev string) error {
+	scope := "every allocation"
+	if c.Purpose != "" {
+		scope += fmt.Sprintf(" for %q", c.Purpose)
+	}
+	if c.Model != "" {
+		scope += fmt.Sprintf(" of model %q", c.Model)
+	}
+	if !c.Force {
+		scope += " that is not persistent"
+	}
+	if e.in == nil {
+		return usageErr("clear frees %s on %s: pass --yes to confirm (stdin is not a terminal to ask on)", scope, dev)
+	}
+	var page subjects.AllocationsReply
+	if _, err := e.client.Do(e.ctx, subjects.GetAllocations, dev, subjects.AllocationsRequest{Purpose: c.Purpose, ModelID: c.Model, Limit: 1}, &page); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "Free %s on %s (matching now: %s)? [y/N] ", scope, dev, plural(page.TotalCount, "allocation"))
+	answer, _ := bufio.NewReader(e.in).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(answer)) {
+	case "y", "yes":
+		return nil
+	}
+	return &exitError{exitUsage, errors.New("clear not confirmed; nothing freed")}
 }
 
 type defragCmd struct{}
