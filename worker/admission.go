@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/ledger"
@@ -118,8 +119,8 @@ func (w *Worker) allocateOrWait(ctx context.Context, g *gpu, req *subjects.Alloc
 	}
 	var err error
 	if g.queue.ahead(req.Priority) {
-		err = fmt.Errorf("%d requests (%d bytes) wait for room on %s ahead of this one: %w",
-			len(g.queue.waiters), g.queue.bytes, g.ID(), device.ErrOutOfMemory)
+		err = fmt.Errorf("%d requests (%s) wait for room on %s ahead of this one: %w",
+			len(g.queue.waiters), bytesize.Format(g.queue.bytes), g.ID(), device.ErrOutOfMemory)
 	} else {
 		var a subjects.Allocation
 		if a, err = g.Allocate(ctx, req, origin, who); err == nil {

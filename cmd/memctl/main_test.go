@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -309,5 +310,19 @@ func TestClearAsksFirst(t *testing.T) {
 	}
 	if strings.Contains(remaining(), "cache") {
 		t.Error("yes did not free the allocation")
+	}
+}
+
+func TestTransferBarSpeaksBinaryUnits(t *testing.T) {
+	f := newFixture(t, 2)
+	id := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "300MiB"))[0]
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"--server", f.url, "transfer", id, "--to", "n1-gpu1", "--follow"}, streams{out: &out, err: &errb, tty: true})
+	if code != exitOK {
+		t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
+	}
+	// The bar (a terminal) and the summary use one unit system.
+	if !strings.Contains(out.String(), "300 MiB") || regexp.MustCompile(`[0-9.]+ ?[KMGT]B\b`).MatchString(out.String()) {
+		t.Errorf("transfer --follow on a terminal printed decimal units or no size:\n%s", out.String())
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jedib0t/go-pretty/v6/table"
 
-	"github.com/memworker/memworker/client"
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -32,7 +32,7 @@ type allocCmd struct {
 }
 
 func (a *allocCmd) Run(e *env) error {
-	n, err := client.ParseSize(a.Size)
+	n, err := bytesize.Parse(a.Size)
 	if err != nil {
 		return usageErr("%v", err)
 	}

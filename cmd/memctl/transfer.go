@@ -86,6 +86,10 @@ func (e *env) spin(msg string) func(ok bool) {
 	}
 }
 
+// binaryBytes shows the bar, its speed and the summary in the same binary
+// units (go-pretty's UnitsBytes is decimal).
+var binaryBytes = progress.Units{Formatter: size}
+
 // follow polls the job, with a progress bar on a terminal, until it ends.
 func (e *env) follow(dev string, st subjects.TransferStatus) (subjects.TransferStatus, error) {
 	var pw progress.Writer
@@ -96,7 +100,7 @@ func (e *env) follow(dev string, st subjects.TransferStatus) (subjects.TransferS
 		pw.SetUpdateFrequency(100 * time.Millisecond)
 		pw.Style().Visibility.Speed = true
 		pw.Style().Visibility.ETA = true
-		tracker = &progress.Tracker{Message: "transfer " + st.TransferID, Total: st.BytesTotal, Units: progress.UnitsBytes}
+		tracker = &progress.Tracker{Message: "transfer " + st.TransferID, Total: st.BytesTotal, Units: binaryBytes}
 		pw.AppendTracker(tracker)
 		go pw.Render()
 		defer func() {

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -233,9 +234,9 @@ func simBackend(c *cli) (*sim.Backend, error) {
 }
 
 func parseSize(flag, s string) (int64, error) {
-	n, err := client.ParseSize(s)
+	n, err := bytesize.Parse(s)
 	if err != nil || n > 1<<50 {
-		return 0, fmt.Errorf("%s %q: want a size such as 16GiB (%s)", flag, s, client.SizeHelp)
+		return 0, fmt.Errorf("%s %q: want a size such as 16GiB (%s)", flag, s, bytesize.Help)
 	}
 	return n, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
@@ -35,8 +36,8 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 			held = f.requested
 		}
 		if held+req.SizeBytes > q {
-			return subjects.Allocation{}, Errorf(ErrQuotaExceeded, "tenant %s holds %d bytes on %s; %d more would pass its quota of %d bytes",
-				who.Tenant, held, d.id, req.SizeBytes, q)
+			return subjects.Allocation{}, Errorf(ErrQuotaExceeded, "tenant %s holds %s on %s; %s more would pass its quota of %s",
+				who.Tenant, bytesize.Format(held), d.id, bytesize.Format(req.SizeBytes), bytesize.Format(q))
 		}
 	}
 	kind := KindOf(req.AllocationType)
@@ -45,8 +46,8 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 			d.id, n, device.ErrOutOfMemory)
 	}
 	if kind != device.Pinned && req.SizeBytes > d.cfg.Info.TotalBytes {
-		return subjects.Allocation{}, fmt.Errorf("size_bytes %d exceeds the device's total memory of %d bytes: %w",
-			req.SizeBytes, d.cfg.Info.TotalBytes, device.ErrOutOfMemory)
+		return subjects.Allocation{}, fmt.Errorf("size_bytes %s exceeds the total memory of %s, %s: %w",
+			bytesize.Format(req.SizeBytes), d.id, bytesize.Format(d.cfg.Info.TotalBytes), device.ErrOutOfMemory)
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -61,8 +62,8 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 			return subjects.Allocation{}, err
 		}
 		if req.SizeBytes > u.AvailableBytes {
-			return subjects.Allocation{}, fmt.Errorf("%d bytes do not fit %s: %d are available (%d promised to reservations): %w",
-				req.SizeBytes, d.id, u.AvailableBytes, u.ReservationUnusedBytes, device.ErrOutOfMemory)
+			return subjects.Allocation{}, fmt.Errorf("%s do not fit %s: %s available (%s promised to reservations): %w",
+				bytesize.Format(req.SizeBytes), d.id, bytesize.Format(u.AvailableBytes), bytesize.Format(u.ReservationUnusedBytes), device.ErrOutOfMemory)
 		}
 	}
 	if kind == kindNone {
@@ -79,7 +80,7 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 		block, err = d.pools[kind].Alloc(ctx, req.SizeBytes, req.Alignment)
 	}
 	if err != nil {
-		return subjects.Allocation{}, fmt.Errorf("allocating %d bytes of %s on %s: %w", req.SizeBytes, req.AllocationType, d.id, err)
+		return subjects.Allocation{}, fmt.Errorf("allocating %s of %s on %s: %w", bytesize.Format(req.SizeBytes), req.AllocationType, d.id, err)
 	}
 	var handle []byte
 	if req.Export {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 )
@@ -50,7 +51,7 @@ func (d *Device) Lend(id string, target Target, mode string, who Who) (Lent, err
 		return Lent{}, fmt.Errorf("allocation %s is already being transferred: %w", a.idString(), ErrConflict)
 	}
 	if kind == device.VRAM && a.size > target.TotalBytes {
-		return Lent{}, fmt.Errorf("%d bytes do not fit %s (%d bytes in all): %w", a.size, target.DeviceID, target.TotalBytes, device.ErrOutOfMemory)
+		return Lent{}, fmt.Errorf("%s do not fit %s (%s in all): %w", bytesize.Format(a.size), target.DeviceID, bytesize.Format(target.TotalBytes), device.ErrOutOfMemory)
 	}
 	a.busy++
 	return Lent{Allocation: d.view(a), Loc: d.loc(a)}, nil
@@ -70,7 +71,7 @@ func (d *Device) Receive(ctx context.Context, src subjects.Allocation, t subject
 	kind := KindOf(t)
 	block, err := d.pools[kind].Alloc(ctx, src.SizeBytes, src.Alignment)
 	if err != nil {
-		return "", device.Location{}, fmt.Errorf("reserving %d bytes on %s: %w", src.SizeBytes, d.id, err)
+		return "", device.Location{}, fmt.Errorf("reserving %s on %s: %w", bytesize.Format(src.SizeBytes), d.id, err)
 	}
 	// The copy keeps the source's size, alignment, names, persistence and
 	// ttl; it is a new allocation of its own type, neither offloaded nor

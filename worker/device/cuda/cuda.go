@@ -12,6 +12,7 @@ import (
 
 	"gorgonia.org/cu"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/ledger"
 )
@@ -294,7 +295,7 @@ func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int
 			return 0, err
 		}
 		if size > mi.FreeBytes {
-			return 0, fmt.Errorf("device %d: %d of its %d-byte limit free, %d asked: %w", dev, mi.FreeBytes, mi.TotalBytes, size, device.ErrOutOfMemory)
+			return 0, fmt.Errorf("%s of its %s limit free, a %s segment asked: %w", bytesize.Format(mi.FreeBytes), bytesize.Format(mi.TotalBytes), bytesize.Format(size), device.ErrOutOfMemory)
 		}
 	}
 	var p cu.DevicePtr

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/ledger"
 )
@@ -158,11 +159,11 @@ func (b *Backend) Alloc(_ context.Context, dev int, kind device.Kind, size int64
 	sp := d.mem[kind]
 	if kind == device.Pinned {
 		if b.pinnedUsed+size > b.pinnedCap {
-			return 0, fmt.Errorf("pinned host memory: %d of %d bytes used, %d more asked: %w", b.pinnedUsed, b.pinnedCap, size, device.ErrOutOfMemory)
+			return 0, fmt.Errorf("pinned host memory: %s of %s used, a %s segment asked: %w", bytesize.Format(b.pinnedUsed), bytesize.Format(b.pinnedCap), bytesize.Format(size), device.ErrOutOfMemory)
 		}
 		b.pinnedUsed += size
 	} else if free := d.spec.TotalBytes - sp.used - d.others(); size > free {
-		return 0, fmt.Errorf("device %d: %d bytes free, %d asked: %w", dev, free, size, device.ErrOutOfMemory)
+		return 0, fmt.Errorf("%s free, a %s segment asked: %w", bytesize.Format(free), bytesize.Format(size), device.ErrOutOfMemory)
 	}
 	seg := &segment{addr: sp.next, size: size, chunks: map[int64][]byte{}}
 	sp.next += (uint64(size) + segmentAlign - 1) &^ (segmentAlign - 1)

@@ -1,4 +1,6 @@
-package client
+// Package bytesize reads and prints memory sizes in binary units, the one
+// rule memworker, memctl and their errors share.
+package bytesize
 
 import (
 	"fmt"
@@ -7,15 +9,15 @@ import (
 	"strings"
 )
 
-// SizeHelp states the rule ParseSize follows, for command-line help.
-const SizeHelp = "sizes are binary: 512M, 512MB and 512MiB all mean 512 MiB; a bare number is bytes"
+// Help states the rule Parse follows, for command-line help.
+const Help = "sizes are binary: 512M, 512MB and 512MiB all mean 512 MiB; a bare number is bytes"
 
-// ParseSize reads a memory size: a number (fractions allowed) and a unit
+// Parse reads a memory size: a number (fractions allowed) and a unit
 // of B, K, M, G, T or P, with or without a trailing B and an i, in any
 // letter case. GPU memory is counted in binary units, so every unit is a
 // power of 1024: 2G, 2GB and 2GiB are all 2 GiB (never the decimal 2e9 a
 // general-purpose parser reads from 2GB).
-func ParseSize(s string) (int64, error) {
+func Parse(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
 	num, unit := t, ""
@@ -30,7 +32,7 @@ func ParseSize(s string) (int64, error) {
 	exp := 0
 	if unit != "" {
 		if exp = strings.Index("KMGTP", unit) + 1; len(unit) != 1 || exp == 0 {
-			return 0, fmt.Errorf("size %q: unknown unit; %s", s, SizeHelp)
+			return 0, fmt.Errorf("size %q: unknown unit; %s", s, Help)
 		}
 	}
 	n := v * math.Pow(1024, float64(exp))
@@ -40,9 +42,9 @@ func ParseSize(s string) (int64, error) {
 	return int64(n), nil
 }
 
-// FormatSize prints n in binary units with the exact byte count, as in
+// Format prints n in binary units with the exact byte count, as in
 // "1.5 GiB (1610612736 bytes)".
-func FormatSize(n int64) string {
+func Format(n int64) string {
 	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
 	v, u := float64(n), 0
 	for v >= 1024 && u < len(units)-1 {
