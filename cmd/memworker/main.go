@@ -106,6 +106,7 @@ func main() {
 	log := newLogger(c.LogFormat, c.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	watchGoRun(ctx, stop, log)
 	if err := run(ctx, &c, log); err != nil {
 		log.Error("memworker stopped", "err", err)
 		os.Exit(exitFailed)
