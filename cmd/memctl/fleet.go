@@ -49,6 +49,9 @@ func (e *env) devicesOf(ids []string) (map[string][]string, error) {
 	if e.cli.Device != "" {
 		return map[string][]string{e.cli.Device: ids}, nil
 	}
+	if groups, ok := e.cachedDevicesOf(ids); ok {
+		return groups, nil
+	}
 	replies, err := e.perDevice(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit})
 	if err != nil {
 		return nil, err
@@ -63,6 +66,7 @@ func (e *env) devicesOf(ids []string) (map[string][]string, error) {
 		for _, a := range page.Allocations {
 			out[dev] = append(out[dev], a.AllocationID)
 			found[a.AllocationID] = true
+			e.ids.put(a.AllocationID, dev)
 		}
 	}
 	for _, id := range ids {
@@ -71,6 +75,28 @@ func (e *env) devicesOf(ids []string) (map[string][]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// cachedDevicesOf groups ids by the devices the cache names and asks each
+// of those devices directly whether it holds them; ok only when every id
+// is confirmed, else the caller asks the fleet.
+func (e *env) cachedDevicesOf(ids []string) (map[string][]string, bool) {
+	groups := map[string][]string{}
+	for _, id := range ids {
+		dev, ok := e.ids.Dev[id]
+		if !ok {
+			return nil, false
+		}
+		groups[dev] = append(groups[dev], id)
+	}
+	for dev, want := range groups {
+		var page subjects.AllocationsReply
+		if _, err := e.client.Do(e.ctx, subjects.GetAllocations, dev, subjects.AllocationsRequest{AllocationIDs: want, Limit: subjects.MaxPageLimit}, &page); err != nil || len(page.Allocations) != len(want) {
+			e.ids.forget(want...)
+			return nil, false
+		}
+	}
+	return groups, true
 }
 
 // roomiest is --device, or the fleet's device with the most available

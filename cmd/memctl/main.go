@@ -37,11 +37,12 @@ const (
 )
 
 type cli struct {
-	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
-	Server  string           `name:"server" short:"s" env:"NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s)."`
-	Device  string           `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
-	JSON    bool             `name:"json" help:"Print JSON instead of tables."`
-	Timeout time.Duration    `name:"timeout" default:"10s" help:"Request timeout."`
+	Version  kong.VersionFlag `name:"version" help:"Print the version and exit."`
+	Server   string           `name:"server" short:"s" env:"NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s)."`
+	Device   string           `name:"device" short:"d" env:"MEMCTL_DEVICE" help:"Device id (default: the only device of the fleet)."`
+	JSON     bool             `name:"json" help:"Print JSON instead of tables."`
+	Timeout  time.Duration    `name:"timeout" default:"10s" help:"Request timeout."`
+	CacheDir string           `name:"cache-dir" env:"MEMCTL_CACHE_DIR" help:"Where memctl remembers which device holds the allocations it made or found (default: the user's cache folder)."`
 	client.Flags
 
 	Status      statusCmd      `cmd:"" help:"Device status: usage, pool, pressure."`
@@ -71,6 +72,7 @@ type env struct {
 	tty    bool
 	in     io.Reader // a terminal to ask on; nil when there is none
 	stderr io.Writer // prompts, so --json output stays clean
+	ids    *idCache  // which device holds which allocation, a hint
 }
 
 // streams are the command's standard files.
@@ -161,6 +163,8 @@ func run(ctx context.Context, args []string, std streams) int {
 	cl := client.New(nc)
 	cl.Timeout = c.Timeout
 	e := &env{ctx: ctx, cli: &c, nc: nc, client: cl, out: stdout, tty: std.tty && !c.JSON, in: std.in, stderr: stderr}
+	e.ids = loadIDCache(c.CacheDir)
+	defer e.ids.save()
 	if err := kctx.Run(e); err != nil {
 		fmt.Fprintln(stderr, "memctl:", describe(err, e))
 		return codeOf(err)

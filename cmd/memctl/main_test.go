@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,8 +28,9 @@ const GiB = int64(1) << 30
 // fixture runs an embedded server and a worker with devices of 1 GiB each,
 // and memctl against them.
 type fixture struct {
-	t   *testing.T
-	url string
+	t     *testing.T
+	url   string
+	cache string // memctl's --cache-dir
 }
 
 func newFixture(t *testing.T, devices int) *fixture {
@@ -58,7 +62,7 @@ func newFixture(t *testing.T, devices int) *fixture {
 	wg.Go(func() { _ = w.Run(ctx, nc) })
 	t.Cleanup(func() { cancel(); wg.Wait(); nc.Close() })
 	<-w.Ready()
-	return &fixture{t: t, url: srv.ClientURL()}
+	return &fixture{t: t, url: srv.ClientURL(), cache: t.TempDir()}
 }
 
 // memctl runs the CLI and returns its exit code, stdout and stderr.
@@ -71,7 +75,7 @@ func (f *fixture) memctl(args ...string) (int, string, string) {
 func (f *fixture) memctlOnTerminal(in io.Reader, args ...string) (int, string, string) {
 	f.t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s"}, args...), streams{in: in, out: &out, err: &errb})
+	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s", "--cache-dir", f.cache}, args...), streams{in: in, out: &out, err: &errb})
 	return code, out.String(), errb.String()
 }
 
@@ -324,5 +328,66 @@ func TestTransferBarSpeaksBinaryUnits(t *testing.T) {
 	// The bar (a terminal) and the summary use one unit system.
 	if !strings.Contains(out.String(), "300 MiB") || regexp.MustCompile(`[0-9.]+ ?[KMGT]B\b`).MatchString(out.String()) {
 		t.Errorf("transfer --follow on a terminal printed decimal units or no size:\n%s", out.String())
+	}
+}
+
+func TestAllocationDevicesAreRememberedNotTrusted(t *testing.T) {
+	f := newFixture(t, 2)
+	nc, err := nats.Connect(f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var fleetLookups atomic.Int32
+	sub, err := nc.Subscribe("memory.get_allocations.all", func(*nats.Msg) { fleetLookups.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cached := func() map[string]string {
+		var c idCache
+		b, _ := os.ReadFile(filepath.Join(f.cache, "ids.json"))
+		_ = json.Unmarshal(b, &c)
+		return c.Dev
+	}
+
+	// alloc remembers where it allocated; free asks that device, not the fleet.
+	a := strings.Fields(f.ok("-d", "n1-gpu1", "alloc", "64MiB", "--ttl", "1m"))[0]
+	if got := cached()[a]; got != "n1-gpu1" {
+		t.Fatalf("after alloc the cache says %q holds %s", got, a)
+	}
+	f.ok("renew", a)
+	f.ok("free", a)
+	if n := fleetLookups.Load(); n != 0 {
+		t.Errorf("renew and free of a remembered allocation made %d fleet lookups", n)
+	}
+	if _, ok := cached()[a]; ok {
+		t.Error("a freed allocation stays in the cache")
+	}
+
+	// A wrong hint is checked and corrected by a fleet lookup.
+	b := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "64MiB"))[0]
+	c := loadIDCache(f.cache)
+	c.put(b, "n1-gpu1")
+	c.save()
+	if out := f.ok("free", b); !strings.Contains(out, "freed 1 allocation") {
+		t.Errorf("free with a stale hint: %q", out)
+	}
+	if n := fleetLookups.Load(); n != 1 {
+		t.Errorf("a stale hint made %d fleet lookups, want 1", n)
+	}
+
+	// A cache folder that cannot be written costs nothing but the lookup.
+	blocked := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocked, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	args := []string{"--server", f.url, "--cache-dir", filepath.Join(blocked, "sub"), "-d", "n1-gpu0", "alloc", "1MiB"}
+	if code := run(context.Background(), args, streams{out: &out, err: &errb}); code != exitOK {
+		t.Errorf("alloc with an unwritable cache: exit %d %s", code, errb.String())
 	}
 }

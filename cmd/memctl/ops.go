@@ -61,6 +61,7 @@ func (a *allocCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	e.ids.put(out.AllocationID, out.DeviceID)
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
@@ -91,6 +92,7 @@ func (f *freeCmd) Run(e *env) error {
 		}
 		out.DeallocatedIDs = append(out.DeallocatedIDs, r.DeallocatedIDs...)
 		out.FreedBytes += r.FreedBytes
+		e.ids.forget(r.DeallocatedIDs...)
 	}
 	if e.cli.JSON {
 		return e.printJSON(out)

@@ -47,6 +47,12 @@ func (c *transferCmd) Run(e *env) error {
 			return err
 		}
 	}
+	if st.DestinationAllocationID != "" {
+		e.ids.put(st.DestinationAllocationID, st.TargetDeviceID)
+	}
+	if c.Move && st.Status == subjects.TransferCompleted {
+		e.ids.forget(c.ID)
+	}
 	if e.cli.JSON {
 		return e.printJSON(st)
 	}
