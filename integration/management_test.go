@@ -137,6 +137,9 @@ func TestTransferCopiesAndMovesContent(t *testing.T) {
 		done.DestinationAllocationID == "" || done.StartedAt == nil || done.CompletedAt == nil || done.ThroughputBytesPerSecond <= 0 {
 		t.Fatalf("finished transfer %+v", done)
 	}
+	if done.CopySeconds <= 0 || done.CopyThroughputBytesPerSecond < done.ThroughputBytesPerSecond {
+		t.Errorf("phases of %+v: the copy alone is at least as fast as end to end", done)
+	}
 	checkContent(t, h, "n1-gpu1", done.DestinationAllocationID, 42)
 	checkContent(t, h, "n1-gpu0", a.AllocationID, 42) // a copy leaves the source
 	var dest subjects.Allocation

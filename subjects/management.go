@@ -62,13 +62,21 @@ type TransferStatus struct {
 	BytesTotal               int64          `json:"bytes_total"`
 	BytesDone                int64          `json:"bytes_done"`
 	ThroughputBytesPerSecond float64        `json:"throughput_bytes_per_second"`
-	Verified                 bool           `json:"verified"`
-	Checksum                 string         `json:"checksum,omitempty"`
-	CreatedAt                time.Time      `json:"created_at"`
-	StartedAt                *time.Time     `json:"started_at,omitempty"`
-	CompletedAt              *time.Time     `json:"completed_at,omitempty"`
-	ErrorCode                Code           `json:"error_code,omitempty"`
-	ErrorMessage             string         `json:"error_message,omitempty"`
+	// The phases of a transfer: setup (reserving the destination), the copy,
+	// and the verification left after the copy (checksums run alongside
+	// it); copy throughput is bytes over copy seconds, the copy engine's
+	// rate, where throughput_bytes_per_second runs from created_at.
+	SetupSeconds                 float64    `json:"setup_seconds"`
+	CopySeconds                  float64    `json:"copy_seconds"`
+	VerifySeconds                float64    `json:"verify_seconds"`
+	CopyThroughputBytesPerSecond float64    `json:"copy_throughput_bytes_per_second"`
+	Verified                     bool       `json:"verified"`
+	Checksum                     string     `json:"checksum,omitempty"`
+	CreatedAt                    time.Time  `json:"created_at"`
+	StartedAt                    *time.Time `json:"started_at,omitempty"`
+	CompletedAt                  *time.Time `json:"completed_at,omitempty"`
+	ErrorCode                    Code       `json:"error_code,omitempty"`
+	ErrorMessage                 string     `json:"error_message,omitempty"`
 }
 
 // GetTransferRequest is get_transfer's payload, sent on the source device's

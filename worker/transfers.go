@@ -3,10 +3,7 @@ package worker
 import (
 	"container/list"
 	"context"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"strings"
 	"sync"
@@ -39,6 +36,9 @@ type job struct {
 	lent     ledger.Lent
 	verify   bool
 	tenant   string // whose transfer it is ("" the operator's)
+
+	copyStart time.Time // guarded by mu: when the copy phase began
+	copyEnded bool      // guarded by mu: status.CopySeconds is final
 }
 
 // snapshot returns the job's status with progress filled in.
@@ -52,9 +52,16 @@ func (j *job) snapshot(now time.Time) subjects.TransferStatus {
 		if s.CompletedAt != nil {
 			end = *s.CompletedAt
 		}
-		if secs := end.Sub(*s.StartedAt).Seconds(); secs > 0 {
+		// End to end: from the request (queueing, setup, copy, verify).
+		if secs := end.Sub(s.CreatedAt).Seconds(); secs > 0 {
 			s.ThroughputBytesPerSecond = float64(s.BytesDone) / secs
 		}
+	}
+	if !j.copyStart.IsZero() && !j.copyEnded {
+		s.CopySeconds = now.Sub(j.copyStart).Seconds()
+	}
+	if s.CopySeconds > 0 {
+		s.CopyThroughputBytesPerSecond = float64(s.BytesDone) / s.CopySeconds
 	}
 	return s
 }
@@ -221,68 +228,60 @@ func (w *Worker) runTransfer(ctx context.Context, j *job) {
 		w.finish(ctx, j, "", err)
 		return
 	}
-	j.update(func(s *subjects.TransferStatus) { s.DestinationAllocationID = destID })
+	copyStart := time.Now().UTC()
+	j.update(func(s *subjects.TransferStatus) {
+		s.DestinationAllocationID = destID
+		s.SetupSeconds = copyStart.Sub(started).Seconds()
+		j.copyStart = copyStart
+	})
 
 	// Copy without holding either device: both allocations are busy, so
 	// nothing moves or frees them.
-	err = w.copyChunks(ctx, j, dstLoc)
-	if err == nil && j.verify {
-		err = w.verifyCopy(ctx, j, dstLoc)
-	}
-	w.finish(ctx, j, destID, err)
+	w.finish(ctx, j, destID, w.copyChunks(ctx, j, dstLoc))
 }
 
+// copyChunks copies the allocation a chunk at a time, so progress moves,
+// and with --verify checksums each chunk while the next one copies.
 func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) error {
+	var v *verifier
+	if j.verify {
+		v = w.startVerifier(ctx, j.lent.Loc, dst)
+	}
+	var err error
 	n := j.lent.Allocation.SizeBytes
-	for off := int64(0); off < n; off += transferChunk {
+	for off := int64(0); off < n && err == nil; off += transferChunk {
 		m := min(transferChunk, n-off)
 		s, d := j.lent.Loc, dst
 		s.Addr += uint64(off)
 		d.Addr += uint64(off)
-		if err := w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
-			return fmt.Errorf("copying bytes %d..%d: %w", off, off+m, err)
+		if err = w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
+			err = fmt.Errorf("copying bytes %d..%d: %w", off, off+m, err)
+			break
 		}
 		j.bytesDone.Add(m)
-	}
-	return nil
-}
-
-// verifyCopy compares CRC-32C checksums of the source and the copy.
-func (w *Worker) verifyCopy(ctx context.Context, j *job, dst device.Location) error {
-	src, err := w.checksum(ctx, j.lent.Loc, j.lent.Allocation.SizeBytes)
-	if err != nil {
-		return err
-	}
-	got, err := w.checksum(ctx, dst, j.lent.Allocation.SizeBytes)
-	if err != nil {
-		return err
-	}
-	if src != got {
-		return fmt.Errorf("verification failed: source checksum %s, copy %s: %w", src, got, errVerify)
-	}
-	j.update(func(s *subjects.TransferStatus) { s.Verified, s.Checksum = true, "crc32c:"+src })
-	return nil
-}
-
-var errVerify = errors.New("checksum mismatch")
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func (w *Worker) checksum(ctx context.Context, at device.Location, n int64) (string, error) {
-	buf := make([]byte, min(n, verifyChunk))
-	var sum uint32
-	for off := int64(0); off < n; off += int64(len(buf)) {
-		p := buf[:min(int64(len(buf)), n-off)]
-		loc := at
-		loc.Addr += uint64(off)
-		if err := w.cfg.Backend.Read(ctx, loc, p); err != nil {
-			return "", fmt.Errorf("reading for checksum: %w", err)
+		if v != nil {
+			v.spans <- span{off, m}
 		}
-		sum = crc32.Update(sum, castagnoli, p)
 	}
-	var b [4]byte
-	b[0], b[1], b[2], b[3] = byte(sum>>24), byte(sum>>16), byte(sum>>8), byte(sum)
-	return hex.EncodeToString(b[:]), nil
+	copyEnd := time.Now().UTC()
+	j.update(func(s *subjects.TransferStatus) {
+		s.CopySeconds = copyEnd.Sub(j.copyStart).Seconds()
+		j.copyEnded = true
+	})
+	if v == nil {
+		return err
+	}
+	sum, verr := v.result()
+	if err != nil {
+		return err
+	}
+	j.update(func(s *subjects.TransferStatus) {
+		s.VerifySeconds = time.Since(copyEnd).Seconds()
+		if verr == nil {
+			s.Verified, s.Checksum = true, "crc32c:"+sum
+		}
+	})
+	return verr
 }
 
 // finish settles a job: on success, a move frees the source; on failure the

@@ -1,0 +1,98 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/sim"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// corrupting copies like the sim, then flips a byte in the middle of each
+// copied chunk when flip is set.
+type corrupting struct {
+	*sim.Backend
+	flip bool
+}
+
+func (c *corrupting) Copy(ctx context.Context, dst, src device.Location, n int64) error {
+	if err := c.Backend.Copy(ctx, dst, src, n); err != nil || !c.flip {
+		return err
+	}
+	at := dst
+	at.Addr += uint64(n / 2)
+	b := make([]byte, 1)
+	if err := c.Backend.Read(ctx, at, b); err != nil {
+		return err
+	}
+	b[0] ^= 0xff
+	return c.Backend.Write(ctx, at, b)
+}
+
+// runOneTransfer asks for a verified copy of a fresh allocation of size
+// bytes to pinned host memory and runs the job as a runner would.
+func runOneTransfer(t *testing.T, w *Worker, b *sim.Backend, size int64) subjects.TransferStatus {
+	t.Helper()
+	ctx := context.Background()
+	g := w.gpus[0]
+	a, err := g.Allocate(ctx, &subjects.AllocateRequest{SizeBytes: size}, ledger.Origin{}, ledger.Who{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := make([]byte, size)
+	for i := range pattern {
+		pattern[i] = byte(i * 7)
+	}
+	loc, _, err := w.Locate(g.ID(), a.AllocationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Write(ctx, loc, pattern); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.transfer(ctx, g, &subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: true, Mode: subjects.ModeCopy}); err != nil {
+		t.Fatal(err)
+	}
+	j := <-w.transfers.queue
+	w.runTransfer(ctx, j)
+	return j.snapshot(j.status.CreatedAt)
+}
+
+func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		corrupt bool
+	}{
+		{"a good copy is verified", false},
+		{"a corrupt chunk fails the transfer", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, b := testWorker(t, "v1", func(c *Config) {
+				c.Backend = &corrupting{Backend: c.Backend.(*sim.Backend), flip: tc.corrupt}
+				c.Logger = slog.New(slog.DiscardHandler)
+			})
+			// Three chunks and a bit: spans reach the verifier in order.
+			st := runOneTransfer(t, w, b, 3*transferChunk+4099)
+			if tc.corrupt {
+				if st.Status != subjects.TransferFailed || st.ErrorCode != subjects.CodeInternal || st.Verified || st.DestinationAllocationID != "" {
+					t.Fatalf("corrupt copy: %+v", st)
+				}
+				if page := w.gpus[0].Allocations(&subjects.AllocationsRequest{AllocationType: subjects.Pinned}, ledger.Who{}); page.TotalCount != 0 {
+					t.Errorf("the failed copy left %d pinned allocations", page.TotalCount)
+				}
+				return
+			}
+			if st.Status != subjects.TransferCompleted || !st.Verified || st.Checksum == "" {
+				t.Fatalf("good copy: %+v", st)
+			}
+			if st.CopySeconds <= 0 || st.SetupSeconds < 0 || st.VerifySeconds < 0 ||
+				st.CopyThroughputBytesPerSecond < st.ThroughputBytesPerSecond {
+				t.Errorf("phases: setup %v copy %v verify %v, copy rate %v below end-to-end %v",
+					st.SetupSeconds, st.CopySeconds, st.VerifySeconds, st.CopyThroughputBytesPerSecond, st.ThroughputBytesPerSecond)
+			}
+		})
+	}
+}
