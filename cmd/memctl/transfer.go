@@ -60,6 +60,13 @@ func (c *transferCmd) Run(e *env) error {
 	if st.ThroughputBytesPerSecond > 0 {
 		fmt.Fprintf(e.out, " at %s/s", size(int64(st.ThroughputBytesPerSecond)))
 	}
+	if st.CopyThroughputBytesPerSecond > 0 {
+		fmt.Fprintf(e.out, " (copy %s/s", size(int64(st.CopyThroughputBytesPerSecond)))
+		if st.Verified {
+			fmt.Fprintf(e.out, ", verify +%.2f s", st.VerifySeconds)
+		}
+		fmt.Fprint(e.out, ")")
+	}
 	if st.DestinationAllocationID != "" {
 		fmt.Fprintf(e.out, ", destination %s on %s", st.DestinationAllocationID, st.TargetDeviceID)
 	}
