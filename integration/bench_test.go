@@ -176,3 +176,55 @@ func BenchmarkThroughImport(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTransferVerify measures transfers of one allocation to pinned
+// host memory, end to end at the client (request to completed), without
+// and with verify, alternating in the same run, and reports the medians
+// and the ratio. BENCH_TRANSFER_BYTES sets the size (default 256 MiB;
+// the GPU pass uses 8 GiB).
+func BenchmarkTransferVerify(b *testing.B) {
+	size := int64(256 * MiB)
+	if s := os.Getenv("BENCH_TRANSFER_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &size); err != nil {
+			b.Fatalf("BENCH_TRANSFER_BYTES %q: %v", s, err)
+		}
+	}
+	srv := startServer(b)
+	h := startWorker(b, srv, "n1", withDevices(1, 4*size))
+	nc := connect(b, srv)
+	var a subjects.Allocation
+	call(b, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: size}, &a)
+	// Real content, so no backend can copy or read nothing.
+	loc, n, err := h.Locate("n1-gpu0", a.AllocationID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := h.dev.Write(context.Background(), loc, pattern(7, n)); err != nil {
+		b.Fatal(err)
+	}
+	rates := map[bool][]float64{}
+	copyRates := map[bool][]float64{}
+	for b.Loop() {
+		for _, verify := range []bool{false, true} {
+			start := time.Now()
+			var st subjects.TransferStatus
+			call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: verify}, &st)
+			done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
+			secs := time.Since(start).Seconds()
+			if done.Status != subjects.TransferCompleted || done.Verified != verify {
+				b.Fatalf("transfer %+v", done)
+			}
+			rates[verify] = append(rates[verify], float64(size)/secs/1e9)
+			copyRates[verify] = append(copyRates[verify], done.CopyThroughputBytesPerSecond/1e9)
+			b.StopTimer()
+			call(b, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: done.DestinationAllocationID}, nil)
+			b.StartTimer()
+		}
+	}
+	median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	plain, verified := median(rates[false]), median(rates[true])
+	b.ReportMetric(plain, "GB/s")
+	b.ReportMetric(verified, "verify-GB/s")
+	b.ReportMetric(verified/plain, "verify-ratio")
+	b.ReportMetric(median(copyRates[false]), "copy-GB/s")
+}

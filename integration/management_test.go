@@ -102,7 +102,7 @@ func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
 }
 
 // waitTransfer polls get_transfer until the job ends.
-func waitTransfer(t *testing.T, nc *nats.Conn, dev, id string) subjects.TransferStatus {
+func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.TransferStatus {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -260,7 +260,7 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 		}
 		j.bytesDone.Add(m)
 		if v != nil {
-			v.spans <- span{off, m}
+			v.add(span{off, m})
 		}
 	}
 	copyEnd := time.Now().UTC()

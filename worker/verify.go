@@ -18,39 +18,51 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type span struct{ off, n int64 }
 
 // verifier checksums a transfer's source and copy chunk by chunk while the
-// next chunks copy, so --verify costs the tail of the last chunk rather
-// than a second pass over the whole allocation. Spans must arrive in
-// order (CRC-32C is updated sequentially). Its owner sends spans, closes
-// spans and receives the result from done.
+// next chunks copy, so verify costs the tail of the last chunk rather than
+// a second pass over the whole allocation. Two summers, one per side, read
+// and sum at once (on a GPU the copy side is often host memory, read
+// without the device). Spans must arrive in order (CRC-32C is updated
+// sequentially). Its owner sends spans, then calls result, which waits
+// for both summers.
 type verifier struct {
-	spans chan span
-	done  chan verifyResult
+	src, dst *summer
 }
 
-type verifyResult struct {
-	src, dst uint32
-	err      error
+// summer keeps the running CRC-32C of one side.
+type summer struct {
+	spans chan span
+	done  chan summed
+}
+
+type summed struct {
+	sum uint32
+	err error
 }
 
 func (w *Worker) startVerifier(ctx context.Context, src, dst device.Location) *verifier {
-	v := &verifier{spans: make(chan span, 4), done: make(chan verifyResult, 1)}
+	return &verifier{src: w.startSummer(ctx, src), dst: w.startSummer(ctx, dst)}
+}
+
+func (w *Worker) startSummer(ctx context.Context, at device.Location) *summer {
+	s := &summer{spans: make(chan span, 4), done: make(chan summed, 1)}
 	go func() {
-		var r verifyResult
+		var r summed
 		buf := make([]byte, verifyChunk)
-		for sp := range v.spans {
-			if r.err != nil {
-				continue // drain, so the copier never blocks
-			}
+		for sp := range s.spans {
 			for off := sp.off; off < sp.off+sp.n && r.err == nil; off += verifyChunk {
-				p := buf[:min(verifyChunk, sp.off+sp.n-off)]
-				if r.src, r.err = w.updateSum(ctx, r.src, src, off, p); r.err == nil {
-					r.dst, r.err = w.updateSum(ctx, r.dst, dst, off, p)
-				}
+				r.sum, r.err = w.updateSum(ctx, r.sum, at, off, buf[:min(verifyChunk, sp.off+sp.n-off)])
 			}
+			// After an error the loop only drains, so the copier never blocks.
 		}
-		v.done <- r
+		s.done <- r
 	}()
-	return v
+	return s
+}
+
+// add hands a copied span to both summers.
+func (v *verifier) add(sp span) {
+	v.src.spans <- sp
+	v.dst.spans <- sp
 }
 
 // updateSum reads len(p) bytes at off from at into p and adds them to sum.
@@ -62,18 +74,19 @@ func (w *Worker) updateSum(ctx context.Context, sum uint32, at device.Location, 
 	return crc32.Update(sum, castagnoli, p), nil
 }
 
-// result waits for the verifier and compares the sums; checksum is the
+// result waits for both summers and compares the sums; checksum is the
 // source's, as the reply shows it.
 func (v *verifier) result() (checksum string, err error) {
-	close(v.spans)
-	r := <-v.done
-	if r.err != nil {
-		return "", r.err
+	close(v.src.spans)
+	close(v.dst.spans)
+	src, dst := <-v.src.done, <-v.dst.done
+	if err := errors.Join(src.err, dst.err); err != nil {
+		return "", err
 	}
-	if r.src != r.dst {
-		return "", fmt.Errorf("verification failed: source checksum %s, copy %s: %w", hexSum(r.src), hexSum(r.dst), errVerify)
+	if src.sum != dst.sum {
+		return "", fmt.Errorf("verification failed: source checksum %s, copy %s: %w", hexSum(src.sum), hexSum(dst.sum), errVerify)
 	}
-	return hexSum(r.src), nil
+	return hexSum(src.sum), nil
 }
 
 func hexSum(sum uint32) string {
