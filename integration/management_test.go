@@ -104,7 +104,7 @@ func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
 // waitTransfer polls get_transfer until the job ends.
 func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.TransferStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var st subjects.TransferStatus
 		call(t, nc, subjects.GetTransfer, dev, subjects.GetTransferRequest{TransferID: id}, &st)
