@@ -19,10 +19,10 @@ import (
 
 // Transfer tuning.
 const (
-	transferChunk    = 64 << 20 // bytes per backend copy, so progress moves
-	verifyChunk      = 4 << 20  // bytes read at a time for checksums
-	transferQueueLen = 1024     // jobs waiting for a runner
-	transferRunners  = 4        // jobs running at once
+	transferChunk    = 64 << 20      // bytes per backend copy, so progress moves
+	verifyChunk      = transferChunk // bytes read at a time for checksums, summed on several cores (crc.go)
+	transferQueueLen = 1024          // jobs waiting for a runner
+	transferRunners  = 4             // jobs running at once
 )
 
 // job is one transfer. Its status is guarded by mu; bytesDone is read

@@ -71,7 +71,7 @@ func (w *Worker) updateSum(ctx context.Context, sum uint32, at device.Location, 
 	if err := w.cfg.Backend.Read(ctx, at, p); err != nil {
 		return sum, fmt.Errorf("reading for checksum: %w", err)
 	}
-	return crc32.Update(sum, castagnoli, p), nil
+	return crcUpdate(sum, p), nil
 }
 
 // result waits for both summers and compares the sums; checksum is the
