@@ -7,6 +7,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/dustin/go-humanize"
 )
 
 // Help states the rule Parse follows, for command-line help.
@@ -43,16 +45,11 @@ func Parse(s string) (int64, error) {
 }
 
 // Format prints n in binary units with the exact byte count, as in
-// "1.5 GiB (1610612736 bytes)".
+// "1.5 GiB (1610612736 bytes)", using the same rounding as memctl's tables
+// (go-humanize's IBytes).
 func Format(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	v, u := float64(n), 0
-	for v >= 1024 && u < len(units)-1 {
-		v /= 1024
-		u++
-	}
-	if u == 0 {
+	if n < 1024 {
 		return fmt.Sprintf("%d B", n)
 	}
-	return fmt.Sprintf("%s %s (%d bytes)", strconv.FormatFloat(math.Round(v*100)/100, 'f', -1, 64), units[u], n)
+	return fmt.Sprintf("%s (%d bytes)", humanize.IBytes(uint64(n)), n)
 }

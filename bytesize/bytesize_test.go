@@ -24,7 +24,7 @@ func TestParse(t *testing.T) {
 
 func TestFormat(t *testing.T) {
 	for n, want := range map[int64]string{
-		512: "512 B", 1 << 30: "1 GiB (1073741824 bytes)", 3 << 29: "1.5 GiB (1610612736 bytes)",
+		512: "512 B", 1 << 30: "1.0 GiB (1073741824 bytes)", 3 << 29: "1.5 GiB (1610612736 bytes)",
 	} {
 		if got := bytesize.Format(n); got != want {
 			t.Errorf("Format(%d) = %q, want %q", n, got, want)

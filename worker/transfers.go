@@ -249,7 +249,7 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 	}
 	var err error
 	n := j.lent.Allocation.SizeBytes
-	for off := int64(0); off < n && err == nil; off += transferChunk {
+	for off := int64(0); off < n; off += transferChunk {
 		m := min(transferChunk, n-off)
 		s, d := j.lent.Loc, dst
 		s.Addr += uint64(off)
