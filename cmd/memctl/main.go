@@ -22,6 +22,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/nats-io/nats.go"
 	"github.com/willabides/kongplete"
+	"golang.org/x/term"
 
 	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
@@ -245,7 +246,6 @@ func (e *env) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
+// isTerminal reports whether f is a terminal (not merely a character
+// device: /dev/null is one too, and nobody answers a prompt there).
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

@@ -391,3 +391,16 @@ func TestAllocationDevicesAreRememberedNotTrusted(t *testing.T) {
 		t.Errorf("alloc with an unwritable cache: exit %d %s", code, errb.String())
 	}
 }
+
+// /dev/null is a character device but not a terminal: clear must not ask
+// a question there that nobody answers.
+func TestDevNullIsNotATerminal(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Error("isTerminal(/dev/null) = true")
+	}
+}
