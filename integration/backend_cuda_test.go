@@ -7,8 +7,13 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
+	"unsafe"
+
+	"gorgonia.org/cu"
 
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/cuda"
@@ -69,4 +74,43 @@ func peerWrite(t testing.TB, _ testBackend, handle []byte, offset int64, data []
 		t.Fatalf("CuPy peer process: %v\n%s", err, out)
 	}
 	t.Logf("CuPy peer process: %s", strings.TrimSpace(string(out)))
+}
+
+// rawCopies times the driver copying each of locs (size bytes each) to
+// page-locked host memory allocated beforehand (cuMemHostAlloc) and back,
+// one synchronous cuMemcpyDtoH/HtoD per allocation: the reference the host
+// path benchmarks compare against.
+func rawCopies(tb testing.TB, b testBackend, locs []device.Location, size int64) (d2h, h2d time.Duration) {
+	tb.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	dev, err := cu.GetDevice(locs[0].Device)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, err := dev.RetainPrimaryCtx()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer dev.ReleasePrimaryCtx()
+	if err := cu.SetCurrentContext(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	host, err := cuda.HostAlloc(size * int64(len(locs)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cu.MemFreeHost(host)
+	each := func(f func(i int, h unsafe.Pointer) error) time.Duration {
+		start := time.Now()
+		for i := range locs {
+			if err := f(i, unsafe.Add(host, int64(i)*size)); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+	d2h = each(func(i int, h unsafe.Pointer) error { return cu.MemcpyDtoH(h, cu.DevicePtr(locs[i].Addr), size) })
+	h2d = each(func(i int, h unsafe.Pointer) error { return cu.MemcpyHtoD(cu.DevicePtr(locs[i].Addr), h, size) })
+	return d2h, h2d
 }

@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -41,4 +42,31 @@ func peerWrite(t testing.TB, b testBackend, handle []byte, offset int64, data []
 	if err := b.Write(context.Background(), loc, data); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rawCopies times the backend copying each of locs (size bytes each) to
+// pinned host memory it holds beforehand, and back: the reference the
+// host path benchmarks compare against.
+func rawCopies(tb testing.TB, b testBackend, locs []device.Location, size int64) (d2h, h2d time.Duration) {
+	tb.Helper()
+	ctx := context.Background()
+	sb := b.(*sim.Backend)
+	host, err := sb.Alloc(ctx, 0, device.Pinned, size*int64(len(locs)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sb.Free(ctx, 0, device.Pinned, host)
+	each := func(f func(i int, h device.Location) error) time.Duration {
+		start := time.Now()
+		for i := range locs {
+			h := device.Location{Kind: device.Pinned, Addr: host + uint64(i)*uint64(size)}
+			if err := f(i, h); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+	d2h = each(func(i int, h device.Location) error { return sb.Copy(ctx, h, locs[i], size) })
+	h2d = each(func(i int, h device.Location) error { return sb.Copy(ctx, locs[i], h, size) })
+	return d2h, h2d
 }

@@ -32,34 +32,10 @@ func TestMetricsAgreeWithGetUsage(t *testing.T) {
 	var u subjects.Usage
 	call(t, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
 
-	web := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	defer web.Close()
-	resp, err := http.Get(web.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	families := scrape(t, reg)
 	value := func(name string, labels map[string]string) float64 {
 		t.Helper()
-		f, ok := families[name]
-		if !ok {
-			t.Fatalf("no metric %s", name)
-		}
-		for _, m := range f.Metric {
-			if matchLabels(m, labels) {
-				if m.Gauge != nil {
-					return m.Gauge.GetValue()
-				}
-				return m.Counter.GetValue()
-			}
-		}
-		t.Fatalf("no %s with %v", name, labels)
-		return 0
+		return metricValue(t, families, name, labels)
 	}
 	dev := map[string]string{"node": "n1", "device_id": "n1-gpu0"}
 	for name, want := range map[string]int64{
@@ -92,6 +68,43 @@ func TestMetricsAgreeWithGetUsage(t *testing.T) {
 	if _, ok := families["memworker_request_duration_seconds"]; !ok {
 		t.Error("no latency histogram")
 	}
+}
+
+// scrape reads reg through its HTTP handler, as Prometheus would.
+func scrape(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
+	t.Helper()
+	web := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer web.Close()
+	resp, err := http.Get(web.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return families
+}
+
+// metricValue is the value of the gauge or counter name with labels.
+func metricValue(t *testing.T, families map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	t.Helper()
+	f, ok := families[name]
+	if !ok {
+		t.Fatalf("no metric %s", name)
+	}
+	for _, m := range f.Metric {
+		if matchLabels(m, labels) {
+			if m.Gauge != nil {
+				return m.Gauge.GetValue()
+			}
+			return m.Counter.GetValue()
+		}
+	}
+	t.Fatalf("no %s with %v", name, labels)
+	return 0
 }
 
 func matchLabels(m *dto.Metric, want map[string]string) bool {

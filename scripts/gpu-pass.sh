@@ -2,14 +2,14 @@
 # The GPU machine's test and bench pass. Build first with
 # scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
-# picked: scripts/gpu-pass.sh cuda integration bench
+# picked: scripts/gpu-pass.sh cuda integration hostpath bench
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
 tar -C "$work" -xzf bin/cuda.tgz
 cd "$work/cuda"
-steps=${*:-cuda integration bench}
+steps=${*:-cuda integration hostpath bench}
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 lscpu >"$out/lscpu.txt" 2>&1
 step() { # name command...: run, keep the output, note the exit status
@@ -23,6 +23,11 @@ for s in $steps; do
 	case $s in
 	cuda) step cuda-test ./cuda.test -test.v -test.count 1 -test.bench . -test.benchmem ;;
 	integration) step integration ./integration.test -test.v -test.count 1 -test.timeout 8m -test.bench PressureEventLatency ;;
+	hostpath) # P15: pinning, pipelined copies, offload/restore and transfers to the host against raw
+		step pin-copy env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run 'Pipelined|CopiesKeepContent' -test.v -test.bench 'Pin|ColdD2H|Copy$' -test.benchtime 3x
+		step offload-restore env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
+		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost|TransferVerify' -test.benchtime 3x
+		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
 		step membench-sim ./membench

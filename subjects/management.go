@@ -178,6 +178,18 @@ type ModelOptimizeReply struct {
 	EstimatedDurationSeconds float64             `json:"estimated_duration_seconds"`
 	MemoryFreedBytes         int64               `json:"memory_freed_bytes"`
 	OptimizationDetails      OptimizationDetails `json:"optimization_details"`
+	// The phases of an offload or restore, as get_transfer has them:
+	// BytesMoved were copied; SetupSeconds went to reserving their
+	// destinations, CopySeconds to copying, ReleaseSeconds to returning
+	// the emptied device memory (offload). ThroughputBytesPerSecond is
+	// BytesMoved over the whole request (EstimatedDurationSeconds, which
+	// is the time it took), CopyThroughputBytesPerSecond over CopySeconds.
+	BytesMoved                   int64   `json:"bytes_moved"`
+	SetupSeconds                 float64 `json:"setup_seconds"`
+	CopySeconds                  float64 `json:"copy_seconds"`
+	ReleaseSeconds               float64 `json:"release_seconds"`
+	ThroughputBytesPerSecond     float64 `json:"throughput_bytes_per_second"`
+	CopyThroughputBytesPerSecond float64 `json:"copy_throughput_bytes_per_second"`
 }
 
 // OptimizationDetails says what model_optimize did.

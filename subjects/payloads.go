@@ -160,7 +160,27 @@ type Usage struct {
 	PressureRatio          float64 `json:"pressure_ratio"`
 	// ByPurpose splits allocated bytes by the purpose given at allocate.
 	ByPurpose []PurposeUsage `json:"by_purpose"`
-	SampledAt time.Time      `json:"sampled_at"`
+	// PinnedPool is the host's page-locked memory, shared by its devices.
+	PinnedPool *PinnedPool `json:"pinned_pool,omitempty"`
+	SampledAt  time.Time   `json:"sampled_at"`
+}
+
+// PinnedPool is the host's pool of page-locked memory, which offloads and
+// transfers to the host copy into: kept and reused, so only the first use
+// of memory pays for page-locking it.
+type PinnedPool struct {
+	// PinnedBytes is page-locked host memory the pool holds; InUseBytes
+	// of it is handed out to allocations, CachedBytes is ready for the next.
+	PinnedBytes int64 `json:"pinned_bytes"`
+	InUseBytes  int64 `json:"in_use_bytes"`
+	CachedBytes int64 `json:"cached_bytes"`
+	// PrepinBytes was page-locked at start (--pinned-pool); MaxBytes caps
+	// PinnedBytes (--pinned-max).
+	PrepinBytes int64 `json:"prepin_bytes"`
+	MaxBytes    int64 `json:"max_bytes"`
+	// HitRatio is the share of requests for pinned memory served without
+	// page-locking more.
+	HitRatio float64 `json:"hit_ratio"`
 }
 
 // ProcessUsage is one process's use of a device.

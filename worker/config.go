@@ -83,6 +83,10 @@ type Config struct {
 	// Quotas cap each tenant's requested VRAM bytes per device, by tenant
 	// (NATS account); the key "*" applies to every tenant not named.
 	Quotas map[string]int64
+	// PinnedPool is page-locked host memory pinned at start and kept for
+	// offloads and transfers to the host; PinnedMax caps the host's
+	// page-locked memory (0: half of the host's memory).
+	PinnedPool, PinnedMax int64
 	// MaxAllocations caps each device's live allocations; past it
 	// allocate fails with OUT_OF_MEMORY naming the cap.
 	MaxAllocations int
@@ -158,6 +162,9 @@ func (c *Config) Validate() error {
 		if t == "" || q <= 0 {
 			errs = append(errs, fmt.Errorf("quota %q=%d: want a tenant (or *) and a positive size", t, q))
 		}
+	}
+	if c.PinnedPool < 0 || c.PinnedMax < 0 {
+		errs = append(errs, errors.New("pinned pool and pinned max must not be negative"))
 	}
 	if c.MaxAllocations < 1 {
 		errs = append(errs, errors.New("max allocations must be at least 1"))

@@ -53,6 +53,14 @@ var (
 	descTenantAllocated = prometheus.NewDesc("memworker_tenant_allocated_bytes", "VRAM bytes a tenant asked for on the device (what its quota caps).", append(deviceLabels, "tenant"), nil)
 	descTenantQuota     = prometheus.NewDesc("memworker_tenant_quota_bytes", "A tenant's quota on the device.", append(deviceLabels, "tenant"), nil)
 	descUp              = prometheus.NewDesc("memworker_device_up", "1 when the device answers, 0 when it does not.", deviceLabels, nil)
+
+	nodeLabels         = []string{"node"}
+	descPinnedPool     = prometheus.NewDesc("memworker_pinned_pool_bytes", "Page-locked host memory the host's pool holds, shared by its devices.", nodeLabels, nil)
+	descPinnedInUse    = prometheus.NewDesc("memworker_pinned_pool_in_use_bytes", "Pinned pool memory handed out to allocations.", nodeLabels, nil)
+	descPinnedMax      = prometheus.NewDesc("memworker_pinned_pool_max_bytes", "The pinned pool's cap (--pinned-max).", nodeLabels, nil)
+	descPinnedRequests = prometheus.NewDesc("memworker_pinned_pool_requests_total", "Pinned segments asked of the pool.", nodeLabels, nil)
+	descPinnedHits     = prometheus.NewDesc("memworker_pinned_pool_hits_total", "Pinned segments the pool served without page-locking more memory.", nodeLabels, nil)
+	descPinnedLocked   = prometheus.NewDesc("memworker_pinned_pool_locked_bytes_total", "Host memory the pool page-locked since start.", nodeLabels, nil)
 )
 
 func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
@@ -109,12 +117,28 @@ func (m *metrics) served(op subjects.Op, code subjects.Code, since time.Time) {
 type deviceCollector struct{ w *Worker }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR, descTenantAllocated, descTenantQuota} {
+	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR, descTenantAllocated, descTenantQuota,
+		descPinnedPool, descPinnedInUse, descPinnedMax, descPinnedRequests, descPinnedHits, descPinnedLocked} {
 		ch <- d
 	}
 }
 
 func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.w.pinned.Figures()
+	for _, m := range []struct {
+		d *prometheus.Desc
+		t prometheus.ValueType
+		v float64
+	}{
+		{descPinnedPool, prometheus.GaugeValue, float64(f.PinnedBytes)},
+		{descPinnedInUse, prometheus.GaugeValue, float64(f.InUseBytes)},
+		{descPinnedMax, prometheus.GaugeValue, float64(f.MaxBytes)},
+		{descPinnedRequests, prometheus.CounterValue, float64(f.Requests)},
+		{descPinnedHits, prometheus.CounterValue, float64(f.Hits)},
+		{descPinnedLocked, prometheus.CounterValue, float64(f.LockedBytes)},
+	} {
+		ch <- prometheus.MustNewConstMetric(m.d, m.t, m.v, c.w.cfg.Node)
+	}
 	for _, g := range c.w.gpus {
 		c.collect(g, ch)
 	}

@@ -123,6 +123,7 @@ func (w *Worker) current(ctx context.Context, g *gpu) (subjects.Usage, subjects.
 		return u, subjects.Pressure{}, err
 	}
 	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
+	u.PinnedPool = w.pinnedPool()
 	return u, w.observe(g, u), nil
 }
 

@@ -247,22 +247,14 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 	if j.verify {
 		v = w.startVerifier(ctx, j.lent.Loc, dst)
 	}
-	var err error
-	n := j.lent.Allocation.SizeBytes
-	for off := int64(0); off < n; off += transferChunk {
-		m := min(transferChunk, n-off)
-		s, d := j.lent.Loc, dst
-		s.Addr += uint64(off)
-		d.Addr += uint64(off)
-		if err = w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
-			err = fmt.Errorf("copying bytes %d..%d: %w", off, off+m, err)
-			break
-		}
+	var landed int64
+	err := w.copyInChunks(ctx, dst, j.lent.Loc, j.lent.Allocation.SizeBytes, func(m int64) {
 		j.bytesDone.Add(m)
 		if v != nil {
-			v.add(span{off, m})
+			v.add(span{landed, m})
 		}
-	}
+		landed += m
+	})
 	copyEnd := time.Now().UTC()
 	j.update(func(s *subjects.TransferStatus) {
 		s.CopySeconds = copyEnd.Sub(j.copyStart).Seconds()
@@ -282,6 +274,32 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 		}
 	})
 	return verr
+}
+
+// ChunkCopier is a backend that pipelines a long copy itself (the cuda
+// backend queues the chunks on streams without waiting between them) and
+// reports each chunk as it lands.
+type ChunkCopier interface {
+	CopyChunks(ctx context.Context, dst, src device.Location, n, chunk int64, landed func(int64)) error
+}
+
+// copyInChunks copies n bytes a transferChunk at a time and calls landed
+// with each chunk's length, in order, once it is copied.
+func (w *Worker) copyInChunks(ctx context.Context, dst, src device.Location, n int64, landed func(int64)) error {
+	if cc, ok := w.cfg.Backend.(ChunkCopier); ok {
+		return cc.CopyChunks(ctx, dst, src, n, transferChunk, landed)
+	}
+	for off := int64(0); off < n; off += transferChunk {
+		m := min(transferChunk, n-off)
+		s, d := src, dst
+		s.Addr += uint64(off)
+		d.Addr += uint64(off)
+		if err := w.cfg.Backend.Copy(ctx, d, s, m); err != nil {
+			return fmt.Errorf("copying bytes %d..%d: %w", off, off+m, err)
+		}
+		landed(m)
+	}
+	return nil
 }
 
 // finish settles a job: on success, a move frees the source; on failure the

@@ -16,6 +16,7 @@ import (
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/pinned"
 )
 
 // ServiceName is the micro service name every worker registers, so
@@ -39,6 +40,8 @@ type Worker struct {
 	ready      chan struct{}
 	// drops logs the requests dropped without a reply, sampled.
 	drops sampledLog
+	// pinned is the host's page-locked memory, shared by the devices.
+	pinned *pinned.Pool
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -60,13 +63,16 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(cfg.TransferRetention, cfg.TransferHistoryBytes),
 		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
 		drops: sampledLog{interval: time.Minute}}
+	if w.pinned, err = w.newPinnedPool(ctx); err != nil {
+		return nil, err
+	}
 	for _, info := range infos {
 		w.gpus = append(w.gpus, &gpu{
 			Device: ledger.New(ledger.Config{
 				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend,
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
-				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas,
+				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 			}),
 			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 		})
@@ -145,6 +151,11 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 		deadline := time.AfterFunc(drainTimeout, cancelJobs)
 		loops.Wait()
 		deadline.Stop()
+		// No transfer runs any more: the page-locked memory no allocation
+		// holds goes back to the host.
+		if perr := w.pinned.Close(context.Background()); perr != nil {
+			w.log.Warn("giving back pinned host memory", "err", perr)
+		}
 		close(stopPump)
 		pump.Wait()
 		acked, cancel := context.WithTimeout(context.Background(), eventTimeout)

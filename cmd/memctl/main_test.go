@@ -96,6 +96,10 @@ func TestStatusAllocateFreeAndExitCodes(t *testing.T) {
 			t.Errorf("status --all lacks %q:\n%s", want, out)
 		}
 	}
+	// The host's pinned memory, once per node.
+	if strings.Count(out, "pinned host memory") != 1 || !strings.Contains(out, "n1 pinned host memory: 0 B held (0 B in use, 0 B cached; 0 B pinned at start; cap ") {
+		t.Errorf("status --all should show n1's empty pinned pool once:\n%s", out)
+	}
 	// Two devices and no --device: alloc picks the one with the most
 	// available memory and says so; free finds the allocation's device.
 	out = f.ok("alloc", "1MiB")

@@ -69,10 +69,29 @@ func (s *statusCmd) Run(e *env) error {
 		})
 	}
 	t.Render()
+	printPinnedPools(e, rows)
 	if nodes > 0 {
 		fmt.Fprintf(e.out, "%s, %s\n", plural(nodes, "node"), plural(len(rows), "device"))
 	}
 	return nil
+}
+
+// printPinnedPools prints each node's pinned host memory once.
+func printPinnedPools(e *env, rows []subjects.StatusReply) {
+	seen := map[string]bool{}
+	for _, st := range rows {
+		p, node := st.Usage.PinnedPool, st.Device.Node
+		if p == nil || seen[node] {
+			continue
+		}
+		seen[node] = true
+		limit := "no cap"
+		if p.MaxBytes > 0 {
+			limit = "cap " + size(p.MaxBytes)
+		}
+		fmt.Fprintf(e.out, "%s pinned host memory: %s held (%s in use, %s cached; %s pinned at start; %s), %.0f%% of requests reused it\n",
+			node, size(p.PinnedBytes), size(p.InUseBytes), size(p.CachedBytes), size(p.PrepinBytes), limit, p.HitRatio*100)
+	}
 }
 
 // bar draws ratio as a bar of n cells.

@@ -85,7 +85,7 @@ func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, or
 	var handle []byte
 	if req.Export {
 		if handle, err = ex.Export(ctx, d.index, block.SegmentAddr()); err != nil {
-			_ = d.pools[kind].Free(block)
+			_ = d.freeBlock(kind, block)
 			return subjects.Allocation{}, fmt.Errorf("exporting %s: %w", id, err)
 		}
 	}

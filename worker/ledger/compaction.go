@@ -100,6 +100,19 @@ func (d *Device) offload(ctx context.Context, a *allocation, now time.Time) erro
 // entries change and their old blocks go back to their pool. A failure
 // leaves every allocation where it was. Ids never change.
 func (d *Device) relocate(ctx context.Context, allocs []*allocation, kind device.Kind, now time.Time) error {
+	return d.relocateTimed(ctx, allocs, kind, now, &phases{})
+}
+
+// phases adds up where the time of moves went: reserving the destinations
+// (setup: with pinned memory newly page-locked, part of it goes on while
+// the copy runs) and copying.
+type phases struct {
+	setup, copy time.Duration
+	bytes       int64
+}
+
+func (d *Device) relocateTimed(ctx context.Context, allocs []*allocation, kind device.Kind, now time.Time, ph *phases) error {
+	t0 := time.Now()
 	for _, a := range allocs {
 		if a.kind == kind || !a.relocatable() {
 			return fmt.Errorf("allocation %s cannot move now: %w", a.idString(), ErrConflict)
@@ -108,7 +121,7 @@ func (d *Device) relocate(ctx context.Context, allocs []*allocation, kind device
 	blocks := make([]*alloc.Block, 0, len(allocs))
 	undo := func() {
 		for _, b := range blocks {
-			_ = d.pools[kind].Free(b)
+			_ = d.freeBlock(kind, b)
 		}
 	}
 	for _, a := range allocs {
@@ -119,15 +132,19 @@ func (d *Device) relocate(ctx context.Context, allocs []*allocation, kind device
 		}
 		blocks = append(blocks, b)
 	}
+	t1 := time.Now()
+	ph.setup += t1.Sub(t0)
 	for i, a := range allocs {
 		dst := device.Location{Device: d.index, Kind: kind, Addr: blocks[i].Addr()}
 		if err := d.backend.Copy(ctx, dst, d.loc(a), a.size); err != nil {
 			undo()
 			return fmt.Errorf("copying %s: %w", a.idString(), err)
 		}
+		ph.bytes += a.size
 	}
+	ph.copy += time.Since(t1)
 	for i, a := range allocs {
-		if err := d.pools[a.kind].Free(a.block); err != nil {
+		if err := d.freeBlock(a.kind, a.block); err != nil {
 			return err // the ledger and its pool disagree: a bug
 		}
 		d.account(a, -1)

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -32,6 +33,11 @@ type Config struct {
 	// Quotas cap each tenant's requested bytes on the device, by tenant;
 	// AnyTenant's applies to the tenants not named.
 	Quotas map[string]int64
+	// Pinned, when set, is where pinned segments come from (the host's
+	// pool, shared by the devices); the device gives its empty pinned
+	// segments back to it as soon as they empty, so another device can
+	// use them. Without it they come from the backend and stay cached.
+	Pinned alloc.Source
 }
 
 // Device is one device's state. It is not safe for concurrent use.
@@ -86,9 +92,12 @@ func New(cfg Config) *Device {
 		tenants:    map[string]*tenantFigures{},
 		history:    newHistory(),
 	}
-	for _, k := range []device.Kind{device.VRAM, device.Pinned} {
-		d.pools[k] = alloc.New(source{b: cfg.Backend, dev: d.index, kind: k})
+	d.pools[device.VRAM] = alloc.New(source{b: cfg.Backend, dev: d.index, kind: device.VRAM})
+	var pinned alloc.Source = source{b: cfg.Backend, dev: d.index, kind: device.Pinned}
+	if cfg.Pinned != nil {
+		pinned = cfg.Pinned
 	}
+	d.pools[device.Pinned] = alloc.New(pinned)
 	return d
 }
 
@@ -195,13 +204,27 @@ func (d *Device) add(a *allocation) {
 	d.history.events.push(memEvent{at: time.Unix(0, a.created), bytes: a.reserved(), alloc: true})
 }
 
+// freeBlock returns a block to its pool; with a host pool, an emptied
+// pinned segment goes back to it.
+func (d *Device) freeBlock(kind device.Kind, b *alloc.Block) error {
+	if err := d.pools[kind].Free(b); err != nil {
+		return err
+	}
+	if kind == device.Pinned && d.cfg.Pinned != nil {
+		if _, _, err := d.pools[kind].Release(context.Background()); err != nil {
+			return fmt.Errorf("returning pinned memory to the host pool: %w", err)
+		}
+	}
+	return nil
+}
+
 // free returns a ledger entry's block to its pool and forgets it. An error
 // means the ledger and the pool disagree: a bug, never input; the entry
 // stays so the disagreement remains visible.
 func (d *Device) free(a *allocation) error {
 	bytes := a.reserved()
 	if !a.reservation() {
-		if err := d.pools[a.kind].Free(a.block); err != nil {
+		if err := d.freeBlock(a.kind, a.block); err != nil {
 			return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.idString(), err)
 		}
 	}

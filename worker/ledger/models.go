@@ -147,6 +147,8 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 	}
 	pct := u.UsagePercentage
 	var freed int64
+	var ph phases
+	var releasing time.Duration
 	for _, c := range lru {
 		if !restore && pct <= target {
 			break
@@ -166,14 +168,14 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 				}
 			}
 		case subjects.OptimizeOffload:
-			err = d.relocate(ctx, c.allocs, device.Pinned, start)
+			err = d.relocateTimed(ctx, c.allocs, device.Pinned, start, &ph)
 		case subjects.OptimizeRestore:
 			if avail := u.AvailableBytes; size > avail {
 				details.SkippedModels = append(details.SkippedModels, subjects.SkippedModel{ModelID: c.id,
 					Reason: fmt.Sprintf("it needs %d bytes of VRAM, %d are available", size, avail)})
 				continue
 			}
-			err = d.relocate(ctx, c.allocs, device.VRAM, start)
+			err = d.relocateTimed(ctx, c.allocs, device.VRAM, start, &ph)
 		}
 		if ctx.Err() != nil {
 			return subjects.ModelOptimizeReply{}, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
@@ -185,11 +187,13 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 		}
 		details.Models = append(details.Models, act)
 		if !restore {
+			t := time.Now()
 			released, err := d.release(ctx)
 			if err != nil {
 				return subjects.ModelOptimizeReply{}, err
 			}
 			freed += released
+			releasing += time.Since(t)
 		}
 		if u, err = d.Usage(ctx, time.Now().UTC()); err != nil {
 			return subjects.ModelOptimizeReply{}, err
@@ -201,12 +205,23 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 	if restore {
 		details.TargetMet = len(details.SkippedModels) == 0
 	}
+	took := time.Since(start).Seconds()
 	reply := subjects.ModelOptimizeReply{
 		Success:                  details.TargetMet,
 		OptimizationStarted:      start,
-		EstimatedDurationSeconds: time.Since(start).Seconds(),
+		EstimatedDurationSeconds: took,
 		MemoryFreedBytes:         freed,
 		OptimizationDetails:      details,
+		BytesMoved:               ph.bytes,
+		SetupSeconds:             ph.setup.Seconds(),
+		CopySeconds:              ph.copy.Seconds(),
+		ReleaseSeconds:           releasing.Seconds(),
+	}
+	if took > 0 {
+		reply.ThroughputBytesPerSecond = float64(ph.bytes) / took
+	}
+	if ph.copy > 0 {
+		reply.CopyThroughputBytesPerSecond = float64(ph.bytes) / ph.copy.Seconds()
 	}
 	switch {
 	case restore && len(details.Models) == 0 && details.TargetMet:

@@ -11,6 +11,14 @@ static CUresult mw_host_alloc(void **p, size_t n) {
 	return cuMemHostAlloc(p, n, CU_MEMHOSTALLOC_PORTABLE);
 }
 
+static CUresult mw_host_register(void *p, size_t n) {
+	return cuMemHostRegister(p, n, CU_MEMHOSTREGISTER_PORTABLE);
+}
+
+static CUresult mw_host_unregister(void *p) {
+	return cuMemHostUnregister(p);
+}
+
 static CUresult mw_ipc_handle(CUdeviceptr p, char *out) {
 	CUipcMemHandle h;
 	CUresult r = cuIpcGetMemHandle(&h, p);
@@ -32,13 +40,31 @@ import (
 // IPCHandleSize is the size of a CUDA IPC memory handle.
 const IPCHandleSize = C.CU_IPC_HANDLE_SIZE
 
-// hostAlloc allocates page-locked host memory usable by every context.
-func hostAlloc(n int64) (unsafe.Pointer, error) {
+// HostAlloc is the driver's cuMemHostAlloc (portable), which pinned
+// segments no longer use, for benchmarks that compare against it; free
+// with cu.MemFreeHost.
+func HostAlloc(n int64) (unsafe.Pointer, error) {
 	var p unsafe.Pointer
 	if r := C.mw_host_alloc(&p, C.size_t(n)); r != C.CUDA_SUCCESS {
 		return nil, driverError("cuMemHostAlloc", int(r))
 	}
 	return p, nil
+}
+
+// hostRegister page-locks n bytes of host memory at p for every context
+// (cuMemHostRegister is not bound by gorgonia.org/cu).
+func hostRegister(p unsafe.Pointer, n int64) error {
+	if r := C.mw_host_register(p, C.size_t(n)); r != C.CUDA_SUCCESS {
+		return driverError("cuMemHostRegister", int(r))
+	}
+	return nil
+}
+
+func hostUnregister(p unsafe.Pointer) error {
+	if r := C.mw_host_unregister(p); r != C.CUDA_SUCCESS {
+		return driverError("cuMemHostUnregister", int(r))
+	}
+	return nil
 }
 
 // ipcHandle returns the IPC handle of the device allocation starting at p.

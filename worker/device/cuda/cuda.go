@@ -34,7 +34,14 @@ type Config struct {
 	MemoryLimit int64
 	// Devices limits the backend to the first n devices (0: all).
 	Devices int
+	// PinThreads is how many threads page-lock a new pinned segment
+	// (0: DefaultPinThreads).
+	PinThreads int
 }
+
+// DefaultPinThreads page-lock new pinned memory: faulting pages in is
+// what costs, and it scales with threads until memory bandwidth runs out.
+var DefaultPinThreads = min(8, runtime.NumCPU())
 
 // Backend drives the host's NVIDIA GPUs. It is safe for concurrent use.
 type Backend struct {
@@ -44,12 +51,7 @@ type Backend struct {
 
 	closeOnce sync.Once
 	mu        sync.Mutex
-	host      map[uint64]hostSegment // pinned host memory by address
-}
-
-type hostSegment struct {
-	ptr  unsafe.Pointer
-	size int64
+	host      map[uint64]*hostSegment // pinned host memory by address
 }
 
 // gpu is one device: its primary context, current on the one OS thread that
@@ -80,7 +82,10 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Devices > 0 && cfg.Devices < n {
 		n = cfg.Devices
 	}
-	b := &Backend{cfg: cfg, host: map[uint64]hostSegment{}, nvml: openTelemetry()}
+	if cfg.PinThreads <= 0 {
+		cfg.PinThreads = DefaultPinThreads
+	}
+	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
 		g, err := open(i)
 		if err != nil {
@@ -204,7 +209,7 @@ func (b *Backend) close() {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			for addr, h := range b.host {
-				_ = cu.MemFreeHost(h.ptr)
+				_ = h.release()
 				delete(b.host, addr)
 			}
 			return nil
@@ -271,21 +276,21 @@ func (b *Backend) MemInfo(_ context.Context, dev int) (device.MemInfo, error) {
 	return device.MemInfo{TotalBytes: total, FreeBytes: free}, nil
 }
 
-// Alloc reserves a segment: cuMemAlloc for VRAM, cuMemHostAlloc (portable,
-// page-locked) for pinned host memory.
+// Alloc reserves a segment: cuMemAlloc for VRAM; for pinned host memory,
+// mapped memory that is page-locked (portable) while it is used (host.go).
 func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int64) (uint64, error) {
 	g, err := b.gpu(dev)
 	if err != nil {
 		return 0, err
 	}
 	if kind == device.Pinned {
-		var p unsafe.Pointer
-		if err := g.do(func() (err error) { p, err = hostAlloc(size); return err }); err != nil {
+		h, err := newHostSegment(g, size, b.cfg.PinThreads)
+		if err != nil {
 			return 0, err
 		}
-		addr := uint64(uintptr(p))
+		addr := uint64(uintptr(h.ptr))
 		b.mu.Lock()
-		b.host[addr] = hostSegment{ptr: p, size: size}
+		b.host[addr] = h
 		b.mu.Unlock()
 		return addr, nil
 	}
@@ -322,7 +327,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 		if !ok {
 			return fmt.Errorf("pinned segment %#x: %w", addr, device.ErrNotFound)
 		}
-		return g.do(func() error { return wrap("cuMemFreeHost", cu.MemFreeHost(h.ptr)) })
+		return g.do(h.release)
 	}
 	g.mu.Lock()
 	_, ok := g.segments[addr]
@@ -334,17 +339,40 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 	return g.do(func() error { return wrap("cuMemFree", cu.MemFree(cu.DevicePtr(addr))) })
 }
 
-// hostPtr turns a pinned address range into a pointer, checking it lies in
-// one pinned segment.
-func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
+// hostSeg finds the pinned segment holding the range addr+n and the
+// range's offset in it.
+func (b *Backend) hostSeg(addr uint64, n int64) (*hostSegment, int64, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for base, h := range b.host {
 		if addr >= base && addr+uint64(n) <= base+uint64(h.size) {
-			return unsafe.Add(h.ptr, addr-base), nil
+			return h, int64(addr - base), nil
 		}
 	}
-	return nil, fmt.Errorf("range %#x+%d is not inside a pinned segment: %w", addr, n, device.ErrNotFound)
+	return nil, 0, fmt.Errorf("range %#x+%d is not inside a pinned segment: %w", addr, n, device.ErrNotFound)
+}
+
+// hostPtr turns a pinned address range into a pointer, checking it lies in
+// one pinned segment.
+func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
+	h, off, err := b.hostSeg(addr, n)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Add(h.ptr, off), nil
+}
+
+// piece shortens a copy of n bytes at loc so that its pinned side stays in
+// one page-locked chunk, and waits until that chunk is locked.
+func (b *Backend) piece(loc device.Location, n int64) (int64, error) {
+	if loc.Kind != device.Pinned || n <= 0 {
+		return n, nil
+	}
+	h, off, err := b.hostSeg(loc.Addr, n)
+	if err != nil {
+		return 0, err
+	}
+	return h.piece(off, n), nil
 }
 
 // Copy copies n bytes between any two locations, and returns once they are
@@ -354,21 +382,36 @@ func (b *Backend) hostPtr(addr uint64, n int64) (unsafe.Pointer, error) {
 func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) error {
 	// Ranges of one memory that overlap are copied whole: a copy in chunks
 	// could overwrite source bytes before it reads them.
-	if dst.Device == src.Device && dst.Kind == src.Kind && dst.Addr < src.Addr+uint64(n) && src.Addr < dst.Addr+uint64(n) {
+	if overlaps(dst, src, n) {
 		return b.copy(dst, src, n)
 	}
-	for off := int64(0); off < n; off += copyChunk {
+	for off := int64(0); off < n; {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
 		}
 		d, s := dst, src
 		d.Addr += uint64(off)
 		s.Addr += uint64(off)
-		if err := b.copy(d, s, min(copyChunk, n-off)); err != nil {
+		m, err := b.pieces(d, s, min(copyChunk, n-off))
+		if err != nil {
 			return err
 		}
+		if err := b.copy(d, s, m); err != nil {
+			return err
+		}
+		off += m
 	}
 	return nil
+}
+
+// pieces shortens a copy of n bytes from src to dst so that neither pinned
+// side spans two page-locked chunks, once they are locked.
+func (b *Backend) pieces(dst, src device.Location, n int64) (int64, error) {
+	n, err := b.piece(dst, n)
+	if err != nil {
+		return 0, err
+	}
+	return b.piece(src, n)
 }
 
 // copyChunk bounds one driver copy, so a cancelled context stops a long

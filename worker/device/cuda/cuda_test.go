@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"testing"
@@ -18,7 +19,10 @@ import (
 	"github.com/memworker/memworker/worker/device/cuda"
 )
 
-var _ worker.Backend = (*cuda.Backend)(nil)
+var (
+	_ worker.Backend     = (*cuda.Backend)(nil)
+	_ worker.ChunkCopier = (*cuda.Backend)(nil)
+)
 
 // TestCopyHonoursItsContext: a cancelled context stops a copy between
 // chunks, and a live one copies every chunk.
@@ -265,6 +269,16 @@ func BenchmarkCopy(b *testing.B) {
 		}{"Peer", d1, d0, func() error { return synced(cu.MemcpyPeer(cu.DevicePtr(d1.Addr), c1, cu.DevicePtr(d0.Addr), c0, n)) }})
 	}
 	for _, c := range cases {
+		if c.name != "D2D" {
+			b.Run(c.name+"/pipelined", func(b *testing.B) {
+				b.SetBytes(n)
+				for b.Loop() {
+					if err := be.CopyChunks(ctx, c.dst, c.src, n, 64*MiB, func(int64) {}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 		b.Run(c.name+"/memworker", func(b *testing.B) {
 			b.SetBytes(n)
 			for b.Loop() {
@@ -348,6 +362,163 @@ func BenchmarkTelemetry(b *testing.B) {
 	b.Run("Processes", func(b *testing.B) {
 		for b.Loop() {
 			if _, _, err := be.Processes(ctx, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestPipelinedCopiesKeepContent: CopyChunks lands every byte, reports the
+// pieces in order and in full, and copies into pinned memory that is still
+// being page-locked, at an offset that crosses its locked chunks.
+func TestPipelinedCopiesKeepContent(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{})
+	infos, _ := b.Devices(ctx)
+	const n, off = 300 * MiB, 100*MiB + 4096
+	want := pattern(n, 3)
+	alloc := func(dev int, kind device.Kind, size int64) device.Location {
+		a, err := b.Alloc(ctx, dev, kind, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Free(ctx, dev, kind, a) })
+		return device.Location{Device: dev, Kind: kind, Addr: a}
+	}
+	copyChunks := func(what string, dst, src device.Location) {
+		var landed []int64
+		var sum int64
+		if err := b.CopyChunks(ctx, dst, src, n, 64*MiB, func(m int64) { landed = append(landed, m); sum += m }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if sum != n || int64(len(landed)) < n/(64*MiB) {
+			t.Errorf("%s: landed %v, want %d bytes in pieces of at most 64 MiB", what, landed, n)
+		}
+		got := make([]byte, n)
+		if err := b.Read(ctx, dst, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: content differs", what)
+		}
+	}
+	src := alloc(0, device.VRAM, n)
+	if err := b.Write(ctx, src, want); err != nil {
+		t.Fatal(err)
+	}
+	host := alloc(0, device.Pinned, 512*MiB) // fresh: locked while it is copied into
+	host.Addr += uint64(off)
+	copyChunks("device to fresh pinned memory", host, src)
+	back := alloc(0, device.VRAM, n)
+	copyChunks("pinned memory to device", back, host)
+	if len(infos) > 1 {
+		copyChunks("peer", alloc(1, device.VRAM, n), back)
+	}
+}
+
+// BenchmarkPin page-locks BENCH_PIN_BYTES (default 1 GiB) of fresh host
+// memory: the driver's cuMemHostAlloc beside memworker's pinned segments
+// (mapped, then faulted in and locked a chunk at a time on threads).
+func BenchmarkPin(b *testing.B) {
+	n := GiB
+	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	b.Run("raw-cuMemHostAlloc", func(b *testing.B) {
+		lockedContext(b, 0)
+		b.SetBytes(n)
+		for b.Loop() {
+			p, err := cuda.HostAlloc(n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			_ = cu.MemFreeHost(p)
+			b.StartTimer()
+		}
+	})
+	for _, threads := range []int{1, 4, 8, 16} {
+		b.Run(fmt.Sprintf("memworker-threads-%d", threads), func(b *testing.B) {
+			be := open(b, cuda.Config{PinThreads: threads})
+			b.SetBytes(n)
+			for b.Loop() {
+				a, err := be.Alloc(ctx, 0, device.Pinned, n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := cuda.WaitPinned(be, a); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				_ = be.Free(ctx, 0, device.Pinned, a)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkColdD2H copies BENCH_PIN_BYTES (default 1 GiB) of device memory
+// to host memory that is not page-locked yet: memworker's fresh pinned
+// segment, locked while the copy runs, beside the driver's cuMemHostAlloc
+// then cuMemcpyDtoH, and the warm raw copy.
+func BenchmarkColdD2H(b *testing.B) {
+	n := GiB
+	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	be := open(b, cuda.Config{})
+	src, err := be.Alloc(ctx, 0, device.VRAM, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	from := device.Location{Kind: device.VRAM, Addr: src}
+	b.Run("memworker", func(b *testing.B) {
+		b.SetBytes(n)
+		for b.Loop() {
+			a, err := be.Alloc(ctx, 0, device.Pinned, n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := be.CopyChunks(ctx, device.Location{Kind: device.Pinned, Addr: a}, from, n, 64*MiB, func(int64) {}); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			_ = be.Free(ctx, 0, device.Pinned, a)
+			b.StartTimer()
+		}
+	})
+	b.Run("raw-cold", func(b *testing.B) {
+		lockedContext(b, 0)
+		b.SetBytes(n)
+		for b.Loop() {
+			p, err := cuda.HostAlloc(n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cu.MemcpyDtoH(p, cu.DevicePtr(src), n); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			_ = cu.MemFreeHost(p)
+			b.StartTimer()
+		}
+	})
+	b.Run("raw-warm", func(b *testing.B) {
+		lockedContext(b, 0)
+		p, err := cuda.HostAlloc(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cu.MemFreeHost(p)
+		b.SetBytes(n)
+		for b.Loop() {
+			if err := cu.MemcpyDtoH(p, cu.DevicePtr(src), n); err != nil {
 				b.Fatal(err)
 			}
 		}

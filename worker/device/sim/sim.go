@@ -69,7 +69,7 @@ type simDevice struct {
 	failAllocs  int
 }
 
-// space is one address space: a device's VRAM, or its pinned host memory.
+// space is one address space: a device's VRAM, or the host's pinned memory.
 type space struct {
 	next     uint64
 	used     int64
@@ -88,10 +88,13 @@ func New(cfg Config) *Backend {
 		cfg.PinnedBytes = 8 << 30
 	}
 	b := &Backend{pinnedCap: cfg.PinnedBytes}
+	// Pinned memory is the host's, usable by every device (CUDA's portable
+	// page-locked memory): one space, whichever device asks.
+	host := &space{next: 0x5500_0000_0000}
 	for i, spec := range cfg.Devices {
 		d := &simDevice{spec: spec}
 		d.mem[device.VRAM] = &space{next: 0x7f00_0000_0000 + uint64(i)<<40}
-		d.mem[device.Pinned] = &space{next: 0x5500_0000_0000 + uint64(i)<<40}
+		d.mem[device.Pinned] = host
 		b.devices = append(b.devices, d)
 	}
 	return b

@@ -1,0 +1,169 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// The host path benchmarks time, end to end at a NATS client (request to
+// reply, or to completed), what users wait on when a GPU must be emptied:
+// a transfer to the host, and a model's offload and restore. Each runs
+// cold (a fresh worker with the pinned pool at its default, nothing
+// page-locked: the memory is locked on the way) and warm (a fresh worker
+// that pinned enough at start, --pinned-pool), and beside each, in the
+// same iteration, the raw driver copy of the same bytes to and from
+// page-locked memory allocated beforehand. They report medians and the
+// ratios raw time / memworker time.
+
+// benchBytes reads a size from the environment, or def.
+func benchBytes(b *testing.B, env string, def int64) int64 {
+	if s := os.Getenv(env); s != "" {
+		var n int64
+		if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+			b.Fatalf("%s %q: want bytes", env, s)
+		}
+		return n
+	}
+	return def
+}
+
+// hostPathWorker starts a fresh worker on one device of room bytes, cold
+// or warm with prepin bytes pinned at start; stop ends it.
+func hostPathWorker(b *testing.B, room, prepin int64, warm bool) (h *host, nc *nats.Conn, stop func()) {
+	srv := startServer(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	h = startWorkerCtx(b, ctx, srv, "n1", withDevices(1, room), withConfig(func(c *worker.Config) {
+		if warm {
+			c.PinnedPool = prepin
+		}
+	}))
+	nc = connect(b, srv)
+	return h, nc, func() {
+		cancel()
+		h.wait()
+		nc.Close()
+		srv.Shutdown()
+	}
+}
+
+// allocateModel allocates n allocations of size bytes for model m, with
+// real content at their start (so no backend can copy nothing), and
+// returns them with where they are.
+func allocateModel(b *testing.B, h *host, nc *nats.Conn, n int, size int64) ([]string, []device.Location) {
+	var ids []string
+	var locs []device.Location
+	for i := range n {
+		var a subjects.Allocation
+		call(b, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: size, ModelID: "m"}, &a)
+		loc, _, err := h.Locate("n1-gpu0", a.AllocationID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := h.dev.Write(context.Background(), loc, pattern(byte(i), min(size, MiB))); err != nil {
+			b.Fatal(err)
+		}
+		ids = append(ids, a.AllocationID)
+		locs = append(locs, loc)
+	}
+	return ids, locs
+}
+
+type medians map[string][]float64
+
+func (m medians) add(name string, v float64) { m[name] = append(m[name], v) }
+
+func (m medians) of(name string) float64 {
+	v := slices.Clone(m[name])
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// BenchmarkOffloadRestore offloads a model of ten allocations
+// (BENCH_MODEL_BYTES in all, default 64 MiB; the GPU pass uses 10 GiB)
+// with model_optimize and restores it.
+func BenchmarkOffloadRestore(b *testing.B) {
+	total := benchBytes(b, "BENCH_MODEL_BYTES", 64*MiB)
+	const pieces = 10
+	size := total / pieces / MiB * MiB
+	total = size * pieces
+	m := medians{}
+	for b.Loop() {
+		for _, warm := range []bool{false, true} {
+			mode := map[bool]string{false: "cold", true: "warm"}[warm]
+			h, nc, stop := hostPathWorker(b, 2*total+GiB, total+64*MiB, warm)
+			_, locs := allocateModel(b, h, nc, pieces, size)
+			zero := 0.0
+			var r subjects.ModelOptimizeReply
+			start := time.Now()
+			call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &zero}, &r)
+			offload := time.Since(start)
+			if r.BytesMoved != total {
+				b.Fatalf("offload moved %d of %d bytes: %+v", r.BytesMoved, total, r)
+			}
+			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
+			start = time.Now()
+			call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore}, &r)
+			restore := time.Since(start)
+			if r.BytesMoved != total {
+				b.Fatalf("restore moved %d of %d bytes: %+v", r.BytesMoved, total, r)
+			}
+			for i := range locs { // restored: new places
+				locs[i], _, _ = h.Locate("n1-gpu0", r.OptimizationDetails.Models[0].AllocationIDs[i])
+			}
+			d2h, h2d := rawCopies(b, h.dev, locs, size)
+			m.add("offload-GB/s-"+mode, float64(total)/offload.Seconds()/1e9)
+			m.add("restore-GB/s-"+mode, float64(total)/restore.Seconds()/1e9)
+			m.add("raw-D2H-GB/s", float64(total)/d2h.Seconds()/1e9)
+			m.add("raw-H2D-GB/s", float64(total)/h2d.Seconds()/1e9)
+			m.add("offload-ratio-"+mode, d2h.Seconds()/offload.Seconds())
+			m.add("restore-ratio-"+mode, h2d.Seconds()/restore.Seconds())
+			stop()
+		}
+	}
+	for name := range m {
+		b.ReportMetric(m.of(name), name)
+	}
+}
+
+// BenchmarkTransferToHost transfers one allocation (BENCH_TRANSFER_BYTES,
+// default 64 MiB; the GPU pass uses 8 GiB) to pinned host memory, from the
+// request to completed.
+func BenchmarkTransferToHost(b *testing.B) {
+	size := benchBytes(b, "BENCH_TRANSFER_BYTES", 64*MiB)
+	m := medians{}
+	for b.Loop() {
+		for _, warm := range []bool{false, true} {
+			mode := map[bool]string{false: "cold", true: "warm"}[warm]
+			h, nc, stop := hostPathWorker(b, 2*size+GiB, size+64*MiB, warm)
+			ids, locs := allocateModel(b, h, nc, 1, size)
+			start := time.Now()
+			var st subjects.TransferStatus
+			call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: ids[0], TargetAllocationType: subjects.Pinned}, &st)
+			done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
+			took := time.Since(start)
+			if done.Status != subjects.TransferCompleted {
+				b.Fatalf("transfer %+v", done)
+			}
+			d2h, _ := rawCopies(b, h.dev, locs, size)
+			m.add("GB/s-"+mode, float64(size)/took.Seconds()/1e9)
+			m.add("copy-GB/s-"+mode, done.CopyThroughputBytesPerSecond/1e9)
+			m.add("setup-s-"+mode, done.SetupSeconds)
+			m.add("raw-D2H-GB/s", float64(size)/d2h.Seconds()/1e9)
+			m.add("ratio-"+mode, d2h.Seconds()/took.Seconds())
+			stop()
+		}
+	}
+	for name := range m {
+		b.ReportMetric(m.of(name), name)
+	}
+}

@@ -1,0 +1,99 @@
+package integration
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+// TestThePinnedPoolIsTheHosts: memory pinned ahead (--pinned-pool) serves
+// transfers to the host from every device, again and again, without
+// page-locking more; get_usage, get_status and /metrics show it, and the
+// bytes arrive intact.
+func TestThePinnedPoolIsTheHosts(t *testing.T) {
+	srv := startServer(t)
+	reg := prometheus.NewRegistry()
+	h := startWorker(t, srv, "n1", withDevices(2, GiB), withConfig(func(c *worker.Config) {
+		c.PinnedPool, c.PinnedMax, c.Metrics = 256*MiB, 512*MiB, reg
+	}))
+	nc := connect(t, srv)
+	pool := func(dev string) subjects.PinnedPool {
+		t.Helper()
+		var u subjects.Usage
+		call(t, nc, subjects.GetUsage, dev, nil, &u)
+		if u.PinnedPool == nil {
+			t.Fatalf("get_usage of %s has no pinned_pool", dev)
+		}
+		return *u.PinnedPool
+	}
+	want := subjects.PinnedPool{PinnedBytes: 256 * MiB, CachedBytes: 256 * MiB, PrepinBytes: 256 * MiB, MaxBytes: 512 * MiB}
+	if got := pool("n1-gpu1"); got != want {
+		t.Fatalf("at start: %+v, want %+v", got, want)
+	}
+	for round := range 2 {
+		for i, dev := range []string{"n1-gpu0", "n1-gpu1"} {
+			seed := byte(10*round + i)
+			var a subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 100 * MiB}, &a)
+			write(t, h, dev, a.AllocationID, seed)
+			var st subjects.TransferStatus
+			call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Mode: subjects.ModeMove}, &st)
+			done := waitTransfer(t, nc, dev, st.TransferID)
+			if done.Status != subjects.TransferCompleted {
+				t.Fatalf("transfer from %s: %+v", dev, done)
+			}
+			checkContent(t, h, dev, done.DestinationAllocationID, seed)
+			if p := pool(dev); p.InUseBytes < 100*MiB || p.PinnedBytes != 256*MiB {
+				t.Errorf("%s with its copy on the host: pool %+v, want 100 MiB of the 256 MiB in use", dev, p)
+			}
+			call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: done.DestinationAllocationID}, nil)
+		}
+	}
+	var st subjects.StatusReply
+	call(t, nc, subjects.GetStatus, "n1-gpu0", nil, &st)
+	want.HitRatio = 1
+	if st.Usage.PinnedPool == nil || *st.Usage.PinnedPool != want {
+		t.Errorf("after four transfers, get_status's pool %+v, want %+v: all served from what was pinned at start", st.Usage.PinnedPool, want)
+	}
+	families := scrape(t, reg)
+	node := map[string]string{"node": "n1"}
+	for name, want := range map[string]float64{
+		"memworker_pinned_pool_bytes":              256 << 20,
+		"memworker_pinned_pool_in_use_bytes":       0,
+		"memworker_pinned_pool_max_bytes":          512 << 20,
+		"memworker_pinned_pool_requests_total":     4,
+		"memworker_pinned_pool_hits_total":         4,
+		"memworker_pinned_pool_locked_bytes_total": 256 << 20,
+	} {
+		if got := metricValue(t, families, name, node); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestOffloadRepliesWithItsPhases: model_optimize says how many bytes it
+// moved and where the time went, as get_transfer does.
+func TestOffloadRepliesWithItsPhases(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 96 * MiB, ModelID: "m"}, &a)
+	write(t, h, dev, a.AllocationID, 3)
+	for _, op := range []string{subjects.OptimizeOffload, subjects.OptimizeRestore} {
+		target := 0.0
+		var r subjects.ModelOptimizeReply
+		call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: op, TargetUsagePercentage: &target}, &r)
+		if r.BytesMoved != 96*MiB || r.CopySeconds <= 0 || r.SetupSeconds < 0 || r.SetupSeconds+r.CopySeconds+r.ReleaseSeconds > r.EstimatedDurationSeconds {
+			t.Errorf("%s: moved %d in setup %v + copy %v + release %v of %v s: want 96 MiB, phases within the whole", op, r.BytesMoved, r.SetupSeconds, r.CopySeconds, r.ReleaseSeconds, r.EstimatedDurationSeconds)
+		}
+		if r.ThroughputBytesPerSecond <= 0 || r.CopyThroughputBytesPerSecond < r.ThroughputBytesPerSecond {
+			t.Errorf("%s: throughput %v end to end, %v copying: want the copy's at least the whole's", op, r.ThroughputBytesPerSecond, r.CopyThroughputBytesPerSecond)
+		}
+		checkContent(t, h, dev, a.AllocationID, 3)
+	}
+}

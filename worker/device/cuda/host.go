@@ -1,0 +1,181 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"gorgonia.org/cu"
+
+	"github.com/memworker/memworker/bytesize"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Pinned host memory.
+//
+// cuMemHostAlloc of 8 GiB took 4.3 s on the H100: it faults, zeroes and
+// page-locks every page before it returns, one thread doing all of it. A
+// segment here is anonymous memory (mmap, transparent huge pages asked
+// for) that several threads fault in and page-lock with cuMemHostRegister
+// a pinChunk at a time, in address order, while the segment is already
+// handed out: a copy waits only for the chunks it touches, so pinning
+// overlaps the copy instead of preceding it. A copy never spans two
+// registrations (the driver looks each host pointer up in one).
+const (
+	pinChunk  = 128 << 20 // bytes page-locked by one cuMemHostRegister
+	hostAlign = 2 << 20   // segment alignment: a huge page, as the pools expect
+	pageSize  = 4 << 10
+)
+
+// Chunk states.
+const (
+	chunkPending uint8 = iota
+	chunkPinned
+	chunkFailed // left pageable: copies still work, through the driver's staging
+)
+
+// hostSegment is one pinned host segment.
+type hostSegment struct {
+	mem  []byte         // the whole mapping, for munmap
+	ptr  unsafe.Pointer // the segment's start in mem, hostAlign-aligned
+	size int64
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	chunks []uint8 // per pinChunk: pending, pinned or failed
+	err    error   // the first registration failure
+	done   chan struct{}
+}
+
+// newHostSegment maps size bytes and starts page-locking them on threads
+// threads with g's context current; it returns at once.
+func newHostSegment(g *gpu, size int64, threads int) (*hostSegment, error) {
+	mem, err := syscall.Mmap(-1, 0, int(size+hostAlign), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
+	}
+	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE) // best effort: fewer faults and pages to lock
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	pad := (hostAlign - base%hostAlign) % hostAlign
+	h := &hostSegment{
+		mem:    mem,
+		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
+		size:   size,
+		chunks: make([]uint8, (size+pinChunk-1)/pinChunk),
+		done:   make(chan struct{}),
+	}
+	h.cond.L = &h.mu
+	go h.pin(g, max(threads, 1))
+	return h, nil
+}
+
+// pin page-locks every chunk, lowest addresses first, and closes done.
+func (h *hostSegment) pin(g *gpu, threads int) {
+	defer close(h.done)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(threads, len(h.chunks)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			ctxErr := cu.SetCurrentContext(g.ctx)
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(h.chunks)) {
+					return
+				}
+				err := ctxErr
+				if err == nil {
+					err = h.pinChunk(i)
+				}
+				h.mu.Lock()
+				h.chunks[i] = chunkPinned
+				if err != nil {
+					h.chunks[i] = chunkFailed
+					if h.err == nil {
+						h.err = err
+					}
+				}
+				h.cond.Broadcast()
+				h.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// pinChunk faults chunk i in (a write per page: the kernel zeroes it here,
+// on this thread) and page-locks it.
+func (h *hostSegment) pinChunk(i int64) error {
+	off := i * pinChunk
+	n := min(pinChunk, h.size-off)
+	mem := unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n)
+	for p := int64(0); p < n; p += pageSize {
+		mem[p] = 0
+	}
+	return hostRegister(unsafe.Add(h.ptr, off), n)
+}
+
+// piece shortens a copy of n bytes at offset off to the chunk it starts in,
+// and waits until that chunk is page-locked (or failed to be).
+func (h *hostSegment) piece(off, n int64) int64 {
+	i := off / pinChunk
+	n = min(n, (i+1)*pinChunk-off)
+	h.mu.Lock()
+	for h.chunks[i] == chunkPending {
+		h.cond.Wait()
+	}
+	h.mu.Unlock()
+	return n
+}
+
+// release waits for pinning to end, unlocks the chunks and unmaps the
+// segment. A context must be current on the calling thread.
+func (h *hostSegment) release() error {
+	<-h.done
+	var err error
+	for i, st := range h.chunks {
+		if st != chunkPinned {
+			continue
+		}
+		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*pinChunk)); uerr != nil && err == nil {
+			err = uerr
+		}
+	}
+	if merr := syscall.Munmap(h.mem); merr != nil && err == nil {
+		err = fmt.Errorf("unmapping host memory: %w", merr)
+	}
+	return err
+}
+
+// pinned reports how many bytes of the segment are page-locked now.
+func (h *hostSegment) pinned() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var n int64
+	for i, st := range h.chunks {
+		if st == chunkPinned {
+			n += min(pinChunk, h.size-int64(i)*pinChunk)
+		}
+	}
+	return n
+}
+
+// WaitPinned blocks until the pinned segment at addr is page-locked
+// throughout, and returns the first registration error; for benchmarks of
+// pinning itself.
+func WaitPinned(b *Backend, addr uint64) error {
+	h, _, err := b.hostSeg(addr, 1)
+	if err != nil {
+		return err
+	}
+	<-h.done
+	return h.err
+}

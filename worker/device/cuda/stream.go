@@ -1,0 +1,154 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"context"
+	"fmt"
+
+	"gorgonia.org/cu"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Pipelined copies: pieces queued on copyStreams streams without a wait
+// between them, at most copyInflight of them in flight, each followed by an
+// event the host waits on to report it landed. A copy in synchronous
+// pieces pays the driver's launch and the host's wake-up between every two
+// pieces, with the copy engine idle (on NVLink a 64 MiB piece lasts
+// 0.2 ms, so that idle time is a fifth of the copy).
+const (
+	copyStreams  = 2
+	copyInflight = 4
+)
+
+// CopyChunks copies n bytes from src to dst as Copy does, in pieces of at
+// most chunk bytes that are pipelined on streams, and calls done with each
+// piece's length, in order, once the piece has landed. A cancelled context
+// stops it between pieces, after the pieces in flight land.
+func (b *Backend) CopyChunks(ctx context.Context, dst, src device.Location, n, chunk int64, done func(int64)) error {
+	g, err := b.driver(dst, src)
+	if err != nil || g == nil || overlaps(dst, src, n) {
+		// Host to host, or one range over itself: no stream to gain from.
+		if err == nil {
+			if err = b.Copy(ctx, dst, src, n); err == nil {
+				done(n)
+			}
+		}
+		return err
+	}
+	return g.here(func() error { return b.pipeline(ctx, dst, src, n, chunk, done) })
+}
+
+// driver is the device whose context issues a copy: the one holding device
+// memory (the destination's for peer copies); nil for host to host.
+func (b *Backend) driver(dst, src device.Location) (*gpu, error) {
+	switch {
+	case dst.Kind == device.VRAM:
+		return b.gpu(dst.Device)
+	case src.Kind == device.VRAM:
+		return b.gpu(src.Device)
+	}
+	return nil, nil
+}
+
+func overlaps(dst, src device.Location, n int64) bool {
+	return dst.Device == src.Device && dst.Kind == src.Kind && dst.Addr < src.Addr+uint64(n) && src.Addr < dst.Addr+uint64(n)
+}
+
+// pipeline runs on a thread with the driving device's context current.
+func (b *Backend) pipeline(ctx context.Context, dst, src device.Location, n, chunk int64, done func(int64)) (err error) {
+	var streams [copyStreams]cu.Stream
+	for i := range streams {
+		if streams[i], err = cu.MakeStream(cu.NonBlocking); err != nil {
+			return wrap("cuStreamCreate", err)
+		}
+		defer streams[i].Destroy()
+	}
+	type landing struct {
+		ev cu.Event
+		n  int64
+	}
+	var flying []landing
+	land := func() error {
+		l := flying[0]
+		flying = flying[1:]
+		serr := l.ev.Synchronize()
+		_ = cu.DestroyEvent(&l.ev)
+		if serr != nil {
+			return wrap("cuEventSynchronize", serr)
+		}
+		done(l.n)
+		return nil
+	}
+	defer func() { // what was queued lands before the caller frees anything
+		for len(flying) > 0 {
+			if lerr := land(); err == nil {
+				err = lerr
+			}
+		}
+	}()
+	for off, i := int64(0), 0; off < n; i++ {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
+		}
+		d, s := dst, src
+		d.Addr += uint64(off)
+		s.Addr += uint64(off)
+		m, err := b.pieces(d, s, min(chunk, n-off))
+		if err != nil {
+			return err
+		}
+		st := streams[i%copyStreams]
+		if err := b.copyAsync(d, s, m, st); err != nil {
+			return err
+		}
+		ev, err := cu.MakeEvent(cu.DisableTiming)
+		if err != nil {
+			return wrap("cuEventCreate", err)
+		}
+		if err := ev.Record(st); err != nil {
+			_ = cu.DestroyEvent(&ev)
+			return wrap("cuEventRecord", err)
+		}
+		flying = append(flying, landing{ev, m})
+		if len(flying) > copyInflight {
+			if err := land(); err != nil {
+				return err
+			}
+		}
+		off += m
+	}
+	return nil
+}
+
+// copyAsync queues one piece on st.
+func (b *Backend) copyAsync(dst, src device.Location, n int64, st cu.Stream) error {
+	switch {
+	case src.Kind == device.VRAM && dst.Kind == device.VRAM:
+		if src.Device == dst.Device {
+			return wrap("cuMemcpyDtoDAsync", cu.MemcpyDtoDAsync(cu.DevicePtr(dst.Addr), cu.DevicePtr(src.Addr), n, st))
+		}
+		sg, err := b.gpu(src.Device)
+		if err != nil {
+			return err
+		}
+		dg, err := b.gpu(dst.Device)
+		if err != nil {
+			return err
+		}
+		return wrap("cuMemcpyPeerAsync", cu.MemcpyPeerAsync(cu.DevicePtr(dst.Addr), dg.ctx, cu.DevicePtr(src.Addr), sg.ctx, n, st))
+	case src.Kind == device.Pinned:
+		h, err := b.hostPtr(src.Addr, n)
+		if err != nil {
+			return err
+		}
+		return wrap("cuMemcpyHtoDAsync", cu.MemcpyHtoDAsync(cu.DevicePtr(dst.Addr), h, n, st))
+	default:
+		h, err := b.hostPtr(dst.Addr, n)
+		if err != nil {
+			return err
+		}
+		return wrap("cuMemcpyDtoHAsync", cu.MemcpyDtoHAsync(h, cu.DevicePtr(src.Addr), n, st))
+	}
+}

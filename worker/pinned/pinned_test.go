@@ -1,0 +1,124 @@
+package pinned_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/sim"
+	"github.com/memworker/memworker/worker/pinned"
+)
+
+const MiB = int64(1) << 20
+
+func newPool(t *testing.T, cfg pinned.Config) (*pinned.Pool, *sim.Backend) {
+	t.Helper()
+	b := sim.New(sim.Config{Devices: []sim.Spec{{Name: "gpu", TotalBytes: 1 << 30}}, PinnedBytes: 1 << 30})
+	p, err := pinned.New(context.Background(), b, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, b
+}
+
+// held is what the backend has page-locked: the truth the pool's figures
+// are checked against.
+func held(b *sim.Backend) (n int64) {
+	for _, s := range b.Segments(0, device.Pinned) {
+		n += s.Size
+	}
+	return n
+}
+
+// TestFreedMemoryIsReusedWithoutPinningMore: what is given back stays
+// page-locked and serves the next request of a size it holds.
+func TestFreedMemoryIsReusedWithoutPinningMore(t *testing.T) {
+	ctx := context.Background()
+	p, b := newPool(t, pinned.Config{})
+	a, err := p.AllocSegment(ctx, 64*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.FreeSegment(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.AllocSegment(ctx, 48*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := p.Figures()
+	if again != a || f.Requests != 2 || f.Hits != 1 || f.LockedBytes != 64*MiB || held(b) != 64*MiB {
+		t.Errorf("second request at %#x (first %#x), figures %+v, backend holds %d: want the same memory, one hit, 64 MiB locked once", again, a, f, held(b))
+	}
+	if f.PinnedBytes != 64*MiB || f.InUseBytes < 48*MiB || f.CachedBytes != f.PinnedBytes-f.InUseBytes {
+		t.Errorf("figures %+v", f)
+	}
+	if err := p.FreeSegment(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.FreeSegment(ctx, again); !errors.Is(err, device.ErrNotFound) {
+		t.Errorf("freeing twice: %v, want not found", err)
+	}
+	if err := p.Close(ctx); err != nil || held(b) != 0 {
+		t.Errorf("close: %v, backend still holds %d", err, held(b))
+	}
+}
+
+// TestPrepinnedMemoryServesTheFirstRequests: --pinned-pool is page-locked
+// at start and requests within it lock nothing more.
+func TestPrepinnedMemoryServesTheFirstRequests(t *testing.T) {
+	ctx := context.Background()
+	p, b := newPool(t, pinned.Config{Prepin: 256 * MiB, Max: 512 * MiB})
+	if f := p.Figures(); f.PinnedBytes != 256*MiB || f.CachedBytes != 256*MiB || f.PrepinBytes != 256*MiB || f.MaxBytes != 512*MiB || held(b) != 256*MiB {
+		t.Fatalf("at start: %+v, backend holds %d", f, held(b))
+	}
+	for range 3 {
+		if _, err := p.AllocSegment(ctx, 80*MiB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := p.Figures(); f.Hits != 3 || f.LockedBytes != 256*MiB || held(b) != 256*MiB {
+		t.Errorf("three 80 MiB segments: %+v, backend holds %d: want all from the pre-pinned 256 MiB", f, held(b))
+	}
+}
+
+// TestTheCapIsKept: past --pinned-max the pool gives back its empty
+// segments before it locks more, and refuses what still does not fit,
+// saying so.
+func TestTheCapIsKept(t *testing.T) {
+	ctx := context.Background()
+	p, b := newPool(t, pinned.Config{Max: 100 * MiB})
+	a, err := p.AllocSegment(ctx, 60*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.AllocSegment(ctx, 60*MiB)
+	if !errors.Is(err, device.ErrOutOfMemory) || !strings.Contains(err.Error(), "--pinned-max 100 MiB") {
+		t.Errorf("over the cap: %v, want out of memory naming the cap", err)
+	}
+	if err := p.FreeSegment(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	// The cached 60 MiB cannot serve 80 MiB; it goes back so 80 MiB fit.
+	if _, err := p.AllocSegment(ctx, 80*MiB); err != nil {
+		t.Fatalf("80 MiB after freeing 60 MiB under a 100 MiB cap: %v", err)
+	}
+	if f := p.Figures(); f.PinnedBytes != 80*MiB || held(b) != 80*MiB {
+		t.Errorf("figures %+v, backend holds %d: want only the 80 MiB segment", f, held(b))
+	}
+}
+
+func TestPrepinOverTheCapIsRefused(t *testing.T) {
+	b := sim.New(sim.Default(1, 1<<30))
+	if _, err := pinned.New(context.Background(), b, pinned.Config{Prepin: 200 * MiB, Max: 100 * MiB}); err == nil {
+		t.Error("pre-pinning 200 MiB under a 100 MiB cap was accepted")
+	}
+	if _, err := pinned.New(context.Background(), b, pinned.Config{Prepin: -1}); err == nil {
+		t.Error("a negative size was accepted")
+	}
+	if held(b) != 0 {
+		t.Errorf("refused pools hold %d bytes", held(b))
+	}
+}
