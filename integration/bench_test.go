@@ -214,6 +214,7 @@ func BenchmarkTransferVerify(b *testing.B) {
 			if done.Status != subjects.TransferCompleted || done.Verified != verify {
 				b.Fatalf("transfer %+v", done)
 			}
+			b.Logf("verify %v: %.3f s end to end: setup %.3f s, copy %.3f s, verify %.3f s", verify, secs, done.SetupSeconds, done.CopySeconds, done.VerifySeconds)
 			rates[verify] = append(rates[verify], float64(size)/secs/1e9)
 			copyRates[verify] = append(copyRates[verify], done.CopyThroughputBytesPerSecond/1e9)
 			b.StopTimer()

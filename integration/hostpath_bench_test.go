@@ -121,6 +121,7 @@ func BenchmarkOffloadRestore(b *testing.B) {
 				locs[i], _, _ = h.Locate("n1-gpu0", r.OptimizationDetails.Models[0].AllocationIDs[i])
 			}
 			d2h, h2d := rawCopies(b, h.dev, locs, size)
+			b.Logf("%s: offload %.3f s, restore %.3f s (copying %.3f s); raw %.3f s and %.3f s", mode, offload.Seconds(), restore.Seconds(), r.CopySeconds, d2h.Seconds(), h2d.Seconds())
 			m.add("offload-GB/s-"+mode, float64(total)/offload.Seconds()/1e9)
 			m.add("restore-GB/s-"+mode, float64(total)/restore.Seconds()/1e9)
 			m.add("raw-D2H-GB/s", float64(total)/d2h.Seconds()/1e9)
@@ -155,6 +156,7 @@ func BenchmarkTransferToHost(b *testing.B) {
 				b.Fatalf("transfer %+v", done)
 			}
 			d2h, _ := rawCopies(b, h.dev, locs, size)
+			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s; raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, d2h.Seconds())
 			m.add("GB/s-"+mode, float64(size)/took.Seconds()/1e9)
 			m.add("copy-GB/s-"+mode, done.CopyThroughputBytesPerSecond/1e9)
 			m.add("setup-s-"+mode, done.SetupSeconds)

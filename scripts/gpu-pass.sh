@@ -12,6 +12,8 @@ cd "$work/cuda"
 steps=${*:-cuda integration hostpath bench}
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 lscpu >"$out/lscpu.txt" 2>&1
+# Transparent huge pages decide how fast fresh pinned memory is faulted in.
+grep -H . /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag >>"$out/lscpu.txt" 2>&1
 step() { # name command...: run, keep the output, note the exit status
 	local name=$1
 	shift

@@ -32,6 +32,13 @@ type Backend interface {
 	Free(ctx context.Context, dev int, kind device.Kind, addr uint64) error
 }
 
+// locker is a backend whose pinned segments are page-locked after Alloc
+// returns (while they are already in use); the pool waits for what it pins
+// ahead, so that memory is ready when the worker says so.
+type locker interface {
+	WaitLocked(ctx context.Context, addr uint64) error
+}
+
 // Config sizes the pool.
 type Config struct {
 	// Prepin is page-locked at start and kept (0: nothing ahead).
@@ -79,9 +86,16 @@ func New(ctx context.Context, b Backend, cfg Config) (*Pool, error) {
 	p := &Pool{cfg: cfg, src: &source{b: b, max: cfg.Max, sizes: map[uint64]int64{}}, blocks: map[uint64]*alloc.Block{}}
 	p.pool = alloc.New(p.src)
 	if cfg.Prepin > 0 {
-		blk, err := p.pool.Alloc(ctx, cfg.Prepin, alloc.RoundLarge)
+		blk, err := p.pool.Alloc(ctx, roundHuge(cfg.Prepin), 0)
 		if err != nil {
 			return nil, fmt.Errorf("pinning %s ahead: %w", bytesize.Format(cfg.Prepin), err)
+		}
+		if l, ok := b.(locker); ok {
+			if err := l.WaitLocked(ctx, blk.SegmentAddr()); err != nil {
+				_ = p.pool.Free(blk)
+				_ = p.Close(ctx)
+				return nil, fmt.Errorf("pinning %s ahead: %w", bytesize.Format(cfg.Prepin), err)
+			}
 		}
 		_ = p.pool.Free(blk) // cached, for the first to come
 		p.prepinRequests = 1
@@ -94,9 +108,17 @@ func New(ctx context.Context, b Backend, cfg Config) (*Pool, error) {
 func (p *Pool) AllocSegment(ctx context.Context, size int64) (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	blk, err := p.pool.Alloc(ctx, size, alloc.RoundLarge)
+	// Segments are cut in whole huge pages from 2 MiB-aligned ones, so
+	// every block is aligned without asking for padding: a request for
+	// alignment would need room for it, and memory freed by a request of
+	// the same size would never fit again.
+	blk, err := p.pool.Alloc(ctx, roundHuge(size), 0)
 	if err != nil {
 		return 0, err
+	}
+	if blk.Addr()%alloc.RoundLarge != 0 {
+		_ = p.pool.Free(blk)
+		return 0, fmt.Errorf("pinned segment at %#x is not 2 MiB-aligned: the backend broke its word", blk.Addr())
 	}
 	p.blocks[blk.Addr()] = blk
 	return blk.Addr(), nil
@@ -112,6 +134,10 @@ func (p *Pool) FreeSegment(_ context.Context, addr uint64) error {
 	}
 	delete(p.blocks, addr)
 	return p.pool.Free(blk)
+}
+
+func roundHuge(n int64) int64 {
+	return (n + alloc.RoundLarge - 1) / alloc.RoundLarge * alloc.RoundLarge
 }
 
 // Figures returns the pool's state.

@@ -61,6 +61,19 @@ func TestFreedMemoryIsReusedWithoutPinningMore(t *testing.T) {
 	if err := p.FreeSegment(ctx, again); !errors.Is(err, device.ErrNotFound) {
 		t.Errorf("freeing twice: %v, want not found", err)
 	}
+	// The same size again, as every transfer of one allocation asks.
+	for range 3 {
+		a, err := p.AllocSegment(ctx, 64*MiB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.FreeSegment(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := p.Figures(); f.LockedBytes != 64*MiB || f.Hits != 4 {
+		t.Errorf("three more 64 MiB segments: %+v, want all from the first 64 MiB", f)
+	}
 	if err := p.Close(ctx); err != nil || held(b) != 0 {
 		t.Errorf("close: %v, backend still holds %d", err, held(b))
 	}

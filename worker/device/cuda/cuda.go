@@ -612,11 +612,3 @@ func kindOf(code int) error {
 	}
 	return device.ErrUnavailable
 }
-
-// HostPointer returns the pointer behind a pinned address, for benchmarks
-// that call the driver directly; nil when the address is not pinned memory
-// of b.
-func HostPointer(b *Backend, addr uint64) unsafe.Pointer {
-	p, _ := b.hostPtr(addr, 1)
-	return p
-}

@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"sync"
@@ -168,14 +169,18 @@ func (h *hostSegment) pinned() int64 {
 	return n
 }
 
-// WaitPinned blocks until the pinned segment at addr is page-locked
-// throughout, and returns the first registration error; for benchmarks of
-// pinning itself.
-func WaitPinned(b *Backend, addr uint64) error {
+// WaitLocked blocks until the pinned segment at addr is page-locked
+// throughout (or ctx ends), and returns the first registration error: for
+// memory pinned ahead, which must be ready when the worker says so.
+func (b *Backend) WaitLocked(ctx context.Context, addr uint64) error {
 	h, _, err := b.hostSeg(addr, 1)
 	if err != nil {
 		return err
 	}
-	<-h.done
-	return h.err
+	select {
+	case <-h.done:
+		return h.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
