@@ -114,3 +114,39 @@ func rawCopies(tb testing.TB, b testBackend, locs []device.Location, size int64)
 	h2d = each(func(i int, h unsafe.Pointer) error { return cu.MemcpyHtoD(cu.DevicePtr(locs[i].Addr), h, size) })
 	return d2h, h2d
 }
+
+// rawPeerCopy times one cuMemcpyPeer of n bytes at src to memory of device
+// dst allocated beforehand, synchronised: the reference for peer
+// transfers.
+func rawPeerCopy(tb testing.TB, b testBackend, src device.Location, dst int, n int64) time.Duration {
+	tb.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ctxs := make([]cu.CUContext, 2)
+	for i, d := range []int{src.Device, dst} {
+		dev, err := cu.GetDevice(d)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if ctxs[i], err = dev.RetainPrimaryCtx(); err != nil {
+			tb.Fatal(err)
+		}
+		defer dev.ReleasePrimaryCtx()
+	}
+	if err := cu.SetCurrentContext(ctxs[1]); err != nil {
+		tb.Fatal(err)
+	}
+	to, err := cu.MemAlloc(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cu.MemFree(to)
+	start := time.Now()
+	if err := cu.MemcpyPeer(to, ctxs[1], cu.DevicePtr(src.Addr), ctxs[0], n); err != nil {
+		tb.Fatal(err)
+	}
+	if err := cu.Synchronize(); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Since(start)
+}

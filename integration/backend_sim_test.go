@@ -70,3 +70,21 @@ func rawCopies(tb testing.TB, b testBackend, locs []device.Location, size int64)
 	h2d = each(func(i int, h device.Location) error { return sb.Copy(ctx, locs[i], h, size) })
 	return d2h, h2d
 }
+
+// rawPeerCopy times the backend copying n bytes at src to memory of device
+// dst it holds beforehand: the reference for peer transfers.
+func rawPeerCopy(tb testing.TB, b testBackend, src device.Location, dst int, n int64) time.Duration {
+	tb.Helper()
+	ctx := context.Background()
+	sb := b.(*sim.Backend)
+	to, err := sb.Alloc(ctx, dst, device.VRAM, n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sb.Free(ctx, dst, device.VRAM, to)
+	start := time.Now()
+	if err := sb.Copy(ctx, device.Location{Device: dst, Kind: device.VRAM, Addr: to}, src, n); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Since(start)
+}

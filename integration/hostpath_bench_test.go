@@ -169,3 +169,40 @@ func BenchmarkTransferToHost(b *testing.B) {
 		b.ReportMetric(m.of(name), name)
 	}
 }
+
+// BenchmarkPeerTransfer transfers one allocation (BENCH_TRANSFER_BYTES,
+// default 64 MiB; the GPU pass uses 8 GiB) to the host's second device,
+// from the request to completed, beside one raw peer copy of the same
+// bytes.
+func BenchmarkPeerTransfer(b *testing.B) {
+	size := benchBytes(b, "BENCH_TRANSFER_BYTES", 64*MiB)
+	srv := startServer(b)
+	h := startWorker(b, srv, "n1", withDevices(2, 2*size+GiB))
+	nc := connect(b, srv)
+	ids, locs := allocateModel(b, h, nc, 1, size)
+	m := medians{}
+	for b.Loop() {
+		start := time.Now()
+		var st subjects.TransferStatus
+		call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: ids[0], TargetDeviceID: "n1-gpu1"}, &st)
+		done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
+		took := time.Since(start)
+		if done.Status != subjects.TransferCompleted {
+			b.Fatalf("transfer %+v", done)
+		}
+		raw := rawPeerCopy(b, h.dev, locs[0], 1, size)
+		b.Logf("%.4f s end to end: setup %.4f s, copy %.4f s; raw %.4f s", took.Seconds(), done.SetupSeconds, done.CopySeconds, raw.Seconds())
+		// At the worker: from the request's arrival to completed.
+		worker := done.CompletedAt.Sub(done.CreatedAt)
+		m.add("GB/s", float64(size)/took.Seconds()/1e9)
+		m.add("worker-GB/s", float64(size)/worker.Seconds()/1e9)
+		m.add("worker-ratio", raw.Seconds()/worker.Seconds())
+		m.add("copy-GB/s", done.CopyThroughputBytesPerSecond/1e9)
+		m.add("raw-GB/s", float64(size)/raw.Seconds()/1e9)
+		m.add("ratio", raw.Seconds()/took.Seconds())
+		call(b, nc, subjects.Deallocate, "n1-gpu1", subjects.DeallocateRequest{AllocationID: done.DestinationAllocationID}, nil)
+	}
+	for name := range m {
+		b.ReportMetric(m.of(name), name)
+	}
+}

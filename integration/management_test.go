@@ -105,6 +105,7 @@ func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
 func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.TransferStatus {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
+	pause := 100 * time.Microsecond // short copies end in a millisecond
 	for {
 		var st subjects.TransferStatus
 		call(t, nc, subjects.GetTransfer, dev, subjects.GetTransferRequest{TransferID: id}, &st)
@@ -114,7 +115,8 @@ func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.Transfer
 		if time.Now().After(deadline) {
 			t.Fatalf("transfer %s still %s", id, st.Status)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, 5*time.Millisecond)
 	}
 }
 

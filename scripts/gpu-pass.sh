@@ -26,9 +26,9 @@ for s in $steps; do
 	cuda) step cuda-test ./cuda.test -test.v -test.count 1 -test.bench . -test.benchmem ;;
 	integration) step integration ./integration.test -test.v -test.count 1 -test.timeout 8m -test.bench PressureEventLatency ;;
 	hostpath) # P15: pinning, pipelined copies, offload/restore and transfers to the host against raw
-		step pin-copy env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run 'Pipelined|CopiesKeepContent' -test.v -test.bench 'Pin|ColdD2H|Copy$' -test.benchtime 3x
+		step pin-copy env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run 'Pipelined|CopiesKeepContent|Checksum' -test.v -test.bench 'Pin|ColdD2H|Copy$|Pipelined'
 		step offload-restore env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
-		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost|TransferVerify' -test.benchtime 3x
+		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost|TransferVerify|PeerTransfer' -test.benchtime 3x
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

@@ -276,17 +276,10 @@ func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) er
 	return verr
 }
 
-// ChunkCopier is a backend that pipelines a long copy itself (the cuda
-// backend queues the chunks on streams without waiting between them) and
-// reports each chunk as it lands.
-type ChunkCopier interface {
-	CopyChunks(ctx context.Context, dst, src device.Location, n, chunk int64, landed func(int64)) error
-}
-
 // copyInChunks copies n bytes a transferChunk at a time and calls landed
 // with each chunk's length, in order, once it is copied.
 func (w *Worker) copyInChunks(ctx context.Context, dst, src device.Location, n int64, landed func(int64)) error {
-	if cc, ok := w.cfg.Backend.(ChunkCopier); ok {
+	if cc, ok := w.cfg.Backend.(ledger.ChunkCopier); ok {
 		return cc.CopyChunks(ctx, dst, src, n, transferChunk, landed)
 	}
 	for off := int64(0); off < n; off += transferChunk {

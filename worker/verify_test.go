@@ -2,10 +2,12 @@ package worker
 
 import (
 	"context"
+	"hash/crc32"
 	"log/slog"
 	"testing"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/crc32c"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/sim"
 	"github.com/memworker/memworker/worker/ledger"
@@ -30,6 +32,18 @@ func (c *corrupting) Copy(ctx context.Context, dst, src device.Location, n int64
 	}
 	b[0] ^= 0xff
 	return c.Backend.Write(ctx, at, b)
+}
+
+// summing is corrupting with a Checksum of its own (summed from reads, as
+// a GPU would sum where the memory lies): the verifier's in-place path.
+type summing struct{ *corrupting }
+
+func (s summing) Checksum(ctx context.Context, at device.Location, n int64) (uint32, error) {
+	p := make([]byte, n)
+	if err := s.Read(ctx, at, p); err != nil {
+		return 0, err
+	}
+	return crc32.Checksum(p, crc32c.Table), nil
 }
 
 // runOneTransfer asks for a verified copy of a fresh allocation of size
@@ -65,13 +79,19 @@ func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		corrupt bool
+		inPlace bool // the backend sums memory where it lies
 	}{
-		{"a good copy is verified", false},
-		{"a corrupt chunk fails the transfer", true},
+		{"a good copy is verified", false, false},
+		{"a corrupt chunk fails the transfer", true, false},
+		{"a good copy is verified where it lies", false, true},
+		{"a corrupt chunk fails the transfer where it lies", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w, b := testWorker(t, "v1", func(c *Config) {
 				c.Backend = &corrupting{Backend: c.Backend.(*sim.Backend), flip: tc.corrupt}
+				if tc.inPlace {
+					c.Backend = summing{c.Backend.(*corrupting)}
+				}
 				c.Logger = slog.New(slog.DiscardHandler)
 			})
 			// Three chunks and a bit: spans reach the verifier in order.

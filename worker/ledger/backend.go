@@ -22,6 +22,14 @@ type Backend interface {
 	Read(ctx context.Context, src device.Location, p []byte) error
 }
 
+// ChunkCopier is a backend that pipelines a long copy itself (the cuda
+// backend queues the chunks on streams without waiting between them) and
+// reports each chunk, in order, as it lands. Moves and transfers use it
+// where the backend has it.
+type ChunkCopier interface {
+	CopyChunks(ctx context.Context, dst, src device.Location, n, chunk int64, landed func(int64)) error
+}
+
 // Exporter is a backend that can share a device segment with other
 // processes of the host (CUDA IPC). Allocations with export need it.
 type Exporter interface {

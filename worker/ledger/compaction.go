@@ -103,6 +103,17 @@ func (d *Device) relocate(ctx context.Context, allocs []*allocation, kind device
 	return d.relocateTimed(ctx, allocs, kind, now, &phases{})
 }
 
+// moveChunk is the piece size of a pipelined move.
+const moveChunk = 256 << 20
+
+// copy copies n bytes for a move, pipelined where the backend can.
+func (d *Device) copy(ctx context.Context, dst, src device.Location, n int64) error {
+	if cc, ok := d.backend.(ChunkCopier); ok {
+		return cc.CopyChunks(ctx, dst, src, n, moveChunk, func(int64) {})
+	}
+	return d.backend.Copy(ctx, dst, src, n)
+}
+
 // phases adds up where the time of moves went: reserving the destinations
 // (setup: with pinned memory newly page-locked, part of it goes on while
 // the copy runs) and copying.
@@ -136,7 +147,7 @@ func (d *Device) relocateTimed(ctx context.Context, allocs []*allocation, kind d
 	ph.setup += t1.Sub(t0)
 	for i, a := range allocs {
 		dst := device.Location{Device: d.index, Kind: kind, Addr: blocks[i].Addr()}
-		if err := d.backend.Copy(ctx, dst, d.loc(a), a.size); err != nil {
+		if err := d.copy(ctx, dst, d.loc(a), a.size); err != nil {
 			undo()
 			return fmt.Errorf("copying %s: %w", a.idString(), err)
 		}

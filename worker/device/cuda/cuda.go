@@ -37,6 +37,9 @@ type Config struct {
 	// PinThreads is how many threads page-lock a new pinned segment
 	// (0: DefaultPinThreads).
 	PinThreads int
+	// CopyStreams is how many streams a pipelined copy queues its pieces
+	// on (0: DefaultCopyStreams).
+	CopyStreams int
 }
 
 // DefaultPinThreads page-lock new pinned memory: faulting pages in is
@@ -65,6 +68,8 @@ type gpu struct {
 
 	baseline int64 // bytes in use when opened, for MemoryLimit
 
+	kernels kernels // the module of checksum.go, loaded on first use
+
 	mu       sync.Mutex
 	segments map[uint64]int64 // device memory held, by address
 	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
@@ -84,6 +89,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.PinThreads <= 0 {
 		cfg.PinThreads = DefaultPinThreads
+	}
+	if cfg.CopyStreams <= 0 {
+		cfg.CopyStreams = DefaultCopyStreams
 	}
 	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
@@ -226,6 +234,7 @@ func (b *Backend) close() {
 			for _, p := range g.extra {
 				_ = cu.MemFree(p)
 			}
+			g.kernels.free()
 			g.extra = nil
 			return nil
 		})

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"runtime"
 	"testing"
@@ -15,13 +16,16 @@ import (
 
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/crc32c"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/cuda"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 var (
 	_ worker.Backend     = (*cuda.Backend)(nil)
-	_ worker.ChunkCopier = (*cuda.Backend)(nil)
+	_ ledger.ChunkCopier = (*cuda.Backend)(nil)
+	_ worker.Checksummer = (*cuda.Backend)(nil)
 )
 
 // TestCopyHonoursItsContext: a cancelled context stops a copy between
@@ -277,16 +281,6 @@ func BenchmarkCopy(b *testing.B) {
 		}{"Peer", d1, d0, func() error { return synced(cu.MemcpyPeer(cu.DevicePtr(d1.Addr), c1, cu.DevicePtr(d0.Addr), c0, n)) }})
 	}
 	for _, c := range cases {
-		if c.name != "D2D" {
-			b.Run(c.name+"/pipelined", func(b *testing.B) {
-				b.SetBytes(n)
-				for b.Loop() {
-					if err := be.CopyChunks(ctx, c.dst, c.src, n, 64*MiB, func(int64) {}); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		}
 		b.Run(c.name+"/memworker", func(b *testing.B) {
 			b.SetBytes(n)
 			for b.Loop() {
@@ -531,4 +525,74 @@ func BenchmarkColdD2H(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkPipelined measures CopyChunks (pieces queued on streams, an
+// event after each) for 1 GiB, by streams and piece size, for the copies
+// transfers and moves make; BenchmarkCopy has the raw driver copies.
+func BenchmarkPipelined(b *testing.B) {
+	ctx := context.Background()
+	const n = GiB
+	for _, streams := range []int{1, 2} {
+		be := open(b, cuda.Config{CopyStreams: streams})
+		infos, _ := be.Devices(ctx)
+		loc := func(dev int, kind device.Kind) device.Location {
+			a, err := be.Alloc(ctx, dev, kind, n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return device.Location{Device: dev, Kind: kind, Addr: a}
+		}
+		d0, h0 := loc(0, device.VRAM), loc(0, device.Pinned)
+		cases := []struct {
+			name     string
+			dst, src device.Location
+		}{{"H2D", d0, h0}, {"D2H", h0, d0}}
+		if len(infos) > 1 {
+			cases = append(cases, struct {
+				name     string
+				dst, src device.Location
+			}{"Peer", loc(1, device.VRAM), d0})
+		}
+		for _, c := range cases {
+			for _, chunk := range []int64{64 * MiB, 256 * MiB} {
+				b.Run(fmt.Sprintf("%s/streams-%d/chunk-%dMiB", c.name, streams, chunk/MiB), func(b *testing.B) {
+					b.SetBytes(n)
+					for b.Loop() {
+						if err := be.CopyChunks(ctx, c.dst, c.src, n, chunk, func(int64) {}); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestChecksumIsCRC32C: device memory summed on the GPU and pinned memory
+// summed in place give hash/crc32's CRC-32C, at any length and offset.
+func TestChecksumIsCRC32C(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{})
+	const n = 100*MiB + 12345
+	want := pattern(n, 5)
+	for _, kind := range []device.Kind{device.VRAM, device.Pinned} {
+		a, err := b.Alloc(ctx, 0, kind, n+MiB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Free(ctx, 0, kind, a)
+		for _, off := range []uint64{0, 3, 4096} {
+			at := device.Location{Kind: kind, Addr: a + off}
+			if err := b.Write(ctx, at, want); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []int64{0, 1, 64<<10 - 1, 64 << 10, n} {
+				got, err := b.Checksum(ctx, at, m)
+				if w := crc32.Checksum(want[:m], crc32c.Table); err != nil || got != w {
+					t.Errorf("%s at +%d, %d bytes: %#x (%v), want %#x", kind, off, m, got, err, w)
+				}
+			}
+		}
+	}
 }

@@ -11,15 +11,17 @@ import (
 	"github.com/memworker/memworker/worker/device"
 )
 
-// Pipelined copies: pieces queued on copyStreams streams without a wait
+// Pipelined copies: pieces queued on Config.CopyStreams streams without a wait
 // between them, at most copyInflight of them in flight, each followed by an
 // event the host waits on to report it landed. A copy in synchronous
 // pieces pays the driver's launch and the host's wake-up between every two
 // pieces, with the copy engine idle (on NVLink a 64 MiB piece lasts
 // 0.2 ms, so that idle time is a fifth of the copy).
 const (
-	copyStreams  = 2
-	copyInflight = 4
+	// DefaultCopyStreams: one stream per direction keeps one copy engine
+	// busy; more only interleave pieces on it (measured in BenchmarkCopy).
+	DefaultCopyStreams = 1
+	copyInflight       = 4
 )
 
 // CopyChunks copies n bytes from src to dst as Copy does, in pieces of at
@@ -58,7 +60,7 @@ func overlaps(dst, src device.Location, n int64) bool {
 
 // pipeline runs on a thread with the driving device's context current.
 func (b *Backend) pipeline(ctx context.Context, dst, src device.Location, n, chunk int64, done func(int64)) (err error) {
-	var streams [copyStreams]cu.Stream
+	streams := make([]cu.Stream, b.cfg.CopyStreams)
 	for i := range streams {
 		if streams[i], err = cu.MakeStream(cu.NonBlocking); err != nil {
 			return wrap("cuStreamCreate", err)
@@ -99,7 +101,7 @@ func (b *Backend) pipeline(ctx context.Context, dst, src device.Location, n, chu
 		if err != nil {
 			return err
 		}
-		st := streams[i%copyStreams]
+		st := streams[i%len(streams)]
 		if err := b.copyAsync(d, s, m, st); err != nil {
 			return err
 		}
