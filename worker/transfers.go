@@ -245,7 +245,7 @@ func (w *Worker) runTransfer(ctx context.Context, j *job) {
 func (w *Worker) copyChunks(ctx context.Context, j *job, dst device.Location) error {
 	var v *verifier
 	if j.verify {
-		v = w.startVerifier(ctx, j.lent.Loc, dst)
+		v = w.startVerifier(ctx, j.lent.Loc, dst, j.lent.Allocation.SizeBytes)
 	}
 	var landed int64
 	err := w.copyInChunks(ctx, dst, j.lent.Loc, j.lent.Allocation.SizeBytes, func(m int64) {

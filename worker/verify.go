@@ -37,8 +37,8 @@ type summed struct {
 	err error
 }
 
-func (w *Worker) startVerifier(ctx context.Context, src, dst device.Location) *verifier {
-	return &verifier{src: w.startSummer(ctx, src), dst: w.startSummer(ctx, dst)}
+func (w *Worker) startVerifier(ctx context.Context, src, dst device.Location, n int64) *verifier {
+	return &verifier{src: w.startSummer(ctx, src, n, true), dst: w.startSummer(ctx, dst, n, false)}
 }
 
 // Checksummer is a backend that sums memory where it lies: the cuda
@@ -48,9 +48,30 @@ type Checksummer interface {
 	Checksum(ctx context.Context, at device.Location, n int64) (uint32, error)
 }
 
-func (w *Worker) startSummer(ctx context.Context, at device.Location) *summer {
+func (w *Worker) startSummer(ctx context.Context, at device.Location, n int64, source bool) *summer {
 	s := &summer{spans: make(chan span, 4), done: make(chan summed, 1)}
 	cs, inPlace := w.cfg.Backend.(Checksummer)
+	if inPlace && at.Kind == device.VRAM {
+		// A GPU sums best all at once, on every core it has: the source
+		// right away (it does not change while lent), the copy once it
+		// has landed.
+		go func() {
+			if !source {
+				for range s.spans {
+				}
+			}
+			var r summed
+			if r.sum, r.err = cs.Checksum(ctx, at, n); r.err != nil {
+				r.err = fmt.Errorf("checksumming: %w", r.err)
+			}
+			if source {
+				for range s.spans {
+				}
+			}
+			s.done <- r
+		}()
+		return s
+	}
 	go func() {
 		var r summed
 		var buf []byte
