@@ -116,7 +116,7 @@ func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.Transfer
 			t.Fatalf("transfer %s still %s", id, st.Status)
 		}
 		time.Sleep(pause)
-		pause = min(2*pause, 5*time.Millisecond)
+		pause = min(2*pause, time.Millisecond)
 	}
 }
 

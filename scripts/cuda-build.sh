@@ -13,6 +13,7 @@ go build -tags cuda "${strip[@]}" -o bin/cuda/membench ./cmd/membench
 go build "${strip[@]}" -o bin/cuda/memctl ./cmd/memctl
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/cuda.test ./worker/device/cuda
 go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
+go test -c "${strip[@]}" -o bin/cuda/crc32c.test ./worker/crc32c
 # Test data the integration tests read relative to their folder.
 mkdir -p bin/docs && cp docs/nats-server.conf docs/accounts.conf bin/docs/
 cp scripts/gpu-coordinate.sh bin/cuda/

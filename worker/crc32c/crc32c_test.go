@@ -58,3 +58,21 @@ func TestPiecesJoin(t *testing.T) {
 		t.Errorf("joined by Shift = %#x, want %#x", crc, want)
 	}
 }
+
+// BenchmarkUpdate sums 64 MiB, a transfer's chunk, in parallel pieces.
+func BenchmarkUpdate(b *testing.B) {
+	buf := random(64 << 20)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		crc32c.Update(0, buf)
+	}
+}
+
+// BenchmarkOneCore is hash/crc32 on one core, for the ratio.
+func BenchmarkOneCore(b *testing.B) {
+	buf := random(64 << 20)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		crc32.Checksum(buf, crc32c.Table)
+	}
+}

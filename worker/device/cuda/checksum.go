@@ -27,18 +27,33 @@ const checksumBlock = 64 << 10
 
 var blockShift = sync.OnceValue(func() crc32c.Shift { return crc32c.ShiftOf(checksumBlock) })
 
-// kernels is a device's checksum module, loaded on first use, with the
+// kernels is a device's checksum module, loaded when the device opens
+// (before its memory baseline: loading takes device memory), with the
 // stream and the output buffer its launches share (allocating and freeing
 // per launch would cost a driver allocation, and cuMemFree may wait for
 // the device, copies included). mu serialises the launches.
 type kernels struct {
-	once   sync.Once
 	crc    cu.Function
-	err    error
+	err    error // loading failed: Checksum says so
 	mu     sync.Mutex
 	stream cu.Stream
 	out    cu.DevicePtr
 	outCap int64
+}
+
+// load loads the module; the device's context is current.
+func (k *kernels) load() {
+	mod, err := cu.LoadData(crc32cPTX)
+	if err != nil {
+		k.err = wrap("cuModuleLoadData", err)
+		return
+	}
+	if k.crc, err = mod.Function("crc32c_blocks"); err != nil {
+		k.err = wrap("cuModuleGetFunction", err)
+		return
+	}
+	k.stream, err = cu.MakeStream(cu.NonBlocking)
+	k.err = wrap("cuStreamCreate", err)
 }
 
 // free releases the stream and buffer; the device's context is current.
@@ -74,19 +89,6 @@ func (b *Backend) Checksum(ctx context.Context, loc device.Location, n int64) (u
 	sums := make([]uint32, blocks)
 	k := &g.kernels
 	err = g.here(func() error {
-		k.once.Do(func() {
-			mod, err := cu.LoadData(crc32cPTX)
-			if err != nil {
-				k.err = wrap("cuModuleLoadData", err)
-				return
-			}
-			if k.crc, err = mod.Function("crc32c_blocks"); err != nil {
-				k.err = wrap("cuModuleGetFunction", err)
-				return
-			}
-			k.stream, err = cu.MakeStream(cu.NonBlocking)
-			k.err = wrap("cuStreamCreate", err)
-		})
 		if k.err != nil {
 			return k.err
 		}

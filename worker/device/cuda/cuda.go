@@ -68,7 +68,8 @@ type gpu struct {
 
 	baseline int64 // bytes in use when opened, for MemoryLimit
 
-	kernels kernels // the module of checksum.go, loaded on first use
+	kernels kernels     // the module of checksum.go
+	streams []cu.Stream // pipelined copies' streams (stream.go)
 
 	mu       sync.Mutex
 	segments map[uint64]int64 // device memory held, by address
@@ -95,7 +96,7 @@ func New(cfg Config) (*Backend, error) {
 	}
 	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
-		g, err := open(i)
+		g, err := open(i, cfg.CopyStreams)
 		if err != nil {
 			b.Close()
 			return nil, err
@@ -122,7 +123,7 @@ func (g *gpu) memInfo() (free, total int64, err error) {
 	return free, total, wrap("cuMemGetInfo", err)
 }
 
-func open(i int) (*gpu, error) {
+func open(i, streams int) (*gpu, error) {
 	d, err := cu.GetDevice(i)
 	if err != nil {
 		return nil, fmt.Errorf("device %d: %w", i, err)
@@ -148,6 +149,24 @@ func open(i int) (*gpu, error) {
 	go g.run(ready)
 	if err := <-ready; err != nil {
 		return nil, err
+	}
+	// What takes device memory once, before the baseline is read: the
+	// copy streams and the checksum module.
+	err = g.do(func() error {
+		g.kernels.load()
+		for range streams {
+			st, err := cu.MakeStream(cu.NonBlocking)
+			if err != nil {
+				return wrap("cuStreamCreate", err)
+			}
+			g.streams = append(g.streams, st)
+		}
+		return nil
+	})
+	if err != nil {
+		close(g.work)
+		_ = d.ReleasePrimaryCtx()
+		return nil, fmt.Errorf("device %d: %w", i, err)
 	}
 	return g, nil
 }
@@ -235,6 +254,9 @@ func (b *Backend) close() {
 				_ = cu.MemFree(p)
 			}
 			g.kernels.free()
+			for i := range g.streams {
+				_ = g.streams[i].Destroy()
+			}
 			g.extra = nil
 			return nil
 		})

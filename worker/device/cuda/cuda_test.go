@@ -251,6 +251,7 @@ func BenchmarkCopy(b *testing.B) {
 		return device.Location{Device: dev, Kind: kind, Addr: a}
 	}
 	d0, d0b, h0 := loc(0, device.VRAM), loc(0, device.VRAM), loc(0, device.Pinned)
+	lockedContext(b, 0)
 	// The raw copies use memory the driver page-locked in one piece
 	// (memworker's segments are locked in chunks, and a driver copy must
 	// not span two registrations).
@@ -594,5 +595,39 @@ func TestChecksumIsCRC32C(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// BenchmarkChecksum sums BENCH_PIN_BYTES (default 1 GiB) of device memory
+// on the GPU, and 64 MiB of pinned memory in place on the host.
+func BenchmarkChecksum(b *testing.B) {
+	n := GiB
+	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	be := open(b, cuda.Config{})
+	for _, c := range []struct {
+		kind device.Kind
+		n    int64
+	}{{device.VRAM, n}, {device.Pinned, 64 * MiB}} {
+		a, err := be.Alloc(ctx, 0, c.kind, c.n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		at := device.Location{Kind: c.kind, Addr: a}
+		if c.kind == device.Pinned {
+			_ = be.WaitLocked(ctx, a)
+		}
+		b.Run(c.kind.String(), func(b *testing.B) {
+			b.SetBytes(c.n)
+			for b.Loop() {
+				if _, err := be.Checksum(ctx, at, c.n); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

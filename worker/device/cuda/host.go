@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"gorgonia.org/cu"
 
 	"github.com/memworker/memworker/bytesize"
@@ -30,7 +31,6 @@ import (
 const (
 	pinChunk  = 128 << 20 // bytes page-locked by one cuMemHostRegister
 	hostAlign = 2 << 20   // segment alignment: a huge page, as the pools expect
-	pageSize  = 4 << 10
 )
 
 // Chunk states.
@@ -112,16 +112,16 @@ func (h *hostSegment) pin(g *gpu, threads int) {
 	wg.Wait()
 }
 
-// pinChunk faults chunk i in (a write per page: the kernel zeroes it here,
-// on this thread) and page-locks it. The segment is in use already, so the
-// write is an atomic OR of nothing: it faults the page in writable and
-// changes no byte another thread wrote.
+// pinChunk faults chunk i in (the kernel zeroes its pages here, on this
+// thread) and page-locks it. The segment is in use already, so nothing may
+// be written to it: MADV_POPULATE_WRITE faults the pages in writable
+// without touching them. On the H100 host, 8 GiB on 8 threads: 22.7 GB/s
+// with it, 5.6 GB/s leaving the faults to cuMemHostRegister (an atomic OR
+// of nothing per page also works but cost ten times as much).
 func (h *hostSegment) pinChunk(i int64) error {
 	off := i * pinChunk
 	n := min(pinChunk, h.size-off)
-	for p := int64(0); p < n; p += pageSize {
-		atomic.OrUint32((*uint32)(unsafe.Add(h.ptr, off+p)), 0)
-	}
+	_ = unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
 	return hostRegister(unsafe.Add(h.ptr, off), n)
 }
 

@@ -39,7 +39,7 @@ func (b *Backend) CopyChunks(ctx context.Context, dst, src device.Location, n, c
 		}
 		return err
 	}
-	return g.here(func() error { return b.pipeline(ctx, dst, src, n, chunk, done) })
+	return g.here(func() error { return b.pipeline(ctx, g, dst, src, n, chunk, done) })
 }
 
 // driver is the device whose context issues a copy: the one holding device
@@ -58,15 +58,11 @@ func overlaps(dst, src device.Location, n int64) bool {
 	return dst.Device == src.Device && dst.Kind == src.Kind && dst.Addr < src.Addr+uint64(n) && src.Addr < dst.Addr+uint64(n)
 }
 
-// pipeline runs on a thread with the driving device's context current.
-func (b *Backend) pipeline(ctx context.Context, dst, src device.Location, n, chunk int64, done func(int64)) (err error) {
-	streams := make([]cu.Stream, b.cfg.CopyStreams)
-	for i := range streams {
-		if streams[i], err = cu.MakeStream(cu.NonBlocking); err != nil {
-			return wrap("cuStreamCreate", err)
-		}
-		defer streams[i].Destroy()
-	}
+// pipeline runs on a thread with the driving device g's context current,
+// on g's copy streams (made when it opened: copies that run at once share
+// them, in order).
+func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location, n, chunk int64, done func(int64)) (err error) {
+	streams := g.streams
 	type landing struct {
 		ev cu.Event
 		n  int64
