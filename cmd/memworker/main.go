@@ -52,7 +52,7 @@ type cli struct {
 	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How often allocations past their ttl are freed."`
 	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
 	Quota             []string      `name:"quota" help:"Cap a tenant's (NATS account's) VRAM per device: TENANT=SIZE such as team-a=40GiB, or *=SIZE for every tenant not named. Repeatable." placeholder:"TENANT=SIZE"`
-	PinnedPool        string        `name:"pinned-pool" default:"0" help:"Page-lock this much host memory at start and keep it for offloads and transfers to the host (a size such as 16GiB); later pinned memory is kept too, up to --pinned-max." placeholder:"SIZE"`
+	PinnedPool        string        `name:"pinned-pool" help:"Page-lock this much host memory at start and keep it for offloads and transfers to the host (a size such as 16GiB; default: none); later pinned memory is kept too, up to --pinned-max." placeholder:"SIZE"`
 	PinnedMax         string        `name:"pinned-max" help:"Page-locked host memory the worker holds at most (a size such as 64GiB; default: half the host's memory)." placeholder:"SIZE"`
 	MaxAllocations    int           `name:"max-allocations" default:"${max_allocations}" help:"Live allocations each device keeps at most; past it allocate fails with OUT_OF_MEMORY."`
 	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
@@ -155,8 +155,10 @@ func config(c *cli, log *slog.Logger) worker.Config {
 func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	cfg := config(c, log)
 	var err error
-	if cfg.PinnedPool, err = parseSize("--pinned-pool", c.PinnedPool); err != nil {
-		return err
+	if c.PinnedPool != "" {
+		if cfg.PinnedPool, err = parseSize("--pinned-pool", c.PinnedPool); err != nil {
+			return err
+		}
 	}
 	if c.PinnedMax != "" {
 		if cfg.PinnedMax, err = parseSize("--pinned-max", c.PinnedMax); err != nil {

@@ -160,6 +160,11 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		"devices":    func(c *cli) { c.SimDevices = 0 },
 		"thresholds": func(c *cli) { c.WarningThreshold = 0.99 },
 		"node":       func(c *cli) { c.Node = "bad.node" },
+		"pinned":     func(c *cli) { c.PinnedPool = "lots" },
+		"pinned max": func(c *cli) { c.PinnedMax = "-1GiB" },
+		"pinned over its cap": func(c *cli) {
+			c.PinnedPool, c.PinnedMax = "2MiB", "1MiB"
+		},
 	} {
 		c := testCLI(t)
 		c.NatsURL = "nats://127.0.0.1:1" // never reached

@@ -103,7 +103,7 @@ func TestAnOrphanedGoRunWorkerStops(t *testing.T) {
 		t.Fatalf("worker pid %q: %v", line, err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(worker, syscall.SIGKILL) })
-	waitListening(t, port)
+	waitListening(t, port, worker)
 
 	if err := sh.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -169,14 +169,18 @@ func portFree(port int) bool {
 	return true
 }
 
-// waitListening waits until something accepts on port.
-func waitListening(t *testing.T, port int) {
+// waitListening waits until something accepts on port, as long as the
+// worker pid lives.
+func waitListening(t *testing.T, port, pid int) {
 	t.Helper()
 	for {
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err == nil {
 			c.Close()
 			return
+		}
+		if !alive(pid) {
+			t.Fatalf("the worker (pid %d) exited before it listened on %d", pid, port)
 		}
 		time.Sleep(20 * time.Millisecond) // the test's own timeout bounds this
 	}
