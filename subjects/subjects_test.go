@@ -86,3 +86,11 @@ func TestSanitizeNode(t *testing.T) {
 		}
 	}
 }
+
+func TestEveryOpHasItsPayloads(t *testing.T) {
+	for _, op := range subjects.Ops() {
+		if req, reply := op.Payloads(); req == nil || reply == nil {
+			t.Errorf("%s has no payload types", op)
+		}
+	}
+}

@@ -1,0 +1,132 @@
+package contract_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/goccy/go-yaml"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/memworker/memworker/contract"
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+)
+
+// TestDocumentIsUpToDate: docs/asyncapi.yaml is what the Go types make.
+func TestDocumentIsUpToDate(t *testing.T) {
+	t.Chdir("..")
+	want, err := contract.Document(worker.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(contract.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s is out of date with the Go types of subjects and events: run go generate ./contract", contract.Path)
+	}
+}
+
+// TestDocumentIsAsyncAPI: the document is valid against the official
+// AsyncAPI 3.0.0 JSON Schema.
+func TestDocumentIsAsyncAPI(t *testing.T) {
+	f, err := os.Open("testdata/asyncapi-3.0.0.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	spec, err := jsonschema.UnmarshalJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("http://asyncapi.com/definitions/3.0.0/asyncapi.json", spec); err != nil {
+		t.Fatal(err)
+	}
+	schema, err := c.Compile("http://asyncapi.com/definitions/3.0.0/asyncapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := readDoc(t)
+	if err := schema.Validate(doc); err != nil {
+		t.Fatalf("%s is not AsyncAPI 3.0.0: %v", contract.Path, err)
+	}
+	// And the check can fail: an operation with an action AsyncAPI 3 has
+	// not.
+	bad := readDoc(t)
+	bad.(map[string]any)["operations"].(map[string]any)["allocate"].(map[string]any)["action"] = "publish"
+	if err := schema.Validate(bad); err == nil {
+		t.Error("a document with action publish passed as AsyncAPI 3.0.0")
+	}
+}
+
+func readDoc(t *testing.T) any {
+	t.Helper()
+	raw, err := os.ReadFile("../" + contract.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// TestEveryOpAndEventHasItsChannel: the 16 ops, their fleet channels and
+// the three event channels, each with its operation and the queue group.
+func TestEveryOpAndEventHasItsChannel(t *testing.T) {
+	doc := readDoc(t).(map[string]any)
+	channels := doc["channels"].(map[string]any)
+	operations := doc["operations"].(map[string]any)
+	queue := func(op string) string {
+		return operations[op].(map[string]any)["bindings"].(map[string]any)["nats"].(map[string]any)["queue"].(string)
+	}
+	for _, op := range subjects.Ops() {
+		id := string(op)
+		ch, ok := channels[id].(map[string]any)
+		if !ok || ch["address"] != subjects.Request(op, "{device_id}") || queue(id) != subjects.QueueGroup("{device_id}") {
+			t.Errorf("%s: channel %v, operation queue %q", op, ch, queue(id))
+		}
+		if got := operations[id].(map[string]any)["action"]; got != "receive" {
+			t.Errorf("%s: action %v", op, got)
+		}
+		fleet, ok := channels[id+"Fleet"].(map[string]any)
+		if op.Fleet() != ok || (ok && (fleet["address"] != subjects.FleetRequest(op) || queue(id+"Fleet") != subjects.NodeQueueGroup("{node}"))) {
+			t.Errorf("%s: fleet channel %v", op, fleet)
+		}
+	}
+	for id, address := range map[string]string{
+		"pressureEvents":   subjects.PressureEvents("{device_id}"),
+		"allocationEvents": subjects.AllocationEvents("{device_id}"),
+		"lifecycleEvents":  subjects.LifecycleEvents("{node}"),
+	} {
+		if ch, ok := channels[id].(map[string]any); !ok || ch["address"] != address {
+			t.Errorf("%s: %v, want address %s", id, channels[id], address)
+		}
+	}
+}
+
+// TestTheAsyncAPIParserAcceptsIt runs the AsyncAPI project's own parser
+// (@asyncapi/parser, from npm) when node is here: scripts/asyncapi-check.sh.
+func TestTheAsyncAPIParserAcceptsIt(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("no node here")
+	}
+	if testing.Short() {
+		t.Skip("installs @asyncapi/parser from npm")
+	}
+	out, err := exec.Command("../scripts/asyncapi-check.sh").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "parsed:") {
+		t.Fatalf("the AsyncAPI parser: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
+}

@@ -1,0 +1,55 @@
+package subjects
+
+// Payloads are the types an op's data carries: in its request, and in a
+// success reply. The machine-readable contract (package contract, which
+// writes docs/asyncapi.yaml) is generated from them.
+func (op Op) Payloads() (request, reply any) {
+	switch op {
+	case GetStatus:
+		return StatusRequest{}, StatusReply{}
+	case GetUsage:
+		return UsageRequest{}, Usage{}
+	case GetAllocations:
+		return AllocationsRequest{}, AllocationsReply{}
+	case Allocate:
+		return AllocateRequest{}, Allocation{}
+	case Deallocate:
+		return DeallocateRequest{}, DeallocateReply{}
+	case Clear:
+		return ClearRequest{}, ClearReply{}
+	case Defragment:
+		return DefragmentRequest{}, DefragmentReply{}
+	case Transfer:
+		return TransferRequest{}, TransferStatus{}
+	case GetTransfer:
+		return GetTransferRequest{}, TransferStatus{}
+	case Optimize:
+		return OptimizeRequest{}, OptimizeReply{}
+	case ModelStatus:
+		return ModelStatusRequest{}, ModelStatusReply{}
+	case ModelOptimize:
+		return ModelOptimizeRequest{}, ModelOptimizeReply{}
+	case GetPressure:
+		return PressureRequest{}, Pressure{}
+	case Analytics:
+		return AnalyticsRequest{}, AnalyticsReply{}
+	case OptimizationRecs:
+		return OptimizationRecsRequest{}, OptimizationRecsReply{}
+	case Renew:
+		return RenewRequest{}, RenewReply{}
+	}
+	return nil, nil
+}
+
+// AllocationTypes are the values of allocation_type.
+func AllocationTypes() []AllocationType { return []AllocationType{VRAM, Pinned, Reservation} }
+
+// Levels are the pressure levels, lowest first.
+func Levels() []Level { return []Level{LevelNormal, LevelWarning, LevelCritical} }
+
+// Codes are the error codes.
+func Codes() []Code {
+	return []Code{CodeInvalidRequest, CodeUnknownAction, CodeDeviceNotFound, CodeAllocationNotFound,
+		CodeTransferNotFound, CodeOutOfMemory, CodeConflict, CodeUnsupported, CodeDeviceUnavailable,
+		CodeInternal, CodeForbidden, CodeQuotaExceeded}
+}
