@@ -288,8 +288,11 @@ func (g *gen) errorReply() any {
 	})
 }
 
-// fleetReply adds op's fleet reply: subjects.FleetReply with each device's
-// data as op's reply.
+// FleetReplyEnvelope is the schema name of op's fleet reply envelope.
+func FleetReplyEnvelope(op subjects.Op) string { return FleetReplyName(op) + "Envelope" }
+
+// fleetReply adds op's fleet reply: a success envelope whose data is
+// subjects.FleetReply with each device's data as op's reply.
 func (g *gen) fleetReply(op subjects.Op) any {
 	_, reply := op.Payloads()
 	data := g.reflect(reply)
@@ -306,7 +309,7 @@ func (g *gen) fleetReply(op subjects.Op) any {
 			{"error_message", obj{{"type", "string"}}},
 		}},
 	}
-	return g.addObj(FleetReplyName(op), obj{
+	fleet := g.addObj(FleetReplyName(op), obj{
 		{"type", "object"},
 		{"description", "One node's answer to a fleet " + string(op) + " (subjects.FleetReply)."},
 		{"required", []string{"node", "instance", "devices"}},
@@ -317,6 +320,7 @@ func (g *gen) fleetReply(op subjects.Op) any {
 			{"devices", obj{{"type", "array"}, {"items", device}}},
 		}},
 	})
+	return g.addObj(FleetReplyEnvelope(op), g.replyEnvelope("One node's answer to a fleet "+string(op)+".", fleet))
 }
 
 // event adds the structured CloudEvent of type t with data.

@@ -45,6 +45,9 @@ func serve(t testing.TB, opts *server.Options) *server.Server {
 		t.Fatal("nats-server not ready")
 	}
 	t.Cleanup(srv.Shutdown)
+	if opts.ServerName != unobserved && opts.Username == "" && opts.Authorization == "" && opts.Nkeys == nil && opts.Users == nil && opts.TrustedOperators == nil && !opts.TLSVerify && opts.ConfigFile == "" {
+		observe(t, srv)
+	}
 	return srv
 }
 

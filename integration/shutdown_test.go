@@ -18,7 +18,7 @@ import (
 // requests it received, publishes the pressure event of every mutation it
 // answered, and runs every transfer it queued before Run returns.
 func TestStopFinishesWhatItReceived(t *testing.T) {
-	srv := startServer(t)
+	srv := startUnobservedServer(t) // the requests end when no one answers
 	ctx, cancel := context.WithCancel(context.Background())
 	h := startWorkerCtx(t, ctx, srv, "stopping", withDevices(2, GiB))
 	faults := h.faults(t)
