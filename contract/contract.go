@@ -28,28 +28,19 @@ import (
 const Module = "github.com/memworker/memworker"
 
 // Path is where the document lives in the repository.
-const Path = "docs/asyncapi.yaml"
-
-// SchemaRef is the reference of a component schema in the document, as
-// the micro endpoints' metadata give it.
-func SchemaRef(name string) string { return Path + "#/components/schemas/" + name }
+const Path = subjects.ContractPath
 
 // RequestName and ReplyName are the message names of op's request and
-// success reply; their payloads are the schemas RequestEnvelope and
-// ReplyEnvelope (the Go payload types keep their own names: data of
+// success reply; their payloads are the schemas op.RequestSchema() and
+// op.ReplySchema() (the Go payload types keep their own names: data of
 // allocate's request is AllocateRequest, of its reply Allocation).
 func RequestName(op subjects.Op) string { return pascal(string(op)) + "Request" }
 
 // ReplyName is the message name of op's success reply.
 func ReplyName(op subjects.Op) string { return pascal(string(op)) + "Reply" }
 
-// RequestEnvelope is the schema name of op's request envelope.
-func RequestEnvelope(op subjects.Op) string { return pascal(string(op)) + "RequestEnvelope" }
-
-// ReplyEnvelope is the schema name of op's success reply envelope.
-func ReplyEnvelope(op subjects.Op) string { return pascal(string(op)) + "ReplyEnvelope" }
-
-// FleetReplyName is the message and schema name of op's fleet reply.
+// FleetReplyName is the message name of op's fleet reply, and the schema
+// name of its data.
 func FleetReplyName(op subjects.Op) string { return pascal(string(op)) + "FleetReply" }
 
 // The shared schema names.
@@ -211,6 +202,9 @@ func (g *gen) add(name string, s *jsonschema.Schema) {
 	if g.schemas.has(name) {
 		return
 	}
+	if s.Title == "" {
+		s.Title = name // code generators (quicktype) name their classes by it
+	}
 	js, err := json.Marshal(s)
 	if err != nil {
 		panic(err) // schemas of Go types always marshal
@@ -221,14 +215,14 @@ func (g *gen) add(name string, s *jsonschema.Schema) {
 
 // addObj puts a schema built here in the components.
 func (g *gen) addObj(name string, s obj) any {
-	g.schemas.set(name, s)
+	g.schemas.set(name, append(obj{{"title", name}}, s...))
 	return ref("#/components/schemas/" + name)
 }
 
 // envelope adds op's request envelope and success reply envelope.
 func (g *gen) envelope(op subjects.Op, req, reply any) (reqRef, replyRef any) {
 	reqData, replyData := g.reflect(req), g.reflect(reply)
-	reqRef = g.addObj(RequestEnvelope(op), obj{
+	reqRef = g.addObj(op.RequestSchema(), obj{
 		{"type", "object"},
 		{"description", "The " + string(op) + " request envelope. request_id (at most 256 printable bytes) makes a mutating request idempotent: a retry gets the first reply. action, when present, must be " + op.Action() + "."},
 		{"properties", obj{
@@ -237,7 +231,7 @@ func (g *gen) envelope(op subjects.Op, req, reply any) (reqRef, replyRef any) {
 			{"data", reqData},
 		}},
 	})
-	replyRef = g.addObj(ReplyEnvelope(op), g.replyEnvelope("The "+string(op)+" success reply.", replyData))
+	replyRef = g.addObj(op.ReplySchema(), g.replyEnvelope("The "+string(op)+" success reply.", replyData))
 	return reqRef, replyRef
 }
 
@@ -288,9 +282,6 @@ func (g *gen) errorReply() any {
 	})
 }
 
-// FleetReplyEnvelope is the schema name of op's fleet reply envelope.
-func FleetReplyEnvelope(op subjects.Op) string { return FleetReplyName(op) + "Envelope" }
-
 // fleetReply adds op's fleet reply: a success envelope whose data is
 // subjects.FleetReply with each device's data as op's reply.
 func (g *gen) fleetReply(op subjects.Op) any {
@@ -298,6 +289,7 @@ func (g *gen) fleetReply(op subjects.Op) any {
 	data := g.reflect(reply)
 	code := ref("#/components/schemas/" + ErrorCode)
 	device := obj{
+		{"title", pascal(string(op)) + "FleetDevice"},
 		{"type", "object"},
 		{"required", []string{"device_id", "success"}},
 		{"additionalProperties", false},
@@ -320,7 +312,7 @@ func (g *gen) fleetReply(op subjects.Op) any {
 			{"devices", obj{{"type", "array"}, {"items", device}}},
 		}},
 	})
-	return g.addObj(FleetReplyEnvelope(op), g.replyEnvelope("One node's answer to a fleet "+string(op)+".", fleet))
+	return g.addObj(op.FleetReplySchema(), g.replyEnvelope("One node's answer to a fleet "+string(op)+".", fleet))
 }
 
 // event adds the structured CloudEvent of type t with data.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -129,4 +130,66 @@ func TestTheAsyncAPIParserAcceptsIt(t *testing.T) {
 		t.Fatalf("the AsyncAPI parser: %v\n%s", err, out)
 	}
 	t.Log(strings.TrimSpace(string(out)))
+}
+
+// TestCSharpRecordsAreGenerated runs the README's way to typed C# records
+// (quicktype from npm, scripts/csharp-records.sh) when node is here, and
+// checks the classes and their snake_case JSON names are produced.
+func TestCSharpRecordsAreGenerated(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("no node here")
+	}
+	if testing.Short() {
+		t.Skip("installs quicktype from npm")
+	}
+	out := t.TempDir() + "/Memworker.cs"
+	if b, err := exec.Command("../scripts/csharp-records.sh", out).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/csharp-records.sh: %v\n%s", err, b)
+	}
+	cs, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"namespace Memworker",
+		"public partial class AllocateRequestEnvelope",
+		"public partial class AllocateRequest\n",
+		"public partial class AllocateReplyEnvelope",
+		"public partial class ErrorReply",
+		"public partial class PressureEvent",
+		`[JsonPropertyName("size_bytes")]`,
+		"public enum ErrorCode",
+	} {
+		if !strings.Contains(string(cs), want) {
+			t.Errorf("the generated C# lacks %q", want)
+		}
+	}
+}
+
+// TestReadmeCSharpUsesTheContractsNames: the message classes the README's
+// C# examples use are schemas of the document, which
+// scripts/csharp-records.sh turns into classes of those names.
+func TestReadmeCSharpUsesTheContractsNames(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	schemas := readDoc(t).(map[string]any)["components"].(map[string]any)["schemas"].(map[string]any)
+	blocks := regexp.MustCompile("(?s)```csharp\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	if len(blocks) < 4 {
+		t.Fatalf("the README has %d C# examples", len(blocks))
+	}
+	names := regexp.MustCompile(`\b[A-Z][A-Za-z]*(RequestEnvelope|ReplyEnvelope|FleetReply|Request|Event|ErrorReply)\b`)
+	seen := 0
+	for _, b := range blocks {
+		for _, name := range names.FindAllString(b[1], -1) {
+			if _, ok := schemas[name]; !ok {
+				t.Errorf("the README's C# uses %s, which the contract has no schema for", name)
+			}
+			seen++
+		}
+	}
+	if seen < 8 {
+		t.Errorf("only %d contract names in the README's C#", seen)
+	}
 }

@@ -47,19 +47,32 @@ func decode(raw []byte) (any, error) {
 	return jsonschema.UnmarshalJSON(bytes.NewReader(js))
 }
 
+// Has reports whether the document has the component schema name.
+func (v *Validator) Has(name string) bool {
+	_, err := v.compile(name)
+	return err == nil
+}
+
+func (v *Validator) compile(name string) (*jsonschema.Schema, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if s, ok := v.by[name]; ok {
+		return s, nil
+	}
+	s, err := v.c.Compile(docURL + "#/components/schemas/" + name)
+	if err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	v.by[name] = s
+	return s, nil
+}
+
 // Validate checks a JSON message body against the component schema name.
 func (v *Validator) Validate(name string, body []byte) error {
-	v.mu.Lock()
-	s, ok := v.by[name]
-	if !ok {
-		var err error
-		if s, err = v.c.Compile(docURL + "#/components/schemas/" + name); err != nil {
-			v.mu.Unlock()
-			return fmt.Errorf("schema %s: %w", name, err)
-		}
-		v.by[name] = s
+	s, err := v.compile(name)
+	if err != nil {
+		return err
 	}
-	v.mu.Unlock()
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("not JSON: %w", err)

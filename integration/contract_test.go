@@ -131,9 +131,9 @@ func (o *observer) replySchema(req pendingRequest, body []byte) string {
 	case head.Success != nil && !*head.Success:
 		return contract.ErrorReply
 	case req.fleet:
-		return contract.FleetReplyEnvelope(req.op)
+		return req.op.FleetReplySchema()
 	}
-	return contract.ReplyEnvelope(req.op)
+	return req.op.ReplySchema()
 }
 
 // eventSchema is the schema of an event: the structured CloudEvent of its
@@ -170,6 +170,16 @@ func dataSchemaOf(name string) string {
 		return "LifecycleEventData"
 	}
 	return "AllocationEventData"
+}
+
+// schemaExists reports whether the contract has a component schema name.
+func schemaExists(t *testing.T, name string) bool {
+	t.Helper()
+	v, err := validator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.Has(name)
 }
 
 func clip(b []byte) string {

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -355,6 +356,13 @@ func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 		}
 		if e.Subject != subjects.Request(subjects.Op(e.Metadata["op"]), e.Metadata["device_id"]) {
 			t.Errorf("endpoint %s has metadata %v", e.Subject, e.Metadata)
+		}
+		// nats micro info memory points at the schemas of the contract.
+		for _, key := range []string{"request_schema", "reply_schema"} {
+			name, ok := strings.CutPrefix(e.Metadata[key], subjects.ContractPath+"#/components/schemas/")
+			if !ok || !schemaExists(t, name) {
+				t.Errorf("endpoint %s: %s %q is not a schema of %s", e.Subject, key, e.Metadata[key], subjects.ContractPath)
+			}
 		}
 		served[e.Subject] = true
 	}

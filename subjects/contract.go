@@ -53,3 +53,40 @@ func Codes() []Code {
 		CodeTransferNotFound, CodeOutOfMemory, CodeConflict, CodeUnsupported, CodeDeviceUnavailable,
 		CodeInternal, CodeForbidden, CodeQuotaExceeded}
 }
+
+// ContractPath is where the machine-readable contract (AsyncAPI 3.0.0)
+// lives in the repository; the micro endpoints' metadata point into it.
+const ContractPath = "docs/asyncapi.yaml"
+
+// RequestSchema, ReplySchema and FleetReplySchema name op's request
+// envelope, success reply envelope and fleet reply envelope among the
+// contract's component schemas.
+func (op Op) RequestSchema() string { return op.pascal() + "RequestEnvelope" }
+
+// ReplySchema names op's success reply envelope.
+func (op Op) ReplySchema() string { return op.pascal() + "ReplyEnvelope" }
+
+// FleetReplySchema names op's fleet reply envelope.
+func (op Op) FleetReplySchema() string { return op.pascal() + "FleetReplyEnvelope" }
+
+// SchemaRef is the reference of a component schema of the contract.
+func SchemaRef(name string) string { return ContractPath + "#/components/schemas/" + name }
+
+// pascal is the op's name in PascalCase: get_status -> GetStatus.
+func (op Op) pascal() string {
+	var b []byte
+	up := true
+	for i := 0; i < len(op); i++ {
+		c := op[i]
+		switch {
+		case c == '_':
+			up = true
+			continue
+		case up && c >= 'a' && c <= 'z':
+			c -= 'a' - 'A'
+		}
+		up = false
+		b = append(b, c)
+	}
+	return string(b)
+}

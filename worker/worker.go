@@ -226,7 +226,8 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 				handlers = w.cfg.ReadHandlers
 			}
 			for k := 1; k <= handlers; k++ {
-				name, meta := string(op)+"-"+g.ID(), map[string]string{"op": string(op), "device_id": g.ID()}
+				name, meta := string(op)+"-"+g.ID(), map[string]string{"op": string(op), "device_id": g.ID(),
+					"request_schema": subjects.SchemaRef(op.RequestSchema()), "reply_schema": subjects.SchemaRef(op.ReplySchema())}
 				if k > 1 {
 					name, meta["handler"] = fmt.Sprintf("%s-%d", name, k), strconv.Itoa(k)
 				}
@@ -244,7 +245,8 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 		err := svc.AddEndpoint(string(op)+"-"+subjects.Fleet, w.fleetHandler(ctx, op, ops[op], svc.Info().ID),
 			micro.WithEndpointSubject(subjects.FleetRequest(op)),
 			micro.WithEndpointQueueGroup(subjects.NodeQueueGroup(w.cfg.Node)),
-			micro.WithEndpointMetadata(map[string]string{"op": string(op), "device_id": subjects.Fleet, "node": w.cfg.Node}))
+			micro.WithEndpointMetadata(map[string]string{"op": string(op), "device_id": subjects.Fleet, "node": w.cfg.Node,
+				"request_schema": subjects.SchemaRef(op.RequestSchema()), "reply_schema": subjects.SchemaRef(op.FleetReplySchema())}))
 		if err != nil {
 			return svc, fmt.Errorf("adding fleet endpoint %s: %w", op, err)
 		}
