@@ -224,7 +224,7 @@ func (g *gen) envelope(op subjects.Op, req, reply any) (reqRef, replyRef any) {
 	reqData, replyData := g.reflect(req), g.reflect(reply)
 	reqRef = g.addObj(op.RequestSchema(), obj{
 		{"type", "object"},
-		{"description", "The " + string(op) + " request envelope. request_id (at most 256 printable bytes) makes a mutating request idempotent: a retry gets the first reply. action, when present, must be " + op.Action() + "."},
+		{"description", "The " + string(op) + " request envelope. request_id (at most 256 printable bytes) makes a mutating request idempotent: a retry gets the first reply. action, when present, must be " + op.Action() + ". Keys are snake_case as here; the worker also accepts them in PascalCase or camelCase (RequestId, requestId), each key once."},
 		{"properties", obj{
 			{"request_id", obj{{"type", "string"}, {"maxLength", subjects.MaxRequestIDLen}}},
 			{"action", obj{{"type", "string"}, {"enum", []string{op.Action(), string(op)}}}},
