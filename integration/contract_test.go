@@ -19,8 +19,8 @@ import (
 // the memory subjects and the reply inboxes, which validates every reply
 // to a memory request and every event against the schema of its message
 // in docs/asyncapi.yaml. A message that does not match fails the test, so
-// the document cannot drift from what the worker sends. (Servers that need
-// credentials are left out; their tests check their replies by hand.)
+// the document cannot drift from what the worker sends. Servers that need
+// credentials are observed as the worker's user (observe's options).
 
 var validator = sync.OnceValues(func() (*contract.Validator, error) {
 	return contract.LoadValidator("../" + contract.Path)
@@ -43,10 +43,11 @@ type pendingRequest struct {
 
 // observe attaches an observer to srv; it reports what did not validate
 // when the test ends. Servers that need credentials are observed through
-// the connection options given.
-func observe(t testing.TB, srv *server.Server, opts ...nats.Option) {
+// the connection options given; inboxes adds the reply subjects of
+// clients with their own inbox prefix (_INBOX_operator.>).
+func observe(t testing.TB, srv *server.Server, inboxes []string, opts ...nats.Option) {
 	t.Helper()
-	o, err := newObserver(srv, opts...)
+	o, err := newObserver(srv, inboxes, opts...)
 	if err != nil {
 		t.Fatalf("observer: %v", err)
 	}
@@ -59,7 +60,7 @@ func observe(t testing.TB, srv *server.Server, opts ...nats.Option) {
 	})
 }
 
-func newObserver(srv *server.Server, opts ...nats.Option) (*observer, error) {
+func newObserver(srv *server.Server, inboxes []string, opts ...nats.Option) (*observer, error) {
 	v, err := validator()
 	if err != nil {
 		return nil, err
@@ -70,9 +71,10 @@ func newObserver(srv *server.Server, opts ...nats.Option) (*observer, error) {
 		return nil, err
 	}
 	// memory.> for the requests (to know a reply's op) and the events,
-	// _INBOX.> for the replies. Not ">": the observer would count as a
-	// responder to the micro service's own $SRV requests.
-	for _, subject := range []string{subjects.Root + ".>", nats.InboxPrefix + ">"} {
+	// _INBOX.> for the replies, _R_.> for the replies to requests that came
+	// through a service import (a tenant's). Not ">": the observer would
+	// count as a responder to the micro service's own $SRV requests.
+	for _, subject := range append([]string{subjects.Root + ".>", nats.InboxPrefix + ">", "_R_.>"}, inboxes...) {
 		if _, err := o.nc.Subscribe(subject, o.see); err != nil {
 			return nil, err
 		}
@@ -204,7 +206,7 @@ const unobserved = "unobserved"
 // schema is reported, one that does is not.
 func TestTheObserverCatchesADriftedReply(t *testing.T) {
 	srv := startUnobservedServer(t)
-	o, err := newObserver(srv)
+	o, err := newObserver(srv, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

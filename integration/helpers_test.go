@@ -46,7 +46,7 @@ func serve(t testing.TB, opts *server.Options) *server.Server {
 	}
 	t.Cleanup(srv.Shutdown)
 	if opts.ServerName != unobserved && opts.Username == "" && opts.Authorization == "" && opts.Nkeys == nil && opts.Users == nil && opts.TrustedOperators == nil && !opts.TLSVerify && opts.ConfigFile == "" {
-		observe(t, srv)
+		observe(t, srv, nil)
 	}
 	return srv
 }

@@ -25,7 +25,11 @@ func startAccountsServer(t *testing.T) *server.Server {
 		t.Fatal(err)
 	}
 	opts.Port, opts.StoreDir, opts.NoSigs, opts.NoLog = -1, t.TempDir(), true, true
-	return serve(t, opts)
+	srv := serve(t, opts)
+	// In the worker's account: tenants' requests arrive there through the
+	// imports, and its operator's replies go to _INBOX_operator.
+	observe(t, srv, []string{"_INBOX_operator.>"}, nats.UserInfo("worker", "change-me-worker"))
+	return srv
 }
 
 // raw sends body to op on dev as nc and returns the decoded reply envelope
