@@ -56,6 +56,8 @@ type cli struct {
 	Optimize    optimizeCmd    `cmd:"" help:"Run optimization strategies."`
 	Recs        recsCmd        `cmd:"" help:"Optimization recommendations; --apply N sends the Nth."`
 	Models      modelsCmd      `cmd:"" help:"Memory per model."`
+	Offload     offloadCmd     `cmd:"" help:"Move the least recently used models to pinned host memory (model_optimize), each whole."`
+	Restore     restoreCmd     `cmd:"" help:"Bring offloaded models back to the device (model_optimize restore)."`
 	Transfer    transferCmd    `cmd:"" help:"Copy or move an allocation to another device or host memory."`
 	Watch       watchCmd       `cmd:"" help:"Live pressure events."`
 	Req         reqCmd         `cmd:"" help:"Send a raw request and print the reply."`

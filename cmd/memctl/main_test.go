@@ -408,3 +408,26 @@ func TestDevNullIsNotATerminal(t *testing.T) {
 		t.Error("isTerminal(/dev/null) = true")
 	}
 }
+
+// TestOffloadAndRestoreSayWhatMovedAndHowFast: offload moves a model to
+// pinned host memory and prints the phases; restore brings it back.
+func TestOffloadAndRestoreSayWhatMovedAndHowFast(t *testing.T) {
+	f := newFixture(t, 1)
+	f.ok("alloc", "64MiB", "--model", "llama")
+	out := f.ok("offload")
+	for _, want := range []string{"offload", "llama", "64 MiB in 1 allocation", "moved 64 MiB in ", "(copy ", "setup ", "release "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("offload lacks %q:\n%s", want, out)
+		}
+	}
+	if out := f.ok("models"); !strings.Contains(out, "64 MiB") {
+		t.Errorf("models after offload:\n%s", out)
+	}
+	out = f.ok("restore", "--model", "llama")
+	if !strings.Contains(out, "restore") || !strings.Contains(out, "moved 64 MiB") {
+		t.Errorf("restore:\n%s", out)
+	}
+	if code, _, _ := f.memctl("restore", "--model", "nobody"); code != exitOK {
+		t.Errorf("restore of a model with nothing offloaded: exit %d", code)
+	}
+}

@@ -337,6 +337,52 @@ func (modelsCmd) Run(e *env) error {
 	return nil
 }
 
+// offloadCmd and restoreCmd are model_optimize: move the least recently
+// used models to pinned host memory until usage is at the target, or bring
+// them back.
+type offloadCmd struct {
+	Target float64 `default:"0" help:"Stop once device usage is at or below this percentage (0: every model that can move)."`
+	Model  string  `help:"Only this model."`
+	Force  bool    `help:"Include persistent allocations."`
+}
+
+func (o *offloadCmd) Run(e *env) error {
+	return e.modelOptimize(subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &o.Target, ModelID: o.Model, Force: o.Force})
+}
+
+type restoreCmd struct {
+	Model string `help:"Only this model."`
+}
+
+func (r *restoreCmd) Run(e *env) error {
+	return e.modelOptimize(subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore, ModelID: r.Model})
+}
+
+// modelOptimize sends req and prints what moved, how fast, and where the
+// time went.
+func (e *env) modelOptimize(req subjects.ModelOptimizeRequest) error {
+	var out subjects.ModelOptimizeReply
+	if err := e.do(subjects.ModelOptimize, req, &out); err != nil {
+		return err
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	for _, m := range out.OptimizationDetails.Models {
+		fmt.Fprintf(e.out, "%-10s %-24s %s in %s\n", m.Action, m.ModelID, size(m.Bytes), plural(len(m.AllocationIDs), "allocation"))
+	}
+	for _, m := range out.OptimizationDetails.SkippedModels {
+		fmt.Fprintf(e.out, "%-10s %-24s %s\n", "skipped", m.ModelID, m.Reason)
+	}
+	fmt.Fprintln(e.out, out.Message)
+	if out.BytesMoved > 0 {
+		fmt.Fprintf(e.out, "moved %s in %.3fs at %s/s (copy %s/s: setup %.3fs, copy %.3fs, release %.3fs)\n",
+			size(out.BytesMoved), out.EstimatedDurationSeconds, size(int64(out.ThroughputBytesPerSecond)), size(int64(out.CopyThroughputBytesPerSecond)),
+			out.SetupSeconds, out.CopySeconds, out.ReleaseSeconds)
+	}
+	return nil
+}
+
 type reqCmd struct {
 	Op     string `arg:"" help:"Operation, e.g. get_usage."`
 	Target string `arg:"" name:"device" help:"Device id, or all for a fleet request."`
