@@ -30,6 +30,8 @@ type observer struct {
 	v       *contract.Validator
 	nc      *nats.Conn
 	closed  chan struct{}
+	msgs    chan *nats.Msg // every subscription's, in the order they came; nil ends
+	seen    chan struct{}  // closed once msgs is read to its end
 	mu      sync.Mutex
 	pending map[string]pendingRequest // by reply subject
 	errs    []string
@@ -65,7 +67,7 @@ func newObserver(srv *server.Server, inboxes []string, opts ...nats.Option) (*ob
 	if err != nil {
 		return nil, err
 	}
-	o := &observer{v: v, closed: make(chan struct{}), pending: map[string]pendingRequest{}}
+	o := &observer{v: v, closed: make(chan struct{}), msgs: make(chan *nats.Msg, 1<<17), seen: make(chan struct{}), pending: map[string]pendingRequest{}}
 	opts = append(opts, nats.ClosedHandler(func(*nats.Conn) { close(o.closed) }), nats.Name("contract observer"))
 	if o.nc, err = nats.Connect(srv.ClientURL(), opts...); err != nil {
 		return nil, err
@@ -74,11 +76,23 @@ func newObserver(srv *server.Server, inboxes []string, opts ...nats.Option) (*ob
 	// _INBOX.> for the replies, _R_.> for the replies to requests that came
 	// through a service import (a tenant's). Not ">": the observer would
 	// count as a responder to the micro service's own $SRV requests.
+	// One channel for every subscription, read by one goroutine: a reply
+	// is seen after its request (subscriptions with handlers each have a
+	// goroutine, and a reply could overtake its request).
 	for _, subject := range append([]string{subjects.Root + ".>", nats.InboxPrefix + ">", "_R_.>"}, inboxes...) {
-		if _, err := o.nc.Subscribe(subject, o.see); err != nil {
+		if _, err := o.nc.ChanSubscribe(subject, o.msgs); err != nil {
 			return nil, err
 		}
 	}
+	go func() {
+		defer close(o.seen)
+		for m := range o.msgs {
+			if m == nil {
+				return
+			}
+			o.see(m)
+		}
+	}()
 	return o, o.nc.Flush()
 }
 
@@ -91,6 +105,9 @@ func (o *observer) stop() []string {
 		case <-time.After(10 * time.Second):
 		}
 	}
+	o.nc.Close()
+	o.msgs <- nil // after everything delivered before it
+	<-o.seen
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.errs
