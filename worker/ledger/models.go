@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 )
@@ -227,11 +228,11 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 	case restore && len(details.Models) == 0 && details.TargetMet:
 		reply.Message = "no offloaded model memory to restore"
 	case restore:
-		reply.Message = fmt.Sprintf("restored %d models, %d skipped: usage %.1f%% -> %.1f%%", len(details.Models), len(details.SkippedModels), details.UsagePercentageBefore, pct)
+		reply.Message = fmt.Sprintf("restored %s, %d skipped: usage %.1f%% -> %.1f%%", modelCount(len(details.Models)), len(details.SkippedModels), details.UsagePercentageBefore, pct)
 	case len(details.Models) == 0 && details.TargetMet:
 		reply.Message = fmt.Sprintf("usage %.1f%% is already at or below the target %.1f%%", pct, target)
 	case details.TargetMet:
-		reply.Message = fmt.Sprintf("%s %d models, freed %d bytes: usage %.1f%% -> %.1f%%", pastTense(req.OptimizationType), len(details.Models), freed, details.UsagePercentageBefore, pct)
+		reply.Message = fmt.Sprintf("%s %s, freed %s: usage %.1f%% -> %.1f%%", pastTense(req.OptimizationType), modelCount(len(details.Models)), bytesize.Format(freed), details.UsagePercentageBefore, pct)
 	case details.SkippedPersistent > 0 && !req.Force:
 		reply.Message = fmt.Sprintf("target %.1f%% not met (usage %.1f%%): %d persistent model allocations were kept; use force to include them", target, pct, details.SkippedPersistent)
 	case len(details.SkippedModels) > 0:
@@ -240,6 +241,14 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 		reply.Message = fmt.Sprintf("target %.1f%% not met (usage %.1f%%): no more model memory to %s", target, pct, req.OptimizationType)
 	}
 	return reply, nil
+}
+
+// modelCount says how many models, in the singular for one.
+func modelCount(n int) string {
+	if n == 1 {
+		return "1 model"
+	}
+	return fmt.Sprintf("%d models", n)
 }
 
 func pastTense(optimizationType string) string {
