@@ -88,3 +88,12 @@ func rawPeerCopy(tb testing.TB, b testBackend, src device.Location, dst int, n i
 	}
 	return time.Since(start)
 }
+
+// pinnedHeld is the pinned host memory the backend holds (the host's).
+func pinnedHeld(b testBackend) int64 {
+	var n int64
+	for _, s := range b.(*sim.Backend).Segments(0, device.Pinned) {
+		n += s.Size
+	}
+	return n
+}

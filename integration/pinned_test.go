@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -95,5 +97,58 @@ func TestOffloadRepliesWithItsPhases(t *testing.T) {
 			t.Errorf("%s: throughput %v end to end, %v copying: want the copy's at least the whole's", op, r.ThroughputBytesPerSecond, r.CopyThroughputBytesPerSecond)
 		}
 		checkContent(t, h, dev, a.AllocationID, 3)
+	}
+}
+
+// TestDevicesShareThePinnedPoolAtOnce: transfers to the host from two
+// devices at once, over and over, share the pool without losing track of a
+// byte: at the end nothing is in use, and the pool holds what the backend
+// has page-locked.
+func TestDevicesShareThePinnedPoolAtOnce(t *testing.T) {
+	srv := startServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, GiB))
+	nc := connect(t, srv)
+	// Requests from the goroutines go through ask, which reports instead of
+	// stopping the test (t.Fatal belongs to the test's own goroutine).
+	ask := func(op subjects.Op, dev string, data, out any) bool {
+		body, _ := subjects.NewRequest("", op, data)
+		msg, err := nc.Request(subjects.Request(op, dev), body, 20*time.Second)
+		if err == nil {
+			_, err = subjects.DecodeReply(msg.Data, out)
+		}
+		if err != nil {
+			t.Errorf("%s on %s: %v", op, dev, err)
+		}
+		return err == nil
+	}
+	var wg sync.WaitGroup
+	for i, dev := range []string{"n1-gpu0", "n1-gpu1"} {
+		wg.Go(func() {
+			for round := range 8 {
+				var a subjects.Allocation
+				var st subjects.TransferStatus
+				if !ask(subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: int64(8+round+i) * MiB}, &a) ||
+					!ask(subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Mode: subjects.ModeMove}, &st) {
+					return
+				}
+				for st.Status != subjects.TransferCompleted && st.Status != subjects.TransferFailed {
+					time.Sleep(time.Millisecond)
+					if !ask(subjects.GetTransfer, dev, subjects.GetTransferRequest{TransferID: st.TransferID}, &st) {
+						return
+					}
+				}
+				if st.Status != subjects.TransferCompleted || !ask(subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: st.DestinationAllocationID}, nil) {
+					t.Errorf("transfer from %s: %+v", dev, st)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var u subjects.Usage
+	call(t, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
+	p := u.PinnedPool
+	if p == nil || p.PinnedBytes == 0 || p.InUseBytes != 0 || p.CachedBytes != p.PinnedBytes || p.PinnedBytes != pinnedHeld(h.dev) {
+		t.Errorf("pool %+v, backend holds %d pinned: want nothing in use and the pool's bytes all the backend's", p, pinnedHeld(h.dev))
 	}
 }
