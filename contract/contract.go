@@ -69,6 +69,17 @@ func EventName(ceType string) string {
 	return pascal(strings.ReplaceAll(t, ".", "_")) + "Event"
 }
 
+// EventDataSchema is the schema name of the data of CloudEvent type
+// ceType: the body of an event in binary mode ("" for an unknown type).
+func EventDataSchema(ceType string) string {
+	for _, ev := range eventTypes {
+		if slices.Contains(ev.types, ceType) {
+			return namer(reflect.TypeOf(ev.data))
+		}
+	}
+	return ""
+}
+
 // cloudEvent is a CloudEvent in structured mode (the JSON the worker
 // publishes by default), data aside.
 type cloudEvent struct {
@@ -100,12 +111,12 @@ func Document(version string) ([]byte, error) {
 		name := string(op)
 		messages.set(RequestName(op), message(RequestName(op), "The "+name+" request envelope.", reqRef, nil))
 		messages.set(ReplyName(op), message(ReplyName(op), "The "+name+" success reply envelope.", replyRef, nil))
-		g.channel(&channels, &operations, name, "memory."+name+".{device_id}", "device_id", op, RequestName(op), ReplyName(op),
+		g.channel(&channels, &operations, name, "memory."+name+".{device_id}", "device_id", RequestName(op), ReplyName(op),
 			"memory-{device_id}", fmt.Sprintf("%s on one device. Served in the device's queue group.", name))
 		if op.Fleet() {
 			fleetRef := g.fleetReply(op)
 			messages.set(FleetReplyName(op), message(FleetReplyName(op), "One node's answer to a fleet "+name+": the reply of each of its devices.", fleetRef, nil))
-			g.channel(&channels, &operations, name+"Fleet", "memory."+name+"."+subjects.Fleet, "", op, RequestName(op), FleetReplyName(op),
+			g.channel(&channels, &operations, name+"Fleet", "memory."+name+"."+subjects.Fleet, "", RequestName(op), FleetReplyName(op),
 				"memory-node-{node}", fmt.Sprintf("%s on every device of every node: each node answers once (request-many; wait for the nodes you expect, or a quiet interval).", name))
 		}
 	}
@@ -335,7 +346,7 @@ func (g *gen) event(name, t string, data any) any {
 }
 
 // channel adds a request channel, its reply channel and the operation.
-func (g *gen) channel(channels, operations *obj, id, address, param string, op subjects.Op, req, reply, queue, summary string) {
+func (g *gen) channel(channels, operations *obj, id, address, param, req, reply, queue, summary string) {
 	ch := obj{{"address", address}}
 	if param != "" {
 		ch = append(ch, kv{"parameters", obj{{param, obj{{"description", paramDoc(param)}}}}})
@@ -359,7 +370,6 @@ func (g *gen) channel(channels, operations *obj, id, address, param string, op s
 		}},
 		{"bindings", obj{{"nats", obj{{"queue", queue}, {"bindingVersion", "0.1.0"}}}}},
 	})
-	_ = op
 }
 
 func message(name, doc string, payload, headers any) obj {

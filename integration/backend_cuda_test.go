@@ -41,9 +41,11 @@ func setExternal(b testBackend, dev int, bytes int64) error {
 	return b.(*cuda.Backend).SetExternalUsage(dev, bytes)
 }
 
-func heldBytes(b testBackend, dev int) int64 {
+// heldBytes is the memory of kind the backend holds for segments on dev
+// (pinned memory is the host's, whatever the device).
+func heldBytes(b testBackend, dev int, kind device.Kind) int64 {
 	var n int64
-	for _, s := range b.(*cuda.Backend).Segments(dev, device.VRAM) {
+	for _, s := range b.(*cuda.Backend).Segments(dev, kind) {
 		n += s.Size
 	}
 	return n
@@ -149,13 +151,4 @@ func rawPeerCopy(tb testing.TB, b testBackend, src device.Location, dst int, n i
 		tb.Fatal(err)
 	}
 	return time.Since(start)
-}
-
-// pinnedHeld is the pinned host memory the backend holds (the host's).
-func pinnedHeld(b testBackend) int64 {
-	var n int64
-	for _, s := range b.(*cuda.Backend).Segments(0, device.Pinned) {
-		n += s.Size
-	}
-	return n
 }

@@ -21,10 +21,11 @@ func setExternal(b testBackend, dev int, bytes int64) error {
 	return nil
 }
 
-// heldBytes is the VRAM the backend holds for segments on dev.
-func heldBytes(b testBackend, dev int) int64 {
+// heldBytes is the memory of kind the backend holds for segments on dev
+// (pinned memory is the host's, whatever the device).
+func heldBytes(b testBackend, dev int, kind device.Kind) int64 {
 	var n int64
-	for _, s := range b.(*sim.Backend).Segments(dev, device.VRAM) {
+	for _, s := range b.(*sim.Backend).Segments(dev, kind) {
 		n += s.Size
 	}
 	return n
@@ -87,13 +88,4 @@ func rawPeerCopy(tb testing.TB, b testBackend, src device.Location, dst int, n i
 		tb.Fatal(err)
 	}
 	return time.Since(start)
-}
-
-// pinnedHeld is the pinned host memory the backend holds (the host's).
-func pinnedHeld(b testBackend) int64 {
-	var n int64
-	for _, s := range b.(*sim.Backend).Segments(0, device.Pinned) {
-		n += s.Size
-	}
-	return n
 }

@@ -183,12 +183,7 @@ func BenchmarkThroughImport(b *testing.B) {
 // and the ratio. BENCH_TRANSFER_BYTES sets the size (default 256 MiB;
 // the GPU pass uses 8 GiB).
 func BenchmarkTransferVerify(b *testing.B) {
-	size := int64(256 * MiB)
-	if s := os.Getenv("BENCH_TRANSFER_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &size); err != nil {
-			b.Fatalf("BENCH_TRANSFER_BYTES %q: %v", s, err)
-		}
-	}
+	size := benchBytes(b, "BENCH_TRANSFER_BYTES", 256*MiB)
 	srv := startServer(b)
 	h := startWorker(b, srv, "n1", withDevices(1, 4*size))
 	nc := connect(b, srv)

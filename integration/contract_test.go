@@ -159,7 +159,7 @@ func (o *observer) replySchema(req pendingRequest, body []byte) string {
 // type, or in binary mode (ce- headers) its data's.
 func eventSchema(m *nats.Msg) string {
 	if t := m.Header.Get("ce-type"); t != "" {
-		return strings.TrimSuffix(contract.EventName(t), "Event") + "EventData:" + t
+		return contract.EventDataSchema(t)
 	}
 	var head struct {
 		Type string `json:"type"`
@@ -170,25 +170,9 @@ func eventSchema(m *nats.Msg) string {
 
 func (o *observer) check(m *nats.Msg, schema string) {
 	o.checked++
-	name, _, binary := strings.Cut(schema, ":")
-	if binary {
-		name = dataSchemaOf(name)
+	if err := o.v.Validate(schema, m.Data); err != nil {
+		o.errs = append(o.errs, fmt.Sprintf("%s on %s: %v\n%s", schema, m.Subject, err, clip(m.Data)))
 	}
-	if err := o.v.Validate(name, m.Data); err != nil {
-		o.errs = append(o.errs, fmt.Sprintf("%s on %s: %v\n%s", name, m.Subject, err, clip(m.Data)))
-	}
-}
-
-// dataSchemaOf maps a binary event's type-derived name to the schema of
-// its data: the three event channels each have one data type.
-func dataSchemaOf(name string) string {
-	switch {
-	case strings.HasPrefix(name, "Pressure"):
-		return "PressureEventData"
-	case strings.HasPrefix(name, "Worker"):
-		return "LifecycleEventData"
-	}
-	return "AllocationEventData"
 }
 
 // schemaExists reports whether the contract has a component schema name.

@@ -250,7 +250,7 @@ func checkLedger(t *testing.T, nc *nats.Conn, h *host, dev string, index int) su
 	t.Helper()
 	var u subjects.Usage
 	call(t, nc, subjects.GetUsage, dev, nil, &u)
-	if held := heldBytes(h.dev, index); held != u.ReservedBytes {
+	if held := heldBytes(h.dev, index, device.VRAM); held != u.ReservedBytes {
 		t.Fatalf("%s: worker reserves %d bytes, backend holds %d", dev, u.ReservedBytes, held)
 	}
 	var page subjects.AllocationsReply

@@ -9,6 +9,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device"
 )
 
 // TestThePinnedPoolIsTheHosts: memory pinned ahead (--pinned-pool) serves
@@ -148,7 +149,7 @@ func TestDevicesShareThePinnedPoolAtOnce(t *testing.T) {
 	var u subjects.Usage
 	call(t, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
 	p := u.PinnedPool
-	if p == nil || p.PinnedBytes == 0 || p.InUseBytes != 0 || p.CachedBytes != p.PinnedBytes || p.PinnedBytes != pinnedHeld(h.dev) {
-		t.Errorf("pool %+v, backend holds %d pinned: want nothing in use and the pool's bytes all the backend's", p, pinnedHeld(h.dev))
+	if p == nil || p.PinnedBytes == 0 || p.InUseBytes != 0 || p.CachedBytes != p.PinnedBytes || p.PinnedBytes != heldBytes(h.dev, 0, device.Pinned) {
+		t.Errorf("pool %+v, backend holds %d pinned: want nothing in use and the pool's bytes all the backend's", p, heldBytes(h.dev, 0, device.Pinned))
 	}
 }

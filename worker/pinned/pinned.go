@@ -17,7 +17,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/worker/alloc"
@@ -57,10 +56,8 @@ type Figures struct {
 	// Requests counts segments asked for; Hits those served without
 	// page-locking more memory.
 	Requests, Hits int64
-	// LockedBytes and LockSeconds count memory page-locked since start and
-	// the time spent asking for it.
+	// LockedBytes counts memory page-locked since start.
 	LockedBytes int64
-	LockSeconds float64
 }
 
 // Pool is safe for concurrent use.
@@ -154,7 +151,6 @@ func (p *Pool) Figures() Figures {
 		Requests:    st.AllocRequests - p.prepinRequests,
 		Hits:        st.CacheHits,
 		LockedBytes: p.src.locked,
-		LockSeconds: p.src.lockTime.Seconds(),
 	}
 }
 
@@ -169,12 +165,11 @@ func (p *Pool) Close(ctx context.Context) error {
 // source page-locks segments for the pool, within the cap. It is used
 // under the pool's lock.
 type source struct {
-	b        Backend
-	max      int64
-	sizes    map[uint64]int64 // segments held, by address
-	held     int64
-	locked   int64
-	lockTime time.Duration
+	b      Backend
+	max    int64
+	sizes  map[uint64]int64 // segments held, by address
+	held   int64
+	locked int64
 }
 
 func (s *source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
@@ -182,9 +177,7 @@ func (s *source) AllocSegment(ctx context.Context, size int64) (uint64, error) {
 		return 0, fmt.Errorf("pinned host memory is at its cap (--pinned-max %s): %s held, %s more asked: %w",
 			bytesize.Format(s.max), bytesize.Format(s.held), bytesize.Format(size), device.ErrOutOfMemory)
 	}
-	start := time.Now()
 	addr, err := s.b.Alloc(ctx, 0, device.Pinned, size)
-	s.lockTime += time.Since(start)
 	if err != nil {
 		return 0, err
 	}

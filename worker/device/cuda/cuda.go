@@ -417,13 +417,7 @@ func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) e
 		return b.copy(dst, src, n)
 	}
 	for off := int64(0); off < n; {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
-		}
-		d, s := dst, src
-		d.Addr += uint64(off)
-		s.Addr += uint64(off)
-		m, err := b.pieces(d, s, min(copyChunk, n-off))
+		d, s, m, err := b.next(ctx, dst, src, off, n, copyChunk)
 		if err != nil {
 			return err
 		}
@@ -435,14 +429,22 @@ func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) e
 	return nil
 }
 
-// pieces shortens a copy of n bytes from src to dst so that neither pinned
-// side spans two page-locked chunks, once they are locked.
-func (b *Backend) pieces(dst, src device.Location, n int64) (int64, error) {
-	n, err := b.piece(dst, n)
-	if err != nil {
-		return 0, err
+// next is the piece of a copy of n bytes from src to dst that starts at
+// off: where it goes, where from, and how long it is (at most chunk, and
+// on neither pinned side spanning two page-locked chunks, once they are
+// locked). A cancelled context stops the copy here, between pieces.
+func (b *Backend) next(ctx context.Context, dst, src device.Location, off, n, chunk int64) (d, s device.Location, m int64, err error) {
+	if err := ctx.Err(); err != nil {
+		return d, s, 0, fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
 	}
-	return b.piece(src, n)
+	d, s = dst, src
+	d.Addr += uint64(off)
+	s.Addr += uint64(off)
+	if m, err = b.piece(d, min(chunk, n-off)); err != nil {
+		return d, s, 0, err
+	}
+	m, err = b.piece(s, m)
+	return d, s, m, err
 }
 
 // copyChunk bounds one driver copy, so a cancelled context stops a long

@@ -419,16 +419,23 @@ func TestPipelinedCopiesKeepContent(t *testing.T) {
 	}
 }
 
-// BenchmarkPin page-locks BENCH_PIN_BYTES (default 1 GiB) of fresh host
-// memory: the driver's cuMemHostAlloc beside memworker's pinned segments
-// (mapped, then faulted in and locked a chunk at a time on threads).
-func BenchmarkPin(b *testing.B) {
+// pinBytes is BENCH_PIN_BYTES, the size of the pinning benchmarks (default
+// 1 GiB; the GPU pass uses 8 GiB).
+func pinBytes(b *testing.B) int64 {
 	n := GiB
 	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
 		if _, err := fmt.Sscan(s, &n); err != nil {
 			b.Fatal(err)
 		}
 	}
+	return n
+}
+
+// BenchmarkPin page-locks BENCH_PIN_BYTES (default 1 GiB) of fresh host
+// memory: the driver's cuMemHostAlloc beside memworker's pinned segments
+// (mapped, then faulted in and locked a chunk at a time on threads).
+func BenchmarkPin(b *testing.B) {
+	n := pinBytes(b)
 	ctx := context.Background()
 	b.Run("raw-cuMemHostAlloc", func(b *testing.B) {
 		lockedContext(b, 0)
@@ -468,12 +475,7 @@ func BenchmarkPin(b *testing.B) {
 // segment, locked while the copy runs, beside the driver's cuMemHostAlloc
 // then cuMemcpyDtoH, and the warm raw copy.
 func BenchmarkColdD2H(b *testing.B) {
-	n := GiB
-	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := pinBytes(b)
 	ctx := context.Background()
 	be := open(b, cuda.Config{})
 	src, err := be.Alloc(ctx, 0, device.VRAM, n)
@@ -601,12 +603,7 @@ func TestChecksumIsCRC32C(t *testing.T) {
 // BenchmarkChecksum sums BENCH_PIN_BYTES (default 1 GiB) of device memory
 // on the GPU, and 64 MiB of pinned memory in place on the host.
 func BenchmarkChecksum(b *testing.B) {
-	n := GiB
-	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := pinBytes(b)
 	ctx := context.Background()
 	be := open(b, cuda.Config{})
 	for _, c := range []struct {

@@ -157,19 +157,6 @@ func (h *hostSegment) release() error {
 	return err
 }
 
-// pinned reports how many bytes of the segment are page-locked now.
-func (h *hostSegment) pinned() int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var n int64
-	for i, st := range h.chunks {
-		if st == chunkPinned {
-			n += min(pinChunk, h.size-int64(i)*pinChunk)
-		}
-	}
-	return n
-}
-
 // WaitLocked blocks until the pinned segment at addr is page-locked
 // throughout (or ctx ends), and returns the first registration error: for
 // memory pinned ahead, which must be ready when the worker says so.

@@ -4,7 +4,6 @@ package cuda
 
 import (
 	"context"
-	"fmt"
 
 	"gorgonia.org/cu"
 
@@ -87,13 +86,7 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 		}
 	}()
 	for off, i := int64(0), 0; off < n; i++ {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("copy stopped after %d of %d bytes: %w", off, n, err)
-		}
-		d, s := dst, src
-		d.Addr += uint64(off)
-		s.Addr += uint64(off)
-		m, err := b.pieces(d, s, min(chunk, n-off))
+		d, s, m, err := b.next(ctx, dst, src, off, n, chunk)
 		if err != nil {
 			return err
 		}
