@@ -420,6 +420,12 @@ func mapper(t reflect.Type) *jsonschema.Schema {
 			vals = append(vals, string(v))
 		}
 		return enum("A pressure level.", vals...)
+	case reflect.TypeOf(subjects.Op("")):
+		var vals []string
+		for _, op := range subjects.Ops() {
+			vals = append(vals, string(op))
+		}
+		return enum("An operation: the <op> of memory.<op>.<device_id>.", vals...)
 	case reflect.TypeOf(subjects.Code("")):
 		return &jsonschema.Schema{Ref: "#/$defs/" + ErrorCode}
 	case reflect.TypeOf(json.RawMessage{}):
