@@ -13,5 +13,7 @@ if [ ! -x "$dir/node_modules/.bin/asyncapi-generator" ]; then
 	PUPPETEER_SKIP_DOWNLOAD=1 npm install --prefix "$dir" --no-audit --no-fund --silent \
 		@asyncapi/generator@2.8.4 @asyncapi/html-template@3.5.6 >/dev/null
 fi
-"$dir/node_modules/.bin/asyncapi-generator" docs/asyncapi.yaml "$dir/node_modules/@asyncapi/html-template" -o "$out" >/dev/null
+# --force-write: the folder is the page's own; a second run replaces it.
+"$dir/node_modules/.bin/asyncapi-generator" docs/asyncapi.yaml "$dir/node_modules/@asyncapi/html-template" \
+	-o "$out" --force-write --disable-warning >/dev/null
 echo "open $out/index.html"
