@@ -27,7 +27,8 @@ type Compaction struct {
 // Compact moves live blocks out of the least used segments into free space
 // of the others, so whole segments empty and go back to the Source. Blocks
 // for which movable says false stay put, and so do the segments holding
-// them. It runs a Compactor to the end. A failed copy stops it; every
+// them. Growable segments are left alone: Release gives their free chunks
+// back in place, with nothing to move. It runs a Compactor to the end. A failed copy stops it; every
 // block is valid either way (callers must follow Moves to learn the new
 // blocks).
 func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Mover) (Compaction, error) {
@@ -126,7 +127,7 @@ func (p *Pool) plan(small bool, movable func(*Block) bool) []*segment {
 	}
 	var cands, stay []usage
 	for _, seg := range p.segments {
-		if seg.small != small {
+		if seg.small != small || seg.growable { // Release unmaps their free chunks in place
 			continue
 		}
 		u := usage{seg: seg}

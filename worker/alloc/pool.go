@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/btree"
 
@@ -37,14 +38,17 @@ type Pool struct {
 	large    *btree.BTreeG[*Block]
 	segments map[uint64]*segment
 	stats    Stats
-	probe    Block // search key for bestFit, kept to spare an allocation
+	probe    Block     // search key for bestFit, kept to spare an allocation
+	vm       *growable // set by NewMapped
 }
 
 type segment struct {
 	addr      uint64
 	size      int64
 	small     bool
-	dedicated bool // one block, never shared, returned on free
+	dedicated bool  // one block, never shared, returned on free
+	growable  bool  // reserved address space, mapped where used (vmm.go)
+	mapped    int64 // of a growable segment: the bytes mapped
 	first     *Block
 }
 
@@ -57,6 +61,7 @@ type Block struct {
 	requested  int64
 	align      int64
 	free       bool
+	unmapped   bool // free address space of a growable segment, in no tree
 	prev, next *Block
 }
 
@@ -139,9 +144,15 @@ func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error)
 	p.stats.AllocRequests++
 
 	b := p.bestFit(small, need)
-	if b != nil {
+	switch {
+	case b != nil:
 		p.stats.CacheHits++
-	} else {
+	case p.vm != nil:
+		var err error
+		if b, err = p.grow(ctx, need, small); err != nil {
+			return nil, err
+		}
+	default:
 		seg, err := p.alignedSegment(ctx, rounded, need, alignment, small)
 		if err != nil {
 			return nil, err
@@ -259,7 +270,7 @@ func (p *Pool) carve(b *Block, size, alignment int64) *Block {
 // split cuts b after its first n bytes and returns the remainder, linked
 // after b.
 func (p *Pool) split(b *Block, n int64) *Block {
-	rest := &Block{seg: b.seg, offset: b.offset + n, size: b.size - n, free: true, prev: b, next: b.next}
+	rest := &Block{seg: b.seg, offset: b.offset + n, size: b.size - n, free: true, unmapped: b.unmapped, prev: b, next: b.next}
 	if b.next != nil {
 		b.next.prev = rest
 	}
@@ -303,31 +314,47 @@ func (p *Pool) Free(b *Block) error {
 		b.free = true
 		return p.dropSegment(context.Background(), b.seg)
 	}
-	if prev := b.prev; prev != nil && prev.free {
+	if prev := b.prev; prev != nil && prev.free && !prev.unmapped {
 		p.uncache(prev)
-		prev.size += b.size
-		prev.next = b.next
-		if b.next != nil {
-			b.next.prev = prev
-		}
+		p.merge(prev, b)
 		b = prev
 	}
-	if next := b.next; next != nil && next.free {
+	if next := b.next; next != nil && next.free && !next.unmapped {
 		p.uncache(next)
-		b.size += next.size
-		b.next = next.next
-		if next.next != nil {
-			next.next.prev = b
-		}
+		p.merge(b, next)
 	}
 	p.cache(b)
 	return nil
 }
 
+// merge makes b's neighbour next part of b.
+func (p *Pool) merge(b, next *Block) {
+	b.size += next.size
+	b.next = next.next
+	if next.next != nil {
+		next.next.prev = b
+	}
+}
+
 // Release returns every segment that holds no allocated block to the Source
-// and reports how many segments and bytes went back.
+// and, in growable segments, unmaps every free whole chunk (a segment left
+// with nothing mapped gives its address space back too). It reports how
+// many segments and bytes of memory went back.
 func (p *Pool) Release(ctx context.Context) (segments int, bytes int64, err error) {
 	for _, seg := range p.segments {
+		if seg.growable {
+			n, uerr := p.unmapFree(ctx, seg)
+			bytes += n
+			err = errors.Join(err, uerr)
+			if seg.bare() {
+				if derr := p.dropSegment(ctx, seg); derr != nil {
+					err = errors.Join(err, derr)
+					continue
+				}
+				segments++
+			}
+			continue
+		}
 		b := seg.first
 		if !b.free || b.next != nil {
 			continue
@@ -347,13 +374,21 @@ func (p *Pool) Release(ctx context.Context) (segments int, bytes int64, err erro
 // dropSegment returns an empty segment, whose block is in no tree, to the
 // Source.
 func (p *Pool) dropSegment(ctx context.Context, seg *segment) error {
-	if err := p.src.FreeSegment(ctx, seg.addr); err != nil {
-		return err
+	if seg.growable {
+		if err := p.vm.m.Unreserve(ctx, seg.addr, seg.size); err != nil {
+			return err
+		}
+		list := &p.vm.segments[class(seg.small)]
+		*list = slices.DeleteFunc(*list, func(s *segment) bool { return s == seg })
+	} else {
+		if err := p.src.FreeSegment(ctx, seg.addr); err != nil {
+			return err
+		}
+		p.stats.ReservedBytes -= seg.size
 	}
 	delete(p.segments, seg.addr)
 	p.stats.Segments--
 	p.stats.SegmentFrees++
-	p.stats.ReservedBytes -= seg.size
 	return nil
 }
 

@@ -4,10 +4,10 @@ package alloc
 type Stats struct {
 	AllocatedBytes     int64 // sum of in-use block sizes
 	RequestedBytes     int64 // sum of sizes asked for by in-use blocks
-	ReservedBytes      int64 // sum of segment sizes
+	ReservedBytes      int64 // memory held: segment sizes, or what growable ones map
 	PeakAllocatedBytes int64
 	PeakReservedBytes  int64
-	Segments           int
+	Segments           int // growable ones included, whatever they map
 	ActiveBlocks       int
 	CachedBlocks       int
 	AllocRequests      int64
@@ -32,10 +32,11 @@ type Fragmentation struct {
 	FreeBlocks  int
 	Segments    int
 	Ratio       float64 // 1 - LargestFree/FreeBytes; 0 when there is no free space
-	// EmptySegments and EmptySegmentBytes count segments holding no
-	// allocated block: what Release would return.
-	EmptySegments     int
-	EmptySegmentBytes int64
+	// EmptySegments counts segments holding no allocated block;
+	// ReleasableBytes is what Release would give back to the device now:
+	// empty segments and, in growable segments, free whole chunks.
+	EmptySegments   int
+	ReleasableBytes int64
 }
 
 // Stats returns the pool's counters.
@@ -50,12 +51,7 @@ func (p *Pool) Fragmentation() Fragmentation {
 			f.LargestFree = b.size
 		}
 	}
-	for _, seg := range p.segments {
-		if seg.first.free && seg.first.next == nil {
-			f.EmptySegments++
-			f.EmptySegmentBytes += seg.size
-		}
-	}
+	f.EmptySegments, f.ReleasableBytes = p.releasable()
 	if f.FreeBytes > 0 {
 		f.Ratio = 1 - float64(f.LargestFree)/float64(f.FreeBytes)
 	}

@@ -74,11 +74,11 @@ func (d *Device) Recommendations(u subjects.Usage, p subjects.Pressure) subjects
 			SuggestedAction:       action(subjects.Optimize, map[string]any{"strategies": []string{subjects.StrategyFreeExpired, subjects.StrategyReleaseCached}}),
 		})
 	}
-	if frag.EmptySegmentBytes >= max(recCachedMin, u.TotalBytes/100) {
+	if frag.ReleasableBytes >= max(recCachedMin, u.TotalBytes/100) {
 		recs = append(recs, subjects.Recommendation{
 			Type: "release_cached", Severity: severity(subjects.SeverityInfo),
-			Message:               fmt.Sprintf("the pool caches %d empty segments (%d bytes) that other processes could use", frag.EmptySegments, frag.EmptySegmentBytes),
-			EstimatedSavingsBytes: frag.EmptySegmentBytes,
+			Message:               fmt.Sprintf("the pool caches %d bytes of free memory (%d empty segments) that other processes could use", frag.ReleasableBytes, frag.EmptySegments),
+			EstimatedSavingsBytes: frag.ReleasableBytes,
 			SuggestedAction:       action(subjects.Optimize, map[string]any{"strategies": []string{subjects.StrategyReleaseCached}}),
 		})
 	}

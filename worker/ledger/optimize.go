@@ -84,7 +84,7 @@ func (d *Device) releaseCached(ctx context.Context, dryRun bool) (subjects.Optim
 	act := subjects.OptimizeAction{Strategy: subjects.StrategyReleaseCached}
 	f := d.pools[device.VRAM].Fragmentation()
 	if dryRun {
-		act.BytesFreed = f.EmptySegmentBytes
+		act.BytesFreed = f.ReleasableBytes
 	} else {
 		n, err := d.release(ctx)
 		if err != nil {
@@ -92,7 +92,7 @@ func (d *Device) releaseCached(ctx context.Context, dryRun bool) (subjects.Optim
 		}
 		act.BytesFreed = n
 	}
-	act.Description = fmt.Sprintf("return %d bytes of empty cached segments to the device", act.BytesFreed)
+	act.Description = fmt.Sprintf("return %d bytes of cached free memory to the device", act.BytesFreed)
 	return act, nil
 }
 
@@ -103,7 +103,7 @@ func (d *Device) defragmentAction(ctx context.Context, dryRun bool) (subjects.Op
 	if dryRun {
 		f := d.pools[device.VRAM].Fragmentation()
 		segs, bytes := d.pools[device.VRAM].PlanCompaction(movableIn(d.owners()))
-		segs, bytes = segs+f.EmptySegments, bytes+f.EmptySegmentBytes
+		segs, bytes = segs+f.EmptySegments, bytes+f.ReleasableBytes
 		act.BytesFreed = bytes
 		act.Description = fmt.Sprintf("move live blocks out of %d sparsely used segments and release them", segs)
 		return act, nil

@@ -1,0 +1,236 @@
+package alloc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/memworker/memworker/worker/device"
+)
+
+// Mapper is a Source whose memory can also be reserved as address space and
+// backed by physical chunks where it is used (CUDA's virtual memory
+// management: cuMemAddressReserve, cuMemCreate and cuMemMap). A pool over a
+// Mapper grows segments in place and gives free chunks back to the device
+// without moving a live byte.
+type Mapper interface {
+	Source
+	// Granularity is the size of a physical chunk (2 MiB on an H100): Map
+	// and Unmap take ranges aligned to it and of a multiple of it.
+	Granularity() int64
+	// Reserve reserves size bytes of address space, backed by nothing.
+	Reserve(ctx context.Context, size int64) (addr uint64, err error)
+	// Unreserve gives back a reserved range that has nothing mapped.
+	Unreserve(ctx context.Context, addr uint64, size int64) error
+	// Map backs a reserved range with physical memory; Unmap gives the
+	// memory back to the device. Every chunk of a range Map was given may
+	// be unmapped on its own.
+	Map(ctx context.Context, addr uint64, size int64) error
+	Unmap(ctx context.Context, addr uint64, size int64) error
+}
+
+// growable is what a pool over a Mapper keeps: the Mapper, its chunk size,
+// the address space a segment reserves, and the growable segments of each
+// size class in address order.
+type growable struct {
+	m        Mapper
+	gran     int64
+	reserve  int64
+	segments [2][]*segment // [0] large, [1] small
+}
+
+// NewMapped returns an empty pool that serves from growable segments of m:
+// each reserves reserve bytes of address space (rounded up to m's
+// granularity; more when one request needs more) and maps chunks as blocks
+// need them, after what is already mapped or into a hole Release left, so a
+// pool that grows keeps one segment per size class (PyTorch's expandable
+// segments). Release unmaps every free chunk, and compaction moves nothing.
+// AllocDedicated still takes segments of their own from m's Source side.
+func NewMapped(m Mapper, reserve int64) *Pool {
+	p := New(m)
+	g := max(m.Granularity(), MinBlock)
+	p.vm = &growable{m: m, gran: g, reserve: max(roundUp(reserve, g), g)}
+	return p
+}
+
+func class(small bool) int {
+	if small {
+		return 1
+	}
+	return 0
+}
+
+func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
+
+// grow maps a free block of at least need bytes into a growable segment of
+// the class and returns it, out of every tree. When the device is out of
+// memory it releases the pool's free chunks and tries once more.
+func (p *Pool) grow(ctx context.Context, need int64, small bool) (*Block, error) {
+	b, err := p.mapFor(ctx, need, small)
+	if errors.Is(err, device.ErrOutOfMemory) {
+		p.stats.OOMRetries++
+		if _, _, rerr := p.Release(ctx); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
+		b, err = p.mapFor(ctx, need, small)
+	}
+	return b, err
+}
+
+// mapFor finds room for need bytes in the class's growable segments: the
+// first unmapped range that, with the free mapped block before it, is long
+// enough. It maps only the chunks that are missing. Without room it reserves
+// a new segment.
+func (p *Pool) mapFor(ctx context.Context, need int64, small bool) (*Block, error) {
+	for _, seg := range p.vm.segments[class(small)] {
+		for u := seg.first; u != nil; u = u.next {
+			if !u.unmapped {
+				continue
+			}
+			var front int64
+			if u.prev != nil && u.prev.free { // mapped: free neighbours of one kind merge
+				front = u.prev.size
+			}
+			if front+u.size >= need {
+				return p.mapIn(ctx, u, roundUp(need-front, p.vm.gran))
+			}
+		}
+	}
+	size := max(p.vm.reserve, roundUp(need, p.vm.gran))
+	addr, err := p.vm.m.Reserve(ctx, size)
+	if err != nil {
+		return nil, fmt.Errorf("reserving %d bytes of address space: %w", size, err)
+	}
+	seg := &segment{addr: addr, size: size, small: small, growable: true}
+	seg.first = &Block{seg: seg, size: size, free: true, unmapped: true}
+	p.segments[addr] = seg
+	list := &p.vm.segments[class(small)]
+	at, _ := slices.BinarySearchFunc(*list, addr, func(s *segment, a uint64) int { return cmpAddr(s.addr, a) })
+	*list = slices.Insert(*list, at, seg)
+	p.stats.Segments++
+	p.stats.SegmentAllocs++
+	b, err := p.mapIn(ctx, seg.first, roundUp(need, p.vm.gran))
+	if err != nil {
+		_ = p.dropSegment(ctx, seg) // nothing mapped: only address space
+	}
+	return b, err
+}
+
+// mapIn maps the first n bytes of the unmapped block u and returns them
+// merged with the free mapped blocks around them, out of every tree.
+func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
+	if err := p.vm.m.Map(ctx, u.Addr(), n); err != nil {
+		return nil, err
+	}
+	if n < u.size {
+		p.split(u, n) // the rest stays unmapped
+	}
+	u.unmapped = false
+	p.mapped(u.seg, n)
+	if prev := u.prev; prev != nil && prev.free && !prev.unmapped {
+		p.uncache(prev)
+		p.merge(prev, u)
+		u = prev
+	}
+	if next := u.next; next != nil && next.free && !next.unmapped {
+		p.uncache(next)
+		p.merge(u, next)
+	}
+	return u, nil
+}
+
+// mapped counts n bytes mapped (negative: unmapped) in seg.
+func (p *Pool) mapped(seg *segment, n int64) {
+	seg.mapped += n
+	p.stats.ReservedBytes += n
+	p.stats.PeakReservedBytes = max(p.stats.PeakReservedBytes, p.stats.ReservedBytes)
+}
+
+// unmapFree gives back to the device every whole chunk under the free
+// blocks of a growable segment, and reports how many bytes went back. A
+// free block keeps its mapped edges (less than a chunk each) cached.
+func (p *Pool) unmapFree(ctx context.Context, seg *segment) (bytes int64, err error) {
+	for b := seg.first; b != nil; b = b.next {
+		lo, hi := p.chunksUnder(b)
+		if hi <= lo {
+			continue
+		}
+		if uerr := p.vm.m.Unmap(ctx, lo, int64(hi-lo)); uerr != nil {
+			err = errors.Join(err, uerr)
+			continue
+		}
+		p.uncache(b)
+		mid := b
+		if front := int64(lo - b.Addr()); front > 0 {
+			mid = p.split(b, front)
+			p.cache(b)
+		}
+		if n := int64(hi - lo); mid.size > n {
+			p.cache(p.split(mid, n))
+		}
+		mid.unmapped = true
+		p.mapped(seg, -int64(hi-lo))
+		bytes += int64(hi - lo)
+		if prev := mid.prev; prev != nil && prev.free && prev.unmapped {
+			p.merge(prev, mid)
+			mid = prev
+		}
+		if next := mid.next; next != nil && next.free && next.unmapped {
+			p.merge(mid, next)
+		}
+		b = mid
+	}
+	return bytes, err
+}
+
+// chunksUnder is the range of whole chunks under a free mapped block of a
+// growable segment (empty when there is none).
+func (p *Pool) chunksUnder(b *Block) (lo, hi uint64) {
+	if !b.free || b.unmapped || !b.seg.growable {
+		return 0, 0
+	}
+	g := uint64(p.vm.gran)
+	return alignUp(b.Addr(), g), (b.Addr() + uint64(b.size)) &^ (g - 1)
+}
+
+// bare reports a growable segment that holds no mapped memory.
+func (s *segment) bare() bool {
+	return s.growable && s.first.unmapped && s.first.next == nil
+}
+
+// releasable is what Release would give back to the device now: the bytes
+// of empty segments and, in growable segments, of free whole chunks.
+func (p *Pool) releasable() (segments int, bytes int64) {
+	for _, seg := range p.segments {
+		if !seg.growable {
+			if seg.first.free && seg.first.next == nil {
+				segments++
+				bytes += seg.size
+			}
+			continue
+		}
+		empty := true
+		for b := seg.first; b != nil; b = b.next {
+			lo, hi := p.chunksUnder(b)
+			if hi > lo {
+				bytes += int64(hi - lo)
+			}
+			empty = empty && b.free
+		}
+		if empty {
+			segments++
+		}
+	}
+	return segments, bytes
+}
+
+func cmpAddr(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
