@@ -21,10 +21,11 @@ import (
 
 // newTestBackend is the host's real GPUs, each limited to a slice of bytes
 // so the tests reach pressure levels; it skips when the host has fewer
-// than n GPUs, and frees everything when the test ends.
-func newTestBackend(t testing.TB, n int, bytes int64) testBackend {
+// than n GPUs, and frees everything when the test ends. vmm false turns
+// virtual memory management off (--vmm=false).
+func newTestBackend(t testing.TB, n int, bytes int64, vmm bool) testBackend {
 	t.Helper()
-	b, err := cuda.New(cuda.Config{MemoryLimit: bytes, Devices: n})
+	b, err := cuda.New(cuda.Config{MemoryLimit: bytes, Devices: n, DisableVMM: !vmm})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,12 @@ import (
 	"github.com/memworker/memworker/worker/device/sim"
 )
 
-// newTestBackend is a simulated host of n devices of bytes each.
-func newTestBackend(_ testing.TB, n int, bytes int64) testBackend {
-	return sim.New(sim.Default(n, bytes))
+// newTestBackend is a simulated host of n devices of bytes each, with
+// virtual memory management or without.
+func newTestBackend(_ testing.TB, n int, bytes int64, vmm bool) testBackend {
+	cfg := sim.Default(n, bytes)
+	cfg.DisableVMM = !vmm
+	return sim.New(cfg)
 }
 
 func setExternal(b testBackend, dev int, bytes int64) error {

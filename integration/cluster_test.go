@@ -154,7 +154,7 @@ func TestSecondWorkerForANodeRefusesUnlessStandby(t *testing.T) {
 	startWorker(t, servers[0], "n1")
 	cfg := worker.DefaultConfig()
 	cfg.Node = "n1"
-	cfg.Backend = newTestBackend(t, 1, GiB)
+	cfg.Backend = newTestBackend(t, 1, GiB, true)
 	w, err := worker.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -121,12 +121,32 @@ func (h *host) unavailable(t testing.TB, dev int, unavailable bool) {
 type hostConfig struct {
 	devices int
 	bytes   int64
+	noVMM   bool
 }
 
 type hostOpt func(*worker.Config, *hostConfig)
 
 func withDevices(n int, bytes int64) hostOpt {
 	return func(_ *worker.Config, h *hostConfig) { h.devices, h.bytes = n, bytes }
+}
+
+// vmm reports whether the host's VRAM pools are on virtual memory.
+func (h *host) vmm() bool {
+	m, ok := h.dev.(interface{ Granularity(int) int64 })
+	return ok && m.Granularity(0) > 0
+}
+
+// needsVMM skips a test of virtual memory on a backend without it.
+func (h *host) needsVMM(t testing.TB) {
+	if !h.vmm() {
+		t.Skipf("the %s backend has no virtual memory management here", h.dev.Name())
+	}
+}
+
+// withoutVMM turns the backend's virtual memory off (--vmm=false): VRAM
+// pools take segments of their own, and compaction copies between them.
+func withoutVMM() hostOpt {
+	return func(_ *worker.Config, h *hostConfig) { h.noVMM = true }
 }
 
 func withConfig(f func(*worker.Config)) hostOpt {
@@ -158,7 +178,7 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 	for _, o := range opts {
 		o(&cfg, &hc)
 	}
-	b := newTestBackend(t, hc.devices, hc.bytes)
+	b := newTestBackend(t, hc.devices, hc.bytes, !hc.noVMM)
 	cfg.Backend = b
 	ctx, cancel := context.WithCancel(ctx)
 	w, err := worker.New(ctx, cfg)

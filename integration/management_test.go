@@ -50,7 +50,7 @@ func checkContent(t *testing.T, h *host, dev, id string, seed byte) {
 
 func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
 	srv := startServer(t)
-	h := startWorker(t, srv, "n1", withDevices(1, 2*GiB))
+	h := startWorker(t, srv, "n1", withDevices(1, 2*GiB), withoutVMM())
 	nc := connect(t, srv)
 	dev := "n1-gpu0"
 	// 48 blocks of 3 MiB fill 8 shared 20 MiB segments (6 each); freeing
@@ -234,37 +234,65 @@ func TestBusyAllocationsAreNeitherFreedNorTransferredTwice(t *testing.T) {
 	checkLedger(t, nc, h, "n1-gpu0", 0)
 }
 
-// TestDefragmentReleasesBeforeItCopies: 100 blocks of 256 MiB with every
-// other one freed leave 50 empty segments: defragment returns them to the
-// device without moving a byte, and device truth shows it.
-func TestDefragmentReleasesBeforeItCopies(t *testing.T) {
-	srv := startServer(t)
-	h := startWorker(t, srv, "n1", withDevices(1, 32*GiB), withConfig(func(c *worker.Config) { c.AutoRelease = false }))
-	nc := connect(t, srv)
-	dev := "n1-gpu0"
-	var ids []string
-	for range 100 {
-		var a subjects.Allocation
-		call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 256 * MiB}, &a)
-		ids = append(ids, a.AllocationID)
+// TestDefragmentGivesFreeMemoryBackWithoutCopying: with every other block
+// freed, defragment gives the freed memory back to the device without
+// moving a byte: whole empty segments of their own (virtual memory off),
+// or, on virtual memory, every free chunk of the one growing segment.
+func TestDefragmentGivesFreeMemoryBackWithoutCopying(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		vmm      bool
+		size     int64
+		segments int // released
+	}{
+		{"segments/256MiB", false, 256 * MiB, 50},
+		{"vmm/256MiB", true, 256 * MiB, 0},
+		{"vmm/8MiB", true, 8 * MiB, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t)
+			opts := []hostOpt{withDevices(1, 32*GiB), withConfig(func(c *worker.Config) { c.AutoRelease = false })}
+			if !tc.vmm {
+				opts = append(opts, withoutVMM())
+			}
+			h := startWorker(t, srv, "n1", opts...)
+			if tc.vmm {
+				h.needsVMM(t)
+			}
+			nc := connect(t, srv)
+			dev := "n1-gpu0"
+			var ids []string
+			for range 100 {
+				var a subjects.Allocation
+				call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: tc.size}, &a)
+				ids = append(ids, a.AllocationID)
+			}
+			var freed []string
+			for i := 1; i < len(ids); i += 2 {
+				freed = append(freed, ids[i])
+			}
+			call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: freed}, nil)
+			var before, after subjects.Usage
+			call(t, nc, subjects.GetUsage, dev, nil, &before)
+			var r subjects.DefragmentReply
+			call(t, nc, subjects.Defragment, dev, nil, &r)
+			t.Logf("defragment: %+v", r)
+			if r.BytesMoved != 0 || r.BlocksMoved != 0 || r.SegmentsReleased != tc.segments || r.ReleasedBytes != 50*tc.size {
+				t.Errorf("defragment: moved %d bytes (%d blocks), released %d segments (%d bytes); want nothing moved, %d segments and %d bytes released",
+					r.BytesMoved, r.BlocksMoved, r.SegmentsReleased, r.ReleasedBytes, tc.segments, 50*tc.size)
+			}
+			call(t, nc, subjects.GetUsage, dev, nil, &after)
+			if before.UsedBytes-after.UsedBytes != r.ReleasedBytes {
+				t.Errorf("device truth: used %d -> %d, want a drop of the %d bytes released", before.UsedBytes, after.UsedBytes, r.ReleasedBytes)
+			}
+			if tc.vmm {
+				var st subjects.StatusReply
+				call(t, nc, subjects.GetStatus, dev, subjects.StatusRequest{}, &st)
+				if s := st.UsageStats; s == nil || s.Segments != 1 || s.ReservedBytes != s.AllocatedBytes {
+					t.Errorf("pool after defragment: %+v; want one segment mapping only the live blocks", st.UsageStats)
+				}
+			}
+			checkLedger(t, nc, h, dev, 0)
+		})
 	}
-	var freed []string
-	for i := 1; i < len(ids); i += 2 {
-		freed = append(freed, ids[i])
-	}
-	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: freed}, nil)
-	var before, after subjects.Usage
-	call(t, nc, subjects.GetUsage, dev, nil, &before)
-	var r subjects.DefragmentReply
-	call(t, nc, subjects.Defragment, dev, nil, &r)
-	t.Logf("defragment: %+v", r)
-	if r.BytesMoved != 0 || r.BlocksMoved != 0 || r.SegmentsReleased != 50 || r.ReleasedBytes != 50*256*MiB {
-		t.Errorf("defragment: moved %d bytes (%d blocks), released %d segments (%d bytes); want nothing moved, 50 segments released",
-			r.BytesMoved, r.BlocksMoved, r.SegmentsReleased, r.ReleasedBytes)
-	}
-	call(t, nc, subjects.GetUsage, dev, nil, &after)
-	if before.UsedBytes-after.UsedBytes != r.ReleasedBytes {
-		t.Errorf("device truth: used %d -> %d, want a drop of the %d bytes released", before.UsedBytes, after.UsedBytes, r.ReleasedBytes)
-	}
-	checkLedger(t, nc, h, dev, 0)
 }

@@ -67,8 +67,13 @@ func TestCoreOperationsEndToEnd(t *testing.T) {
 	if st.AllocationCount != 3 || len(st.Allocations) != 3 || st.UsageStats == nil || st.Fragmentation == nil {
 		t.Errorf("status: %d allocations listed of %d, stats %v, fragmentation %v", len(st.Allocations), st.AllocationCount, st.UsageStats, st.Fragmentation)
 	}
-	if st.UsageStats != nil && (st.UsageStats.AllocRequests != 2 || st.UsageStats.Segments != 2 || st.UsageStats.CacheHits != 0) {
-		t.Errorf("pool stats %+v: want 2 VRAM requests in 2 segments", st.UsageStats)
+	// Two segments of their own, or, on virtual memory, one growing.
+	segments := 2
+	if h.vmm() {
+		segments = 1
+	}
+	if st.UsageStats != nil && (st.UsageStats.AllocRequests != 2 || st.UsageStats.Segments != segments || st.UsageStats.CacheHits != 0) {
+		t.Errorf("pool stats %+v: want 2 VRAM requests in %d segments", st.UsageStats, segments)
 	}
 	wantUsed := 3*GiB + 64*MiB
 	if st.Usage.UsedBytes != wantUsed || st.Usage.PinnedHostBytes != 20*MiB {

@@ -6,13 +6,19 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device/sim"
 )
 
-// TestDefragmentLetsOtherRequestsThrough: a defragment copies a segment at
-// a time and lets the device's other requests in between, so a status
-// asked while it copies is answered before it ends.
+// TestDefragmentLetsOtherRequestsThrough: a defragment of segments of
+// their own (virtual memory off) copies a segment at a time and lets the
+// device's other requests in between, so a status asked while it copies is
+// answered before it ends.
 func TestDefragmentLetsOtherRequestsThrough(t *testing.T) {
-	w, b := testWorker(t, "defrag", nil)
+	w, b := testWorker(t, "defrag", func(c *Config) {
+		host := sim.Default(1, 1<<30)
+		host.DisableVMM = true
+		c.Backend = sim.New(host)
+	})
 	var ids []string
 	for range 64 {
 		g := w.gpus[0]

@@ -17,7 +17,10 @@ func testWorker(t *testing.T, node string, tweak func(*Config)) (*Worker, *sim.B
 	b := sim.New(sim.Default(1, 1<<30))
 	cfg.Backend = b
 	if tweak != nil {
-		tweak(&cfg)
+		tweak(&cfg) // may wrap the backend, or replace it with another sim
+	}
+	if other, ok := cfg.Backend.(*sim.Backend); ok {
+		b = other
 	}
 	w, err := New(context.Background(), cfg)
 	if err != nil {

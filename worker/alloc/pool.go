@@ -149,7 +149,7 @@ func (p *Pool) Alloc(ctx context.Context, size, alignment int64) (*Block, error)
 		p.stats.CacheHits++
 	case p.vm != nil:
 		var err error
-		if b, err = p.grow(ctx, need, small); err != nil {
+		if b, err = p.grow(ctx, rounded, alignment, small); err != nil {
 			return nil, err
 		}
 	default:

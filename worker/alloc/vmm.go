@@ -63,54 +63,57 @@ func class(small bool) int {
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
 
-// grow maps a free block of at least need bytes into a growable segment of
-// the class and returns it, out of every tree. When the device is out of
-// memory it releases the pool's free chunks and tries once more.
-func (p *Pool) grow(ctx context.Context, need int64, small bool) (*Block, error) {
-	b, err := p.mapFor(ctx, need, small)
+// grow maps a free block for size bytes at alignment into a growable
+// segment of the class and returns it, out of every tree. When the device
+// is out of memory it releases the pool's free chunks and tries once more.
+func (p *Pool) grow(ctx context.Context, size, alignment int64, small bool) (*Block, error) {
+	b, err := p.mapFor(ctx, size, alignment, small)
 	if errors.Is(err, device.ErrOutOfMemory) {
 		p.stats.OOMRetries++
 		if _, _, rerr := p.Release(ctx); rerr != nil {
 			return nil, errors.Join(err, rerr)
 		}
-		b, err = p.mapFor(ctx, need, small)
+		b, err = p.mapFor(ctx, size, alignment, small)
 	}
 	return b, err
 }
 
-// mapFor finds room for need bytes in the class's growable segments: the
-// first unmapped range that, with the free mapped block before it, is long
-// enough. It maps only the chunks that are missing. Without room it reserves
-// a new segment.
-func (p *Pool) mapFor(ctx context.Context, need int64, small bool) (*Block, error) {
+// mapFor finds room for size bytes at alignment in the class's growable
+// segments: the first unmapped range that, with the free mapped block
+// before it, is long enough. It maps only the chunks that are missing.
+// Without room it reserves a new segment.
+func (p *Pool) mapFor(ctx context.Context, size, alignment int64, small bool) (*Block, error) {
 	for _, seg := range p.vm.segments[class(small)] {
 		for u := seg.first; u != nil; u = u.next {
 			if !u.unmapped {
 				continue
 			}
-			var front int64
+			start, front := u.Addr(), int64(0)
 			if u.prev != nil && u.prev.free { // mapped: free neighbours of one kind merge
-				front = u.prev.size
+				start, front = u.prev.Addr(), u.prev.size
 			}
+			need := int64(alignUp(start, uint64(alignment))-start) + size
 			if front+u.size >= need {
-				return p.mapIn(ctx, u, roundUp(need-front, p.vm.gran))
+				return p.mapIn(ctx, u, roundUp(max(need-front, 1), p.vm.gran))
 			}
 		}
 	}
-	size := max(p.vm.reserve, roundUp(need, p.vm.gran))
-	addr, err := p.vm.m.Reserve(ctx, size)
+	// A new segment starts at a chunk boundary, aligned for any request.
+	n := roundUp(size, p.vm.gran)
+	reserve := max(p.vm.reserve, n)
+	addr, err := p.vm.m.Reserve(ctx, reserve)
 	if err != nil {
-		return nil, fmt.Errorf("reserving %d bytes of address space: %w", size, err)
+		return nil, fmt.Errorf("reserving %d bytes of address space: %w", reserve, err)
 	}
-	seg := &segment{addr: addr, size: size, small: small, growable: true}
-	seg.first = &Block{seg: seg, size: size, free: true, unmapped: true}
+	seg := &segment{addr: addr, size: reserve, small: small, growable: true}
+	seg.first = &Block{seg: seg, size: reserve, free: true, unmapped: true}
 	p.segments[addr] = seg
 	list := &p.vm.segments[class(small)]
 	at, _ := slices.BinarySearchFunc(*list, addr, func(s *segment, a uint64) int { return cmpAddr(s.addr, a) })
 	*list = slices.Insert(*list, at, seg)
 	p.stats.Segments++
 	p.stats.SegmentAllocs++
-	b, err := p.mapIn(ctx, seg.first, roundUp(need, p.vm.gran))
+	b, err := p.mapIn(ctx, seg.first, n)
 	if err != nil {
 		_ = p.dropSegment(ctx, seg) // nothing mapped: only address space
 	}

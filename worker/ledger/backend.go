@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 
+	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/device"
 )
 
@@ -40,6 +41,56 @@ type Exporter interface {
 // and the memory its driver reserves. Replies show them when it is there.
 type ProcessLister interface {
 	Processes(ctx context.Context, dev int) (procs []device.Process, driverReserved int64, err error)
+}
+
+// Mapper is a backend with virtual memory management (CUDA's
+// cuMemAddressReserve, cuMemCreate, cuMemMap): address space reserved once
+// and backed by physical chunks where it is used. A device's VRAM pool grows
+// in place over it and gives free chunks back without moving a byte.
+type Mapper interface {
+	// Granularity is dev's chunk size, or 0 where the device or the
+	// backend's configuration has no virtual memory management.
+	Granularity(dev int) int64
+	Reserve(ctx context.Context, dev int, size int64) (addr uint64, err error)
+	Unreserve(ctx context.Context, dev int, addr uint64, size int64) error
+	Map(ctx context.Context, dev int, addr uint64, size int64) error
+	Unmap(ctx context.Context, dev int, addr uint64, size int64) error
+}
+
+// vramPool is a device's VRAM pool: growable segments where the backend
+// maps virtual memory for the device (each reserving the device's memory
+// and an eighth more, as PyTorch's expandable segments do), else
+// segments of their own.
+func vramPool(b Backend, dev int, total int64) *alloc.Pool {
+	src := source{b: b, dev: dev, kind: device.VRAM}
+	if m, ok := b.(Mapper); ok && m.Granularity(dev) > 0 {
+		return alloc.NewMapped(mapped{src, m}, total+total/8)
+	}
+	return alloc.New(src)
+}
+
+// mapped adapts a device's virtual memory to alloc.Mapper.
+type mapped struct {
+	source
+	m Mapper
+}
+
+func (s mapped) Granularity() int64 { return s.m.Granularity(s.dev) }
+
+func (s mapped) Reserve(ctx context.Context, size int64) (uint64, error) {
+	return s.m.Reserve(ctx, s.dev, size)
+}
+
+func (s mapped) Unreserve(ctx context.Context, addr uint64, size int64) error {
+	return s.m.Unreserve(ctx, s.dev, addr, size)
+}
+
+func (s mapped) Map(ctx context.Context, addr uint64, size int64) error {
+	return s.m.Map(ctx, s.dev, addr, size)
+}
+
+func (s mapped) Unmap(ctx context.Context, addr uint64, size int64) error {
+	return s.m.Unmap(ctx, s.dev, addr, size)
 }
 
 // source adapts one kind of one device's memory to alloc.Source.

@@ -92,7 +92,7 @@ func New(cfg Config) *Device {
 		tenants:    map[string]*tenantFigures{},
 		history:    newHistory(),
 	}
-	d.pools[device.VRAM] = alloc.New(source{b: cfg.Backend, dev: d.index, kind: device.VRAM})
+	d.pools[device.VRAM] = vramPool(cfg.Backend, d.index, cfg.Info.TotalBytes)
 	var pinned alloc.Source = source{b: cfg.Backend, dev: d.index, kind: device.Pinned}
 	if cfg.Pinned != nil {
 		pinned = cfg.Pinned

@@ -31,7 +31,21 @@ var op = ledger.Who{}
 // devices of total bytes each, reading device truth on every call.
 func newDevice(t *testing.T, total int64, tweak func(*ledger.Config)) (*ledger.Device, *sim.Backend) {
 	t.Helper()
-	b := sim.New(sim.Default(1, total))
+	return newDeviceOn(t, sim.New(sim.Default(1, total)), tweak)
+}
+
+// newPlainDevice is newDevice with virtual memory management off: its VRAM
+// pool takes segments of their own (cuMemAlloc's), which compaction copies
+// between.
+func newPlainDevice(t *testing.T, total int64) (*ledger.Device, *sim.Backend) {
+	t.Helper()
+	cfg := sim.Default(1, total)
+	cfg.DisableVMM = true
+	return newDeviceOn(t, sim.New(cfg), nil)
+}
+
+func newDeviceOn(t *testing.T, b *sim.Backend, tweak func(*ledger.Config)) (*ledger.Device, *sim.Backend) {
+	t.Helper()
 	infos, err := b.Devices(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +327,7 @@ func TestStatusIncludesWhatIsAskedFor(t *testing.T) {
 }
 
 func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
-	d, b := newDevice(t, 4*gib, nil)
+	d, b := newPlainDevice(t, 4*gib)
 	// 40 blocks of 8 MiB, two to a 20 MiB segment; every other one freed
 	// leaves each segment half used, with a free range as large as the
 	// block: half the segments can go.
@@ -372,7 +386,7 @@ func TestDefragmentMovesBytesAndReleasesSegments(t *testing.T) {
 // freed, the freed blocks are whole empty segments: defragment returns them
 // without moving a byte.
 func TestDefragmentReleasesBeforeItCopies(t *testing.T) {
-	d, _ := newDevice(t, 32*gib, nil)
+	d, _ := newPlainDevice(t, 32*gib)
 	var all []subjects.Allocation
 	for range 100 {
 		all = append(all, allocate(t, d, subjects.AllocateRequest{SizeBytes: 256 * mib}))
@@ -631,5 +645,90 @@ func TestAllocationsByID(t *testing.T) {
 	}
 	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID}}), ledger.Who{Tenant: "other"}); r.TotalCount != 0 {
 		t.Errorf("another tenant finds %+v", r.Allocations)
+	}
+}
+
+// TestVirtualMemoryIsReleasedWithoutMoving is the fragmentation
+// cases on virtual memory: blocks of 256 MiB and of 8 MiB, every other one
+// freed; release_cached and defragment give every free chunk back to the
+// device, move nothing, and the live bytes stay where they were.
+func TestVirtualMemoryIsReleasedWithoutMoving(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		count int
+		via   string
+	}{
+		{"256MiB-defragment", 256 * mib, 100, subjects.StrategyDefragment},
+		{"8MiB-defragment", 8 * mib, 100, subjects.StrategyDefragment},
+		{"8MiB-release_cached", 8 * mib, 100, subjects.StrategyReleaseCached},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, b := newDevice(t, 32*gib, nil)
+			var all []subjects.Allocation
+			for range tc.count {
+				all = append(all, allocate(t, d, subjects.AllocateRequest{SizeBytes: tc.size}))
+			}
+			if s := d.PoolStats(device.VRAM); s.Segments != 1 {
+				t.Fatalf("%d allocations took %d segments, want one growing in place", tc.count, s.Segments)
+			}
+			// Each live block gets its first and last 4 KiB written (the
+			// sim keeps real bytes: 12.5 GiB would not fit a test).
+			edges := func(id string) []device.Location {
+				loc, n, _ := d.Locate(id)
+				end := loc
+				end.Addr += uint64(n - 4096)
+				return []device.Location{loc, end}
+			}
+			want := map[string][]byte{}
+			for i, a := range all {
+				if i%2 == 1 {
+					if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				want[a.AllocationID] = bytes.Repeat([]byte{byte(i + 1)}, 4096)
+				for _, loc := range edges(a.AllocationID) {
+					if err := b.Write(ctx, loc, want[a.AllocationID]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			before := usage(t, d)
+			freed := int64(tc.count/2) * tc.size
+			var released int64
+			if tc.via == subjects.StrategyReleaseCached {
+				rep, err := d.Optimize(ctx, valid(t, &subjects.OptimizeRequest{Strategies: []string{tc.via}}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				released = rep.BytesFreed
+			} else {
+				rep, err := d.Defragment(ctx, nil)
+				if err != nil || rep.BytesMoved != 0 || rep.BlocksMoved != 0 {
+					t.Fatalf("defragment: %+v, %v; want nothing moved", rep, err)
+				}
+				if rep.After.FreeBytes != 0 {
+					t.Errorf("after defragment %d free bytes stay mapped", rep.After.FreeBytes)
+				}
+				released = rep.ReleasedBytes
+			}
+			if released != freed {
+				t.Errorf("released %d bytes, want the %d freed", released, freed)
+			}
+			if after := usage(t, d); before.UsedBytes-after.UsedBytes != freed || after.ReservedBytes != after.AllocatedBytes {
+				t.Errorf("device truth: used %d -> %d, want a drop of %d; %d reserved for %d allocated", before.UsedBytes, after.UsedBytes, freed, after.ReservedBytes, after.AllocatedBytes)
+			}
+			for id, p := range want {
+				for _, loc := range edges(id) {
+					got := make([]byte, len(p))
+					if err := b.Read(ctx, loc, got); err != nil || !bytes.Equal(got, p) {
+						t.Fatalf("%s after release: bytes differ (%v)", id, err)
+					}
+				}
+			}
+			audit(t, d)
+		})
 	}
 }

@@ -89,6 +89,9 @@ func (b *Backend) locate(at device.Location, n int64) (*segment, int64, error) {
 	if i < 0 || n < 0 || addr+uint64(n) > segs[i].addr+uint64(segs[i].size) {
 		return nil, 0, fmt.Errorf("range %#x+%d is not inside one segment: %w", addr, n, device.ErrNotFound)
 	}
+	if off := int64(addr - segs[i].addr); segs[i].unmappedIn(off, n) {
+		return nil, 0, fmt.Errorf("range %#x+%d touches unmapped memory: %w", addr, n, device.ErrNotFound)
+	}
 	return segs[i], int64(addr - segs[i].addr), nil
 }
 

@@ -35,6 +35,10 @@ type Config struct {
 	// PinnedBytes is the page-locked host memory the host can give, shared
 	// by all devices (default 8 GiB).
 	PinnedBytes int64
+	// DisableVMM turns the devices' virtual memory management off (the
+	// cuda backend's --vmm=false): VRAM pools then take segments of their
+	// own.
+	DisableVMM bool
 }
 
 // Default returns a host of n devices of totalBytes each.
@@ -58,6 +62,7 @@ type Backend struct {
 	pinnedCap  int64
 	pinnedUsed int64
 	copyDelay  time.Duration
+	vmm        bool
 }
 
 type simDevice struct {
@@ -80,6 +85,9 @@ type segment struct {
 	addr   uint64
 	size   int64
 	chunks map[int64][]byte
+	// mapped is set for reserved address space (vmm.go): the chunks mapped
+	// in it, by index.
+	mapped map[int64]bool
 }
 
 // New builds a simulated host.
@@ -87,7 +95,7 @@ func New(cfg Config) *Backend {
 	if cfg.PinnedBytes == 0 {
 		cfg.PinnedBytes = 8 << 30
 	}
-	b := &Backend{pinnedCap: cfg.PinnedBytes}
+	b := &Backend{pinnedCap: cfg.PinnedBytes, vmm: !cfg.DisableVMM}
 	// Pinned memory is the host's, usable by every device (CUDA's portable
 	// page-locked memory): one space, whichever device asks.
 	host := &space{next: 0x5500_0000_0000}
@@ -152,27 +160,41 @@ func (b *Backend) Alloc(_ context.Context, dev int, kind device.Kind, size int64
 	if err != nil {
 		return 0, err
 	}
+	if err := b.take(d, dev, kind, size); err != nil {
+		return 0, err
+	}
+	return d.mem[kind].add(size).addr, nil
+}
+
+// take counts size bytes of kind memory of d as used, or says why they
+// cannot be.
+func (b *Backend) take(d *simDevice, dev int, kind device.Kind, size int64) error {
 	if size <= 0 {
-		return 0, fmt.Errorf("segment size %d: %w", size, device.ErrOutOfMemory)
+		return fmt.Errorf("segment size %d: %w", size, device.ErrOutOfMemory)
 	}
 	if d.failAllocs > 0 {
 		d.failAllocs--
-		return 0, fmt.Errorf("device %d: injected allocation failure: %w", dev, device.ErrOutOfMemory)
+		return fmt.Errorf("device %d: injected allocation failure: %w", dev, device.ErrOutOfMemory)
 	}
 	sp := d.mem[kind]
 	if kind == device.Pinned {
 		if b.pinnedUsed+size > b.pinnedCap {
-			return 0, fmt.Errorf("pinned host memory: %s of %s used, a %s segment asked: %w", bytesize.Format(b.pinnedUsed), bytesize.Format(b.pinnedCap), bytesize.Format(size), device.ErrOutOfMemory)
+			return fmt.Errorf("pinned host memory: %s of %s used, a %s segment asked: %w", bytesize.Format(b.pinnedUsed), bytesize.Format(b.pinnedCap), bytesize.Format(size), device.ErrOutOfMemory)
 		}
 		b.pinnedUsed += size
 	} else if free := d.spec.TotalBytes - sp.used - d.others(); size > free {
-		return 0, fmt.Errorf("%s free, a %s segment asked: %w", bytesize.Format(free), bytesize.Format(size), device.ErrOutOfMemory)
+		return fmt.Errorf("%s free, %s asked: %w", bytesize.Format(free), bytesize.Format(size), device.ErrOutOfMemory)
 	}
+	sp.used += size
+	return nil
+}
+
+// add places a segment of size bytes at the space's next 2 MiB boundary.
+func (sp *space) add(size int64) *segment {
 	seg := &segment{addr: sp.next, size: size, chunks: map[int64][]byte{}}
 	sp.next += (uint64(size) + segmentAlign - 1) &^ (segmentAlign - 1)
-	sp.used += size
 	sp.segments = append(sp.segments, seg) // addresses only grow: stays sorted
-	return seg.addr, nil
+	return seg
 }
 
 // Free returns the segment at addr.
@@ -188,7 +210,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 	i, ok := slices.BinarySearchFunc(sp.segments, addr, func(s *segment, a uint64) int {
 		return cmpAddr(s.addr, a)
 	})
-	if !ok {
+	if !ok || sp.segments[i].mapped != nil {
 		return fmt.Errorf("segment %#x: %w", addr, device.ErrNotFound)
 	}
 	sp.used -= sp.segments[i].size
@@ -209,10 +231,13 @@ func cmpAddr(a, b uint64) int {
 	return 0
 }
 
-// Segment is a segment as the simulated host holds it.
+// Segment is a segment as the simulated host holds it: Size is the memory
+// it holds (of reserved address space, what is mapped; Reserved is its
+// length).
 type Segment struct {
-	Addr uint64
-	Size int64
+	Addr     uint64
+	Size     int64
+	Reserved int64
 }
 
 // Segments lists the segments of kind memory held on dev, by address: the
@@ -222,6 +247,10 @@ func (b *Backend) Segments(dev int, kind device.Kind) []Segment {
 	defer b.mu.Unlock()
 	var out []Segment
 	for _, s := range b.devices[dev].mem[kind].segments {
+		if s.mapped != nil {
+			out = append(out, Segment{Addr: s.addr, Size: int64(len(s.mapped)) * Granularity, Reserved: s.size})
+			continue
+		}
 		out = append(out, Segment{Addr: s.addr, Size: s.size})
 	}
 	return out

@@ -45,8 +45,12 @@ const IPCHandleSize = 64
 func (b *Backend) Export(_ context.Context, dev int, base uint64) ([]byte, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, _, err := b.locate(device.Location{Device: dev, Kind: device.VRAM, Addr: base}, 1); err != nil {
+	seg, _, err := b.locate(device.Location{Device: dev, Kind: device.VRAM, Addr: base}, 1)
+	if err != nil {
 		return nil, err
+	}
+	if seg.mapped != nil { // as cuIpcGetMemHandle refuses cuMemCreate's memory
+		return nil, fmt.Errorf("%#x is virtual memory, which IPC handles do not cover: %w", base, device.ErrNotFound)
 	}
 	h := make([]byte, IPCHandleSize)
 	copy(h, "memworker-sim-ipc")
