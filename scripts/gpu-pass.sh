@@ -2,7 +2,7 @@
 # The GPU machine's test and bench pass. Build first with
 # scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
-# picked: scripts/gpu-pass.sh cuda integration hostpath bench
+# picked: scripts/gpu-pass.sh cuda integration hostpath vmm bench
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -29,6 +29,12 @@ for s in $steps; do
 		step pin-copy env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run 'Pipelined|CopiesKeepContent|Checksum' -test.v -test.bench 'Pin|ColdD2H|Copy$|Pipelined'
 		step offload-restore env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
 		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost|TransferVerify|PeerTransfer' -test.benchtime 3x
+		;;
+	vmm) # P16: pools on CUDA virtual memory: release without copying, cold and cached allocation against raw
+		step vmm-test ./cuda.test -test.run 'VirtualMemory' -test.v -test.count 1
+		step vmm-cold ./cuda.test -test.run XXX -test.bench 'ColdAlloc1GiB' -test.benchtime 30x -test.count 3
+		step vmm-cached ./cuda.test -test.run XXX -test.bench 'AllocFree1MiB' -test.count 3
+		step vmm-integration ./integration.test -test.v -test.count 1 -test.run 'Defragment|Recommendations|CoreOperations|Peer|Model' -test.timeout 5m
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

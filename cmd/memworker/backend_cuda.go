@@ -13,7 +13,7 @@ import (
 // there are any and falls back to sim otherwise.
 func openBackend(c *cli, log *slog.Logger) (worker.Backend, func(), error) {
 	if c.Backend != "sim" {
-		cfg := cuda.Config{}
+		cfg := cuda.Config{DisableVMM: !c.VMM}
 		if c.CudaMemoryLimit != "" {
 			limit, err := parseSize("--cuda-memory-limit", c.CudaMemoryLimit)
 			if err != nil {

@@ -43,6 +43,7 @@ type cli struct {
 	Backend string `default:"auto" enum:"auto,sim,cuda" help:"Memory backend: auto (cuda when built with the cuda tag and a GPU is present, else sim), sim or cuda."`
 
 	CudaMemoryLimit string `name:"cuda-memory-limit" help:"cuda backend: manage at most this much of each GPU (a size such as 40GiB; default: all of it)."`
+	VMM             bool   `name:"vmm" default:"true" negatable:"" help:"VRAM pools on CUDA virtual memory where the driver supports it: segments grow in place and free chunks go back to the device without copying; --no-vmm (or --vmm=false) takes cuMemAlloc segments, which defragment compacts by copying. The sim backend models both."`
 
 	SimDevices int    `name:"sim-devices" default:"2" help:"sim backend: number of devices."`
 	SimMemory  string `name:"sim-memory" default:"16GiB" help:"sim backend: memory per device (bytes or a size such as 16GiB)."`
@@ -244,7 +245,9 @@ func simBackend(c *cli) (*sim.Backend, error) {
 	if c.SimDevices < 1 || c.SimDevices > 64 {
 		return nil, fmt.Errorf("--sim-devices %d: want 1 to 64", c.SimDevices)
 	}
-	return sim.New(sim.Default(c.SimDevices, memory)), nil
+	cfg := sim.Default(c.SimDevices, memory)
+	cfg.DisableVMM = !c.VMM
+	return sim.New(cfg), nil
 }
 
 func parseSize(flag, s string) (int64, error) {

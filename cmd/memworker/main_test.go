@@ -259,3 +259,26 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 		t.Error("the worker connected with a wrong password")
 	}
 }
+
+// TestVMMFlag: virtual memory is on by default; --vmm=false and --no-vmm
+// turn it off (the sim models both).
+func TestVMMFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--vmm"}, true},
+		{[]string{"--vmm=false"}, false},
+		{[]string{"--no-vmm"}, false},
+	} {
+		c := parse(t, append([]string{"--backend=sim"}, tc.args...)...)
+		b, err := simBackend(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := b.Granularity(0) > 0; got != tc.want {
+			t.Errorf("%v: virtual memory %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}

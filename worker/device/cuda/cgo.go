@@ -29,6 +29,78 @@ static CUresult mw_ipc_handle(CUdeviceptr p, char *out) {
 static CUresult mw_can_access_peer(int *ok, CUdevice a, CUdevice b) {
 	return cuDeviceCanAccessPeer(ok, a, b);
 }
+
+// Virtual memory management (gorgonia.org/cu leaves it unbound).
+
+static void mw_chunk_prop(CUmemAllocationProp *prop, CUdevice dev) {
+	memset(prop, 0, sizeof *prop);
+	prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop->location.id = dev;
+}
+
+// The chunk size of dev's physical memory, 0 where the device has no
+// virtual memory management.
+static CUresult mw_vmm_granularity(CUdevice dev, size_t *g) {
+	int ok = 0;
+	CUresult r = cuDeviceGetAttribute(&ok, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
+	*g = 0;
+	if (r != CUDA_SUCCESS || !ok) return r;
+	CUmemAllocationProp prop;
+	mw_chunk_prop(&prop, dev);
+	return cuMemGetAllocationGranularity(g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+}
+
+static CUresult mw_reserve(CUdeviceptr *p, size_t n, size_t align) {
+	return cuMemAddressReserve(p, n, align, 0, 0);
+}
+
+static CUresult mw_unreserve(CUdeviceptr p, size_t n) {
+	return cuMemAddressFree(p, n);
+}
+
+// mw_map backs [p, p+n) with physical chunks of g bytes on dev, each an
+// allocation of its own so that each can be unmapped alone; the handles are
+// released at once, so unmapping a chunk frees its memory. The devices in
+// access (dev among them) may read and write the range. On failure nothing
+// of the range stays mapped.
+static CUresult mw_map(CUdeviceptr p, size_t n, size_t g, CUdevice dev, const int *access, int naccess) {
+	CUmemAllocationProp prop;
+	mw_chunk_prop(&prop, dev);
+	CUresult r = CUDA_SUCCESS;
+	size_t done = 0;
+	for (; done < n; done += g) {
+		CUmemGenericAllocationHandle h;
+		if ((r = cuMemCreate(&h, g, &prop, 0)) != CUDA_SUCCESS) break;
+		r = cuMemMap(p + done, g, 0, h, 0);
+		cuMemRelease(h);
+		if (r != CUDA_SUCCESS) break;
+	}
+	if (r == CUDA_SUCCESS) {
+		CUmemAccessDesc desc[16];
+		if (naccess > 16) naccess = 16;
+		for (int i = 0; i < naccess; i++) {
+			memset(&desc[i], 0, sizeof desc[i]);
+			desc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+			desc[i].location.id = access[i];
+			desc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+		}
+		if ((r = cuMemSetAccess(p, n, desc, naccess)) == CUDA_SUCCESS) return r;
+	}
+	for (size_t off = 0; off < done; off += g) cuMemUnmap(p + off, g);
+	return r;
+}
+
+// mw_unmap unmaps the chunks of g bytes in [p, p+n), freeing their memory.
+// It goes on past a failure and returns the first.
+static CUresult mw_unmap(CUdeviceptr p, size_t n, size_t g) {
+	CUresult first = CUDA_SUCCESS;
+	for (size_t off = 0; off < n; off += g) {
+		CUresult r = cuMemUnmap(p + off, g);
+		if (first == CUDA_SUCCESS) first = r;
+	}
+	return first;
+}
 */
 import "C"
 
@@ -83,6 +155,53 @@ func canAccessPeer(a, b int) (bool, error) {
 		return false, driverError("cuDeviceCanAccessPeer", int(r))
 	}
 	return ok != 0, nil
+}
+
+// vmmGranularity is the chunk size of dev's physical memory for virtual
+// memory management, 0 where the device has none.
+func vmmGranularity(dev int) (int64, error) {
+	var g C.size_t
+	if r := C.mw_vmm_granularity(C.CUdevice(dev), &g); r != C.CUDA_SUCCESS {
+		return 0, driverError("cuMemGetAllocationGranularity", int(r))
+	}
+	return int64(g), nil
+}
+
+// reserve reserves n bytes of address space aligned to align.
+func reserve(n, align int64) (uint64, error) {
+	var p C.CUdeviceptr
+	if r := C.mw_reserve(&p, C.size_t(n), C.size_t(align)); r != C.CUDA_SUCCESS {
+		return 0, driverError("cuMemAddressReserve", int(r))
+	}
+	return uint64(p), nil
+}
+
+func unreserve(p uint64, n int64) error {
+	if r := C.mw_unreserve(C.CUdeviceptr(p), C.size_t(n)); r != C.CUDA_SUCCESS {
+		return driverError("cuMemAddressFree", int(r))
+	}
+	return nil
+}
+
+// mapChunks backs [p, p+n) with chunks of g bytes of dev's memory that the
+// devices in access may use (cuMemCreate, cuMemMap, cuMemSetAccess).
+func mapChunks(p uint64, n, g int64, dev int, access []int) error {
+	acc := make([]C.int, len(access))
+	for i, a := range access {
+		acc[i] = C.int(a)
+	}
+	if r := C.mw_map(C.CUdeviceptr(p), C.size_t(n), C.size_t(g), C.CUdevice(dev), &acc[0], C.int(len(acc))); r != C.CUDA_SUCCESS {
+		return driverError("cuMemMap", int(r))
+	}
+	return nil
+}
+
+// unmapChunks unmaps the chunks of g bytes in [p, p+n), freeing them.
+func unmapChunks(p uint64, n, g int64) error {
+	if r := C.mw_unmap(C.CUdeviceptr(p), C.size_t(n), C.size_t(g)); r != C.CUDA_SUCCESS {
+		return driverError("cuMemUnmap", int(r))
+	}
+	return nil
 }
 
 // Driver result codes the backend maps to device error kinds.

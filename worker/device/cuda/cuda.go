@@ -40,6 +40,9 @@ type Config struct {
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
+	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
+	// instead of virtual memory (vmm.go) where the device supports it.
+	DisableVMM bool
 }
 
 // DefaultPinThreads page-lock new pinned memory: faulting pages in is
@@ -73,6 +76,7 @@ type gpu struct {
 
 	mu       sync.Mutex
 	segments map[uint64]int64 // device memory held, by address
+	vm       vmm              // virtual memory (vmm.go)
 	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
 }
 
@@ -96,7 +100,7 @@ func New(cfg Config) (*Backend, error) {
 	}
 	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
-		g, err := open(i, cfg.CopyStreams)
+		g, err := open(i, cfg)
 		if err != nil {
 			b.Close()
 			return nil, err
@@ -123,12 +127,18 @@ func (g *gpu) memInfo() (free, total int64, err error) {
 	return free, total, wrap("cuMemGetInfo", err)
 }
 
-func open(i, streams int) (*gpu, error) {
+func open(i int, cfg Config) (*gpu, error) {
 	d, err := cu.GetDevice(i)
 	if err != nil {
 		return nil, fmt.Errorf("device %d: %w", i, err)
 	}
 	g := &gpu{index: i, dev: d, work: make(chan func()), segments: map[uint64]int64{}}
+	g.vm = vmm{access: []int{i}, reserved: map[uint64]int64{}, chunks: map[uint64]bool{}}
+	if !cfg.DisableVMM {
+		if g.vm.gran, err = vmmGranularity(i); err != nil {
+			return nil, fmt.Errorf("device %d: %w", i, err)
+		}
+	}
 	g.info.Index = i
 	if g.info.Name, err = d.Name(); err != nil {
 		return nil, err
@@ -154,7 +164,7 @@ func open(i, streams int) (*gpu, error) {
 	// copy streams and the checksum module.
 	err = g.do(func() error {
 		g.kernels.load()
-		for range streams {
+		for range cfg.CopyStreams {
 			st, err := cu.MakeStream(cu.NonBlocking)
 			if err != nil {
 				return wrap("cuStreamCreate", err)
@@ -219,7 +229,9 @@ func (b *Backend) enablePeers() {
 			if ok, err := canAccessPeer(a.index, p.index); err != nil || !ok {
 				continue
 			}
-			_ = a.do(func() error { return p.ctx.EnablePeerAccess(0) })
+			if a.do(func() error { return p.ctx.EnablePeerAccess(0) }) == nil {
+				p.vm.access = append(p.vm.access, a.index) // a may use p's virtual memory too
+			}
 		}
 	}
 }
@@ -250,6 +262,7 @@ func (b *Backend) close() {
 				_ = cu.MemFree(cu.DevicePtr(addr))
 				delete(g.segments, addr)
 			}
+			g.vm.release()
 			for _, p := range g.extra {
 				_ = cu.MemFree(p)
 			}
@@ -325,14 +338,8 @@ func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int
 		b.mu.Unlock()
 		return addr, nil
 	}
-	if b.cfg.MemoryLimit > 0 {
-		mi, err := b.MemInfo(ctx, dev)
-		if err != nil {
-			return 0, err
-		}
-		if size > mi.FreeBytes {
-			return 0, fmt.Errorf("%s of its %s limit free, a %s segment asked: %w", bytesize.Format(mi.FreeBytes), bytesize.Format(mi.TotalBytes), bytesize.Format(size), device.ErrOutOfMemory)
-		}
+	if err := b.fits(ctx, dev, size); err != nil {
+		return 0, err
 	}
 	var p cu.DevicePtr
 	if err := g.do(func() (err error) { p, err = cu.MemAlloc(size); return err }); err != nil {
@@ -342,6 +349,22 @@ func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int
 	g.segments[uint64(p)] = size
 	g.mu.Unlock()
 	return uint64(p), nil
+}
+
+// fits says why size more bytes of dev's memory would pass the memory
+// limit, if they would.
+func (b *Backend) fits(ctx context.Context, dev int, size int64) error {
+	if b.cfg.MemoryLimit <= 0 {
+		return nil
+	}
+	mi, err := b.MemInfo(ctx, dev)
+	if err != nil {
+		return err
+	}
+	if size > mi.FreeBytes {
+		return fmt.Errorf("%s of its %s limit free, %s asked: %w", bytesize.Format(mi.FreeBytes), bytesize.Format(mi.TotalBytes), bytesize.Format(size), device.ErrOutOfMemory)
+	}
+	return nil
 }
 
 // Free returns a segment.
@@ -574,10 +597,12 @@ func (b *Backend) Export(_ context.Context, dev int, base uint64) ([]byte, error
 	return h, err
 }
 
-// Segment is device memory the backend holds.
+// Segment is device memory the backend holds: Size is the memory (of
+// reserved address space, what is mapped; Reserved is its length).
 type Segment struct {
-	Addr uint64
-	Size int64
+	Addr     uint64
+	Size     int64
+	Reserved int64
 }
 
 // Segments lists the device memory held on dev (pinned memory is listed
@@ -598,6 +623,9 @@ func (b *Backend) Segments(dev int, kind device.Kind) []Segment {
 	defer g.mu.Unlock()
 	for a, s := range g.segments {
 		out = append(out, Segment{Addr: a, Size: s})
+	}
+	for a, n := range g.vm.reserved {
+		out = append(out, Segment{Addr: a, Size: g.vm.mappedIn(a, n), Reserved: n})
 	}
 	return out
 }

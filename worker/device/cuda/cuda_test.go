@@ -312,13 +312,27 @@ func (s source) FreeSegment(ctx context.Context, addr uint64) error {
 	return s.b.Free(ctx, 0, device.VRAM, addr)
 }
 
-// BenchmarkAllocFree1MiB puts the pool's cached allocate+free of 1 MiB
-// beside the driver's cuMemAlloc+cuMemFree.
+// BenchmarkAllocFree1MiB puts the pool's cached allocate+free of 1 MiB (on
+// cuMemAlloc segments, and on virtual memory) beside the driver's
+// cuMemAlloc+cuMemFree.
 func BenchmarkAllocFree1MiB(b *testing.B) {
 	ctx := context.Background()
 	be := open(b, cuda.Config{})
 	b.Run("pool", func(b *testing.B) {
 		p := alloc.New(source{be})
+		for b.Loop() {
+			blk, err := p.Alloc(ctx, MiB, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = p.Free(blk)
+		}
+	})
+	b.Run("pool-vmm", func(b *testing.B) {
+		if be.Granularity(0) == 0 {
+			b.Skip("no virtual memory")
+		}
+		p := alloc.NewMapped(mapper{source{be}}, 90*GiB)
 		for b.Loop() {
 			blk, err := p.Alloc(ctx, MiB, 0)
 			if err != nil {

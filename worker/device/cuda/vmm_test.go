@@ -1,0 +1,240 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gorgonia.org/cu"
+
+	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/cuda"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+var _ ledger.Mapper = (*cuda.Backend)(nil)
+
+// mapper adapts device 0's virtual memory to the pool, as the worker does.
+type mapper struct{ source }
+
+func (m mapper) Granularity() int64 { return m.b.Granularity(0) }
+func (m mapper) Reserve(ctx context.Context, size int64) (uint64, error) {
+	return m.b.Reserve(ctx, 0, size)
+}
+func (m mapper) Unreserve(ctx context.Context, addr uint64, size int64) error {
+	return m.b.Unreserve(ctx, 0, addr, size)
+}
+func (m mapper) Map(ctx context.Context, addr uint64, size int64) error {
+	return m.b.Map(ctx, 0, addr, size)
+}
+func (m mapper) Unmap(ctx context.Context, addr uint64, size int64) error {
+	return m.b.Unmap(ctx, 0, addr, size)
+}
+
+// openVMM opens the devices with virtual memory, skipping where there is
+// none.
+func openVMM(t testing.TB) *cuda.Backend {
+	t.Helper()
+	b := open(t, cuda.Config{})
+	if b.Granularity(0) == 0 {
+		t.Skip("device 0 has no virtual memory management")
+	}
+	return b
+}
+
+func freeBytes(t testing.TB, b *cuda.Backend) int64 {
+	t.Helper()
+	mi, err := b.MemInfo(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mi.FreeBytes
+}
+
+// TestVirtualMemoryChunksGoBackToTheDevice: mapped chunks are device
+// memory (cuMemGetInfo drops by exactly their size), hold what is written
+// to them, and each goes back to the device on its own while its
+// neighbours keep their bytes.
+func TestVirtualMemoryChunksGoBackToTheDevice(t *testing.T) {
+	ctx := context.Background()
+	b := openVMM(t)
+	g := b.Granularity(0)
+	t.Logf("granularity %d", g)
+	if off := open(t, cuda.Config{DisableVMM: true}); off.Granularity(0) != 0 {
+		t.Errorf("DisableVMM: granularity %d, want 0", off.Granularity(0))
+	}
+	before := freeBytes(t, b)
+	base, err := b.Reserve(ctx, 0, 4*GiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if freeBytes(t, b) != before {
+		t.Errorf("reserving address space took memory")
+	}
+	if err := b.Map(ctx, 0, base, GiB); err != nil {
+		t.Fatal(err)
+	}
+	if got := before - freeBytes(t, b); got != GiB {
+		t.Errorf("mapping 1 GiB took %d bytes", got)
+	}
+	if err := b.Map(ctx, 0, base, g); !errors.Is(err, device.ErrNotFound) {
+		t.Errorf("mapping a chunk twice: %v", err)
+	}
+	at := device.Location{Device: 0, Kind: device.VRAM, Addr: base}
+	want := pattern(GiB, 3)
+	if err := b.Write(ctx, at, want); err != nil {
+		t.Fatal(err)
+	}
+	for c := int64(1); c < GiB/g; c += 2 {
+		if err := b.Unmap(ctx, 0, base+uint64(c*g), g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := before - freeBytes(t, b); got != GiB/2 {
+		t.Errorf("after unmapping every other chunk %d bytes are taken, want 512 MiB", got)
+	}
+	got := make([]byte, g)
+	for c := int64(0); c < GiB/g; c += 2 {
+		loc := at
+		loc.Addr += uint64(c * g)
+		if err := b.Read(ctx, loc, got); err != nil || !bytes.Equal(got, want[c*g:(c+1)*g]) {
+			t.Fatalf("chunk %d after its neighbours went: content differs (%v)", c, err)
+		}
+	}
+	if err := b.Unreserve(ctx, 0, base, 4*GiB); !errors.Is(err, device.ErrNotFound) {
+		t.Errorf("unreserving with chunks mapped: %v", err)
+	}
+	for c := int64(0); c < GiB/g; c += 2 {
+		if err := b.Unmap(ctx, 0, base+uint64(c*g), g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Unreserve(ctx, 0, base, 4*GiB); err != nil {
+		t.Fatal(err)
+	}
+	if after := freeBytes(t, b); after != before {
+		t.Errorf("free %d after everything went back, want %d", after, before)
+	}
+}
+
+// smiUsed is nvidia-smi's used memory of GPU 0 in bytes, or -1 where there
+// is no nvidia-smi.
+func smiUsed(t testing.TB) int64 {
+	out, err := exec.Command("nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0").Output()
+	if err != nil {
+		return -1
+	}
+	mib, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatalf("nvidia-smi said %q", out)
+	}
+	return mib * MiB
+}
+
+// TestPoolOnVirtualMemoryReleasesWithoutMoving is the cases on the
+// GPU: 100 blocks of 256 MiB, and of 8 MiB, every other one freed; the
+// pool gives every free chunk back without a copy, and cuMemGetInfo and
+// nvidia-smi show the drop.
+func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
+	ctx := context.Background()
+	b := openVMM(t)
+	for _, size := range []int64{256 * MiB, 8 * MiB} {
+		p := alloc.NewMapped(mapper{source{b}}, 90*GiB)
+		var blocks []*alloc.Block
+		for range 100 {
+			blk, err := p.Alloc(ctx, size, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blocks = append(blocks, blk)
+		}
+		if s := p.Stats(); s.Segments != 1 || s.ReservedBytes != 100*size {
+			t.Errorf("%d MiB blocks: %d segments mapping %d bytes, want one of %d", size/MiB, s.Segments, s.ReservedBytes, 100*size)
+		}
+		for i := 1; i < len(blocks); i += 2 {
+			if err := p.Free(blocks[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		free0, smi0 := freeBytes(t, b), smiUsed(t)
+		start := time.Now()
+		c, err := p.Compact(ctx, func(*alloc.Block) bool { return true }, func(context.Context, uint64, uint64, int64) error {
+			t.Fatal("compaction on virtual memory copied")
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, released, err := p.Release(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		free1, smi1 := freeBytes(t, b), smiUsed(t)
+		t.Logf("%d x %d MiB, every other freed: released %d bytes in %v, moved %d; cuMemGetInfo free +%d, nvidia-smi used %d -> %d",
+			len(blocks), size/MiB, released, took, c.BytesMoved, free1-free0, smi0, smi1)
+		if c.BytesMoved != 0 || released != 50*size || free1-free0 != released {
+			t.Errorf("moved %d, released %d (want %d), free rose by %d", c.BytesMoved, released, 50*size, free1-free0)
+		}
+		if smi0 >= 0 && (smi0-smi1) < released-released/100 {
+			t.Errorf("nvidia-smi: used %d -> %d, want a drop of %d", smi0, smi1, released)
+		}
+		for i := 0; i < len(blocks); i += 2 {
+			_ = p.Free(blocks[i])
+		}
+		if _, _, err := p.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkColdAlloc1GiB puts a cold 1 GiB allocation through a pool on
+// virtual memory (nothing mapped: it reserves, maps 512 chunks and sets
+// access; then frees and releases) beside cuMemAlloc+cuMemFree of 1 GiB,
+// alternating in each iteration. It reports the medians and their ratio.
+func BenchmarkColdAlloc1GiB(b *testing.B) {
+	ctx := context.Background()
+	be := openVMM(b)
+	p := alloc.NewMapped(mapper{source{be}}, 90*GiB)
+	lockedContext(b, 0)
+	var raw, vm []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		d, err := cu.MemAlloc(GiB)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cu.MemFree(d); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		blk, err := p.Alloc(ctx, GiB, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = p.Free(blk)
+		if _, _, err := p.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		raw, vm = append(raw, t1.Sub(t0)), append(vm, time.Since(t1))
+	}
+	r, v := median(raw), median(vm)
+	b.ReportMetric(float64(r.Microseconds()), "raw-µs")
+	b.ReportMetric(float64(v.Microseconds()), "vmm-µs")
+	b.ReportMetric(float64(v)/float64(r), "vmm/raw")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
