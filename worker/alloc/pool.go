@@ -46,9 +46,10 @@ type segment struct {
 	addr      uint64
 	size      int64
 	small     bool
-	dedicated bool  // one block, never shared, returned on free
-	growable  bool  // reserved address space, mapped where used (vmm.go)
-	mapped    int64 // of a growable segment: the bytes mapped
+	dedicated bool    // one block, never shared, returned on free
+	growable  bool    // reserved address space, mapped where used (vmm.go)
+	mapped    int64   // of a growable segment: the bytes mapped
+	pieces    []piece // of a growable segment: what is mapped, by offset
 	first     *Block
 }
 

@@ -1,6 +1,7 @@
 package alloc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,9 +11,9 @@ import (
 )
 
 // Mapper is a Source whose memory can also be reserved as address space and
-// backed by physical chunks where it is used (CUDA's virtual memory
+// backed by physical memory where it is used (CUDA's virtual memory
 // management: cuMemAddressReserve, cuMemCreate and cuMemMap). A pool over a
-// Mapper grows segments in place and gives free chunks back to the device
+// Mapper grows segments in place and gives free memory back to the device
 // without moving a live byte.
 type Mapper interface {
 	Source
@@ -23,34 +24,48 @@ type Mapper interface {
 	Reserve(ctx context.Context, size int64) (addr uint64, err error)
 	// Unreserve gives back a reserved range that has nothing mapped.
 	Unreserve(ctx context.Context, addr uint64, size int64) error
-	// Map backs a reserved range with physical memory; Unmap gives the
-	// memory back to the device. Every chunk of a range Map was given may
-	// be unmapped on its own.
+	// Map backs a reserved range with one piece of physical memory; Unmap
+	// gives a piece Map made, whole, back to the device.
 	Map(ctx context.Context, addr uint64, size int64) error
 	Unmap(ctx context.Context, addr uint64, size int64) error
 }
 
+// DefaultMaxPiece bounds the pieces a pool maps: the driver's cost of
+// mapping grows with the number of pieces (on an H100, about 60 µs each),
+// while only whole pieces go back to the device (docs/h100/round2/p16).
+const DefaultMaxPiece = 64 << 20
+
 // growable is what a pool over a Mapper keeps: the Mapper, its chunk size,
-// the address space a segment reserves, and the growable segments of each
-// size class in address order.
+// the largest piece it maps, the address space a segment reserves, and the
+// growable segments of each size class in address order.
 type growable struct {
 	m        Mapper
 	gran     int64
+	maxPiece int64
 	reserve  int64
 	segments [2][]*segment // [0] large, [1] small
 }
 
+// piece is physical memory mapped at an offset of a growable segment.
+type piece struct{ off, size int64 }
+
 // NewMapped returns an empty pool that serves from growable segments of m:
 // each reserves reserve bytes of address space (rounded up to m's
-// granularity; more when one request needs more) and maps chunks as blocks
-// need them, after what is already mapped or into a hole Release left, so a
+// granularity; more when one request needs more) and maps memory as blocks
+// need it, after what is already mapped or into a hole Release left, so a
 // pool that grows keeps one segment per size class (PyTorch's expandable
-// segments). Release unmaps every free chunk, and compaction moves nothing.
-// AllocDedicated still takes segments of their own from m's Source side.
-func NewMapped(m Mapper, reserve int64) *Pool {
+// segments). Each range it maps is cut into pieces of m's granularity times
+// a power of two, at offsets that are multiples of their size, at most
+// maxPiece (0: DefaultMaxPiece). Release unmaps every piece under free
+// space, and compaction moves nothing. AllocDedicated still takes segments
+// of their own from m's Source side.
+func NewMapped(m Mapper, reserve, maxPiece int64) *Pool {
 	p := New(m)
 	g := max(m.Granularity(), MinBlock)
-	p.vm = &growable{m: m, gran: g, reserve: max(roundUp(reserve, g), g)}
+	if maxPiece <= 0 {
+		maxPiece = DefaultMaxPiece
+	}
+	p.vm = &growable{m: m, gran: g, maxPiece: max(maxPiece, g), reserve: max(roundUp(reserve, g), g)}
 	return p
 }
 
@@ -123,7 +138,7 @@ func (p *Pool) mapFor(ctx context.Context, size, alignment int64, small bool) (*
 // mapIn maps the first n bytes of the unmapped block u and returns them
 // merged with the free mapped blocks around them, out of every tree.
 func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
-	if err := p.vm.m.Map(ctx, u.Addr(), n); err != nil {
+	if err := p.mapPieces(ctx, u.seg, u.offset, n); err != nil {
 		return nil, err
 	}
 	if n < u.size {
@@ -143,6 +158,30 @@ func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
 	return u, nil
 }
 
+// mapPieces maps [off, off+n) of seg in pieces, all or none.
+func (p *Pool) mapPieces(ctx context.Context, seg *segment, off, n int64) error {
+	var done []piece
+	for at := off; at < off+n; {
+		size := p.vm.gran
+		for size < p.vm.maxPiece && at%(2*size) == 0 && at+2*size <= off+n {
+			size *= 2
+		}
+		if err := p.vm.m.Map(ctx, seg.addr+uint64(at), size); err != nil {
+			for _, pc := range done {
+				_ = p.vm.m.Unmap(ctx, seg.addr+uint64(pc.off), pc.size)
+			}
+			return err
+		}
+		done = append(done, piece{at, size})
+		at += size
+	}
+	i, _ := slices.BinarySearchFunc(seg.pieces, off, cmpPiece)
+	seg.pieces = slices.Insert(seg.pieces, i, done...)
+	return nil
+}
+
+func cmpPiece(pc piece, off int64) int { return cmp.Compare(pc.off, off) }
+
 // mapped counts n bytes mapped (negative: unmapped) in seg.
 func (p *Pool) mapped(seg *segment, n int64) {
 	seg.mapped += n
@@ -150,31 +189,37 @@ func (p *Pool) mapped(seg *segment, n int64) {
 	p.stats.PeakReservedBytes = max(p.stats.PeakReservedBytes, p.stats.ReservedBytes)
 }
 
-// unmapFree gives back to the device every whole chunk under the free
-// blocks of a growable segment, and reports how many bytes went back. A
-// free block keeps its mapped edges (less than a chunk each) cached.
+// unmapFree gives back to the device every piece under the free blocks of a
+// growable segment, and reports how many bytes went back. A free block
+// keeps its mapped edges (parts of pieces that are partly in use) cached.
 func (p *Pool) unmapFree(ctx context.Context, seg *segment) (bytes int64, err error) {
 	for b := seg.first; b != nil; b = b.next {
-		lo, hi := p.chunksUnder(b)
-		if hi <= lo {
+		i, j := p.piecesUnder(b)
+		k := i
+		for ; k < j; k++ {
+			pc := seg.pieces[k]
+			if uerr := p.vm.m.Unmap(ctx, seg.addr+uint64(pc.off), pc.size); uerr != nil {
+				err = errors.Join(err, uerr)
+				break
+			}
+		}
+		if k == i {
 			continue
 		}
-		if uerr := p.vm.m.Unmap(ctx, lo, int64(hi-lo)); uerr != nil {
-			err = errors.Join(err, uerr)
-			continue
-		}
+		lo, hi := seg.pieces[i].off, seg.pieces[k-1].off+seg.pieces[k-1].size
+		seg.pieces = slices.Delete(seg.pieces, i, k)
 		p.uncache(b)
 		mid := b
-		if front := int64(lo - b.Addr()); front > 0 {
+		if front := lo - b.offset; front > 0 {
 			mid = p.split(b, front)
 			p.cache(b)
 		}
-		if n := int64(hi - lo); mid.size > n {
-			p.cache(p.split(mid, n))
+		if mid.size > hi-lo {
+			p.cache(p.split(mid, hi-lo))
 		}
 		mid.unmapped = true
-		p.mapped(seg, -int64(hi-lo))
-		bytes += int64(hi - lo)
+		p.mapped(seg, -(hi - lo))
+		bytes += hi - lo
 		if prev := mid.prev; prev != nil && prev.free && prev.unmapped {
 			p.merge(prev, mid)
 			mid = prev
@@ -187,14 +232,17 @@ func (p *Pool) unmapFree(ctx context.Context, seg *segment) (bytes int64, err er
 	return bytes, err
 }
 
-// chunksUnder is the range of whole chunks under a free mapped block of a
-// growable segment (empty when there is none).
-func (p *Pool) chunksUnder(b *Block) (lo, hi uint64) {
+// piecesUnder is the run [i, j) of the segment's pieces that lie wholly
+// under a free mapped block of a growable segment (empty when none).
+func (p *Pool) piecesUnder(b *Block) (i, j int) {
 	if !b.free || b.unmapped || !b.seg.growable {
 		return 0, 0
 	}
-	g := uint64(p.vm.gran)
-	return alignUp(b.Addr(), g), (b.Addr() + uint64(b.size)) &^ (g - 1)
+	pcs := b.seg.pieces
+	i, _ = slices.BinarySearchFunc(pcs, b.offset, cmpPiece)
+	for j = i; j < len(pcs) && pcs[j].off+pcs[j].size <= b.offset+b.size; j++ {
+	}
+	return i, j
 }
 
 // bare reports a growable segment that holds no mapped memory.
@@ -203,7 +251,7 @@ func (s *segment) bare() bool {
 }
 
 // releasable is what Release would give back to the device now: the bytes
-// of empty segments and, in growable segments, of free whole chunks.
+// of empty segments and, in growable segments, of pieces under free space.
 func (p *Pool) releasable() (segments int, bytes int64) {
 	for _, seg := range p.segments {
 		if !seg.growable {
@@ -215,9 +263,9 @@ func (p *Pool) releasable() (segments int, bytes int64) {
 		}
 		empty := true
 		for b := seg.first; b != nil; b = b.next {
-			lo, hi := p.chunksUnder(b)
-			if hi > lo {
-				bytes += int64(hi - lo)
+			i, j := p.piecesUnder(b)
+			for _, pc := range seg.pieces[i:j] {
+				bytes += pc.size
 			}
 			empty = empty && b.free
 		}

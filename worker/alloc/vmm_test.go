@@ -13,16 +13,16 @@ import (
 const gran = 2 << 20
 
 // fakeMapper is a device with virtual memory: reserved ranges, and the
-// chunks mapped in them, up to a capacity shared with its plain segments.
+// pieces mapped in them, up to a capacity shared with its plain segments.
 type fakeMapper struct {
 	*fakeSource
 	reserved map[uint64]int64 // by base
 	chunks   map[uint64]bool  // mapped chunks by address
-	maps     int              // Map calls
+	pieces   map[uint64]int64 // what Map was given, by address
 }
 
 func newMapper(capacity int64) *fakeMapper {
-	return &fakeMapper{fakeSource: newSource(capacity), reserved: map[uint64]int64{}, chunks: map[uint64]bool{}}
+	return &fakeMapper{fakeSource: newSource(capacity), reserved: map[uint64]int64{}, chunks: map[uint64]bool{}, pieces: map[uint64]int64{}}
 }
 
 func (m *fakeMapper) Granularity() int64 { return gran }
@@ -74,14 +74,15 @@ func (m *fakeMapper) Map(_ context.Context, addr uint64, size int64) error {
 		m.chunks[c] = true
 	}
 	m.used += size
-	m.maps++
+	m.pieces[addr] = size
 	return nil
 }
 
 func (m *fakeMapper) Unmap(_ context.Context, addr uint64, size int64) error {
-	if err := m.span(addr, size); err != nil {
-		return err
+	if m.pieces[addr] != size {
+		return fmt.Errorf("unmapping %#x+%d, which is not a piece Map made", addr, size)
 	}
+	delete(m.pieces, addr)
 	for c := addr; c < addr+uint64(size); c += gran {
 		if !m.chunks[c] {
 			return fmt.Errorf("chunk %#x is not mapped", c)
@@ -145,6 +146,17 @@ func checkMapped(t *testing.T, p *Pool, m *fakeMapper) {
 		if off != seg.size || (seg.growable && segMapped > seg.mapped) {
 			t.Fatalf("segment %#x: blocks cover %d of %d bytes, %d mapped of %d counted", addr, off, seg.size, segMapped, seg.mapped)
 		}
+		var pieces int64
+		for i, pc := range seg.pieces {
+			if m.pieces[seg.addr+uint64(pc.off)] != pc.size || pc.off%pc.size != 0 || pc.size > p.vm.maxPiece ||
+				(i > 0 && seg.pieces[i-1].off+seg.pieces[i-1].size > pc.off) {
+				t.Fatalf("segment %#x: piece %+v is not what was mapped, or out of order", addr, pc)
+			}
+			pieces += pc.size
+		}
+		if pieces != seg.mapped {
+			t.Fatalf("segment %#x: pieces of %d bytes, %d counted mapped", addr, pieces, seg.mapped)
+		}
 		reserved += seg.mapped
 	}
 	for c := range mapped {
@@ -168,7 +180,7 @@ func checkMapped(t *testing.T, p *Pool, m *fakeMapper) {
 func TestGrowableSegmentsGrowInPlace(t *testing.T) {
 	ctx := context.Background()
 	m := newMapper(64 << 30)
-	p := NewMapped(m, 40<<30)
+	p := NewMapped(m, 40<<30, 0)
 	var want int64
 	for i, size := range []int64{256 << 20, 8 << 20, 3 << 20, 300 << 20, 13 << 20} {
 		for range 20 {
@@ -207,7 +219,7 @@ func TestReleaseUnmapsFreeChunksWithoutMoving(t *testing.T) {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			ctx := context.Background()
 			m := newMapper(64 << 30)
-			p := NewMapped(m, 40<<30)
+			p := NewMapped(m, 40<<30, 0)
 			var blocks []*Block
 			for range 100 {
 				b, err := p.Alloc(ctx, size, 0)
@@ -281,7 +293,7 @@ func TestReleaseUnmapsFreeChunksWithoutMoving(t *testing.T) {
 func TestAnEmptyGrowablePoolGivesEverythingBack(t *testing.T) {
 	ctx := context.Background()
 	m := newMapper(1 << 30)
-	p := NewMapped(m, 512<<20)
+	p := NewMapped(m, 512<<20, 0)
 	var blocks []*Block
 	for _, size := range []int64{100, 1 << 20, 5 << 20, 600 << 20} { // the last needs a reservation of its own
 		b, err := p.Alloc(ctx, size, 0)
@@ -314,7 +326,7 @@ func TestAnEmptyGrowablePoolGivesEverythingBack(t *testing.T) {
 func TestMappingOutOfMemoryReleasesFreeChunksAndRetries(t *testing.T) {
 	ctx := context.Background()
 	m := newMapper(100 << 20)
-	p := NewMapped(m, 1<<30)
+	p := NewMapped(m, 1<<30, 0)
 	a, _ := p.Alloc(ctx, 40<<20, 0)
 	b, _ := p.Alloc(ctx, 40<<20, 0)
 	_ = p.Free(a)
@@ -337,7 +349,7 @@ func TestMappingOutOfMemoryReleasesFreeChunksAndRetries(t *testing.T) {
 func TestDedicatedBlocksOfAMappedPoolAreSegments(t *testing.T) {
 	ctx := context.Background()
 	m := newMapper(1 << 30)
-	p := NewMapped(m, 1<<30)
+	p := NewMapped(m, 1<<30, 0)
 	b, err := p.AllocDedicated(ctx, 3<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -356,7 +368,7 @@ func TestRandomMappedWorkload(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(3, 4))
 	m := newMapper(2 << 30)
-	p := NewMapped(m, 1<<30)
+	p := NewMapped(m, 1<<30, 0)
 	var live []*Block
 	sizes := []int64{1, 511, 4096, 100_000, 1 << 20, 3 << 20, 12 << 20, 64 << 20, 700 << 20}
 	for i := 0; i < 3000; i++ {
@@ -415,7 +427,7 @@ func TestRandomMappedWorkload(t *testing.T) {
 // BenchmarkCachedAllocFree1MiBMapped is the hot path of a mapped pool.
 func BenchmarkCachedAllocFree1MiBMapped(b *testing.B) {
 	ctx := context.Background()
-	p := NewMapped(newMapper(1<<30), 1<<30)
+	p := NewMapped(newMapper(1<<30), 1<<30, 0)
 	warm, _ := p.Alloc(ctx, 1<<20, 0)
 	_ = p.Free(warm)
 	b.ReportAllocs()
@@ -425,5 +437,44 @@ func BenchmarkCachedAllocFree1MiBMapped(b *testing.B) {
 			b.Fatal(err)
 		}
 		_ = p.Free(blk)
+	}
+}
+
+// TestOnlyWholePiecesGoBack: memory goes back to the device a piece at a
+// time, so a piece partly in use stays mapped. With pieces of one chunk
+// (maxPiece = the granularity) every free chunk goes back; with larger
+// pieces, what lies in a piece beside a live block stays cached.
+func TestOnlyWholePiecesGoBack(t *testing.T) {
+	for _, tc := range []struct {
+		maxPiece, want int64
+	}{
+		{gran, 1<<30 - 80<<20},      // all but the ten 8 MiB blocks
+		{64 << 20, 1<<30 - 128<<20}, // all but the two 64 MiB pieces they lie in
+		{1 << 30, 0},                // one piece, partly in use
+	} {
+		ctx := context.Background()
+		m := newMapper(4 << 30)
+		p := NewMapped(m, 4<<30, tc.maxPiece)
+		big, err := p.Alloc(ctx, 1<<30, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := int64(len(m.pieces)); got != (1<<30)/min(tc.maxPiece, 1<<30) {
+			t.Errorf("max piece %d: 1 GiB mapped in %d pieces", tc.maxPiece, got)
+		}
+		_ = p.Free(big)
+		for range 10 {
+			if _, err := p.Alloc(ctx, 8<<20, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if p.Fragmentation().ReleasableBytes != tc.want {
+			t.Errorf("max piece %d: %d bytes releasable, want %d", tc.maxPiece, p.Fragmentation().ReleasableBytes, tc.want)
+		}
+		_, released, err := p.Release(ctx)
+		if err != nil || released != tc.want {
+			t.Errorf("max piece %d: released %d (%v), want %d", tc.maxPiece, released, err, tc.want)
+		}
+		checkMapped(t, p, m)
 	}
 }

@@ -64,7 +64,7 @@ type Mapper interface {
 func vramPool(b Backend, dev int, total int64) *alloc.Pool {
 	src := source{b: b, dev: dev, kind: device.VRAM}
 	if m, ok := b.(Mapper); ok && m.Granularity(dev) > 0 {
-		return alloc.NewMapped(mapped{src, m}, total+total/8)
+		return alloc.NewMapped(mapped{src, m}, total+total/8, 0)
 	}
 	return alloc.New(src)
 }

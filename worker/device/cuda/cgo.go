@@ -183,8 +183,9 @@ func unreserve(p uint64, n int64) error {
 	return nil
 }
 
-// mapChunks backs [p, p+n) with chunks of g bytes of dev's memory that the
-// devices in access may use (cuMemCreate, cuMemMap, cuMemSetAccess).
+// mapChunks backs [p, p+n) with physical allocations of g bytes each of
+// dev's memory that the devices in access may use (cuMemCreate, cuMemMap,
+// cuMemSetAccess).
 func mapChunks(p uint64, n, g int64, dev int, access []int) error {
 	acc := make([]C.int, len(access))
 	for i, a := range access {
@@ -196,7 +197,8 @@ func mapChunks(p uint64, n, g int64, dev int, access []int) error {
 	return nil
 }
 
-// unmapChunks unmaps the chunks of g bytes in [p, p+n), freeing them.
+// unmapChunks unmaps the allocations of g bytes each in [p, p+n), freeing
+// them.
 func unmapChunks(p uint64, n, g int64) error {
 	if r := C.mw_unmap(C.CUdeviceptr(p), C.size_t(n), C.size_t(g)); r != C.CUDA_SUCCESS {
 		return driverError("cuMemUnmap", int(r))

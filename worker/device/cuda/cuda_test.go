@@ -332,7 +332,7 @@ func BenchmarkAllocFree1MiB(b *testing.B) {
 		if be.Granularity(0) == 0 {
 			b.Skip("no virtual memory")
 		}
-		p := alloc.NewMapped(mapper{source{be}}, 90*GiB)
+		p := alloc.NewMapped(mapper{source{be}}, 90*GiB, 0)
 		for b.Loop() {
 			blk, err := p.Alloc(ctx, MiB, 0)
 			if err != nil {

@@ -13,12 +13,12 @@ import (
 var _ ledger.Mapper = (*Backend)(nil)
 
 // Device memory through CUDA's virtual memory management: address space
-// reserved once (cuMemAddressReserve) and backed by physical chunks of the
-// device's granularity (cuMemCreate, cuMemMap, cuMemSetAccess), each of
-// which goes back to the device on its own (cuMemUnmap). The pools grow in
-// place over it and give free chunks back without moving a byte. Legacy IPC
-// handles do not cover this memory: exported allocations keep cuMemAlloc
-// segments of their own.
+// reserved once (cuMemAddressReserve) and backed by pieces of physical
+// memory, multiples of the device's granularity (cuMemCreate, cuMemMap,
+// cuMemSetAccess), each of which goes back to the device whole on its own
+// (cuMemUnmap). The pools grow in place over it and give free pieces back
+// without moving a byte. Legacy IPC handles do not cover this memory:
+// exported allocations keep cuMemAlloc segments of their own.
 
 // vmm is a device's virtual memory: its chunk size (0: off or unsupported),
 // the devices that may use its memory, and what is reserved and mapped.
@@ -27,6 +27,7 @@ type vmm struct {
 	access   []int            // this device first, then its peers
 	reserved map[uint64]int64 // reservations by base
 	chunks   map[uint64]bool  // mapped chunks by address
+	pieces   map[uint64]int64 // mapped pieces by address
 }
 
 // Granularity is dev's chunk size for virtual memory: 2 MiB on an H100, 0
@@ -76,8 +77,8 @@ func (b *Backend) Unreserve(_ context.Context, dev int, addr uint64, size int64)
 	return nil
 }
 
-// Map backs whole chunks of a reservation with dev's memory, usable by dev
-// and its peers.
+// Map backs whole chunks of a reservation with one piece of dev's memory,
+// usable by dev and its peers.
 func (b *Backend) Map(ctx context.Context, dev int, addr uint64, size int64) error {
 	g, err := b.vmGPU(dev)
 	if err != nil {
@@ -91,16 +92,17 @@ func (b *Backend) Map(ctx context.Context, dev int, addr uint64, size int64) err
 	if err := g.vm.check(addr, size, false); err != nil {
 		return err
 	}
-	if err := g.do(func() error { return mapChunks(addr, size, g.vm.gran, g.index, g.vm.access) }); err != nil {
+	if err := g.do(func() error { return mapChunks(addr, size, size, g.index, g.vm.access) }); err != nil {
 		return err
 	}
 	for c := addr; c < addr+uint64(size); c += uint64(g.vm.gran) {
 		g.vm.chunks[c] = true
 	}
+	g.vm.pieces[addr] = size
 	return nil
 }
 
-// Unmap gives mapped chunks back to the device.
+// Unmap gives a piece Map made, whole, back to the device.
 func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) error {
 	g, err := b.vmGPU(dev)
 	if err != nil {
@@ -108,15 +110,16 @@ func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.vm.check(addr, size, true); err != nil {
-		return err
+	if g.vm.pieces[addr] != size {
+		return fmt.Errorf("%#x+%d is not a piece that was mapped: %w", addr, size, device.ErrNotFound)
 	}
-	if err := g.do(func() error { return unmapChunks(addr, size, g.vm.gran) }); err != nil {
+	if err := g.do(func() error { return unmapChunks(addr, size, size) }); err != nil {
 		return err
 	}
 	for c := addr; c < addr+uint64(size); c += uint64(g.vm.gran) {
 		delete(g.vm.chunks, c)
 	}
+	delete(g.vm.pieces, addr)
 	return nil
 }
 
@@ -163,12 +166,13 @@ func (v *vmm) mappedIn(base uint64, size int64) int64 {
 
 // release unmaps everything and gives the address space back (Close).
 func (v *vmm) release() {
-	for c := range v.chunks {
-		_ = unmapChunks(c, v.gran, v.gran)
+	for p, n := range v.pieces {
+		_ = unmapChunks(p, n, n)
 	}
 	for base, n := range v.reserved {
 		_ = unreserve(base, n)
 	}
 	clear(v.chunks)
+	clear(v.pieces)
 	clear(v.reserved)
 }

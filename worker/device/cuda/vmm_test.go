@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -60,11 +61,11 @@ func freeBytes(t testing.TB, b *cuda.Backend) int64 {
 	return mi.FreeBytes
 }
 
-// TestVirtualMemoryChunksGoBackToTheDevice: mapped chunks are device
+// TestVirtualMemoryPiecesGoBackToTheDevice: mapped pieces are device
 // memory (cuMemGetInfo drops by exactly their size), hold what is written
 // to them, and each goes back to the device on its own while its
 // neighbours keep their bytes.
-func TestVirtualMemoryChunksGoBackToTheDevice(t *testing.T) {
+func TestVirtualMemoryPiecesGoBackToTheDevice(t *testing.T) {
 	ctx := context.Background()
 	b := openVMM(t)
 	g := b.Granularity(0)
@@ -80,17 +81,27 @@ func TestVirtualMemoryChunksGoBackToTheDevice(t *testing.T) {
 	if freeBytes(t, b) != before {
 		t.Errorf("reserving address space took memory")
 	}
-	if err := b.Map(ctx, 0, base, GiB); err != nil {
+	// 1 GiB in pieces of one chunk, then a piece of 64 MiB after it.
+	for c := int64(0); c < GiB/g; c++ {
+		if err := b.Map(ctx, 0, base+uint64(c*g), g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := base + uint64(GiB)
+	if err := b.Map(ctx, 0, big, 64*MiB); err != nil {
 		t.Fatal(err)
 	}
-	if got := before - freeBytes(t, b); got != GiB {
-		t.Errorf("mapping 1 GiB took %d bytes", got)
+	if got := before - freeBytes(t, b); got != GiB+64*MiB {
+		t.Errorf("mapping 1 GiB and 64 MiB took %d bytes", got)
 	}
 	if err := b.Map(ctx, 0, base, g); !errors.Is(err, device.ErrNotFound) {
 		t.Errorf("mapping a chunk twice: %v", err)
 	}
+	if err := b.Unmap(ctx, 0, big, g); !errors.Is(err, device.ErrNotFound) {
+		t.Errorf("unmapping part of a piece: %v", err)
+	}
 	at := device.Location{Device: 0, Kind: device.VRAM, Addr: base}
-	want := pattern(GiB, 3)
+	want := pattern(GiB+64*MiB, 3)
 	if err := b.Write(ctx, at, want); err != nil {
 		t.Fatal(err)
 	}
@@ -99,11 +110,14 @@ func TestVirtualMemoryChunksGoBackToTheDevice(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := before - freeBytes(t, b); got != GiB/2 {
-		t.Errorf("after unmapping every other chunk %d bytes are taken, want 512 MiB", got)
+	if got := before - freeBytes(t, b); got != GiB/2+64*MiB {
+		t.Errorf("after unmapping every other chunk %d bytes are taken, want 576 MiB", got)
 	}
 	got := make([]byte, g)
-	for c := int64(0); c < GiB/g; c += 2 {
+	for c := int64(0); c < GiB/g+64*MiB/g; c++ {
+		if c < GiB/g && c%2 == 1 {
+			continue
+		}
 		loc := at
 		loc.Addr += uint64(c * g)
 		if err := b.Read(ctx, loc, got); err != nil || !bytes.Equal(got, want[c*g:(c+1)*g]) {
@@ -111,12 +125,15 @@ func TestVirtualMemoryChunksGoBackToTheDevice(t *testing.T) {
 		}
 	}
 	if err := b.Unreserve(ctx, 0, base, 4*GiB); !errors.Is(err, device.ErrNotFound) {
-		t.Errorf("unreserving with chunks mapped: %v", err)
+		t.Errorf("unreserving with pieces mapped: %v", err)
 	}
 	for c := int64(0); c < GiB/g; c += 2 {
 		if err := b.Unmap(ctx, 0, base+uint64(c*g), g); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := b.Unmap(ctx, 0, big, 64*MiB); err != nil {
+		t.Fatal(err)
 	}
 	if err := b.Unreserve(ctx, 0, base, 4*GiB); err != nil {
 		t.Fatal(err)
@@ -148,7 +165,7 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 	ctx := context.Background()
 	b := openVMM(t)
 	for _, size := range []int64{256 * MiB, 8 * MiB} {
-		p := alloc.NewMapped(mapper{source{b}}, 90*GiB)
+		p := alloc.NewMapped(mapper{source{b}}, 90*GiB, 0)
 		var blocks []*alloc.Block
 		for range 100 {
 			blk, err := p.Alloc(ctx, size, 0)
@@ -198,39 +215,52 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 }
 
 // BenchmarkColdAlloc1GiB puts a cold 1 GiB allocation through a pool on
-// virtual memory (nothing mapped: it reserves, maps 512 chunks and sets
-// access; then frees and releases) beside cuMemAlloc+cuMemFree of 1 GiB,
-// alternating in each iteration. It reports the medians and their ratio.
+// virtual memory (nothing mapped: it reserves address space, maps the
+// pieces and sets their access) beside cuMemAlloc of 1 GiB, for pieces of
+// at most 2 MiB (one chunk), 64 MiB (the default) and 1 GiB. Each
+// iteration times cuMemAlloc and then each pool's Alloc, the frees and
+// releases untimed; it reports the medians and each ratio to raw.
 func BenchmarkColdAlloc1GiB(b *testing.B) {
 	ctx := context.Background()
 	be := openVMM(b)
-	p := alloc.NewMapped(mapper{source{be}}, 90*GiB)
+	pieces := []int64{2 * MiB, alloc.DefaultMaxPiece, GiB}
+	pools := make([]*alloc.Pool, len(pieces))
+	for i, max := range pieces {
+		pools[i] = alloc.NewMapped(mapper{source{be}}, 90*GiB, max)
+	}
 	lockedContext(b, 0)
-	var raw, vm []time.Duration
+	raw := []time.Duration{}
+	vm := make([][]time.Duration, len(pools))
 	for b.Loop() {
 		t0 := time.Now()
 		d, err := cu.MemAlloc(GiB)
 		if err != nil {
 			b.Fatal(err)
 		}
+		raw = append(raw, time.Since(t0))
 		if err := cu.MemFree(d); err != nil {
 			b.Fatal(err)
 		}
-		t1 := time.Now()
-		blk, err := p.Alloc(ctx, GiB, 0)
-		if err != nil {
-			b.Fatal(err)
+		for i, p := range pools {
+			t0 := time.Now()
+			blk, err := p.Alloc(ctx, GiB, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			vm[i] = append(vm[i], time.Since(t0))
+			_ = p.Free(blk)
+			if _, _, err := p.Release(ctx); err != nil {
+				b.Fatal(err)
+			}
 		}
-		_ = p.Free(blk)
-		if _, _, err := p.Release(ctx); err != nil {
-			b.Fatal(err)
-		}
-		raw, vm = append(raw, t1.Sub(t0)), append(vm, time.Since(t1))
 	}
-	r, v := median(raw), median(vm)
+	r := median(raw)
 	b.ReportMetric(float64(r.Microseconds()), "raw-µs")
-	b.ReportMetric(float64(v.Microseconds()), "vmm-µs")
-	b.ReportMetric(float64(v)/float64(r), "vmm/raw")
+	for i, max := range pieces {
+		v := median(vm[i])
+		b.ReportMetric(float64(v.Microseconds()), fmt.Sprintf("vmm%dMiB-µs", max/MiB))
+		b.ReportMetric(float64(v)/float64(r), fmt.Sprintf("vmm%dMiB/raw", max/MiB))
+	}
 }
 
 func median(d []time.Duration) time.Duration {

@@ -85,9 +85,10 @@ type segment struct {
 	addr   uint64
 	size   int64
 	chunks map[int64][]byte
-	// mapped is set for reserved address space (vmm.go): the chunks mapped
-	// in it, by index.
+	// mapped and pieces are set for reserved address space (vmm.go): the
+	// chunks mapped in it by index, and the pieces mapped by offset.
 	mapped map[int64]bool
+	pieces map[int64]int64
 }
 
 // New builds a simulated host.

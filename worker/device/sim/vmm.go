@@ -36,7 +36,7 @@ func (b *Backend) Reserve(_ context.Context, dev int, size int64) (uint64, error
 	}
 	sp := d.mem[device.VRAM]
 	seg := sp.add(size) // address space only: nothing counted as used
-	seg.mapped = map[int64]bool{}
+	seg.mapped, seg.pieces = map[int64]bool{}, map[int64]int64{}
 	return seg.addr, nil
 }
 
@@ -56,8 +56,9 @@ func (b *Backend) Unreserve(_ context.Context, dev int, addr uint64, size int64)
 	return nil
 }
 
-// Map backs whole chunks of a reservation with device memory, counted as
-// used as cuMemCreate's would be. Mapping a chunk twice is refused.
+// Map backs whole chunks of a reservation with one piece of device memory,
+// counted as used as cuMemCreate's would be. Mapping a chunk twice is
+// refused.
 func (b *Backend) Map(_ context.Context, dev int, addr uint64, size int64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -81,11 +82,12 @@ func (b *Backend) Map(_ context.Context, dev int, addr uint64, size int64) error
 	for c := first; c < first+size/Granularity; c++ {
 		seg.mapped[c] = true
 	}
+	seg.pieces[int64(addr-seg.addr)] = size
 	return nil
 }
 
-// Unmap gives mapped chunks of a reservation back to the device; what they
-// held is gone.
+// Unmap gives a piece Map made, whole, back to the device (cuMemUnmap
+// cannot unmap part of one); what it held is gone.
 func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -93,12 +95,12 @@ func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) err
 	if err != nil {
 		return err
 	}
-	first := int64(addr-seg.addr) / Granularity
-	for c := first; c < first+size/Granularity; c++ {
-		if !seg.mapped[c] {
-			return fmt.Errorf("chunk %#x is not mapped: %w", seg.addr+uint64(c*Granularity), device.ErrNotFound)
-		}
+	off := int64(addr - seg.addr)
+	if seg.pieces[off] != size {
+		return fmt.Errorf("%#x+%d is not a piece that was mapped: %w", addr, size, device.ErrNotFound)
 	}
+	delete(seg.pieces, off)
+	first := off / Granularity
 	for c := first; c < first+size/Granularity; c++ {
 		delete(seg.mapped, c)
 	}
