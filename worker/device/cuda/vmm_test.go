@@ -217,50 +217,81 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 // BenchmarkColdAlloc1GiB puts a cold 1 GiB allocation through a pool on
 // virtual memory (nothing mapped: it reserves address space, maps the
 // pieces and sets their access) beside cuMemAlloc of 1 GiB, for pieces of
-// at most 2 MiB (one chunk), 64 MiB (the default) and 1 GiB. Each
-// iteration times cuMemAlloc and then each pool's Alloc, the frees and
-// releases untimed; it reports the medians and each ratio to raw.
+// at most 2 MiB (one chunk), 64 MiB (the default) and 1 GiB; frees and
+// releases are not timed. "alone" cycles each kind by itself (each
+// allocation follows the free of the same kind); "interleaved" times
+// cuMemAlloc and then each pool in every iteration, so each allocation
+// follows the others' frees, as on a busy device (the driver then takes
+// longer over cuMemAlloc). Each reports the median allocation; interleaved
+// also the ratios to raw.
 func BenchmarkColdAlloc1GiB(b *testing.B) {
 	ctx := context.Background()
 	be := openVMM(b)
 	pieces := []int64{2 * MiB, alloc.DefaultMaxPiece, GiB}
-	pools := make([]*alloc.Pool, len(pieces))
-	for i, max := range pieces {
-		pools[i] = alloc.NewMapped(mapper{source{be}}, 90*GiB, max)
-	}
-	lockedContext(b, 0)
-	raw := []time.Duration{}
-	vm := make([][]time.Duration, len(pools))
-	for b.Loop() {
-		t0 := time.Now()
-		d, err := cu.MemAlloc(GiB)
-		if err != nil {
-			b.Fatal(err)
-		}
-		raw = append(raw, time.Since(t0))
-		if err := cu.MemFree(d); err != nil {
-			b.Fatal(err)
-		}
-		for i, p := range pools {
+	pool := func(max int64) func() (time.Duration, error) {
+		p := alloc.NewMapped(mapper{source{be}}, 90*GiB, max)
+		return func() (time.Duration, error) {
 			t0 := time.Now()
 			blk, err := p.Alloc(ctx, GiB, 0)
+			took := time.Since(t0)
 			if err != nil {
-				b.Fatal(err)
+				return 0, err
 			}
-			vm[i] = append(vm[i], time.Since(t0))
 			_ = p.Free(blk)
-			if _, _, err := p.Release(ctx); err != nil {
-				b.Fatal(err)
-			}
+			_, _, err = p.Release(ctx)
+			return took, err
 		}
 	}
-	r := median(raw)
-	b.ReportMetric(float64(r.Microseconds()), "raw-µs")
-	for i, max := range pieces {
-		v := median(vm[i])
-		b.ReportMetric(float64(v.Microseconds()), fmt.Sprintf("vmm%dMiB-µs", max/MiB))
-		b.ReportMetric(float64(v)/float64(r), fmt.Sprintf("vmm%dMiB/raw", max/MiB))
+	raw := func() (time.Duration, error) {
+		t0 := time.Now()
+		d, err := cu.MemAlloc(GiB)
+		took := time.Since(t0)
+		if err != nil {
+			return 0, err
+		}
+		return took, cu.MemFree(d)
 	}
+	kinds := map[string]func() (time.Duration, error){"raw": raw}
+	names := []string{"raw"}
+	for _, max := range pieces {
+		name := fmt.Sprintf("vmm%dMiB", max/MiB)
+		kinds[name] = pool(max)
+		names = append(names, name)
+	}
+	for _, name := range names {
+		b.Run("alone/"+name, func(b *testing.B) {
+			lockedContext(b, 0)
+			var took []time.Duration
+			for b.Loop() {
+				d, err := kinds[name]()
+				if err != nil {
+					b.Fatal(err)
+				}
+				took = append(took, d)
+			}
+			b.ReportMetric(float64(median(took).Microseconds()), "alloc-µs")
+		})
+	}
+	b.Run("interleaved", func(b *testing.B) {
+		lockedContext(b, 0)
+		took := map[string][]time.Duration{}
+		for b.Loop() {
+			for _, name := range names {
+				d, err := kinds[name]()
+				if err != nil {
+					b.Fatal(err)
+				}
+				took[name] = append(took[name], d)
+			}
+		}
+		r := median(took["raw"])
+		b.ReportMetric(float64(r.Microseconds()), "raw-µs")
+		for _, name := range names[1:] {
+			v := median(took[name])
+			b.ReportMetric(float64(v.Microseconds()), name+"-µs")
+			b.ReportMetric(float64(v)/float64(r), name+"/raw")
+		}
+	})
 }
 
 func median(d []time.Duration) time.Duration {
