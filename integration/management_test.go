@@ -285,12 +285,13 @@ func TestDefragmentGivesFreeMemoryBackWithoutCopying(t *testing.T) {
 			if before.UsedBytes-after.UsedBytes != r.ReleasedBytes {
 				t.Errorf("device truth: used %d -> %d, want a drop of the %d bytes released", before.UsedBytes, after.UsedBytes, r.ReleasedBytes)
 			}
-			if tc.vmm {
-				var st subjects.StatusReply
-				call(t, nc, subjects.GetStatus, dev, subjects.StatusRequest{}, &st)
-				if s := st.UsageStats; s == nil || s.Segments != 1 || s.ReservedBytes != s.AllocatedBytes {
-					t.Errorf("pool after defragment: %+v; want one segment mapping only the live blocks", st.UsageStats)
-				}
+			var st subjects.StatusReply
+			call(t, nc, subjects.GetStatus, dev, subjects.StatusRequest{}, &st)
+			if g := st.Device.VirtualMemoryGranularityBytes; (g == 2*MiB) != tc.vmm {
+				t.Errorf("virtual memory %v: the device says granularity %d", tc.vmm, g)
+			}
+			if s := st.UsageStats; tc.vmm && (s == nil || s.Segments != 1 || s.ReservedBytes != s.AllocatedBytes) {
+				t.Errorf("pool after defragment: %+v; want one segment mapping only the live blocks", st.UsageStats)
 			}
 			checkLedger(t, nc, h, dev, 0)
 		})

@@ -100,6 +100,11 @@ type DeviceInfo struct {
 	Backend           string `json:"backend"`
 	ComputeCapability string `json:"compute_capability,omitempty"`
 	TotalBytes        int64  `json:"total_bytes"`
+	// VirtualMemoryGranularityBytes is there when the device's VRAM pool is
+	// on virtual memory (the worker's --vmm, where the driver has it): the
+	// size of a chunk of physical memory, which it maps in pieces of a
+	// power of two chunks. Absent: the pool holds cuMemAlloc segments.
+	VirtualMemoryGranularityBytes int64 `json:"virtual_memory_granularity_bytes,omitempty"`
 }
 
 // UsageRequest is get_usage's payload.

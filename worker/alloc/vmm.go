@@ -69,6 +69,15 @@ func NewMapped(m Mapper, reserve, maxPiece int64) *Pool {
 	return p
 }
 
+// Granularity is the chunk size of the pool's Mapper, 0 for a pool of
+// segments of their own (New).
+func (p *Pool) Granularity() int64 {
+	if p.vm == nil {
+		return 0
+	}
+	return p.vm.gran
+}
+
 func class(small bool) int {
 	if small {
 		return 1

@@ -16,14 +16,15 @@ func (d *Device) Status(ctx context.Context, req *subjects.StatusRequest, u subj
 	info := d.cfg.Info
 	st := subjects.StatusReply{
 		Device: subjects.DeviceInfo{
-			DeviceID:          d.id,
-			Node:              d.cfg.Node,
-			Index:             d.index,
-			Name:              info.Name,
-			UUID:              info.UUID,
-			Backend:           d.backend.Name(),
-			ComputeCapability: info.ComputeCapability,
-			TotalBytes:        u.TotalBytes,
+			DeviceID:                      d.id,
+			Node:                          d.cfg.Node,
+			Index:                         d.index,
+			Name:                          info.Name,
+			UUID:                          info.UUID,
+			Backend:                       d.backend.Name(),
+			ComputeCapability:             info.ComputeCapability,
+			TotalBytes:                    u.TotalBytes,
+			VirtualMemoryGranularityBytes: d.pools[device.VRAM].Granularity(),
 		},
 		Usage:           u,
 		Pressure:        p,
