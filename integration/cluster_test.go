@@ -30,14 +30,25 @@ import (
 func startCluster(t *testing.T, n int) []*server.Server {
 	t.Helper()
 	// JetStream clustering needs every route configured up front, so the
-	// route ports are picked free before the servers start.
-	ports := make([]int, n)
-	for i := range ports {
+	// route ports are picked free before the servers start; the client
+	// ports too, in the same pass (all listening at once, so all differ):
+	// a client port the kernel picked later could be a route port of a
+	// server not started yet, which then could not listen.
+	ports, clients := make([]int, n), make([]int, n)
+	var held []net.Listener
+	for i := range 2 * n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		held = append(held, l)
+		if i < n {
+			ports[i] = l.Addr().(*net.TCPAddr).Port
+		} else {
+			clients[i-n] = l.Addr().(*net.TCPAddr).Port
+		}
+	}
+	for _, l := range held {
 		l.Close()
 	}
 	var routes []*url.URL
@@ -47,7 +58,7 @@ func startCluster(t *testing.T, n int) []*server.Server {
 	var servers []*server.Server
 	for i := 0; i < n; i++ {
 		servers = append(servers, serve(t, &server.Options{
-			ServerName: fmt.Sprintf("s%d", i), Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+			ServerName: fmt.Sprintf("s%d", i), Host: "127.0.0.1", Port: clients[i], NoSigs: true, NoLog: true,
 			JetStream: true, StoreDir: t.TempDir(),
 			Cluster: server.ClusterOpts{Name: "memworker-test", Host: "127.0.0.1", Port: ports[i]},
 			Routes:  routes,

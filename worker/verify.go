@@ -41,9 +41,10 @@ func (w *Worker) startVerifier(ctx context.Context, src, dst device.Location, n 
 	return &verifier{src: w.startSummer(ctx, src, n, true), dst: w.startSummer(ctx, dst, n, false)}
 }
 
-// Checksummer is a backend that sums memory where it lies: the cuda
-// backend sums device memory on its GPU and pinned memory in place, so
-// verifying reads nothing back over PCIe and copies nothing.
+// Checksummer is a backend that sums memory itself: the cuda backend sums
+// device memory where it lies on its GPU, and pinned memory read back into
+// the GPU over the direction a copy leaves idle, so verifying takes neither
+// the copy's bandwidth nor the host's.
 type Checksummer interface {
 	Checksum(ctx context.Context, at device.Location, n int64) (uint32, error)
 }
@@ -80,6 +81,7 @@ func (w *Worker) startSummer(ctx context.Context, at device.Location, n int64, s
 				continue // only drain, so the copier never blocks
 			}
 			if inPlace {
+				sp = gather(sp, s.spans)
 				loc := at
 				loc.Addr += uint64(sp.off)
 				var c uint32
@@ -99,6 +101,23 @@ func (w *Worker) startSummer(ctx context.Context, at device.Location, n int64, s
 		s.done <- r
 	}()
 	return s
+}
+
+// gather joins to sp the spans that have landed meanwhile (they follow it),
+// so a summer that fell behind sums them in one call: a GPU pipelines a
+// long read-back, where a call per span would wait between spans.
+func gather(sp span, more <-chan span) span {
+	for {
+		select {
+		case next, ok := <-more:
+			if !ok {
+				return sp
+			}
+			sp.n += next.n // spans arrive in order, each after the last
+		default:
+			return sp
+		}
+	}
 }
 
 // add hands a copied span to both summers.

@@ -587,7 +587,8 @@ func BenchmarkPipelined(b *testing.B) {
 }
 
 // TestChecksumIsCRC32C: device memory summed on the GPU and pinned memory
-// summed in place give hash/crc32's CRC-32C, at any length and offset.
+// read back and summed there (over more than one read-back piece) give
+// hash/crc32's CRC-32C, at any length and offset.
 func TestChecksumIsCRC32C(t *testing.T) {
 	ctx := context.Background()
 	b := open(t, cuda.Config{})
@@ -615,7 +616,7 @@ func TestChecksumIsCRC32C(t *testing.T) {
 }
 
 // BenchmarkChecksum sums BENCH_PIN_BYTES (default 1 GiB) of device memory
-// on the GPU, and 64 MiB of pinned memory in place on the host.
+// on the GPU, and 64 MiB of pinned memory read back into the GPU.
 func BenchmarkChecksum(b *testing.B) {
 	n := pinBytes(b)
 	ctx := context.Background()
