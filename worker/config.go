@@ -10,7 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/alloc"
 	"github.com/memworker/memworker/worker/monitor"
 )
 
@@ -90,6 +92,13 @@ type Config struct {
 	// MaxAllocations caps each device's live allocations; past it
 	// allocate fails with OUT_OF_MEMORY naming the cap.
 	MaxAllocations int
+	// MapPiece is the largest piece of physical memory a VRAM pool on
+	// virtual memory maps at once (--vmm-piece): memory goes back to the
+	// device a whole piece at a time, while mapping costs the driver more
+	// the more pieces it takes. The backend's granularity (2 MiB on an
+	// H100) gives every free chunk back; DefaultConfig takes
+	// alloc.DefaultMaxPiece.
+	MapPiece int64
 	// ReadHandlers is how many subscriptions serve each read-only
 	// operation of a device (micro runs one request at a time on each);
 	// DefaultReadHandlers by default.
@@ -130,6 +139,7 @@ func DefaultConfig() Config {
 		TruthMaxAge:          time.Millisecond,
 		ReadHandlers:         DefaultReadHandlers(),
 		MaxAllocations:       1_000_000,
+		MapPiece:             alloc.DefaultMaxPiece,
 		DiscoveryWait:        250 * time.Millisecond,
 	}
 }
@@ -168,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAllocations < 1 {
 		errs = append(errs, errors.New("max allocations must be at least 1"))
+	}
+	if c.MapPiece < 0 || c.MapPiece&(c.MapPiece-1) != 0 {
+		errs = append(errs, fmt.Errorf("map piece (--vmm-piece) %s: want a power of two, such as 2MiB or 64MiB", bytesize.Format(c.MapPiece)))
 	}
 	if c.ReadHandlers < 1 {
 		errs = append(errs, errors.New("read handlers must be at least 1"))

@@ -162,6 +162,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		"node":       func(c *cli) { c.Node = "bad.node" },
 		"pinned":     func(c *cli) { c.PinnedPool = "lots" },
 		"pinned max": func(c *cli) { c.PinnedMax = "-1GiB" },
+		"vmm piece":  func(c *cli) { c.VMMPiece = "3MiB" },
+		"vmm size":   func(c *cli) { c.VMMPiece = "lots" },
 		"pinned over its cap": func(c *cli) {
 			c.PinnedPool, c.PinnedMax = "2MiB", "1MiB"
 		},

@@ -59,12 +59,12 @@ type Mapper interface {
 
 // vramPool is a device's VRAM pool: growable segments where the backend
 // maps virtual memory for the device (each reserving the device's memory
-// and an eighth more, as PyTorch's expandable segments do), else
-// segments of their own.
-func vramPool(b Backend, dev int, total int64) *alloc.Pool {
+// and an eighth more, as PyTorch's expandable segments do; mapped in pieces
+// of at most piece bytes), else segments of their own.
+func vramPool(b Backend, dev int, total, piece int64) *alloc.Pool {
 	src := source{b: b, dev: dev, kind: device.VRAM}
 	if m, ok := b.(Mapper); ok && m.Granularity(dev) > 0 {
-		return alloc.NewMapped(mapped{src, m}, total+total/8, 0)
+		return alloc.NewMapped(mapped{src, m}, total+total/8, piece)
 	}
 	return alloc.New(src)
 }

@@ -38,6 +38,11 @@ type Config struct {
 	// segments back to it as soon as they empty, so another device can
 	// use them. Without it they come from the backend and stay cached.
 	Pinned alloc.Source
+	// MapPiece, where the VRAM pool is on virtual memory, is the largest
+	// piece of physical memory it maps at once (0: alloc.DefaultMaxPiece):
+	// memory goes back to the device a whole piece at a time, and the
+	// driver's cost of mapping grows with the number of pieces.
+	MapPiece int64
 }
 
 // Device is one device's state. It is not safe for concurrent use.
@@ -92,7 +97,7 @@ func New(cfg Config) *Device {
 		tenants:    map[string]*tenantFigures{},
 		history:    newHistory(),
 	}
-	d.pools[device.VRAM] = vramPool(cfg.Backend, d.index, cfg.Info.TotalBytes)
+	d.pools[device.VRAM] = vramPool(cfg.Backend, d.index, cfg.Info.TotalBytes, cfg.MapPiece)
 	var pinned alloc.Source = source{b: cfg.Backend, dev: d.index, kind: device.Pinned}
 	if cfg.Pinned != nil {
 		pinned = cfg.Pinned

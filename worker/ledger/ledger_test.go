@@ -732,3 +732,34 @@ func TestVirtualMemoryIsReleasedWithoutMoving(t *testing.T) {
 		})
 	}
 }
+
+// TestMapPieceSetsWhatGoesBack: memory goes back to the device a whole
+// piece at a time. A freed 1 GiB block, then ten 8 MiB blocks carved from
+// it: with pieces of one chunk everything else goes back, with the default
+// 64 MiB pieces what shares a piece with them stays cached.
+func TestMapPieceSetsWhatGoesBack(t *testing.T) {
+	for _, tc := range []struct {
+		piece, want int64
+	}{
+		{2 * mib, gib - 80*mib},
+		{0, gib - 128*mib},
+	} {
+		d, _ := newDevice(t, 4*gib, func(c *ledger.Config) { c.MapPiece = tc.piece })
+		big := allocate(t, d, subjects.AllocateRequest{SizeBytes: gib})
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: big.AllocationID}), op); err != nil {
+			t.Fatal(err)
+		}
+		for range 10 {
+			allocate(t, d, subjects.AllocateRequest{SizeBytes: 8 * mib})
+		}
+		before := usage(t, d)
+		rep, err := d.Optimize(ctx, valid(t, &subjects.OptimizeRequest{Strategies: []string{subjects.StrategyReleaseCached}}))
+		if err != nil || rep.BytesFreed != tc.want {
+			t.Errorf("piece %d: release_cached freed %d (%v), want %d", tc.piece, rep.BytesFreed, err, tc.want)
+		}
+		if after := usage(t, d); before.UsedBytes-after.UsedBytes != tc.want {
+			t.Errorf("piece %d: device truth dropped %d, want %d", tc.piece, before.UsedBytes-after.UsedBytes, tc.want)
+		}
+		audit(t, d)
+	}
+}
