@@ -381,6 +381,7 @@ func (p *Pool) dropSegment(ctx context.Context, seg *segment) error {
 		}
 		list := &p.vm.segments[class(seg.small)]
 		*list = slices.DeleteFunc(*list, func(s *segment) bool { return s == seg })
+		p.vm.holes[class(seg.small)].Delete(seg.first)
 	} else {
 		if err := p.src.FreeSegment(ctx, seg.addr); err != nil {
 			return err

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/google/btree"
+
 	"github.com/memworker/memworker/worker/device"
 )
 
@@ -44,6 +46,9 @@ type growable struct {
 	maxPiece int64
 	reserve  int64
 	segments [2][]*segment // [0] large, [1] small
+	// holes are the unmapped blocks of each class by address: where the
+	// pool maps memory next, found without walking the live blocks.
+	holes [2]*btree.BTreeG[*Block]
 }
 
 // piece is physical memory mapped at an offset of a growable segment.
@@ -66,6 +71,9 @@ func NewMapped(m Mapper, reserve, maxPiece int64) *Pool {
 		maxPiece = DefaultMaxPiece
 	}
 	p.vm = &growable{m: m, gran: g, maxPiece: max(maxPiece, g), reserve: max(roundUp(reserve, g), g)}
+	for i := range p.vm.holes {
+		p.vm.holes[i] = btree.NewG(16, func(a, b *Block) bool { return a.Addr() < b.Addr() })
+	}
 	return p
 }
 
@@ -107,23 +115,24 @@ func (p *Pool) grow(ctx context.Context, size, alignment int64, small bool) (*Bl
 // before it, is long enough. It maps only the chunks that are missing.
 // Without room it reserves a new segment.
 func (p *Pool) mapFor(ctx context.Context, size, alignment int64, small bool) (*Block, error) {
-	for _, seg := range p.vm.segments[class(small)] {
-		for u := seg.first; u != nil; u = u.next {
-			if !u.unmapped {
-				continue
-			}
-			start, front := u.Addr(), int64(0)
-			if u.prev != nil && u.prev.free { // mapped: free neighbours of one kind merge
-				start, front = u.prev.Addr(), u.prev.size
-			}
-			need := int64(alignUp(start, uint64(alignment))-start) + size
-			if front+u.size >= need {
-				return p.mapIn(ctx, u, roundUp(max(need-front, 1), p.vm.gran))
-			}
+	var found *Block
+	var n int64
+	p.vm.holes[class(small)].Ascend(func(u *Block) bool {
+		start, front := u.Addr(), int64(0)
+		if u.prev != nil && u.prev.free { // mapped: free neighbours of one kind merge
+			start, front = u.prev.Addr(), u.prev.size
 		}
+		need := int64(alignUp(start, uint64(alignment))-start) + size
+		if front+u.size >= need {
+			found, n = u, roundUp(max(need-front, 1), p.vm.gran)
+		}
+		return found == nil
+	})
+	if found != nil {
+		return p.mapIn(ctx, found, n)
 	}
 	// A new segment starts at a chunk boundary, aligned for any request.
-	n := roundUp(size, p.vm.gran)
+	n = roundUp(size, p.vm.gran)
 	reserve := max(p.vm.reserve, n)
 	addr, err := p.vm.m.Reserve(ctx, reserve)
 	if err != nil {
@@ -131,6 +140,7 @@ func (p *Pool) mapFor(ctx context.Context, size, alignment int64, small bool) (*
 	}
 	seg := &segment{addr: addr, size: reserve, small: small, growable: true}
 	seg.first = &Block{seg: seg, size: reserve, free: true, unmapped: true}
+	p.vm.holes[class(small)].ReplaceOrInsert(seg.first)
 	p.segments[addr] = seg
 	list := &p.vm.segments[class(small)]
 	at, _ := slices.BinarySearchFunc(*list, addr, func(s *segment, a uint64) int { return cmpAddr(s.addr, a) })
@@ -150,8 +160,10 @@ func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
 	if err := p.mapPieces(ctx, u.seg, u.offset, n); err != nil {
 		return nil, err
 	}
+	holes := p.vm.holes[class(u.seg.small)]
+	holes.Delete(u)
 	if n < u.size {
-		p.split(u, n) // the rest stays unmapped
+		holes.ReplaceOrInsert(p.split(u, n)) // the rest stays unmapped
 	}
 	u.unmapped = false
 	p.mapped(u.seg, n)
@@ -229,11 +241,15 @@ func (p *Pool) unmapFree(ctx context.Context, seg *segment) (bytes int64, err er
 		mid.unmapped = true
 		p.mapped(seg, -(hi - lo))
 		bytes += hi - lo
+		holes := p.vm.holes[class(seg.small)]
 		if prev := mid.prev; prev != nil && prev.free && prev.unmapped {
 			p.merge(prev, mid)
 			mid = prev
+		} else {
+			holes.ReplaceOrInsert(mid)
 		}
 		if next := mid.next; next != nil && next.free && next.unmapped {
+			holes.Delete(next)
 			p.merge(mid, next)
 		}
 		b = mid

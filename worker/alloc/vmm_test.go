@@ -100,7 +100,7 @@ func (m *fakeMapper) Unmap(_ context.Context, addr uint64, size int64) error {
 func checkMapped(t *testing.T, p *Pool, m *fakeMapper) {
 	t.Helper()
 	var allocated, reserved int64
-	var cached int
+	var cached, holes int
 	mapped := map[uint64]bool{}
 	for addr, seg := range p.segments {
 		if !seg.growable {
@@ -120,8 +120,9 @@ func checkMapped(t *testing.T, p *Pool, m *fakeMapper) {
 			_, inTree := p.tree(seg.small).Get(b)
 			switch {
 			case b.unmapped:
-				if !b.free || inTree || b.Addr()%gran != 0 || b.size%gran != 0 {
-					t.Fatalf("unmapped block %#x+%d: free %v, cached %v, not whole chunks", b.Addr(), b.size, b.free, inTree)
+				holes++
+				if _, ok := p.vm.holes[class(seg.small)].Get(b); !ok || !b.free || inTree || b.Addr()%gran != 0 || b.size%gran != 0 {
+					t.Fatalf("unmapped block %#x+%d: indexed %v, free %v, cached %v, not whole chunks", b.Addr(), b.size, ok, b.free, inTree)
 				}
 			case b.free:
 				cached++
@@ -158,6 +159,9 @@ func checkMapped(t *testing.T, p *Pool, m *fakeMapper) {
 			t.Fatalf("segment %#x: pieces of %d bytes, %d counted mapped", addr, pieces, seg.mapped)
 		}
 		reserved += seg.mapped
+	}
+	if n := p.vm.holes[0].Len() + p.vm.holes[1].Len(); n != holes {
+		t.Fatalf("%d holes indexed, %d unmapped blocks", n, holes)
 	}
 	for c := range mapped {
 		if !m.chunks[c] {
@@ -476,5 +480,20 @@ func TestOnlyWholePiecesGoBack(t *testing.T) {
 			t.Errorf("max piece %d: released %d (%v), want %d", tc.maxPiece, released, err, tc.want)
 		}
 		checkMapped(t, p, m)
+	}
+}
+
+// BenchmarkGrowMany allocates 4 KiB blocks until 200,000 are live: a
+// mapped pool maps a chunk every 512 of them, and finding where must not
+// cost a walk over the blocks already there.
+func BenchmarkGrowMany(b *testing.B) {
+	for b.Loop() {
+		ctx := context.Background()
+		p := NewMapped(newMapper(8<<30), 8<<30, 0)
+		for range 200_000 {
+			if _, err := p.Alloc(ctx, 4096, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
