@@ -34,8 +34,8 @@ type Config struct {
 	MemoryLimit int64
 	// Devices limits the backend to the first n devices (0: all).
 	Devices int
-	// PinThreads is how many threads page-lock a new pinned segment
-	// (0: DefaultPinThreads).
+	// PinThreads is how many threads page-lock new pinned segments, all
+	// segments together (0: DefaultPinThreads).
 	PinThreads int
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
@@ -58,6 +58,7 @@ type Backend struct {
 	closeOnce sync.Once
 	mu        sync.Mutex
 	host      map[uint64]*hostSegment // pinned host memory by address
+	pin       *pinner                 // page-locks it (host.go)
 }
 
 // gpu is one device: its primary context, current on the one OS thread that
@@ -98,7 +99,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.CopyStreams <= 0 {
 		cfg.CopyStreams = DefaultCopyStreams
 	}
-	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, nvml: openTelemetry()}
+	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
 		g, err := open(i, cfg)
 		if err != nil {
@@ -248,7 +249,7 @@ func (b *Backend) close() {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			for addr, h := range b.host {
-				_ = h.release()
+				_ = h.release(b.pin)
 				delete(b.host, addr)
 			}
 			return nil
@@ -328,7 +329,7 @@ func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int
 		return 0, err
 	}
 	if kind == device.Pinned {
-		h, err := newHostSegment(g, size, b.cfg.PinThreads)
+		h, err := newHostSegment(g, size, b.pin)
 		if err != nil {
 			return 0, err
 		}
@@ -381,7 +382,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 		if !ok {
 			return fmt.Errorf("pinned segment %#x: %w", addr, device.ErrNotFound)
 		}
-		return g.do(h.release)
+		return g.do(func() error { return h.release(b.pin) })
 	}
 	g.mu.Lock()
 	_, ok := g.segments[addr]

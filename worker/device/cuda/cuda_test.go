@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 
 	"gorgonia.org/cu"
@@ -443,6 +444,53 @@ func pinBytes(b *testing.B) int64 {
 		}
 	}
 	return n
+}
+
+// TestPinnedSegmentsShareThePinningThreads: segments made at once are
+// page-locked by the host's pinning threads, the oldest first; each ends
+// locked and holds what is written to it, and one freed while it still
+// waits for its chunks goes at once.
+func TestPinnedSegmentsShareThePinningThreads(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, cuda.Config{PinThreads: 2})
+	var segs []uint64
+	for range 4 {
+		a, err := b.Alloc(ctx, 0, device.Pinned, 512*MiB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		segs = append(segs, a)
+	}
+	if err := b.Free(ctx, 0, device.Pinned, segs[2]); err != nil { // its chunks are still queued
+		t.Fatal(err)
+	}
+	segs = slices.Delete(segs, 2, 3)
+	for i, a := range segs {
+		if err := b.WaitLocked(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		at := device.Location{Kind: device.Pinned, Addr: a}
+		want := pattern(512*MiB, byte(i))
+		if err := b.Write(ctx, at, want); err != nil {
+			t.Fatal(err)
+		}
+		d, err := b.Alloc(ctx, 0, device.VRAM, 512*MiB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := device.Location{Kind: device.VRAM, Addr: d}
+		got := make([]byte, 512*MiB)
+		if err := b.Copy(ctx, dev, at, 512*MiB); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Read(ctx, dev, got); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("segment %d: content differs through the GPU (%v)", i, err)
+		}
+		_ = b.Free(ctx, 0, device.VRAM, d)
+		if err := b.Free(ctx, 0, device.Pinned, a); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // BenchmarkPin page-locks BENCH_PIN_BYTES (default 1 GiB) of fresh host

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -45,17 +44,22 @@ type hostSegment struct {
 	mem  []byte         // the whole mapping, for munmap
 	ptr  unsafe.Pointer // the segment's start in mem, hostAlign-aligned
 	size int64
+	ctx  cu.CUContext // current while its chunks are registered
 
 	mu     sync.Mutex
 	cond   sync.Cond
 	chunks []uint8 // per pinChunk: pending, pinned or failed
 	err    error   // the first registration failure
 	done   chan struct{}
+
+	// Guarded by the pinner's lock: the next chunk to take, and how many
+	// taken chunks are still being pinned.
+	next, busy int
 }
 
-// newHostSegment maps size bytes and starts page-locking them on threads
-// threads with g's context current; it returns at once.
-func newHostSegment(g *gpu, size int64, threads int) (*hostSegment, error) {
+// newHostSegment maps size bytes and queues them to be page-locked with
+// g's context; it returns at once.
+func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	mem, err := syscall.Mmap(-1, 0, int(size+hostAlign), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
@@ -67,53 +71,117 @@ func newHostSegment(g *gpu, size int64, threads int) (*hostSegment, error) {
 		mem:    mem,
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
+		ctx:    g.ctx,
 		chunks: make([]uint8, (size+pinChunk-1)/pinChunk),
 		done:   make(chan struct{}),
 	}
 	h.cond.L = &h.mu
-	go h.pin(g, max(threads, 1))
+	p.add(h)
 	return h, nil
 }
 
-// pin page-locks every chunk, lowest addresses first, and closes done.
-func (h *hostSegment) pin(g *gpu, threads int) {
-	defer close(h.done)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(threads, len(h.chunks)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			ctxErr := cu.SetCurrentContext(g.ctx)
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(len(h.chunks)) {
-					return
-				}
-				err := ctxErr
-				if err == nil {
-					err = h.pinChunk(i)
-				}
-				h.mu.Lock()
-				h.chunks[i] = chunkPinned
-				if err != nil {
-					h.chunks[i] = chunkFailed
-					if h.err == nil {
-						h.err = err
-					}
-				}
-				h.cond.Broadcast()
-				h.mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+// pinner page-locks the chunks of new pinned segments for the whole host
+// on at most threads threads, the oldest segment's lowest chunks first: an
+// offload of ten allocations copies them one after the other, and each
+// copy waits for its own segment's chunks only, not for ten segments
+// pinned at once on ten times the threads (which page-lock no faster).
+type pinner struct {
+	threads int
+
+	mu      sync.Mutex
+	queue   []*hostSegment // segments with chunks not taken yet, oldest first
+	running int
 }
 
-// pinChunk faults chunk i in (the kernel zeroes its pages here, on this
-// thread) and page-locks it. The segment is in use already, so nothing may
+// add queues a segment's chunks and starts threads to pin them, up to the
+// limit.
+func (p *pinner) add(h *hostSegment) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.queue = append(p.queue, h)
+	for ; p.running < p.threads; p.running++ {
+		go p.work()
+	}
+}
+
+// take hands out the next chunk to pin, or reports that none is left (and
+// the calling thread ends).
+func (p *pinner) take() (*hostSegment, int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.queue) > 0 {
+		h := p.queue[0]
+		if h.next < len(h.chunks) {
+			h.next++
+			h.busy++
+			return h, h.next - 1, true
+		}
+		p.queue = p.queue[1:]
+	}
+	p.running--
+	return nil, 0, false
+}
+
+// work is one pinning thread: it pins chunks until none is left.
+func (p *pinner) work() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var current cu.CUContext
+	for {
+		h, i, ok := p.take()
+		if !ok {
+			return
+		}
+		var err error
+		if h.ctx != current {
+			if err = cu.SetCurrentContext(h.ctx); err == nil {
+				current = h.ctx
+			}
+		}
+		if err == nil {
+			err = h.pinChunk(int64(i))
+		}
+		p.finish(h, i, err)
+	}
+}
+
+// finish records chunk i of h pinned (or failed), wakes the copies waiting
+// for it, and closes done after the segment's last chunk.
+func (p *pinner) finish(h *hostSegment, i int, err error) {
+	h.mu.Lock()
+	h.chunks[i] = chunkPinned
+	if err != nil {
+		h.chunks[i] = chunkFailed
+		if h.err == nil {
+			h.err = err
+		}
+	}
+	h.cond.Broadcast()
+	h.mu.Unlock()
+	p.mu.Lock()
+	h.busy--
+	last := h.next == len(h.chunks) && h.busy == 0
+	p.mu.Unlock()
+	if last {
+		close(h.done)
+	}
+}
+
+// cancel stops pinning h (it is being freed): the chunks not taken yet stay
+// pageable, and done closes once the taken ones are pinned.
+func (p *pinner) cancel(h *hostSegment) {
+	p.mu.Lock()
+	left := h.next < len(h.chunks)
+	h.next = len(h.chunks)
+	last := left && h.busy == 0
+	p.mu.Unlock()
+	if last {
+		close(h.done)
+	}
+}
+
+// pinChunk faults chunk i in (the kernel zeroes its pages here, on the
+// pinning thread) and page-locks it. The segment is in use already, so nothing may
 // be written to it: MADV_POPULATE_WRITE faults the pages in writable
 // without touching them. On the H100 host, 8 GiB on 8 threads: 22.7 GB/s
 // with it, 5.6 GB/s leaving the faults to cuMemHostRegister (an atomic OR
@@ -138,9 +206,11 @@ func (h *hostSegment) piece(off, n int64) int64 {
 	return n
 }
 
-// release waits for pinning to end, unlocks the chunks and unmaps the
-// segment. A context must be current on the calling thread.
-func (h *hostSegment) release() error {
+// release stops pinning, waits for the chunks being pinned, unlocks the
+// pinned ones and unmaps the segment. A context must be current on the
+// calling thread.
+func (h *hostSegment) release(p *pinner) error {
+	p.cancel(h)
 	<-h.done
 	var err error
 	for i, st := range h.chunks {
