@@ -198,6 +198,16 @@ func TestReqRecsDefragAndTransfer(t *testing.T) {
 	if out := f.ok("-d", "n1-gpu0", "defrag"); !strings.Contains(out, "fragmentation") {
 		t.Errorf("defrag printed %q", out)
 	}
+	// On virtual memory (the sim's default) a freed block's memory goes
+	// back with nothing moved, from the segment that stays.
+	keep := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "64MiB"))[0]
+	gone := strings.Fields(f.ok("-d", "n1-gpu0", "alloc", "64MiB"))[0]
+	f.ok("-d", "n1-gpu0", "alloc", "64MiB")
+	f.ok("-d", "n1-gpu0", "free", gone)
+	if out := f.ok("-d", "n1-gpu0", "defrag"); !strings.Contains(out, "moved 0 blocks (0 B), released 64 MiB, fragmentation") {
+		t.Errorf("defrag after freeing 64 MiB between two blocks printed %q", out)
+	}
+	f.ok("-d", "n1-gpu0", "free", keep)
 	if out := f.ok("-d", "n1-gpu0", "optimize", "--dry-run"); !strings.Contains(out, "dry run: true") {
 		t.Errorf("optimize printed %q", out)
 	}

@@ -251,8 +251,14 @@ func (defragCmd) Run(e *env) error {
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	fmt.Fprintf(e.out, "moved %d blocks (%s), released %d segments (%s), fragmentation %.0f%% -> %.0f%% in %.3fs\n",
-		out.BlocksMoved, size(out.BytesMoved), out.SegmentsReleased, size(out.ReleasedBytes),
+	// On virtual memory free pieces go back from segments that stay, so
+	// the bytes come first and whole segments only when there are any.
+	released := size(out.ReleasedBytes)
+	if out.SegmentsReleased > 0 {
+		released += fmt.Sprintf(" (%d segments whole)", out.SegmentsReleased)
+	}
+	fmt.Fprintf(e.out, "moved %d blocks (%s), released %s, fragmentation %.0f%% -> %.0f%% in %.3fs\n",
+		out.BlocksMoved, size(out.BytesMoved), released,
 		out.Before.FragmentationRatio*100, out.After.FragmentationRatio*100, out.DurationSeconds)
 	return nil
 }
