@@ -497,3 +497,53 @@ func BenchmarkGrowMany(b *testing.B) {
 		}
 	}
 }
+
+// failingMapper fails its Map calls from the nth on, as a device out of
+// memory part way through a range would.
+type failingMapper struct {
+	*fakeMapper
+	calls, failFrom int
+}
+
+func (m *failingMapper) Map(ctx context.Context, addr uint64, size int64) error {
+	m.calls++
+	if m.calls >= m.failFrom {
+		return fmt.Errorf("injected: %w", device.ErrOutOfMemory)
+	}
+	return m.fakeMapper.Map(ctx, addr, size)
+}
+
+// TestAMappingThatFailsPartWayLeavesNothingMapped: a range mapped in
+// pieces is mapped whole or not at all; the pool and the device agree
+// after the failure, and the next allocation works.
+func TestAMappingThatFailsPartWayLeavesNothingMapped(t *testing.T) {
+	ctx := context.Background()
+	m := &failingMapper{fakeMapper: newMapper(4 << 30), failFrom: 4}
+	p := NewMapped(m, 4<<30, 0)
+	keep, err := p.Alloc(ctx, 8<<20, 0) // one piece
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Alloc(ctx, 1<<30, 0); !errors.Is(err, device.ErrOutOfMemory) { // 16 pieces: the third fails
+		t.Fatalf("a mapping that fails part way: %v", err)
+	}
+	checkMapped(t, p, m.fakeMapper)
+	if got := p.Stats().ReservedBytes; got != 8<<20 || len(m.pieces) != 1 {
+		t.Errorf("after the failure %d bytes mapped in %d pieces, want the 8 MiB block's alone", got, len(m.pieces))
+	}
+	m.failFrom = 1 << 30
+	b, err := p.Alloc(ctx, 1<<30, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMapped(t, p, m.fakeMapper)
+	_ = p.Free(b)
+	_ = p.Free(keep)
+	if _, _, err := p.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkMapped(t, p, m.fakeMapper)
+	if m.used != 0 {
+		t.Errorf("the device still holds %d bytes", m.used)
+	}
+}
