@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/google/btree"
 
@@ -379,8 +378,6 @@ func (p *Pool) dropSegment(ctx context.Context, seg *segment) error {
 		if err := p.vm.m.Unreserve(ctx, seg.addr, seg.size); err != nil {
 			return err
 		}
-		list := &p.vm.segments[class(seg.small)]
-		*list = slices.DeleteFunc(*list, func(s *segment) bool { return s == seg })
 		p.vm.holes[class(seg.small)].Delete(seg.first)
 	} else {
 		if err := p.src.FreeSegment(ctx, seg.addr); err != nil {

@@ -307,19 +307,25 @@ func TestRandomWorkload(t *testing.T) {
 }
 
 // BenchmarkCachedAllocFree1MiB measures the hot path: a 1 MiB block served
-// from the cache and freed back.
+// from the cache and freed back, by a pool of segments and by a mapped one.
 func BenchmarkCachedAllocFree1MiB(b *testing.B) {
 	ctx := context.Background()
-	p := New(newSource(1 << 30))
-	warm, _ := p.Alloc(ctx, 1<<20, 0)
-	_ = p.Free(warm)
-	b.ReportAllocs()
-	for b.Loop() {
-		blk, err := p.Alloc(ctx, 1<<20, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_ = p.Free(blk)
+	for name, p := range map[string]*Pool{
+		"segments": New(newSource(1 << 30)),
+		"mapped":   NewMapped(newMapper(1<<30), 1<<30, 0),
+	} {
+		b.Run(name, func(b *testing.B) {
+			warm, _ := p.Alloc(ctx, 1<<20, 0)
+			_ = p.Free(warm)
+			b.ReportAllocs()
+			for b.Loop() {
+				blk, err := p.Alloc(ctx, 1<<20, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_ = p.Free(blk)
+			}
+		})
 	}
 }
 

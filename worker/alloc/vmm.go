@@ -38,16 +38,16 @@ type Mapper interface {
 const DefaultMaxPiece = 64 << 20
 
 // growable is what a pool over a Mapper keeps: the Mapper, its chunk size,
-// the largest piece it maps, the address space a segment reserves, and the
-// growable segments of each size class in address order.
+// the largest piece it maps, the address space a segment reserves, and
+// where its segments have room to map.
 type growable struct {
 	m        Mapper
 	gran     int64
 	maxPiece int64
 	reserve  int64
-	segments [2][]*segment // [0] large, [1] small
-	// holes are the unmapped blocks of each class by address: where the
-	// pool maps memory next, found without walking the live blocks.
+	// holes are the unmapped blocks of each class ([0] large, [1] small)
+	// by address: where the pool maps memory next, found without walking
+	// the live blocks.
 	holes [2]*btree.BTreeG[*Block]
 }
 
@@ -142,9 +142,6 @@ func (p *Pool) mapFor(ctx context.Context, size, alignment int64, small bool) (*
 	seg.first = &Block{seg: seg, size: reserve, free: true, unmapped: true}
 	p.vm.holes[class(small)].ReplaceOrInsert(seg.first)
 	p.segments[addr] = seg
-	list := &p.vm.segments[class(small)]
-	at, _ := slices.BinarySearchFunc(*list, addr, func(s *segment, a uint64) int { return cmpAddr(s.addr, a) })
-	*list = slices.Insert(*list, at, seg)
 	p.stats.Segments++
 	p.stats.SegmentAllocs++
 	b, err := p.mapIn(ctx, seg.first, n)
@@ -299,14 +296,4 @@ func (p *Pool) releasable() (segments int, bytes int64) {
 		}
 	}
 	return segments, bytes
-}
-
-func cmpAddr(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -428,22 +428,6 @@ func TestRandomMappedWorkload(t *testing.T) {
 	}
 }
 
-// BenchmarkCachedAllocFree1MiBMapped is the hot path of a mapped pool.
-func BenchmarkCachedAllocFree1MiBMapped(b *testing.B) {
-	ctx := context.Background()
-	p := NewMapped(newMapper(1<<30), 1<<30, 0)
-	warm, _ := p.Alloc(ctx, 1<<20, 0)
-	_ = p.Free(warm)
-	b.ReportAllocs()
-	for b.Loop() {
-		blk, err := p.Alloc(ctx, 1<<20, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_ = p.Free(blk)
-	}
-}
-
 // TestOnlyWholePiecesGoBack: memory goes back to the device a piece at a
 // time, so a piece partly in use stays mapped. With pieces of one chunk
 // (maxPiece = the granularity) every free chunk goes back; with larger

@@ -59,47 +59,29 @@ static CUresult mw_unreserve(CUdeviceptr p, size_t n) {
 	return cuMemAddressFree(p, n);
 }
 
-// mw_map backs [p, p+n) with physical chunks of g bytes on dev, each an
-// allocation of its own so that each can be unmapped alone; the handles are
-// released at once, so unmapping a chunk frees its memory. The devices in
-// access (dev among them) may read and write the range. On failure nothing
-// of the range stays mapped.
-static CUresult mw_map(CUdeviceptr p, size_t n, size_t g, CUdevice dev, const int *access, int naccess) {
+// mw_map backs [p, p+n) with one physical allocation of dev's memory and
+// releases the handle at once, so unmapping the range frees the memory.
+// The devices in access (dev among them) may read and write the range. On
+// failure nothing stays mapped.
+static CUresult mw_map(CUdeviceptr p, size_t n, CUdevice dev, const int *access, int naccess) {
 	CUmemAllocationProp prop;
 	mw_chunk_prop(&prop, dev);
-	CUresult r = CUDA_SUCCESS;
-	size_t done = 0;
-	for (; done < n; done += g) {
-		CUmemGenericAllocationHandle h;
-		if ((r = cuMemCreate(&h, g, &prop, 0)) != CUDA_SUCCESS) break;
-		r = cuMemMap(p + done, g, 0, h, 0);
-		cuMemRelease(h);
-		if (r != CUDA_SUCCESS) break;
+	CUmemGenericAllocationHandle h;
+	CUresult r = cuMemCreate(&h, n, &prop, 0);
+	if (r != CUDA_SUCCESS) return r;
+	r = cuMemMap(p, n, 0, h, 0);
+	cuMemRelease(h);
+	if (r != CUDA_SUCCESS) return r;
+	CUmemAccessDesc desc[16];
+	if (naccess > 16) naccess = 16;
+	for (int i = 0; i < naccess; i++) {
+		memset(&desc[i], 0, sizeof desc[i]);
+		desc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+		desc[i].location.id = access[i];
+		desc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
 	}
-	if (r == CUDA_SUCCESS) {
-		CUmemAccessDesc desc[16];
-		if (naccess > 16) naccess = 16;
-		for (int i = 0; i < naccess; i++) {
-			memset(&desc[i], 0, sizeof desc[i]);
-			desc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-			desc[i].location.id = access[i];
-			desc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-		}
-		if ((r = cuMemSetAccess(p, n, desc, naccess)) == CUDA_SUCCESS) return r;
-	}
-	for (size_t off = 0; off < done; off += g) cuMemUnmap(p + off, g);
+	if ((r = cuMemSetAccess(p, n, desc, naccess)) != CUDA_SUCCESS) cuMemUnmap(p, n);
 	return r;
-}
-
-// mw_unmap unmaps the chunks of g bytes in [p, p+n), freeing their memory.
-// It goes on past a failure and returns the first.
-static CUresult mw_unmap(CUdeviceptr p, size_t n, size_t g) {
-	CUresult first = CUDA_SUCCESS;
-	for (size_t off = 0; off < n; off += g) {
-		CUresult r = cuMemUnmap(p + off, g);
-		if (first == CUDA_SUCCESS) first = r;
-	}
-	return first;
 }
 */
 import "C"
@@ -183,24 +165,23 @@ func unreserve(p uint64, n int64) error {
 	return nil
 }
 
-// mapChunks backs [p, p+n) with physical allocations of g bytes each of
-// dev's memory that the devices in access may use (cuMemCreate, cuMemMap,
+// mapPiece backs [p, p+n) with one physical allocation of dev's memory
+// that the devices in access may use (cuMemCreate, cuMemMap,
 // cuMemSetAccess).
-func mapChunks(p uint64, n, g int64, dev int, access []int) error {
+func mapPiece(p uint64, n int64, dev int, access []int) error {
 	acc := make([]C.int, len(access))
 	for i, a := range access {
 		acc[i] = C.int(a)
 	}
-	if r := C.mw_map(C.CUdeviceptr(p), C.size_t(n), C.size_t(g), C.CUdevice(dev), &acc[0], C.int(len(acc))); r != C.CUDA_SUCCESS {
+	if r := C.mw_map(C.CUdeviceptr(p), C.size_t(n), C.CUdevice(dev), &acc[0], C.int(len(acc))); r != C.CUDA_SUCCESS {
 		return driverError("cuMemMap", int(r))
 	}
 	return nil
 }
 
-// unmapChunks unmaps the allocations of g bytes each in [p, p+n), freeing
-// them.
-func unmapChunks(p uint64, n, g int64) error {
-	if r := C.mw_unmap(C.CUdeviceptr(p), C.size_t(n), C.size_t(g)); r != C.CUDA_SUCCESS {
+// unmapPiece unmaps what mapPiece mapped at p, freeing it.
+func unmapPiece(p uint64, n int64) error {
+	if r := C.cuMemUnmap(C.CUdeviceptr(p), C.size_t(n)); r != C.CUDA_SUCCESS {
 		return driverError("cuMemUnmap", int(r))
 	}
 	return nil

@@ -225,7 +225,9 @@ func (g *gpu) sum(n, block int64, queue func(k *kernels, out cu.DevicePtr) error
 		}
 		if err := queue(k, k.out); err != nil {
 			_ = k.stream.Synchronize() // nothing of ours still in flight
-			_ = k.back.Synchronize()
+			if k.back != (cu.Stream{}) {
+				_ = k.back.Synchronize()
+			}
 			return err
 		}
 		if err := cu.MemcpyDtoHAsync(unsafe.Pointer(&sums[0]), k.out, blocks*4, k.stream); err != nil {

@@ -134,7 +134,7 @@ func open(i int, cfg Config) (*gpu, error) {
 		return nil, fmt.Errorf("device %d: %w", i, err)
 	}
 	g := &gpu{index: i, dev: d, work: make(chan func()), segments: map[uint64]int64{}}
-	g.vm = vmm{access: []int{i}, reserved: map[uint64]int64{}, chunks: map[uint64]bool{}, pieces: map[uint64]int64{}}
+	g.vm = vmm{access: []int{i}, reserved: map[uint64]int64{}, pieces: map[uint64]int64{}}
 	if !cfg.DisableVMM {
 		if g.vm.gran, err = vmmGranularity(i); err != nil {
 			return nil, fmt.Errorf("device %d: %w", i, err)

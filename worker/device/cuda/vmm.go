@@ -26,7 +26,6 @@ type vmm struct {
 	gran     int64
 	access   []int            // this device first, then its peers
 	reserved map[uint64]int64 // reservations by base
-	chunks   map[uint64]bool  // mapped chunks by address
 	pieces   map[uint64]int64 // mapped pieces by address
 }
 
@@ -89,14 +88,11 @@ func (b *Backend) Map(ctx context.Context, dev int, addr uint64, size int64) err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.vm.check(addr, size, false); err != nil {
+	if err := g.vm.unmapped(addr, size); err != nil {
 		return err
 	}
-	if err := g.do(func() error { return mapChunks(addr, size, size, g.index, g.vm.access) }); err != nil {
+	if err := g.do(func() error { return mapPiece(addr, size, g.index, g.vm.access) }); err != nil {
 		return err
-	}
-	for c := addr; c < addr+uint64(size); c += uint64(g.vm.gran) {
-		g.vm.chunks[c] = true
 	}
 	g.vm.pieces[addr] = size
 	return nil
@@ -113,11 +109,8 @@ func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) err
 	if g.vm.pieces[addr] != size {
 		return fmt.Errorf("%#x+%d is not a piece that was mapped: %w", addr, size, device.ErrNotFound)
 	}
-	if err := g.do(func() error { return unmapChunks(addr, size, size) }); err != nil {
+	if err := g.do(func() error { return unmapPiece(addr, size) }); err != nil {
 		return err
-	}
-	for c := addr; c < addr+uint64(size); c += uint64(g.vm.gran) {
-		delete(g.vm.chunks, c)
 	}
 	delete(g.vm.pieces, addr)
 	return nil
@@ -131,9 +124,9 @@ func (b *Backend) vmGPU(dev int) (*gpu, error) {
 	return g, err
 }
 
-// check says whether [addr, addr+size) is whole chunks of one reservation,
-// each mapped (or each not).
-func (v *vmm) check(addr uint64, size int64, mapped bool) error {
+// unmapped says why [addr, addr+size) is not whole chunks of one
+// reservation with nothing mapped, if it is not.
+func (v *vmm) unmapped(addr uint64, size int64) error {
 	g := uint64(v.gran)
 	if addr%g != 0 || size <= 0 || uint64(size)%g != 0 {
 		return fmt.Errorf("range %#x+%d is not whole %d-byte chunks: %w", addr, size, g, device.ErrNotFound)
@@ -145,9 +138,9 @@ func (v *vmm) check(addr uint64, size int64, mapped bool) error {
 	if !inside {
 		return fmt.Errorf("range %#x+%d is not inside reserved address space: %w", addr, size, device.ErrNotFound)
 	}
-	for c := addr; c < addr+uint64(size); c += g {
-		if v.chunks[c] != mapped {
-			return fmt.Errorf("chunk %#x: mapped %v, want %v: %w", c, v.chunks[c], mapped, device.ErrNotFound)
+	for p, n := range v.pieces {
+		if p < addr+uint64(size) && addr < p+uint64(n) {
+			return fmt.Errorf("range %#x+%d overlaps the piece mapped at %#x+%d: %w", addr, size, p, n, device.ErrNotFound)
 		}
 	}
 	return nil
@@ -156,9 +149,9 @@ func (v *vmm) check(addr uint64, size int64, mapped bool) error {
 // mappedIn is how many bytes are mapped in [base, base+size).
 func (v *vmm) mappedIn(base uint64, size int64) int64 {
 	var n int64
-	for c := range v.chunks {
-		if c >= base && c < base+uint64(size) {
-			n += v.gran
+	for p, m := range v.pieces {
+		if p >= base && p < base+uint64(size) {
+			n += m
 		}
 	}
 	return n
@@ -167,12 +160,11 @@ func (v *vmm) mappedIn(base uint64, size int64) int64 {
 // release unmaps everything and gives the address space back (Close).
 func (v *vmm) release() {
 	for p, n := range v.pieces {
-		_ = unmapChunks(p, n, n)
+		_ = unmapPiece(p, n)
 	}
 	for base, n := range v.reserved {
 		_ = unreserve(base, n)
 	}
-	clear(v.chunks)
 	clear(v.pieces)
 	clear(v.reserved)
 }

@@ -5,6 +5,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -209,7 +210,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 	// must be able to drop what it held.
 	sp := b.devices[dev].mem[kind]
 	i, ok := slices.BinarySearchFunc(sp.segments, addr, func(s *segment, a uint64) int {
-		return cmpAddr(s.addr, a)
+		return cmp.Compare(s.addr, a)
 	})
 	if !ok || sp.segments[i].mapped != nil {
 		return fmt.Errorf("segment %#x: %w", addr, device.ErrNotFound)
@@ -220,16 +221,6 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 	}
 	sp.segments = slices.Delete(sp.segments, i, i+1)
 	return nil
-}
-
-func cmpAddr(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Segment is a segment as the simulated host holds it: Size is the memory

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -118,7 +119,7 @@ func (b *Backend) reservation(dev int, addr uint64, size int64) (*segment, error
 		return nil, fmt.Errorf("range %#x+%d is not whole %d-byte chunks: %w", addr, size, Granularity, device.ErrNotFound)
 	}
 	segs := b.devices[dev].mem[device.VRAM].segments
-	i, _ := slices.BinarySearchFunc(segs, addr+1, func(s *segment, a uint64) int { return cmpAddr(s.addr, a) })
+	i, _ := slices.BinarySearchFunc(segs, addr+1, func(s *segment, a uint64) int { return cmp.Compare(s.addr, a) })
 	if i--; i < 0 || segs[i].mapped == nil || addr+uint64(size) > segs[i].addr+uint64(segs[i].size) {
 		return nil, fmt.Errorf("range %#x+%d is not inside reserved address space: %w", addr, size, device.ErrNotFound)
 	}
