@@ -314,6 +314,13 @@ func (p *Pool) Free(b *Block) error {
 		b.free = true
 		return p.dropSegment(context.Background(), b.seg)
 	}
+	p.cache(p.coalesce(b))
+	return nil
+}
+
+// coalesce merges b, out of every tree, with its free mapped neighbours
+// (taking them out of theirs) and returns the merged block.
+func (p *Pool) coalesce(b *Block) *Block {
 	if prev := b.prev; prev != nil && prev.free && !prev.unmapped {
 		p.uncache(prev)
 		p.merge(prev, b)
@@ -323,8 +330,7 @@ func (p *Pool) Free(b *Block) error {
 		p.uncache(next)
 		p.merge(b, next)
 	}
-	p.cache(b)
-	return nil
+	return b
 }
 
 // merge makes b's neighbour next part of b.

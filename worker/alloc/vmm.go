@@ -164,16 +164,7 @@ func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
 	}
 	u.unmapped = false
 	p.mapped(u.seg, n)
-	if prev := u.prev; prev != nil && prev.free && !prev.unmapped {
-		p.uncache(prev)
-		p.merge(prev, u)
-		u = prev
-	}
-	if next := u.next; next != nil && next.free && !next.unmapped {
-		p.uncache(next)
-		p.merge(u, next)
-	}
-	return u, nil
+	return p.coalesce(u), nil
 }
 
 // mapPieces maps [off, off+n) of seg in pieces, all or none.
