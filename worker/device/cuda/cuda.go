@@ -433,24 +433,10 @@ func (b *Backend) piece(loc device.Location, n int64) (int64, error) {
 // Copy copies n bytes between any two locations, and returns once they are
 // copied: on one device (cuMemcpyDtoD), between devices (cuMemcpyPeer,
 // direct where peer access is on), host to device and back
-// (cuMemcpyHtoD/DtoH from pinned memory), or host to host.
+// (cuMemcpyHtoD/DtoH from pinned memory), or host to host. It is CopyChunks
+// in pieces of copyChunk.
 func (b *Backend) Copy(ctx context.Context, dst, src device.Location, n int64) error {
-	// Ranges of one memory that overlap are copied whole: a copy in chunks
-	// could overwrite source bytes before it reads them.
-	if overlaps(dst, src, n) {
-		return b.copy(dst, src, n)
-	}
-	for off := int64(0); off < n; {
-		d, s, m, err := b.next(ctx, dst, src, off, n, copyChunk)
-		if err != nil {
-			return err
-		}
-		if err := b.copy(d, s, m); err != nil {
-			return err
-		}
-		off += m
-	}
-	return nil
+	return b.CopyChunks(ctx, dst, src, n, copyChunk, func(int64) {})
 }
 
 // next is the piece of a copy of n bytes from src to dst that starts at
@@ -475,59 +461,22 @@ func (b *Backend) next(ctx context.Context, dst, src device.Location, off, n, ch
 // copy between chunks (a driver copy cannot be interrupted).
 const copyChunk = 256 << 20
 
-// copy copies n bytes with one driver call.
+// copy copies n bytes at once: host to host on this thread, otherwise with
+// one driver call, queued as a pipelined piece
+// is (copyAsync) on the legacy default stream and waited for: some driver
+// copies return before they finish (device to device), and a copy that
+// returned must be done (transfers report completion, compaction frees the
+// source right after). The copy streams are non-blocking, so the wait
+// covers this copy only.
 func (b *Backend) copy(dst, src device.Location, n int64) error {
 	if n <= 0 {
 		return nil
 	}
-	switch {
-	case src.Kind == device.VRAM && dst.Kind == device.VRAM:
-		sg, err := b.gpu(src.Device)
-		if err != nil {
-			return err
-		}
-		dg, err := b.gpu(dst.Device)
-		if err != nil {
-			return err
-		}
-		// Device-to-device copies return before they finish; wait, so a
-		// copy that returned is done (transfers report completion, and
-		// compaction frees the source right after).
-		if sg == dg {
-			return sg.do(func() error {
-				if err := cu.MemcpyDtoD(cu.DevicePtr(dst.Addr), cu.DevicePtr(src.Addr), n); err != nil {
-					return wrap("cuMemcpyDtoD", err)
-				}
-				return wrap("cuCtxSynchronize", cu.Synchronize())
-			})
-		}
-		return dg.do(func() error {
-			if err := cu.MemcpyPeer(cu.DevicePtr(dst.Addr), dg.ctx, cu.DevicePtr(src.Addr), sg.ctx, n); err != nil {
-				return wrap("cuMemcpyPeer", err)
-			}
-			return wrap("cuCtxSynchronize", cu.Synchronize())
-		})
-	case src.Kind == device.Pinned && dst.Kind == device.VRAM:
-		h, err := b.hostPtr(src.Addr, n)
-		if err != nil {
-			return err
-		}
-		dg, err := b.gpu(dst.Device)
-		if err != nil {
-			return err
-		}
-		return dg.do(func() error { return wrap("cuMemcpyHtoD", cu.MemcpyHtoD(cu.DevicePtr(dst.Addr), h, n)) })
-	case src.Kind == device.VRAM && dst.Kind == device.Pinned:
-		h, err := b.hostPtr(dst.Addr, n)
-		if err != nil {
-			return err
-		}
-		sg, err := b.gpu(src.Device)
-		if err != nil {
-			return err
-		}
-		return sg.do(func() error { return wrap("cuMemcpyDtoH", cu.MemcpyDtoH(h, cu.DevicePtr(src.Addr), n)) })
-	default:
+	g, err := b.driver(dst, src)
+	if err != nil {
+		return err
+	}
+	if g == nil {
 		s, err := b.hostPtr(src.Addr, n)
 		if err != nil {
 			return err
@@ -539,6 +488,12 @@ func (b *Backend) copy(dst, src device.Location, n int64) error {
 		copy(unsafe.Slice((*byte)(d), n), unsafe.Slice((*byte)(s), n))
 		return nil
 	}
+	return g.here(func() error {
+		if err := b.copyAsync(dst, src, n, cu.NoStream); err != nil {
+			return err
+		}
+		return wrap("cuStreamSynchronize", cu.NoStream.Synchronize())
+	})
 }
 
 // Read copies memory at src into p.

@@ -28,15 +28,32 @@ const (
 // piece's length, in order, once the piece has landed. A cancelled context
 // stops it between pieces, after the pieces in flight land.
 func (b *Backend) CopyChunks(ctx context.Context, dst, src device.Location, n, chunk int64, done func(int64)) error {
-	g, err := b.driver(dst, src)
-	if err != nil || g == nil || overlaps(dst, src, n) {
-		// Host to host, or one range over itself: no stream to gain from.
-		if err == nil {
-			if err = b.Copy(ctx, dst, src, n); err == nil {
-				done(n)
-			}
+	if overlaps(dst, src, n) {
+		// Ranges of one memory that overlap are copied whole: a copy in
+		// pieces could overwrite source bytes before it reads them.
+		if err := b.copy(dst, src, n); err != nil {
+			return err
 		}
+		done(n)
+		return nil
+	}
+	g, err := b.driver(dst, src)
+	if err != nil {
 		return err
+	}
+	if g == nil { // host to host: no stream to gain from
+		for off := int64(0); off < n; {
+			d, s, m, err := b.next(ctx, dst, src, off, n, chunk)
+			if err != nil {
+				return err
+			}
+			if err := b.copy(d, s, m); err != nil {
+				return err
+			}
+			done(m)
+			off += m
+		}
+		return nil
 	}
 	return g.here(func() error { return b.pipeline(ctx, g, dst, src, n, chunk, done) })
 }
@@ -113,7 +130,8 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 	return nil
 }
 
-// copyAsync queues one piece on st.
+// copyAsync queues one piece on st, with the context of the device that
+// drives it (driver) current.
 func (b *Backend) copyAsync(dst, src device.Location, n int64, st cu.Stream) error {
 	switch {
 	case src.Kind == device.VRAM && dst.Kind == device.VRAM:
