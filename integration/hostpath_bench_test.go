@@ -38,15 +38,20 @@ func benchBytes(b *testing.B, env string, def int64) int64 {
 }
 
 // hostPathWorker starts a fresh worker on one device of room bytes, cold
-// or warm with prepin bytes pinned at start; stop ends it.
+// or warm with prepin bytes pinned at start, its VRAM pool on virtual
+// memory unless BENCH_NO_VMM is set; stop ends it.
 func hostPathWorker(b *testing.B, room, prepin int64, warm bool) (h *host, nc *nats.Conn, stop func()) {
 	srv := startServer(b)
 	ctx, cancel := context.WithCancel(context.Background())
-	h = startWorkerCtx(b, ctx, srv, "n1", withDevices(1, room), withConfig(func(c *worker.Config) {
+	opts := []hostOpt{withDevices(1, room), withConfig(func(c *worker.Config) {
 		if warm {
 			c.PinnedPool = prepin
 		}
-	}))
+	})}
+	if os.Getenv("BENCH_NO_VMM") != "" { // VRAM pools on cuMemAlloc segments
+		opts = append(opts, withoutVMM())
+	}
+	h = startWorkerCtx(b, ctx, srv, "n1", opts...)
 	nc = connect(b, srv)
 	return h, nc, func() {
 		cancel()
@@ -110,6 +115,7 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			if r.BytesMoved != total {
 				b.Fatalf("offload moved %d of %d bytes: %+v", r.BytesMoved, total, r)
 			}
+			off := r
 			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
 			start = time.Now()
 			call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore}, &r)
@@ -121,7 +127,8 @@ func BenchmarkOffloadRestore(b *testing.B) {
 				locs[i], _, _ = h.Locate("n1-gpu0", r.OptimizationDetails.Models[0].AllocationIDs[i])
 			}
 			d2h, h2d := rawCopies(b, h.dev, locs, size)
-			b.Logf("%s: offload %.3f s, restore %.3f s (copying %.3f s); raw %.3f s and %.3f s", mode, offload.Seconds(), restore.Seconds(), r.CopySeconds, d2h.Seconds(), h2d.Seconds())
+			b.Logf("%s: offload %.3f s (setup %.3f, copying %.3f, releasing %.3f, %d bytes freed), restore %.3f s (setup %.3f, copying %.3f); raw %.3f s and %.3f s",
+				mode, offload.Seconds(), off.SetupSeconds, off.CopySeconds, off.ReleaseSeconds, off.MemoryFreedBytes, restore.Seconds(), r.SetupSeconds, r.CopySeconds, d2h.Seconds(), h2d.Seconds())
 			m.add("offload-GB/s-"+mode, float64(total)/offload.Seconds()/1e9)
 			m.add("restore-GB/s-"+mode, float64(total)/restore.Seconds()/1e9)
 			m.add("raw-D2H-GB/s", float64(total)/d2h.Seconds()/1e9)
