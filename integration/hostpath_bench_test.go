@@ -39,13 +39,17 @@ func benchBytes(b *testing.B, env string, def int64) int64 {
 
 // hostPathWorker starts a fresh worker on one device of room bytes, cold
 // or warm with prepin bytes pinned at start, its VRAM pool on virtual
-// memory unless BENCH_NO_VMM is set; stop ends it.
+// memory (in pieces of BENCH_VMM_PIECE bytes where set) unless BENCH_NO_VMM
+// is set; stop ends it.
 func hostPathWorker(b *testing.B, room, prepin int64, warm bool) (h *host, nc *nats.Conn, stop func()) {
 	srv := startServer(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := []hostOpt{withDevices(1, room), withConfig(func(c *worker.Config) {
 		if warm {
 			c.PinnedPool = prepin
+		}
+		if s := os.Getenv("BENCH_VMM_PIECE"); s != "" {
+			c.MapPiece = benchBytes(b, "BENCH_VMM_PIECE", 0)
 		}
 	})}
 	if os.Getenv("BENCH_NO_VMM") != "" { // VRAM pools on cuMemAlloc segments

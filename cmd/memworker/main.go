@@ -44,7 +44,7 @@ type cli struct {
 
 	CudaMemoryLimit string `name:"cuda-memory-limit" help:"cuda backend: manage at most this much of each GPU (a size such as 40GiB; default: all of it)."`
 	VMM             bool   `name:"vmm" default:"true" negatable:"" help:"VRAM pools on CUDA virtual memory where the driver supports it: segments grow in place and free memory goes back to the device without copying; --no-vmm (or --vmm=false) takes cuMemAlloc segments, which defragment compacts by copying. The sim backend models both."`
-	VMMPiece        string `name:"vmm-piece" default:"${vmm_piece}" help:"With --vmm: the largest piece of physical memory mapped at once (a power of two). Memory goes back to the device a whole piece at a time; each piece costs the driver time to map (2MiB: every free 2 MiB chunk goes back, and a cold 1 GiB allocation takes about 60 ms on an H100; 64MiB: about 2.4 ms)." placeholder:"SIZE"`
+	VMMPiece        string `name:"vmm-piece" default:"${vmm_piece}" help:"With --vmm: the largest piece of physical memory mapped at once (a power of two). Memory goes back to the device a whole piece at a time; each piece costs the driver time to map and unmap (a cold 1 GiB allocation on an H100: 2MiB, every free 2 MiB chunk goes back, about 52 ms; 64MiB about 1.8 ms; 256MiB about 0.55 ms; cuMemAlloc about 0.15-0.45 ms)." placeholder:"SIZE"`
 
 	SimDevices int    `name:"sim-devices" default:"2" help:"sim backend: number of devices."`
 	SimMemory  string `name:"sim-memory" default:"16GiB" help:"sim backend: memory per device (bytes or a size such as 16GiB)."`

@@ -736,13 +736,13 @@ func TestVirtualMemoryIsReleasedWithoutMoving(t *testing.T) {
 // TestMapPieceSetsWhatGoesBack: memory goes back to the device a whole
 // piece at a time. A freed 1 GiB block, then ten 8 MiB blocks carved from
 // it: with pieces of one chunk everything else goes back, with the default
-// 64 MiB pieces what shares a piece with them stays cached.
+// 256 MiB pieces what shares a piece with them stays cached.
 func TestMapPieceSetsWhatGoesBack(t *testing.T) {
 	for _, tc := range []struct {
 		piece, want int64
 	}{
 		{2 * mib, gib - 80*mib},
-		{0, gib - 128*mib},
+		{0, gib - 256*mib},
 	} {
 		d, _ := newDevice(t, 4*gib, func(c *ledger.Config) { c.MapPiece = tc.piece })
 		big := allocate(t, d, subjects.AllocateRequest{SizeBytes: gib})

@@ -217,79 +217,81 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 // BenchmarkColdAlloc1GiB puts a cold 1 GiB allocation through a pool on
 // virtual memory (nothing mapped: it reserves address space, maps the
 // pieces and sets their access) beside cuMemAlloc of 1 GiB, for pieces of
-// at most 2 MiB (one chunk), 64 MiB (the default) and 1 GiB; frees and
-// releases are not timed. "alone" cycles each kind by itself (each
-// allocation follows the free of the same kind); "interleaved" times
-// cuMemAlloc and then each pool in every iteration, so each allocation
-// follows the others' frees, as on a busy device (the driver then takes
-// longer over cuMemAlloc). Each reports the median allocation; interleaved
-// also the ratios to raw.
+// at most 2 MiB (one chunk), 64 MiB, 256 MiB and 1 GiB, and times giving
+// it back (free and release: unmapping; cuMemFree for raw) apart.
+// "alone" cycles each kind by itself (each allocation follows the release
+// of the same kind); "interleaved" times cuMemAlloc and then each pool in
+// every iteration, so each allocation follows the others' releases, as on
+// a busy device (the driver then takes longer over cuMemAlloc). Each
+// reports the medians; interleaved also the allocation's ratio to raw.
 func BenchmarkColdAlloc1GiB(b *testing.B) {
 	ctx := context.Background()
 	be := openVMM(b)
-	pieces := []int64{2 * MiB, alloc.DefaultMaxPiece, GiB}
-	pool := func(max int64) func() (time.Duration, error) {
+	pieces := []int64{2 * MiB, 64 * MiB, 256 * MiB, GiB}
+	type cycle func() (take, give time.Duration, err error)
+	pool := func(max int64) cycle {
 		p := alloc.NewMapped(mapper{source{be}}, 90*GiB, max)
-		return func() (time.Duration, error) {
+		return func() (take, give time.Duration, err error) {
 			t0 := time.Now()
 			blk, err := p.Alloc(ctx, GiB, 0)
-			took := time.Since(t0)
+			t1 := time.Now()
 			if err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 			_ = p.Free(blk)
 			_, _, err = p.Release(ctx)
-			return took, err
+			return t1.Sub(t0), time.Since(t1), err
 		}
 	}
-	raw := func() (time.Duration, error) {
+	raw := func() (take, give time.Duration, err error) {
 		t0 := time.Now()
 		d, err := cu.MemAlloc(GiB)
-		took := time.Since(t0)
+		t1 := time.Now()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		return took, cu.MemFree(d)
+		err = cu.MemFree(d)
+		return t1.Sub(t0), time.Since(t1), err
 	}
-	kinds := map[string]func() (time.Duration, error){"raw": raw}
+	kinds := map[string]cycle{"raw": raw}
 	names := []string{"raw"}
 	for _, max := range pieces {
 		name := fmt.Sprintf("vmm%dMiB", max/MiB)
 		kinds[name] = pool(max)
 		names = append(names, name)
 	}
-	for _, name := range names {
-		b.Run("alone/"+name, func(b *testing.B) {
-			lockedContext(b, 0)
-			var took []time.Duration
-			for b.Loop() {
-				d, err := kinds[name]()
+	run := func(b *testing.B, names []string) (took, gave map[string][]time.Duration) {
+		lockedContext(b, 0)
+		took, gave = map[string][]time.Duration{}, map[string][]time.Duration{}
+		for b.Loop() {
+			for _, name := range names {
+				t, g, err := kinds[name]()
 				if err != nil {
 					b.Fatal(err)
 				}
-				took = append(took, d)
+				took[name] = append(took[name], t)
+				gave[name] = append(gave[name], g)
 			}
-			b.ReportMetric(float64(median(took).Microseconds()), "alloc-µs")
+		}
+		return took, gave
+	}
+	for _, name := range names {
+		b.Run("alone/"+name, func(b *testing.B) {
+			took, gave := run(b, []string{name})
+			b.ReportMetric(float64(median(took[name]).Microseconds()), "alloc-µs")
+			b.ReportMetric(float64(median(gave[name]).Microseconds()), "release-µs")
 		})
 	}
 	b.Run("interleaved", func(b *testing.B) {
-		lockedContext(b, 0)
-		took := map[string][]time.Duration{}
-		for b.Loop() {
-			for _, name := range names {
-				d, err := kinds[name]()
-				if err != nil {
-					b.Fatal(err)
-				}
-				took[name] = append(took[name], d)
-			}
-		}
+		took, gave := run(b, names)
 		r := median(took["raw"])
 		b.ReportMetric(float64(r.Microseconds()), "raw-µs")
+		b.ReportMetric(float64(median(gave["raw"]).Microseconds()), "raw-release-µs")
 		for _, name := range names[1:] {
 			v := median(took[name])
 			b.ReportMetric(float64(v.Microseconds()), name+"-µs")
 			b.ReportMetric(float64(v)/float64(r), name+"/raw")
+			b.ReportMetric(float64(median(gave[name]).Microseconds()), name+"-release-µs")
 		}
 	})
 }
