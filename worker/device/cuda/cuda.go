@@ -461,13 +461,12 @@ func (b *Backend) next(ctx context.Context, dst, src device.Location, off, n, ch
 // copy between chunks (a driver copy cannot be interrupted).
 const copyChunk = 256 << 20
 
-// copy copies n bytes at once: host to host on this thread, otherwise with
-// one driver call, queued as a pipelined piece
-// is (copyAsync) on the legacy default stream and waited for: some driver
-// copies return before they finish (device to device), and a copy that
-// returned must be done (transfers report completion, compaction frees the
-// source right after). The copy streams are non-blocking, so the wait
-// covers this copy only.
+// copy copies n bytes at once: host to host on this thread, otherwise
+// with one driver call queued as a pipelined piece is (copyAsync), on the
+// legacy default stream, and waited for: some driver copies return before
+// they finish (device to device), and a copy that returned must be done
+// (compaction frees the source right after). The copy streams are
+// non-blocking, so the wait covers this copy only.
 func (b *Backend) copy(dst, src device.Location, n int64) error {
 	if n <= 0 {
 		return nil
