@@ -201,14 +201,8 @@ func BenchmarkTransferVerify(b *testing.B) {
 	copyRates := map[bool][]float64{}
 	for b.Loop() {
 		for _, verify := range []bool{false, true} {
-			start := time.Now()
-			var st subjects.TransferStatus
-			call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: verify}, &st)
-			done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
-			secs := time.Since(start).Seconds()
-			if done.Status != subjects.TransferCompleted || done.Verified != verify {
-				b.Fatalf("transfer %+v", done)
-			}
+			done, took := transferDone(b, nc, subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: verify})
+			secs := took.Seconds()
 			b.Logf("verify %v: %.3f s end to end: setup %.3f s, copy %.3f s, verify %.3f s", verify, secs, done.SetupSeconds, done.CopySeconds, done.VerifySeconds)
 			rates[verify] = append(rates[verify], float64(size)/secs/1e9)
 			copyRates[verify] = append(copyRates[verify], done.CopyThroughputBytesPerSecond/1e9)

@@ -97,6 +97,26 @@ func (m medians) of(name string) float64 {
 	return v[len(v)/2]
 }
 
+func (m medians) report(b *testing.B) {
+	for name := range m {
+		b.ReportMetric(m.of(name), name)
+	}
+}
+
+// transferDone asks n1-gpu0 for req and waits until it completes; it
+// returns the final status and the time from the request to completed.
+func transferDone(b *testing.B, nc *nats.Conn, req subjects.TransferRequest) (subjects.TransferStatus, time.Duration) {
+	start := time.Now()
+	var st subjects.TransferStatus
+	call(b, nc, subjects.Transfer, "n1-gpu0", req, &st)
+	done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
+	took := time.Since(start)
+	if done.Status != subjects.TransferCompleted || done.Verified != req.Verify {
+		b.Fatalf("transfer %+v", done)
+	}
+	return done, took
+}
+
 // BenchmarkOffloadRestore offloads a model of ten allocations
 // (BENCH_MODEL_BYTES in all, default 64 MiB; the GPU pass uses 10 GiB)
 // with model_optimize and restores it.
@@ -142,9 +162,7 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			stop()
 		}
 	}
-	for name := range m {
-		b.ReportMetric(m.of(name), name)
-	}
+	m.report(b)
 }
 
 // BenchmarkTransferToHost transfers one allocation (BENCH_TRANSFER_BYTES,
@@ -158,14 +176,7 @@ func BenchmarkTransferToHost(b *testing.B) {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*size+GiB, size+64*MiB, warm)
 			ids, locs := allocateModel(b, h, nc, 1, size)
-			start := time.Now()
-			var st subjects.TransferStatus
-			call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: ids[0], TargetAllocationType: subjects.Pinned}, &st)
-			done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
-			took := time.Since(start)
-			if done.Status != subjects.TransferCompleted {
-				b.Fatalf("transfer %+v", done)
-			}
+			done, took := transferDone(b, nc, subjects.TransferRequest{AllocationID: ids[0], TargetAllocationType: subjects.Pinned})
 			d2h, _ := rawCopies(b, h.dev, locs, size)
 			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s; raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, d2h.Seconds())
 			m.add("GB/s-"+mode, float64(size)/took.Seconds()/1e9)
@@ -176,9 +187,7 @@ func BenchmarkTransferToHost(b *testing.B) {
 			stop()
 		}
 	}
-	for name := range m {
-		b.ReportMetric(m.of(name), name)
-	}
+	m.report(b)
 }
 
 // BenchmarkPeerTransfer transfers one allocation (BENCH_TRANSFER_BYTES,
@@ -193,14 +202,7 @@ func BenchmarkPeerTransfer(b *testing.B) {
 	ids, locs := allocateModel(b, h, nc, 1, size)
 	m := medians{}
 	for b.Loop() {
-		start := time.Now()
-		var st subjects.TransferStatus
-		call(b, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: ids[0], TargetDeviceID: "n1-gpu1"}, &st)
-		done := waitTransfer(b, nc, "n1-gpu0", st.TransferID)
-		took := time.Since(start)
-		if done.Status != subjects.TransferCompleted {
-			b.Fatalf("transfer %+v", done)
-		}
+		done, took := transferDone(b, nc, subjects.TransferRequest{AllocationID: ids[0], TargetDeviceID: "n1-gpu1"})
 		raw := rawPeerCopy(b, h.dev, locs[0], 1, size)
 		b.Logf("%.4f s end to end: setup %.4f s, copy %.4f s; raw %.4f s", took.Seconds(), done.SetupSeconds, done.CopySeconds, raw.Seconds())
 		// At the worker: from the request's arrival to completed.
@@ -213,7 +215,5 @@ func BenchmarkPeerTransfer(b *testing.B) {
 		m.add("ratio", raw.Seconds()/took.Seconds())
 		call(b, nc, subjects.Deallocate, "n1-gpu1", subjects.DeallocateRequest{AllocationID: done.DestinationAllocationID}, nil)
 	}
-	for name := range m {
-		b.ReportMetric(m.of(name), name)
-	}
+	m.report(b)
 }
