@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"gorgonia.org/cu"
 
@@ -499,19 +500,7 @@ func TestPinnedSegmentsShareThePinningThreads(t *testing.T) {
 func BenchmarkPin(b *testing.B) {
 	n := pinBytes(b)
 	ctx := context.Background()
-	b.Run("raw-cuMemHostAlloc", func(b *testing.B) {
-		lockedContext(b, 0)
-		b.SetBytes(n)
-		for b.Loop() {
-			p, err := cuda.HostAlloc(n)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			_ = cu.MemFreeHost(p)
-			b.StartTimer()
-		}
-	})
+	b.Run("raw-cuMemHostAlloc", func(b *testing.B) { freshHostAlloc(b, n, func(unsafe.Pointer) error { return nil }) })
 	for _, threads := range []int{1, 4, 8, 16} {
 		b.Run(fmt.Sprintf("memworker-threads-%d", threads), func(b *testing.B) {
 			be := open(b, cuda.Config{PinThreads: threads})
@@ -529,6 +518,25 @@ func BenchmarkPin(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// freshHostAlloc times, in every iteration, cuMemHostAlloc of n bytes and
+// f on them; freeing them is not timed.
+func freshHostAlloc(b *testing.B, n int64, f func(p unsafe.Pointer) error) {
+	lockedContext(b, 0)
+	b.SetBytes(n)
+	for b.Loop() {
+		p, err := cuda.HostAlloc(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f(p); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		_ = cu.MemFreeHost(p)
+		b.StartTimer()
 	}
 }
 
@@ -561,20 +569,7 @@ func BenchmarkColdD2H(b *testing.B) {
 		}
 	})
 	b.Run("raw-cold", func(b *testing.B) {
-		lockedContext(b, 0)
-		b.SetBytes(n)
-		for b.Loop() {
-			p, err := cuda.HostAlloc(n)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := cu.MemcpyDtoH(p, cu.DevicePtr(src), n); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			_ = cu.MemFreeHost(p)
-			b.StartTimer()
-		}
+		freshHostAlloc(b, n, func(p unsafe.Pointer) error { return cu.MemcpyDtoH(p, cu.DevicePtr(src), n) })
 	})
 	b.Run("raw-warm", func(b *testing.B) {
 		lockedContext(b, 0)
