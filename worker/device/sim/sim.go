@@ -86,9 +86,8 @@ type segment struct {
 	addr   uint64
 	size   int64
 	chunks map[int64][]byte
-	// mapped and pieces are set for reserved address space (vmm.go): the
-	// chunks mapped in it by index, and the pieces mapped by offset.
-	mapped map[int64]bool
+	// pieces is set for reserved address space only (vmm.go): the pieces
+	// mapped in it, their lengths by offset.
 	pieces map[int64]int64
 }
 
@@ -212,7 +211,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 	i, ok := slices.BinarySearchFunc(sp.segments, addr, func(s *segment, a uint64) int {
 		return cmp.Compare(s.addr, a)
 	})
-	if !ok || sp.segments[i].mapped != nil {
+	if !ok || sp.segments[i].reserved() {
 		return fmt.Errorf("segment %#x: %w", addr, device.ErrNotFound)
 	}
 	sp.used -= sp.segments[i].size
@@ -239,8 +238,8 @@ func (b *Backend) Segments(dev int, kind device.Kind) []Segment {
 	defer b.mu.Unlock()
 	var out []Segment
 	for _, s := range b.devices[dev].mem[kind].segments {
-		if s.mapped != nil {
-			out = append(out, Segment{Addr: s.addr, Size: int64(len(s.mapped)) * Granularity, Reserved: s.size})
+		if s.reserved() {
+			out = append(out, Segment{Addr: s.addr, Size: s.mappedIn(0, s.size), Reserved: s.size})
 			continue
 		}
 		out = append(out, Segment{Addr: s.addr, Size: s.size})

@@ -49,7 +49,7 @@ func (b *Backend) Export(_ context.Context, dev int, base uint64) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
-	if seg.mapped != nil { // as cuIpcGetMemHandle refuses cuMemCreate's memory
+	if seg.reserved() { // as cuIpcGetMemHandle refuses cuMemCreate's memory
 		return nil, fmt.Errorf("%#x is virtual memory, which IPC handles do not cover: %w", base, device.ErrNotFound)
 	}
 	h := make([]byte, IPCHandleSize)

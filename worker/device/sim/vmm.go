@@ -37,7 +37,7 @@ func (b *Backend) Reserve(_ context.Context, dev int, size int64) (uint64, error
 	}
 	sp := d.mem[device.VRAM]
 	seg := sp.add(size) // address space only: nothing counted as used
-	seg.mapped, seg.pieces = map[int64]bool{}, map[int64]int64{}
+	seg.pieces = map[int64]int64{}
 	return seg.addr, nil
 }
 
@@ -49,8 +49,8 @@ func (b *Backend) Unreserve(_ context.Context, dev int, addr uint64, size int64)
 	if err != nil {
 		return err
 	}
-	if seg.addr != addr || seg.size != size || len(seg.mapped) > 0 {
-		return fmt.Errorf("unreserving %#x+%d: the reservation is %#x+%d with %d chunks mapped: %w", addr, size, seg.addr, seg.size, len(seg.mapped), device.ErrNotFound)
+	if n := seg.mappedIn(0, seg.size); seg.addr != addr || seg.size != size || n > 0 {
+		return fmt.Errorf("unreserving %#x+%d: the reservation is %#x+%d with %d bytes mapped: %w", addr, size, seg.addr, seg.size, n, device.ErrNotFound)
 	}
 	sp := b.devices[dev].mem[device.VRAM]
 	sp.segments = slices.DeleteFunc(sp.segments, func(s *segment) bool { return s == seg })
@@ -67,11 +67,9 @@ func (b *Backend) Map(_ context.Context, dev int, addr uint64, size int64) error
 	if err != nil {
 		return err
 	}
-	first := int64(addr-seg.addr) / Granularity
-	for c := first; c < first+size/Granularity; c++ {
-		if seg.mapped[c] {
-			return fmt.Errorf("chunk %#x is mapped already: %w", seg.addr+uint64(c*Granularity), device.ErrNotFound)
-		}
+	off := int64(addr - seg.addr)
+	if n := seg.mappedIn(off, size); n > 0 {
+		return fmt.Errorf("%d bytes of %#x+%d are mapped already: %w", n, addr, size, device.ErrNotFound)
 	}
 	d, err := b.device(dev)
 	if err != nil {
@@ -80,10 +78,7 @@ func (b *Backend) Map(_ context.Context, dev int, addr uint64, size int64) error
 	if err := b.take(d, dev, device.VRAM, size); err != nil {
 		return err
 	}
-	for c := first; c < first+size/Granularity; c++ {
-		seg.mapped[c] = true
-	}
-	seg.pieces[int64(addr-seg.addr)] = size
+	seg.pieces[off] = size
 	return nil
 }
 
@@ -101,10 +96,6 @@ func (b *Backend) Unmap(_ context.Context, dev int, addr uint64, size int64) err
 		return fmt.Errorf("%#x+%d is not a piece that was mapped: %w", addr, size, device.ErrNotFound)
 	}
 	delete(seg.pieces, off)
-	first := off / Granularity
-	for c := first; c < first+size/Granularity; c++ {
-		delete(seg.mapped, c)
-	}
 	seg.zero(int64(addr-seg.addr), size)
 	b.devices[dev].mem[device.VRAM].used -= size
 	return nil
@@ -120,21 +111,28 @@ func (b *Backend) reservation(dev int, addr uint64, size int64) (*segment, error
 	}
 	segs := b.devices[dev].mem[device.VRAM].segments
 	i, _ := slices.BinarySearchFunc(segs, addr+1, func(s *segment, a uint64) int { return cmp.Compare(s.addr, a) })
-	if i--; i < 0 || segs[i].mapped == nil || addr+uint64(size) > segs[i].addr+uint64(segs[i].size) {
+	if i--; i < 0 || !segs[i].reserved() || addr+uint64(size) > segs[i].addr+uint64(segs[i].size) {
 		return nil, fmt.Errorf("range %#x+%d is not inside reserved address space: %w", addr, size, device.ErrNotFound)
 	}
 	return segs[i], nil
 }
 
-// unmappedIn reports a range of seg that touches a chunk not mapped.
+// reserved reports whether s is reserved address space (not a cuMemAlloc
+// segment).
+func (s *segment) reserved() bool { return s.pieces != nil }
+
+// mappedIn is how many bytes of [off, off+n) of s are mapped.
+func (s *segment) mappedIn(off, n int64) int64 {
+	var in int64
+	for at, size := range s.pieces {
+		in += max(0, min(off+n, at+size)-max(off, at))
+	}
+	return in
+}
+
+// unmappedIn reports a range of s (at least a byte) that is reserved
+// address space and not all mapped.
 func (s *segment) unmappedIn(off, n int64) bool {
-	if s.mapped == nil {
-		return false
-	}
-	for c := off / Granularity; c <= (off+max(n, 1)-1)/Granularity; c++ {
-		if !s.mapped[c] {
-			return true
-		}
-	}
-	return false
+	n = max(n, 1)
+	return s.reserved() && s.mappedIn(off, n) < n
 }
