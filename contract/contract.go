@@ -398,6 +398,15 @@ func errorHeaders() obj {
 	}
 }
 
+// strs is a list of string-typed values as strings.
+func strs[T ~string](vs []T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = string(v)
+	}
+	return out
+}
+
 // mapper gives the contract's enums their values.
 func mapper(t reflect.Type) *jsonschema.Schema {
 	enum := func(doc string, vals ...string) *jsonschema.Schema {
@@ -409,23 +418,11 @@ func mapper(t reflect.Type) *jsonschema.Schema {
 	}
 	switch t {
 	case reflect.TypeOf(subjects.AllocationType("")):
-		var vals []string
-		for _, v := range subjects.AllocationTypes() {
-			vals = append(vals, string(v))
-		}
-		return enum("Where an allocation lives (any letter case is accepted in requests).", vals...)
+		return enum("Where an allocation lives (any letter case is accepted in requests).", strs(subjects.AllocationTypes())...)
 	case reflect.TypeOf(subjects.Level("")):
-		var vals []string
-		for _, v := range subjects.Levels() {
-			vals = append(vals, string(v))
-		}
-		return enum("A pressure level.", vals...)
+		return enum("A pressure level.", strs(subjects.Levels())...)
 	case reflect.TypeOf(subjects.Op("")):
-		var vals []string
-		for _, op := range subjects.Ops() {
-			vals = append(vals, string(op))
-		}
-		return enum("An operation: the <op> of memory.<op>.<device_id>.", vals...)
+		return enum("An operation: the <op> of memory.<op>.<device_id>.", strs(subjects.Ops())...)
 	case reflect.TypeOf(subjects.Code("")):
 		return &jsonschema.Schema{Ref: "#/$defs/" + ErrorCode}
 	case reflect.TypeOf(json.RawMessage{}):
