@@ -28,9 +28,9 @@ type Compaction struct {
 // of the others, so whole segments empty and go back to the Source. Blocks
 // for which movable says false stay put, and so do the segments holding
 // them. Growable segments are left alone: Release gives their free chunks
-// back in place, with nothing to move. It runs a Compactor to the end. A failed copy stops it; every
-// block is valid either way (callers must follow Moves to learn the new
-// blocks).
+// back in place, with nothing to move. It runs a Compactor to the end. A
+// failed copy stops it; every block is valid either way (callers must
+// follow Moves to learn the new blocks).
 func (p *Pool) Compact(ctx context.Context, movable func(*Block) bool, move Mover) (Compaction, error) {
 	var c Compaction
 	k := p.Compactor(move)

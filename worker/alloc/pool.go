@@ -47,7 +47,6 @@ type segment struct {
 	small     bool
 	dedicated bool    // one block, never shared, returned on free
 	growable  bool    // reserved address space, mapped where used (vmm.go)
-	mapped    int64   // of a growable segment: the bytes mapped
 	pieces    []piece // of a growable segment: what is mapped, by offset
 	first     *Block
 }

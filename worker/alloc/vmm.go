@@ -165,7 +165,7 @@ func (p *Pool) mapIn(ctx context.Context, u *Block, n int64) (*Block, error) {
 		holes.ReplaceOrInsert(p.split(u, n)) // the rest stays unmapped
 	}
 	u.unmapped = false
-	p.mapped(u.seg, n)
+	p.mapped(n)
 	return p.coalesce(u), nil
 }
 
@@ -193,9 +193,8 @@ func (p *Pool) mapPieces(ctx context.Context, seg *segment, off, n int64) error 
 
 func cmpPiece(pc piece, off int64) int { return cmp.Compare(pc.off, off) }
 
-// mapped counts n bytes mapped (negative: unmapped) in seg.
-func (p *Pool) mapped(seg *segment, n int64) {
-	seg.mapped += n
+// mapped counts n bytes mapped (negative: unmapped) as held.
+func (p *Pool) mapped(n int64) {
 	p.stats.ReservedBytes += n
 	p.stats.PeakReservedBytes = max(p.stats.PeakReservedBytes, p.stats.ReservedBytes)
 }
@@ -229,7 +228,7 @@ func (p *Pool) unmapFree(ctx context.Context, seg *segment) (bytes int64, err er
 			p.cache(p.split(mid, hi-lo))
 		}
 		mid.unmapped = true
-		p.mapped(seg, -(hi - lo))
+		p.mapped(-(hi - lo))
 		bytes += hi - lo
 		holes := p.vm.holes[class(seg.small)]
 		if prev := mid.prev; prev != nil && prev.free && prev.unmapped {
