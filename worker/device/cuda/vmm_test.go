@@ -217,7 +217,7 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 // BenchmarkColdAlloc1GiB puts a cold 1 GiB allocation through a pool on
 // virtual memory (nothing mapped: it reserves address space, maps the
 // pieces and sets their access) beside cuMemAlloc of 1 GiB, for pieces of
-// at most 2 MiB (one chunk), 64 MiB, 256 MiB and 1 GiB, and times giving
+// at most 2 MiB (one chunk), 64, 256 and 512 MiB and 1 GiB, and times giving
 // it back (free and release: unmapping; cuMemFree for raw) apart.
 // "alone" cycles each kind by itself (each allocation follows the release
 // of the same kind); "interleaved" times cuMemAlloc and then each pool in
@@ -227,7 +227,7 @@ func TestPoolOnVirtualMemoryReleasesWithoutMoving(t *testing.T) {
 func BenchmarkColdAlloc1GiB(b *testing.B) {
 	ctx := context.Background()
 	be := openVMM(b)
-	pieces := []int64{2 * MiB, 64 * MiB, 256 * MiB, GiB}
+	pieces := []int64{2 * MiB, 64 * MiB, 256 * MiB, 512 * MiB, GiB}
 	type cycle func() (take, give time.Duration, err error)
 	pool := func(max int64) cycle {
 		p := alloc.NewMapped(mapper{source{be}}, 90*GiB, max)
