@@ -35,7 +35,7 @@ type Mapper interface {
 // DefaultMaxPiece bounds the pieces a pool maps: the driver's cost of
 // mapping and unmapping grows with the number of pieces (on an H100 about
 // 60-110 µs each to map and 45 µs to unmap; a cold 1 GiB allocation in pieces
-// of 64 MiB took 4.6-5x cuMemAlloc, in pieces of 256 MiB 1.3-1.4x), while
+// of 64 MiB took 3.9-5x cuMemAlloc, in pieces of 256 MiB 1.2-1.5x), while
 // only whole pieces go back to the device (docs/h100/round2/vram-cycle).
 const DefaultMaxPiece = 256 << 20
 
