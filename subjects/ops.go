@@ -34,11 +34,31 @@ var catalogue = []Op{
 	GetPressure, Analytics, OptimizationRecs, Renew,
 }
 
-// mutating lists the operations that change memory; they are idempotent by
-// request_id.
-var mutating = map[Op]bool{
-	Allocate: true, Deallocate: true, Clear: true, Defragment: true,
-	Transfer: true, Optimize: true, ModelOptimize: true, Renew: true,
+// Traits of an operation, declared here once for the worker and clients.
+type Traits struct {
+	// Mutating: the operation changes memory, and is idempotent by
+	// request_id.
+	Mutating bool
+	// OperatorOnly: it acts on every tenant's memory, so a tenant gets
+	// FORBIDDEN.
+	OperatorOnly bool
+	// Bounded: it copies bytes while it holds the device, under the
+	// worker's operation timeout.
+	Bounded bool
+	// MayWait: its reply may come later than the request is handled (an
+	// allocate waiting for room).
+	MayWait bool
+}
+
+var traits = map[Op]Traits{
+	Allocate:      {Mutating: true, MayWait: true},
+	Deallocate:    {Mutating: true},
+	Clear:         {Mutating: true},
+	Defragment:    {Mutating: true, OperatorOnly: true, Bounded: true},
+	Transfer:      {Mutating: true},
+	Optimize:      {Mutating: true, OperatorOnly: true, Bounded: true},
+	ModelOptimize: {Mutating: true, Bounded: true},
+	Renew:         {Mutating: true},
 }
 
 // Ops returns the catalogue of all operations, in a fresh slice.
@@ -47,9 +67,12 @@ func Ops() []Op { return append([]Op(nil), catalogue...) }
 // Valid reports whether op is one of the catalogue's operations.
 func (op Op) Valid() bool { return slices.Contains(catalogue, op) }
 
+// Traits are op's traits.
+func (op Op) Traits() Traits { return traits[op] }
+
 // Mutating reports whether op changes memory (and so is idempotent by
 // request_id).
-func (op Op) Mutating() bool { return mutating[op] }
+func (op Op) Mutating() bool { return traits[op].Mutating }
 
 // Action is the envelope action naming op, e.g. "memory.allocate".
 func (op Op) Action() string { return actionPrefix + string(op) }

@@ -15,8 +15,10 @@ const (
 	// MaxAlignment bounds alignment: the pool's segments are aligned to
 	// 2 MiB.
 	MaxAlignment = 2 << 20
-	// MaxTTLSeconds bounds ttl_seconds (30 days).
+	// MaxTTLSeconds bounds ttl_seconds (30 days); MinTTLSeconds is the
+	// shortest lease (1 ms): a shorter one would round to no ttl at all.
 	MaxTTLSeconds = 30 * 24 * 3600
+	MinTTLSeconds = 0.001
 	// MaxLabelLen bounds purpose and model_id.
 	MaxLabelLen = 256
 	// MaxIDs bounds allocation_ids in one deallocate.
@@ -301,8 +303,8 @@ func (r *RenewRequest) IDs() []string {
 }
 
 func checkTTL(ttl float64) error {
-	if math.IsNaN(ttl) || ttl < 0 || ttl > MaxTTLSeconds {
-		return Invalid("ttl_seconds must be between 0 (no expiry) and %d", MaxTTLSeconds)
+	if math.IsNaN(ttl) || ttl < 0 || ttl > MaxTTLSeconds || (ttl > 0 && ttl < MinTTLSeconds) {
+		return Invalid("ttl_seconds must be 0 (no expiry) or between %g and %d", MinTTLSeconds, MaxTTLSeconds)
 	}
 	return nil
 }

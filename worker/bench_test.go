@@ -8,6 +8,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 func benchWorker(b *testing.B) *Worker {
@@ -55,7 +56,7 @@ func benchAllocFree(b *testing.B, live int) {
 		rw := newReplyWriter()
 		for i := 0; i < live; i++ {
 			g.mu.Lock()
-			_, err := ops[subjects.Allocate](ctx, g, []byte(`{"size_bytes":4096,"purpose":"p"}`))
+			_, err := ops[subjects.Allocate](ctx, g, ledger.Call{Now: time.Now()}, []byte(`{"size_bytes":4096,"purpose":"p"}`))
 			g.mu.Unlock()
 			if err != nil {
 				b.Fatal(err)
@@ -65,14 +66,14 @@ func benchAllocFree(b *testing.B, live int) {
 		for b.Loop() {
 			env, _ := subjects.DecodeRequest([]byte(`{"data":{"size_bytes":1048576}}`), subjects.Allocate)
 			g.mu.Lock()
-			data, err := ops[subjects.Allocate](ctx, g, env.Data)
+			data, err := ops[subjects.Allocate](ctx, g, ledger.Call{Now: time.Now()}, env.Data)
 			g.mu.Unlock()
 			if err != nil {
 				b.Fatal(err)
 			}
 			id := data.(subjects.Allocation).AllocationID
 			env, _ = subjects.DecodeRequest([]byte(`{"data":{"allocation_id":"`+id+`"}}`), subjects.Deallocate)
-			if _, err := w.act(ctx, subjects.Deallocate, g, env, ops[subjects.Deallocate], rw); err != nil {
+			if _, err := w.act(ctx, subjects.Deallocate, g, &testRequest{}, env, ops[subjects.Deallocate], rw); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -85,10 +86,10 @@ func BenchmarkReply(b *testing.B) {
 	w := benchWorker(b)
 	g := w.gpus[0]
 	g.mu.Lock()
-	status, err := w.getStatus(context.Background(), g, &subjects.StatusRequest{})
+	status, err := w.getStatus(context.Background(), g, ledger.Call{Now: time.Now()}, &subjects.StatusRequest{})
 	var allocation any
 	if err == nil {
-		allocation, err = w.ops()[subjects.Allocate](context.Background(), g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
+		allocation, err = w.ops()[subjects.Allocate](context.Background(), g, ledger.Call{Now: time.Now()}, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
 	}
 	g.mu.Unlock()
 	if err != nil {
@@ -122,7 +123,7 @@ func BenchmarkScale(b *testing.B) {
 	fill := func(n int) {
 		for g.Len() < n {
 			g.mu.Lock()
-			_, err := ops[subjects.Allocate](ctx, g, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
+			_, err := ops[subjects.Allocate](ctx, g, ledger.Call{Now: time.Now()}, []byte(`{"size_bytes":4096,"purpose":"kv_cache","model_id":"m"}`))
 			g.mu.Unlock()
 			if err != nil {
 				b.Fatal(err)
@@ -158,7 +159,7 @@ func benchOp(b *testing.B, w *Worker, g *gpu, op subjects.Op, body string) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := w.act(ctx, op, g, env, fn, rw); err != nil {
+		if _, err := w.act(ctx, op, g, &testRequest{}, env, fn, rw); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"context"
-	"encoding/json"
 	"strings"
 
 	gojson "github.com/goccy/go-json"
@@ -42,32 +40,4 @@ func callerOf(req micro.Request) ledger.Who {
 		return ledger.Who{}
 	}
 	return ledger.Who{Tenant: info.Account, User: info.User}
-}
-
-// callerKey is the context key of the caller an operation acts for; absent
-// for the operator.
-type callerKey struct{}
-
-// withCaller is ctx acting for who.
-func withCaller(ctx context.Context, who ledger.Who) context.Context {
-	if who.Operator() {
-		return ctx
-	}
-	return context.WithValue(ctx, callerKey{}, who)
-}
-
-// caller is who ctx acts for.
-func caller(ctx context.Context) ledger.Who {
-	who, _ := ctx.Value(callerKey{}).(ledger.Who)
-	return who
-}
-
-// operatorOnly refuses fn to tenants: it acts on every tenant's memory.
-func operatorOnly(op string, fn opFunc) opFunc {
-	return func(ctx context.Context, g *gpu, data json.RawMessage) (any, error) {
-		if who := caller(ctx); !who.Operator() {
-			return nil, ledger.Errorf(ledger.ErrForbidden, "%s acts on every tenant's memory: only the operator may ask for it", op)
-		}
-		return fn(ctx, g, data)
-	}
 }

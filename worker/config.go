@@ -13,6 +13,7 @@ import (
 	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/monitor"
 )
 
@@ -89,6 +90,11 @@ type Config struct {
 	// offloads and transfers to the host; PinnedMax caps the host's
 	// page-locked memory (0: half of the host's memory).
 	PinnedPool, PinnedMax int64
+	// StarvationGuard is how long a waiter may wait before requests of its
+	// priority or lower stop passing it; MaxWaiters caps the requests
+	// waiting on a device (a quarter of it per tenant).
+	StarvationGuard time.Duration
+	MaxWaiters      int
 	// MaxAllocations caps each device's live allocations; past it
 	// allocate fails with OUT_OF_MEMORY naming the cap.
 	MaxAllocations int
@@ -139,6 +145,8 @@ func DefaultConfig() Config {
 		TruthMaxAge:          time.Millisecond,
 		ReadHandlers:         DefaultReadHandlers(),
 		MaxAllocations:       1_000_000,
+		StarvationGuard:      ledger.DefaultStarvationGuard,
+		MaxWaiters:           ledger.DefaultMaxWaiters,
 		MapPiece:             alloc.DefaultMaxPiece,
 		DiscoveryWait:        250 * time.Millisecond,
 	}
@@ -172,6 +180,9 @@ func (c *Config) Validate() error {
 		if t == "" || q <= 0 {
 			errs = append(errs, fmt.Errorf("quota %q=%d: want a tenant (or *) and a positive size", t, q))
 		}
+	}
+	if c.StarvationGuard < 0 || c.MaxWaiters < 0 {
+		errs = append(errs, errors.New("starvation guard and max waiters must not be negative"))
 	}
 	if c.PinnedPool < 0 || c.PinnedMax < 0 {
 		errs = append(errs, errors.New("pinned pool and pinned max must not be negative"))

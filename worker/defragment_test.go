@@ -7,6 +7,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // TestDefragmentLetsOtherRequestsThrough: a defragment of segments of
@@ -23,7 +24,7 @@ func TestDefragmentLetsOtherRequestsThrough(t *testing.T) {
 	for range 64 {
 		g := w.gpus[0]
 		g.mu.Lock()
-		data, err := w.ops()[subjects.Allocate](t.Context(), g, []byte(`{"size_bytes":524288}`))
+		data, err := w.ops()[subjects.Allocate](t.Context(), g, ledger.Call{Now: time.Now()}, []byte(`{"size_bytes":524288}`))
 		g.mu.Unlock()
 		if err != nil {
 			t.Fatal(err)
@@ -44,7 +45,7 @@ func TestDefragmentLetsOtherRequestsThrough(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := w.act(t.Context(), subjects.Defragment, w.gpus[0], env, w.ops()[subjects.Defragment], newReplyWriter())
+		_, err := w.act(t.Context(), subjects.Defragment, w.gpus[0], &testRequest{}, env, w.ops()[subjects.Defragment], newReplyWriter())
 		done <- err
 	}()
 	time.Sleep(30 * time.Millisecond) // into its first copy

@@ -16,15 +16,15 @@ import (
 	"github.com/memworker/memworker/worker/ledger"
 )
 
-// opFunc acts on a device with a request's data and returns the reply data.
-// It runs with the device's lock held.
-type opFunc func(ctx context.Context, g *gpu, data json.RawMessage) (any, error)
+// opFunc acts on a device for call with a request's data and returns the
+// reply data. It runs with the device's lock held.
+type opFunc func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMessage) (any, error)
 
 // typed turns a function of a decoded, validated payload into an opFunc:
 // decode (any key spelling, unknown keys refused), check the payload's
 // device_id against the subject, validate, act.
-func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error)) opFunc {
-	return func(ctx context.Context, g *gpu, data json.RawMessage) (any, error) {
+func typed[Req any](fn func(ctx context.Context, g *gpu, call ledger.Call, req *Req) (any, error)) opFunc {
+	return func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMessage) (any, error) {
 		req := new(Req)
 		if len(data) > 0 && string(data) != "null" {
 			if err := subjects.Decode(data, req); err != nil {
@@ -39,7 +39,7 @@ func typed[Req any](fn func(ctx context.Context, g *gpu, req *Req) (any, error))
 				return nil, err
 			}
 		}
-		return fn(ctx, g, req)
+		return fn(ctx, g, call, req)
 	}
 }
 
@@ -62,13 +62,9 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 		}
 		rw := newReplyWriter()
 		defer rw.release()
-		actx := withCaller(ctx, callerOf(req))
-		if op == subjects.Allocate {
-			actx = context.WithValue(actx, replyKey{}, req)
-		}
-		body, err := w.act(actx, op, g, env, fn, rw)
+		body, err := w.act(ctx, op, g, req, env, fn, rw)
 		if errors.Is(err, errQueued) {
-			return // it waits for room; admit or the deadline answers it
+			return // it waits for room; the ledger's decision answers it
 		}
 		if body != nil {
 			// Counted before the reply leaves: a client that reads the
@@ -110,73 +106,79 @@ func orNewID(id string) string {
 	return nuid.Next()
 }
 
-// act runs op under the device lock. It returns the encoded success reply,
-// written by rw (or, for a replay, the cached reply), or the error. A read
-// is encoded after the lock is let go; a mutation under it, and when it
-// came with a request_id its reply is cached for a retry (and a retry is
+// act runs op for req under the device lock. It returns the encoded
+// success reply, written by rw (or, for a replay, the cached reply), or
+// the error; errQueued when the request waits for its reply. A read is
+// encoded after the lock is let go; a mutation under it, and when it came
+// with a request_id its reply is cached for a retry (and a retry is
 // answered from the cache).
-func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
+func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Request, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	requestID := orNewID(env.RequestID)
-	who := caller(ctx)
-	if !op.Mutating() {
+	call := ledger.Call{Who: callerOf(req)}
+	traits := op.Traits()
+	if traits.OperatorOnly && !call.Who.Operator() {
+		return nil, ledger.Errorf(ledger.ErrForbidden, "%s acts on every tenant's memory: only the operator may ask for it", op)
+	}
+	if traits.Bounded {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, w.cfg.OpTimeout)
+		defer cancel()
+	}
+	if !traits.Mutating {
 		// A read's data shares nothing the device's next request changes.
-		now := time.Now()
-		data, tu, err := w.runLocked(ctx, g, env.Data, fn)
+		g.mu.Lock()
+		call.Now = time.Now()
+		data, err := fn(ctx, g, call, env.Data)
+		tu := tenantUsage(g, call.Who)
+		g.mu.Unlock()
 		if err != nil {
 			return nil, err
 		}
-		return w.encodeReply(rw, requestID, data, tu, now)
+		return w.encodeReply(rw, requestID, data, tu, call.Now)
 	}
-	idempotent := env.RequestID != ""
 	// A tenant's request ids are its own: another tenant may use the same.
-	replayKey := requestID
-	if !who.Operator() {
-		replayKey = who.Tenant + "\x00" + requestID
+	replayKey := ""
+	if env.RequestID != "" {
+		call.RequestID = env.RequestID
+		replayKey = call.Who.Tenant + "\x00" + env.RequestID
 	}
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := time.Now()
-	if idempotent {
-		body, err := g.replays.lookup(replayKey, op, env.Data, now)
+	call.Now = time.Now()
+	if replayKey != "" {
+		body, err := g.replays.lookup(replayKey, op, env.Data, call.Now)
 		if body != nil || err != nil {
 			return body, err
 		}
 	}
-	if op == subjects.Allocate {
-		// An allocate remembers its request for as long as it lives, and
-		// may wait for room (admission.go). (Set under g.mu, read by the
-		// allocate it is for: no per-request context value.)
-		g.call = allocateCall{id: requestID, idempotent: idempotent, replayKey: replayKey, data: env.Data}
-		defer func() { g.call = allocateCall{} }()
+	data, err := fn(ctx, g, call, env.Data)
+	q := queued{}
+	waiting := errors.As(err, &q)
+	if waiting {
+		w.park(g, q.ticket, req, pending{id: requestID, replayKey: replayKey, data: env.Data, start: call.Now})
 	}
-	data, err := fn(ctx, g, env.Data)
 	// A failed mutation may have changed the device too (a model_optimize
-	// that stopped half way), so pressure is checked either way.
+	// that stopped half way), so pressure is checked either way; what it
+	// freed may admit waiters.
 	w.recheck(g)
-	if err != nil {
-		return nil, err // errQueued included: the reply comes later
+	if waiting {
+		return nil, errQueued
 	}
-	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, who), now)
 	if err != nil {
 		return nil, err
 	}
-	if idempotent {
-		g.replays.store(replayKey, op, env.Data, bytes.Clone(body), now)
+	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, call.Who), call.Now)
+	if err != nil {
+		return nil, err
+	}
+	if replayKey != "" {
+		g.replays.store(replayKey, op, env.Data, bytes.Clone(body), call.Now)
 	}
 	if w.log.Enabled(ctx, slog.LevelDebug) {
 		w.log.Debug("done", "op", op, "device", g.ID(), "request_id", requestID)
 	}
 	return body, nil
-}
-
-// runLocked runs a read operation on g under its lock, and tells the
-// caller's usage when it is a tenant.
-func (w *Worker) runLocked(ctx context.Context, g *gpu, data json.RawMessage, fn opFunc) (any, *subjects.TenantUsage, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	out, err := fn(ctx, g, data)
-	return out, tenantUsage(g, caller(ctx)), err
 }
 
 // tenantUsage is who's usage of g for its replies, nil for the operator.
@@ -187,17 +189,6 @@ func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
 		return nil
 	}
 	return &subjects.TenantUsage{Tenant: u.Tenant, AllocatedBytes: u.AllocatedBytes, QuotaBytes: u.QuotaBytes, Allocations: u.Allocations}
-}
-
-// bounded gives an operation that copies bytes under the device lock a
-// deadline of OpTimeout for its copies. The other operations make no call
-// that waits on a context, so they skip the timer.
-func (w *Worker) bounded(fn opFunc) opFunc {
-	return func(ctx context.Context, g *gpu, data json.RawMessage) (any, error) {
-		ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
-		defer cancel()
-		return fn(ctx, g, data)
-	}
 }
 
 // encodeReply encodes a success reply that the server will carry: a reply

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // fleetHandler answers memory.<op>.all for every device of this node in one
@@ -27,11 +28,13 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 			w.respond(req, op, subjects.Fleet, orNewID(requestID), err, start)
 			return
 		}
-		ctx := withCaller(ctx, callerOf(req))
+		who := callerOf(req)
 		reply := subjects.FleetReply{Node: w.cfg.Node, Instance: instance, Devices: make([]subjects.FleetDevice, 0, len(w.gpus))}
 		for _, g := range w.gpus {
 			fd := subjects.FleetDevice{DeviceID: g.ID()}
-			data, _, err := w.runLocked(ctx, g, env.Data, fn)
+			g.mu.Lock()
+			data, err := fn(ctx, g, ledger.Call{Who: who, Now: time.Now()}, env.Data)
+			g.mu.Unlock()
 			if err == nil {
 				fd.Data, err = gojson.Marshal(data)
 			}

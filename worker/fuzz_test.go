@@ -38,7 +38,7 @@ func FuzzDispatch(f *testing.F) {
 			op := ops[(int(opIndex)+i)%len(ops)]
 			env, err := subjects.DecodeRequest(body, op)
 			if err == nil {
-				_, err = w.act(context.Background(), op, g, env, fns[op], newReplyWriter())
+				_, err = w.act(context.Background(), op, g, &testRequest{data: body}, env, fns[op], newReplyWriter())
 			}
 			if err != nil && wireError(err).Code == subjects.CodeInternal {
 				t.Fatalf("%s %q: internal error: %v", op, body, err)

@@ -14,9 +14,8 @@ type gpu struct {
 	mu sync.Mutex
 	*ledger.Device
 	replays *replayCache
-	queue   waitQueue // allocates waiting for room
-	// call is the allocate being served (act sets it under mu).
-	call allocateCall
+	// waiting are the requests waiting for the ledger's decision.
+	waiting map[ledger.Ticket]*pending
 	// lastEvent is when the last pressure event was queued; unavailable is
 	// set while the device does not answer.
 	lastEvent   time.Time

@@ -170,7 +170,7 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 		return
 	}
 	p := w.observe(g, u)
-	if w.admit(g) { // what another process freed may make room
+	if w.admit(g, now) { // what another process freed may make room
 		if u2, err := w.reading(context.Background(), g, now); err == nil {
 			u, p = u2, w.observe(g, u2)
 		}
@@ -192,7 +192,6 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 // holds g.mu.
 func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.Usage, error) {
 	u, err := g.Usage(ctx, now)
-	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
 	for _, r := range g.Exceeding() {
 		w.announceAllocation(events.TypeReservationExceeded, events.Allocation{
 			DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: r.AllocationID, Tenant: r.Tenant,
@@ -215,7 +214,6 @@ func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.U
 	w.log.Info("device memory past the warning threshold: cached segments returned to the device",
 		"device", g.ID(), "usage_ratio", u.UsageRatio, "released_bytes", released)
 	u, err = g.Usage(ctx, now)
-	u.WaitingRequests, u.WaitingBytes = len(g.queue.waiters), g.queue.bytes
 	return u, err
 }
 
@@ -227,7 +225,7 @@ func (w *Worker) recheck(g *gpu) {
 		return // the device cannot say; the sampler announces it
 	}
 	w.observe(g, u)
-	if w.admit(g) {
+	if w.admit(g, u.SampledAt) {
 		if u, err := w.reading(context.Background(), g, time.Now().UTC()); err == nil {
 			w.observe(g, u)
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // TestTelemetryIsReadAtMostOncePerMaxAge: within TelemetryMaxAge a reply
@@ -64,7 +65,7 @@ func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 		t.Errorf("within the max age: used %d, free %d, want the worker's own %d at once and not yet the other process's", u.UsedBytes, u.FreeBytes, u.ReservedBytes)
 	}
 	b.SetUnavailable(0, true)
-	if _, err := w.getUsage(context.Background(), w.gpus[0], &subjects.UsageRequest{}); err != nil {
+	if _, err := w.getUsage(context.Background(), w.gpus[0], ledger.Call{Now: time.Now()}, &subjects.UsageRequest{}); err != nil {
 		t.Errorf("within the max age the last reading stands: %v", err)
 	}
 	time.Sleep(w.cfg.TruthMaxAge)
@@ -90,7 +91,7 @@ func usageOf(t *testing.T, w *Worker) func() subjects.Usage {
 		t.Helper()
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		u, err := w.getUsage(context.Background(), g, &subjects.UsageRequest{})
+		u, err := w.getUsage(context.Background(), g, ledger.Call{Now: time.Now()}, &subjects.UsageRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -139,8 +139,8 @@ func (t *transfers) prune(now time.Time) {
 
 // transfer lends the source to a job and queues it; a runner does the
 // copy. The reply is the job's status, queued.
-func (w *Worker) transfer(ctx context.Context, g *gpu, req *subjects.TransferRequest) (any, error) {
-	who := caller(ctx)
+func (w *Worker) transfer(_ context.Context, g *gpu, call ledger.Call, req *subjects.TransferRequest) (any, error) {
+	who := call.Who
 	if err := g.Find(req.AllocationID, who); err != nil {
 		return nil, err
 	}
@@ -184,12 +184,12 @@ func (w *Worker) transfer(ctx context.Context, g *gpu, req *subjects.TransferReq
 	return j.snapshot(now), nil
 }
 
-func (w *Worker) getTransfer(ctx context.Context, g *gpu, req *subjects.GetTransferRequest) (any, error) {
-	j := w.transfers.get(req.TransferID, time.Now())
-	if who := caller(ctx); j == nil || (j.src != g && j.dst != g) || (!who.Operator() && j.tenant != who.Tenant) {
+func (w *Worker) getTransfer(_ context.Context, g *gpu, call ledger.Call, req *subjects.GetTransferRequest) (any, error) {
+	j := w.transfers.get(req.TransferID, call.Now)
+	if who := call.Who; j == nil || (j.src != g && j.dst != g) || (!who.Operator() && j.tenant != who.Tenant) {
 		return nil, ledger.Errorf(ledger.ErrTransferNotFound, "no transfer %s from or to %s", req.TransferID, g.ID())
 	}
-	return j.snapshot(time.Now().UTC()), nil
+	return j.snapshot(call.Now.UTC()), nil
 }
 
 // runTransfers runs queued jobs with ctx until stop is closed, and then the
@@ -219,7 +219,7 @@ func (w *Worker) runTransfer(ctx context.Context, j *job) {
 	// Reserve the destination.
 	d := j.dst
 	d.mu.Lock()
-	destID, dstLoc, err := d.Receive(ctx, j.lent.Allocation, j.status.TargetAllocationType, started)
+	destID, dstLoc, err := d.Receive(ctx, ledger.Call{Who: ledger.Who{Tenant: j.tenant}, Now: started}, j.lent, j.status.TargetAllocationType)
 	if err == nil {
 		w.recheck(d)
 	}

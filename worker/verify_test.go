@@ -5,6 +5,7 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/crc32c"
@@ -52,7 +53,7 @@ func runOneTransfer(t *testing.T, w *Worker, b *sim.Backend, size int64) subject
 	t.Helper()
 	ctx := context.Background()
 	g := w.gpus[0]
-	a, err := g.Allocate(ctx, &subjects.AllocateRequest{SizeBytes: size}, ledger.Origin{}, ledger.Who{})
+	a, _, err := g.Allocate(ctx, ledger.Call{Now: time.Now()}, &subjects.AllocateRequest{SizeBytes: size})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func runOneTransfer(t *testing.T, w *Worker, b *sim.Backend, size int64) subject
 	if err := b.Write(ctx, loc, pattern); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.transfer(ctx, g, &subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: true, Mode: subjects.ModeCopy}); err != nil {
+	if _, err := w.transfer(ctx, g, ledger.Call{Now: time.Now()}, &subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: true, Mode: subjects.ModeCopy}); err != nil {
 		t.Fatal(err)
 	}
 	j := <-w.transfers.queue

@@ -42,6 +42,10 @@ type Worker struct {
 	drops sampledLog
 	// pinned is the host's page-locked memory, shared by the devices.
 	pinned *pinned.Pool
+	// wake tells the admission loop that a request waits (a new deadline).
+	wake chan struct{}
+	// handlers serve each operation.
+	handlers map[subjects.Op]opFunc
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -62,7 +66,13 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(cfg.TransferRetention, cfg.TransferHistoryBytes),
 		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
-		drops: sampledLog{interval: time.Minute}}
+		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1)}
+	w.handlers = w.ops()
+	for _, op := range subjects.Ops() {
+		if w.handlers[op] == nil {
+			return nil, fmt.Errorf("operation %s has no handler", op)
+		}
+	}
 	if w.pinned, err = w.newPinnedPool(ctx); err != nil {
 		return nil, err
 	}
@@ -73,9 +83,10 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
-				MapPiece: cfg.MapPiece,
+				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters,
 			}),
 			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
+			waiting: map[ledger.Ticket]*pending{},
 		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)
@@ -212,13 +223,10 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 	for _, g := range w.gpus {
 		w.sample(g, time.Now().UTC())
 	}
-	ops := w.ops()
+	ops := w.handlers
 	for _, g := range w.gpus {
 		for _, op := range subjects.Ops() {
-			fn, ok := ops[op]
-			if !ok {
-				continue
-			}
+			fn := ops[op]
 			// micro runs one request at a time per endpoint; a read runs
 			// on several, in the device's queue group, so a burst of
 			// reads is decoded, encoded and answered in parallel.

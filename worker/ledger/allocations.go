@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,121 +14,144 @@ import (
 	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
-	"github.com/memworker/memworker/worker/device"
 )
 
-// Allocate allocates memory from the device's pool of the request's kind
-// (or a segment of its own for an exported allocation) and enters it in
-// the ledger, made by origin (which may be empty).
-func (d *Device) Allocate(ctx context.Context, req *subjects.AllocateRequest, origin Origin, who Who) (subjects.Allocation, error) {
-	if origin.RequestID != "" {
-		// A tenant's request ids are its own: another's may be the same.
-		origin.tenant = who.Tenant
-		if a, ok := d.byRequest[origin.key()]; ok {
-			if a.origin().Digest != origin.Digest {
-				return subjects.Allocation{}, Errorf(ErrConflict, "request_id %s was already used for a different request (memory.allocate)", origin.RequestID)
+// Allocate grants an allocate request through the door. A request that
+// cannot be granted now and may wait (wait_seconds) joins the admission
+// queue: the ticket names it, and Admit decides it later. A retry of a
+// request (the same call.RequestID), however late, gets the allocation it
+// made or joins its wait, never a second one; with another payload it is a
+// conflict.
+func (d *Device) Allocate(ctx context.Context, call Call, req *subjects.AllocateRequest) (subjects.Allocation, Ticket, error) {
+	var sum uint64
+	if call.RequestID != "" {
+		sum = digest(req)
+		if a, ok := d.byRequest[originKey{call.Who.Tenant, call.RequestID}]; ok {
+			if a.origin().Digest != sum {
+				return subjects.Allocation{}, 0, conflict(call.RequestID)
 			}
-			return d.view(a), nil
+			return d.view(a), 0, nil
+		}
+		if w := d.queue.find(call.Who, call.RequestID); w != nil {
+			if w.digest != sum {
+				return subjects.Allocation{}, 0, conflict(call.RequestID)
+			}
+			return subjects.Allocation{}, w.ticket, nil
 		}
 	}
-	if q, ok := d.quota(who.Tenant); ok && KindOf(req.AllocationType) != device.Pinned {
-		held := int64(0)
-		if f := d.tenants[who.Tenant]; f != nil {
-			held = f.requested
-		}
-		if held+req.SizeBytes > q {
-			return subjects.Allocation{}, Errorf(ErrQuotaExceeded, "tenant %s holds %s on %s; %s more would pass its quota of %s",
-				who.Tenant, bytesize.Format(held), d.id, bytesize.Format(req.SizeBytes), bytesize.Format(q))
-		}
+	a, final, err := d.allocate(ctx, call, req, sum, allocateClaim(req, call.Who))
+	if err == nil || final || req.WaitSeconds <= 0 || !waits(err) {
+		return a, 0, err
 	}
-	kind := KindOf(req.AllocationType)
-	if n := d.cfg.MaxAllocations; n > 0 && len(d.allocs) >= n {
-		return subjects.Allocation{}, fmt.Errorf("%s holds %d allocations, the most it keeps (--max-allocations); free some first: %w",
-			d.id, n, device.ErrOutOfMemory)
+	t, err := d.enqueue(call, req, sum, err)
+	return subjects.Allocation{}, t, err
+}
+
+func conflict(requestID string) error {
+	return Errorf(ErrConflict, "request_id %s was already used for a different request (memory.allocate)", requestID)
+}
+
+// digest sums what an allocate asks for, after validation (so any
+// spelling, key order or letter case of the type gives the same sum).
+func digest(r *subjects.AllocateRequest) uint64 {
+	var buf [256]byte
+	b := strconv.AppendInt(buf[:0], r.SizeBytes, 10)
+	b = append(append(b, '|'), r.AllocationType...)
+	b = strconv.AppendInt(append(b, '|'), r.Alignment, 10)
+	b = strconv.AppendQuote(append(b, '|'), r.Purpose)
+	b = strconv.AppendBool(append(b, '|'), r.Persistent)
+	b = strconv.AppendQuote(append(b, '|'), r.ModelID)
+	b = strconv.AppendFloat(append(b, '|'), r.TTLSeconds, 'g', -1, 64)
+	b = strconv.AppendBool(append(b, '|'), r.Export)
+	b = strconv.AppendInt(append(b, '|'), int64(r.PID), 10)
+	b = strconv.AppendFloat(append(b, '|'), r.WaitSeconds, 'g', -1, 64)
+	b = strconv.AppendInt(append(b, '|'), int64(r.Priority), 10)
+	h := uint64(14695981039346656037) // FNV-1a
+	for _, c := range b {
+		h = (h ^ uint64(c)) * 1099511628211
 	}
-	if kind != device.Pinned && req.SizeBytes > d.cfg.Info.TotalBytes {
-		return subjects.Allocation{}, fmt.Errorf("size_bytes %s exceeds the total memory of %s, %s: %w",
-			bytesize.Format(req.SizeBytes), d.id, bytesize.Format(d.cfg.Info.TotalBytes), device.ErrOutOfMemory)
+	return h
+}
+
+// allocate passes c through the door and, granted, takes the memory from
+// the pool of the request's kind (or a segment of its own for an exported
+// allocation; nothing for a reservation) and enters it in the ledger.
+func (d *Device) allocate(ctx context.Context, call Call, req *subjects.AllocateRequest, sum uint64, c claim) (subjects.Allocation, bool, error) {
+	if final, err := d.door(ctx, c, call.Now); err != nil {
+		return subjects.Allocation{}, final, err
 	}
+	kind := c.kind
 	id, err := uuid.NewV7()
 	if err != nil {
-		return subjects.Allocation{}, err
+		return subjects.Allocation{}, false, err
 	}
-	// Memory promised to reservations is nobody else's: a reservation, or
-	// a VRAM allocation while reservations exist, must fit what is
-	// available.
-	if kind == kindNone || (kind == device.VRAM && d.byType[reservationCode] > 0) {
-		u, err := d.Usage(ctx, time.Now().UTC())
-		if err != nil {
-			return subjects.Allocation{}, err
-		}
-		if req.SizeBytes > u.AvailableBytes {
-			return subjects.Allocation{}, fmt.Errorf("%s do not fit %s: %s available (%s promised to reservations): %w",
-				bytesize.Format(req.SizeBytes), d.id, bytesize.Format(u.AvailableBytes), bytesize.Format(u.ReservationUnusedBytes), device.ErrOutOfMemory)
-		}
-	}
-	if kind == kindNone {
-		return d.reserve(req, id, origin, who), nil
-	}
-	ex, canExport := d.backend.(Exporter)
-	if req.Export && !canExport {
-		return subjects.Allocation{}, fmt.Errorf("the %s backend cannot export memory: %w", d.backend.Name(), ErrUnsupported)
-	}
-	var block *alloc.Block
-	if req.Export {
-		block, err = d.pools[kind].AllocDedicated(ctx, req.SizeBytes)
-	} else {
-		block, err = d.pools[kind].Alloc(ctx, req.SizeBytes, req.Alignment)
-	}
-	if err != nil {
-		return subjects.Allocation{}, fmt.Errorf("allocating %s of %s on %s: %w", bytesize.Format(req.SizeBytes), req.AllocationType, d.id, err)
-	}
-	var handle []byte
-	if req.Export {
-		if handle, err = ex.Export(ctx, d.index, block.SegmentAddr()); err != nil {
-			_ = d.freeBlock(kind, block)
-			return subjects.Allocation{}, fmt.Errorf("exporting %s: %w", id, err)
-		}
-	}
-	now := time.Now().UTC()
+	now := call.Now.UTC()
 	a := &allocation{
 		id:        id,
 		size:      req.SizeBytes,
+		rsv:       req.SizeBytes,
 		alignment: max(req.Alignment, alloc.MinBlock),
 		created:   now.UnixNano(),
 		lastUsed:  now.UnixNano(),
 		purpose:   req.Purpose,
 		model:     req.ModelID,
-		block:     block,
-		rsv:       block.Size(),
 		typ:       typeCode(req.AllocationType),
 		kind:      kind,
-		tenant:    who.Tenant,
+		tenant:    call.Who.Tenant,
 	}
 	a.set(persistent, req.Persistent)
-	if who.User != "" {
-		a.extra = &extra{user: who.User}
-	}
-	if origin.RequestID != "" {
-		if a.extra == nil {
-			a.extra = &extra{}
+	if req.PID != 0 || call.Who.User != "" || call.RequestID != "" {
+		a.extra = &extra{pid: req.PID, user: call.Who.User}
+		if call.RequestID != "" {
+			a.extra.origin = Origin{RequestID: call.RequestID, Digest: sum, tenant: call.Who.Tenant}
 		}
-		a.extra.origin = origin
-	}
-	if req.Export {
-		if a.extra == nil {
-			a.extra = &extra{}
-		}
-		a.set(exported, true)
-		a.extra.ipcHandle = base64.StdEncoding.EncodeToString(handle)
-		a.extra.ipcOffset = int64(block.Addr() - block.SegmentAddr())
 	}
 	if req.TTLSeconds > 0 {
 		a.ttl = int64(math.Round(req.TTLSeconds * float64(time.Second)))
 		a.expires = now.UnixNano() + a.ttl
 	}
+	if kind != kindNone {
+		if err := d.take(ctx, a, req); err != nil {
+			return subjects.Allocation{}, false, err
+		}
+	}
 	d.add(a)
-	return d.view(a), nil
+	return d.view(a), false, nil
+}
+
+// take allocates a's block from the pool of its kind (a segment of its
+// own, exported, when req asks).
+func (d *Device) take(ctx context.Context, a *allocation, req *subjects.AllocateRequest) error {
+	ex, canExport := d.backend.(Exporter)
+	if req.Export && !canExport {
+		return fmt.Errorf("the %s backend cannot export memory: %w", d.backend.Name(), ErrUnsupported)
+	}
+	var block *alloc.Block
+	var err error
+	if req.Export {
+		block, err = d.pools[a.kind].AllocDedicated(ctx, req.SizeBytes)
+	} else {
+		block, err = d.pools[a.kind].Alloc(ctx, req.SizeBytes, req.Alignment)
+	}
+	if err != nil {
+		return fmt.Errorf("allocating %s of %s on %s: %w", bytesize.Format(req.SizeBytes), req.AllocationType, d.id, err)
+	}
+	a.block, a.rsv = block, block.Size()
+	if !req.Export {
+		return nil
+	}
+	handle, err := ex.Export(ctx, d.index, block.SegmentAddr())
+	if err != nil {
+		_ = d.freeBlock(a.kind, block)
+		return fmt.Errorf("exporting %s: %w", a.idString(), err)
+	}
+	if a.extra == nil {
+		a.extra = &extra{}
+	}
+	a.set(exported, true)
+	a.extra.ipcHandle = base64.StdEncoding.EncodeToString(handle)
+	a.extra.ipcOffset = int64(block.Addr() - block.SegmentAddr())
+	return nil
 }
 
 // Deallocate frees allocations by id, all or nothing: every id is checked
@@ -281,7 +305,8 @@ func (d *Device) Clear(ctx context.Context, req *subjects.ClearRequest, who Who)
 		reply.ClearedAllocations++
 		reply.ClearedBytes += bytes
 	}
-	if req.ReleaseCached == nil || *req.ReleaseCached {
+	// The cache is shared: a tenant's clear frees its own allocations only.
+	if who.Operator() && (req.ReleaseCached == nil || *req.ReleaseCached) {
 		for _, p := range d.pools {
 			n, bytes, err := p.Release(ctx)
 			reply.ReleasedSegments += n
@@ -346,25 +371,4 @@ func (d *Device) Renew(req *subjects.RenewRequest, who Who, now time.Time) (subj
 		reply.Renewed[i] = subjects.RenewedLease{AllocationID: ids[i], ExpiresAt: time.Unix(0, a.expires).UTC()}
 	}
 	return reply, nil
-}
-
-// reserve enters a reservation: size bytes held for process pid, which
-// allocates them itself.
-func (d *Device) reserve(req *subjects.AllocateRequest, id uuid.UUID, origin Origin, who Who) subjects.Allocation {
-	now := time.Now().UTC()
-	a := &allocation{
-		id: id, size: req.SizeBytes, rsv: req.SizeBytes, alignment: max(req.Alignment, alloc.MinBlock),
-		created: now.UnixNano(), lastUsed: now.UnixNano(), purpose: req.Purpose, model: req.ModelID,
-		typ: reservationCode, kind: kindNone, tenant: who.Tenant,
-	}
-	a.set(persistent, req.Persistent)
-	if req.PID != 0 || who.User != "" || origin.RequestID != "" {
-		a.extra = &extra{pid: req.PID, user: who.User, origin: origin}
-	}
-	if req.TTLSeconds > 0 {
-		a.ttl = int64(math.Round(req.TTLSeconds * float64(time.Second)))
-		a.expires = now.UnixNano() + a.ttl
-	}
-	d.add(a)
-	return d.view(a)
 }

@@ -43,7 +43,19 @@ type Config struct {
 	// memory goes back to the device a whole piece at a time, and the
 	// driver's cost of mapping grows with the number of pieces.
 	MapPiece int64
+	// StarvationGuard is how long a waiter may wait before requests of its
+	// priority or lower stop passing it (0: DefaultStarvationGuard).
+	StarvationGuard time.Duration
+	// MaxWaiters caps the requests waiting on the device, a quarter of it
+	// those of one tenant (0: DefaultMaxWaiters).
+	MaxWaiters int
 }
+
+// Defaults of the admission queue.
+const (
+	DefaultStarvationGuard = 10 * time.Second
+	DefaultMaxWaiters      = 1024
+)
 
 // Device is one device's state. It is not safe for concurrent use.
 type Device struct {
@@ -66,6 +78,7 @@ type Device struct {
 	history              *history
 	truth                truth
 	tele                 telemetry
+	queue                queue // allocates waiting for room
 }
 
 // Origin is the request that made an allocation: its request_id and a
@@ -84,6 +97,12 @@ func (o Origin) key() originKey { return originKey{o.tenant, o.RequestID} }
 
 // New returns the state of an empty device.
 func New(cfg Config) *Device {
+	if cfg.StarvationGuard <= 0 {
+		cfg.StarvationGuard = DefaultStarvationGuard
+	}
+	if cfg.MaxWaiters <= 0 {
+		cfg.MaxWaiters = DefaultMaxWaiters
+	}
 	d := &Device{
 		cfg:        cfg,
 		id:         cfg.ID,
@@ -254,16 +273,6 @@ func (d *Device) free(a *allocation) error {
 	}
 	d.history.events.push(memEvent{at: time.Now(), bytes: bytes})
 	return nil
-}
-
-// MadeBy returns the live allocation a request of who made, and the digest
-// of that request's payload.
-func (d *Device) MadeBy(requestID string, who Who) (subjects.Allocation, uint64, bool) {
-	a, ok := d.byRequest[originKey{who.Tenant, requestID}]
-	if !ok {
-		return subjects.Allocation{}, 0, false
-	}
-	return d.view(a), a.origin().Digest, true
 }
 
 // Audit checks that the ledger and the pools agree: every kind's pool has

@@ -62,6 +62,9 @@ func newDeviceOn(t *testing.T, b *sim.Backend, tweak func(*ledger.Config)) (*led
 }
 
 // valid returns req after its validation, which also fills defaults.
+// call is a request of who, now.
+func call(who ledger.Who) ledger.Call { return ledger.Call{Who: who, Now: time.Now()} }
+
 func valid[R any](t *testing.T, req *R) *R {
 	t.Helper()
 	if v, ok := any(req).(interface{ Validate() error }); ok {
@@ -74,7 +77,7 @@ func valid[R any](t *testing.T, req *R) *R {
 
 func allocate(t *testing.T, d *ledger.Device, req subjects.AllocateRequest) subjects.Allocation {
 	t.Helper()
-	a, err := d.Allocate(ctx, valid(t, &req), ledger.Origin{}, op)
+	a, _, err := d.Allocate(ctx, call(op), valid(t, &req))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,25 +134,31 @@ func TestAllocateAndDeallocate(t *testing.T) {
 }
 
 // TestAnAllocationRemembersItsRequest: the request that made an allocation
-// finds it for as long as it lives, and no longer.
+// finds it for as long as it lives (a retry gets it, a retry asking for
+// something else is a conflict), and no longer.
 func TestAnAllocationRemembersItsRequest(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	a, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: mib}), ledger.Origin{RequestID: "r1", Digest: 42}, op)
+	r1 := ledger.Call{Now: time.Now(), RequestID: "r1"}
+	a, _, err := d.Allocate(ctx, r1, valid(t, &subjects.AllocateRequest{SizeBytes: mib}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, digest, ok := d.MadeBy("r1", op)
-	if !ok || got.AllocationID != a.AllocationID || digest != 42 {
-		t.Fatalf("MadeBy(r1) = %+v, %d, %v", got, digest, ok)
+	again, _, err := d.Allocate(ctx, r1, valid(t, &subjects.AllocateRequest{SizeBytes: mib}))
+	if err != nil || again.AllocationID != a.AllocationID || d.Len() != 1 {
+		t.Fatalf("retry: %+v, %v, %d allocations", again, err, d.Len())
 	}
-	if _, _, ok := d.MadeBy("r2", op); ok {
-		t.Error("MadeBy of another request found something")
+	if _, _, err := d.Allocate(ctx, r1, valid(t, &subjects.AllocateRequest{SizeBytes: 2 * mib})); !errors.Is(err, ledger.ErrConflict) {
+		t.Fatalf("retry with another size: %v, want a conflict", err)
+	}
+	other := ledger.Call{Who: ledger.Who{Tenant: "B"}, Now: time.Now(), RequestID: "r1"}
+	if b, _, err := d.Allocate(ctx, other, valid(t, &subjects.AllocateRequest{SizeBytes: mib})); err != nil || b.AllocationID == a.AllocationID {
+		t.Fatalf("another tenant's r1: %+v, %v: its request ids are its own", b, err)
 	}
 	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok := d.MadeBy("r1", op); ok {
-		t.Error("a freed allocation is still found by its request")
+	if b, _, err := d.Allocate(ctx, r1, valid(t, &subjects.AllocateRequest{SizeBytes: mib})); err != nil || b.AllocationID == a.AllocationID {
+		t.Fatalf("r1 after its allocation was freed: %+v, %v: want a new allocation", b, err)
 	}
 }
 
@@ -158,7 +167,7 @@ func TestTheAllocationCapIsKept(t *testing.T) {
 	for range 3 {
 		allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
 	}
-	_, err := d.Allocate(ctx, valid(t, &subjects.AllocateRequest{SizeBytes: 4096}), ledger.Origin{}, op)
+	_, _, err := d.Allocate(ctx, call(op), valid(t, &subjects.AllocateRequest{SizeBytes: 4096}))
 	if !errors.Is(err, device.ErrOutOfMemory) || !strings.Contains(err.Error(), "3 allocations") || d.Len() != 3 {
 		t.Errorf("past the cap: %v, %d allocations", err, d.Len())
 	}
@@ -177,7 +186,7 @@ func TestAllocateRefusals(t *testing.T) {
 	b.SetExternalUsage(0, gib/2)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := d.Allocate(ctx, valid(t, &tt.req), ledger.Origin{}, op); !errors.Is(err, tt.want) {
+			if _, _, err := d.Allocate(ctx, call(op), valid(t, &tt.req)); !errors.Is(err, tt.want) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 			if d.Len() != 0 {
@@ -415,7 +424,7 @@ func TestModelOptimizeActsOnTheLeastRecentlyUsedModel(t *testing.T) {
 			allocate(t, d, subjects.AllocateRequest{SizeBytes: 300 * mib, ModelID: "new"})
 			allocate(t, d, subjects.AllocateRequest{SizeBytes: 100 * mib, ModelID: "new", Persistent: true})
 			target := 50.0
-			r, err := d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}), op)
+			r, err := d.ModelOptimize(ctx, call(op), valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -434,7 +443,7 @@ func TestModelOptimizeActsOnTheLeastRecentlyUsedModel(t *testing.T) {
 			// Nothing left but the persistent allocation: the target is not
 			// met, and the reply says why.
 			target = 0
-			r, err = d.ModelOptimize(ctx, valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}), op)
+			r, err = d.ModelOptimize(ctx, call(op), valid(t, &subjects.ModelOptimizeRequest{OptimizationType: typ, TargetUsagePercentage: &target}))
 			if err != nil || r.OptimizationDetails.TargetMet || r.OptimizationDetails.SkippedPersistent != 1 {
 				t.Fatalf("down to 0: %+v, %v", r, err)
 			}
@@ -506,7 +515,7 @@ func TestTransferSteps(t *testing.T) {
 	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), op); !errors.Is(err, ledger.ErrConflict) {
 		t.Errorf("freeing a busy allocation: %v, want a conflict", err)
 	}
-	destID, dst, err := d.Receive(ctx, lent.Allocation, subjects.Pinned, time.Now())
+	destID, dst, err := d.Receive(ctx, call(op), lent, subjects.Pinned)
 	if err != nil || dst.Kind != device.Pinned {
 		t.Fatalf("receive: %v %+v", err, dst)
 	}

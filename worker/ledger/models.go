@@ -123,14 +123,16 @@ func (d *Device) candidates(req *subjects.ModelOptimizeRequest, who Who) (lru []
 // brings offloaded models back to VRAM, the most recently used first,
 // each whole and only when it fits the available memory. A model that
 // cannot be moved whole is skipped, and the reply says why.
-func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeRequest, who Who) (subjects.ModelOptimizeReply, error) {
-	start := time.Now().UTC()
+func (d *Device) ModelOptimize(ctx context.Context, call Call, req *subjects.ModelOptimizeRequest) (subjects.ModelOptimizeReply, error) {
+	// start times the work (a measurement); now is the request's time
+	// (what the ledger records and decides with).
+	start, now, who := time.Now(), call.Now.UTC(), call.Who
 	restore := req.OptimizationType == subjects.OptimizeRestore
 	target := 100.0
 	if req.TargetUsagePercentage != nil {
 		target = *req.TargetUsagePercentage
 	}
-	u, err := d.Usage(ctx, start)
+	u, err := d.Usage(ctx, now)
 	if err != nil {
 		return subjects.ModelOptimizeReply{}, err
 	}
@@ -169,14 +171,13 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 				}
 			}
 		case subjects.OptimizeOffload:
-			err = d.relocateTimed(ctx, c.allocs, device.Pinned, start, &ph)
+			err = d.relocateTimed(ctx, c.allocs, device.Pinned, now, &ph)
 		case subjects.OptimizeRestore:
-			if avail := u.AvailableBytes; size > avail {
-				details.SkippedModels = append(details.SkippedModels, subjects.SkippedModel{ModelID: c.id,
-					Reason: fmt.Sprintf("it needs %d bytes of VRAM, %d are available", size, avail)})
+			if _, err := d.door(ctx, claim{tenant: c.allocs[0].tenant, size: size, kind: device.VRAM}, now); err != nil {
+				details.SkippedModels = append(details.SkippedModels, subjects.SkippedModel{ModelID: c.id, Reason: err.Error()})
 				continue
 			}
-			err = d.relocateTimed(ctx, c.allocs, device.VRAM, start, &ph)
+			err = d.relocateTimed(ctx, c.allocs, device.VRAM, now, &ph)
 		}
 		if ctx.Err() != nil {
 			return subjects.ModelOptimizeReply{}, fmt.Errorf("%s of model %s: %w", req.OptimizationType, c.id, err)
@@ -209,7 +210,7 @@ func (d *Device) ModelOptimize(ctx context.Context, req *subjects.ModelOptimizeR
 	took := time.Since(start).Seconds()
 	reply := subjects.ModelOptimizeReply{
 		Success:                  details.TargetMet,
-		OptimizationStarted:      start,
+		OptimizationStarted:      now,
 		EstimatedDurationSeconds: took,
 		MemoryFreedBytes:         freed,
 		OptimizationDetails:      details,

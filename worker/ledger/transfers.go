@@ -23,6 +23,9 @@ import (
 type Lent struct {
 	Allocation subjects.Allocation
 	Loc        device.Location
+	// TTL is the source's lease ttl (0: not a lease): its copy is a lease
+	// of the same ttl.
+	TTL time.Duration
 }
 
 // Target is where a transfer goes: the destination device's id and total
@@ -54,7 +57,7 @@ func (d *Device) Lend(id string, target Target, mode string, who Who) (Lent, err
 		return Lent{}, fmt.Errorf("%s do not fit %s (%s in all): %w", bytesize.Format(a.size), target.DeviceID, bytesize.Format(target.TotalBytes), device.ErrOutOfMemory)
 	}
 	a.busy++
-	return Lent{Allocation: d.view(a), Loc: d.loc(a)}, nil
+	return Lent{Allocation: d.view(a), Loc: d.loc(a), TTL: time.Duration(a.ttl)}, nil
 }
 
 // Return ends a loan whose transfer never ran.
@@ -64,29 +67,39 @@ func (d *Device) Return(id string) {
 	}
 }
 
-// Receive allocates the destination of a transfer of src, as a new
-// allocation of type t that is busy until Settle. It returns the new
-// allocation's id and where its bytes go.
-func (d *Device) Receive(ctx context.Context, src subjects.Allocation, t subjects.AllocationType, now time.Time) (string, device.Location, error) {
-	kind := KindOf(t)
-	block, err := d.pools[kind].Alloc(ctx, src.SizeBytes, src.Alignment)
+// Receive grants the destination of a transfer of src through the door:
+// a new allocation of type t, counted against the source's tenant, that is
+// busy until Settle. It returns the new allocation's id and where its bytes
+// go.
+func (d *Device) Receive(ctx context.Context, call Call, src Lent, t subjects.AllocationType) (string, device.Location, error) {
+	s := src.Allocation
+	c := claim{tenant: s.Tenant, size: s.SizeBytes, kind: KindOf(t), entry: true}
+	if c.deviceMemory() {
+		c.quota = s.SizeBytes
+	}
+	if _, err := d.door(ctx, c, call.Now); err != nil {
+		return "", device.Location{}, err
+	}
+	block, err := d.pools[c.kind].Alloc(ctx, s.SizeBytes, s.Alignment)
 	if err != nil {
-		return "", device.Location{}, fmt.Errorf("reserving %s on %s: %w", bytesize.Format(src.SizeBytes), d.id, err)
+		return "", device.Location{}, fmt.Errorf("reserving %s on %s: %w", bytesize.Format(s.SizeBytes), d.id, err)
 	}
 	// The copy keeps the source's size, alignment, names, persistence and
-	// ttl; it is a new allocation of its own type, neither offloaded nor
-	// exported.
+	// lease ttl; it is a new allocation of its own type, neither offloaded
+	// nor exported.
+	now := call.Now
 	dest := &allocation{
-		id: uuid.Must(uuid.NewV7()), size: src.SizeBytes, alignment: src.Alignment,
+		id: uuid.Must(uuid.NewV7()), size: s.SizeBytes, alignment: s.Alignment,
 		created: now.UnixNano(), lastUsed: now.UnixNano(),
-		purpose: src.Purpose, model: src.ModelID, tenant: src.Tenant, block: block, rsv: block.Size(), busy: 1, typ: typeCode(t), kind: kind,
+		purpose: s.Purpose, model: s.ModelID, tenant: s.Tenant, block: block, rsv: block.Size(), busy: 1, typ: typeCode(t), kind: c.kind,
 	}
-	dest.set(persistent, src.Persistent)
-	if src.User != "" {
-		dest.extra = &extra{user: src.User}
+	dest.set(persistent, s.Persistent)
+	if s.User != "" {
+		dest.extra = &extra{user: s.User}
 	}
-	if src.ExpiresAt != nil {
-		dest.expires = src.ExpiresAt.UnixNano()
+	if src.TTL > 0 {
+		dest.ttl = int64(src.TTL)
+		dest.expires = now.UnixNano() + dest.ttl
 	}
 	d.add(dest)
 	return dest.idString(), d.loc(dest), nil

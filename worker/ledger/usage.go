@@ -34,6 +34,8 @@ func (d *Device) Usage(ctx context.Context, now time.Time) (subjects.Usage, erro
 		PinnedHostBytes: pinned.ReservedBytes,
 		Allocations:     len(d.allocs),
 		SampledAt:       now,
+		WaitingRequests: len(d.queue.waiters),
+		WaitingBytes:    d.queue.bytes,
 	}
 	u.ReclaimableBytes = u.CachedBytes
 	u.ReservationUnusedBytes = d.reservationUnused(ctx, now)

@@ -1,0 +1,232 @@
+package ledger_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// The one door, as a table: every path by which memory is granted on a
+// device, against every rule of the door. Each cell sets up a device where
+// only that rule stands in the way and expects the path refused with the
+// rule's kind; then the same device with the rule satisfied and expects
+// the grant.
+
+const (
+	doorTotal = gib
+	doorSize  = 64 * mib
+	guard     = 10 * time.Second
+)
+
+var (
+	tenantA = ledger.Who{Tenant: "A"}
+	tenantB = ledger.Who{Tenant: "B"}
+	t0      = time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	// late is when a waiter queued at t0 has waited past the guard.
+	late = t0.Add(guard + time.Second)
+)
+
+// doorPath is one way memory is granted: prepare runs on a fresh device
+// before the rule is set up, grant asks for doorSize bytes for tenant A at
+// now and returns the refusal.
+type doorPath struct {
+	name    string
+	prepare func(t *testing.T, d *ledger.Device) string
+	grant   func(t *testing.T, d *ledger.Device, prepared string, now time.Time) error
+	// quotaExempt: the path's bytes are counted against the quota already
+	// (a restore); kindless: its refusal reaches the client as a reason in
+	// its reply, not an error of a kind (a restore's skipped model).
+	quotaExempt, kindless bool
+}
+
+func at(who ledger.Who, now time.Time) ledger.Call { return ledger.Call{Who: who, Now: now} }
+
+var doorPaths = []doorPath{
+	{name: "allocate", grant: func(t *testing.T, d *ledger.Device, _ string, now time.Time) error {
+		_, _, err := d.Allocate(ctx, at(tenantA, now), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize}))
+		return err
+	}},
+	{name: "reservation", grant: func(t *testing.T, d *ledger.Device, _ string, now time.Time) error {
+		_, _, err := d.Allocate(ctx, at(tenantA, now), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, AllocationType: subjects.Reservation}))
+		return err
+	}},
+	{name: "waiter", grant: grantAfterWaiting},
+	{name: "transfer destination", prepare: func(t *testing.T, d *ledger.Device) string {
+		return allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize}).AllocationID
+	}, grant: func(t *testing.T, d *ledger.Device, src string, now time.Time) error {
+		lent, err := d.Lend(src, ledger.Target{DeviceID: d.ID(), TotalBytes: doorTotal, Type: subjects.VRAM}, subjects.ModeCopy, tenantA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Return(src)
+		id, _, err := d.Receive(ctx, at(tenantA, now), lent, subjects.VRAM)
+		if err == nil {
+			if err := d.Settle(id, false, true, now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return err
+	}},
+	{name: "restore", quotaExempt: true, kindless: true, prepare: func(t *testing.T, d *ledger.Device) string {
+		allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, ModelID: "m"})
+		target := 0.0
+		r, err := d.ModelOptimize(ctx, at(tenantA, t0), valid(t, &subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &target}))
+		if err != nil || len(r.OptimizationDetails.Models) != 1 {
+			t.Fatalf("offloading the model: %+v, %v", r, err)
+		}
+		return "m"
+	}, grant: func(t *testing.T, d *ledger.Device, _ string, now time.Time) error {
+		r, err := d.ModelOptimize(ctx, at(tenantA, now), valid(t, &subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore, ModelID: "m"}))
+		if err != nil {
+			return err
+		}
+		if len(r.OptimizationDetails.SkippedModels) > 0 {
+			return errors.New(r.OptimizationDetails.SkippedModels[0].Reason)
+		}
+		return nil
+	}},
+}
+
+// grantAfterWaiting queues A's request behind a filler that takes what is
+// available, frees the filler and lets the queue be examined at now: the
+// waiter's grant. A refusal is the one at its deadline.
+func grantAfterWaiting(t *testing.T, d *ledger.Device, _ string, now time.Time) error {
+	u, err := d.Usage(ctx, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var filler subjects.Allocation
+	if fill := u.AvailableBytes - u.AvailableBytes%(2*mib); fill > 0 {
+		filler = allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: fill})
+	}
+	_, ticket, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, WaitSeconds: 60, TTLSeconds: 60}))
+	if ticket == 0 {
+		t.Fatalf("the request did not wait behind the filler: %v", err)
+	}
+	if filler.AllocationID != "" {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: filler.AllocationID}), op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, at := range []time.Time{now, t0.Add(61 * time.Second)} {
+		for _, dec := range d.Admit(ctx, at) {
+			if dec.Ticket == ticket {
+				return dec.Err
+			}
+		}
+	}
+	t.Fatal("the waiter was neither granted nor refused at its deadline")
+	return nil
+}
+
+// doorRule sets up a device where only the rule stands in the way of A's
+// doorSize bytes (holds) or where it does not (!holds), and says when A
+// asks.
+type doorRule struct {
+	name  string
+	kind  error
+	setUp func(t *testing.T, d *ledger.Device, holds bool) time.Time
+}
+
+var doorRules = []doorRule{
+	{name: "quota", kind: ledger.ErrQuotaExceeded, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
+		// A holds doorSize already; its quota (doorConfig) leaves room for
+		// another doorSize or not.
+		if u, _ := d.TenantUsage(tenantA); u.AllocatedBytes == 0 {
+			allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize})
+		}
+		return t0
+	}},
+	{name: "reservations", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
+		u, err := d.Usage(ctx, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leave := doorSize / 2
+		if !holds {
+			leave = 2 * doorSize
+		}
+		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave, AllocationType: subjects.Reservation})
+		return t0
+	}},
+	{name: "admission queue", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
+		// B waits, since t0, for more than is free while the operator
+		// holds a quarter of the device.
+		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: doorTotal / 4})
+		_, ticket, err := d.Allocate(ctx, at(tenantB, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorTotal - doorTotal/8, WaitSeconds: 300, TTLSeconds: 60}))
+		if ticket == 0 {
+			t.Fatalf("B's request did not wait: %v", err)
+		}
+		if holds {
+			return late // B has waited past the guard: A waits behind it
+		}
+		return t0.Add(guard / 2) // B is young: A passes it
+	}},
+	{name: "room", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
+		u, err := d.Usage(ctx, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leave := doorSize / 2
+		if !holds {
+			leave = 2 * doorSize
+		}
+		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave})
+		return t0
+	}},
+}
+
+// doorConfig gives tenant A a quota that its prepared allocation plus
+// doorSize passes (rule holds) or not.
+func doorConfig(quotaHolds bool) func(*ledger.Config) {
+	return func(c *ledger.Config) {
+		c.StarvationGuard = guard
+		c.Quotas = map[string]int64{"A": 3 * doorSize}
+		if quotaHolds {
+			c.Quotas["A"] = doorSize + doorSize/2
+		}
+	}
+}
+
+func TestEveryGrantPassesTheDoor(t *testing.T) {
+	for _, p := range doorPaths {
+		for _, r := range doorRules {
+			if r.name == "quota" && p.quotaExempt {
+				continue
+			}
+			t.Run(p.name+"/"+r.name, func(t *testing.T) {
+				for _, holds := range []bool{true, false} {
+					d, _ := newDevice(t, doorTotal, doorConfig(holds && r.name == "quota"))
+					var prepared string
+					if p.prepare != nil {
+						prepared = p.prepare(t, d)
+					}
+					now := r.setUp(t, d, holds)
+					err := p.grant(t, d, prepared, now)
+					switch {
+					case holds && p.kindless && err == nil:
+						t.Errorf("with the rule in the way: granted")
+					case holds && !p.kindless && !errors.Is(err, r.kind):
+						t.Errorf("with the rule in the way: %v, want %v", err, r.kind)
+					case !holds && err != nil:
+						t.Errorf("with the rule satisfied: %v, want a grant", err)
+					}
+					audit(t, d)
+				}
+			})
+		}
+	}
+}
+
+func allocateAs(t *testing.T, d *ledger.Device, who ledger.Who, now time.Time, req subjects.AllocateRequest) subjects.Allocation {
+	t.Helper()
+	a, ticket, err := d.Allocate(ctx, at(who, now), valid(t, &req))
+	if err != nil || ticket != 0 {
+		t.Fatalf("allocating %+v: %v (ticket %d)", req, err, ticket)
+	}
+	return a
+}
