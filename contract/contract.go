@@ -289,6 +289,12 @@ func (g *gen) errorReply() any {
 			{"timestamp", obj{{"type", "string"}, {"format", "date-time"}}},
 			{"error_code", code},
 			{"error_message", obj{{"type", "string"}, {"maxLength", subjects.MaxErrorMessage}}},
+			{"data", obj{
+				{"type", "object"},
+				{"description", "With OVERLOADED: when to try again."},
+				{"additionalProperties", false},
+				{"properties", obj{{"retry_after_ms", obj{{"type", "integer"}, {"minimum", 0}}}}},
+			}},
 		}},
 	})
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -98,7 +99,13 @@ func TestTheDoorHoldsAcrossPaths(t *testing.T) {
 		for status(t, operator, dev).WaitingRequests < 2 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		callErr(t, bob, subjects.Allocate, dev, waitBody(t, "b3", 8*MiB, 30, 0), subjects.CodeOutOfMemory)
+		r := callErr(t, bob, subjects.Allocate, dev, waitBody(t, "b3", 8*MiB, 30, 0), subjects.CodeOverloaded)
+		var retry struct {
+			RetryAfterMS int64 `json:"retry_after_ms"`
+		}
+		if err := json.Unmarshal(r.Data, &retry); err != nil || retry.RetryAfterMS <= 0 {
+			t.Errorf("OVERLOADED without retry_after_ms: %s", r.Data)
+		}
 		call(t, operator, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: filler.AllocationID}, nil)
 		for _, w := range ws {
 			if r, _ := reply(t, w, 5*time.Second); !r.Success {

@@ -51,7 +51,7 @@ func Levels() []Level { return []Level{LevelNormal, LevelWarning, LevelCritical}
 func Codes() []Code {
 	return []Code{CodeInvalidRequest, CodeUnknownAction, CodeDeviceNotFound, CodeAllocationNotFound,
 		CodeTransferNotFound, CodeOutOfMemory, CodeConflict, CodeUnsupported, CodeDeviceUnavailable,
-		CodeInternal, CodeForbidden, CodeQuotaExceeded}
+		CodeInternal, CodeForbidden, CodeQuotaExceeded, CodeOverloaded}
 }
 
 // ContractPath is where the machine-readable contract (AsyncAPI 3.0.0)

@@ -22,6 +22,10 @@ const (
 	CodeForbidden Code = "FORBIDDEN"
 	// CodeQuotaExceeded: the tenant's quota on the device would be passed.
 	CodeQuotaExceeded Code = "QUOTA_EXCEEDED"
+	// CodeOverloaded: a queue or limit is full (waiters, a tenant's
+	// transfers): retry later, after retry_after_ms. Never a failed
+	// device (that is DEVICE_UNAVAILABLE).
+	CodeOverloaded Code = "OVERLOADED"
 )
 
 // Status is the numeric code sent in micro's Nats-Service-Error-Code header,
@@ -36,7 +40,7 @@ func (c Code) Status() int {
 		return 403
 	case CodeConflict:
 		return 409
-	case CodeDeviceUnavailable:
+	case CodeDeviceUnavailable, CodeOverloaded:
 		return 503
 	case CodeOutOfMemory:
 		return 507

@@ -202,6 +202,10 @@ func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *su
 	return body, err
 }
 
+// retryAfter is the data of an OVERLOADED reply: when to try again. A
+// full queue drains as waits end and transfers finish: half a second.
+var retryAfter = json.RawMessage(`{"retry_after_ms":500}`)
+
 // respond sends an error reply: the JSON envelope plus micro's error headers
 // (code as a number, message as description).
 // It counts the request (before the reply leaves) as served at start.
@@ -218,10 +222,11 @@ func (w *Worker) respond(req micro.Request, op subjects.Op, deviceID, requestID 
 		level = slog.LevelWarn
 	}
 	w.log.Log(context.Background(), level, "request failed", "op", op, "device", deviceID, "request_id", clipArg(requestID), "code", we.Code, "err", we.Message)
-	body, _ := json.Marshal(subjects.Reply{
-		RequestID: requestID, Timestamp: time.Now().UTC(),
-		ErrorCode: we.Code, ErrorMessage: we.Message,
-	})
+	r := subjects.Reply{RequestID: requestID, Timestamp: time.Now().UTC(), ErrorCode: we.Code, ErrorMessage: we.Message}
+	if we.Code == subjects.CodeOverloaded {
+		r.Data = retryAfter
+	}
+	body, _ := json.Marshal(r)
 	if rerr := req.Error(strconv.Itoa(we.Code.Status()), string(we.Code)+": "+we.Message, body); rerr != nil {
 		w.log.Warn("error reply failed", "op", op, "device", deviceID, "request_id", requestID, "err", rerr)
 	}

@@ -30,6 +30,8 @@ func wireError(err error) *subjects.Error {
 		code = subjects.CodeConflict
 	case errors.Is(err, ledger.ErrForbidden):
 		code = subjects.CodeForbidden
+	case errors.Is(err, ledger.ErrOverloaded):
+		code = subjects.CodeOverloaded
 	case errors.Is(err, ledger.ErrQuotaExceeded):
 		code = subjects.CodeQuotaExceeded
 	case errors.Is(err, ledger.ErrUnsupported):

@@ -17,6 +17,7 @@ import (
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/pinned"
+	"github.com/memworker/memworker/worker/transfer"
 )
 
 // ServiceName is the micro service name every worker registers, so
@@ -28,7 +29,7 @@ type Worker struct {
 	cfg       Config
 	log       *slog.Logger
 	gpus      []*gpu
-	transfers *transfers
+	transfers *transfer.Manager
 	events    chan events.Pressure
 	// allocEvents are allocation events (a lease expired, a reservation
 	// exceeded) waiting for the publisher.
@@ -64,9 +65,12 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if len(infos) == 0 {
 		return nil, errors.New("the backend has no devices")
 	}
-	w := &Worker{cfg: cfg, log: log, transfers: newTransfers(cfg.TransferRetention, cfg.TransferHistoryBytes),
+	w := &Worker{cfg: cfg, log: log,
 		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
 		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1)}
+	w.transfers = transfer.New(transfer.Config{Backend: cfg.Backend, Retention: cfg.TransferRetention, HistoryBytes: cfg.TransferHistoryBytes,
+		Code: func(err error) (subjects.Code, string) { we := wireError(err); return we.Code, we.Message },
+		Done: w.transferDone, Log: log})
 	w.handlers = w.ops()
 	for _, op := range subjects.Ops() {
 		if w.handlers[op] == nil {
@@ -140,9 +144,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	defer cancelJobs()
 	stopTransfers, stopPump := make(chan struct{}), make(chan struct{})
 	var loops, pump sync.WaitGroup
-	for range transferRunners {
-		loops.Go(func() { w.runTransfers(jobCtx, stopTransfers) })
-	}
+	loops.Go(func() { w.transfers.Run(jobCtx, stopTransfers) })
 	loops.Go(func() { w.runAdmission(stopTransfers) })
 
 	releaseInstance := func() {}

@@ -19,6 +19,9 @@ var (
 	// ErrInvalid: the request is well formed but cannot mean anything on
 	// this device (moving an allocation to where it is, say).
 	ErrInvalid = errors.New("invalid request")
+	// ErrOverloaded: a queue or limit is full (waiters, a tenant's
+	// transfers); the request may be retried later.
+	ErrOverloaded = errors.New("overloaded")
 )
 
 // kindError is an error of a kind whose message says it all: the kind is

@@ -148,11 +148,11 @@ func waits(err error) bool {
 func (d *Device) enqueue(call Call, req *subjects.AllocateRequest, digest uint64, err error) (Ticket, error) {
 	limit := d.cfg.MaxWaiters
 	if len(d.queue.waiters) >= limit {
-		return 0, fmt.Errorf("%d requests wait on %s, the most it queues (--max-waiters): %w", limit, d.id, device.ErrOutOfMemory)
+		return 0, fmt.Errorf("%d requests wait on %s, the most it queues (--max-waiters): %w", limit, d.id, ErrOverloaded)
 	}
 	if t := call.Who.Tenant; t != "" && d.queue.byTenant[t] >= max(1, limit/4) {
 		return 0, fmt.Errorf("tenant %s has %d requests waiting on %s, the most a tenant may (a quarter of --max-waiters): %w",
-			t, d.queue.byTenant[t], d.id, device.ErrOutOfMemory)
+			t, d.queue.byTenant[t], d.id, ErrOverloaded)
 	}
 	w := &waiter{who: call.Who, requestID: call.RequestID, digest: digest, req: req, enqueued: call.Now,
 		deadline: call.Now.Add(time.Duration(req.WaitSeconds * float64(time.Second))), lastErr: err}

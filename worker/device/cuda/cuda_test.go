@@ -22,12 +22,13 @@ import (
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/cuda"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/transfer"
 )
 
 var (
-	_ worker.Backend     = (*cuda.Backend)(nil)
-	_ ledger.ChunkCopier = (*cuda.Backend)(nil)
-	_ worker.Checksummer = (*cuda.Backend)(nil)
+	_ worker.Backend       = (*cuda.Backend)(nil)
+	_ ledger.ChunkCopier   = (*cuda.Backend)(nil)
+	_ transfer.Checksummer = (*cuda.Backend)(nil)
 )
 
 // TestCopyHonoursItsContext: a cancelled context stops a copy between

@@ -1,4 +1,4 @@
-package worker
+package transfer
 
 import (
 	"context"
@@ -37,8 +37,8 @@ type summed struct {
 	err error
 }
 
-func (w *Worker) startVerifier(ctx context.Context, src, dst device.Location, n int64) *verifier {
-	return &verifier{src: w.startSummer(ctx, src, n, true), dst: w.startSummer(ctx, dst, n, false)}
+func (m *Manager) startVerifier(ctx context.Context, src, dst device.Location, n int64) *verifier {
+	return &verifier{src: m.startSummer(ctx, src, n, true), dst: m.startSummer(ctx, dst, n, false)}
 }
 
 // Checksummer is a backend that sums memory itself: the cuda backend sums
@@ -49,9 +49,9 @@ type Checksummer interface {
 	Checksum(ctx context.Context, at device.Location, n int64) (uint32, error)
 }
 
-func (w *Worker) startSummer(ctx context.Context, at device.Location, n int64, source bool) *summer {
+func (m *Manager) startSummer(ctx context.Context, at device.Location, n int64, source bool) *summer {
 	s := &summer{spans: make(chan span, 4), done: make(chan summed, 1)}
-	cs, inPlace := w.cfg.Backend.(Checksummer)
+	cs, inPlace := m.cfg.Backend.(Checksummer)
 	if inPlace && at.Kind == device.VRAM {
 		// A GPU sums best all at once, on every core it has: the source
 		// right away (it does not change while lent), the copy once it
@@ -95,7 +95,7 @@ func (w *Worker) startSummer(ctx context.Context, at device.Location, n int64, s
 				buf = make([]byte, verifyChunk)
 			}
 			for off := sp.off; off < sp.off+sp.n && r.err == nil; off += verifyChunk {
-				r.sum, r.err = w.updateSum(ctx, r.sum, at, off, buf[:min(verifyChunk, sp.off+sp.n-off)])
+				r.sum, r.err = m.updateSum(ctx, r.sum, at, off, buf[:min(verifyChunk, sp.off+sp.n-off)])
 			}
 		}
 		s.done <- r
@@ -127,9 +127,9 @@ func (v *verifier) add(sp span) {
 }
 
 // updateSum reads len(p) bytes at off from at into p and adds them to sum.
-func (w *Worker) updateSum(ctx context.Context, sum uint32, at device.Location, off int64, p []byte) (uint32, error) {
+func (m *Manager) updateSum(ctx context.Context, sum uint32, at device.Location, off int64, p []byte) (uint32, error) {
 	at.Addr += uint64(off)
-	if err := w.cfg.Backend.Read(ctx, at, p); err != nil {
+	if err := m.cfg.Backend.Read(ctx, at, p); err != nil {
 		return sum, fmt.Errorf("reading for checksum: %w", err)
 	}
 	return crc32c.Update(sum, p), nil

@@ -1,9 +1,10 @@
-package worker
+package transfer_test
 
 import (
 	"context"
 	"hash/crc32"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,8 @@ import (
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/device/sim"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/monitor"
+	"github.com/memworker/memworker/worker/transfer"
 )
 
 // corrupting copies like the sim, then flips a byte in the middle of each
@@ -47,13 +50,37 @@ func (s summing) Checksum(ctx context.Context, at device.Location, n int64) (uin
 	return crc32.Checksum(p, crc32c.Table), nil
 }
 
+// plain is a device whose ledger a test reaches under a lock.
+type plain struct {
+	mu sync.Mutex
+	d  *ledger.Device
+}
+
+func (p *plain) ID() string { return p.d.ID() }
+func (p *plain) Do(f func(*ledger.Device)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f(p.d)
+}
+
+// newDevice is the ledger of the first device of b.
+func newDevice(t *testing.T, b ledger.Backend, infos []device.Info) *plain {
+	t.Helper()
+	return &plain{d: ledger.New(ledger.Config{ID: "n-gpu0", Node: "n", Info: infos[0], Backend: b, Thresholds: monitor.DefaultThresholds()})}
+}
+
+func newManager(b transfer.Backend) *transfer.Manager {
+	return transfer.New(transfer.Config{Backend: b, Retention: time.Hour, HistoryBytes: 1 << 20,
+		Code: func(err error) (subjects.Code, string) { return subjects.CodeInternal, err.Error() },
+		Log:  slog.New(slog.DiscardHandler)})
+}
+
 // runOneTransfer asks for a verified copy of a fresh allocation of size
-// bytes to pinned host memory and runs the job as a runner would.
-func runOneTransfer(t *testing.T, w *Worker, b *sim.Backend, size int64) subjects.TransferStatus {
+// bytes to pinned host memory and waits for it.
+func runOneTransfer(t *testing.T, m *transfer.Manager, dev *plain, b *sim.Backend, size int64) subjects.TransferStatus {
 	t.Helper()
 	ctx := context.Background()
-	g := w.gpus[0]
-	a, _, err := g.Allocate(ctx, ledger.Call{Now: time.Now()}, &subjects.AllocateRequest{SizeBytes: size})
+	a, _, err := dev.d.Allocate(ctx, ledger.Call{Now: time.Now()}, &subjects.AllocateRequest{SizeBytes: size})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,19 +88,29 @@ func runOneTransfer(t *testing.T, w *Worker, b *sim.Backend, size int64) subject
 	for i := range pattern {
 		pattern[i] = byte(i * 7)
 	}
-	loc, _, err := w.Locate(g.ID(), a.AllocationID)
+	loc, _, err := dev.d.Locate(a.AllocationID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Write(ctx, loc, pattern); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.transfer(ctx, g, ledger.Call{Now: time.Now()}, &subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Verify: true, Mode: subjects.ModeCopy}); err != nil {
+	lent, err := dev.d.Lend(a.AllocationID, ledger.Target{DeviceID: dev.ID(), TotalBytes: 1 << 30, Type: subjects.Pinned}, subjects.ModeCopy, ledger.Who{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	j := <-w.transfers.queue
-	w.runTransfer(ctx, j)
-	return j.snapshot(j.status.CreatedAt)
+	st, err := m.Submit(transfer.Request{Src: dev, Dst: dev, Lent: lent, Type: subjects.Pinned, Mode: subjects.ModeCopy, Verify: true, Call: ledger.Call{Now: time.Now()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	m.Run(ctx, stop) // runs what is queued, then returns
+	st, ok := m.Get(st.TransferID, dev.ID(), ledger.Who{}, time.Now())
+	if !ok {
+		t.Fatal("the transfer is not known")
+	}
+	return st
 }
 
 func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
@@ -88,20 +125,24 @@ func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
 		{"a corrupt chunk fails the transfer where it lies", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, b := testWorker(t, "v1", func(c *Config) {
-				c.Backend = &corrupting{Backend: c.Backend.(*sim.Backend), flip: tc.corrupt}
-				if tc.inPlace {
-					c.Backend = summing{c.Backend.(*corrupting)}
-				}
-				c.Logger = slog.New(slog.DiscardHandler)
-			})
+			b := sim.New(sim.Default(1, 1<<30))
+			infos, _ := b.Devices(context.Background())
+			var backend interface {
+				ledger.Backend
+				transfer.Backend
+			} = &corrupting{Backend: b, flip: tc.corrupt}
+			if tc.inPlace {
+				backend = summing{backend.(*corrupting)}
+			}
+			dev := newDevice(t, backend, infos)
+			m := newManager(backend)
 			// Three chunks and a bit: spans reach the verifier in order.
-			st := runOneTransfer(t, w, b, 3*transferChunk+4099)
+			st := runOneTransfer(t, m, dev, b, 3*64<<20+4099)
 			if tc.corrupt {
 				if st.Status != subjects.TransferFailed || st.ErrorCode != subjects.CodeInternal || st.Verified || st.DestinationAllocationID != "" {
 					t.Fatalf("corrupt copy: %+v", st)
 				}
-				if page := w.gpus[0].Allocations(&subjects.AllocationsRequest{AllocationType: subjects.Pinned}, ledger.Who{}); page.TotalCount != 0 {
+				if page := dev.d.Allocations(&subjects.AllocationsRequest{AllocationType: subjects.Pinned}, ledger.Who{}); page.TotalCount != 0 {
 					t.Errorf("the failed copy left %d pinned allocations", page.TotalCount)
 				}
 				return
