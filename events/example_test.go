@@ -29,10 +29,10 @@ func ExampleDecode() {
 	// A worker publishes; here a publisher stands in for it.
 	pub, _ := events.NewPublisher(context.Background(), nc, events.Options{})
 	_, err = pub.Publish(context.Background(), events.Pressure{
-		DeviceID: "node1-gpu0", Node: "node1", Reason: events.ReasonChanged,
-		Level: subjects.LevelWarning, PreviousLevel: subjects.LevelNormal, UsageRatio: 0.9,
-		UsedBytes: 90, FreeBytes: 10, TotalBytes: 100, WarningThreshold: 0.85, CriticalThreshold: 0.95,
-		TopConsumers: []events.Consumer{}, ObservedAt: time.Now(),
+		PressureFigures: subjects.PressureFigures{DeviceID: "node1-gpu0",
+			Level: subjects.LevelWarning, PreviousLevel: subjects.LevelNormal, UsageRatio: 0.9,
+			UsedBytes: 90, FreeBytes: 10, TotalBytes: 100, WarningThreshold: 0.85, CriticalThreshold: 0.95},
+		Node: "node1", Reason: events.ReasonChanged, TopConsumers: []subjects.Consumer{}, ObservedAt: time.Now(),
 	})
 	if err != nil {
 		panic(err)

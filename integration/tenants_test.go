@@ -204,7 +204,7 @@ func TestTenantsAreNATSAccounts(t *testing.T) {
 			continue
 		}
 		for _, c := range p.TopConsumers {
-			if c.Kind != events.ConsumerTenant && c.Kind != events.ConsumerOther && c.Kind != events.ConsumerCache {
+			if c.Kind != subjects.ConsumerTenant && c.Kind != subjects.ConsumerOther && c.Kind != subjects.ConsumerCache {
 				t.Errorf("an event reaching every tenant names %+v", c)
 			}
 		}

@@ -339,29 +339,54 @@ const (
 	LevelCritical Level = "critical"
 )
 
-// Pressure is a device's memory pressure. Level changes with hysteresis;
-// Trend compares the usage ratio with the previous sample.
-type Pressure struct {
+// PressureFigures are what a pressure reading (get_pressure) and a
+// pressure event share: the level and the figures it follows.
+type PressureFigures struct {
 	DeviceID      string  `json:"device_id"`
 	Level         Level   `json:"level"`
 	PreviousLevel Level   `json:"previous_level,omitempty"`
 	UsageRatio    float64 `json:"usage_ratio"`
 	// The figures of Usage of the same names: the level follows
 	// PressureRatio.
-	PressureRatio          float64   `json:"pressure_ratio"`
-	AvailableBytes         int64     `json:"available_bytes"`
-	ReclaimableBytes       int64     `json:"reclaimable_bytes"`
-	ReservationUnusedBytes int64     `json:"reservation_unused_bytes"`
-	WaitingBytes           int64     `json:"waiting_bytes"`
-	WarningThreshold       float64   `json:"warning_threshold"`
-	CriticalThreshold      float64   `json:"critical_threshold"`
-	UsedBytes              int64     `json:"used_bytes"`
-	FreeBytes              int64     `json:"free_bytes"`
-	TotalBytes             int64     `json:"total_bytes"`
-	ChangedAt              time.Time `json:"changed_at"`
-	Trend                  string    `json:"trend"`
-	SampledAt              time.Time `json:"sampled_at"`
+	PressureRatio          float64 `json:"pressure_ratio"`
+	AvailableBytes         int64   `json:"available_bytes"`
+	ReclaimableBytes       int64   `json:"reclaimable_bytes"`
+	ReservationUnusedBytes int64   `json:"reservation_unused_bytes"`
+	WaitingBytes           int64   `json:"waiting_bytes"`
+	WarningThreshold       float64 `json:"warning_threshold"`
+	CriticalThreshold      float64 `json:"critical_threshold"`
+	UsedBytes              int64   `json:"used_bytes"`
+	FreeBytes              int64   `json:"free_bytes"`
+	TotalBytes             int64   `json:"total_bytes"`
 }
+
+// Pressure is a device's pressure as get_pressure reports it.
+type Pressure struct {
+	PressureFigures
+	ChangedAt time.Time `json:"changed_at"`
+	Trend     string    `json:"trend"`
+	SampledAt time.Time `json:"sampled_at"`
+}
+
+// Consumer is a user of a device's memory, as pressure events name them.
+type Consumer struct {
+	// Kind is one of the Consumer kinds.
+	Kind  string `json:"kind"`
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+// Consumer kinds.
+const (
+	ConsumerModel   = "model"
+	ConsumerPurpose = "purpose"
+	ConsumerOther   = "other_processes"
+	// Once tenants hold memory on the device, events (which reach every
+	// tenant) name tenants and the pool's cache instead of models and
+	// purposes.
+	ConsumerTenant = "tenant"
+	ConsumerCache  = "cache"
+)
 
 // The trends of Pressure.
 const (

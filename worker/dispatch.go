@@ -188,7 +188,7 @@ func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
 	if !ok {
 		return nil
 	}
-	return &subjects.TenantUsage{Tenant: u.Tenant, AllocatedBytes: u.AllocatedBytes, QuotaBytes: u.QuotaBytes, Allocations: u.Allocations}
+	return &u
 }
 
 // encodeReply encodes a success reply that the server will carry: a reply

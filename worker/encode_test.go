@@ -23,7 +23,7 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 		subjects.AllocationsReply{Allocations: []subjects.Allocation{}, NextCursor: odd},
 		subjects.DeallocateReply{DeallocatedIDs: []string{odd}},
 		subjects.ClearReply{ClearedBytes: -1},
-		subjects.Pressure{Level: subjects.LevelCritical, ChangedAt: now, SampledAt: now, UsageRatio: 1},
+		subjects.Pressure{PressureFigures: subjects.PressureFigures{Level: subjects.LevelCritical, UsageRatio: 1}, ChangedAt: now, SampledAt: now},
 		subjects.DefragmentReply{DurationSeconds: 1e-7},
 		subjects.TransferStatus{StartedAt: &now, ThroughputBytesPerSecond: 1.5e12, ErrorMessage: odd},
 		subjects.OptimizeReply{Actions: []subjects.OptimizeAction{{Description: odd}}},

@@ -6,7 +6,6 @@ import (
 
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
-	"github.com/memworker/memworker/worker/ledger"
 )
 
 // eventQueueLen bounds the events waiting for the publisher; beyond it new
@@ -37,40 +36,18 @@ func (w *Worker) announce(g *gpu, u subjects.Usage, p subjects.Pressure, reason 
 	g.lastEvent = u.SampledAt
 	defer func() { g.released = 0 }()
 	data := events.Pressure{
-		DeviceID:               g.ID(),
-		Node:                   w.cfg.Node,
-		Reason:                 reason,
-		Level:                  p.Level,
-		PreviousLevel:          p.PreviousLevel,
-		UsageRatio:             u.UsageRatio,
-		PressureRatio:          u.PressureRatio,
-		AvailableBytes:         u.AvailableBytes,
-		ReclaimableBytes:       u.ReclaimableBytes,
-		ReservationUnusedBytes: u.ReservationUnusedBytes,
-		WaitingBytes:           u.WaitingBytes,
-		ReleasedBytes:          g.released,
-		UsedBytes:              u.UsedBytes,
-		FreeBytes:              u.FreeBytes,
-		TotalBytes:             u.TotalBytes,
-		WarningThreshold:       w.cfg.Thresholds.Warning,
-		CriticalThreshold:      w.cfg.Thresholds.Critical,
-		TopConsumers:           consumers(g.Consumers(u, topConsumers)),
-		ObservedAt:             u.SampledAt,
+		PressureFigures: p.PressureFigures,
+		Node:            w.cfg.Node,
+		Reason:          reason,
+		ReleasedBytes:   g.released,
+		TopConsumers:    g.Consumers(u, topConsumers),
+		ObservedAt:      u.SampledAt,
 	}
 	select {
 	case w.events <- data:
 	default:
 		w.log.Warn("pressure event dropped: the publisher is behind", "device", g.ID(), "level", p.Level)
 	}
-}
-
-// consumers converts the ledger's consumers for an event.
-func consumers(cs []ledger.Consumer) []events.Consumer {
-	out := make([]events.Consumer, len(cs))
-	for i, c := range cs {
-		out[i] = events.Consumer{Kind: c.Kind, Name: c.Name, Bytes: c.Bytes}
-	}
-	return out
 }
 
 // allocationEvent is an allocation event waiting for the publisher.
@@ -165,7 +142,9 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 			w.log.Error("device unavailable", "device", g.ID(), "err", err)
 			level, prev := g.Level()
 			w.announce(g, subjects.Usage{SampledAt: now, TotalBytes: g.Info().TotalBytes},
-				subjects.Pressure{Level: level, PreviousLevel: prev}, events.ReasonUnavailable)
+				subjects.Pressure{PressureFigures: subjects.PressureFigures{DeviceID: g.ID(), Level: level, PreviousLevel: prev,
+					TotalBytes: g.Info().TotalBytes, WarningThreshold: w.cfg.Thresholds.Warning, CriticalThreshold: w.cfg.Thresholds.Critical}},
+				events.ReasonUnavailable)
 		}
 		return
 	}

@@ -103,10 +103,8 @@ func (e *env) currentLevels(latest map[string]watchLine) {
 			if !d.Success || json.Unmarshal(d.Data, &p) != nil || (e.cli.Device != "" && d.DeviceID != e.cli.Device) {
 				continue
 			}
-			latest[d.DeviceID] = watchLine{Time: p.SampledAt, Pressure: events.Pressure{
-				DeviceID: d.DeviceID, Node: n.Node, Reason: "current", Level: p.Level, UsageRatio: p.UsageRatio,
-				PressureRatio: p.PressureRatio, UsedBytes: p.UsedBytes, FreeBytes: p.FreeBytes, TotalBytes: p.TotalBytes,
-			}}
+			p.DeviceID = d.DeviceID
+			latest[d.DeviceID] = watchLine{Time: p.SampledAt, Pressure: events.Pressure{PressureFigures: p.PressureFigures, Node: n.Node, Reason: "current"}}
 		}
 	}
 }

@@ -304,7 +304,7 @@ func TestObserveAndConsumers(t *testing.T) {
 		t.Errorf("Level() = %s, %s", level, prev)
 	}
 	cs := d.Consumers(u, 2)
-	if len(cs) != 2 || cs[0].Bytes < cs[1].Bytes || cs[1].Kind == ledger.ConsumerOther {
+	if len(cs) != 2 || cs[0].Bytes < cs[1].Bytes || cs[1].Kind == subjects.ConsumerOther {
 		t.Errorf("top 2 consumers: %+v", cs)
 	}
 	all := d.Consumers(u, 10)
@@ -312,7 +312,7 @@ func TestObserveAndConsumers(t *testing.T) {
 	for _, c := range all {
 		kinds[c.Kind] = true
 	}
-	if !kinds[ledger.ConsumerModel] || !kinds[ledger.ConsumerPurpose] || !kinds[ledger.ConsumerOther] {
+	if !kinds[subjects.ConsumerModel] || !kinds[subjects.ConsumerPurpose] || !kinds[subjects.ConsumerOther] {
 		t.Errorf("consumers %+v, want a model, a purpose and other processes", all)
 	}
 }

@@ -3,6 +3,8 @@ package ledger
 import (
 	"cmp"
 	"slices"
+
+	"github.com/memworker/memworker/subjects"
 )
 
 // Who is the caller an operation acts for: a tenant (a NATS account other
@@ -41,21 +43,12 @@ func (d *Device) quota(tenant string) (int64, bool) {
 	return q, ok
 }
 
-// TenantUsage is what a tenant holds on the device, against its quota
-// (QuotaBytes 0: none).
-type TenantUsage struct {
-	Tenant         string
-	AllocatedBytes int64
-	QuotaBytes     int64
-	Allocations    int
-}
-
 // TenantUsage is w's usage of the device; ok is false for the operator.
-func (d *Device) TenantUsage(w Who) (TenantUsage, bool) {
+func (d *Device) TenantUsage(w Who) (subjects.TenantUsage, bool) {
 	if w.Operator() {
-		return TenantUsage{}, false
+		return subjects.TenantUsage{}, false
 	}
-	u := TenantUsage{Tenant: w.Tenant}
+	u := subjects.TenantUsage{Tenant: w.Tenant}
 	if f := d.tenants[w.Tenant]; f != nil {
 		u.AllocatedBytes, u.Allocations = f.requested, f.allocations
 	}
@@ -65,9 +58,9 @@ func (d *Device) TenantUsage(w Who) (TenantUsage, bool) {
 
 // Tenants lists every tenant holding memory on the device, and those with
 // a quota, by name.
-func (d *Device) Tenants() []TenantUsage {
+func (d *Device) Tenants() []subjects.TenantUsage {
 	seen := map[string]bool{}
-	var out []TenantUsage
+	var out []subjects.TenantUsage
 	for t := range d.tenants {
 		if t != "" {
 			seen[t] = true
@@ -82,6 +75,6 @@ func (d *Device) Tenants() []TenantUsage {
 		u, _ := d.TenantUsage(Who{Tenant: t})
 		out = append(out, u)
 	}
-	slices.SortFunc(out, func(a, b TenantUsage) int { return cmp.Compare(a.Tenant, b.Tenant) })
+	slices.SortFunc(out, func(a, b subjects.TenantUsage) int { return cmp.Compare(a.Tenant, b.Tenant) })
 	return out
 }

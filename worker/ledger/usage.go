@@ -120,23 +120,25 @@ func (d *Device) Observe(u subjects.Usage) (subjects.Pressure, bool) {
 		d.history.levels.push(levelChange{at: u.SampledAt, level: level})
 	}
 	return subjects.Pressure{
-		DeviceID:               d.id,
-		Level:                  level,
-		PreviousLevel:          prev,
-		UsageRatio:             u.UsageRatio,
-		PressureRatio:          u.PressureRatio,
-		AvailableBytes:         u.AvailableBytes,
-		ReclaimableBytes:       u.ReclaimableBytes,
-		ReservationUnusedBytes: u.ReservationUnusedBytes,
-		WaitingBytes:           u.WaitingBytes,
-		WarningThreshold:       th.Warning,
-		CriticalThreshold:      th.Critical,
-		UsedBytes:              u.UsedBytes,
-		FreeBytes:              u.FreeBytes,
-		TotalBytes:             u.TotalBytes,
-		ChangedAt:              d.pressure.ChangedAt(),
-		Trend:                  d.pressure.Trend(),
-		SampledAt:              u.SampledAt,
+		PressureFigures: subjects.PressureFigures{
+			DeviceID:               d.id,
+			Level:                  level,
+			PreviousLevel:          prev,
+			UsageRatio:             u.UsageRatio,
+			PressureRatio:          u.PressureRatio,
+			AvailableBytes:         u.AvailableBytes,
+			ReclaimableBytes:       u.ReclaimableBytes,
+			ReservationUnusedBytes: u.ReservationUnusedBytes,
+			WaitingBytes:           u.WaitingBytes,
+			WarningThreshold:       th.Warning,
+			CriticalThreshold:      th.Critical,
+			UsedBytes:              u.UsedBytes,
+			FreeBytes:              u.FreeBytes,
+			TotalBytes:             u.TotalBytes,
+		},
+		ChangedAt: d.pressure.ChangedAt(),
+		Trend:     d.pressure.Trend(),
+		SampledAt: u.SampledAt,
 	}, changed
 }
 
@@ -160,22 +162,6 @@ func (d *Device) Record(u subjects.Usage, level subjects.Level) {
 	})
 }
 
-// Consumer is a user of a device's memory, as pressure events name them.
-type Consumer struct {
-	// Kind is ConsumerModel, ConsumerPurpose or ConsumerOther.
-	Kind, Name string
-	Bytes      int64
-}
-
-// Kinds of consumers.
-const (
-	ConsumerModel   = "model"
-	ConsumerPurpose = "purpose"
-	ConsumerOther   = "other_processes"
-	ConsumerTenant  = "tenant"
-	ConsumerCache   = "cache"
-)
-
 // operatorName names the worker's own account among tenant consumers.
 const operatorName = "operator"
 
@@ -185,39 +171,39 @@ const operatorName = "operator"
 // Once any tenant holds memory, events reach every tenant, so they name no
 // tenant's models or purposes: the consumers are then the tenants (and the
 // operator), other processes and the pool's cache.
-func (d *Device) Consumers(u subjects.Usage, n int) []Consumer {
-	out := []Consumer{}
+func (d *Device) Consumers(u subjects.Usage, n int) []subjects.Consumer {
+	out := []subjects.Consumer{}
 	if len(d.tenants) > 1 || d.tenants[""] == nil && len(d.tenants) == 1 {
 		for t, f := range d.tenants {
 			if f.requested > 0 {
-				out = append(out, Consumer{Kind: ConsumerTenant, Name: cmp.Or(t, operatorName), Bytes: f.requested})
+				out = append(out, subjects.Consumer{Kind: subjects.ConsumerTenant, Name: cmp.Or(t, operatorName), Bytes: f.requested})
 			}
 		}
 		if u.OtherBytes > 0 {
-			out = append(out, Consumer{Kind: ConsumerOther, Name: ConsumerOther, Bytes: u.OtherBytes})
+			out = append(out, subjects.Consumer{Kind: subjects.ConsumerOther, Name: subjects.ConsumerOther, Bytes: u.OtherBytes})
 		}
 		if u.ReclaimableBytes > 0 {
-			out = append(out, Consumer{Kind: ConsumerCache, Name: ConsumerCache, Bytes: u.ReclaimableBytes})
+			out = append(out, subjects.Consumer{Kind: subjects.ConsumerCache, Name: subjects.ConsumerCache, Bytes: u.ReclaimableBytes})
 		}
 		return topN(out, n)
 	}
 	for m, e := range d.modelNames {
 		if e.vram > 0 {
-			out = append(out, Consumer{Kind: ConsumerModel, Name: m, Bytes: e.vramBytes})
+			out = append(out, subjects.Consumer{Kind: subjects.ConsumerModel, Name: m, Bytes: e.vramBytes})
 		}
 	}
 	for _, p := range d.byPurpose() {
-		out = append(out, Consumer{Kind: ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
+		out = append(out, subjects.Consumer{Kind: subjects.ConsumerPurpose, Name: p.Purpose, Bytes: p.AllocatedBytes})
 	}
 	if u.OtherBytes > 0 {
-		out = append(out, Consumer{Kind: ConsumerOther, Name: ConsumerOther, Bytes: u.OtherBytes})
+		out = append(out, subjects.Consumer{Kind: subjects.ConsumerOther, Name: subjects.ConsumerOther, Bytes: u.OtherBytes})
 	}
 	return topN(out, n)
 }
 
 // topN is the n largest consumers, largest first.
-func topN(out []Consumer, n int) []Consumer {
-	slices.SortFunc(out, func(a, b Consumer) int {
+func topN(out []subjects.Consumer, n int) []subjects.Consumer {
+	slices.SortFunc(out, func(a, b subjects.Consumer) int {
 		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
 	})
 	return out[:min(len(out), n)]
