@@ -164,36 +164,27 @@ func (w *Worker) sample(g *gpu, now time.Time) {
 	g.Record(u, p.Level)
 }
 
-// reading reads g's usage as of now. When device truth is at or past the
-// warning threshold (another process grew, say), it first returns the
-// pool's empty cached segments to the device, so the GPU's other users can
-// have them (auto-release); the next event tells how much. The caller
-// holds g.mu.
+// reading reads g's usage as of now (ledger.Device.Read: auto-release
+// included), and announces what it found. The caller holds g.mu.
 func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.Usage, error) {
-	u, err := g.Usage(ctx, now)
-	for _, r := range g.Exceeding() {
+	r, err := g.Read(ctx, now)
+	for _, a := range r.Exceeding {
 		w.announceAllocation(events.TypeReservationExceeded, events.Allocation{
-			DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: r.AllocationID, Tenant: r.Tenant,
-			AllocationType: r.AllocationType, SizeBytes: r.SizeBytes, PID: r.PID, ObservedBytes: r.ObservedBytes,
-			ExpiresAt: r.ExpiresAt, ObservedAt: now,
+			DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: a.AllocationID, Tenant: a.Tenant,
+			AllocationType: a.AllocationType, SizeBytes: a.SizeBytes, PID: a.PID, ObservedBytes: a.ObservedBytes,
+			ExpiresAt: a.ExpiresAt, ObservedAt: now,
 		})
 	}
-	if err != nil || !w.cfg.AutoRelease || u.UsageRatio < w.cfg.Thresholds.Warning || u.CachedBytes == 0 {
-		return u, err
+	if r.ReleaseErr != nil {
+		w.log.Warn("auto-release of cached segments", "device", g.ID(), "err", r.ReleaseErr)
 	}
-	released, err := g.ReleaseCached(ctx)
-	if err != nil {
-		w.log.Warn("auto-release of cached segments", "device", g.ID(), "err", err)
+	if r.Released > 0 {
+		g.released += r.Released
+		w.metrics.autoReleased.Add(float64(r.Released))
+		w.log.Info("device memory past the warning threshold: cached segments returned to the device",
+			"device", g.ID(), "released_bytes", r.Released)
 	}
-	if released == 0 {
-		return u, nil
-	}
-	g.released += released
-	w.metrics.autoReleased.Add(float64(released))
-	w.log.Info("device memory past the warning threshold: cached segments returned to the device",
-		"device", g.ID(), "usage_ratio", u.UsageRatio, "released_bytes", released)
-	u, err = g.Usage(ctx, now)
-	return u, err
+	return r.Usage, err
 }
 
 // recheck feeds device truth to the pressure tracker after a change, and

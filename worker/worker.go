@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
-				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters,
+				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
 			}),
 			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},

@@ -49,6 +49,9 @@ type Config struct {
 	// MaxWaiters caps the requests waiting on the device, a quarter of it
 	// those of one tenant (0: DefaultMaxWaiters).
 	MaxWaiters int
+	// AutoRelease returns the pool's empty cached segments to the device
+	// when a reading finds device truth at the warning threshold (Read).
+	AutoRelease bool
 }
 
 // Defaults of the admission queue.

@@ -135,3 +135,32 @@ func (d *Device) Exceeding() []subjects.Allocation {
 	}
 	return out
 }
+
+// Reading is the device as of a moment, and what reading it did.
+type Reading struct {
+	Usage subjects.Usage
+	// Released is what auto-release returned to the device.
+	Released int64
+	// Exceeding are the reservations that newly passed their size.
+	Exceeding []subjects.Allocation
+	// ReleaseErr is a failure of auto-release (the reading stands).
+	ReleaseErr error
+}
+
+// Read reads the device's usage as of now. When auto-release is on and
+// device truth is at or past the warning threshold (another process grew,
+// say), it first returns the pool's empty cached segments to the device, so
+// the GPU's other users can have them.
+func (d *Device) Read(ctx context.Context, now time.Time) (Reading, error) {
+	u, err := d.Usage(ctx, now)
+	r := Reading{Usage: u, Exceeding: d.Exceeding()}
+	if err != nil || !d.cfg.AutoRelease || u.UsageRatio < d.cfg.Thresholds.Warning || u.CachedBytes == 0 {
+		return r, err
+	}
+	r.Released, r.ReleaseErr = d.release(ctx)
+	if r.Released == 0 {
+		return r, nil
+	}
+	r.Usage, err = d.Usage(ctx, now)
+	return r, err
+}

@@ -142,10 +142,6 @@ func (d *Device) Observe(u subjects.Usage) (subjects.Pressure, bool) {
 	}, changed
 }
 
-// ReleaseCached returns the VRAM pool's empty segments to the device and
-// says how many bytes went back.
-func (d *Device) ReleaseCached(ctx context.Context) (int64, error) { return d.release(ctx) }
-
 // Level is the current pressure level and the one before it.
 func (d *Device) Level() (level, previous subjects.Level) { return d.pressure.Level() }
 

@@ -1,0 +1,223 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+// serving runs a worker of one 1 GiB sim device on an embedded server with
+// JetStream, changed by tweak, until the test ends; it returns a client
+// connection and the worker.
+func serving(t *testing.T, tweak func(*Config)) (*nats.Conn, *Worker) {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	cfg := DefaultConfig()
+	cfg.Node = "n"
+	cfg.Backend = sim.New(sim.Default(1, 1<<30))
+	cfg.DiscoveryWait = 10 * time.Millisecond
+	cfg.ExpiryInterval, cfg.SampleInterval = 10*time.Millisecond, 10*time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Metrics = prometheus.NewRegistry()
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	w, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, wc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("the worker stopped before serving: %v", err)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc, w
+}
+
+// ask sends body to op on the worker's device and decodes the reply's data
+// into out (when given).
+func ask(t *testing.T, nc *nats.Conn, op subjects.Op, body string, out any) subjects.Reply {
+	t.Helper()
+	msg, err := nc.Request(subjects.Request(op, "n-gpu0"), []byte(body), 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", op, err)
+	}
+	var r subjects.Reply
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		t.Fatalf("%s: %s: %v", op, msg.Data, err)
+	}
+	if out != nil && r.Success {
+		if err := json.Unmarshal(r.Data, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+// TestEveryOperationIsServed walks the catalogue over NATS: each
+// operation answers a good request with success and a bad one with its
+// error code, and a fleet read answers for the node.
+func TestEveryOperationIsServed(t *testing.T) {
+	nc, w := serving(t, nil)
+	var a subjects.Allocation
+	if r := ask(t, nc, subjects.Allocate, `{"request_id":"a1","data":{"size_bytes":1048576,"model_id":"m","ttl_seconds":60}}`, &a); !r.Success {
+		t.Fatalf("allocate: %+v", r)
+	}
+	id := a.AllocationID
+	good := map[subjects.Op]string{
+		subjects.GetStatus:        `{"data":{"include_allocations":true,"include_fragmentation":true}}`,
+		subjects.GetUsage:         `{}`,
+		subjects.GetAllocations:   `{"data":{"limit":10}}`,
+		subjects.Allocate:         `{"request_id":"a1","data":{"size_bytes":1048576,"model_id":"m","ttl_seconds":60}}`, // a replay
+		subjects.Renew:            `{"data":{"allocation_id":"` + id + `"}}`,
+		subjects.Transfer:         `{"data":{"allocation_id":"` + id + `","target_allocation_type":"PINNED","mode":"copy"}}`,
+		subjects.ModelStatus:      `{}`,
+		subjects.ModelOptimize:    `{"data":{"optimization_type":"offload","target_usage_percentage":100}}`,
+		subjects.GetPressure:      `{}`,
+		subjects.Analytics:        `{"data":{"window_seconds":60}}`,
+		subjects.OptimizationRecs: `{}`,
+		subjects.Defragment:       `{}`,
+		subjects.Optimize:         `{"data":{"dry_run":true}}`,
+		subjects.Clear:            `{"data":{"purpose":"none-such","release_cached":false}}`,
+		subjects.Deallocate:       `{"data":{"allocation_ids":[]}}`,
+	}
+	const unknown = `{"data":{"allocation_id":"00000000-0000-0000-0000-000000000000"}}`
+	bad := map[subjects.Op]struct {
+		body string
+		code subjects.Code
+	}{
+		subjects.Deallocate:  {unknown, subjects.CodeAllocationNotFound},
+		subjects.Renew:       {unknown, subjects.CodeAllocationNotFound},
+		subjects.Transfer:    {unknown, subjects.CodeAllocationNotFound},
+		subjects.GetTransfer: {`{"data":{"transfer_id":"nope"}}`, subjects.CodeTransferNotFound},
+		subjects.Allocate:    {`{"data":{"size_bytes":-1}}`, subjects.CodeInvalidRequest},
+		subjects.GetStatus:   {`{"action":"memory.get_usage"}`, subjects.CodeInvalidRequest},
+	}
+	for _, op := range subjects.Ops() {
+		t.Run(string(op), func(t *testing.T) {
+			body := good[op]
+			if op == subjects.GetTransfer {
+				var st subjects.TransferStatus
+				ask(t, nc, subjects.Transfer, good[subjects.Transfer], &st)
+				body = `{"data":{"transfer_id":"` + st.TransferID + `"}}`
+			}
+			if op == subjects.Deallocate {
+				var other subjects.Allocation
+				ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":4096}}`, &other)
+				body = `{"data":{"allocation_id":"` + other.AllocationID + `"}}`
+			}
+			if r := ask(t, nc, op, body, nil); !r.Success {
+				t.Errorf("%s %s: %s %s", op, body, r.ErrorCode, r.ErrorMessage)
+			}
+			if b, ok := bad[op]; ok {
+				if r := ask(t, nc, op, b.body, nil); r.ErrorCode != b.code {
+					t.Errorf("%s %s: %s, want %s", op, b.body, r.ErrorCode, b.code)
+				}
+			}
+		})
+	}
+	// The fleet answers for the node.
+	msg, err := nc.Request(subjects.FleetRequest(subjects.GetUsage), []byte(`{}`), 5*time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), `"node":"n"`) {
+		t.Errorf("fleet get_usage: %v %s", err, msg.Data)
+	}
+	if err := w.Check(context.Background()); err != nil {
+		t.Errorf("Check: %v", err)
+	}
+	if n := testutil.CollectAndCount(w.metrics.requests); n == 0 {
+		t.Error("no requests counted")
+	}
+}
+
+// TestWaitersOverNATS: a waiting allocate is answered when room comes, a
+// retry joins it, and the worker's stop answers the rest.
+func TestWaitersOverNATS(t *testing.T) {
+	nc, _ := serving(t, nil)
+	var big subjects.Allocation
+	ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":1000000000}}`, &big)
+	sub := func(body string) chan *nats.Msg {
+		ch := make(chan *nats.Msg, 1)
+		inbox := nats.NewInbox()
+		s, err := nc.ChanSubscribe(inbox, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Unsubscribe() })
+		if err := nc.PublishRequest(subjects.Request(subjects.Allocate, "n-gpu0"), inbox, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		return ch
+	}
+	body := `{"request_id":"w","data":{"size_bytes":268435456,"wait_seconds":30,"ttl_seconds":60}}`
+	first, retry := sub(body), sub(body)
+	for {
+		var u subjects.Usage
+		ask(t, nc, subjects.GetUsage, `{}`, &u)
+		if u.WaitingRequests == 1 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ask(t, nc, subjects.Deallocate, `{"data":{"allocation_id":"`+big.AllocationID+`"}}`, nil)
+	var ids []string
+	for _, ch := range []chan *nats.Msg{first, retry} {
+		select {
+		case msg := <-ch:
+			var a subjects.Allocation
+			r, _ := subjects.DecodeReply(msg.Data, &a)
+			if r == nil || !r.Success {
+				t.Fatalf("a waiter: %s", msg.Data)
+			}
+			ids = append(ids, a.AllocationID)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a waiter got no reply")
+		}
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("the retry got %s, the first %s", ids[1], ids[0])
+	}
+	// A replay after the grant is answered from the cache.
+	var again subjects.Allocation
+	ask(t, nc, subjects.Allocate, body, &again)
+	if again.AllocationID != ids[0] {
+		t.Errorf("a replay got %s, want %s", again.AllocationID, ids[0])
+	}
+}
