@@ -9,6 +9,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/replay"
 )
 
 // The admission queue is the ledger's: it decides which waiter is granted
@@ -28,7 +29,7 @@ var errQueued = errors.New("queued")
 type pending struct {
 	reqs      []micro.Request
 	id        string // request_id of the reply
-	replayKey string // its key in the replay cache; "" without a request_id
+	replayKey replay.Key // its key in the replay cache; empty without a request_id
 	data      []byte // its payload, for the replay cache
 	start     time.Time
 }
@@ -79,8 +80,8 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 	if err != nil {
 		return err
 	}
-	if p.replayKey != "" {
-		g.replays.store(p.replayKey, subjects.Allocate, p.data, append([]byte(nil), body...), now)
+	if p.replayKey.RequestID != "" {
+		g.replays.Store(p.replayKey, subjects.Allocate, p.data, append([]byte(nil), body...), now)
 	}
 	for _, r := range p.reqs {
 		w.metrics.served(subjects.Allocate, "", p.start)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/replay"
 )
 
 // opFunc acts on a device for call with a request's data and returns the
@@ -137,17 +138,17 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		return w.encodeReply(rw, requestID, data, tu, call.Now)
 	}
 	// A tenant's request ids are its own: another tenant may use the same.
-	replayKey := ""
+	var replayKey replay.Key
 	if env.RequestID != "" {
 		call.RequestID = env.RequestID
-		replayKey = call.Who.Tenant + "\x00" + env.RequestID
+		replayKey = replay.Key{Tenant: call.Who.Tenant, RequestID: env.RequestID}
 	}
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	call.Now = time.Now()
-	if replayKey != "" {
-		body, err := g.replays.lookup(replayKey, op, env.Data, call.Now)
+	if call.RequestID != "" {
+		body, err := g.replays.Lookup(replayKey, op, env.Data, call.Now)
 		if body != nil || err != nil {
 			return body, err
 		}
@@ -172,8 +173,8 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 	if err != nil {
 		return nil, err
 	}
-	if replayKey != "" {
-		g.replays.store(replayKey, op, env.Data, bytes.Clone(body), call.Now)
+	if call.RequestID != "" {
+		g.replays.Store(replayKey, op, env.Data, bytes.Clone(body), call.Now)
 	}
 	if w.log.Enabled(ctx, slog.LevelDebug) {
 		w.log.Debug("done", "op", op, "device", g.ID(), "request_id", requestID)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/replay"
 )
 
 // gpu is one device the worker serves: its ledger, and what the NATS shell
@@ -13,7 +14,7 @@ import (
 type gpu struct {
 	mu sync.Mutex
 	*ledger.Device
-	replays *replayCache
+	replays *replay.Cache
 	// waiting are the requests waiting for the ledger's decision.
 	waiting map[ledger.Ticket]*pending
 	// lastEvent is when the last pressure event was queued; unavailable is

@@ -17,6 +17,7 @@ import (
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/pinned"
+	"github.com/memworker/memworker/worker/replay"
 	"github.com/memworker/memworker/worker/transfer"
 )
 
@@ -89,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
 			}),
-			replays: newReplayCache(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
+			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},
 		})
 	}

@@ -46,7 +46,18 @@ type waiter struct {
 	req                *subjects.AllocateRequest
 	enqueued, deadline time.Time
 	seq                uint64
-	lastErr            error // why it was not granted, for its refusal at the deadline
+	// lastErr is why it was not granted, for its refusal at the deadline;
+	// or, when room is not negative, it did not fit room bytes.
+	lastErr error
+	room    int64
+}
+
+// why is the reason w was not granted.
+func (d *Device) why(w *waiter) error {
+	if w.room < 0 || errors.Is(w.lastErr, ErrQuotaExceeded) {
+		return w.lastErr
+	}
+	return fmt.Errorf("%s do not fit %s: %s available: %w", bytesize.Format(w.req.SizeBytes), d.id, bytesize.Format(w.room), device.ErrOutOfMemory)
 }
 
 func (w *waiter) claim() claim {
@@ -155,7 +166,7 @@ func (d *Device) enqueue(call Call, req *subjects.AllocateRequest, digest uint64
 			t, d.queue.byTenant[t], d.id, ErrOverloaded)
 	}
 	w := &waiter{who: call.Who, requestID: call.RequestID, digest: digest, req: req, enqueued: call.Now,
-		deadline: call.Now.Add(time.Duration(req.WaitSeconds * float64(time.Second))), lastErr: err}
+		deadline: call.Now.Add(time.Duration(req.WaitSeconds * float64(time.Second))), lastErr: err, room: -1}
 	d.queue.push(w)
 	return w.ticket, nil
 }
@@ -173,7 +184,7 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 		}
 		d.queue.remove(i)
 		out = append(out, Decision{Ticket: w.ticket, Who: w.who,
-			Err: fmt.Errorf("waited %.1f s for room: %w", now.Sub(w.enqueued).Seconds(), w.lastErr)})
+			Err: fmt.Errorf("waited %.1f s for room: %w", now.Sub(w.enqueued).Seconds(), d.why(w))})
 	}
 	// room is what is available to device memory, read once and again
 	// after each grant: a waiter larger than it is not tried (trying means
@@ -189,15 +200,13 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 			room, fresh = u.AvailableBytes, true
 		}
 		if w.claim().deviceMemory() && w.req.SizeBytes > room {
-			if !errors.Is(w.lastErr, ErrQuotaExceeded) {
-				w.lastErr = fmt.Errorf("%s do not fit %s: %s available: %w", bytesize.Format(w.req.SizeBytes), d.id, bytesize.Format(room), device.ErrOutOfMemory)
-			}
+			w.room = room // the reason, formatted only if it is refused
 			i++
 			continue
 		}
 		a, final, err := d.allocate(ctx, Call{Who: w.who, Now: now, RequestID: w.requestID}, w.req, w.digest, w.claim())
 		if err != nil && !final && waits(err) {
-			w.lastErr = err
+			w.lastErr, w.room = err, -1
 			i++
 			continue
 		}

@@ -1,4 +1,7 @@
-package worker
+// Package replay keeps the replies of successful mutating requests by
+// request_id, so a client retrying after a lost reply gets the first reply
+// and nothing is done twice.
+package replay
 
 import (
 	"bytes"
@@ -10,41 +13,47 @@ import (
 	"github.com/memworker/memworker/worker/ledger"
 )
 
-// replayCache keeps the replies of successful mutating requests by
+// Cache keeps the replies of successful mutating requests by
 // request_id, so a client retrying after a lost reply gets the first reply
 // and nothing is done twice. It is bounded in age (the window), in entries
 // and in bytes; whichever bound is reached first drops the oldest replies.
 // An allocation needs no entry to be safe: its ledger entry remembers the
 // request that made it for as long as it lives (ledger.Origin). Its owner
 // (the device) serialises calls.
-type replayCache struct {
+type Cache struct {
 	window     time.Duration
 	maxEntries int
 	maxBytes   int64
 	bytes      int64
-	entries    map[string]*list.Element
+	entries    map[Key]*list.Element
 	order      *list.List // oldest first
 }
 
+// Key is a request_id as its tenant ("" the operator) gave it: a tenant's
+// request ids are its own.
+type Key struct{ Tenant, RequestID string }
+
 type replay struct {
-	requestID string
-	op        subjects.Op
-	digest    uint64
-	data      []byte // the request's payload, to compare a retry's
-	reply     []byte
-	at        time.Time
+	key    Key
+	op     subjects.Op
+	digest uint64
+	data   []byte // the request's payload, to compare a retry's
+	reply  []byte
+	at     time.Time
 }
 
 func (r *replay) size() int64 {
-	return int64(len(r.requestID)+len(r.data)+len(r.reply)) + replayOverhead
+	return int64(len(r.key.Tenant)+len(r.key.RequestID)+len(r.data)+len(r.reply)) + replayOverhead
 }
 
 // replayOverhead is what an entry costs beyond its bytes: the element, the
 // map entry, the struct.
 const replayOverhead = 320
 
-func newReplayCache(window time.Duration, maxEntries int, maxBytes int64) *replayCache {
-	return &replayCache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[string]*list.Element{}, order: list.New()}
+// New returns an empty cache: replies are kept for window, at most
+// maxEntries of them and maxBytes in all (the oldest go first).
+func New(window time.Duration, maxEntries int, maxBytes int64) *Cache {
+	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*list.Element{}, order: list.New()}
 }
 
 func digest(op subjects.Op, data []byte) uint64 {
@@ -67,44 +76,45 @@ func sameRequest(first, retry []byte) bool {
 	return errA == nil && errB == nil && bytes.Equal(a, b)
 }
 
-// lookup returns the stored reply for requestID. It fails with a conflict
-// when the id was used for another operation or payload.
-func (c *replayCache) lookup(requestID string, op subjects.Op, data []byte, now time.Time) ([]byte, error) {
+// Lookup returns the stored reply for key. It fails with a conflict when
+// the id was used for another operation or payload.
+func (c *Cache) Lookup(key Key, op subjects.Op, data []byte, now time.Time) ([]byte, error) {
 	c.expire(now)
-	el, ok := c.entries[requestID]
+	el, ok := c.entries[key]
 	if !ok {
 		return nil, nil
 	}
 	r := el.Value.(*replay)
 	if r.op != op || (r.digest != digest(op, data) && !sameRequest(r.data, data)) {
-		return nil, ledger.Errorf(ledger.ErrConflict, "request_id %s was already used for a different request (%s)", requestID, r.op.Action())
+		return nil, ledger.Errorf(ledger.ErrConflict, "request_id %s was already used for a different request (%s)", subjects.Quote(key.RequestID), r.op.Action())
 	}
 	return r.reply, nil
 }
 
-func (c *replayCache) store(requestID string, op subjects.Op, data, reply []byte, now time.Time) {
-	if el, ok := c.entries[requestID]; ok {
+// Store keeps the reply to the request of key, op and payload data.
+func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time) {
+	if el, ok := c.entries[key]; ok {
 		c.remove(el)
 	}
 	// data is the request's own (the envelope decoder copied it), so it is
 	// kept as it is.
-	r := &replay{requestID, op, digest(op, data), data, reply, now}
-	c.entries[requestID] = c.order.PushBack(r)
+	r := &replay{key, op, digest(op, data), data, reply, now}
+	c.entries[key] = c.order.PushBack(r)
 	c.bytes += r.size()
 	for c.order.Len() > c.maxEntries || (c.bytes > c.maxBytes && c.order.Len() > 1) {
 		c.remove(c.order.Front())
 	}
 }
 
-func (c *replayCache) expire(now time.Time) {
+func (c *Cache) expire(now time.Time) {
 	for el := c.order.Front(); el != nil && now.Sub(el.Value.(*replay).at) > c.window; el = c.order.Front() {
 		c.remove(el)
 	}
 }
 
-func (c *replayCache) remove(el *list.Element) {
+func (c *Cache) remove(el *list.Element) {
 	r := el.Value.(*replay)
-	delete(c.entries, r.requestID)
+	delete(c.entries, r.key)
 	c.bytes -= r.size()
 	c.order.Remove(el)
 }
