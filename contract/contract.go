@@ -52,13 +52,14 @@ const (
 // EventTypes are the CloudEvent types by event channel kind, and the Go
 // type of their data.
 var eventTypes = []struct {
-	channel, address, param string
-	types                   []string
-	data                    any
+	channel, address string
+	params           []string
+	types            []string
+	data             any
 }{
-	{"pressure", "memory.pressure.{device_id}", "device_id", []string{events.TypePressure}, events.Pressure{}},
-	{"allocation", "memory.allocation.{device_id}", "device_id", []string{events.TypeAllocationExpired, events.TypeReservationExceeded}, events.Allocation{}},
-	{"lifecycle", "memory.lifecycle.{node}", "node", []string{events.TypeWorkerStarted, events.TypeWorkerStopped}, events.Lifecycle{}},
+	{"pressure", "memory.pressure.{device_id}", []string{"device_id"}, []string{events.TypePressure}, events.Pressure{}},
+	{"allocation", "memory.allocation.{device_id}.{tenant}", []string{"device_id", "tenant"}, []string{events.TypeAllocationExpired, events.TypeReservationExceeded}, events.Allocation{}},
+	{"lifecycle", "memory.lifecycle.{node}", []string{"node"}, []string{events.TypeWorkerStarted, events.TypeWorkerStopped}, events.Lifecycle{}},
 }
 
 // EventName is the message and schema name of a CloudEvent type:
@@ -129,10 +130,14 @@ func Document(version string) ([]byte, error) {
 			chMsgs.set(n, ref("#/components/messages/"+n))
 			opMsgs = append(opMsgs, ref("#/channels/"+ev.channel+"Events/messages/"+n))
 		}
+		params := obj{}
+		for _, p := range ev.params {
+			params.set(p, obj{{"description", paramDoc(p)}})
+		}
 		channels.set(ev.channel+"Events", obj{
 			{"address", ev.address},
 			{"title", ev.channel + " events"},
-			{"parameters", obj{{ev.param, obj{{"description", paramDoc(ev.param)}}}}},
+			{"parameters", params},
 			{"messages", chMsgs},
 		})
 		operations.set("publish"+pascal(ev.channel)+"Events", obj{
@@ -179,11 +184,14 @@ const description = "GPU memory operations over NATS request-reply, one worker p
 	"{success, request_id, timestamp, data} or, on failure, {success: false, error_code, error_message}. " +
 	"Keys are snake_case; requests may spell them in PascalCase or camelCase too (SizeBytes, sizeBytes). " +
 	"Error codes and the numeric codes of the Nats-Service-Error-Code header are in x-error-status-codes. " +
-	"The worker publishes CloudEvents on memory.pressure.<device_id>, memory.allocation.<device_id> and memory.lifecycle.<node>."
+	"The worker publishes CloudEvents on memory.pressure.<device_id>, memory.allocation.<device_id>.<tenant> and memory.lifecycle.<node>."
 
 func paramDoc(p string) string {
-	if p == "node" {
+	switch p {
+	case "node":
 		return "The node (host) name."
+	case "tenant":
+		return "The tenant (NATS account) whose allocation it is; " + subjects.OperatorToken + " for the operator's own. A tenant's account imports memory.allocation.*.<its account> only."
 	}
 	return "The device id, <node>-gpu<index>."
 }

@@ -32,6 +32,35 @@ func TestDocumentIsUpToDate(t *testing.T) {
 	}
 }
 
+// TestAccountsConfigIsUpToDate: docs/accounts.conf is what the contract
+// generates, and it exports and imports every operation (renew included)
+// and, to each tenant, only its own allocation events.
+func TestAccountsConfigIsUpToDate(t *testing.T) {
+	t.Chdir("..")
+	want := contract.Accounts(contract.SampleTenants)
+	got, err := os.ReadFile(contract.AccountsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s is out of date with the contract: run go generate ./contract", contract.AccountsPath)
+	}
+	for _, op := range subjects.Ops() {
+		sub := subjects.Request(op, "*")
+		if n := strings.Count(string(got), `"`+sub+`"`); n != 1+len(contract.SampleTenants) {
+			t.Errorf("%s appears %d times, want an export and an import per tenant", sub, n)
+		}
+	}
+	for _, tn := range contract.SampleTenants {
+		if !strings.Contains(string(got), `{ stream: "`+subjects.TenantAllocationEvents(tn.Account)+`", accounts: [`+tn.Account+`] }`) {
+			t.Errorf("%s's allocation events are not exported to it alone", tn.Account)
+		}
+	}
+	if strings.Contains(string(got), `"memory.allocation.>"`) {
+		t.Error("every tenant's allocation events are exported")
+	}
+}
+
 // TestDocumentIsAsyncAPI: the document is valid against the official
 // AsyncAPI 3.0.0 JSON Schema.
 func TestDocumentIsAsyncAPI(t *testing.T) {
@@ -107,7 +136,7 @@ func TestEveryOpAndEventHasItsChannel(t *testing.T) {
 	}
 	for id, address := range map[string]string{
 		"pressureEvents":   subjects.PressureEvents("{device_id}"),
-		"allocationEvents": subjects.AllocationEvents("{device_id}"),
+		"allocationEvents": strings.TrimSuffix(subjects.AllocationEvents("{device_id}", ""), subjects.OperatorToken) + "{tenant}",
 		"lifecycleEvents":  subjects.LifecycleEvents("{node}"),
 	} {
 		if ch, ok := channels[id].(map[string]any); !ok || ch["address"] != address {

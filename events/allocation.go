@@ -22,9 +22,13 @@ const (
 
 // Allocation is the data of an allocation event.
 type Allocation struct {
-	DeviceID     string `json:"device_id"`
-	Node         string `json:"node"`
-	AllocationID string `json:"allocation_id"`
+	DeviceID string `json:"device_id"`
+	Node     string `json:"node"`
+	// AllocationID is the allocation's id; of a batch (many leases of one
+	// tenant expired at once), the first one's, and AllocationIDs lists
+	// them all (SizeBytes is then their sum).
+	AllocationID  string   `json:"allocation_id"`
+	AllocationIDs []string `json:"allocation_ids,omitempty"`
 	// Tenant is the account the allocation was made for (absent for the
 	// worker's own).
 	Tenant         string                  `json:"tenant,omitempty"`
@@ -39,7 +43,8 @@ type Allocation struct {
 }
 
 // PublishAllocation sends an allocation event of type typ on
-// memory.allocation.<device_id>, kept in the stream like pressure events.
+// memory.allocation.<device_id>.<tenant>, kept in the stream like pressure
+// events.
 func (p *Publisher) PublishAllocation(ctx context.Context, typ string, data Allocation) error {
 	e, err := build(typ, Source(data.Node, data.DeviceID), data.DeviceID, data.ObservedAt, data)
 	if err != nil {
@@ -49,7 +54,7 @@ func (p *Publisher) PublishAllocation(ctx context.Context, typ string, data Allo
 	if err != nil {
 		return err
 	}
-	msg.Subject = subjects.AllocationEvents(data.DeviceID)
+	msg.Subject = subjects.AllocationEvents(data.DeviceID, data.Tenant)
 	return p.send(ctx, msg, e.ID())
 }
 

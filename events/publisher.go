@@ -26,6 +26,12 @@ const (
 	ContentTypeJSON       = "application/json"
 )
 
+// Defaults of the event stream's bounds.
+const (
+	DefaultMaxBytes      = 256 << 20
+	DefaultMaxPerSubject = 100_000
+)
+
 // Options tune a Publisher.
 type Options struct {
 	// Binary sends data as the body and attributes as ce- headers instead
@@ -33,8 +39,13 @@ type Options struct {
 	Binary bool
 	// JetStream keeps events in StreamName when the server has JetStream.
 	JetStream bool
-	// MaxAge bounds how long the stream keeps events (default 24 h).
-	MaxAge time.Duration
+	// MaxAge bounds how long the stream keeps events (default 24 h);
+	// MaxBytes how much (default DefaultMaxBytes); MaxPerSubject how many
+	// events of one subject (a device's pressure, a tenant's allocations
+	// on a device; default DefaultMaxPerSubject). The oldest go first.
+	MaxAge        time.Duration
+	MaxBytes      int64
+	MaxPerSubject int64
 	// Replicas is the stream's replicas; 0 takes the number of servers the
 	// connection knows of, at most 3 (1 on a lone server).
 	Replicas int
@@ -61,6 +72,9 @@ type Publisher struct {
 	// lost is set when an event was not acknowledged: Check looks for
 	// the stream.
 	lost bool
+	// quietUntil: the stream was found in place after an event was not
+	// kept (a store limit, say): more such events are not logged before.
+	quietUntil time.Time
 }
 
 // ErrNoJetStream is returned (wrapped) by NewPublisher's stream set-up when
@@ -76,6 +90,12 @@ const ackTimeout = 2 * time.Second
 // the publisher falls back to core publish and the error says why (the
 // caller logs it once).
 func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher, error) {
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if opts.MaxPerSubject == 0 {
+		opts.MaxPerSubject = DefaultMaxPerSubject
+	}
 	if opts.MaxAge == 0 {
 		opts.MaxAge = 24 * time.Hour
 	}
@@ -96,7 +116,7 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher,
 	if err != nil {
 		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
-	if err := p.ensureStream(ctx, js); err != nil {
+	if _, err := p.ensureStream(ctx, js); err != nil {
 		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
 	p.js = js
@@ -110,36 +130,41 @@ func (p *Publisher) StreamConfig() jetstream.StreamConfig {
 		replicas = min(3, max(1, len(p.nc.Servers())))
 	}
 	return jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "memworker pressure and allocation events",
-		Subjects:    []string{subjects.AllPressureEvents, subjects.AllAllocationEvents},
-		MaxAge:      p.opts.MaxAge,
-		Duplicates:  2 * time.Minute,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
+		Name:              StreamName,
+		Description:       "memworker pressure and allocation events",
+		Subjects:          []string{subjects.AllPressureEvents, subjects.AllAllocationEvents},
+		MaxAge:            p.opts.MaxAge,
+		MaxBytes:          p.opts.MaxBytes,
+		MaxMsgsPerSubject: p.opts.MaxPerSubject,
+		Discard:           jetstream.DiscardOld,
+		Duplicates:        2 * time.Minute,
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
 	}
 }
 
 // ensureStream creates the stream, or updates it when its configuration
 // differs from StreamConfig's.
-func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) error {
+func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) (created bool, err error) {
 	want := p.StreamConfig()
 	s, err := js.Stream(ctx, StreamName)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		_, err = js.CreateStream(ctx, want)
+		created = err == nil
 	case err != nil:
 	default:
 		have := s.CachedInfo().Config
 		if have.MaxAge != want.MaxAge || have.Replicas != want.Replicas || have.Duplicates != want.Duplicates ||
+			have.MaxBytes != want.MaxBytes || have.MaxMsgsPerSubject != want.MaxMsgsPerSubject || have.Discard != want.Discard ||
 			!slices.Equal(have.Subjects, want.Subjects) {
 			_, err = js.UpdateStream(ctx, want)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", StreamName, err)
+		return false, fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	return nil
+	return created, nil
 }
 
 // notKept hears of an event the stream did not acknowledge: no stream
@@ -147,7 +172,7 @@ func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) er
 // in time (gone, with subscribers). Check looks for the stream next.
 func (p *Publisher) notKept(_ jetstream.JetStream, msg *nats.Msg, err error) {
 	p.mu.Lock()
-	first := !p.lost
+	first := !p.lost && time.Now().After(p.quietUntil)
 	p.lost = true
 	p.mu.Unlock()
 	if first {
@@ -171,14 +196,22 @@ func (p *Publisher) Check(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := p.ensureStream(ctx, p.js); err != nil {
+	created, err := p.ensureStream(ctx, p.js)
+	if err != nil {
 		p.opts.Logf("the event stream %s cannot be created: %v", StreamName, err)
 		return
 	}
 	p.mu.Lock()
 	p.lost = false
+	if !created {
+		// It was there all along: events were refused (a store limit), not
+		// lost with the stream. Say so once a minute at most.
+		p.quietUntil = time.Now().Add(time.Minute)
+	}
 	p.mu.Unlock()
-	p.opts.Logf("the event stream %s is in place again", StreamName)
+	if created {
+		p.opts.Logf("the event stream %s is in place again", StreamName)
+	}
 }
 
 // Close waits, at most until ctx is done, for the stream to acknowledge

@@ -40,6 +40,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"not an object", subjects.Allocate, `[1,2,3]`, subjects.CodeInvalidRequest},
 		{"binary garbage", subjects.Allocate, "\x00\xff\xfe garbage", subjects.CodeInvalidRequest},
 		{"trailing data", subjects.Allocate, `{"data":{"size_bytes":1024}} {}`, subjects.CodeInvalidRequest},
+		{"a NUL after the JSON", subjects.Allocate, "{\"data\":{\"size_bytes\":1024}}\x00", subjects.CodeInvalidRequest},
+		{"a type that only Unicode folding matches", subjects.Allocate, `{"data":{"size_bytes":1024,"allocation_type":"pınned"}}`, subjects.CodeInvalidRequest},
+		{"a bidi override in model_id", subjects.Allocate, "{\"data\":{\"size_bytes\":1024,\"model_id\":\"ab\u202ecd\"}}", subjects.CodeInvalidRequest},
+		{"a zero-width space in purpose", subjects.Allocate, "{\"data\":{\"size_bytes\":1024,\"purpose\":\"kv\u200b\"}}", subjects.CodeInvalidRequest},
+		{"a mode that only Unicode folding matches", subjects.Transfer, `{"data":{"allocation_id":"x","mode":"COPYİ"}}`, subjects.CodeInvalidRequest},
+		{"ttl under a millisecond", subjects.Allocate, `{"data":{"size_bytes":1024,"ttl_seconds":1e-300}}`, subjects.CodeInvalidRequest},
 		{"size as string", subjects.Allocate, `{"data":{"size_bytes":"1024"}}`, subjects.CodeInvalidRequest},
 		{"size as float", subjects.Allocate, `{"data":{"size_bytes":1.5}}`, subjects.CodeInvalidRequest},
 		{"size missing", subjects.Allocate, `{"data":{}}`, subjects.CodeInvalidRequest},
@@ -215,6 +221,37 @@ func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 		// Each client keeps rounds/3 allocations.
 		if want := clients / 2 * rounds / 3; u.Allocations != want {
 			t.Errorf("%s: %d allocations, want %d", dev, u.Allocations, want)
+		}
+	}
+}
+
+// TestABurstOfLargeRequestsIsAllAnswered: 400 requests of 800 KB sent at
+// once are each answered (here INVALID_REQUEST: an over-long purpose), none
+// dropped by the endpoint's pending limits.
+func TestABurstOfLargeRequestsIsAllAnswered(t *testing.T) {
+	srv := startServer(t)
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	const n = 400
+	body := []byte(`{"data":{"size_bytes":1024,"purpose":"` + strings.Repeat("p", 800<<10) + `"}}`)
+	inbox := nats.NewInbox()
+	replies := make(chan *nats.Msg, n)
+	sub, err := nc.ChanSubscribe(inbox, replies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for range n {
+		if err := nc.PublishRequest(subjects.Request(subjects.Allocate, "n1-gpu0"), inbox, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(15 * time.Second)
+	for got := 0; got < n; got++ {
+		select {
+		case <-replies:
+		case <-deadline:
+			t.Fatalf("%d of %d requests answered", got, n)
 		}
 	}
 }

@@ -351,13 +351,13 @@ func TestStartedEventNamesAKilledInstanceAsGone(t *testing.T) {
 
 // TestLeasesRunOutUnlessRenewed: a lease renewed (by the Go client's
 // keep-alive) lives on; one not renewed is freed and its expiry published
-// on memory.allocation.<device_id>.
+// on memory.allocation.<device_id>.<tenant> (the operator's: _).
 func TestLeasesRunOutUnlessRenewed(t *testing.T) {
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, GiB))
 	nc := connect(t, srv)
 	dev := "n1-gpu0"
-	sub, err := nc.SubscribeSync(subjects.AllocationEvents(dev))
+	sub, err := nc.SubscribeSync(subjects.AllocationEvents(dev, ""))
 	if err != nil {
 		t.Fatal(err)
 	}

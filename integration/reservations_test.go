@@ -25,7 +25,7 @@ func TestReservationsHoldMemoryForAnotherProcess(t *testing.T) {
 	}
 	nc := connect(t, srv)
 	dev := "n1-gpu0"
-	evs, err := nc.SubscribeSync(subjects.AllocationEvents(dev))
+	evs, err := nc.SubscribeSync(subjects.AllocationEvents(dev, ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,10 +35,26 @@ func PressureEvents(deviceID string) string {
 // (a lease expired, a reservation exceeded).
 const allocationToken = "allocation"
 
-// AllocationEvents is the subject of a device's allocation events:
-// memory.allocation.<device_id>.
-func AllocationEvents(deviceID string) string {
-	return Root + "." + allocationToken + "." + deviceID
+// OperatorToken is the tenant token of the operator's own allocation
+// events (allocations made by the worker's own account).
+const OperatorToken = "_"
+
+// AllocationEvents is the subject of the allocation events of a tenant's
+// allocations on a device: memory.allocation.<device_id>.<tenant>, the
+// operator's under OperatorToken. A tenant whose account name is not a
+// subject token has its events under OperatorToken: only operators see
+// them.
+func AllocationEvents(deviceID, tenant string) string {
+	if tenant == "" || !ValidToken(tenant) || tenant == OperatorToken {
+		tenant = OperatorToken
+	}
+	return Root + "." + allocationToken + "." + deviceID + "." + tenant
+}
+
+// TenantAllocationEvents matches the allocation events of a tenant's
+// allocations on every device: what its account imports.
+func TenantAllocationEvents(tenant string) string {
+	return Root + "." + allocationToken + ".*." + tenant
 }
 
 // AllAllocationEvents matches the allocation events of every device.

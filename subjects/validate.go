@@ -2,7 +2,6 @@ package subjects
 
 import (
 	"math"
-	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -147,7 +146,7 @@ func normaliseType(t AllocationType, def AllocationType) (AllocationType, error)
 	if t == "" {
 		return def, nil
 	}
-	switch u := AllocationType(strings.ToUpper(string(t))); u {
+	switch u := AllocationType(upperASCII(string(t))); u {
 	case VRAM, Pinned, Reservation:
 		return u, nil
 	}
@@ -162,11 +161,29 @@ func checkLabel(field, s string) error {
 		return Invalid("%s is not valid UTF-8", field)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) {
-			return Invalid("%s holds a control character", field)
+		// Format characters include the bidi overrides (U+202E shows a
+		// name backwards in a log or a table) and zero-width ones.
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return Invalid("%s holds a control or format character (U+%04X)", field, r)
 		}
 	}
 	return nil
+}
+
+// upperASCII and lowerASCII change the letter case of ASCII letters only:
+// an enum's spelling in another case is accepted, a look-alike that
+// Unicode case folding would turn into it ("pınned") is not.
+func upperASCII(s string) string { return mapASCII(s, 'a', 'z', 'A'-'a') }
+func lowerASCII(s string) string { return mapASCII(s, 'A', 'Z', 'a'-'A') }
+
+func mapASCII(s string, lo, hi byte, delta int) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= lo && c <= hi {
+			b[i] = byte(int(c) + delta)
+		}
+	}
+	return string(b)
 }
 
 // Validate checks a transfer payload and applies its defaults.
@@ -185,7 +202,7 @@ func (r *TransferRequest) Validate() error {
 		return Invalid("a transfer copies bytes: its target is %s or %s, not %s", VRAM, Pinned, Reservation)
 	}
 	r.TargetAllocationType = t
-	switch r.Mode = strings.ToLower(r.Mode); r.Mode {
+	switch r.Mode = lowerASCII(r.Mode); r.Mode {
 	case "":
 		r.Mode = ModeCopy
 	case ModeCopy, ModeMove:
@@ -218,7 +235,7 @@ func (r *OptimizeRequest) Validate() error {
 	}
 	seen := map[string]bool{}
 	for i, s := range r.Strategies {
-		s = strings.ToLower(s)
+		s = lowerASCII(s)
 		switch s {
 		case StrategyReleaseCached, StrategyDefragment, StrategyFreeExpired, StrategyOffloadIdle:
 		default:
@@ -245,7 +262,7 @@ func (r *OptimizeRequest) Validate() error {
 
 // Validate checks a model_optimize payload.
 func (r *ModelOptimizeRequest) Validate() error {
-	switch r.OptimizationType = strings.ToLower(r.OptimizationType); r.OptimizationType {
+	switch r.OptimizationType = lowerASCII(r.OptimizationType); r.OptimizationType {
 	case OptimizeOffload, OptimizeEvict, OptimizeRestore:
 	default:
 		return Invalid("optimization_type must be %s, %s or %s, got %s", OptimizeOffload, OptimizeEvict, OptimizeRestore, Quote(r.OptimizationType))

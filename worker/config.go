@@ -55,6 +55,9 @@ type Config struct {
 	// EventReplicas is the event stream's replicas; 0 takes the number of
 	// servers the connection knows of, at most 3.
 	EventReplicas int
+	// EventStreamMaxBytes bounds the event stream (oldest events go
+	// first); 0 takes events.DefaultMaxBytes.
+	EventStreamMaxBytes int64
 	// IdleAfter is how long an allocation goes unused before
 	// optimization_recs suggests offloading it.
 	IdleAfter time.Duration
@@ -166,6 +169,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ExpiryInterval <= 0 || c.SampleInterval <= 0 || c.IdleAfter <= 0 || c.CriticalRepeat <= 0 || c.IdempotencyWindow <= 0 || c.OpTimeout <= 0 || c.TelemetryMaxAge <= 0 {
 		errs = append(errs, errors.New("expiry and sample intervals, idempotency window, op timeout and telemetry max age must be positive"))
+	}
+	if c.EventStreamMaxBytes < 0 {
+		errs = append(errs, errors.New("event stream max bytes must not be negative"))
 	}
 	if c.EventReplicas < 0 || c.EventReplicas > 5 {
 		errs = append(errs, errors.New("event replicas must be 0 (from the cluster) to 5"))

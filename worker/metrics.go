@@ -23,6 +23,9 @@ type metrics struct {
 	// waiting counts the allocates waiting for room; waited is how long
 	// they waited.
 	waiting prometheus.Gauge
+	// eventWaits counts the allocation events that waited for the
+	// publisher (the queue was full).
+	eventWaits prometheus.Counter
 	waited  prometheus.Histogram
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
@@ -78,6 +81,9 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "memworker_events_published_total", Help: "Events sent: pressure events by reason, allocation events by type. Counted as they go out.",
 		}, []string{"reason"}),
+		eventWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "memworker_event_waits_total", Help: "Allocation events that waited for the publisher because its queue was full (never dropped).",
+		}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "memworker_admission_waiting", Help: "Allocate requests waiting for room, on every device.",
 		}),
@@ -97,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, m.waiting, m.waited, deviceCollector{w})
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, m.waiting, m.waited, m.eventWaits, deviceCollector{w})
 	}
 	return m
 }

@@ -56,12 +56,19 @@ type allocationEvent struct {
 	data events.Allocation
 }
 
-// announceAllocation queues an allocation event for the publisher.
+// announceAllocation queues an allocation event for the publisher. An
+// allocation event tells a client its memory is gone: it is never dropped.
+// When the publisher is behind, the device waits for it (back-pressure,
+// counted in memworker_event_waits_total).
 func (w *Worker) announceAllocation(typ string, data events.Allocation) {
+	if len(data.AllocationIDs) == 0 {
+		data.AllocationIDs = []string{data.AllocationID}
+	}
 	select {
 	case w.allocEvents <- allocationEvent{typ, data}:
 	default:
-		w.log.Warn("allocation event dropped: the publisher is behind", "device", data.DeviceID, "type", typ)
+		w.metrics.eventWaits.Inc()
+		w.allocEvents <- allocationEvent{typ, data}
 	}
 }
 

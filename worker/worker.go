@@ -119,7 +119,7 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // Run returns no handler runs any more, so the backend can be closed.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	pub, err := events.NewPublisher(ctx, nc, events.Options{
-		Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream, Replicas: w.cfg.EventReplicas,
+		Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream, Replicas: w.cfg.EventReplicas, MaxBytes: w.cfg.EventStreamMaxBytes,
 		Logf: func(format string, args ...any) { w.log.Warn(fmt.Sprintf(format, args...)) },
 	})
 	switch {
@@ -128,7 +128,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	case err != nil:
 		return err
 	case pub.JetStream():
-		w.log.Info("pressure events are kept in JetStream", "stream", events.StreamName, "replicas", pub.StreamConfig().Replicas)
+		sc := pub.StreamConfig()
+		w.log.Info("events are kept in JetStream", "stream", events.StreamName, "replicas", sc.Replicas,
+			"max_bytes", sc.MaxBytes, "max_age", sc.MaxAge, "max_per_subject", sc.MaxMsgsPerSubject)
 	}
 	if err := w.checkNode(ctx, nc); err != nil {
 		return err
@@ -246,7 +248,8 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 				err := svc.AddEndpoint(name, w.handler(ctx, op, g, fn),
 					micro.WithEndpointSubject(subjects.Request(op, g.ID())),
 					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.ID())),
-					micro.WithEndpointMetadata(meta))
+					micro.WithEndpointMetadata(meta),
+					micro.WithEndpointPendingLimits(pendingMsgs, w.pendingBytes()))
 				if err != nil {
 					return svc, fmt.Errorf("adding endpoint %s for %s: %w", op, g.ID(), err)
 				}
@@ -267,6 +270,20 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 		return svc, fmt.Errorf("subscribing: %w", err)
 	}
 	return svc, nil
+}
+
+// Pending limits of an endpoint's subscription: what the server delivered
+// and the endpoint has not handled yet. Past them the client library drops
+// requests unanswered (a slow consumer), so they hold a burst of the
+// largest requests the server carries: pendingMsgs requests, and
+// pendingPayloads of them at the server's max payload.
+const (
+	pendingMsgs     = 1 << 16
+	pendingPayloads = 1024
+)
+
+func (w *Worker) pendingBytes() int {
+	return int(min(max(w.maxPayload, 1<<20)*pendingPayloads, 4<<30))
 }
 
 // stopService stops svc's endpoints and waits, at most drainTimeout, until

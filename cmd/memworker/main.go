@@ -66,6 +66,7 @@ type cli struct {
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
 	AutoRelease       bool          `name:"auto-release" default:"true" help:"Return the pool's empty cached segments to the device when device memory use reaches the warning threshold (--auto-release=false to keep them)."`
+	EventStreamMax    string        `name:"event-stream-max-bytes" default:"256MiB" help:"The most the event stream keeps (a size such as 1GiB); the oldest events go first."`
 	EventReplicas     int           `name:"event-replicas" help:"Replicas of the event stream (default: the number of servers in the cluster, at most 3)."`
 
 	MetricsAddr string `name:"metrics-addr" help:"Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9400)."`
@@ -172,6 +173,9 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 		if cfg.PinnedMax, err = parseSize("--pinned-max", c.PinnedMax); err != nil {
 			return err
 		}
+	}
+	if cfg.EventStreamMaxBytes, err = parseSize("--event-stream-max-bytes", c.EventStreamMax); err != nil {
+		return err
 	}
 	if cfg.MapPiece, err = parseSize("--vmm-piece", c.VMMPiece); err != nil {
 		return err

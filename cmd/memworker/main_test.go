@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/memworker/memworker/contract"
 	"io"
 	"log/slog"
 	"net"
@@ -193,8 +194,8 @@ func TestEmbeddedServerWithTenantAccounts(t *testing.T) {
 	}
 	url := "nats://" + l.Addr().String()
 	l.Close()
-	conf = bytes.ReplaceAll(conf, []byte("listen: 127.0.0.1:4222"), []byte("listen: "+l.Addr().String()))
-	conf = bytes.ReplaceAll(conf, []byte("/var/lib/nats/jetstream"), []byte(filepath.Join(dir, "js")))
+	conf = bytes.ReplaceAll(conf, []byte("listen: "+contract.AccountsListen), []byte("listen: "+l.Addr().String()))
+	conf = bytes.ReplaceAll(conf, []byte(contract.AccountsStoreDir), []byte(filepath.Join(dir, "js")))
 	path := filepath.Join(dir, "accounts.conf")
 	if err := os.WriteFile(path, conf, 0o600); err != nil {
 		t.Fatal(err)
@@ -241,8 +242,8 @@ func TestEmbeddedServerFromAConfigFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf = bytes.ReplaceAll(conf, []byte("listen: 127.0.0.1:4222"), []byte("listen: 127.0.0.1:-1"))
-	conf = bytes.ReplaceAll(conf, []byte("/var/lib/nats/jetstream"), []byte(filepath.Join(dir, "js")))
+	conf = bytes.ReplaceAll(conf, []byte("listen: 127.0.0.1:4224"), []byte("listen: 127.0.0.1:-1"))
+	conf = bytes.ReplaceAll(conf, []byte("/tmp/memworker-roles/jetstream"), []byte(filepath.Join(dir, "js")))
 	path := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(path, conf, 0o600); err != nil {
 		t.Fatal(err)

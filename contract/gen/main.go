@@ -1,5 +1,5 @@
 // Command gen writes the AsyncAPI document of memworker's wire contract
-// (go generate ./contract).
+// and the sample accounts config (go generate ./contract).
 package main
 
 import (
@@ -23,6 +23,9 @@ func main() {
 		log.Fatal(err)
 	}
 	if err := os.WriteFile(*out, doc, 0o644); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(contract.AccountsPath, contract.Accounts(contract.SampleTenants), 0o644); err != nil {
 		log.Fatal(err)
 	}
 }
