@@ -28,9 +28,9 @@ var errQueued = errors.New("queued")
 // pending is a waiting request's tickets to answer.
 type pending struct {
 	reqs      []micro.Request
-	id        string // request_id of the reply
+	id        string     // request_id of the reply
 	replayKey replay.Key // its key in the replay cache; empty without a request_id
-	data      []byte // its payload, for the replay cache
+	data      []byte     // its payload, for the replay cache
 	start     time.Time
 }
 

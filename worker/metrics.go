@@ -26,7 +26,7 @@ type metrics struct {
 	// eventWaits counts the allocation events that waited for the
 	// publisher (the queue was full).
 	eventWaits prometheus.Counter
-	waited  prometheus.Histogram
+	waited     prometheus.Histogram
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
 	ops map[subjects.Op]opMetrics
