@@ -122,6 +122,14 @@ type hostConfig struct {
 	devices int
 	bytes   int64
 	noVMM   bool
+	// standby: the worker stands by for the node; startWorkerOn does not
+	// wait for it to serve.
+	standby bool
+}
+
+// standingBy starts the worker as a standby of its node.
+func standingBy() hostOpt {
+	return func(c *worker.Config, h *hostConfig) { c.Standby, h.standby = true, true }
 }
 
 type hostOpt func(*worker.Config, *hostConfig)
@@ -194,6 +202,9 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 	}()
 	h := &host{Worker: w, dev: b, node: node, done: done, truthMaxAge: cfg.TruthMaxAge}
 	t.Cleanup(func() { cancel(); h.wait() })
+	if hc.standby {
+		return h
+	}
 	select {
 	case <-w.Ready():
 	case <-done:

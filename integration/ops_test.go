@@ -1,14 +1,16 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -385,59 +387,87 @@ func TestMicroDiscoveryListsEveryEndpoint(t *testing.T) {
 	}
 }
 
-// TestQueueGroupAnswersOnce runs two workers for the same node: each request
-// is answered by exactly one of them, and both take a share.
-func TestQueueGroupAnswersOnce(t *testing.T) {
-	srv := startServer(t)
-	startWorker(t, srv, "n1")
-	startWorker(t, srv, "n1", withConfig(func(c *worker.Config) { c.Standby = true }))
+// TestOneWriterPerNode: a standby serves nothing while the active worker
+// of its node lives (one ledger per node: every request is answered by the
+// active one, and one request_id makes one allocation); when the active
+// stops, the standby takes over within 5 s.
+func TestOneWriterPerNode(t *testing.T) {
+	srv := startJetStreamServer(t)
+	ctx, stopActive := context.WithCancel(context.Background())
+	active := startWorkerCtx(t, ctx, srv, "n1")
+	standby := startWorker(t, srv, "n1", standingBy())
 	nc := connect(t, srv)
-
-	inbox := nats.NewInbox()
-	replies, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 200
-	for i := 0; i < n; i++ {
-		if err := nc.PublishRequest(subjects.Request(subjects.GetUsage, "n1-gpu0"), inbox, nil); err != nil {
+	var ids sync.Map
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			var a subjects.Allocation
+			body := mustJSON(t, map[string]any{"request_id": fmt.Sprint("r", i%20), "data": map[string]any{"size_bytes": MiB}})
+			msg := request(t, nc, subjects.Allocate, "n1-gpu0", body)
+			if r, err := subjects.DecodeReply(msg.Data, &a); err != nil || !r.Success {
+				t.Errorf("allocate: %s", msg.Data)
+				return
+			}
+			ids.Store(a.AllocationID, true)
+		})
+	}
+	wg.Wait()
+	count := 0
+	ids.Range(func(any, any) bool { count++; return true })
+	if count != 20 {
+		t.Errorf("20 request ids made %d allocations", count)
+	}
+	select {
+	case <-standby.Ready():
+		t.Fatal("the standby serves while the active worker lives")
+	default:
+	}
+	stopActive()
+	active.wait()
+	select {
+	case <-standby.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the standby did not take over within 5 s")
+	}
+	var u subjects.Usage
+	call(t, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
+	if u.Allocations != 0 {
+		t.Errorf("the new worker holds %d allocations of the old one", u.Allocations)
+	}
+}
+
+// TestTwoWorkersStartedAtOnceOneServes: two workers for one node started
+// at the same moment: one serves, the other refuses (ErrNodeTaken).
+func TestTwoWorkersStartedAtOnceOneServes(t *testing.T) {
+	srv := startJetStreamServer(t)
+	errs := make(chan error, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 2 {
+		cfg := worker.DefaultConfig()
+		cfg.Node, cfg.DiscoveryWait = "n1", 10*time.Millisecond
+		cfg.Backend = newTestBackend(t, 1, GiB, true)
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		w, err := worker.New(ctx, cfg)
+		if err != nil {
 			t.Fatal(err)
 		}
+		nc := connect(t, srv)
+		wg.Go(func() { errs <- w.Run(ctx, nc) })
 	}
-	for i := 0; i < n; i++ {
-		if _, err := replies.NextMsg(5 * time.Second); err != nil {
-			t.Fatalf("reply %d of %d: %v", i+1, n, err)
+	select {
+	case err := <-errs:
+		if !errors.Is(err, worker.ErrNodeTaken) {
+			t.Errorf("the second worker: %v, want ErrNodeTaken", err)
 		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("both workers serve node n1")
 	}
-	if extra, err := replies.NextMsg(200 * time.Millisecond); err == nil {
-		t.Fatalf("more than %d replies: %s", n, extra.Data)
-	}
-	counts := map[string]int{}
-	// Ask each instance for its stats through micro's per-id subject.
-	sub, _ := nc.SubscribeSync(nats.NewInbox())
-	stats, _ := micro.ControlSubject(micro.StatsVerb, worker.ServiceName, "")
-	_ = nc.PublishRequest(stats, sub.Subject, nil)
-	for i := 0; i < 2; i++ {
-		m, err := sub.NextMsg(2 * time.Second)
-		if err != nil {
-			t.Fatalf("stats from instance %d: %v", i+1, err)
-		}
-		var st micro.Stats
-		_ = json.Unmarshal(m.Data, &st)
-		for _, e := range st.Endpoints {
-			if e.Subject == subjects.Request(subjects.GetUsage, "n1-gpu0") {
-				counts[st.ID] += e.NumRequests
-			}
-		}
-	}
-	total := 0
-	for _, c := range counts {
-		total += c
-		if c == 0 {
-			t.Errorf("an instance took no requests: %v", counts)
-		}
-	}
-	if len(counts) != 2 || total != n {
-		t.Errorf("instances answered %v, want two sharing %d", counts, n)
+	cancel()
+	wg.Wait()
+	if err := <-errs; err != nil {
+		t.Errorf("the serving worker: %v", err)
 	}
 }

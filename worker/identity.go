@@ -71,11 +71,10 @@ const InstanceBucket = "memworker_instances"
 // registerInstance records instance as the one serving the node and
 // returns the instance recorded before, which stopped without saying so
 // (a clean stop removes its record), and a function that removes the
-// record at a clean stop. Without JetStream, or as a standby, it records
-// nothing.
+// record at a clean stop. Without JetStream it records nothing.
 func (w *Worker) registerInstance(ctx context.Context, nc *nats.Conn, instance string) (gone string, release func()) {
 	release = func() {}
-	if !w.cfg.EventsJetStream || w.cfg.Standby {
+	if !w.cfg.EventsJetStream {
 		return "", release
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -117,7 +117,11 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // transfer runners once every queued transfer has run); then the event pump
 // publishes what is queued; then the stop is announced and nc drained. Once
 // Run returns no handler runs any more, so the backend can be closed.
-func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
+func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
+	// Losing the node's lease stops the worker as a cancelled ctx does;
+	// Run then returns ErrLeaseLost.
+	ctx, lose := context.WithCancelCause(ctx)
+	defer lose(nil)
 	pub, err := events.NewPublisher(ctx, nc, events.Options{
 		Binary: w.cfg.EventsBinary, JetStream: w.cfg.EventsJetStream, Replicas: w.cfg.EventReplicas, MaxBytes: w.cfg.EventStreamMaxBytes,
 		Logf: func(format string, args ...any) { w.log.Warn(fmt.Sprintf(format, args...)) },
@@ -134,6 +138,25 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	}
 	if err := w.checkNode(ctx, nc); err != nil {
 		return err
+	}
+	var lease *nodeLease
+	if pub.JetStream() {
+		if lease, err = w.takeNode(ctx, nc); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while standing by
+			}
+			return err
+		}
+	}
+	if lease == nil && w.cfg.Standby {
+		return errors.New("a standby needs JetStream: it waits on the node's lease to learn when the active worker is gone (two workers serving one node would split its ledger)")
+	}
+	if lease != nil {
+		defer func() {
+			if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+				err = cause
+			}
+		}()
 	}
 	w.maxPayload = nc.MaxPayload()
 
@@ -163,6 +186,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	// Stopping, also when the service did not come up whole.
 	defer func() {
 		w.stopService(svc, nc, serviceSubs)
+		if lease != nil {
+			lease.release() // a standby takes over now
+		}
 		close(stopTransfers)
 		stopLoops()
 		deadline := time.AfterFunc(drainTimeout, cancelJobs)
@@ -195,6 +221,14 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) error {
 	w.lifecycle(pub, events.TypeWorkerStarted, svc.Info().ID, gone)
 	close(w.ready)
 
+	if lease != nil {
+		loops.Go(func() {
+			lease.keep(loopCtx, func(err error) {
+				w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
+				lose(err)
+			})
+		})
+	}
 	loops.Go(func() { w.every(loopCtx, w.cfg.ExpiryInterval, w.expire) })
 	loops.Go(func() { w.every(loopCtx, w.cfg.SampleInterval, w.sample) })
 	<-ctx.Done()

@@ -1,0 +1,133 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// One writer per node. A device's ledger lives in one process: two workers
+// answering for one node would split it (a quota passed twice over, a free
+// that finds nothing). So the worker serving a node holds the node's key in
+// a JetStream key-value bucket whose entries live NodeLeaseTTL, renewing it
+// with a revision check; a standby waits, subscribed to nothing, until the
+// key is gone (deleted at a clean stop, or expired when the active died),
+// and creates it: creation is atomic, so two workers started at once
+// cannot both win.
+
+// NodeLeaseBucket is the key-value bucket of node leases.
+const NodeLeaseBucket = "memworker_nodes"
+
+// Lease timing: a lease lapses NodeLeaseTTL after its last renewal; it is
+// renewed every sixth of that, and a standby looks for a free one every
+// leasePoll.
+const (
+	NodeLeaseTTL = 3 * time.Second
+	leasePoll    = 250 * time.Millisecond
+)
+
+// ErrLeaseLost is returned by Run when another worker took the node's
+// lease: this one stopped serving.
+var ErrLeaseLost = errors.New("the node's lease was lost")
+
+// nodeLease is a held lease on the node.
+type nodeLease struct {
+	kv    jetstream.KeyValue
+	node  string
+	value []byte
+	rev   uint64
+}
+
+// takeNode takes the node's lease: at once, or, as a standby, once the
+// node is free (ctx bounds the wait). A worker that is no standby fails
+// with ErrNodeTaken when the lease is held. Where the account has no
+// JetStream it returns nil, nil: the node is guarded by micro discovery
+// alone (checkNode).
+func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("the node lease: %w", err)
+	}
+	setup, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kv, err := js.CreateOrUpdateKeyValue(setup, jetstream.KeyValueConfig{
+		Bucket: NodeLeaseBucket, Description: "which memworker instance serves each node (leases)",
+		History: 1, TTL: NodeLeaseTTL, Replicas: min(3, max(1, len(nc.Servers()))),
+	})
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the node lease bucket: %w", err)
+	}
+	l := &nodeLease{kv: kv, node: w.cfg.Node, value: []byte(nuid.Next())}
+	waiting := false
+	for {
+		rev, err := kv.Create(ctx, l.node, l.value)
+		if err == nil {
+			l.rev = rev
+			if waiting {
+				w.log.Info("the node is free: this standby takes it over", "node", l.node)
+			}
+			return l, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("taking the node's lease: %w", err)
+		}
+		if !w.cfg.Standby {
+			return nil, fmt.Errorf("%w: node %s is served by another worker (its lease is held); choose another --node, or start with --standby to take over when it stops",
+				ErrNodeTaken, l.node)
+		}
+		if !waiting {
+			w.log.Info("standing by: another worker serves the node", "node", l.node)
+			waiting = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(leasePoll):
+		}
+	}
+}
+
+// keep renews the lease until ctx is done. It calls lost, and returns, when
+// the lease is lost: another worker holds it, or no renewal succeeded for
+// half a NodeLeaseTTL. A standby can take the key only a whole TTL after
+// the last renewal, so the worker has stopped serving well before (a
+// renewal is tried every sixth of the TTL and waits at most as long).
+func (l *nodeLease) keep(ctx context.Context, lost func(error)) {
+	t := time.NewTicker(NodeLeaseTTL / 6)
+	defer t.Stop()
+	renewed := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
+			rev, err := l.kv.Update(rctx, l.node, l.value, l.rev)
+			cancel()
+			switch {
+			case err == nil:
+				l.rev, renewed = rev, now
+			case ctx.Err() != nil:
+				return
+			case errors.Is(err, jetstream.ErrKeyExists), time.Since(renewed) >= NodeLeaseTTL/2:
+				lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
+				return
+			}
+		}
+	}
+}
+
+// release gives the lease up, so a standby takes over at once.
+func (l *nodeLease) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = l.kv.Delete(ctx, l.node, jetstream.LastRevision(l.rev))
+}
