@@ -39,7 +39,7 @@ type cli struct {
 	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); it decides where the server listens."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
-	Standby bool   `help:"Join the queue groups of a node another worker already serves (standby replica, rolling restart)."`
+	Standby bool   `help:"Stand by, serving nothing, for a node another worker serves, and take it over when that worker stops (rolling restart, failover; needs JetStream)."`
 	Backend string `default:"auto" enum:"auto,sim,cuda" help:"Memory backend: auto (cuda when built with the cuda tag and a GPU is present, else sim), sim or cuda."`
 
 	CudaMemoryLimit string `name:"cuda-memory-limit" help:"cuda backend: manage at most this much of each GPU (a size such as 40GiB; default: all of it)."`
