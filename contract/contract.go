@@ -58,7 +58,8 @@ var eventTypes = []struct {
 	data             any
 }{
 	{"pressure", "memory.pressure.{device_id}", []string{"device_id"}, []string{events.TypePressure}, events.Pressure{}},
-	{"allocation", "memory.allocation.{device_id}.{tenant}", []string{"device_id", "tenant"}, []string{events.TypeAllocationExpired, events.TypeReservationExceeded}, events.Allocation{}},
+	{"allocation", "memory.allocation.{device_id}.{tenant}", []string{"device_id", "tenant"}, []string{events.TypeAllocationExpired, events.TypeReservationExceeded,
+		events.TypeReclaimRequested, events.TypeReclaimCompleted, events.TypeReclaimFailed, events.TypeReclaimRestored}, events.Allocation{}},
 	{"lifecycle", "memory.lifecycle.{node}", []string{"node"}, []string{events.TypeWorkerStarted, events.TypeWorkerStopped}, events.Lifecycle{}},
 }
 

@@ -18,6 +18,13 @@ const (
 	// TypeReservationExceeded: the process a reservation is for uses more
 	// than it reserved (sent once per crossing).
 	TypeReservationExceeded = "io.memworker.reservation.exceeded.v1"
+	// Brokered handoff, about a holder: asked to release memory for a
+	// waiter of higher priority; its release verified; failed (reason:
+	// timeout, refused, not_verified); asked to take its memory again.
+	TypeReclaimRequested = "io.memworker.reclaim.requested.v1"
+	TypeReclaimCompleted = "io.memworker.reclaim.completed.v1"
+	TypeReclaimFailed    = "io.memworker.reclaim.failed.v1"
+	TypeReclaimRestored  = "io.memworker.reclaim.restored.v1"
 )
 
 // Allocation is the data of an allocation event.
@@ -40,6 +47,16 @@ type Allocation struct {
 	ObservedBytes int64      `json:"observed_bytes,omitempty"`
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"`
 	ObservedAt    time.Time  `json:"observed_at"`
+	// A holder's reclaim events: its priority and the waiter's, what it
+	// was asked to give back by when, what it gave back, the seconds from
+	// the ask to the verified release, and why a release failed.
+	Priority       int        `json:"priority,omitempty"`
+	WaiterPriority int        `json:"waiter_priority,omitempty"`
+	BytesWanted    int64      `json:"bytes_wanted,omitempty"`
+	Deadline       *time.Time `json:"deadline,omitempty"`
+	BytesReleased  int64      `json:"bytes_released,omitempty"`
+	ReleaseSeconds float64    `json:"release_seconds,omitempty"`
+	Reason         string     `json:"reason,omitempty"`
 }
 
 // PublishAllocation sends an allocation event of type typ on

@@ -37,6 +37,8 @@ func (op Op) Payloads() (request, reply any) {
 		return OptimizationRecsRequest{}, OptimizationRecsReply{}
 	case Renew:
 		return RenewRequest{}, RenewReply{}
+	case Resize:
+		return ResizeRequest{}, Allocation{}
 	}
 	return nil, nil
 }

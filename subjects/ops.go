@@ -7,8 +7,8 @@ import "slices"
 // action field.
 type Op string
 
-// The 15 operations of the seed, in catalogue order, and renew, which
-// extends leases.
+// The 15 operations of the seed, in catalogue order, renew, which extends
+// leases, and resize.
 const (
 	GetStatus        Op = "get_status"
 	GetUsage         Op = "get_usage"
@@ -26,12 +26,15 @@ const (
 	Analytics        Op = "analytics"
 	OptimizationRecs Op = "optimization_recs"
 	Renew            Op = "renew"
+	// Resize changes a RESERVATION's size: shrinking at once, growing
+	// through the door like any grant.
+	Resize Op = "resize"
 )
 
 var catalogue = []Op{
 	GetStatus, GetUsage, GetAllocations, Allocate, Deallocate, Clear,
 	Defragment, Transfer, GetTransfer, Optimize, ModelStatus, ModelOptimize,
-	GetPressure, Analytics, OptimizationRecs, Renew,
+	GetPressure, Analytics, OptimizationRecs, Renew, Resize,
 }
 
 // Traits of an operation, declared here once for the worker and clients.
@@ -59,6 +62,7 @@ var traits = map[Op]Traits{
 	Optimize:      {Mutating: true, OperatorOnly: true, Bounded: true},
 	ModelOptimize: {Mutating: true, Bounded: true},
 	Renew:         {Mutating: true},
+	Resize:        {Mutating: true},
 }
 
 // Ops returns the catalogue of all operations, in a fresh slice.

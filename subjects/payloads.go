@@ -64,7 +64,20 @@ type Allocation struct {
 	// worker's own account), User its user when the account shares it.
 	Tenant string `json:"tenant,omitempty"`
 	User   string `json:"user,omitempty"`
+	// Reclaim, Priority and ReclaimState are a holder's: how it is asked
+	// to give memory back, its priority, and where it stands (held,
+	// releasing, released).
+	Reclaim      *Reclaim `json:"reclaim,omitempty"`
+	Priority     int      `json:"priority,omitempty"`
+	ReclaimState string   `json:"reclaim_state,omitempty"`
 }
+
+// Where a holder stands.
+const (
+	HolderHeld      = "held"
+	HolderReleasing = "releasing"
+	HolderReleased  = "released"
+)
 
 // StatusRequest is get_status's payload.
 type StatusRequest struct {
@@ -280,6 +293,46 @@ type AllocateRequest struct {
 	// older.
 	WaitSeconds float64 `json:"wait_seconds,omitempty"`
 	Priority    int     `json:"priority,omitempty"`
+	// Reclaim makes the allocation a holder: when a waiter of higher
+	// priority cannot fit, the worker asks the holder to give memory back
+	// down to keep_bytes, verifies it did, and asks it to take it again
+	// when room returns. Its priority is Priority.
+	Reclaim *Reclaim `json:"reclaim,omitempty"`
+}
+
+// Reclaim is how a holder is asked to give memory back and to take it
+// again: by NATS request-reply on Subject, or by HTTP POST to ReleaseURL
+// and RestoreURL; KeepBytes is what it keeps meanwhile.
+type Reclaim struct {
+	Subject    string `json:"subject,omitempty"`
+	ReleaseURL string `json:"release_url,omitempty"`
+	RestoreURL string `json:"restore_url,omitempty"`
+	KeepBytes  int64  `json:"keep_bytes,omitempty"`
+}
+
+// ReclaimNotice is the data of the request a holder gets: action release
+// (give memory back down to keep_bytes by deadline: free or resize, then
+// answer success) or restore (take it again).
+type ReclaimNotice struct {
+	AllocationID string    `json:"allocation_id"`
+	DeviceID     string    `json:"device_id"`
+	BytesWanted  int64     `json:"bytes_wanted,omitempty"`
+	Deadline     time.Time `json:"deadline"`
+}
+
+// The actions of a ReclaimNotice.
+const (
+	ActionRelease = "release"
+	ActionRestore = "restore"
+)
+
+// ResizeRequest is resize's payload: a RESERVATION's new size (and,
+// optionally, its process).
+type ResizeRequest struct {
+	Target
+	AllocationID string `json:"allocation_id"`
+	SizeBytes    int64  `json:"size_bytes"`
+	PID          int    `json:"pid,omitempty"`
 }
 
 // Admission bounds.

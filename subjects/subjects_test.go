@@ -6,10 +6,10 @@ import (
 	"github.com/memworker/memworker/subjects"
 )
 
-func TestCatalogueHasTheSeedsFifteenOpsAndRenew(t *testing.T) {
+func TestCatalogueHasTheSeedsFifteenOpsRenewAndResize(t *testing.T) {
 	ops := subjects.Ops()
-	if len(ops) != 16 || ops[15] != subjects.Renew {
-		t.Fatalf("%d ops, want the seed's 15 and renew", len(ops))
+	if len(ops) != 17 || ops[15] != subjects.Renew || ops[16] != subjects.Resize {
+		t.Fatalf("%d ops, want the seed's 15, renew and resize", len(ops))
 	}
 	seen := map[subjects.Op]bool{}
 	for _, op := range ops {

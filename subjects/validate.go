@@ -2,6 +2,7 @@ package subjects
 
 import (
 	"math"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -64,7 +65,69 @@ func (r *AllocateRequest) Validate() error {
 	if err := checkLabel("purpose", r.Purpose); err != nil {
 		return err
 	}
+	if r.Reclaim != nil && t == Pinned {
+		return Invalid("reclaim is for device memory: a %s allocation holds none", Pinned)
+	}
+	if err := r.Reclaim.validate(r.SizeBytes); err != nil {
+		return err
+	}
 	return checkLabel("model_id", r.ModelID)
+}
+
+// validate checks a holder's reclaim spec against its size.
+func (c *Reclaim) validate(size int64) error {
+	if c == nil {
+		return nil
+	}
+	if (c.Subject == "") == (c.ReleaseURL == "") {
+		return Invalid("reclaim needs a subject or a release_url (one of them)")
+	}
+	if c.Subject != "" && !validSubject(c.Subject) {
+		return Invalid("reclaim.subject %s is not a NATS subject without wildcards", Quote(c.Subject))
+	}
+	for _, u := range []string{c.ReleaseURL, c.RestoreURL} {
+		if u != "" && (len(u) > MaxLabelLen || !(strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) || checkLabel("reclaim url", u) != nil) {
+			return Invalid("reclaim URLs are http:// or https:// URLs of at most %d bytes, got %s", MaxLabelLen, Quote(u))
+		}
+	}
+	if c.KeepBytes < 0 || c.KeepBytes >= size {
+		return Invalid("reclaim.keep_bytes must be at least 0 and less than size_bytes, got %d", c.KeepBytes)
+	}
+	return nil
+}
+
+// validSubject reports whether s is a NATS subject a request can go to:
+// dot-separated tokens of printable ASCII, no wildcards, at most
+// MaxLabelLen bytes.
+func validSubject(s string) bool {
+	if s == "" || len(s) > MaxLabelLen {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if tok == "" || tok == "*" || tok == ">" {
+			return false
+		}
+		for i := 0; i < len(tok); i++ {
+			if c := tok[i]; c <= ' ' || c > '~' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Validate checks a resize payload.
+func (r *ResizeRequest) Validate() error {
+	if r.AllocationID == "" || len(r.AllocationID) > MaxIDLen {
+		return Invalid("allocation_id is required (at most %d bytes)", MaxIDLen)
+	}
+	if r.SizeBytes <= 0 || r.SizeBytes > MaxSizeBytes {
+		return Invalid("size_bytes must be a positive number of bytes up to %d, got %d", int64(MaxSizeBytes), r.SizeBytes)
+	}
+	if r.PID < 0 {
+		return Invalid("pid must be a positive number, got %d", r.PID)
+	}
+	return nil
 }
 
 // Validate checks a deallocate payload and returns the ids to free, without

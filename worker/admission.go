@@ -92,20 +92,24 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 	return nil
 }
 
-// admit lets the ledger re-examine g's queue and answers what it decided.
-// It reports whether it granted any. The caller holds g.mu.
+// admit lets the ledger re-examine g's queue and holders, answers what it
+// decided and sends what it asks of holders. It reports whether it granted
+// any. The caller holds g.mu.
 func (w *Worker) admit(g *gpu, now time.Time) bool {
-	if len(g.waiting) == 0 {
-		return false
-	}
-	ds := g.Admit(context.Background(), now)
-	w.answer(g, ds)
-	for _, d := range ds {
-		if d.Err == nil {
-			return true
+	granted := false
+	for range 2 { // a verified release makes room: examine the queue again
+		if len(g.waiting) > 0 {
+			ds := g.Admit(context.Background(), now)
+			w.answer(g, ds)
+			for _, d := range ds {
+				granted = granted || d.Err == nil
+			}
+		}
+		if !w.handoff(g, now) {
+			break
 		}
 	}
-	return false
+	return granted
 }
 
 // runAdmission ends the waits whose deadline has passed, on every device,

@@ -98,6 +98,9 @@ type Config struct {
 	// waiting on a device (a quarter of it per tenant).
 	StarvationGuard time.Duration
 	MaxWaiters      int
+	// ReclaimTimeout is how long a holder asked to give memory back has
+	// to do it (and have it verified).
+	ReclaimTimeout time.Duration
 	// MaxAllocations caps each device's live allocations; past it
 	// allocate fails with OUT_OF_MEMORY naming the cap.
 	MaxAllocations int
@@ -150,6 +153,7 @@ func DefaultConfig() Config {
 		MaxAllocations:       1_000_000,
 		StarvationGuard:      ledger.DefaultStarvationGuard,
 		MaxWaiters:           ledger.DefaultMaxWaiters,
+		ReclaimTimeout:       ledger.DefaultReclaimTimeout,
 		MapPiece:             alloc.DefaultMaxPiece,
 		DiscoveryWait:        250 * time.Millisecond,
 	}
@@ -187,8 +191,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("quota %q=%d: want a tenant (or *) and a positive size", t, q))
 		}
 	}
-	if c.StarvationGuard < 0 || c.MaxWaiters < 0 {
-		errs = append(errs, errors.New("starvation guard and max waiters must not be negative"))
+	if c.StarvationGuard < 0 || c.MaxWaiters < 0 || c.ReclaimTimeout < 0 {
+		errs = append(errs, errors.New("starvation guard, max waiters and reclaim timeout must not be negative"))
 	}
 	if c.PinnedPool < 0 || c.PinnedMax < 0 {
 		errs = append(errs, errors.New("pinned pool and pinned max must not be negative"))

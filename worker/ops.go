@@ -32,6 +32,7 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 		subjects.Analytics:        typed(analytics),
 		subjects.OptimizationRecs: typed(w.optimizationRecs),
 		subjects.Renew:            typed(renew),
+		subjects.Resize:           typed(resize),
 	}
 }
 
@@ -82,6 +83,10 @@ func modelOptimize(ctx context.Context, g *gpu, call ledger.Call, req *subjects.
 
 func renew(_ context.Context, g *gpu, call ledger.Call, req *subjects.RenewRequest) (any, error) {
 	return g.Renew(req, call.Who, call.Now)
+}
+
+func resize(ctx context.Context, g *gpu, call ledger.Call, req *subjects.ResizeRequest) (any, error) {
+	return g.Resize(ctx, call, req)
 }
 
 func analytics(_ context.Context, g *gpu, call ledger.Call, req *subjects.AnalyticsRequest) (any, error) {

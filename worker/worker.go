@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,6 +49,13 @@ type Worker struct {
 	wake chan struct{}
 	// handlers serve each operation.
 	handlers map[subjects.Op]opFunc
+	// nc is the connection Run serves on (handoff asks go out on it);
+	// asks are the handoff asks in flight, waited for at the stop.
+	nc   atomic.Pointer[nats.Conn]
+	asks sync.WaitGroup
+	// askCtx ends the asks in flight at the stop.
+	askCtx    context.Context
+	cancelAsk context.CancelFunc
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -89,6 +97,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
+				ReclaimTimeout: cfg.ReclaimTimeout,
 			}),
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},
@@ -159,6 +168,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		}()
 	}
 	w.maxPayload = nc.MaxPayload()
+	w.nc.Store(nc)
+	w.askCtx, w.cancelAsk = context.WithCancel(context.WithoutCancel(ctx))
+	defer w.cancelAsk()
 
 	// Requests, transfers and events outlive ctx: what was received before
 	// the stop is done in full during the drain.
@@ -199,6 +211,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		if perr := w.pinned.Close(context.Background()); perr != nil {
 			w.log.Warn("giving back pinned host memory", "err", perr)
 		}
+		w.cancelAsk()
+		w.asks.Wait()
 		close(stopPump)
 		pump.Wait()
 		acked, cancel := context.WithTimeout(context.Background(), eventTimeout)

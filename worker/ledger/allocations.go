@@ -66,6 +66,10 @@ func digest(r *subjects.AllocateRequest) uint64 {
 	b = strconv.AppendInt(append(b, '|'), int64(r.PID), 10)
 	b = strconv.AppendFloat(append(b, '|'), r.WaitSeconds, 'g', -1, 64)
 	b = strconv.AppendInt(append(b, '|'), int64(r.Priority), 10)
+	if c := r.Reclaim; c != nil {
+		b = strconv.AppendQuote(append(b, '|'), c.Subject+"|"+c.ReleaseURL+"|"+c.RestoreURL)
+		b = strconv.AppendInt(append(b, '|'), c.KeepBytes, 10)
+	}
 	h := uint64(14695981039346656037) // FNV-1a
 	for _, c := range b {
 		h = (h ^ uint64(c)) * 1099511628211
@@ -115,6 +119,7 @@ func (d *Device) allocate(ctx context.Context, call Call, req *subjects.Allocate
 			return subjects.Allocation{}, false, err
 		}
 	}
+	d.hold(a, req.Reclaim, req.Priority)
 	d.add(a)
 	return d.view(a), false, nil
 }

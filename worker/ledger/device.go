@@ -52,6 +52,11 @@ type Config struct {
 	// AutoRelease returns the pool's empty cached segments to the device
 	// when a reading finds device truth at the warning threshold (Read).
 	AutoRelease bool
+	// ReclaimTimeout is how long a holder has to give memory back
+	// (DefaultReclaimTimeout); ReclaimTolerance what a holder's process
+	// may still use beyond its keep_bytes (DefaultReclaimTolerance).
+	ReclaimTimeout   time.Duration
+	ReclaimTolerance int64
 }
 
 // Defaults of the admission queue.
@@ -82,6 +87,10 @@ type Device struct {
 	truth                truth
 	tele                 telemetry
 	queue                queue // allocates waiting for room
+	// holders counts the allocations with a reclaim spec; freedHolders are
+	// the completions of holders freed while asked to release.
+	holders      int
+	freedHolders []HandoffEvent
 }
 
 // Origin is the request that made an allocation: its request_id and a
@@ -105,6 +114,12 @@ func New(cfg Config) *Device {
 	}
 	if cfg.MaxWaiters <= 0 {
 		cfg.MaxWaiters = DefaultMaxWaiters
+	}
+	if cfg.ReclaimTimeout <= 0 {
+		cfg.ReclaimTimeout = DefaultReclaimTimeout
+	}
+	if cfg.ReclaimTolerance <= 0 {
+		cfg.ReclaimTolerance = DefaultReclaimTolerance
 	}
 	d := &Device{
 		cfg:        cfg,
@@ -256,6 +271,7 @@ func (d *Device) free(a *allocation) error {
 		}
 	}
 	d.account(a, -1)
+	d.forget(a)
 	delete(d.allocs, a.id)
 	d.order.Delete(a)
 	if o := a.origin(); o.RequestID != "" {

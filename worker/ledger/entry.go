@@ -59,7 +59,8 @@ type extra struct {
 	ipcOffset int64
 	origin    Origin
 	user      string
-	pid       int // a reservation's process
+	pid       int     // a reservation's process
+	hold      *holder // a holder's standing
 }
 
 // typeCodes are the allocation types by their code in an entry.
@@ -141,6 +142,10 @@ func (d *Device) view(a *allocation) subjects.Allocation {
 		v.IPCHandle, v.IPCOffset, v.User = a.extra.ipcHandle, a.extra.ipcOffset, a.extra.user
 	}
 	v.Tenant = a.tenant
+	if h := a.holding(); h != nil {
+		spec := h.spec
+		v.Reclaim, v.Priority, v.ReclaimState = &spec, h.priority, h.state
+	}
 	if a.reservation() {
 		v.PID = a.pid()
 		if obs, at, ok := d.observed(a.pid()); ok {

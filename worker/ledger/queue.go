@@ -137,9 +137,10 @@ func (q *queue) blocking(c claim, now time.Time, guard time.Duration, overQuota 
 // Waiting is how many requests wait on the device, and for how many bytes.
 func (d *Device) Waiting() (int, int64) { return len(d.queue.waiters), d.queue.bytes }
 
-// NextDeadline is when the first waiter's wait ends; zero when none waits.
+// NextDeadline is when the first waiter's wait, or the first holder's
+// time to release, ends; zero when none.
 func (d *Device) NextDeadline() time.Time {
-	var next time.Time
+	next := d.holderDeadline()
 	for _, w := range d.queue.waiters {
 		if next.IsZero() || w.deadline.Before(next) {
 			next = w.deadline

@@ -1,0 +1,121 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/memworker/memworker/events"
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// The shell's part of a brokered handoff: the ledger decides which holder
+// to ask and when it has released (ledger/holders.go); the shell sends the
+// asks (NATS request-reply to the holder's subject, or an HTTP POST to its
+// URL) and announces the events.
+
+// handoff lets the ledger re-examine g's holders, sends what it asks and
+// announces what happened. It reports whether room grew. The caller holds
+// g.mu.
+func (w *Worker) handoff(g *gpu, now time.Time) bool {
+	asks, evs, grew := g.Handoff(context.Background(), now)
+	for _, e := range evs {
+		w.announceHandoff(g, e, now)
+	}
+	for _, a := range asks {
+		w.asks.Go(func() { w.ask(g, a) })
+	}
+	return grew
+}
+
+// announceHandoff queues a reclaim event about a holder.
+func (w *Worker) announceHandoff(g *gpu, e ledger.HandoffEvent, now time.Time) {
+	typ := map[string]string{ledger.HandoffRequested: events.TypeReclaimRequested, ledger.HandoffCompleted: events.TypeReclaimCompleted,
+		ledger.HandoffFailed: events.TypeReclaimFailed, ledger.HandoffRestored: events.TypeReclaimRestored}[e.Type]
+	h := e.Holder
+	data := events.Allocation{DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: h.AllocationID, Tenant: h.Tenant,
+		AllocationType: h.AllocationType, SizeBytes: h.SizeBytes, PID: h.PID, ObservedBytes: h.ObservedBytes,
+		ExpiresAt: h.ExpiresAt, ObservedAt: now.UTC(), Priority: h.Priority, WaiterPriority: e.WaiterPriority,
+		BytesWanted: e.BytesWanted, BytesReleased: e.BytesReleased, ReleaseSeconds: e.Seconds, Reason: e.Reason}
+	if !e.Deadline.IsZero() {
+		d := e.Deadline.UTC()
+		data.Deadline = &d
+	}
+	w.log.Info("handoff", "event", e.Type, "device", g.ID(), "holder", h.AllocationID, "bytes_wanted", e.BytesWanted,
+		"bytes_released", e.BytesReleased, "reason", e.Reason)
+	w.announceAllocation(typ, data)
+}
+
+// ask sends one ask to its holder and tells the ledger the answer; what
+// the holder did is then verified by the ledger.
+func (w *Worker) ask(g *gpu, a ledger.Ask) {
+	ctx, cancel := context.WithDeadline(w.askCtx, a.Notice.Deadline)
+	defer cancel()
+	body, err := json.Marshal(struct {
+		RequestID string                 `json:"request_id"`
+		Action    string                 `json:"action"`
+		Data      subjects.ReclaimNotice `json:"data"`
+	}{nuid.Next(), a.Action, a.Notice})
+	if err == nil {
+		err = w.send(ctx, a, body)
+	}
+	if a.Action != subjects.ActionRelease {
+		if err != nil {
+			w.log.Warn("a holder did not take its memory again", "device", g.ID(), "holder", a.Holder.AllocationID, "err", err)
+		}
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.Answered(a.Holder.AllocationID, err)
+	w.recheck(g)
+}
+
+// send delivers body to the holder: over NATS, or by HTTP POST, and
+// returns the holder's refusal.
+func (w *Worker) send(ctx context.Context, a ledger.Ask, body []byte) error {
+	if a.Spec.Subject != "" {
+		nc := w.nc.Load()
+		if nc == nil {
+			return errors.New("not connected")
+		}
+		msg, err := nc.RequestWithContext(ctx, a.Spec.Subject, body)
+		if err != nil {
+			return err
+		}
+		var r subjects.Reply
+		if err := json.Unmarshal(msg.Data, &r); err != nil {
+			return fmt.Errorf("the holder's answer is not a reply envelope: %w", err)
+		}
+		return r.Err()
+	}
+	url := a.Spec.ReleaseURL
+	if a.Action == subjects.ActionRestore {
+		if url = a.Spec.RestoreURL; url == "" {
+			return nil // nothing to tell
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	return nil
+}

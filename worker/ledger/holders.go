@@ -1,0 +1,341 @@
+package ledger
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/memworker/memworker/bytesize"
+	"github.com/memworker/memworker/subjects"
+)
+
+// Brokered handoff. An allocation with a reclaim spec is a holder: when the
+// first waiter for room cannot fit, holders of strictly lower priority that
+// can cover its shortfall are asked (the fewest needed, lowest priority and
+// least recently used first) to give memory back down to their keep_bytes;
+// the ledger verifies that they did (the allocation freed, or resized to
+// keep_bytes and, for a process, NVML showing it there) before the room
+// counts, and asks them to take it again (restore, through the door) when
+// no waiter above them needs it. Handoff returns the asks and the events as
+// data; the shell sends them.
+
+// Handoff defaults.
+const (
+	DefaultReclaimTimeout   = 30 * time.Second
+	DefaultReclaimTolerance = 64 << 20
+)
+
+// holder is a holder's standing.
+type holder struct {
+	spec     subjects.Reclaim
+	priority int
+	state    string // subjects.HolderHeld, HolderReleasing, HolderReleased
+	full     int64  // its size when asked to release: what restore gives back
+	wanted   int64
+	asked    time.Time
+	deadline time.Time
+	answered bool
+	refused  error
+	// rest: not asked again before it (after a failed release).
+	rest time.Time
+}
+
+// Ask is a request the shell sends to a holder.
+type Ask struct {
+	Action string // subjects.ActionRelease or ActionRestore
+	Holder subjects.Allocation
+	Spec   subjects.Reclaim
+	Notice subjects.ReclaimNotice
+}
+
+// HandoffEvent is something to announce about a holder.
+type HandoffEvent struct {
+	Type   string // HandoffRequested, ...
+	Holder subjects.Allocation
+	// WaiterPriority is the priority of the waiter it was asked for;
+	// BytesWanted and Deadline what it was asked; BytesReleased what it
+	// gave back; Seconds from the ask to the verified release; Reason why
+	// a release failed.
+	WaiterPriority int
+	BytesWanted    int64
+	BytesReleased  int64
+	Deadline       time.Time
+	Seconds        float64
+	Reason         string
+}
+
+// The kinds of HandoffEvent, and the reasons of a failed release.
+const (
+	HandoffRequested = "requested"
+	HandoffCompleted = "completed"
+	HandoffFailed    = "failed"
+	HandoffRestored  = "restored"
+
+	ReasonTimeout     = "timeout"
+	ReasonRefused     = "refused"
+	ReasonNotVerified = "not_verified"
+)
+
+// held is a's holder standing, nil when a holds nothing for a waiter.
+func (a *allocation) holding() *holder {
+	if a.extra == nil {
+		return nil
+	}
+	return a.extra.hold
+}
+
+// Answered records a holder's answer to a release: err is its refusal (an
+// error reply, an HTTP error, no answer). The release still has to be
+// verified.
+func (d *Device) Answered(id string, err error) {
+	a, ok := d.get(id)
+	if !ok {
+		return
+	}
+	if h := a.holding(); h != nil && h.state == subjects.HolderReleasing {
+		h.answered, h.refused = true, err
+	}
+}
+
+// Handoff re-examines the holders as of now: it verifies the releases
+// asked, fails those past their deadline, asks the holders a waiter needs,
+// and restores those no waiter above them needs. granted tells whether
+// room grew (a release verified): the queue is worth examining again.
+func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []HandoffEvent, grew bool) {
+	if d.holders == 0 && len(d.freedHolders) == 0 {
+		return nil, nil, false
+	}
+	for _, e := range d.freedHolders {
+		// Freed while asked: released in full.
+		e.Seconds = now.Sub(e.Deadline.Add(-d.cfg.ReclaimTimeout)).Seconds()
+		e.Deadline = time.Time{}
+		evs = append(evs, e)
+		grew = true
+	}
+	d.freedHolders = d.freedHolders[:0]
+	d.readTelemetry(ctx, now)
+	var releasing int64
+	for _, a := range d.allocs {
+		h := a.holding()
+		if h == nil || h.state != subjects.HolderReleasing {
+			continue
+		}
+		switch {
+		case d.releasedTo(a, h.spec.KeepBytes):
+			h.state = subjects.HolderReleased
+			evs = append(evs, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full - a.size,
+				Seconds: now.Sub(h.asked).Seconds()})
+			grew = true
+		case h.refused != nil || !now.Before(h.deadline):
+			reason := ReasonTimeout
+			switch {
+			case h.refused != nil:
+				reason = ReasonRefused + ": " + h.refused.Error()
+			case h.answered:
+				reason = ReasonNotVerified
+			}
+			h.state, h.rest = subjects.HolderHeld, now.Add(d.cfg.ReclaimTimeout)
+			evs = append(evs, HandoffEvent{Type: HandoffFailed, Holder: d.view(a), BytesWanted: h.wanted, Reason: reason})
+		default:
+			releasing += h.wanted
+		}
+	}
+	head := d.headWaiter(now)
+	if head != nil {
+		a, e := d.askHolders(ctx, head, releasing, now)
+		asks, evs = append(asks, a...), append(evs, e...)
+	}
+	a, e := d.restoreHolders(ctx, head, now)
+	return append(asks, a...), append(evs, e...), grew
+}
+
+// releasedTo reports whether a holder has given back all but keep: its
+// size, and for a reservation with a process, what NVML sees it use.
+func (d *Device) releasedTo(a *allocation, keep int64) bool {
+	if a.size > keep {
+		return false
+	}
+	if !a.reservation() || a.pid() == 0 {
+		return true
+	}
+	used, _, ok := d.observed(a.pid())
+	return ok && used <= keep+d.cfg.ReclaimTolerance
+}
+
+// headWaiter is the first waiter held back by room (not by its quota).
+func (d *Device) headWaiter(now time.Time) *waiter {
+	for _, w := range d.queue.waiters {
+		if w.claim().deviceMemory() && !d.overQuota(w.who.Tenant, w.req.SizeBytes) && now.Before(w.deadline) {
+			return w
+		}
+	}
+	return nil
+}
+
+// askHolders asks the holders that cover the head waiter's shortfall
+// (beyond what is available and what releasing holders will give), or
+// none when they cannot cover it.
+func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, now time.Time) ([]Ask, []HandoffEvent) {
+	u, err := d.Usage(ctx, now)
+	if err != nil {
+		return nil, nil
+	}
+	short := head.req.SizeBytes - u.AvailableBytes - releasing
+	if short <= 0 {
+		return nil, nil
+	}
+	var cands []*allocation
+	var total int64
+	for _, a := range d.allocs {
+		h := a.holding()
+		if h == nil || h.state != subjects.HolderHeld || h.priority >= head.req.Priority || now.Before(h.rest) || a.size <= h.spec.KeepBytes {
+			continue
+		}
+		cands = append(cands, a)
+		total += a.size - h.spec.KeepBytes
+	}
+	if total < short {
+		return nil, nil // asking cannot make room: ask nobody
+	}
+	// Lowest priority, then least recently used, then the largest (the
+	// fewest holders to ask).
+	slices.SortFunc(cands, func(x, y *allocation) int {
+		return cmp.Or(cmp.Compare(x.holding().priority, y.holding().priority), cmp.Compare(x.lastUsed, y.lastUsed),
+			cmp.Compare(y.size-y.holding().spec.KeepBytes, x.size-x.holding().spec.KeepBytes), cmp.Compare(x.created, y.created))
+	})
+	var asks []Ask
+	var evs []HandoffEvent
+	for _, a := range cands {
+		if short <= 0 {
+			break
+		}
+		h := a.holding()
+		h.state, h.full, h.wanted, h.asked = subjects.HolderReleasing, a.size, a.size-h.spec.KeepBytes, now
+		h.deadline, h.answered, h.refused = now.Add(d.cfg.ReclaimTimeout), false, nil
+		short -= h.wanted
+		v := d.view(a)
+		asks = append(asks, Ask{Action: subjects.ActionRelease, Holder: v, Spec: h.spec,
+			Notice: subjects.ReclaimNotice{AllocationID: v.AllocationID, DeviceID: d.id, BytesWanted: h.wanted, Deadline: h.deadline}})
+		evs = append(evs, HandoffEvent{Type: HandoffRequested, Holder: v, WaiterPriority: head.req.Priority,
+			BytesWanted: h.wanted, Deadline: h.deadline})
+	}
+	return asks, evs
+}
+
+// restoreHolders gives released holders their memory back, highest
+// priority first, through the door, unless a waiter above them still
+// needs room.
+func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time) ([]Ask, []HandoffEvent) {
+	var released []*allocation
+	for _, a := range d.allocs {
+		if h := a.holding(); h != nil && h.state == subjects.HolderReleased && (head == nil || head.req.Priority <= h.priority) {
+			released = append(released, a)
+		}
+	}
+	slices.SortFunc(released, func(x, y *allocation) int { return cmp.Compare(y.holding().priority, x.holding().priority) })
+	var asks []Ask
+	var evs []HandoffEvent
+	for _, a := range released {
+		h := a.holding()
+		if grow := h.full - a.size; grow > 0 {
+			if !a.reservation() {
+				continue // a VRAM holder allocates again itself
+			}
+			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority}
+			if _, err := d.door(ctx, c, now); err != nil {
+				continue
+			}
+			d.setSize(a, h.full)
+		}
+		h.state = subjects.HolderHeld
+		v := d.view(a)
+		asks = append(asks, Ask{Action: subjects.ActionRestore, Holder: v, Spec: h.spec,
+			Notice: subjects.ReclaimNotice{AllocationID: v.AllocationID, DeviceID: d.id, Deadline: now.Add(d.cfg.ReclaimTimeout)}})
+		evs = append(evs, HandoffEvent{Type: HandoffRestored, Holder: v})
+	}
+	return asks, evs
+}
+
+// setSize changes a reservation's size, and its tenant's figures.
+func (d *Device) setSize(a *allocation, size int64) {
+	if f := d.tenants[a.tenant]; f != nil {
+		f.requested += size - a.size
+	}
+	a.size, a.rsv = size, size
+}
+
+// Resize changes a RESERVATION's size: shrinking at once, growing through
+// the door (the tenant's quota, reservations, the queue, the room); and
+// its process when req names one.
+func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequest) (subjects.Allocation, error) {
+	a, ok := d.get(req.AllocationID)
+	if !ok || !a.visibleTo(call.Who) {
+		return subjects.Allocation{}, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, d.id, ErrAllocationNotFound)
+	}
+	if !a.reservation() {
+		return subjects.Allocation{}, Errorf(ErrUnsupported, "allocation %s is %s: only a %s changes size in place", req.AllocationID, a.allocType(), subjects.Reservation)
+	}
+	if grow := req.SizeBytes - a.size; grow > 0 {
+		priority := 0
+		if h := a.holding(); h != nil {
+			priority = h.priority
+		}
+		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority}
+		if final, err := d.door(ctx, c, call.Now); err != nil {
+			if final {
+				return subjects.Allocation{}, err
+			}
+			return subjects.Allocation{}, fmt.Errorf("growing %s by %s: %w", req.AllocationID, bytesize.Format(grow), err)
+		}
+	}
+	d.setSize(a, req.SizeBytes)
+	if req.PID != 0 {
+		if a.extra == nil {
+			a.extra = &extra{}
+		}
+		a.extra.pid = req.PID
+	}
+	a.lastUsed = call.Now.UnixNano()
+	return d.view(a), nil
+}
+
+// hold makes a a holder of spec at priority.
+func (d *Device) hold(a *allocation, spec *subjects.Reclaim, priority int) {
+	if spec == nil {
+		return
+	}
+	if a.extra == nil {
+		a.extra = &extra{}
+	}
+	a.extra.hold = &holder{spec: *spec, priority: priority, state: subjects.HolderHeld}
+	d.holders++
+}
+
+// forget takes a freed allocation off the holders; a release asked of it
+// is complete (announced by the next Handoff).
+func (d *Device) forget(a *allocation) {
+	h := a.holding()
+	if h == nil {
+		return
+	}
+	d.holders--
+	if h.state == subjects.HolderReleasing {
+		d.freedHolders = append(d.freedHolders, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full, Deadline: h.deadline})
+	}
+}
+
+// holderDeadline is the earliest deadline of a release asked.
+func (d *Device) holderDeadline() time.Time {
+	var next time.Time
+	if d.holders == 0 {
+		return next
+	}
+	for _, a := range d.allocs {
+		if h := a.holding(); h != nil && h.state == subjects.HolderReleasing && (next.IsZero() || h.deadline.Before(next)) {
+			next = h.deadline
+		}
+	}
+	return next
+}

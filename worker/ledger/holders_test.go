@@ -1,0 +1,204 @@
+package ledger_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// holderOf reserves size bytes for who at priority, as a holder that keeps
+// keep bytes when asked.
+func holderOf(t *testing.T, d *ledger.Device, who ledger.Who, size, keep int64, priority int) subjects.Allocation {
+	t.Helper()
+	return allocateAs(t, d, who, t0, subjects.AllocateRequest{SizeBytes: size, AllocationType: subjects.Reservation, Priority: priority,
+		Reclaim: &subjects.Reclaim{Subject: "holders." + who.Tenant, KeepBytes: keep}})
+}
+
+func kinds(evs []ledger.HandoffEvent) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.Type+":"+e.Holder.AllocationID[:8])
+	}
+	return out
+}
+
+// TestTheHandoff: a waiter that cannot fit gets memory from a holder of
+// lower priority: asked, verified, granted, and given back when the
+// waiter leaves.
+func TestTheHandoff(t *testing.T) {
+	t.Run("asked, verified, granted, restored", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		h := holderOf(t, d, tenantA, 800*mib, 100*mib, 0)
+		if h.ReclaimState != subjects.HolderHeld || h.Reclaim == nil {
+			t.Fatalf("holder %+v", h)
+		}
+		ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		if ticket == 0 {
+			t.Fatal("the waiter did not wait")
+		}
+		asks, evs, _ := d.Handoff(ctx, t0)
+		if len(asks) != 1 || asks[0].Action != subjects.ActionRelease || asks[0].Holder.AllocationID != h.AllocationID ||
+			asks[0].Notice.BytesWanted != 700*mib || len(evs) != 1 || evs[0].Type != ledger.HandoffRequested || evs[0].WaiterPriority != 10 {
+			t.Fatalf("asks %+v, events %v", asks, kinds(evs))
+		}
+		if again, _, _ := d.Handoff(ctx, t0.Add(time.Second)); len(again) != 0 {
+			t.Errorf("asked again while releasing: %+v", again)
+		}
+		if len(d.Admit(ctx, t0.Add(time.Second))) != 0 {
+			t.Error("granted before the release")
+		}
+		// The holder shrinks to what it keeps, and answers.
+		if _, err := d.Resize(ctx, at(tenantA, t0.Add(2*time.Second)), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+			t.Fatal(err)
+		}
+		d.Answered(h.AllocationID, nil)
+		_, evs, grew := d.Handoff(ctx, t0.Add(2*time.Second))
+		if !grew || len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted || evs[0].BytesReleased != 700*mib {
+			t.Fatalf("after the release: %v, grew %v", kinds(evs), grew)
+		}
+		ds := d.Admit(ctx, t0.Add(2*time.Second))
+		if len(ds) != 1 || ds[0].Ticket != ticket || ds[0].Err != nil {
+			t.Fatalf("the waiter: %+v", ds)
+		}
+		// Room returns when the waiter leaves: the holder grows back.
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: ds[0].Allocation.AllocationID}), tenantB); err != nil {
+			t.Fatal(err)
+		}
+		asks, evs, _ = d.Handoff(ctx, t0.Add(3*time.Second))
+		if len(asks) != 1 || asks[0].Action != subjects.ActionRestore || len(evs) != 1 || evs[0].Type != ledger.HandoffRestored || evs[0].Holder.SizeBytes != 800*mib {
+			t.Fatalf("restore: asks %+v, events %v", asks, kinds(evs))
+		}
+		audit(t, d)
+	})
+
+	t.Run("a holder of equal or higher priority is never asked", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		holderOf(t, d, tenantA, 400*mib, 0, 10)
+		holderOf(t, d, tenantA, 400*mib, 0, 20)
+		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		if asks, _, _ := d.Handoff(ctx, t0); len(asks) != 0 {
+			t.Errorf("asked %+v", asks)
+		}
+	})
+
+	t.Run("only as many holders as needed, lowest priority first", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		low := holderOf(t, d, tenantA, 400*mib, 0, -5)
+		holderOf(t, d, tenantA, 400*mib, 0, 0)
+		wait(t, d, tenantB, "w", t0, 400*mib, 60, 10) // short by about 176 MiB
+		asks, _, _ := d.Handoff(ctx, t0)
+		if len(asks) != 1 || asks[0].Holder.AllocationID != low.AllocationID {
+			t.Errorf("asked %+v, want the lowest priority alone", asks)
+		}
+	})
+
+	t.Run("holders that cannot cover the shortfall are not asked", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		holderOf(t, d, tenantA, 300*mib, 200*mib, 0) // 100 MiB to give
+		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: 600 * mib})
+		wait(t, d, tenantB, "w", t0, 400*mib, 60, 10)
+		if asks, _, _ := d.Handoff(ctx, t0); len(asks) != 0 {
+			t.Errorf("asked %+v", asks)
+		}
+	})
+
+	for _, tc := range []struct {
+		name   string
+		answer error
+		reason string
+	}{
+		{"no release by the deadline fails, and the waiter waits on", nil, ledger.ReasonNotVerified},
+		{"a refusal fails", errors.New("busy"), ledger.ReasonRefused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := newDevice(t, gib, func(c *ledger.Config) { c.ReclaimTimeout = 5 * time.Second })
+			h := holderOf(t, d, tenantA, 800*mib, 100*mib, 0)
+			ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+			d.Handoff(ctx, t0)
+			d.Answered(h.AllocationID, tc.answer) // it says yes (or no) and keeps everything
+			when := t0.Add(6 * time.Second)
+			if tc.answer != nil {
+				when = t0.Add(time.Second)
+			}
+			_, evs, _ := d.Handoff(ctx, when)
+			if len(evs) != 1 || evs[0].Type != ledger.HandoffFailed || len(evs[0].Reason) < len(tc.reason) || evs[0].Reason[:len(tc.reason)] != tc.reason {
+				t.Fatalf("events %+v", evs)
+			}
+			if _, ok := decided(d.Admit(ctx, when), ticket); ok {
+				t.Error("the waiter was answered")
+			}
+			if asks, _, _ := d.Handoff(ctx, when.Add(time.Second)); len(asks) != 0 {
+				t.Errorf("asked again at once: %+v", asks)
+			}
+		})
+	}
+
+	t.Run("a process that still uses the memory is not trusted", func(t *testing.T) {
+		d, b := newDevice(t, gib, func(c *ledger.Config) { c.ReclaimTolerance = mib })
+		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, AllocationType: subjects.Reservation, PID: 77,
+			Reclaim: &subjects.Reclaim{Subject: "holders.A", KeepBytes: 100 * mib}})
+		b.SetProcess(0, 77, 800*mib)
+		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		d.Handoff(ctx, t0)
+		if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+			t.Fatal(err)
+		}
+		if _, evs, _ := d.Handoff(ctx, t0.Add(2*time.Second)); len(evs) != 0 {
+			t.Errorf("verified while the process holds 800 MiB: %v", kinds(evs))
+		}
+		b.SetProcess(0, 77, 100*mib)
+		if _, evs, _ := d.Handoff(ctx, t0.Add(4*time.Second)); len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted {
+			t.Errorf("after the process let go: %v", kinds(evs))
+		}
+	})
+
+	t.Run("a holder freed while asked has released", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, Priority: -1,
+			Reclaim: &subjects.Reclaim{Subject: "holders.A"}})
+		ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		d.Handoff(ctx, t0)
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: h.AllocationID}), tenantA); err != nil {
+			t.Fatal(err)
+		}
+		if _, evs, grew := d.Handoff(ctx, t0.Add(time.Second)); !grew || len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted {
+			t.Errorf("events %v", kinds(evs))
+		}
+		if _, ok := decided(d.Admit(ctx, t0.Add(time.Second)), ticket); !ok {
+			t.Error("the waiter was not granted")
+		}
+	})
+}
+
+// TestResize: a reservation shrinks at once and grows through the door;
+// other allocations do not resize.
+func TestResize(t *testing.T) {
+	d, _ := newDevice(t, gib, func(c *ledger.Config) { c.Quotas = map[string]int64{"A": 512 * mib} })
+	r := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 256 * mib, AllocationType: subjects.Reservation})
+	v := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: mib})
+	for _, tc := range []struct {
+		name string
+		req  subjects.ResizeRequest
+		who  ledger.Who
+		want error
+	}{
+		{"shrink", subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 128 * mib}, tenantA, nil},
+		{"grow within the quota", subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 400 * mib, PID: 9}, tenantA, nil},
+		{"grow past the quota", subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 600 * mib}, tenantA, ledger.ErrQuotaExceeded},
+		{"another tenant's", subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: mib}, tenantB, ledger.ErrAllocationNotFound},
+		{"not a reservation", subjects.ResizeRequest{AllocationID: v.AllocationID, SizeBytes: 2 * mib}, tenantA, ledger.ErrUnsupported},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := d.Resize(ctx, at(tc.who, t0), valid(t, &tc.req))
+			if !errors.Is(err, tc.want) || (err == nil && a.SizeBytes != tc.req.SizeBytes) {
+				t.Errorf("%+v, %v; want %v", a, err, tc.want)
+			}
+		})
+	}
+	if u, _ := d.TenantUsage(tenantA); u.AllocatedBytes != 400*mib+mib {
+		t.Errorf("A holds %d", u.AllocatedBytes)
+	}
+}
