@@ -57,6 +57,7 @@ type cli struct {
 	PinnedPool        string        `name:"pinned-pool" help:"Page-lock this much host memory at start and keep it for offloads and transfers to the host (a size such as 16GiB; default: none); later pinned memory is kept too, up to --pinned-max." placeholder:"SIZE"`
 	PinnedMax         string        `name:"pinned-max" help:"Page-locked host memory the worker holds at most (a size such as 64GiB; default: half the host's memory)." placeholder:"SIZE"`
 	StarvationGuard   time.Duration `name:"starvation-guard" default:"${starvation_guard}" help:"How long a waiting allocate may wait before requests of its priority or lower stop passing it and queue behind it."`
+	ReclaimTimeout    time.Duration `name:"reclaim-timeout" default:"${reclaim_timeout}" help:"How long a holder asked to give memory back for a waiter of higher priority has to do it (and have it verified)."`
 	MaxWaiters        int           `name:"max-waiters" default:"${max_waiters}" help:"Allocates waiting for room on each device at most (a tenant: a quarter of it); past it allocate fails with OUT_OF_MEMORY at once."`
 	MaxAllocations    int           `name:"max-allocations" default:"${max_allocations}" help:"Live allocations each device keeps at most; past it allocate fails with OUT_OF_MEMORY."`
 	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
@@ -88,6 +89,7 @@ func defaults() kong.Vars {
 		"max_allocations":   strconv.Itoa(d.MaxAllocations),
 		"starvation_guard":  d.StarvationGuard.String(),
 		"max_waiters":       strconv.Itoa(d.MaxWaiters),
+		"reclaim_timeout":   d.ReclaimTimeout.String(),
 		"truth_max_age":     d.TruthMaxAge.String(),
 		"telemetry_max_age": d.TelemetryMaxAge.String(),
 		"critical_repeat":   d.CriticalRepeat.String(),
@@ -141,7 +143,7 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.TruthMaxAge = c.TruthMaxAge
 	cfg.ReadHandlers = c.ReadHandlers
 	cfg.MaxAllocations = c.MaxAllocations
-	cfg.StarvationGuard, cfg.MaxWaiters = c.StarvationGuard, c.MaxWaiters
+	cfg.StarvationGuard, cfg.MaxWaiters, cfg.ReclaimTimeout = c.StarvationGuard, c.MaxWaiters, c.ReclaimTimeout
 	for _, q := range c.Quota {
 		if cfg.Quotas == nil {
 			cfg.Quotas = map[string]int64{}
