@@ -50,6 +50,7 @@ type cli struct {
 	Alloc       allocCmd       `cmd:"" help:"Allocate memory (sizes such as 512MiB, 2GiB)."`
 	Free        freeCmd        `cmd:"" help:"Free allocations by id."`
 	Renew       renewCmd       `cmd:"" help:"Extend leases (allocations made with --ttl)."`
+	Resize      resizeCmd      `cmd:"" help:"Change a RESERVATION's size."`
 	Allocations allocationsCmd `cmd:"" help:"List allocations."`
 	Clear       clearCmd       `cmd:"" help:"Free non-persistent allocations and release cached memory."`
 	Defrag      defragCmd      `cmd:"" help:"Compact the device's pool."`
@@ -118,6 +119,8 @@ func run(ctx context.Context, args []string, std streams) int {
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exit = code }),
 		kong.Vars{"version": "memctl " + worker.BuildVersion()},
+		// --priority -5: a negative number is a flag's value.
+		kong.WithHyphenPrefixedParameters(true),
 		kong.UsageOnError())
 	if err != nil {
 		fmt.Fprintln(stderr, err)

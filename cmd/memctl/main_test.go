@@ -441,3 +441,24 @@ func TestOffloadAndRestoreSayWhatMovedAndHowFast(t *testing.T) {
 		t.Errorf("restore of a model with nothing offloaded: exit %d", code)
 	}
 }
+
+// TestAHolderAndResize: alloc --holder vllm makes a holder with vLLM's
+// sleep and wake URLs; resize changes a reservation's size.
+func TestAHolderAndResize(t *testing.T) {
+	f := newFixture(t, 1)
+	out := f.ok("--json", "-d", "n1-gpu0", "alloc", "256MiB", "--type", "RESERVATION", "--holder", "vllm", "--holder-url", "http://127.0.0.1:8000", "--keep", "16MiB", "--priority", "-5")
+	var a subjects.Allocation
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if a.Reclaim == nil || a.Reclaim.ReleaseURL != "http://127.0.0.1:8000/sleep?level=1" || a.Reclaim.RestoreURL != "http://127.0.0.1:8000/wake_up" ||
+		a.Reclaim.KeepBytes != 16<<20 || a.Priority != -5 || a.ReclaimState != subjects.HolderHeld {
+		t.Errorf("holder %+v", a)
+	}
+	if out := f.ok("resize", a.AllocationID, "128MiB"); !strings.Contains(out, "128 MiB") {
+		t.Errorf("resize: %s", out)
+	}
+	if code, _, errs := f.memctl("alloc", "1MiB", "--holder", "vllm"); code != exitUsage || !strings.Contains(errs, "--holder-url") {
+		t.Errorf("--holder without its URL: exit %d, %s", code, errs)
+	}
+}

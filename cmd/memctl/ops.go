@@ -29,6 +29,50 @@ type allocCmd struct {
 	TTL        time.Duration `name:"ttl" help:"Free automatically after this long."`
 	Alignment  int64         `help:"Alignment in bytes (power of two)."`
 	Export     bool          `help:"Return a CUDA IPC handle for other processes."`
+	holderFlags
+}
+
+// holderFlags make an allocation a holder: asked to give memory back to a
+// waiter of higher priority, and to take it again.
+type holderFlags struct {
+	Holder        string `name:"holder" enum:",vllm,sglang" default:"" help:"Make it a holder served by a model server of this kind at --holder-url (vllm: POST /sleep?level=1 and /wake_up; sglang: /release_memory_occupation and /resume_memory_occupation)."`
+	HolderURL     string `name:"holder-url" help:"The model server's base URL, e.g. http://127.0.0.1:8000."`
+	ReclaimSubject string `name:"reclaim-subject" help:"Make it a holder asked over NATS request-reply on this subject."`
+	ReleaseURL    string `name:"release-url" help:"Make it a holder asked by HTTP POST to this URL to give memory back."`
+	RestoreURL    string `name:"restore-url" help:"...and to this URL to take it again."`
+	Keep          string `name:"keep" help:"What a holder keeps when it gives memory back (a size; default 0)."`
+}
+
+// reclaim is the holder spec the flags ask for, nil for none.
+func (h holderFlags) reclaim() (*subjects.Reclaim, error) {
+	var r subjects.Reclaim
+	switch h.Holder {
+	case "vllm":
+		r.ReleaseURL, r.RestoreURL = h.HolderURL+"/sleep?level=1", h.HolderURL+"/wake_up"
+	case "sglang":
+		r.ReleaseURL, r.RestoreURL = h.HolderURL+"/release_memory_occupation", h.HolderURL+"/resume_memory_occupation"
+	}
+	if h.Holder != "" && h.HolderURL == "" {
+		return nil, usageErr("--holder %s needs --holder-url", h.Holder)
+	}
+	if h.ReleaseURL != "" {
+		r.ReleaseURL, r.RestoreURL = h.ReleaseURL, h.RestoreURL
+	}
+	r.Subject = h.ReclaimSubject
+	if r.Subject == "" && r.ReleaseURL == "" {
+		if h.Keep != "" {
+			return nil, usageErr("--keep needs --holder, --reclaim-subject or --release-url")
+		}
+		return nil, nil
+	}
+	if h.Keep != "" {
+		n, err := bytesize.Parse(h.Keep)
+		if err != nil {
+			return nil, usageErr("--keep: %v", err)
+		}
+		r.KeepBytes = int64(n)
+	}
+	return &r, nil
 }
 
 func (a *allocCmd) Run(e *env) error {
@@ -41,6 +85,9 @@ func (a *allocCmd) Run(e *env) error {
 		SizeBytes: int64(n), AllocationType: subjects.AllocationType(a.Type), Purpose: a.Purpose, ModelID: a.Model,
 		Persistent: a.Persistent, TTLSeconds: a.TTL.Seconds(), Alignment: a.Alignment, Export: a.Export,
 		PID: a.PID, WaitSeconds: a.Wait.Seconds(), Priority: a.Priority,
+	}
+	if req.Reclaim, err = a.reclaim(); err != nil {
+		return err
 	}
 	dev, note, err := e.roomiest()
 	if err != nil {
@@ -72,6 +119,34 @@ func (a *allocCmd) Run(e *env) error {
 	if out.IPCHandle != "" {
 		fmt.Fprintf(e.out, "ipc_handle %s offset %d\n", out.IPCHandle, out.IPCOffset)
 	}
+	return nil
+}
+
+type resizeCmd struct {
+	ID   string `arg:"" name:"id" help:"The reservation's id."`
+	Size string `arg:"" help:"Its new size (shrinking is immediate; growing must fit, as an allocation)."`
+	PID  int    `name:"pid" help:"The process it is now for."`
+}
+
+func (r *resizeCmd) Run(e *env) error {
+	n, err := bytesize.Parse(r.Size)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	groups, err := e.devicesOf([]string{r.ID})
+	if err != nil {
+		return err
+	}
+	var out subjects.Allocation
+	for dev := range groups {
+		if _, err := e.client.Do(e.ctx, subjects.Resize, dev, subjects.ResizeRequest{AllocationID: r.ID, SizeBytes: int64(n), PID: r.PID}, &out); err != nil {
+			return err
+		}
+	}
+	if e.cli.JSON {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.out, "%s  %s on %s\n", out.AllocationID, size(out.SizeBytes), out.DeviceID)
 	return nil
 }
 

@@ -108,6 +108,8 @@ const (
 func main() {
 	var c cli
 	kong.Parse(&c, kong.Description("Serve this host's GPU memory over NATS."), defaults(),
+		// --port -1: a negative number is a flag's value.
+		kong.WithHyphenPrefixedParameters(true),
 		// Bad flags exit 2, as usage errors do (kong's own code is 80).
 		kong.Exit(func(code int) {
 			if code == 80 {

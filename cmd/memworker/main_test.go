@@ -29,7 +29,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func parse(t *testing.T, args ...string) *cli {
 	t.Helper()
 	c := new(cli)
-	k, err := kong.New(c, defaults())
+	k, err := kong.New(c, defaults(), kong.WithHyphenPrefixedParameters(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,5 +283,13 @@ func TestVMMFlag(t *testing.T) {
 		if got := b.Granularity(0) > 0; got != tc.want {
 			t.Errorf("%v: virtual memory %v, want %v", tc.args, got, tc.want)
 		}
+	}
+}
+
+// TestANegativePortParses: --port -1, as README and the port-clash error
+// suggest, is a value, not a flag.
+func TestANegativePortParses(t *testing.T) {
+	if c := parse(t, "--port", "-1"); c.Port != -1 {
+		t.Errorf("--port -1 parsed as %d", c.Port)
 	}
 }
