@@ -121,8 +121,9 @@ func (r *ResizeRequest) Validate() error {
 	if r.AllocationID == "" || len(r.AllocationID) > MaxIDLen {
 		return Invalid("allocation_id is required (at most %d bytes)", MaxIDLen)
 	}
-	if r.SizeBytes <= 0 || r.SizeBytes > MaxSizeBytes {
-		return Invalid("size_bytes must be a positive number of bytes up to %d, got %d", int64(MaxSizeBytes), r.SizeBytes)
+	// 0 is a holder that gave everything back and waits to restore.
+	if r.SizeBytes < 0 || r.SizeBytes > MaxSizeBytes {
+		return Invalid("size_bytes must be 0 to %d bytes, got %d", int64(MaxSizeBytes), r.SizeBytes)
 	}
 	if r.PID < 0 {
 		return Invalid("pid must be a positive number, got %d", r.PID)

@@ -51,6 +51,7 @@ type cli struct {
 	Free        freeCmd        `cmd:"" help:"Free allocations by id."`
 	Renew       renewCmd       `cmd:"" help:"Extend leases (allocations made with --ttl)."`
 	Resize      resizeCmd      `cmd:"" help:"Change a RESERVATION's size."`
+	Run         runCmd         `cmd:"" help:"Run a command under a reservation: wait for room, renew while it lives, relay release and restore to it, free on exit (memctl run --size 40GiB -- CMD ...)."`
 	Allocations allocationsCmd `cmd:"" help:"List allocations."`
 	Clear       clearCmd       `cmd:"" help:"Free non-persistent allocations and release cached memory."`
 	Defrag      defragCmd      `cmd:"" help:"Compact the device's pool."`

@@ -462,3 +462,58 @@ func TestAHolderAndResize(t *testing.T) {
 		t.Errorf("--holder without its URL: exit %d, %s", code, errs)
 	}
 }
+
+// TestRunHoldsAReservationForTheCommand: memctl run reserves, starts the
+// command with the reservation in its environment and {size_bytes} in its
+// arguments, exits with its status, and frees the reservation.
+func TestRunHoldsAReservationForTheCommand(t *testing.T) {
+	f := newFixture(t, 1)
+	code, out, errs := f.memctl("-d", "n1-gpu0", "run", "--size", "64MiB", "--", "sh", "-c", `echo "$MEMWORKER_ALLOCATION_ID $MEMWORKER_SIZE_BYTES $CUDA_VISIBLE_DEVICES {size_bytes}"; exit 3`)
+	if code != 3 {
+		t.Fatalf("exit %d, want the command's 3\n%s%s", code, out, errs)
+	}
+	fields := strings.Fields(out)
+	if len(fields) != 4 || fields[1] != "67108864" || fields[2] != "0" || fields[3] != "67108864" {
+		t.Errorf("the command saw %q", out)
+	}
+	if list := f.ok("-d", "n1-gpu0", "allocations"); strings.Contains(list, fields[0]) {
+		t.Errorf("the reservation outlived the command:\n%s", list)
+	}
+}
+
+// TestRunRelaysARelease: a command run with --holder signal at priority 0
+// gets SIGUSR1 when a request of priority 10 waits for its memory, and the
+// waiter is granted.
+func TestRunRelaysARelease(t *testing.T) {
+	f := newFixture(t, 1)
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errs := f.memctl("-d", "n1-gpu0", "run", "--size", "900MiB", "--holder", "signal", "--",
+			"sh", "-c", `trap 'echo released; exit 0' USR1; echo started; while :; do sleep 0.05; done`)
+		done <- result{code, out, errs}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(f.ok("-d", "n1-gpu0", "allocations"), "memctl run") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("memctl run did not reserve")
+		}
+	}
+	out := f.ok("-d", "n1-gpu0", "alloc", "512MiB", "--wait", "5s", "--ttl", "1m", "--priority", "10")
+	if !strings.Contains(out, "granted after waiting") {
+		t.Errorf("the waiter: %s", out)
+	}
+	select {
+	case r := <-done:
+		if r.code != 0 || !strings.Contains(r.out, "released") {
+			t.Errorf("memctl run: exit %d\n%s%s", r.code, r.out, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the command was not told to release")
+	}
+}
