@@ -118,6 +118,7 @@ func TestEveryOperationIsServed(t *testing.T) {
 		subjects.Optimize:         `{"data":{"dry_run":true}}`,
 		subjects.Clear:            `{"data":{"purpose":"none-such","release_cached":false}}`,
 		subjects.Deallocate:       `{"data":{"allocation_ids":[]}}`,
+		subjects.Resize:           ``, // a reservation made below
 	}
 	const unknown = `{"data":{"allocation_id":"00000000-0000-0000-0000-000000000000"}}`
 	bad := map[subjects.Op]struct {
@@ -129,6 +130,7 @@ func TestEveryOperationIsServed(t *testing.T) {
 		subjects.Transfer:    {unknown, subjects.CodeAllocationNotFound},
 		subjects.GetTransfer: {`{"data":{"transfer_id":"nope"}}`, subjects.CodeTransferNotFound},
 		subjects.Allocate:    {`{"data":{"size_bytes":-1}}`, subjects.CodeInvalidRequest},
+		subjects.Resize:      {`{"data":{"allocation_id":"00000000-0000-0000-0000-000000000000","size_bytes":1}}`, subjects.CodeAllocationNotFound},
 		subjects.GetStatus:   {`{"action":"memory.get_usage"}`, subjects.CodeInvalidRequest},
 	}
 	for _, op := range subjects.Ops() {
@@ -138,6 +140,11 @@ func TestEveryOperationIsServed(t *testing.T) {
 				var st subjects.TransferStatus
 				ask(t, nc, subjects.Transfer, good[subjects.Transfer], &st)
 				body = `{"data":{"transfer_id":"` + st.TransferID + `"}}`
+			}
+			if op == subjects.Resize {
+				var r subjects.Allocation
+				ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":4096,"allocation_type":"RESERVATION"}}`, &r)
+				body = `{"data":{"allocation_id":"` + r.AllocationID + `","size_bytes":8192}}`
 			}
 			if op == subjects.Deallocate {
 				var other subjects.Allocation

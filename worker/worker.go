@@ -326,7 +326,7 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 // largest requests the server carries: pendingMsgs requests, and
 // pendingPayloads of them at the server's max payload.
 const (
-	pendingMsgs     = 1 << 16
+	pendingMsgs     = 1 << 20
 	pendingPayloads = 1024
 )
 
