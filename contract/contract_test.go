@@ -195,13 +195,17 @@ func TestCSharpRecordsAreGenerated(t *testing.T) {
 	}
 }
 
-// TestReadmeCSharpUsesTheContractsNames: the message classes the README's
-// C# examples use are schemas of the document, which
+// TestReadmeCSharpUsesTheContractsNames: the message classes the C#
+// examples of README.md and docs/guide.md use are schemas of the document, which
 // scripts/csharp-records.sh turns into classes of those names.
 func TestReadmeCSharpUsesTheContractsNames(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
+	var readme []byte
+	for _, path := range []string{"../README.md", "../docs/guide.md"} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readme = append(readme, b...)
 	}
 	schemas := readDoc(t).(map[string]any)["components"].(map[string]any)["schemas"].(map[string]any)
 	blocks := regexp.MustCompile("(?s)```csharp\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
