@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,12 +36,12 @@ type allocCmd struct {
 // holderFlags make an allocation a holder: asked to give memory back to a
 // waiter of higher priority, and to take it again.
 type holderFlags struct {
-	Holder        string `name:"holder" enum:",vllm,sglang" default:"" help:"Make it a holder served by a model server of this kind at --holder-url (vllm: POST /sleep?level=1 and /wake_up; sglang: /release_memory_occupation and /resume_memory_occupation)."`
-	HolderURL     string `name:"holder-url" help:"The model server's base URL, e.g. http://127.0.0.1:8000."`
+	Holder         string `name:"holder" enum:",vllm,sglang" default:"" help:"Make it a holder served by a model server of this kind at --holder-url (vllm: POST /sleep?level=1 and /wake_up; sglang: /release_memory_occupation and /resume_memory_occupation)."`
+	HolderURL      string `name:"holder-url" help:"The model server's base URL, e.g. http://127.0.0.1:8000."`
 	ReclaimSubject string `name:"reclaim-subject" help:"Make it a holder asked over NATS request-reply on this subject."`
-	ReleaseURL    string `name:"release-url" help:"Make it a holder asked by HTTP POST to this URL to give memory back."`
-	RestoreURL    string `name:"restore-url" help:"...and to this URL to take it again."`
-	Keep          string `name:"keep" help:"What a holder keeps when it gives memory back (a size; default 0)."`
+	ReleaseURL     string `name:"release-url" help:"Make it a holder asked by HTTP POST to this URL to give memory back."`
+	RestoreURL     string `name:"restore-url" help:"...and to this URL to take it again."`
+	Keep           string `name:"keep" help:"What a holder keeps when it gives memory back (a size; default 0)."`
 }
 
 // reclaim is the holder spec the flags ask for, nil for none.
@@ -232,7 +233,7 @@ func (a *allocationsCmd) Run(e *env) error {
 	if e.cli.JSON {
 		return e.printJSON(out)
 	}
-	t := e.table("ID", "Device", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires", "Observed")
+	t := e.table("ID", "Device", "Tenant", "Size", "Reserved", "Type", "Purpose", "Model", "Persistent", "Created", "Expires", "Observed", "Holder")
 	for _, al := range out.Allocations {
 		exp := ""
 		if al.ExpiresAt != nil {
@@ -247,7 +248,15 @@ func (a *allocationsCmd) Run(e *env) error {
 			typ += fmt.Sprintf(" (pid %d)", al.PID)
 			observed = size(al.ObservedBytes)
 		}
-		t.AppendRow(table.Row{al.AllocationID, al.DeviceID, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp, observed})
+		tenant := cmp.Or(al.Tenant, "operator")
+		if al.User != "" {
+			tenant += " (" + al.User + ")"
+		}
+		holder := ""
+		if al.Reclaim != nil {
+			holder = fmt.Sprintf("%s, priority %d, keeps %s", al.ReclaimState, al.Priority, size(al.Reclaim.KeepBytes))
+		}
+		t.AppendRow(table.Row{al.AllocationID, al.DeviceID, tenant, size(al.SizeBytes), size(al.ReservedBytes), typ, al.Purpose, al.ModelID, al.Persistent, al.CreatedAt.Format(time.RFC3339), exp, observed, holder})
 	}
 	footer := fmt.Sprintf("%d of %d", len(out.Allocations), out.TotalCount)
 	if out.NextCursor != "" {

@@ -63,6 +63,16 @@ func TestComposeFileAgreesWithTheWorker(t *testing.T) {
 	if !publishes(natsServices["nats-1"], 4222, 4222) {
 		t.Error("nats-1 does not publish 4222 to the host, where memctl and the nats CLI look by default")
 	}
+	for name, svc := range natsServices {
+		for _, p := range svc.Ports {
+			if p.HostIP != "127.0.0.1" {
+				t.Errorf("%s publishes %d on %q: servers without authentication publish on 127.0.0.1 only", name, p.Target, p.HostIP)
+			}
+		}
+		if svc.HealthCheck == nil {
+			t.Errorf("%s has no health check", name)
+		}
+	}
 
 	nodes := map[string]string{}
 	for name, svc := range workers {
@@ -74,6 +84,9 @@ func TestComposeFileAgreesWithTheWorker(t *testing.T) {
 		if _, err := parser.Parse(svc.Command); err != nil {
 			t.Errorf("%s: command %q does not parse with the worker's flags: %v", name, svc.Command, err)
 			continue
+		}
+		if svc.Build == nil {
+			t.Errorf("%s: no build: docker compose up fails on a fresh machine", name)
 		}
 		if c.NatsURL == "" {
 			t.Errorf("%s: no --nats-url: it would start an embedded server inside the container", name)
