@@ -154,8 +154,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		}
 	}
 	data, err := fn(ctx, g, call, env.Data)
-	q := queued{}
-	waiting := errors.As(err, &q)
+	q, waiting := err.(queued) // allocate returns it as it is
 	if waiting {
 		w.park(g, q.ticket, req, pending{id: requestID, replayKey: replayKey, data: env.Data, start: call.Now})
 	}
@@ -185,6 +184,9 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 // tenantUsage is who's usage of g for its replies, nil for the operator.
 // The caller holds g.mu.
 func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
+	if who.Operator() {
+		return nil // and nothing allocated: most requests are the operator's
+	}
 	u, ok := g.TenantUsage(who)
 	if !ok {
 		return nil
