@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 )
