@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,12 +36,16 @@ const (
 // lease: this one stopped serving.
 var ErrLeaseLost = errors.New("the node's lease was lost")
 
-// nodeLease is a held lease on the node.
+// nodeLease is a held lease on the node. keep renews it on its goroutine
+// while release gives it up from the stop: mu guards rev and released.
 type nodeLease struct {
 	kv    jetstream.KeyValue
 	node  string
 	value []byte
-	rev   uint64
+
+	mu       sync.Mutex
+	rev      uint64
+	released bool
 }
 
 // takeNode takes the node's lease: at once, or, as a standby, once the
@@ -109,12 +114,21 @@ func (l *nodeLease) keep(ctx context.Context, lost func(error)) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			l.mu.Lock()
+			if l.released {
+				l.mu.Unlock()
+				return
+			}
 			rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
 			rev, err := l.kv.Update(rctx, l.node, l.value, l.rev)
 			cancel()
+			if err == nil {
+				l.rev = rev
+			}
+			l.mu.Unlock()
 			switch {
 			case err == nil:
-				l.rev, renewed = rev, now
+				renewed = now
 			case ctx.Err() != nil:
 				return
 			case errors.Is(err, jetstream.ErrKeyExists), time.Since(renewed) >= NodeLeaseTTL/2:
@@ -127,6 +141,9 @@ func (l *nodeLease) keep(ctx context.Context, lost func(error)) {
 
 // release gives the lease up, so a standby takes over at once.
 func (l *nodeLease) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.released = true
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = l.kv.Delete(ctx, l.node, jetstream.LastRevision(l.rev))
