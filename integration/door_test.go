@@ -88,10 +88,16 @@ func TestTheDoorHoldsAcrossPaths(t *testing.T) {
 		}
 	})
 
-	t.Run("a tenant's waiters are capped at a quarter", func(t *testing.T) {
+	// fill has the operator take all that is available but 4 MiB.
+	fill := func(t *testing.T) subjects.Allocation {
 		var filler subjects.Allocation
 		u := status(t, operator, dev)
 		call(t, operator, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - 4*MiB}, &filler)
+		return filler
+	}
+
+	t.Run("a tenant's waiters are capped at a quarter", func(t *testing.T) {
+		filler := fill(t)
 		ws := []<-chan *nats.Msg{
 			pending(t, bob, subjects.Allocate, dev, waitBody(t, "b1", 8*MiB, 30, 0)),
 			pending(t, bob, subjects.Allocate, dev, waitBody(t, "b2", 8*MiB, 30, 0)),
@@ -115,9 +121,7 @@ func TestTheDoorHoldsAcrossPaths(t *testing.T) {
 	})
 
 	t.Run("when a waiter leaves the queue is examined at once", func(t *testing.T) {
-		var filler subjects.Allocation
-		u := status(t, operator, dev)
-		call(t, operator, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - 4*MiB}, &filler)
+		filler := fill(t)
 		// big waits past the guard, so small, which would fit, waits
 		// behind it; when big's wait ends, small is granted at once (long
 		// before its own deadline: nothing else changes on the device).

@@ -142,16 +142,7 @@ var doorRules = []doorRule{
 		return t0
 	}},
 	{name: "reservations", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
-		u, err := d.Usage(ctx, t0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leave := doorSize / 2
-		if !holds {
-			leave = 2 * doorSize
-		}
-		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave, AllocationType: subjects.Reservation})
-		return t0
+		return fillAllBut(t, d, holds, subjects.Reservation)
 	}},
 	{name: "admission queue", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
 		// B waits, since t0, for more than is free while the operator
@@ -167,17 +158,25 @@ var doorRules = []doorRule{
 		return t0.Add(guard / 2) // B is young: A passes it
 	}},
 	{name: "room", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
-		u, err := d.Usage(ctx, t0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leave := doorSize / 2
-		if !holds {
-			leave = 2 * doorSize
-		}
-		allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave})
-		return t0
+		return fillAllBut(t, d, holds, subjects.VRAM)
 	}},
+}
+
+// fillAllBut has the operator take what is available but half of doorSize
+// (holds) or twice doorSize, as memory of type typ: a reservation (the
+// promised memory of another process) or VRAM (the device's room).
+func fillAllBut(t *testing.T, d *ledger.Device, holds bool, typ subjects.AllocationType) time.Time {
+	t.Helper()
+	u, err := d.Usage(ctx, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leave := 2 * doorSize
+	if holds {
+		leave = doorSize / 2
+	}
+	allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave, AllocationType: typ})
+	return t0
 }
 
 // doorConfig gives tenant A a quota that its prepared allocation plus
