@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,5 +229,78 @@ func TestWaitersOverNATS(t *testing.T) {
 	ask(t, nc, subjects.Allocate, body, &again)
 	if again.AllocationID != ids[0] {
 		t.Errorf("a replay got %s, want %s", again.AllocationID, ids[0])
+	}
+}
+
+// TestHandoffAndLeasesOverNATS: a holder over NATS and one over HTTP are
+// asked to release for a waiter of higher priority; the NATS one frees
+// its allocation and is verified, the waiter granted, its lease expiry
+// announced in a batch; a standby for the node waits while the worker
+// serves.
+func TestHandoffAndLeasesOverNATS(t *testing.T) {
+	nc, w := serving(t, func(c *Config) { c.ReclaimTimeout = 2 * time.Second })
+	var httpAsked atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		httpAsked.Add(1)
+		rw.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer hs.Close()
+	var h1, h2 subjects.Allocation
+	ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":419430400,"priority":-1,"reclaim":{"subject":"holder.one"}}}`, &h1)
+	ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":419430400,"priority":-2,"reclaim":{"release_url":"`+hs.URL+`/sleep"}}}`, &h2)
+	evs, err := nc.SubscribeSync(subjects.AllAllocationEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Subscribe("holder.one", func(m *nats.Msg) {
+		ask(t, nc, subjects.Deallocate, `{"data":{"allocation_id":"`+h1.AllocationID+`"}}`, nil)
+		_ = m.Respond([]byte(`{"success":true,"request_id":"x","timestamp":"2026-12-06T00:00:00Z"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var granted subjects.Allocation
+	if r := ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":629145600,"wait_seconds":10,"ttl_seconds":0.3,"priority":5}}`, &granted); !r.Success {
+		t.Fatalf("the waiter: %+v", r)
+	}
+	seen := map[string]bool{}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !seen["io.memworker.allocation.expired.v1"]; {
+		msg, err := evs.NextMsg(time.Until(deadline))
+		if err != nil {
+			break
+		}
+		var e struct {
+			Type string `json:"type"`
+		}
+		_ = json.Unmarshal(msg.Data, &e)
+		seen[e.Type] = true
+	}
+	if httpAsked.Load() == 0 {
+		t.Error("the HTTP holder, of the lowest priority, was not asked first")
+	}
+	for _, want := range []string{"io.memworker.reclaim.requested.v1", "io.memworker.reclaim.failed.v1", "io.memworker.reclaim.completed.v1", "io.memworker.allocation.expired.v1"} {
+		if !seen[want] {
+			t.Errorf("no %s event; saw %v", want, seen)
+		}
+	}
+	// A standby for the node stands by while this worker serves.
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Standby, cfg.Backend = "n", true, sim.New(sim.Default(1, 1<<30))
+	cfg.DiscoveryWait, cfg.Logger = 10*time.Millisecond, slog.New(slog.DiscardHandler)
+	standby, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := standby.Run(ctx, nc); err != nil {
+		t.Errorf("a standby stopped while standing by: %v", err)
+	}
+	select {
+	case <-standby.Ready():
+		t.Error("the standby served while the worker lives")
+	default:
+	}
+	if err := w.Check(context.Background()); err != nil {
+		t.Errorf("the worker after the handoff: %v", err)
 	}
 }
