@@ -46,6 +46,9 @@ const accountsHeader = `# A nats-server configuration where teams are NATS accou
 #   nats-server stamps every request with Nats-Request-Info (the account and
 #   the user) and a client cannot forge it. The worker takes the tenant from
 #   that header, on requests that came through an import only.
+# - Each tenant exports holders.<tenant>.> to MEMORY alone: the worker asks
+#   the tenant's holders (allocations made with reclaim) to give memory
+#   back on subjects there, and a tenant may name no other.
 # - Replies and inboxes are per account: a tenant cannot read another's.
 #
 # In production keep bcrypted passwords, NKeys or JWT accounts, and TLS.
@@ -76,6 +79,10 @@ func Accounts(tenants []Tenant) []byte {
 	for _, t := range tenants {
 		fmt.Fprintf(&b, "      { stream: %q, accounts: [%s] }\n", subjects.TenantAllocationEvents(t.Account), t.Account)
 	}
+	b.WriteString("    ]\n    imports: [\n")
+	for _, t := range tenants {
+		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", t.Account, subjects.HolderSubjects(t.Account))
+	}
 	b.WriteString("    ]\n  }\n")
 	for _, t := range tenants {
 		fmt.Fprintf(&b, "  %s: {\n    users: [ { user: %s, password: %q } ]\n    imports: [\n", t.Account, t.User, t.Password)
@@ -85,7 +92,7 @@ func Accounts(tenants []Tenant) []byte {
 		for _, s := range []string{subjects.AllPressureEvents, subjects.AllLifecycleEvents, subjects.TenantAllocationEvents(t.Account)} {
 			fmt.Fprintf(&b, "      { stream: { account: MEMORY, subject: %q } }\n", s)
 		}
-		b.WriteString("    ]\n  }\n")
+		fmt.Fprintf(&b, "    ]\n    exports: [\n      { service: %q, accounts: [MEMORY] }\n    ]\n  }\n", subjects.HolderSubjects(t.Account))
 	}
 	b.WriteString("  SYS: {\n    users: [ { user: sys, password: \"change-me-sys\" } ]\n  }\n}\nsystem_account: SYS\n")
 	return []byte(b.String())

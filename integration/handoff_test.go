@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -147,4 +148,42 @@ func TestAHolderThatDoesNotReleaseFails(t *testing.T) {
 	if failed.Reason != "not_verified" {
 		t.Errorf("failed: %+v", failed)
 	}
+}
+
+// TestATenantsHolderAcrossAccounts: through the generated accounts config,
+// alice's holder listens in her account under holders.TEAM_A.; bob's
+// waiter of higher priority gets her memory; she may name no other
+// tenant's holder subject, and no URL.
+func TestATenantsHolderAcrossAccounts(t *testing.T) {
+	srv := startAccountsServer(t)
+	startWorkerOn(t, context.Background(), connectAs(t, srv, "worker", "change-me-worker"), "n1", withDevices(1, GiB))
+	alice := connectAs(t, srv, "alice", "change-me-alice")
+	bob := connectAs(t, srv, "bob", "change-me-bob")
+	dev := "n1-gpu0"
+	callErr(t, alice, subjects.Allocate, dev, mustJSON(t, map[string]any{"data": map[string]any{"size_bytes": MiB, "allocation_type": "RESERVATION",
+		"reclaim": map[string]any{"subject": "holders.TEAM_B.model"}}}), subjects.CodeForbidden)
+	callErr(t, alice, subjects.Allocate, dev, mustJSON(t, map[string]any{"data": map[string]any{"size_bytes": MiB, "allocation_type": "RESERVATION",
+		"reclaim": map[string]any{"release_url": "http://127.0.0.1:1/sleep"}}}), subjects.CodeForbidden)
+	var holder subjects.Allocation
+	call(t, alice, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 800 * MiB, AllocationType: subjects.Reservation,
+		Reclaim: &subjects.Reclaim{Subject: "holders.TEAM_A.model"}}, &holder)
+	released := make(chan struct{}, 1)
+	if _, err := alice.Subscribe("holders.TEAM_A.model", func(m *nats.Msg) {
+		defer func() { released <- struct{}{} }()
+		body := mustJSON(t, map[string]any{"data": map[string]any{"allocation_id": holder.AllocationID, "size_bytes": 0}})
+		if msg, err := alice.Request(subjects.Request(subjects.Resize, dev), body, 5*time.Second); err != nil {
+			t.Errorf("resize: %v", err)
+		} else if r, _ := subjects.DecodeReply(msg.Data, nil); r == nil || !r.Success {
+			t.Errorf("resize: %s", msg.Data)
+		}
+		_ = m.Respond([]byte(`{"success":true,"request_id":"x","timestamp":"2026-12-06T00:00:00Z"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = alice.Flush()
+	w := pending(t, bob, subjects.Allocate, dev, waitBody(t, "b", 500*MiB, 10, 10))
+	if r, _ := reply(t, w, 10*time.Second); !r.Success {
+		t.Errorf("bob's waiter: %+v", r)
+	}
+	<-released // the holder's own reply may come after bob's grant
 }

@@ -51,6 +51,15 @@ func AllocationEvents(deviceID, tenant string) string {
 	return Root + "." + allocationToken + "." + deviceID + "." + tenant
 }
 
+// HolderPrefix starts the subjects holders listen on for the worker's
+// asks. A tenant's holders listen under HolderSubjects(tenant), which its
+// account exports to the worker's.
+const HolderPrefix = "holders."
+
+// HolderSubjects matches the subjects a tenant's holders may listen on:
+// holders.<tenant>.>.
+func HolderSubjects(tenant string) string { return HolderPrefix + tenant + ".>" }
+
 // TenantAllocationEvents matches the allocation events of a tenant's
 // allocations on every device: what its account imports.
 func TenantAllocationEvents(tenant string) string {

@@ -85,6 +85,9 @@ func (c *Reclaim) validate(size int64) error {
 	if c.Subject != "" && !validSubject(c.Subject) {
 		return Invalid("reclaim.subject %s is not a NATS subject without wildcards", Quote(c.Subject))
 	}
+	if c.Subject != "" && reservedSubject(c.Subject) {
+		return Invalid("reclaim.subject %s is the worker's or the server's own (%s..., $..., _...): a holder listens on a subject of its own, such as %s<name>", Quote(c.Subject), Root+".", HolderPrefix)
+	}
 	for _, u := range []string{c.ReleaseURL, c.RestoreURL} {
 		if u != "" && (len(u) > MaxLabelLen || !(strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) || checkLabel("reclaim url", u) != nil) {
 			return Invalid("reclaim URLs are http:// or https:// URLs of at most %d bytes, got %s", MaxLabelLen, Quote(u))
@@ -94,6 +97,13 @@ func (c *Reclaim) validate(size int64) error {
 		return Invalid("reclaim.keep_bytes must be at least 0 and less than size_bytes, got %d", c.KeepBytes)
 	}
 	return nil
+}
+
+// reservedSubject reports whether the worker must never send a holder's
+// ask to s: its own subjects (requests, events), the server's ($JS, $KV,
+// $SYS, ...) and inboxes.
+func reservedSubject(s string) bool {
+	return strings.HasPrefix(s, "$") || strings.HasPrefix(s, "_") || strings.HasPrefix(s, Root+".")
 }
 
 // validSubject reports whether s is a NATS subject a request can go to:

@@ -72,26 +72,32 @@ func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error
 	}
 	l := &nodeLease{kv: kv, node: w.cfg.Node, value: []byte(nuid.Next())}
 	waiting := false
+	// A worker that is no standby waits one TTL too: a lease held by a
+	// worker that just died (a restart after a crash) lapses by then, while
+	// a live one is renewed and stays.
+	refuseAt := time.Now().Add(NodeLeaseTTL + leasePoll)
 	for {
 		rev, err := kv.Create(ctx, l.node, l.value)
 		if err == nil {
 			l.rev = rev
 			if waiting {
-				w.log.Info("the node is free: this standby takes it over", "node", l.node)
+				w.log.Info("the node is free: this worker takes it over", "node", l.node)
 			}
 			return l, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, fmt.Errorf("taking the node's lease: %w", err)
 		}
-		if !w.cfg.Standby {
+		if !w.cfg.Standby && time.Now().After(refuseAt) {
 			return nil, fmt.Errorf("%w: node %s is served by another worker (its lease is held); choose another --node, or start with --standby to take over when it stops",
 				ErrNodeTaken, l.node)
 		}
-		if !waiting {
+		if !waiting && w.cfg.Standby {
 			w.log.Info("standing by: another worker serves the node", "node", l.node)
-			waiting = true
+		} else if !waiting {
+			w.log.Info("the node's lease is held: waiting for it to lapse (its worker may have just died)", "node", l.node, "for", NodeLeaseTTL)
 		}
+		waiting = true
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

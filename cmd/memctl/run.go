@@ -71,8 +71,19 @@ func (r *runCmd) Run(e *env) error {
 	h := &holding{e: e, cmd: r, dev: dev, keep: keep}
 	req := subjects.AllocateRequest{SizeBytes: size, AllocationType: subjects.Reservation, TTLSeconds: r.TTL.Seconds(),
 		WaitSeconds: r.Wait.Seconds(), Priority: r.Priority, Purpose: "memctl run"}
+	var u subjects.Usage
+	ur, err := e.client.Do(e.ctx, subjects.GetUsage, dev, nil, &u)
+	if err != nil {
+		return err
+	}
 	if r.Holder != "" {
-		h.subject = "memctl.holder." + nuid.Next()
+		// A tenant's holders listen under holders.<tenant>.: its account
+		// exports them to the worker's.
+		owner := "operator"
+		if ur.TenantUsage != nil {
+			owner = ur.TenantUsage.Tenant
+		}
+		h.subject = subjects.HolderPrefix + owner + ".memctl-" + nuid.Next()
 		sub, err := e.nc.Subscribe(h.subject, h.serve)
 		if err != nil {
 			return err
@@ -90,9 +101,8 @@ func (r *runCmd) Run(e *env) error {
 	h.id = a.AllocationID
 	defer h.free()
 
-	var u subjects.Usage
 	fraction := 0.0
-	if _, err := e.client.Do(e.ctx, subjects.GetUsage, dev, nil, &u); err == nil && u.TotalBytes > 0 {
+	if u.TotalBytes > 0 {
 		fraction = float64(size) / float64(u.TotalBytes)
 	}
 	args := make([]string, len(r.Command))

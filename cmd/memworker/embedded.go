@@ -35,10 +35,14 @@ func startEmbedded(host string, port int, storeDir, configFile string, log *slog
 		opts.StoreDir = storeDir
 	}
 	if opts.JetStream && opts.StoreDir == "" {
-		// Events are kept across restarts: a per-user state folder.
-		dir, err := stateDir()
-		if err != nil {
-			log.Warn("no state folder; JetStream keeps events in a temporary one until the worker stops", "err", err)
+		// Events are kept across restarts: a per-user state folder, one
+		// per port, so two embedded servers never share one. Any free
+		// port (-1) is a new server each time: a temporary folder.
+		dir, err := stateDir(opts.Port)
+		if err != nil || opts.Port <= 0 {
+			if err != nil {
+				log.Warn("no state folder; JetStream keeps events in a temporary one until the worker stops", "err", err)
+			}
 			if dir, err = os.MkdirTemp("", "memworker-js-"); err != nil {
 				return nil, err
 			}
@@ -73,9 +77,10 @@ func startEmbedded(host string, port int, storeDir, configFile string, log *slog
 	return e, nil
 }
 
-// stateDir is where the embedded server keeps JetStream data by default:
-// $XDG_STATE_HOME/memworker, else ~/.local/state/memworker.
-func stateDir() (string, error) {
+// stateDir is where the embedded server on port keeps JetStream data by
+// default: $XDG_STATE_HOME/memworker/<port>, else
+// ~/.local/state/memworker/<port>.
+func stateDir(port int) (string, error) {
 	base := os.Getenv("XDG_STATE_HOME")
 	if base == "" {
 		home, err := os.UserHomeDir()
@@ -84,7 +89,7 @@ func stateDir() (string, error) {
 		}
 		base = filepath.Join(home, ".local", "state")
 	}
-	dir := filepath.Join(base, "memworker")
+	dir := filepath.Join(base, "memworker", strconv.Itoa(port))
 	return dir, os.MkdirAll(dir, 0o700)
 }
 

@@ -35,7 +35,7 @@ type cli struct {
 
 	Listen     string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
 	Port       int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
-	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder, where events are kept across restarts (default: $XDG_STATE_HOME/memworker or ~/.local/state/memworker)."`
+	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder, where events are kept across restarts (default: $XDG_STATE_HOME/memworker/<port> or ~/.local/state/memworker/<port>; with --port -1 a temporary one)."`
 	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); it decides where the server listens."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`

@@ -14,6 +14,7 @@ import (
 	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/alloc"
+	"github.com/memworker/memworker/worker/device"
 )
 
 // Allocate grants an allocate request through the door. A request that
@@ -81,6 +82,9 @@ func digest(r *subjects.AllocateRequest) uint64 {
 // the pool of the request's kind (or a segment of its own for an exported
 // allocation; nothing for a reservation) and enters it in the ledger.
 func (d *Device) allocate(ctx context.Context, call Call, req *subjects.AllocateRequest, sum uint64, c claim) (subjects.Allocation, bool, error) {
+	if err := holderAllowed(req.Reclaim, call.Who); err != nil {
+		return subjects.Allocation{}, true, err
+	}
 	if final, err := d.door(ctx, c, call.Now); err != nil {
 		return subjects.Allocation{}, final, err
 	}
@@ -137,6 +141,14 @@ func (d *Device) take(ctx context.Context, a *allocation, req *subjects.Allocate
 		block, err = d.pools[a.kind].AllocDedicated(ctx, req.SizeBytes)
 	} else {
 		block, err = d.pools[a.kind].Alloc(ctx, req.SizeBytes, req.Alignment)
+	}
+	if a.kind == device.VRAM && errors.Is(err, device.ErrOutOfMemory) {
+		// The pool's own words name the piece it failed to map; say what
+		// was asked and what is available.
+		if u, uerr := d.Usage(ctx, time.Unix(0, a.created)); uerr == nil {
+			return fmt.Errorf("%s of %s do not fit %s: %s available: %w", bytesize.Format(req.SizeBytes), req.AllocationType, d.id,
+				bytesize.Format(u.AvailableBytes), device.ErrOutOfMemory)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("allocating %s of %s on %s: %w", bytesize.Format(req.SizeBytes), req.AllocationType, d.id, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/memworker/memworker/bytesize"
@@ -299,6 +300,21 @@ func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 	}
 	a.lastUsed = call.Now.UnixNano()
 	return d.view(a), nil
+}
+
+// holderAllowed refuses a tenant a holder the worker would ask on its
+// behalf somewhere else than its own: a tenant's holder listens on a
+// subject under holders.<tenant>. (which its account exports to the
+// worker's), never at a URL (the worker could not tell whose server it is).
+func holderAllowed(spec *subjects.Reclaim, who Who) error {
+	if spec == nil || who.Operator() {
+		return nil
+	}
+	prefix := strings.TrimSuffix(subjects.HolderSubjects(who.Tenant), ">")
+	if spec.Subject == "" || !strings.HasPrefix(spec.Subject, prefix) {
+		return Errorf(ErrForbidden, "a tenant's holder listens on a NATS subject under %s (its account exports them to the worker's); release and restore URLs are the operator's", prefix)
+	}
+	return nil
 }
 
 // hold makes a a holder of spec at priority.

@@ -14,7 +14,7 @@ import (
 func holderOf(t *testing.T, d *ledger.Device, who ledger.Who, size, keep int64, priority int) subjects.Allocation {
 	t.Helper()
 	return allocateAs(t, d, who, t0, subjects.AllocateRequest{SizeBytes: size, AllocationType: subjects.Reservation, Priority: priority,
-		Reclaim: &subjects.Reclaim{Subject: "holders." + who.Tenant, KeepBytes: keep}})
+		Reclaim: &subjects.Reclaim{Subject: "holders." + who.Tenant + ".model", KeepBytes: keep}})
 }
 
 func kinds(evs []ledger.HandoffEvent) []string {
@@ -139,7 +139,7 @@ func TestTheHandoff(t *testing.T) {
 	t.Run("a process that still uses the memory is not trusted", func(t *testing.T) {
 		d, b := newDevice(t, gib, func(c *ledger.Config) { c.ReclaimTolerance = mib })
 		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, AllocationType: subjects.Reservation, PID: 77,
-			Reclaim: &subjects.Reclaim{Subject: "holders.A", KeepBytes: 100 * mib}})
+			Reclaim: &subjects.Reclaim{Subject: "holders.A.model", KeepBytes: 100 * mib}})
 		b.SetProcess(0, 77, 800*mib)
 		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
 		d.Handoff(ctx, t0)
@@ -158,7 +158,7 @@ func TestTheHandoff(t *testing.T) {
 	t.Run("a holder freed while asked has released", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, Priority: -1,
-			Reclaim: &subjects.Reclaim{Subject: "holders.A"}})
+			Reclaim: &subjects.Reclaim{Subject: "holders.A.model"}})
 		ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
 		d.Handoff(ctx, t0)
 		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: h.AllocationID}), tenantA); err != nil {
@@ -201,4 +201,34 @@ func TestResize(t *testing.T) {
 	if u, _ := d.TenantUsage(tenantA); u.AllocatedBytes != 400*mib+mib {
 		t.Errorf("A holds %d", u.AllocatedBytes)
 	}
+}
+
+// TestATenantsHolderIsItsOwn: a tenant's holder listens under
+// holders.<tenant>.; another tenant's subject, a URL, or the worker's own
+// or the server's subjects are refused, and nothing is allocated.
+func TestATenantsHolderIsItsOwn(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	for _, tc := range []struct {
+		spec subjects.Reclaim
+		want error
+	}{
+		{subjects.Reclaim{Subject: "holders.B.model"}, ledger.ErrForbidden},
+		{subjects.Reclaim{Subject: "holders.A"}, ledger.ErrForbidden},
+		{subjects.Reclaim{ReleaseURL: "http://10.0.0.2:8000/sleep"}, ledger.ErrForbidden},
+	} {
+		req := subjects.AllocateRequest{SizeBytes: mib, AllocationType: subjects.Reservation, Reclaim: &tc.spec}
+		if _, _, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &req)); !errors.Is(err, tc.want) {
+			t.Errorf("%+v: %v, want %v", tc.spec, err, tc.want)
+		}
+	}
+	for _, s := range []string{"$KV.memworker_nodes.n", "$JS.API.STREAM.DELETE.MEMORY_PRESSURE", "memory.allocation.n-gpu0.B", "_INBOX.x"} {
+		req := subjects.AllocateRequest{SizeBytes: mib, AllocationType: subjects.Reservation, Reclaim: &subjects.Reclaim{Subject: s}}
+		if err := req.Validate(); err == nil {
+			t.Errorf("reclaim.subject %s accepted", s)
+		}
+	}
+	if d.Len() != 0 {
+		t.Errorf("%d allocations made", d.Len())
+	}
+	holderOf(t, d, tenantA, mib, 0, 0) // its own: fine
 }
