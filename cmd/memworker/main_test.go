@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,15 +68,27 @@ func TestAPortInUseFailsAtOnce(t *testing.T) {
 func TestEventsAreKeptInTheStateFolder(t *testing.T) {
 	state := t.TempDir()
 	t.Setenv("XDG_STATE_HOME", state)
-	c := testCLI(t)
-	c.Node, c.StoreDir = "state", ""
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	if err := run(ctx, c, quiet()); err != nil {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(state, "memworker", "jetstream")); err != nil {
-		t.Errorf("no JetStream data in the state folder after the worker stopped: %v", err)
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	for _, tc := range []struct {
+		port   int
+		folder bool
+	}{{port, true}, {-1, false}} {
+		c := testCLI(t)
+		c.Node, c.StoreDir, c.Port = "state", "", tc.port
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		if err := run(ctx, c, quiet()); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		_, err := os.Stat(filepath.Join(state, "memworker", strconv.Itoa(tc.port), "jetstream"))
+		if (err == nil) != tc.folder {
+			t.Errorf("--port %d: JetStream data in the state folder: %v, want %v (one folder per port; -1 a temporary one)", tc.port, err == nil, tc.folder)
+		}
 	}
 }
 
