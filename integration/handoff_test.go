@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -186,4 +188,72 @@ func TestATenantsHolderAcrossAccounts(t *testing.T) {
 		t.Errorf("bob's waiter: %+v", r)
 	}
 	<-released // the holder's own reply may come after bob's grant
+}
+
+// BenchmarkHandoff measures a brokered handoff on the sim: from a waiter's
+// request to its grant, while a holder over NATS gives its memory back
+// (its own reply included), and, beside it, the holder's time from the
+// ask to its answer (run it with -benchtime 100x).
+func BenchmarkHandoff(b *testing.B) {
+	srv := startServer(b)
+	nc := connect(b, srv)
+	startWorker(b, srv, "n1", withDevices(1, GiB))
+	dev := "n1-gpu0"
+	var holder subjects.Allocation
+	call(b, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 800 * MiB, AllocationType: subjects.Reservation,
+		Reclaim: &subjects.Reclaim{Subject: "holders.bench"}}, &holder)
+	resize := func(size int64) {
+		body, _ := json.Marshal(map[string]any{"data": map[string]any{"allocation_id": holder.AllocationID, "size_bytes": size}})
+		if _, err := nc.Request(subjects.Request(subjects.Resize, dev), body, 5*time.Second); err != nil {
+			b.Error(err)
+		}
+	}
+	var holderTime []time.Duration
+	var mu sync.Mutex
+	if _, err := nc.Subscribe("holders.bench", func(m *nats.Msg) {
+		t0 := time.Now()
+		var ask reclaimAsk
+		_ = json.Unmarshal(m.Data, &ask)
+		if ask.Action == subjects.ActionRelease {
+			resize(0)
+		}
+		_ = m.Respond([]byte(`{"success":true,"request_id":"x","timestamp":"2026-12-06T00:00:00Z"}`))
+		mu.Lock()
+		holderTime = append(holderTime, time.Since(t0))
+		mu.Unlock()
+	}); err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		var a subjects.Allocation
+		body, _ := json.Marshal(map[string]any{"data": map[string]any{"size_bytes": 500 * MiB, "wait_seconds": 10, "ttl_seconds": 60, "priority": 10}})
+		msg, err := nc.Request(subjects.Request(subjects.Allocate, dev), body, 15*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r, _ := subjects.DecodeReply(msg.Data, &a); r == nil || !r.Success {
+			b.Fatalf("waiter: %s", msg.Data)
+		}
+		lat = append(lat, time.Since(start))
+		// The waiter leaves; the holder is restored (the worker grows its
+		// reservation back) before the next round.
+		call(b, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+		for {
+			var page subjects.AllocationsReply
+			call(b, nc, subjects.GetAllocations, dev, subjects.AllocationsRequest{AllocationIDs: []string{holder.AllocationID}}, &page)
+			if len(page.Allocations) == 1 && page.Allocations[0].ReclaimState == subjects.HolderHeld {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	reportLatency(b, lat)
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(holderTime)
+	if len(holderTime) > 0 {
+		b.ReportMetric(float64(holderTime[len(holderTime)/2].Microseconds()), "holder-p50-µs")
+	}
 }
