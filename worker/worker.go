@@ -17,6 +17,7 @@ import (
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
+	"github.com/memworker/memworker/worker/node"
 	"github.com/memworker/memworker/worker/pinned"
 	"github.com/memworker/memworker/worker/replay"
 	"github.com/memworker/memworker/worker/transfer"
@@ -25,6 +26,14 @@ import (
 // ServiceName is the micro service name every worker registers, so
 // `nats micro ls|info|stats memory` find them all.
 const ServiceName = "memory"
+
+// ErrNodeTaken is returned by Run when another worker already serves the
+// node and this one is not a standby.
+var ErrNodeTaken = node.ErrNodeTaken
+
+// InstanceBucket is the JetStream key-value bucket that keeps, per node,
+// the instance serving it.
+const InstanceBucket = node.InstanceBucket
 
 // Worker serves one host's devices. Build it with New, serve with Run.
 type Worker struct {
@@ -128,7 +137,7 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // Run returns no handler runs any more, so the backend can be closed.
 func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	// Losing the node's lease stops the worker as a cancelled ctx does;
-	// Run then returns ErrLeaseLost.
+	// Run then returns node.ErrLeaseLost.
 	ctx, lose := context.WithCancelCause(ctx)
 	defer lose(nil)
 	pub, err := events.NewPublisher(ctx, nc, events.Options{
@@ -145,12 +154,14 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		w.log.Info("events are kept in JetStream", "stream", events.StreamName, "replicas", sc.Replicas,
 			"max_bytes", sc.MaxBytes, "max_age", sc.MaxAge, "max_per_subject", sc.MaxMsgsPerSubject)
 	}
-	if err := w.checkNode(ctx, nc); err != nil {
+	guard := &node.Node{Name: w.cfg.Node, Standby: w.cfg.Standby, Service: ServiceName, DiscoveryWait: w.cfg.DiscoveryWait,
+		JetStream: w.cfg.EventsJetStream, Log: w.log}
+	if err := guard.Check(ctx, nc); err != nil {
 		return err
 	}
-	var lease *nodeLease
+	var lease *node.Lease
 	if pub.JetStream() {
-		if lease, err = w.takeNode(ctx, nc); err != nil {
+		if lease, err = guard.Take(ctx, nc); err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while standing by
 			}
@@ -162,7 +173,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	}
 	if lease != nil {
 		defer func() {
-			if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+			if cause := context.Cause(ctx); errors.Is(cause, node.ErrLeaseLost) {
 				err = cause
 			}
 		}()
@@ -199,7 +210,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	defer func() {
 		w.stopService(svc, nc, serviceSubs)
 		if lease != nil {
-			lease.release() // a standby takes over now
+			lease.Release() // a standby takes over now
 		}
 		close(stopTransfers)
 		stopLoops()
@@ -219,7 +230,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		pub.Close(acked)
 		cancel()
 		if svc != nil {
-			w.lifecycle(pub, events.TypeWorkerStopped, svc.Info().ID, "")
+			guard.Announce(pub, events.TypeWorkerStopped, svc.Info().ID, "", w.DeviceIDs())
 			releaseInstance()
 		}
 		w.drain(nc)
@@ -230,14 +241,14 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	}
 	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
 		"devices", w.DeviceIDs(), "ops", len(subjects.Ops()))
-	gone, release := w.registerInstance(ctx, nc, svc.Info().ID)
+	gone, release := guard.Register(ctx, nc, svc.Info().ID)
 	releaseInstance = release
-	w.lifecycle(pub, events.TypeWorkerStarted, svc.Info().ID, gone)
+	guard.Announce(pub, events.TypeWorkerStarted, svc.Info().ID, gone, w.DeviceIDs())
 	close(w.ready)
 
 	if lease != nil {
 		loops.Go(func() {
-			lease.keep(loopCtx, func(err error) {
+			lease.Keep(loopCtx, func(err error) {
 				w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
 				lose(err)
 			})

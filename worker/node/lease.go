@@ -1,4 +1,4 @@
-package worker
+package node
 
 import (
 	"context"
@@ -36,9 +36,9 @@ const (
 // lease: this one stopped serving.
 var ErrLeaseLost = errors.New("the node's lease was lost")
 
-// nodeLease is a held lease on the node. keep renews it on its goroutine
-// while release gives it up from the stop: mu guards rev and released.
-type nodeLease struct {
+// Lease is a held lease on the node. Keep renews it on its goroutine
+// while Release gives it up from the stop: mu guards rev and released.
+type Lease struct {
 	kv    jetstream.KeyValue
 	node  string
 	value []byte
@@ -48,12 +48,11 @@ type nodeLease struct {
 	released bool
 }
 
-// takeNode takes the node's lease: at once, or, as a standby, once the
-// node is free (ctx bounds the wait). A worker that is no standby fails
-// with ErrNodeTaken when the lease is held. Where the account has no
-// JetStream it returns nil, nil: the node is guarded by micro discovery
-// alone (checkNode).
-func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error) {
+// Take takes the node's lease: at once, or, as a standby, once the node is
+// free (ctx bounds the wait). A worker that is no standby fails with
+// ErrNodeTaken when the lease is held by a live worker (it waits one TTL
+// for a dead one's to lapse).
+func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("the node lease: %w", err)
@@ -70,7 +69,7 @@ func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error
 	if err != nil {
 		return nil, fmt.Errorf("the node lease bucket: %w", err)
 	}
-	l := &nodeLease{kv: kv, node: w.cfg.Node, value: []byte(nuid.Next())}
+	l := &Lease{kv: kv, node: n.Name, value: []byte(nuid.Next())}
 	waiting := false
 	// A worker that is no standby waits one TTL too: a lease held by a
 	// worker that just died (a restart after a crash) lapses by then, while
@@ -81,21 +80,21 @@ func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error
 		if err == nil {
 			l.rev = rev
 			if waiting {
-				w.log.Info("the node is free: this worker takes it over", "node", l.node)
+				n.Log.Info("the node is free: this worker takes it over", "node", l.node)
 			}
 			return l, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, fmt.Errorf("taking the node's lease: %w", err)
 		}
-		if !w.cfg.Standby && time.Now().After(refuseAt) {
+		if !n.Standby && time.Now().After(refuseAt) {
 			return nil, fmt.Errorf("%w: node %s is served by another worker (its lease is held); choose another --node, or start with --standby to take over when it stops",
 				ErrNodeTaken, l.node)
 		}
-		if !waiting && w.cfg.Standby {
-			w.log.Info("standing by: another worker serves the node", "node", l.node)
+		if !waiting && n.Standby {
+			n.Log.Info("standing by: another worker serves the node", "node", l.node)
 		} else if !waiting {
-			w.log.Info("the node's lease is held: waiting for it to lapse (its worker may have just died)", "node", l.node, "for", NodeLeaseTTL)
+			n.Log.Info("the node's lease is held: waiting for it to lapse (its worker may have just died)", "node", l.node, "for", NodeLeaseTTL)
 		}
 		waiting = true
 		select {
@@ -106,12 +105,12 @@ func (w *Worker) takeNode(ctx context.Context, nc *nats.Conn) (*nodeLease, error
 	}
 }
 
-// keep renews the lease until ctx is done. It calls lost, and returns, when
+// Keep renews the lease until ctx is done. It calls lost, and returns, when
 // the lease is lost: another worker holds it, or no renewal succeeded for
 // half a NodeLeaseTTL. A standby can take the key only a whole TTL after
 // the last renewal, so the worker has stopped serving well before (a
 // renewal is tried every sixth of the TTL and waits at most as long).
-func (l *nodeLease) keep(ctx context.Context, lost func(error)) {
+func (l *Lease) Keep(ctx context.Context, lost func(error)) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
 	defer t.Stop()
 	renewed := time.Now()
@@ -145,8 +144,8 @@ func (l *nodeLease) keep(ctx context.Context, lost func(error)) {
 	}
 }
 
-// release gives the lease up, so a standby takes over at once.
-func (l *nodeLease) release() {
+// Release gives the lease up, so a standby takes over at once.
+func (l *Lease) Release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.released = true

@@ -1,0 +1,125 @@
+// Package node keeps a node to one worker: the check at start-up (micro
+// discovery), the node's lease (one writer per node), the record of the
+// instance serving it, and its lifecycle events.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/synadia-io/orbit.go/natsext"
+
+	"github.com/memworker/memworker/events"
+)
+
+// Node is one host's worker as the node's guard needs it.
+type Node struct {
+	Name    string
+	Standby bool
+	// Service is the micro service name the workers register.
+	Service string
+	// DiscoveryWait is how long the start-up check listens.
+	DiscoveryWait time.Duration
+	// JetStream: the node's record is kept in a key-value bucket.
+	JetStream bool
+	Log       *slog.Logger
+}
+
+// ErrNodeTaken is returned when another worker already serves the node
+// and this one is not a standby.
+var ErrNodeTaken = errors.New("node is already served")
+
+// Check asks micro discovery for the workers of this node: two hosts with
+// the same --node would silently share subjects, so unless this worker is
+// a standby it refuses to start.
+func (n *Node) Check(ctx context.Context, nc *nats.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, n.DiscoveryWait+time.Second)
+	defer cancel()
+	subject, err := micro.ControlSubject(micro.InfoVerb, n.Service, "")
+	if err != nil {
+		return err
+	}
+	msgs, err := natsext.RequestMany(ctx, nc, subject, nil, natsext.RequestManyStall(n.DiscoveryWait))
+	if err != nil {
+		return fmt.Errorf("discovering workers: %w", err)
+	}
+	for msg, err := range msgs {
+		if err != nil {
+			break // no responders or the stall: nobody else
+		}
+		var info micro.Info
+		if json.Unmarshal(msg.Data, &info) != nil || info.Metadata["node"] != n.Name {
+			continue
+		}
+		if n.Standby {
+			n.Log.Info("joining as a standby", "node", n.Name, "active_instance", info.ID, "active_host", info.Metadata["host"])
+			return nil
+		}
+		return fmt.Errorf("%w: node %s is served by instance %s on host %q; choose another --node, or start with --standby to join it",
+			ErrNodeTaken, n.Name, info.ID, info.Metadata["host"])
+	}
+	return nil
+}
+
+// Announce publishes a lifecycle event of type typ about instance (and the
+// instance gone before it, in a started event).
+func (n *Node) Announce(pub *events.Publisher, typ, instance, gone string, devices []string) {
+	host, _ := os.Hostname()
+	err := pub.PublishLifecycle(typ, events.Lifecycle{
+		Node: n.Name, Instance: instance, Host: host, Standby: n.Standby,
+		Devices: devices, At: time.Now().UTC(), GoneInstance: gone,
+	})
+	if err != nil {
+		n.Log.Warn("lifecycle event", "type", typ, "err", err)
+	}
+}
+
+// InstanceBucket is the JetStream key-value bucket that keeps, per node,
+// the instance serving it, so the next worker of the node can say that one
+// which vanished without a stopped event is gone.
+const InstanceBucket = "memworker_instances"
+
+// Register records instance as the one serving the node and
+// returns the instance recorded before, which stopped without saying so
+// (a clean stop removes its record), and a function that removes the
+// record at a clean stop. Without JetStream it records nothing.
+func (n *Node) Register(ctx context.Context, nc *nats.Conn, instance string) (gone string, release func()) {
+	release = func() {}
+	if !n.JetStream {
+		return "", release
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return "", release
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: InstanceBucket, Description: "the memworker instance serving each node", History: 1,
+	})
+	if err != nil {
+		n.Log.Debug("no instance record", "err", err)
+		return "", release
+	}
+	if e, err := kv.Get(ctx, n.Name); err == nil && string(e.Value()) != instance {
+		gone = string(e.Value())
+		n.Log.Warn("the node's previous instance stopped without a stop event; its allocations are gone", "gone_instance", gone)
+	}
+	rev, err := kv.Put(ctx, n.Name, []byte(instance))
+	if err != nil {
+		return gone, release
+	}
+	return gone, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = kv.Delete(ctx, n.Name, jetstream.LastRevision(rev))
+	}
+}

@@ -1,0 +1,120 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/memworker/memworker/worker/node"
+)
+
+func connect(t *testing.T) *nats.Conn {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// TestOneLeasePerNode: the lease is one worker's; another that is no
+// standby is refused once the holder has kept it a whole TTL; a standby
+// takes it when it is given up; a renewal after another took it reports
+// the loss.
+func TestOneLeasePerNode(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	n := func(standby bool) *node.Node {
+		return &node.Node{Name: "n1", Standby: standby, Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}
+	}
+	first, err := n(false).Take(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepCtx, stopKeeping := context.WithCancel(ctx)
+	lostFirst := make(chan error, 1)
+	go first.Keep(keepCtx, func(err error) { lostFirst <- err })
+	if _, err := n(false).Take(ctx, nc); !errors.Is(err, node.ErrNodeTaken) {
+		t.Fatalf("a second worker while the first renews: %v, want ErrNodeTaken", err)
+	}
+	standby := make(chan *node.Lease, 1)
+	go func() {
+		l, err := n(true).Take(ctx, nc)
+		if err != nil {
+			t.Error(err)
+		}
+		standby <- l
+	}()
+	select {
+	case <-standby:
+		t.Fatal("the standby took a lease that is held")
+	case <-time.After(500 * time.Millisecond):
+	}
+	stopKeeping()
+	first.Release()
+	select {
+	case l := <-standby:
+		if l == nil {
+			t.Fatal("no lease")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the standby did not take the released lease")
+	}
+	select {
+	case err := <-lostFirst:
+		t.Errorf("reported lost while it was kept: %v", err)
+	default:
+	}
+}
+
+// TestALeaseTakenByAnotherIsLost: when the key was taken by another worker
+// (the holder was cut off past the TTL), the holder's renewal reports the
+// loss.
+func TestALeaseTakenByAnotherIsLost(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	mk := func() *node.Node {
+		return &node.Node{Name: "n1", Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}
+	}
+	a, err := mk().Take(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "n1"); err != nil { // as if it lapsed
+		t.Fatal(err)
+	}
+	if _, err := mk().Take(ctx, nc); err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan error, 1)
+	go a.Keep(ctx, func(err error) { lost <- err })
+	select {
+	case err := <-lost:
+		if !errors.Is(err, node.ErrLeaseLost) {
+			t.Errorf("lost with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a lease taken by another was not reported lost")
+	}
+}
