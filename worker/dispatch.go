@@ -154,7 +154,11 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		}
 	}
 	data, err := fn(ctx, g, call, env.Data)
-	q, waiting := err.(queued) // allocate returns it as it is
+	var q queued
+	waiting := false
+	if traits.MayWait {
+		q, waiting = err.(queued) // allocate returns it as it is
+	}
 	if waiting {
 		w.park(g, q.ticket, req, pending{id: requestID, replayKey: replayKey, data: env.Data, start: call.Now})
 	}

@@ -111,7 +111,7 @@ func (d *Device) allocate(ctx context.Context, call Call, req *subjects.Allocate
 	if req.PID != 0 || call.Who.User != "" || call.RequestID != "" {
 		a.extra = &extra{pid: req.PID, user: call.Who.User}
 		if call.RequestID != "" {
-			a.extra.origin = Origin{RequestID: call.RequestID, Digest: sum, tenant: call.Who.Tenant}
+			a.extra.origin = madeBy{RequestID: call.RequestID, Digest: sum, tenant: call.Who.Tenant}
 		}
 	}
 	if req.TTLSeconds > 0 {

@@ -93,10 +93,10 @@ type Device struct {
 	freedHolders []HandoffEvent
 }
 
-// Origin is the request that made an allocation: its request_id and a
+// madeBy is the request that made an allocation: its request_id and a
 // digest of its payload. A retry of it, however late, finds the allocation
-// (MadeBy) instead of allocating again.
-type Origin struct {
+// (Allocate) instead of allocating again.
+type madeBy struct {
 	RequestID string
 	Digest    uint64
 	tenant    string // whose request id it is
@@ -105,7 +105,7 @@ type Origin struct {
 // originKey finds an allocation by its tenant's request id.
 type originKey struct{ tenant, requestID string }
 
-func (o Origin) key() originKey { return originKey{o.tenant, o.RequestID} }
+func (o madeBy) key() originKey { return originKey{o.tenant, o.RequestID} }
 
 // New returns the state of an empty device.
 func New(cfg Config) *Device {

@@ -57,7 +57,7 @@ const kindNone device.Kind = -1
 type extra struct {
 	ipcHandle string
 	ipcOffset int64
-	origin    Origin
+	origin    madeBy
 	user      string
 	pid       int     // a reservation's process
 	hold      *holder // a holder's standing
@@ -102,9 +102,9 @@ func (a *allocation) expiredAt(now time.Time) bool {
 	return a.expires != 0 && now.UnixNano() >= a.expires
 }
 
-func (a *allocation) origin() Origin {
+func (a *allocation) origin() madeBy {
 	if a.extra == nil {
-		return Origin{}
+		return madeBy{}
 	}
 	return a.extra.origin
 }

@@ -65,6 +65,7 @@ type HandoffEvent struct {
 	Deadline       time.Time
 	Seconds        float64
 	Reason         string
+	asked          time.Time // a freed holder's ask, for Seconds
 }
 
 // The kinds of HandoffEvent, and the reasons of a failed release.
@@ -102,7 +103,7 @@ func (d *Device) Answered(id string, err error) {
 
 // Handoff re-examines the holders as of now: it verifies the releases
 // asked, fails those past their deadline, asks the holders a waiter needs,
-// and restores those no waiter above them needs. granted tells whether
+// and restores those no waiter above them needs. grew tells whether
 // room grew (a release verified): the queue is worth examining again.
 func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []HandoffEvent, grew bool) {
 	if d.holders == 0 && len(d.freedHolders) == 0 {
@@ -110,8 +111,7 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 	}
 	for _, e := range d.freedHolders {
 		// Freed while asked: released in full.
-		e.Seconds = now.Sub(e.Deadline.Add(-d.cfg.ReclaimTimeout)).Seconds()
-		e.Deadline = time.Time{}
+		e.Seconds = now.Sub(e.asked).Seconds()
 		evs = append(evs, e)
 		grew = true
 	}
@@ -338,7 +338,7 @@ func (d *Device) forget(a *allocation) {
 	}
 	d.holders--
 	if h.state == subjects.HolderReleasing {
-		d.freedHolders = append(d.freedHolders, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full, Deadline: h.deadline})
+		d.freedHolders = append(d.freedHolders, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full, asked: h.asked})
 	}
 }
 

@@ -18,7 +18,7 @@ import (
 // and nothing is done twice. It is bounded in age (the window), in entries
 // and in bytes; whichever bound is reached first drops the oldest replies.
 // An allocation needs no entry to be safe: its ledger entry remembers the
-// request that made it for as long as it lives (ledger.Origin). Its owner
+// request that made it for as long as it lives (ledger.Allocate). Its owner
 // (the device) serialises calls.
 type Cache struct {
 	window     time.Duration
