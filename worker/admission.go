@@ -92,24 +92,24 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 	return nil
 }
 
-// admit lets the ledger re-examine g's queue and holders, answers what it
-// decided and sends what it asks of holders. It reports whether it granted
-// any. The caller holds g.mu.
+// admit lets the ledger examine g (ledger.Device.Step) and carries out
+// what it decided: replies to waiters, asks to holders, events. It reports
+// whether a waiter was granted. The caller holds g.mu.
 func (w *Worker) admit(g *gpu, now time.Time) bool {
-	granted := false
-	for range 2 { // a verified release makes room: examine the queue again
-		if len(g.waiting) > 0 {
-			ds := g.Admit(context.Background(), now)
-			w.answer(g, ds)
-			for _, d := range ds {
-				granted = granted || d.Err == nil
-			}
-		}
-		if !w.handoff(g, now) {
-			break
+	r := g.Step(context.Background(), now)
+	w.answer(g, r.Decisions)
+	for _, e := range r.Events {
+		w.announceHandoff(g, e, now)
+	}
+	for _, a := range r.Asks {
+		w.asks.Go(func() { w.ask(g, a) })
+	}
+	for _, d := range r.Decisions {
+		if d.Err == nil {
+			return true
 		}
 	}
-	return granted
+	return false
 }
 
 // runAdmission ends the waits whose deadline has passed, on every device,

@@ -22,20 +22,6 @@ import (
 // asks (NATS request-reply to the holder's subject, or an HTTP POST to its
 // URL) and announces the events.
 
-// handoff lets the ledger re-examine g's holders, sends what it asks and
-// announces what happened. It reports whether room grew. The caller holds
-// g.mu.
-func (w *Worker) handoff(g *gpu, now time.Time) bool {
-	asks, evs, grew := g.Handoff(context.Background(), now)
-	for _, e := range evs {
-		w.announceHandoff(g, e, now)
-	}
-	for _, a := range asks {
-		w.asks.Go(func() { w.ask(g, a) })
-	}
-	return grew
-}
-
 // announceHandoff queues a reclaim event about a holder.
 func (w *Worker) announceHandoff(g *gpu, e ledger.HandoffEvent, now time.Time) {
 	typ := map[string]string{ledger.HandoffRequested: events.TypeReclaimRequested, ledger.HandoffCompleted: events.TypeReclaimCompleted,

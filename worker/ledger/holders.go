@@ -88,6 +88,32 @@ func (a *allocation) holding() *holder {
 	return a.extra.hold
 }
 
+// Ready is what examining the device decided, for the shell to carry
+// out: replies to waiters, asks to holders, events to announce.
+type Ready struct {
+	Decisions []Decision
+	Asks      []Ask
+	Events    []HandoffEvent
+}
+
+// Step examines the device as of now: the queue (Admit), then the holders
+// (Handoff); a release verified there makes room, so the queue is
+// examined once more.
+func (d *Device) Step(ctx context.Context, now time.Time) Ready {
+	var r Ready
+	for range 2 {
+		if len(d.queue.waiters) > 0 {
+			r.Decisions = append(r.Decisions, d.Admit(ctx, now)...)
+		}
+		asks, evs, grew := d.Handoff(ctx, now)
+		r.Asks, r.Events = append(r.Asks, asks...), append(r.Events, evs...)
+		if !grew {
+			break
+		}
+	}
+	return r
+}
+
 // Answered records a holder's answer to a release: err is its refusal (an
 // error reply, an HTTP error, no answer). The release still has to be
 // verified.

@@ -232,3 +232,21 @@ func TestATenantsHolderIsItsOwn(t *testing.T) {
 	}
 	holderOf(t, d, tenantA, mib, 0, 0) // its own: fine
 }
+
+// TestStepGrantsWhatAReleaseFrees: one Step verifies a release and grants
+// the waiter it made room for, and returns both.
+func TestStepGrantsWhatAReleaseFrees(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	h := holderOf(t, d, tenantA, 800*mib, 0, 0)
+	ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+	if r := d.Step(ctx, t0); len(r.Asks) != 1 || len(r.Decisions) != 0 {
+		t.Fatalf("first step: %+v", r)
+	}
+	if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	r := d.Step(ctx, t0.Add(time.Second))
+	if dec, ok := decided(r.Decisions, ticket); !ok || dec.Err != nil || len(r.Events) != 1 || r.Events[0].Type != ledger.HandoffCompleted {
+		t.Errorf("second step: %+v", r)
+	}
+}
