@@ -71,6 +71,12 @@ var doorPaths = []doorPath{
 		}
 		return err
 	}},
+	{name: "resize", prepare: func(t *testing.T, d *ledger.Device) string {
+		return allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, AllocationType: subjects.Reservation}).AllocationID
+	}, grant: func(t *testing.T, d *ledger.Device, id string, now time.Time) error {
+		_, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: id, SizeBytes: 2 * doorSize}))
+		return err
+	}},
 	{name: "restore", quotaExempt: true, kindless: true, prepare: func(t *testing.T, d *ledger.Device) string {
 		allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, ModelID: "m"})
 		target := 0.0
