@@ -491,17 +491,21 @@ func TestRunRelaysARelease(t *testing.T) {
 		out, err string
 	}
 	done := make(chan result, 1)
+	ready := filepath.Join(t.TempDir(), "ready")
 	go func() {
+		// The command says when its trap is set: a release before that
+		// would kill it (SIGUSR1's default), as it would a real server
+		// not ready yet.
 		code, out, errs := f.memctl("-d", "n1-gpu0", "run", "--size", "900MiB", "--holder", "signal", "--",
-			"sh", "-c", `trap 'echo released; exit 0' USR1; echo started; while :; do sleep 0.05; done`)
+			"sh", "-c", `trap 'echo released; exit 0' USR1; touch `+ready+`; while :; do sleep 0.05; done`)
 		done <- result{code, out, errs}
 	}()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if strings.Contains(f.ok("-d", "n1-gpu0", "allocations"), "memctl run") {
+		if _, err := os.Stat(ready); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("memctl run did not reserve")
+			t.Fatal("memctl run did not start the command")
 		}
 	}
 	out := f.ok("-d", "n1-gpu0", "alloc", "512MiB", "--wait", "5s", "--ttl", "1m", "--priority", "10")
