@@ -63,6 +63,11 @@ func TestTheHandoff(t *testing.T) {
 		if len(ds) != 1 || ds[0].Ticket != ticket || ds[0].Err != nil {
 			t.Fatalf("the waiter: %+v", ds)
 		}
+		// While the waiter holds the room, the door keeps the holder
+		// released.
+		if asks, _, _ := d.Handoff(ctx, t0.Add(2*time.Second)); len(asks) != 0 {
+			t.Fatalf("restored without room: %+v", asks)
+		}
 		// Room returns when the waiter leaves: the holder grows back.
 		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: ds[0].Allocation.AllocationID}), tenantB); err != nil {
 			t.Fatal(err)
