@@ -49,13 +49,16 @@ type Allocation struct {
 	ObservedAt    time.Time  `json:"observed_at"`
 	// A holder's reclaim events: its priority and the waiter's, what it
 	// was asked to give back by when, what it gave back, the seconds from
-	// the ask to the verified release, and why a release failed.
+	// the ask to its answer (release_seconds) and from its answer to the
+	// release verified in the ledger and by NVML (verify_seconds), and why
+	// a release failed.
 	Priority       int        `json:"priority,omitempty"`
 	WaiterPriority int        `json:"waiter_priority,omitempty"`
 	BytesWanted    int64      `json:"bytes_wanted,omitempty"`
 	Deadline       *time.Time `json:"deadline,omitempty"`
 	BytesReleased  int64      `json:"bytes_released,omitempty"`
 	ReleaseSeconds float64    `json:"release_seconds,omitempty"`
+	VerifySeconds  float64    `json:"verify_seconds,omitempty"`
 	Reason         string     `json:"reason,omitempty"`
 }
 

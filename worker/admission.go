@@ -43,8 +43,17 @@ func (w *Worker) park(g *gpu, t ledger.Ticket, req micro.Request, p pending) {
 	p.reqs = []micro.Request{req}
 	g.waiting[t] = &p
 	w.metrics.waiting.Inc()
+	w.watch(g.NextDeadline())
+}
+
+// watch makes sure the admission loop wakes by next (zero: nothing to
+// watch).
+func (w *Worker) watch(next time.Time) {
+	if next.IsZero() || next.UnixNano() >= w.wakeAt.Load() {
+		return
+	}
 	select {
-	case w.wake <- struct{}{}: // a new deadline to watch
+	case w.wake <- struct{}{}:
 	default:
 	}
 }
@@ -97,6 +106,7 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 // whether a waiter was granted. The caller holds g.mu.
 func (w *Worker) admit(g *gpu, now time.Time) bool {
 	r := g.Step(context.Background(), now)
+	w.watch(r.Next)
 	w.answer(g, r.Decisions)
 	for _, e := range r.Events {
 		w.announceHandoff(g, e, now)
@@ -131,6 +141,7 @@ func (w *Worker) runAdmission(stop <-chan struct{}) {
 		if !next.IsZero() {
 			wait = max(time.Until(next), 0)
 		}
+		w.wakeAt.Store(time.Now().Add(wait).UnixNano())
 		t.Reset(wait)
 		select {
 		case <-t.C:

@@ -30,7 +30,7 @@ func (w *Worker) announceHandoff(g *gpu, e ledger.HandoffEvent, now time.Time) {
 	data := events.Allocation{DeviceID: g.ID(), Node: w.cfg.Node, AllocationID: h.AllocationID, Tenant: h.Tenant,
 		AllocationType: h.AllocationType, SizeBytes: h.SizeBytes, PID: h.PID, ObservedBytes: h.ObservedBytes,
 		ExpiresAt: h.ExpiresAt, ObservedAt: now.UTC(), Priority: h.Priority, WaiterPriority: e.WaiterPriority,
-		BytesWanted: e.BytesWanted, BytesReleased: e.BytesReleased, ReleaseSeconds: e.Seconds, Reason: e.Reason}
+		BytesWanted: e.BytesWanted, BytesReleased: e.BytesReleased, ReleaseSeconds: e.Seconds, VerifySeconds: e.VerifySeconds, Reason: e.Reason}
 	if !e.Deadline.IsZero() {
 		d := e.Deadline.UTC()
 		data.Deadline = &d
@@ -61,7 +61,7 @@ func (w *Worker) ask(g *gpu, a ledger.Ask) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.Answered(a.Holder.AllocationID, err)
+	g.Answered(a.Holder.AllocationID, err, time.Now())
 	w.recheck(g)
 }
 

@@ -36,8 +36,8 @@ func (w *Worker) ops() map[subjects.Op]opFunc {
 	}
 }
 
-func getAllocations(_ context.Context, g *gpu, call ledger.Call, req *subjects.AllocationsRequest) (any, error) {
-	return g.Allocations(req, call.Who), nil
+func getAllocations(ctx context.Context, g *gpu, call ledger.Call, req *subjects.AllocationsRequest) (any, error) {
+	return g.Allocations(ctx, call, req), nil
 }
 
 // allocate asks the ledger for memory; a request that waits for room

@@ -29,7 +29,7 @@ func TestOpTimeoutBoundsCopies(t *testing.T) {
 		t.Errorf("gave up after %v", waited)
 	}
 	checkBooks(t, w, b)
-	list := g.Allocations(&subjects.AllocationsRequest{Limit: 10}, ledger.Who{})
+	list := g.Allocations(context.Background(), ledger.Call{Who: ledger.Who{}, Now: time.Now()}, &subjects.AllocationsRequest{Limit: 10})
 	if n := len(list.Allocations); n != 1 {
 		t.Errorf("%d allocations tracked after the failed offload, want 1", n)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/node"
 	"github.com/memworker/memworker/worker/pinned"
+	"github.com/memworker/memworker/worker/proctree"
 	"github.com/memworker/memworker/worker/replay"
 	"github.com/memworker/memworker/worker/transfer"
 )
@@ -54,8 +55,10 @@ type Worker struct {
 	drops sampledLog
 	// pinned is the host's page-locked memory, shared by the devices.
 	pinned *pinned.Pool
-	// wake tells the admission loop that a request waits (a new deadline).
-	wake chan struct{}
+	// wake tells the admission loop of a deadline earlier than the one
+	// its timer is set for (wakeAt, Unix nanoseconds).
+	wake   chan struct{}
+	wakeAt atomic.Int64
 	// handlers serve each operation.
 	handlers map[subjects.Op]opFunc
 	// nc is the connection Run serves on (handoff asks go out on it);
@@ -106,7 +109,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
-				ReclaimTimeout: cfg.ReclaimTimeout,
+				ReclaimTimeout: cfg.ReclaimTimeout, ParentOf: proctree.Parent,
 			}),
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},

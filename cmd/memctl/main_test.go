@@ -28,9 +28,10 @@ const GiB = int64(1) << 30
 // fixture runs an embedded server and a worker with devices of 1 GiB each,
 // and memctl against them.
 type fixture struct {
-	t     *testing.T
-	url   string
-	cache string // memctl's --cache-dir
+	t       *testing.T
+	url     string
+	cache   string // memctl's --cache-dir
+	backend *sim.Backend
 }
 
 func newFixture(t *testing.T, devices int) *fixture {
@@ -46,7 +47,8 @@ func newFixture(t *testing.T, devices int) *fixture {
 	t.Cleanup(srv.Shutdown)
 	cfg := worker.DefaultConfig()
 	cfg.Node = "n1"
-	cfg.Backend = sim.New(sim.Default(devices, GiB))
+	backend := sim.New(sim.Default(devices, GiB))
+	cfg.Backend = backend
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.DiscoveryWait = 50 * time.Millisecond
 	w, err := worker.New(context.Background(), cfg)
@@ -62,7 +64,7 @@ func newFixture(t *testing.T, devices int) *fixture {
 	wg.Go(func() { _ = w.Run(ctx, nc) })
 	t.Cleanup(func() { cancel(); wg.Wait(); nc.Close() })
 	<-w.Ready()
-	return &fixture{t: t, url: srv.ClientURL(), cache: t.TempDir()}
+	return &fixture{t: t, url: srv.ClientURL(), cache: t.TempDir(), backend: backend}
 }
 
 // memctl runs the CLI and returns its exit code, stdout and stderr.
@@ -460,64 +462,5 @@ func TestAHolderAndResize(t *testing.T) {
 	}
 	if code, _, errs := f.memctl("alloc", "1MiB", "--holder", "vllm"); code != exitUsage || !strings.Contains(errs, "--holder-url") {
 		t.Errorf("--holder without its URL: exit %d, %s", code, errs)
-	}
-}
-
-// TestRunHoldsAReservationForTheCommand: memctl run reserves, starts the
-// command with the reservation in its environment and {size_bytes} in its
-// arguments, exits with its status, and frees the reservation.
-func TestRunHoldsAReservationForTheCommand(t *testing.T) {
-	f := newFixture(t, 1)
-	code, out, errs := f.memctl("-d", "n1-gpu0", "run", "--size", "64MiB", "--", "sh", "-c", `echo "$MEMWORKER_ALLOCATION_ID $MEMWORKER_SIZE_BYTES $CUDA_VISIBLE_DEVICES {size_bytes}"; exit 3`)
-	if code != 3 {
-		t.Fatalf("exit %d, want the command's 3\n%s%s", code, out, errs)
-	}
-	fields := strings.Fields(out)
-	if len(fields) != 4 || fields[1] != "67108864" || fields[2] != "0" || fields[3] != "67108864" {
-		t.Errorf("the command saw %q", out)
-	}
-	if list := f.ok("-d", "n1-gpu0", "allocations"); strings.Contains(list, fields[0]) {
-		t.Errorf("the reservation outlived the command:\n%s", list)
-	}
-}
-
-// TestRunRelaysARelease: a command run with --holder signal at priority 0
-// gets SIGUSR1 when a request of priority 10 waits for its memory, and the
-// waiter is granted.
-func TestRunRelaysARelease(t *testing.T) {
-	f := newFixture(t, 1)
-	type result struct {
-		code     int
-		out, err string
-	}
-	done := make(chan result, 1)
-	ready := filepath.Join(t.TempDir(), "ready")
-	go func() {
-		// The command says when its trap is set: a release before that
-		// would kill it (SIGUSR1's default), as it would a real server
-		// not ready yet.
-		code, out, errs := f.memctl("-d", "n1-gpu0", "run", "--size", "900MiB", "--holder", "signal", "--",
-			"sh", "-c", `trap 'echo released; exit 0' USR1; touch `+ready+`; while :; do sleep 0.05; done`)
-		done <- result{code, out, errs}
-	}()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("memctl run did not start the command")
-		}
-	}
-	out := f.ok("-d", "n1-gpu0", "alloc", "512MiB", "--wait", "5s", "--ttl", "1m", "--priority", "10")
-	if !strings.Contains(out, "granted after waiting") {
-		t.Errorf("the waiter: %s", out)
-	}
-	select {
-	case r := <-done:
-		if r.code != 0 || !strings.Contains(r.out, "released") {
-			t.Errorf("memctl run: exit %d\n%s%s", r.code, r.out, r.err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the command was not told to release")
 	}
 }

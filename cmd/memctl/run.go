@@ -169,8 +169,8 @@ func (h *holding) setProcess(p *os.Process) {
 }
 
 // serve answers the worker's asks: it relays them to the process and, for
-// a release, shrinks the reservation to what the process keeps once the
-// worker sees the process there (NVML), then answers.
+// a release, shrinks the reservation to what the process keeps, and
+// answers once the worker sees the process tree there (NVML).
 func (h *holding) serve(m *nats.Msg) {
 	var ask struct {
 		RequestID string                 `json:"request_id"`
@@ -223,16 +223,23 @@ func (h *holding) relay(ctx context.Context, action string) error {
 	return nil
 }
 
-// shrink waits, until ctx ends, for the worker to see the process at or
-// below what it keeps, then resizes the reservation to that.
+// shrink resizes the reservation to what the process keeps (the worker
+// then watches NVML for the release) and waits, until ctx ends, for a
+// reading taken after the process was told that shows it there.
 func (h *holding) shrink(ctx context.Context) error {
+	told := time.Now()
+	if _, err := h.e.client.Do(ctx, subjects.Resize, h.dev, subjects.ResizeRequest{AllocationID: h.id, SizeBytes: h.keep}, nil); err != nil {
+		return err
+	}
 	for {
 		var page subjects.AllocationsReply
 		if _, err := h.e.client.Do(ctx, subjects.GetAllocations, h.dev, subjects.AllocationsRequest{AllocationIDs: []string{h.id}}, &page); err != nil {
 			return err
 		}
-		if len(page.Allocations) == 1 && page.Allocations[0].ObservedBytes <= h.keep {
-			break
+		if len(page.Allocations) == 1 {
+			if a := page.Allocations[0]; a.ObservedAt != nil && a.ObservedAt.After(told) && a.ObservedBytes <= h.keep {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -240,8 +247,6 @@ func (h *holding) shrink(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	_, err := h.e.client.Do(ctx, subjects.Resize, h.dev, subjects.ResizeRequest{AllocationID: h.id, SizeBytes: h.keep}, nil)
-	return err
 }
 
 // free gives the reservation back.

@@ -200,8 +200,14 @@ func (d *Device) Deallocate(req *subjects.DeallocateRequest, who Who) (subjects.
 
 // Allocations lists the allocations the request's filters accept, one page
 // of them, in id order. A page costs its length, not the ledger's size;
-// total_count with more than one filter costs a walk of the ledger.
-func (d *Device) Allocations(req *subjects.AllocationsRequest, who Who) subjects.AllocationsReply {
+// total_count with more than one filter costs a walk of the ledger. What
+// reservations' processes use is as of a telemetry reading at most
+// TelemetryMaxAge old: a holder watches it fall as it gives memory back.
+func (d *Device) Allocations(ctx context.Context, call Call, req *subjects.AllocationsRequest) subjects.AllocationsReply {
+	who := call.Who
+	if d.byType[reservationCode] != 0 {
+		d.readTelemetry(ctx, call.Now)
+	}
 	keep := func(a *allocation) bool {
 		return a.visibleTo(who) && matches(a, req.Purpose, req.ModelID, req.AllocationType) &&
 			(req.Persistent == nil || a.has(persistent) == *req.Persistent)

@@ -57,6 +57,10 @@ type Config struct {
 	// may still use beyond its keep_bytes (DefaultReclaimTolerance).
 	ReclaimTimeout   time.Duration
 	ReclaimTolerance int64
+	// ParentOf, when set, tells which process started pid
+	// (proctree.Parent): a reservation's process is then observed with
+	// its children, as a model server whose engine runs in a child.
+	ParentOf func(pid int) (parent int, ok bool)
 }
 
 // Defaults of the admission queue.
@@ -91,6 +95,9 @@ type Device struct {
 	// the completions of holders freed while asked to release.
 	holders      int
 	freedHolders []HandoffEvent
+	// settle is until when, after a release, the queue is looked at again
+	// every VerifyEvery (settleAt the next look) for its room to show.
+	settle, settleAt time.Time
 }
 
 // madeBy is the request that made an allocation: its request_id and a

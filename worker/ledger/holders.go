@@ -26,6 +26,11 @@ import (
 const (
 	DefaultReclaimTimeout   = 30 * time.Second
 	DefaultReclaimTolerance = 64 << 20
+	// VerifyEvery is how often a release that the ledger already shows is
+	// checked against NVML until it holds: a model server's sleep returns
+	// before the driver has its memory back, and the waiter should not
+	// wait a whole TelemetryMaxAge for the next look.
+	VerifyEvery = 50 * time.Millisecond
 )
 
 // holder is a holder's standing.
@@ -39,6 +44,9 @@ type holder struct {
 	deadline time.Time
 	answered bool
 	refused  error
+	// answeredAt is when its answer came (or the ledger first showed the
+	// release); verifyAt when NVML is to be looked at again.
+	answeredAt, verifyAt time.Time
 	// rest: not asked again before it (after a failed release).
 	rest time.Time
 }
@@ -57,13 +65,15 @@ type HandoffEvent struct {
 	Holder subjects.Allocation
 	// WaiterPriority is the priority of the waiter it was asked for;
 	// BytesWanted and Deadline what it was asked; BytesReleased what it
-	// gave back; Seconds from the ask to the verified release; Reason why
-	// a release failed.
+	// gave back; Seconds from the ask to the holder's answer (or to its
+	// allocation freed), VerifySeconds from then to the release seen in
+	// the ledger and by NVML; Reason why a release failed.
 	WaiterPriority int
 	BytesWanted    int64
 	BytesReleased  int64
 	Deadline       time.Time
 	Seconds        float64
+	VerifySeconds  float64
 	Reason         string
 	asked          time.Time // a freed holder's ask, for Seconds
 }
@@ -94,6 +104,8 @@ type Ready struct {
 	Decisions []Decision
 	Asks      []Ask
 	Events    []HandoffEvent
+	// Next is when the device is to be examined again (NextDeadline).
+	Next time.Time
 }
 
 // Step examines the device as of now: the queue (Admit), then the holders
@@ -110,20 +122,33 @@ func (d *Device) Step(ctx context.Context, now time.Time) Ready {
 		if !grew {
 			break
 		}
+		d.settle = now.Add(d.cfg.ReclaimTimeout)
 	}
+	// A release the ledger has seen may reach the device's free bytes a
+	// little later (a process still exiting): until the waiter it was for
+	// is granted, or the reclaim timeout, the queue is looked at again
+	// every VerifyEvery.
+	d.settleAt = time.Time{}
+	if now.Before(d.settle) && d.headWaiter(now) != nil {
+		d.settleAt = now.Add(VerifyEvery)
+	}
+	r.Next = d.NextDeadline()
 	return r
 }
 
 // Answered records a holder's answer to a release: err is its refusal (an
 // error reply, an HTTP error, no answer). The release still has to be
 // verified.
-func (d *Device) Answered(id string, err error) {
+func (d *Device) Answered(id string, err error, now time.Time) {
 	a, ok := d.get(id)
 	if !ok {
 		return
 	}
 	if h := a.holding(); h != nil && h.state == subjects.HolderReleasing {
 		h.answered, h.refused = true, err
+		if h.answeredAt.IsZero() {
+			h.answeredAt = now
+		}
 	}
 }
 
@@ -142,7 +167,16 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 		grew = true
 	}
 	d.freedHolders = d.freedHolders[:0]
-	d.readTelemetry(ctx, now)
+	// A release is verified on a reading taken after the holder answered,
+	// and looked at again every VerifyEvery until it holds.
+	maxAge := d.cfg.TelemetryMaxAge
+	if since := d.verifyingSince(now); !since.IsZero() {
+		maxAge = VerifyEvery
+		if d.tele.at == nil || d.tele.at.Before(since) {
+			maxAge = 0
+		}
+	}
+	d.readTelemetryWithin(ctx, now, maxAge)
 	var releasing int64
 	for _, a := range d.allocs {
 		h := a.holding()
@@ -151,9 +185,11 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 		}
 		switch {
 		case d.releasedTo(a, h.spec.KeepBytes):
+			// The room it made is read from the device, not assumed.
+			d.truth = truth{}
 			h.state = subjects.HolderReleased
 			evs = append(evs, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full - a.size,
-				Seconds: now.Sub(h.asked).Seconds()})
+				Seconds: h.answeredAt.Sub(h.asked).Seconds(), VerifySeconds: now.Sub(h.answeredAt).Seconds()})
 			grew = true
 		case h.refused != nil || !now.Before(h.deadline):
 			reason := ReasonTimeout
@@ -167,6 +203,9 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 			evs = append(evs, HandoffEvent{Type: HandoffFailed, Holder: d.view(a), BytesWanted: h.wanted, Reason: reason})
 		default:
 			releasing += h.wanted
+			if !h.answeredAt.IsZero() {
+				h.verifyAt = now.Add(VerifyEvery)
+			}
 		}
 	}
 	head := d.headWaiter(now)
@@ -241,6 +280,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 		h := a.holding()
 		h.state, h.full, h.wanted, h.asked = subjects.HolderReleasing, a.size, a.size-h.spec.KeepBytes, now
 		h.deadline, h.answered, h.refused = now.Add(d.cfg.ReclaimTimeout), false, nil
+		h.answeredAt, h.verifyAt = time.Time{}, time.Time{}
 		short -= h.wanted
 		v := d.view(a)
 		asks = append(asks, Ask{Action: subjects.ActionRelease, Holder: v, Spec: h.spec,
@@ -370,14 +410,40 @@ func (d *Device) forget(a *allocation) {
 
 // holderDeadline is the earliest deadline of a release asked.
 func (d *Device) holderDeadline() time.Time {
-	var next time.Time
+	next := d.settleAt
 	if d.holders == 0 {
 		return next
 	}
 	for _, a := range d.allocs {
-		if h := a.holding(); h != nil && h.state == subjects.HolderReleasing && (next.IsZero() || h.deadline.Before(next)) {
-			next = h.deadline
+		h := a.holding()
+		if h == nil || h.state != subjects.HolderReleasing {
+			continue
+		}
+		for _, t := range [2]time.Time{h.deadline, h.verifyAt} {
+			if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
 		}
 	}
 	return next
+}
+
+// verifyingSince is the earliest answer of the releases waiting to be
+// verified; zero when none is. A holder shrunk in the ledger to what it
+// keeps has answered as of now, if it had not yet.
+func (d *Device) verifyingSince(now time.Time) time.Time {
+	var since time.Time
+	for _, a := range d.allocs {
+		h := a.holding()
+		if h == nil || h.state != subjects.HolderReleasing {
+			continue
+		}
+		if a.size <= h.spec.KeepBytes && h.answeredAt.IsZero() {
+			h.answeredAt = now
+		}
+		if !h.answeredAt.IsZero() && (since.IsZero() || h.answeredAt.Before(since)) {
+			since = h.answeredAt
+		}
+	}
+	return since
 }

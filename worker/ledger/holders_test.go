@@ -1,6 +1,7 @@
 package ledger_test
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestTheHandoff(t *testing.T) {
 		if _, err := d.Resize(ctx, at(tenantA, t0.Add(2*time.Second)), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
 			t.Fatal(err)
 		}
-		d.Answered(h.AllocationID, nil)
+		d.Answered(h.AllocationID, nil, t0)
 		_, evs, grew := d.Handoff(ctx, t0.Add(2*time.Second))
 		if !grew || len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted || evs[0].BytesReleased != 700*mib {
 			t.Fatalf("after the release: %v, grew %v", kinds(evs), grew)
@@ -123,7 +124,7 @@ func TestTheHandoff(t *testing.T) {
 			h := holderOf(t, d, tenantA, 800*mib, 100*mib, 0)
 			ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
 			d.Handoff(ctx, t0)
-			d.Answered(h.AllocationID, tc.answer) // it says yes (or no) and keeps everything
+			d.Answered(h.AllocationID, tc.answer, t0) // it says yes (or no) and keeps everything
 			when := t0.Add(6 * time.Second)
 			if tc.answer != nil {
 				when = t0.Add(time.Second)
@@ -157,6 +158,92 @@ func TestTheHandoff(t *testing.T) {
 		b.SetProcess(0, 77, 100*mib)
 		if _, evs, _ := d.Handoff(ctx, t0.Add(4*time.Second)); len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted {
 			t.Errorf("after the process let go: %v", kinds(evs))
+		}
+	})
+
+	t.Run("a process's children are its memory", func(t *testing.T) {
+		// pid 77 serves HTTP; its engine, pid 78, holds the memory (vLLM's
+		// engine core); 79 is unrelated.
+		parents := map[int]int{78: 77, 77: 1, 79: 1}
+		d, b := newDevice(t, gib, func(c *ledger.Config) {
+			c.ReclaimTolerance = mib
+			c.ParentOf = func(pid int) (int, bool) { p, ok := parents[pid]; return p, ok }
+		})
+		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, AllocationType: subjects.Reservation, PID: 77,
+			Reclaim: &subjects.Reclaim{Subject: "holders.A.model", KeepBytes: 100 * mib}})
+		b.SetProcess(0, 77, 10*mib)
+		b.SetProcess(0, 78, 700*mib)
+		b.SetProcess(0, 79, 50*mib)
+		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		d.Handoff(ctx, t0)
+		if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+			t.Fatal(err)
+		}
+		if _, evs, _ := d.Handoff(ctx, t0.Add(2*time.Second)); len(evs) != 0 {
+			t.Errorf("verified while the engine child holds 700 MiB: %v", kinds(evs))
+		}
+		b.SetProcess(0, 78, 90*mib) // 10 + 90 of the tree, the unrelated 50 not counted
+		if _, evs, _ := d.Handoff(ctx, t0.Add(4*time.Second)); len(evs) != 1 || evs[0].Type != ledger.HandoffCompleted {
+			t.Errorf("after the engine let go: %v", kinds(evs))
+		}
+		page := d.Allocations(context.Background(), ledger.Call{Who: tenantA, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{h.AllocationID}}))
+		if len(page.Allocations) != 1 || page.Allocations[0].ObservedBytes != 100*mib {
+			t.Errorf("observed %+v; want the tree's 100 MiB", page.Allocations)
+		}
+	})
+
+	t.Run("a release is verified on a reading after the answer, looked at every VerifyEvery", func(t *testing.T) {
+		d, b := newDevice(t, gib, func(c *ledger.Config) { c.ReclaimTolerance = mib })
+		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, AllocationType: subjects.Reservation, PID: 77,
+			Reclaim: &subjects.Reclaim{Subject: "holders.A.model", KeepBytes: 100 * mib}})
+		d.Step(ctx, t0)              // telemetry read: pid 77 not started
+		b.SetProcess(0, 77, 800*mib) // it starts, within TelemetryMaxAge
+		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		now := t0.Add(100 * time.Millisecond)
+		if r := d.Step(ctx, now); len(r.Asks) != 1 {
+			t.Fatalf("asks %+v", r.Asks)
+		}
+		if _, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+			t.Fatal(err)
+		}
+		r := d.Step(ctx, now)
+		if len(r.Events) != 0 || len(r.Decisions) != 0 {
+			t.Fatalf("verified on a reading from before the answer: %v %+v", kinds(r.Events), r.Decisions)
+		}
+		if want := now.Add(ledger.VerifyEvery); !r.Next.Equal(want) {
+			t.Errorf("next look at %s; want %s (VerifyEvery)", r.Next.Format(time.StampMilli), want.Format(time.StampMilli))
+		}
+		b.SetProcess(0, 77, 100*mib)
+		now = now.Add(ledger.VerifyEvery)
+		r = d.Step(ctx, now)
+		if len(r.Events) != 1 || r.Events[0].Type != ledger.HandoffCompleted || len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+			t.Fatalf("after the process let go: %v %+v", kinds(r.Events), r.Decisions)
+		}
+		if e := r.Events[0]; e.VerifySeconds != ledger.VerifyEvery.Seconds() || e.Seconds != 0 {
+			t.Errorf("release %.3f s, verify %.3f s; want 0 and %.3f", e.Seconds, e.VerifySeconds, ledger.VerifyEvery.Seconds())
+		}
+	})
+
+	t.Run("room that shows late is looked for every VerifyEvery", func(t *testing.T) {
+		// The holder is freed, but its process is still exiting: the device
+		// has the room a little later, with nothing to tell the worker.
+		d, b := newDevice(t, gib, nil)
+		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
+		b.SetExternalUsage(0, 0)
+		ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
+		d.Step(ctx, t0)
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: h.AllocationID}), tenantA); err != nil {
+			t.Fatal(err)
+		}
+		b.SetExternalUsage(0, 800*mib) // what the exiting process still holds
+		now := t0.Add(time.Second)
+		r := d.Step(ctx, now)
+		if len(r.Decisions) != 0 || !r.Next.Equal(now.Add(ledger.VerifyEvery)) {
+			t.Fatalf("decisions %+v, next %s", r.Decisions, r.Next.Format(time.StampMilli))
+		}
+		b.SetExternalUsage(0, 0)
+		if _, ok := decided(d.Step(ctx, now.Add(ledger.VerifyEvery)).Decisions, ticket); !ok {
+			t.Error("the waiter was not granted when the room showed")
 		}
 	})
 

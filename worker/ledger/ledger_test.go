@@ -259,13 +259,13 @@ func TestAllocationsFilterAndPage(t *testing.T) {
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, ModelID: "other"})
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, AllocationType: subjects.Pinned, ModelID: "m"})
 	yes := true
-	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{Persistent: &yes}), op); r.TotalCount != 0 {
+	if r := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{Persistent: &yes})); r.TotalCount != 0 {
 		t.Errorf("persistent only: %d", r.TotalCount)
 	}
 	req := valid(t, &subjects.AllocationsRequest{ModelID: "m", AllocationType: subjects.VRAM, Limit: 2})
 	seen := map[string]bool{}
 	for {
-		r := d.Allocations(req, op)
+		r := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, req)
 		if r.TotalCount != 5 {
 			t.Fatalf("total %d, want 5", r.TotalCount)
 		}
@@ -475,7 +475,7 @@ func TestOptimizeStrategies(t *testing.T) {
 	if r.UsagePercentageAfter != 0 {
 		t.Errorf("usage after freeing the lease and offloading the rest: %.2f%%, want 0", r.UsagePercentageAfter)
 	}
-	ms := d.Allocations(valid(t, &subjects.AllocationsRequest{}), op)
+	ms := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{}))
 	if ms.TotalCount != 1 || ms.Allocations[0].AllocationID != idle.AllocationID || !ms.Allocations[0].Offloaded {
 		t.Errorf("after optimize: %+v", ms.Allocations)
 	}
@@ -528,7 +528,7 @@ func TestTransferSteps(t *testing.T) {
 	if err := d.Settle(destID, false, false, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	r := d.Allocations(valid(t, &subjects.AllocationsRequest{}), op)
+	r := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{}))
 	if r.TotalCount != 1 || r.Allocations[0].AllocationID != destID || r.Allocations[0].AllocationType != subjects.Pinned || r.Allocations[0].ModelID != "m" {
 		t.Fatalf("after the move: %+v", r.Allocations)
 	}
@@ -629,7 +629,7 @@ func TestPageFollowsTheCursor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := d.Allocations(valid(t, &subjects.AllocationsRequest{Cursor: tt.cursor, Limit: tt.limit}), op)
+			got := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{Cursor: tt.cursor, Limit: tt.limit}))
 			ids := []string{}
 			for _, a := range got.Allocations {
 				ids = append(ids, a.AllocationID)
@@ -648,11 +648,11 @@ func TestAllocationsByID(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
 	a := allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
 	allocate(t, d, subjects.AllocateRequest{SizeBytes: 4096})
-	r := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID, "nope", a.AllocationID}}), op)
+	r := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID, "nope", a.AllocationID}}))
 	if r.TotalCount != 1 || len(r.Allocations) != 1 || r.Allocations[0].AllocationID != a.AllocationID {
 		t.Errorf("by id: %+v", r)
 	}
-	if r := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID}}), ledger.Who{Tenant: "other"}); r.TotalCount != 0 {
+	if r := d.Allocations(context.Background(), ledger.Call{Who: ledger.Who{Tenant: "other"}, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID}})); r.TotalCount != 0 {
 		t.Errorf("another tenant finds %+v", r.Allocations)
 	}
 }

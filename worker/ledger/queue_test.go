@@ -1,6 +1,7 @@
 package ledger_test
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -216,7 +217,7 @@ func TestAReservationFollowsItsProcess(t *testing.T) {
 	if u.ReservationUnusedBytes != 60*mib {
 		t.Errorf("unused %d, want 60 MiB", u.ReservationUnusedBytes)
 	}
-	page := d.Allocations(valid(t, &subjects.AllocationsRequest{AllocationType: subjects.Reservation}), op)
+	page := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{AllocationType: subjects.Reservation}))
 	if page.TotalCount != 1 || page.Allocations[0].PID != 42 || page.Allocations[0].ObservedBytes != 40*mib {
 		t.Errorf("listing: %+v", page)
 	}
@@ -247,11 +248,11 @@ func TestCountsByFilter(t *testing.T) {
 		{subjects.AllocationsRequest{AllocationType: subjects.Pinned}, 1},
 		{subjects.AllocationsRequest{Purpose: "kv", ModelID: "m"}, 1},
 	} {
-		if got := d.Allocations(valid(t, &tc.req), op).TotalCount; got != tc.want {
+		if got := d.Allocations(context.Background(), ledger.Call{Who: op, Now: time.Now()}, valid(t, &tc.req)).TotalCount; got != tc.want {
 			t.Errorf("%+v: %d, want %d", tc.req, got, tc.want)
 		}
 	}
-	if got := d.Allocations(valid(t, &subjects.AllocationsRequest{}), tenantA).TotalCount; got != 0 {
+	if got := d.Allocations(context.Background(), ledger.Call{Who: tenantA, Now: time.Now()}, valid(t, &subjects.AllocationsRequest{})).TotalCount; got != 0 {
 		t.Errorf("a tenant without allocations counts %d", got)
 	}
 }

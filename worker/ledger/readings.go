@@ -2,10 +2,12 @@ package ledger
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/proctree"
 )
 
 // truth is one reading of device truth, with the pool's reservation at the
@@ -42,10 +44,12 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 // telemetry is one reading of a device's processes and driver reservation.
 // Its slice and time are never changed once read: replies share them.
 type telemetry struct {
-	at       *time.Time
-	procs    []subjects.ProcessUsage
-	reserved int64
-	ok       bool
+	at    *time.Time
+	procs []subjects.ProcessUsage
+	// ancestors[i] are the processes above procs[i] (Config.ParentOf).
+	ancestors [][]int
+	reserved  int64
+	ok        bool
 }
 
 // AddTelemetry adds what the backend's telemetry knows (NVML: processes,
@@ -63,12 +67,17 @@ func (d *Device) AddTelemetry(ctx context.Context, u *subjects.Usage) {
 // readTelemetry returns the telemetry as of now, read again when older
 // than TelemetryMaxAge; nil when the backend has none.
 func (d *Device) readTelemetry(ctx context.Context, now time.Time) *telemetry {
+	return d.readTelemetryWithin(ctx, now, d.cfg.TelemetryMaxAge)
+}
+
+// readTelemetryWithin is readTelemetry with a reading at most maxAge old.
+func (d *Device) readTelemetryWithin(ctx context.Context, now time.Time, maxAge time.Duration) *telemetry {
 	pl, ok := d.backend.(ProcessLister)
 	if !ok {
 		return nil
 	}
 	t := &d.tele
-	if t.at == nil || now.Sub(*t.at) >= d.cfg.TelemetryMaxAge || now.Before(*t.at) {
+	if t.at == nil || now.Sub(*t.at) >= maxAge || now.Before(*t.at) {
 		procs, reserved, err := pl.Processes(ctx, d.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
@@ -76,24 +85,29 @@ func (d *Device) readTelemetry(ctx context.Context, now time.Time) *telemetry {
 		*t = telemetry{at: &at, reserved: reserved, ok: err == nil}
 		for _, p := range procs {
 			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
+			if d.cfg.ParentOf != nil {
+				t.ancestors = append(t.ancestors, proctree.Ancestors(p.PID, d.cfg.ParentOf))
+			}
 		}
 	}
 	return t
 }
 
-// observed is what process pid used of the device at the last telemetry
-// reading, and when that was; ok is false without a pid or telemetry.
+// observed is what process pid and the processes it started used of the
+// device at the last telemetry reading, and when that was; ok is false
+// without a pid or telemetry.
 func (d *Device) observed(pid int) (int64, *time.Time, bool) {
 	t := &d.tele
 	if pid == 0 || t.at == nil || !t.ok {
 		return 0, nil, false
 	}
-	for _, p := range t.procs {
-		if p.PID == pid {
-			return p.UsedBytes, t.at, true
+	var used int64
+	for i, p := range t.procs {
+		if p.PID == pid || (i < len(t.ancestors) && slices.Contains(t.ancestors[i], pid)) {
+			used += p.UsedBytes
 		}
 	}
-	return 0, t.at, true
+	return used, t.at, true
 }
 
 // reservationUnused is what reservations hold that their processes do not

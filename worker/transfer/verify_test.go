@@ -142,7 +142,7 @@ func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
 				if st.Status != subjects.TransferFailed || st.ErrorCode != subjects.CodeInternal || st.Verified || st.DestinationAllocationID != "" {
 					t.Fatalf("corrupt copy: %+v", st)
 				}
-				if page := dev.d.Allocations(&subjects.AllocationsRequest{AllocationType: subjects.Pinned}, ledger.Who{}); page.TotalCount != 0 {
+				if page := dev.d.Allocations(context.Background(), ledger.Call{Who: ledger.Who{}, Now: time.Now()}, &subjects.AllocationsRequest{AllocationType: subjects.Pinned}); page.TotalCount != 0 {
 					t.Errorf("the failed copy left %d pinned allocations", page.TotalCount)
 				}
 				return
