@@ -2,7 +2,7 @@
 # The GPU machine's test and bench pass. Build first with
 # scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
-# picked: scripts/gpu-pass.sh cuda integration hostpath vmm bench
+# picked: scripts/gpu-pass.sh cuda integration hostpath vmm handoff bench
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -35,6 +35,9 @@ for s in $steps; do
 		step vmm-cold ./cuda.test -test.run XXX -test.bench 'ColdAlloc1GiB' -test.benchtime 30x -test.count 3
 		step vmm-cached ./cuda.test -test.run XXX -test.bench 'AllocFree1MiB' -test.count 3
 		step vmm-integration ./integration.test -test.v -test.count 1 -test.run 'Defragment|Recommendations|CoreOperations|Peer|Model' -test.timeout 5m
+		;;
+	handoff) # P20: two model servers, the worker brokers memory from the lower priority to the higher
+		step handoff env OUT="$out" ./gpu-handoff.sh
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
@@ -100,6 +101,10 @@ func (r *runCmd) Run(e *env) error {
 	}
 	h.id = a.AllocationID
 	defer h.free()
+	if a.WaitedSeconds > 0 {
+		fmt.Fprintf(e.stderr, "memctl: %s reserved on %s at %s, after waiting %.3f s\n", humanize.IBytes(uint64(a.SizeBytes)), dev,
+			a.CreatedAt.Format(time.RFC3339Nano), a.WaitedSeconds)
+	}
 
 	fraction := 0.0
 	if u.TotalBytes > 0 {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,6 +73,8 @@ func TestRunRelaysARelease(t *testing.T) {
 		out, err string
 	}
 	done := make(chan result, 1)
+	timeline := make(chan string, 1)
+	go func() { _, out, _ := f.memctl("watch", "--allocations", "--count", "2"); timeline <- out }()
 	dir := t.TempDir()
 	engine, released, stop := filepath.Join(dir, "engine"), filepath.Join(dir, "released"), filepath.Join(dir, "stop")
 	go func() {
@@ -122,6 +125,15 @@ func TestRunRelaysARelease(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the command did not end")
+	}
+	select {
+	case out := <-timeline:
+		if !regexp.MustCompile(`reclaim.requested .*priority 0 asked for 900 MiB by a waiter of priority 10`).MatchString(out) ||
+			!regexp.MustCompile(`reclaim.completed .*released 900 MiB in [0-9.]+ s, verified [0-9.]+ s later`).MatchString(out) {
+			t.Errorf("the timeline:\n%q", out)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch --allocations did not see the handoff")
 	}
 }
 

@@ -15,7 +15,8 @@ import (
 )
 
 type watchCmd struct {
-	Count int `help:"Exit after this many events (0: until interrupted)."`
+	Count       int  `help:"Exit after this many events (0: until interrupted)."`
+	Allocations bool `name:"allocations" help:"Follow allocation events instead: leases expired, reservations exceeded, and each handoff (reclaim requested, completed, failed, restored) as a timeline."`
 }
 
 // watchLine is one event as --json prints it: the event's time and id, and
@@ -27,6 +28,9 @@ type watchLine struct {
 }
 
 func (w *watchCmd) Run(e *env) error {
+	if w.Allocations {
+		return w.allocations(e)
+	}
 	subject := subjects.AllPressureEvents
 	if e.cli.Device != "" {
 		subject = subjects.PressureEvents(e.cli.Device)
@@ -134,4 +138,75 @@ func (e *env) renderWatch(latest map[string]watchLine) {
 	if !e.tty {
 		fmt.Fprintln(e.out, strings.Repeat("─", 10))
 	}
+}
+
+// allocations prints the allocation events one line each, as they come
+// (--json: the event's type, time and data).
+func (w *watchCmd) allocations(e *env) error {
+	subject := subjects.AllAllocationEvents
+	if e.cli.Device != "" {
+		subject = subjects.Root + ".allocation." + e.cli.Device + ".>"
+	}
+	ch := make(chan *nats.Msg, 256)
+	sub, err := e.nc.ChanSubscribe(subject, ch)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := e.nc.Flush(); err != nil {
+		return err
+	}
+	if !e.cli.JSON {
+		fmt.Fprintf(e.out, "watching %s (Ctrl-C to stop)\n", subject)
+	}
+	for seen := 0; w.Count == 0 || seen < w.Count; seen++ {
+		var msg *nats.Msg
+		select {
+		case <-e.ctx.Done():
+			return nil
+		case msg = <-ch:
+		}
+		typ, a, err := events.DecodeAllocation(msg)
+		if err != nil {
+			fmt.Fprintf(e.out, "undecodable event on %s: %v\n", msg.Subject, err)
+			continue
+		}
+		if e.cli.JSON {
+			b, _ := json.Marshal(struct {
+				Type string            `json:"type"`
+				Data events.Allocation `json:"data"`
+			}{typ, a})
+			fmt.Fprintln(e.out, string(b))
+			continue
+		}
+		fmt.Fprintln(e.out, allocationLine(typ, a))
+	}
+	return nil
+}
+
+// allocationLine says what an allocation event tells, in one line.
+func allocationLine(typ string, a events.Allocation) string {
+	name := strings.TrimSuffix(strings.TrimPrefix(typ, "io.memworker."), ".v1")
+	who := a.Tenant
+	if who == "" {
+		who = "operator"
+	}
+	line := fmt.Sprintf("%s %-18s %s %s (%s, %s)", a.ObservedAt.Local().Format("15:04:05.000"), name, a.DeviceID, a.AllocationID, who, size(a.SizeBytes))
+	switch typ {
+	case events.TypeReclaimRequested:
+		line += fmt.Sprintf(": priority %d asked for %s by a waiter of priority %d", a.Priority, size(a.BytesWanted), a.WaiterPriority)
+		if a.Deadline != nil {
+			line += ", deadline " + a.Deadline.Local().Format("15:04:05")
+		}
+	case events.TypeReclaimCompleted:
+		line += fmt.Sprintf(": released %s in %.3f s, verified %.3f s later", size(a.BytesReleased), a.ReleaseSeconds, a.VerifySeconds)
+	case events.TypeReclaimFailed:
+		line += ": " + a.Reason
+	case events.TypeReservationExceeded:
+		line += fmt.Sprintf(": pid %d uses %s", a.PID, size(a.ObservedBytes))
+	}
+	if n := len(a.AllocationIDs); n > 1 {
+		line += fmt.Sprintf(" and %d more", n-1)
+	}
+	return line
 }

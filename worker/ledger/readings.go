@@ -130,7 +130,10 @@ func (d *Device) reservationUnused(ctx context.Context, now time.Time) int64 {
 
 // Exceeding lists, once per crossing, the reservations whose process now
 // uses more than it reserved (for an event); a reservation back under its
-// size may be listed again when it next crosses.
+// size may be listed again when it next crosses. A holder giving memory
+// back is not: its reservation shrinks before its process lets go, and the
+// handoff verifies it (a release that fails leaves it held again, and
+// listed if its process still uses more).
 func (d *Device) Exceeding() []subjects.Allocation {
 	if d.byType[reservationCode] == 0 {
 		return nil
@@ -139,6 +142,9 @@ func (d *Device) Exceeding() []subjects.Allocation {
 	for _, a := range d.allocs {
 		if !a.reservation() {
 			continue
+		}
+		if h := a.holding(); h != nil && h.state == subjects.HolderReleasing {
+			continue // shrunk before its process let go: the release is being verified
 		}
 		obs, _, ok := d.observed(a.pid())
 		over := ok && obs > a.size
