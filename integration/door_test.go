@@ -24,6 +24,7 @@ func TestTheDoorHoldsAcrossPaths(t *testing.T) {
 			c.MaxWaiters = 8
 			c.SampleInterval = time.Minute // only the door's own re-examination admits
 			c.AutoRelease = false
+			c.CacheHold = -1 // the cache stays, for the tenant's clear to keep
 		}))
 	operator := connectAs(t, srv, "operator", "change-me-operator")
 	alice := connectAs(t, srv, "alice", "change-me-alice")

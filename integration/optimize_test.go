@@ -10,7 +10,7 @@ import (
 
 func TestOptimizeStrategies(t *testing.T) {
 	srv := startServer(t)
-	h := startWorker(t, srv, "n1", withDevices(1, 4*GiB))
+	h := startWorker(t, srv, "n1", withDevices(1, 4*GiB), withConfig(func(c *worker.Config) { c.CacheHold = -1 })) // the cache stays for release_cached
 	nc := connect(t, srv)
 	dev := "n1-gpu0"
 	var idle, persistent, busy subjects.Allocation

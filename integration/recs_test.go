@@ -25,6 +25,7 @@ func testRecommendations(t *testing.T, vmm bool) {
 		c.ExpiryInterval = time.Hour // leave expired allocations to optimize
 		c.IdleAfter = time.Millisecond
 		c.AutoRelease = false // leave the cache to release_cached
+		c.CacheHold = -1
 	})}
 	if !vmm {
 		opts = append(opts, withoutVMM())

@@ -2,7 +2,7 @@
 # The GPU machine's test and bench pass. Build first with
 # scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
-# picked: scripts/gpu-pass.sh cuda integration hostpath vmm handoff bench
+# picked: scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -38,6 +38,9 @@ for s in $steps; do
 		;;
 	handoff) # P20: two model servers, the worker brokers memory from the lower priority to the higher
 		step handoff env OUT="$out" ./gpu-handoff.sh
+		;;
+	cache) # P21: freed memory goes back to the GPU after --cache-hold, for PyTorch to have
+		step cache env OUT="$out" ./gpu-cache.sh
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

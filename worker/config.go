@@ -52,6 +52,13 @@ type Config struct {
 	// AutoRelease returns the pool's empty cached segments to the device
 	// when device truth reaches the warning threshold.
 	AutoRelease bool
+	// CacheHold is how long memory freed by the worker's clients stays
+	// cached in its pools before it goes back to the device for any
+	// process to have (0: at once; negative: kept, for AutoRelease and
+	// optimize's release_cached); CacheKeep is what stays cached for the
+	// worker's own clients.
+	CacheHold time.Duration
+	CacheKeep int64
 	// EventReplicas is the event stream's replicas; 0 takes the number of
 	// servers the connection knows of, at most 3.
 	EventReplicas int
@@ -141,6 +148,8 @@ func DefaultConfig() Config {
 		CriticalRepeat:       30 * time.Second,
 		EventsJetStream:      true,
 		AutoRelease:          true,
+		CacheHold:            time.Second,
+		CacheKeep:            256 << 20,
 		IdempotencyWindow:    10 * time.Minute,
 		IdempotencyEntries:   100_000,
 		IdempotencyBytes:     4 << 20,

@@ -109,6 +109,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
+				ReturnCache: cfg.CacheHold >= 0, CacheHold: cfg.CacheHold, CacheKeep: cfg.CacheKeep,
 				ReclaimTimeout: cfg.ReclaimTimeout, ParentOf: proctree.Parent,
 			}),
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),

@@ -67,6 +67,8 @@ type cli struct {
 	EventsBinary      bool          `name:"events-binary" help:"Publish pressure events in CloudEvents binary mode (ce- headers) instead of structured JSON."`
 	NoEventStream     bool          `name:"no-event-stream" help:"Do not keep pressure events in a JetStream stream."`
 	AutoRelease       bool          `name:"auto-release" default:"true" help:"Return the pool's empty cached segments to the device when device memory use reaches the warning threshold (--auto-release=false to keep them)."`
+	CacheHold         time.Duration `name:"cache-hold" default:"${cache_hold}" help:"How long memory the worker's clients freed stays cached before it goes back to the GPU, for any process to have (0: at once; -1s: kept until pressure or optimize)."`
+	CacheKeep         string        `name:"cache-keep" default:"${cache_keep}" help:"What stays cached for the worker's own clients past --cache-hold (a size such as 256MiB)."`
 	EventStreamMax    string        `name:"event-stream-max-bytes" default:"256MiB" help:"The most the event stream keeps (a size such as 1GiB); the oldest events go first."`
 	EventReplicas     int           `name:"event-replicas" help:"Replicas of the event stream (default: the number of servers in the cluster, at most 3)."`
 
@@ -90,6 +92,8 @@ func defaults() kong.Vars {
 		"starvation_guard":  d.StarvationGuard.String(),
 		"max_waiters":       strconv.Itoa(d.MaxWaiters),
 		"reclaim_timeout":   d.ReclaimTimeout.String(),
+		"cache_hold":        d.CacheHold.String(),
+		"cache_keep":        strconv.FormatInt(d.CacheKeep>>20, 10) + "MiB",
 		"truth_max_age":     d.TruthMaxAge.String(),
 		"telemetry_max_age": d.TelemetryMaxAge.String(),
 		"critical_repeat":   d.CriticalRepeat.String(),
@@ -162,12 +166,16 @@ func config(c *cli, log *slog.Logger) worker.Config {
 	cfg.EventsJetStream = !c.NoEventStream
 	cfg.EventReplicas = c.EventReplicas
 	cfg.AutoRelease = c.AutoRelease
+	cfg.CacheHold = c.CacheHold
 	return cfg
 }
 
 func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	cfg := config(c, log)
 	var err error
+	if cfg.CacheKeep, err = parseSize("--cache-keep", c.CacheKeep); err != nil {
+		return err
+	}
 	if c.PinnedPool != "" {
 		if cfg.PinnedPool, err = parseSize("--pinned-pool", c.PinnedPool); err != nil {
 			return err

@@ -346,7 +346,17 @@ func (p *Pool) merge(b, next *Block) {
 // with nothing mapped gives its address space back too). It reports how
 // many segments and bytes of memory went back.
 func (p *Pool) Release(ctx context.Context) (segments int, bytes int64, err error) {
+	return p.ReleaseAbove(ctx, 0)
+}
+
+// ReleaseAbove is Release that stops once the pool caches keep bytes or
+// fewer (memory held but not allocated), segment by segment; keep 0
+// releases all, address space too.
+func (p *Pool) ReleaseAbove(ctx context.Context, keep int64) (segments int, bytes int64, err error) {
 	for _, seg := range p.segments {
+		if keep > 0 && p.stats.ReservedBytes-p.stats.AllocatedBytes <= keep {
+			break
+		}
 		if seg.growable {
 			n, uerr := p.unmapFree(ctx, seg)
 			bytes += n

@@ -172,6 +172,44 @@ func (d *Device) release(ctx context.Context) (int64, error) {
 	return bytes, err
 }
 
+// returnCache gives what the VRAM pool caches beyond CacheKeep back to the
+// device once it has been cached CacheHold (ReturnCache). Cache the pool
+// cannot give back (free pieces of segments in use) is not tried again
+// until the cache grows past it.
+func (d *Device) returnCache(ctx context.Context, now time.Time) (int64, error) {
+	if !d.cfg.ReturnCache {
+		return 0, nil
+	}
+	pool := d.pools[device.VRAM]
+	st := pool.Stats()
+	cached := st.ReservedBytes - st.AllocatedBytes
+	if cached < d.cacheFloor {
+		d.cacheFloor = cached
+	}
+	if cached <= max(d.cfg.CacheKeep, d.cacheFloor) {
+		d.cachedSince = time.Time{}
+		return 0, nil
+	}
+	if d.cachedSince.IsZero() {
+		d.cachedSince = now
+	}
+	if now.Before(d.cachedSince.Add(d.cfg.CacheHold)) {
+		return 0, nil
+	}
+	_, n, err := pool.ReleaseAbove(ctx, d.cfg.CacheKeep)
+	st = pool.Stats()
+	d.cachedSince, d.cacheFloor = time.Time{}, st.ReservedBytes-st.AllocatedBytes
+	return n, err
+}
+
+// cacheDeadline is when cached memory is next to go back (zero: none).
+func (d *Device) cacheDeadline() time.Time {
+	if d.cachedSince.IsZero() {
+		return time.Time{}
+	}
+	return d.cachedSince.Add(d.cfg.CacheHold)
+}
+
 // owners maps the VRAM pool's allocated blocks to their allocations.
 func (d *Device) owners() map[*alloc.Block]*allocation {
 	owners := map[*alloc.Block]*allocation{}

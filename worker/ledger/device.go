@@ -57,6 +57,13 @@ type Config struct {
 	// may still use beyond its keep_bytes (DefaultReclaimTolerance).
 	ReclaimTimeout   time.Duration
 	ReclaimTolerance int64
+	// ReturnCache gives the VRAM pool's cached memory beyond CacheKeep back
+	// to the device once it has been cached CacheHold: what the worker
+	// reports available is then available to every process on the GPU,
+	// not only to its own clients.
+	ReturnCache bool
+	CacheHold   time.Duration
+	CacheKeep   int64
 	// ParentOf, when set, tells which process started pid
 	// (proctree.Parent): a reservation's process is then observed with
 	// its children, as a model server whose engine runs in a child.
@@ -98,6 +105,11 @@ type Device struct {
 	// settle is until when, after a release, the queue is looked at again
 	// every VerifyEvery (settleAt the next look) for its room to show.
 	settle, settleAt time.Time
+	// cachedSince is when the pool first cached more than CacheKeep (zero:
+	// it does not); cacheFloor what it kept cached after its last return
+	// (memory it cannot give back: free pieces of segments in use).
+	cachedSince time.Time
+	cacheFloor  int64
 }
 
 // madeBy is the request that made an allocation: its request_id and a

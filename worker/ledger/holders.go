@@ -104,6 +104,10 @@ type Ready struct {
 	Decisions []Decision
 	Asks      []Ask
 	Events    []HandoffEvent
+	// Released is the cached memory given back to the device (ReturnCache),
+	// ReleaseErr a failure doing so.
+	Released   int64
+	ReleaseErr error
 	// Next is when the device is to be examined again (NextDeadline).
 	Next time.Time
 }
@@ -132,6 +136,7 @@ func (d *Device) Step(ctx context.Context, now time.Time) Ready {
 	if now.Before(d.settle) && d.headWaiter(now) != nil {
 		d.settleAt = now.Add(VerifyEvery)
 	}
+	r.Released, r.ReleaseErr = d.returnCache(ctx, now)
 	r.Next = d.NextDeadline()
 	return r
 }

@@ -342,3 +342,55 @@ func TestStepGrantsWhatAReleaseFrees(t *testing.T) {
 		t.Errorf("second step: %+v", r)
 	}
 }
+
+// TestCacheGoesBackToTheDevice: memory the worker's clients freed stays
+// cached for CacheHold, then all but CacheKeep goes back to the device,
+// whichever path freed it; off, it stays.
+func TestCacheGoesBackToTheDevice(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		on      bool
+		hold    time.Duration
+		free    func(d *ledger.Device, id string) error
+		wantMax int64 // cached after the hold
+	}{
+		{"deallocate, held 1 s", true, time.Second, deallocateAs(tenantA), 64 * mib},
+		{"deallocate, at once", true, 0, deallocateAs(tenantA), 64 * mib},
+		{"a lease that expired", true, time.Second, func(d *ledger.Device, _ string) error { _, err := d.Expire(t0.Add(time.Hour)); return err }, 64 * mib},
+		{"clear", true, time.Second, func(d *ledger.Device, _ string) error {
+			_, err := d.Clear(ctx, valid(t, &subjects.ClearRequest{ReleaseCached: new(bool)}), tenantA)
+			return err
+		}, 64 * mib},
+		{"off: kept", false, time.Second, deallocateAs(tenantA), 512 * mib},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := newDevice(t, gib, func(c *ledger.Config) { c.ReturnCache, c.CacheHold, c.CacheKeep = tc.on, tc.hold, 64*mib })
+			a := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 512 * mib, TTLSeconds: 60})
+			if err := tc.free(d, a.AllocationID); err != nil {
+				t.Fatal(err)
+			}
+			r := d.Step(ctx, t0)
+			if tc.on && tc.hold > 0 && (r.Released != 0 || !r.Next.Equal(t0.Add(tc.hold))) {
+				t.Errorf("at the free: released %d, next look %v; want 0 and the hold's end", r.Released, r.Next)
+			}
+			d.Step(ctx, t0.Add(tc.hold))
+			u, err := d.Usage(ctx, t0.Add(tc.hold))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.CachedBytes > tc.wantMax || (!tc.on && u.CachedBytes != 512*mib) {
+				t.Errorf("cached after the hold: %d MiB; want at most %d MiB", u.CachedBytes/mib, tc.wantMax/mib)
+			}
+			if next := d.NextDeadline(); !next.IsZero() {
+				t.Errorf("a next look at %v with nothing to do: the loop would wake for nothing", next)
+			}
+		})
+	}
+}
+
+func deallocateAs(who ledger.Who) func(d *ledger.Device, id string) error {
+	return func(d *ledger.Device, id string) error {
+		_, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: id}, who)
+		return err
+	}
+}

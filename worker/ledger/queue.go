@@ -137,10 +137,14 @@ func (q *queue) blocking(c claim, now time.Time, guard time.Duration, overQuota 
 // Waiting is how many requests wait on the device, and for how many bytes.
 func (d *Device) Waiting() (int, int64) { return len(d.queue.waiters), d.queue.bytes }
 
-// NextDeadline is when the first waiter's wait, or the first holder's
-// time to release, ends; zero when none.
+// NextDeadline is when the device is next to be examined (Step): the
+// first waiter's wait or holder's time to release ends, a release is to be
+// verified again, or cached memory is to go back; zero when none.
 func (d *Device) NextDeadline() time.Time {
 	next := d.holderDeadline()
+	if c := d.cacheDeadline(); !c.IsZero() && (next.IsZero() || c.Before(next)) {
+		next = c
+	}
 	for _, w := range d.queue.waiters {
 		if next.IsZero() || w.deadline.Before(next) {
 			next = w.deadline

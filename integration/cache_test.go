@@ -1,0 +1,62 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/device"
+)
+
+// TestFreedMemoryGoesBackToTheGPU: what the worker's clients free stays
+// cached for --cache-hold, then goes back to the device for any process to
+// have (all of it with --cache-keep 0); with the hold off it stays cached.
+func TestFreedMemoryGoesBackToTheGPU(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hold time.Duration
+		back bool
+	}{
+		{"held 1 s", time.Second, true},
+		{"at once", 0, true},
+		{"kept (hold off)", -1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t)
+			h := startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) {
+				c.CacheHold, c.CacheKeep = tc.hold, 0
+				c.SampleInterval = time.Minute // only the hold returns memory
+			}))
+			nc := connect(t, srv)
+			dev := "n1-gpu0"
+			var a subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 256 * MiB}, &a)
+			call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil)
+			if tc.hold > 0 {
+				if held := heldBytes(h.dev, 0, device.VRAM); held < 256*MiB {
+					t.Errorf("right after the free the worker holds %d MiB: the cache should be kept for the hold", held/MiB)
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for heldBytes(h.dev, 0, device.VRAM) != 0 && tc.back && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			held := heldBytes(h.dev, 0, device.VRAM)
+			if tc.back && held != 0 {
+				t.Errorf("the worker still holds %d MiB of freed memory", held/MiB)
+			}
+			if !tc.back {
+				time.Sleep(300 * time.Millisecond)
+				if held = heldBytes(h.dev, 0, device.VRAM); held < 256*MiB {
+					t.Errorf("with the hold off the cache went back (%d MiB held)", held/MiB)
+				}
+			}
+			var u subjects.Usage
+			call(t, nc, subjects.GetUsage, dev, nil, &u)
+			if tc.back && u.CachedBytes != 0 {
+				t.Errorf("usage says %d MiB cached", u.CachedBytes/MiB)
+			}
+		})
+	}
+}
