@@ -62,7 +62,7 @@ var traits = map[Op]Traits{
 	Optimize:      {Mutating: true, OperatorOnly: true, Bounded: true},
 	ModelOptimize: {Mutating: true, Bounded: true},
 	Renew:         {Mutating: true},
-	Resize:        {Mutating: true},
+	Resize:        {Mutating: true, MayWait: true},
 }
 
 // Ops returns the catalogue of all operations, in a fresh slice.

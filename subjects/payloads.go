@@ -333,6 +333,9 @@ type ResizeRequest struct {
 	AllocationID string `json:"allocation_id"`
 	SizeBytes    int64  `json:"size_bytes"`
 	PID          int    `json:"pid,omitempty"`
+	// WaitSeconds: a growth that does not fit waits this long in the
+	// admission queue (0: refused at once), as an allocate would.
+	WaitSeconds float64 `json:"wait_seconds,omitempty"`
 }
 
 // Admission bounds.

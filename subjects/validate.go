@@ -138,6 +138,9 @@ func (r *ResizeRequest) Validate() error {
 	if r.PID < 0 {
 		return Invalid("pid must be a positive number, got %d", r.PID)
 	}
+	if math.IsNaN(r.WaitSeconds) || r.WaitSeconds < 0 || r.WaitSeconds > MaxWaitSeconds {
+		return Invalid("wait_seconds must be between 0 and %d", MaxWaitSeconds)
+	}
 	return nil
 }
 

@@ -28,9 +28,10 @@ var errQueued = errors.New("queued")
 // pending is a waiting request's tickets to answer.
 type pending struct {
 	reqs      []micro.Request
-	id        string     // request_id of the reply
-	replayKey replay.Key // its key in the replay cache; empty without a request_id
-	data      []byte     // its payload, for the replay cache
+	op        subjects.Op // allocate, or resize
+	id        string      // request_id of the reply
+	replayKey replay.Key  // its key in the replay cache; empty without a request_id
+	data      []byte      // its payload, for the replay cache
 	start     time.Time
 }
 
@@ -74,7 +75,7 @@ func (w *Worker) answer(g *gpu, ds []ledger.Decision) {
 		}
 		if d.Err != nil {
 			for _, r := range p.reqs {
-				w.respond(r, subjects.Allocate, g.ID(), p.id, d.Err, p.start)
+				w.respond(r, p.op, g.ID(), p.id, d.Err, p.start)
 			}
 		}
 	}
@@ -90,10 +91,10 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 		return err
 	}
 	if p.replayKey.RequestID != "" {
-		g.replays.Store(p.replayKey, subjects.Allocate, p.data, append([]byte(nil), body...), now)
+		g.replays.Store(p.replayKey, p.op, p.data, append([]byte(nil), body...), now)
 	}
 	for _, r := range p.reqs {
-		w.metrics.served(subjects.Allocate, "", p.start)
+		w.metrics.served(p.op, "", p.start)
 		if rerr := r.Respond(body); rerr != nil {
 			w.log.Warn("reply to a waiter failed", "device", g.ID(), "request_id", clipArg(p.id), "err", rerr)
 		}

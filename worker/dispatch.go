@@ -160,7 +160,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		q, waiting = err.(queued) // allocate returns it as it is
 	}
 	if waiting {
-		w.park(g, q.ticket, req, pending{id: requestID, replayKey: replayKey, data: env.Data, start: call.Now})
+		w.park(g, q.ticket, req, pending{op: op, id: requestID, replayKey: replayKey, data: env.Data, start: call.Now})
 	}
 	// A failed mutation may have changed the device too (a model_optimize
 	// that stopped half way), so pressure is checked either way; what it

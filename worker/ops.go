@@ -86,7 +86,11 @@ func renew(_ context.Context, g *gpu, call ledger.Call, req *subjects.RenewReque
 }
 
 func resize(ctx context.Context, g *gpu, call ledger.Call, req *subjects.ResizeRequest) (any, error) {
-	return g.Resize(ctx, call, req)
+	a, ticket, err := g.Resize(ctx, call, req)
+	if ticket != 0 {
+		return nil, queued{ticket}
+	}
+	return a, err
 }
 
 func analytics(_ context.Context, g *gpu, call ledger.Call, req *subjects.AnalyticsRequest) (any, error) {

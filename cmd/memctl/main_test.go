@@ -460,6 +460,22 @@ func TestAHolderAndResize(t *testing.T) {
 	if out := f.ok("resize", a.AllocationID, "128MiB"); !strings.Contains(out, "128 MiB") {
 		t.Errorf("resize: %s", out)
 	}
+	// Growing past the room waits with --wait, and is granted when room comes.
+	var filler subjects.Allocation
+	if err := json.Unmarshal([]byte(f.ok("--json", "-d", "n1-gpu0", "alloc", "800MiB")), &filler); err != nil {
+		t.Fatal(err)
+	}
+	grown := make(chan string, 1)
+	go func() { _, out, errs := f.memctl("resize", a.AllocationID, "256MiB", "--wait", "5s"); grown <- out + errs }()
+	select {
+	case out := <-grown:
+		t.Fatalf("grown without room: %s", out)
+	case <-time.After(300 * time.Millisecond):
+	}
+	f.ok("free", filler.AllocationID)
+	if out := <-grown; !strings.Contains(out, "256 MiB") {
+		t.Errorf("resize --wait: %s", out)
+	}
 	if code, _, errs := f.memctl("alloc", "1MiB", "--holder", "vllm"); code != exitUsage || !strings.Contains(errs, "--holder-url") {
 		t.Errorf("--holder without its URL: exit %d, %s", code, errs)
 	}

@@ -124,9 +124,10 @@ func (a *allocCmd) Run(e *env) error {
 }
 
 type resizeCmd struct {
-	ID   string `arg:"" name:"id" help:"The reservation's id."`
-	Size string `arg:"" help:"Its new size (shrinking is immediate; growing must fit, as an allocation)."`
-	PID  int    `name:"pid" help:"The process it is now for."`
+	ID   string        `arg:"" name:"id" help:"The reservation's id."`
+	Size string        `arg:"" help:"Its new size (shrinking is immediate; growing must fit, as an allocation)."`
+	PID  int           `name:"pid" help:"The process it is now for."`
+	Wait time.Duration `name:"wait" help:"Wait this long for room to grow (and for holders of lower priority to give memory back)."`
 }
 
 func (r *resizeCmd) Run(e *env) error {
@@ -139,8 +140,11 @@ func (r *resizeCmd) Run(e *env) error {
 		return err
 	}
 	var out subjects.Allocation
+	ctx, cancel := context.WithTimeout(e.ctx, r.Wait+e.cli.Timeout)
+	defer cancel()
 	for dev := range groups {
-		if _, err := e.client.Do(e.ctx, subjects.Resize, dev, subjects.ResizeRequest{AllocationID: r.ID, SizeBytes: int64(n), PID: r.PID}, &out); err != nil {
+		req := subjects.ResizeRequest{AllocationID: r.ID, SizeBytes: int64(n), PID: r.PID, WaitSeconds: r.Wait.Seconds()}
+		if _, err := e.client.Do(ctx, subjects.Resize, dev, req, &out); err != nil {
 			return err
 		}
 	}

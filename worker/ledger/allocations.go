@@ -44,7 +44,7 @@ func (d *Device) Allocate(ctx context.Context, call Call, req *subjects.Allocate
 	if err == nil || final || req.WaitSeconds <= 0 || !waits(err) {
 		return a, 0, err
 	}
-	t, err := d.enqueue(call, req, sum, err)
+	t, err := d.enqueueWaiter(call, req, nil, sum, err)
 	return subjects.Allocation{}, t, err
 }
 

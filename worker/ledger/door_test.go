@@ -74,7 +74,7 @@ var doorPaths = []doorPath{
 	{name: "resize", prepare: func(t *testing.T, d *ledger.Device) string {
 		return allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, AllocationType: subjects.Reservation}).AllocationID
 	}, grant: func(t *testing.T, d *ledger.Device, id string, now time.Time) error {
-		_, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: id, SizeBytes: 2 * doorSize}))
+		_, _, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: id, SizeBytes: 2 * doorSize}))
 		return err
 	}},
 	{name: "restore", quotaExempt: true, kindless: true, prepare: func(t *testing.T, d *ledger.Device) string {

@@ -340,16 +340,39 @@ func (d *Device) setSize(a *allocation, size int64) {
 
 // Resize changes a RESERVATION's size: shrinking at once, growing through
 // the door (the tenant's quota, reservations, the queue, the room); and
-// its process when req names one.
-func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequest) (subjects.Allocation, error) {
+// its process when req names one. A growth that does not fit now waits up
+// to wait_seconds in the admission queue (a Ticket, as an allocate of the
+// growth at the holder's priority).
+func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequest) (subjects.Allocation, Ticket, error) {
+	if call.RequestID != "" {
+		if w := d.queue.find(call.Who, call.RequestID); w != nil {
+			if w.resize == nil || *w.resize != *req {
+				return subjects.Allocation{}, 0, Errorf(ErrConflict, "request_id %s was already used for a different request", call.RequestID)
+			}
+			return subjects.Allocation{}, w.ticket, nil
+		}
+	}
+	a, grow, final, err := d.resize(ctx, call, req)
+	if err == nil || final || req.WaitSeconds <= 0 {
+		return a, 0, err
+	}
+	wait := *req
+	w := &subjects.AllocateRequest{SizeBytes: grow, AllocationType: subjects.Reservation, Priority: a.Priority, WaitSeconds: req.WaitSeconds}
+	t, err := d.enqueueWaiter(call, w, &wait, 0, err)
+	return subjects.Allocation{}, t, err
+}
+
+// resize is Resize without waiting: the allocation as resized, or as it
+// is with the bytes it would grow by and whether its refusal is final.
+func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequest) (_ subjects.Allocation, grow int64, final bool, _ error) {
 	a, ok := d.get(req.AllocationID)
 	if !ok || !a.visibleTo(call.Who) {
-		return subjects.Allocation{}, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, d.id, ErrAllocationNotFound)
+		return subjects.Allocation{}, 0, true, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, d.id, ErrAllocationNotFound)
 	}
 	if !a.reservation() {
-		return subjects.Allocation{}, Errorf(ErrUnsupported, "allocation %s is %s: only a %s changes size in place", req.AllocationID, a.allocType(), subjects.Reservation)
+		return subjects.Allocation{}, 0, true, Errorf(ErrUnsupported, "allocation %s is %s: only a %s changes size in place", req.AllocationID, a.allocType(), subjects.Reservation)
 	}
-	if grow := req.SizeBytes - a.size; grow > 0 {
+	if grow = req.SizeBytes - a.size; grow > 0 {
 		priority := 0
 		if h := a.holding(); h != nil {
 			priority = h.priority
@@ -357,9 +380,9 @@ func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority}
 		if final, err := d.door(ctx, c, call.Now); err != nil {
 			if final {
-				return subjects.Allocation{}, err
+				return d.view(a), grow, true, err
 			}
-			return subjects.Allocation{}, fmt.Errorf("growing %s by %s: %w", req.AllocationID, bytesize.Format(grow), err)
+			return d.view(a), grow, false, fmt.Errorf("growing %s by %s: %w", req.AllocationID, bytesize.Format(grow), err)
 		}
 	}
 	d.setSize(a, req.SizeBytes)
@@ -370,7 +393,7 @@ func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		a.extra.pid = req.PID
 	}
 	a.lastUsed = call.Now.UnixNano()
-	return d.view(a), nil
+	return d.view(a), grow, false, nil
 }
 
 // holderAllowed refuses a tenant a holder the worker would ask on its

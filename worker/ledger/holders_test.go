@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/ledger"
 )
 
@@ -52,7 +53,7 @@ func TestTheHandoff(t *testing.T) {
 			t.Error("granted before the release")
 		}
 		// The holder shrinks to what it keeps, and answers.
-		if _, err := d.Resize(ctx, at(tenantA, t0.Add(2*time.Second)), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+		if _, _, err := d.Resize(ctx, at(tenantA, t0.Add(2*time.Second)), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
 			t.Fatal(err)
 		}
 		d.Answered(h.AllocationID, nil, t0)
@@ -149,7 +150,7 @@ func TestTheHandoff(t *testing.T) {
 		b.SetProcess(0, 77, 800*mib)
 		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
 		d.Handoff(ctx, t0)
-		if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
 			t.Fatal(err)
 		}
 		if _, evs, _ := d.Handoff(ctx, t0.Add(2*time.Second)); len(evs) != 0 {
@@ -176,7 +177,7 @@ func TestTheHandoff(t *testing.T) {
 		b.SetProcess(0, 79, 50*mib)
 		wait(t, d, tenantB, "w", t0, 500*mib, 60, 10)
 		d.Handoff(ctx, t0)
-		if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
 			t.Fatal(err)
 		}
 		if _, evs, _ := d.Handoff(ctx, t0.Add(2*time.Second)); len(evs) != 0 {
@@ -203,7 +204,7 @@ func TestTheHandoff(t *testing.T) {
 		if r := d.Step(ctx, now); len(r.Asks) != 1 {
 			t.Fatalf("asks %+v", r.Asks)
 		}
-		if _, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
+		if _, _, err := d.Resize(ctx, at(tenantA, now), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 100 * mib})); err != nil {
 			t.Fatal(err)
 		}
 		r := d.Step(ctx, now)
@@ -284,7 +285,7 @@ func TestResize(t *testing.T) {
 		{"not a reservation", subjects.ResizeRequest{AllocationID: v.AllocationID, SizeBytes: 2 * mib}, tenantA, ledger.ErrUnsupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, err := d.Resize(ctx, at(tc.who, t0), valid(t, &tc.req))
+			a, _, err := d.Resize(ctx, at(tc.who, t0), valid(t, &tc.req))
 			if !errors.Is(err, tc.want) || (err == nil && a.SizeBytes != tc.req.SizeBytes) {
 				t.Errorf("%+v, %v; want %v", a, err, tc.want)
 			}
@@ -293,6 +294,61 @@ func TestResize(t *testing.T) {
 	if u, _ := d.TenantUsage(tenantA); u.AllocatedBytes != 400*mib+mib {
 		t.Errorf("A holds %d", u.AllocatedBytes)
 	}
+}
+
+// TestResizeWaits: a growth that does not fit waits in the queue when
+// asked, and is granted when room comes or refused at its deadline; a
+// retry of the same request joins its wait.
+func TestResizeWaits(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	r := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 256 * mib, AllocationType: subjects.Reservation})
+	filler := allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 700 * mib})
+	grow := subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 512 * mib, WaitSeconds: 10}
+	call := ledger.Call{Who: tenantA, Now: t0, RequestID: "grow-1"}
+	_, ticket, err := d.Resize(ctx, call, valid(t, &grow))
+	if err != nil || ticket == 0 {
+		t.Fatalf("ticket %d, %v; want a wait", ticket, err)
+	}
+	if _, again, err := d.Resize(ctx, call, valid(t, &grow)); err != nil || again != ticket {
+		t.Errorf("the retry: ticket %d, %v; want %d", again, err, ticket)
+	}
+	other := grow
+	other.SizeBytes = 600 * mib
+	if _, _, err := d.Resize(ctx, call, valid(t, &other)); !errors.Is(err, ledger.ErrConflict) {
+		t.Errorf("another resize with the same request_id: %v", err)
+	}
+	if ds := d.Admit(ctx, t0.Add(time.Second)); len(ds) != 0 {
+		t.Fatalf("granted without room: %+v", ds)
+	}
+	if _, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: filler.AllocationID}, tenantB); err != nil {
+		t.Fatal(err)
+	}
+	ds := d.Admit(ctx, t0.Add(2*time.Second))
+	if len(ds) != 1 || ds[0].Ticket != ticket || ds[0].Err != nil || ds[0].Allocation.SizeBytes != 512*mib || ds[0].Allocation.WaitedSeconds != 2 {
+		t.Fatalf("after the room came: %+v", ds)
+	}
+	// A growth past the device waits until its deadline, then is refused.
+	huge := subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 1000 * mib, WaitSeconds: 1}
+	allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 400 * mib})
+	if _, ticket, err = d.Resize(ctx, ledger.Call{Who: tenantA, Now: t0}, valid(t, &huge)); err != nil || ticket == 0 {
+		t.Fatalf("ticket %d, %v", ticket, err)
+	}
+	ds = d.Admit(ctx, t0.Add(time.Second))
+	if len(ds) != 1 || !errors.Is(ds[0].Err, device.ErrOutOfMemory) {
+		t.Fatalf("at the deadline: %+v", ds)
+	}
+	if got := allocationSize(t, d, r.AllocationID); got != 512*mib {
+		t.Errorf("the reservation is %d MiB after a refused growth; want 512", got/mib)
+	}
+}
+
+func allocationSize(t *testing.T, d *ledger.Device, id string) int64 {
+	t.Helper()
+	page := d.Allocations(ctx, ledger.Call{Who: ledger.Who{}, Now: t0}, &subjects.AllocationsRequest{AllocationIDs: []string{id}})
+	if len(page.Allocations) != 1 {
+		t.Fatalf("allocation %s: %+v", id, page)
+	}
+	return page.Allocations[0].SizeBytes
 }
 
 // TestATenantsHolderIsItsOwn: a tenant's holder listens under
@@ -334,7 +390,7 @@ func TestStepGrantsWhatAReleaseFrees(t *testing.T) {
 	if r := d.Step(ctx, t0); len(r.Asks) != 1 || len(r.Decisions) != 0 {
 		t.Fatalf("first step: %+v", r)
 	}
-	if _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
 		t.Fatal(err)
 	}
 	r := d.Step(ctx, t0.Add(time.Second))

@@ -37,13 +37,16 @@ type Decision struct {
 	Err        error
 }
 
-// waiter is an allocate waiting for room.
+// waiter is an allocate waiting for room, or a reservation's growth
+// (resize: req is then an allocate of the growth, for the queue's order and
+// room).
 type waiter struct {
 	ticket             Ticket
 	who                Who
 	requestID          string
 	digest             uint64
 	req                *subjects.AllocateRequest
+	resize             *subjects.ResizeRequest
 	enqueued, deadline time.Time
 	seq                uint64
 	// lastErr is why it was not granted, for its refusal at the deadline;
@@ -159,9 +162,9 @@ func waits(err error) bool {
 	return errors.Is(err, device.ErrOutOfMemory) || errors.Is(err, ErrQuotaExceeded)
 }
 
-// enqueue puts an allocate that was refused with err in the queue, when it
-// may wait and there is a place for it.
-func (d *Device) enqueue(call Call, req *subjects.AllocateRequest, digest uint64, err error) (Ticket, error) {
+// enqueueWaiter puts an allocate (or a resize) that was refused with err
+// in the queue, when there is a place for it.
+func (d *Device) enqueueWaiter(call Call, req *subjects.AllocateRequest, resize *subjects.ResizeRequest, digest uint64, err error) (Ticket, error) {
 	limit := d.cfg.MaxWaiters
 	if len(d.queue.waiters) >= limit {
 		return 0, fmt.Errorf("%d requests wait on %s, the most it queues (--max-waiters): %w", limit, d.id, ErrOverloaded)
@@ -170,7 +173,7 @@ func (d *Device) enqueue(call Call, req *subjects.AllocateRequest, digest uint64
 		return 0, fmt.Errorf("tenant %s has %d requests waiting on %s, the most a tenant may (a quarter of --max-waiters): %w",
 			t, d.queue.byTenant[t], d.id, ErrOverloaded)
 	}
-	w := &waiter{who: call.Who, requestID: call.RequestID, digest: digest, req: req, enqueued: call.Now,
+	w := &waiter{who: call.Who, requestID: call.RequestID, digest: digest, req: req, resize: resize, enqueued: call.Now,
 		deadline: call.Now.Add(time.Duration(req.WaitSeconds * float64(time.Second))), lastErr: err, room: -1}
 	d.queue.push(w)
 	return w.ticket, nil
@@ -209,7 +212,17 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 			i++
 			continue
 		}
-		a, final, err := d.allocate(ctx, Call{Who: w.who, Now: now, RequestID: w.requestID}, w.req, w.digest, w.claim())
+		call := Call{Who: w.who, Now: now, RequestID: w.requestID}
+		var (
+			a     subjects.Allocation
+			final bool
+			err   error
+		)
+		if w.resize != nil {
+			a, _, final, err = d.resize(ctx, call, w.resize)
+		} else {
+			a, final, err = d.allocate(ctx, call, w.req, w.digest, w.claim())
+		}
 		if err != nil && !final && waits(err) {
 			w.lastErr, w.room = err, -1
 			i++
