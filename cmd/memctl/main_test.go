@@ -466,7 +466,10 @@ func TestAHolderAndResize(t *testing.T) {
 		t.Fatal(err)
 	}
 	grown := make(chan string, 1)
-	go func() { _, out, errs := f.memctl("resize", a.AllocationID, "256MiB", "--wait", "5s"); grown <- out + errs }()
+	go func() {
+		_, out, errs := f.memctl("resize", a.AllocationID, "256MiB", "--wait", "5s")
+		grown <- out + errs
+	}()
 	select {
 	case out := <-grown:
 		t.Fatalf("grown without room: %s", out)
