@@ -36,6 +36,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, devices int) *fixture {
 	t.Helper()
+	return newFixtureSized(t, devices, GiB)
+}
+
+// newFixtureSized is newFixture with devices of perDevice bytes.
+func newFixtureSized(t *testing.T, devices int, perDevice int64) *fixture {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +53,7 @@ func newFixture(t *testing.T, devices int) *fixture {
 	t.Cleanup(srv.Shutdown)
 	cfg := worker.DefaultConfig()
 	cfg.Node = "n1"
-	backend := sim.New(sim.Default(devices, GiB))
+	backend := sim.New(sim.Default(devices, perDevice))
 	cfg.Backend = backend
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.DiscoveryWait = 50 * time.Millisecond
