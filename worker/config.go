@@ -232,15 +232,22 @@ func BuildVersion() string {
 	if m := info.Main.Version; m != "" && m != "(devel)" {
 		v += " (module " + m + ")"
 	}
+	stamped := false
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
 			v += " revision " + s.Value
+			stamped = true
 		case "vcs.modified":
 			if s.Value == "true" {
 				v += " (modified)"
 			}
 		}
 	}
-	return v
+	if !stamped {
+		// go run and go test do not stamp the revision, nor a build
+		// outside a git checkout or with -buildvcs=false.
+		v += " (no revision stamped: go run, or built without VCS information)"
+	}
+	return v + ", " + info.GoVersion
 }

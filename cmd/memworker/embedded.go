@@ -23,12 +23,20 @@ type embedded struct {
 // with JetStream on.
 func startEmbedded(host string, port int, storeDir, configFile string, log *slog.Logger) (*embedded, error) {
 	e := &embedded{}
-	opts := &server.Options{ServerName: "memworker-embedded", Host: host, Port: port, JetStream: true}
+	opts := &server.Options{ServerName: "memworker-embedded", Host: "127.0.0.1", Port: 4222, JetStream: true}
 	if configFile != "" {
 		var err error
 		if opts, err = server.ProcessConfigFile(configFile); err != nil {
 			return nil, fmt.Errorf("--nats-config: %w", err)
 		}
+	}
+	// --listen and --port, when given, win over the file, as nats-server's
+	// own flags do.
+	if host != "" {
+		opts.Host = host
+	}
+	if port != 0 {
+		opts.Port = port
 	}
 	opts.NoSigs = true
 	if storeDir != "" {

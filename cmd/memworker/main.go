@@ -33,10 +33,10 @@ type cli struct {
 	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
 	client.Flags
 
-	Listen     string `default:"127.0.0.1" help:"Embedded server: address to listen on."`
-	Port       int    `default:"4222" help:"Embedded server: client port (-1 picks a free one)."`
+	Listen     string `help:"Embedded server: address to listen on (default 127.0.0.1, or --nats-config's)."`
+	Port       int    `help:"Embedded server: client port (default 4222, or --nats-config's; -1 picks a free one)."`
 	StoreDir   string `name:"store-dir" help:"Embedded server: JetStream storage folder, where events are kept across restarts (default: $XDG_STATE_HOME/memworker/<port> or ~/.local/state/memworker/<port>; with --port -1 a temporary one)."`
-	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); it decides where the server listens."`
+	NatsConfig string `name:"nats-config" type:"existingfile" help:"Embedded server: a nats-server configuration file (accounts, users, permissions, TLS); --listen and --port, when given, override where it listens."`
 
 	Node    string `help:"Node name; device ids are <node>-gpu<index> (default: the sanitized host name)."`
 	Standby bool   `help:"Stand by, serving nothing, for a node another worker serves, and take it over when that worker stops (rolling restart, failover; needs JetStream)."`

@@ -200,14 +200,13 @@ func TestEmbeddedServerWithTenantAccounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The config decides where the server listens: a port free now.
+	// The file says where to listen; --port, given, wins (a port free now).
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	url := "nats://" + l.Addr().String()
 	l.Close()
-	conf = bytes.ReplaceAll(conf, []byte("listen: "+contract.AccountsListen), []byte("listen: "+l.Addr().String()))
 	conf = bytes.ReplaceAll(conf, []byte(contract.AccountsStoreDir), []byte(filepath.Join(dir, "js")))
 	path := filepath.Join(dir, "accounts.conf")
 	if err := os.WriteFile(path, conf, 0o600); err != nil {
@@ -215,6 +214,7 @@ func TestEmbeddedServerWithTenantAccounts(t *testing.T) {
 	}
 	c := testCLI(t)
 	c.Node, c.NatsConfig, c.User, c.Password = "acct", path, "worker", "change-me-worker"
+	c.Port = l.Addr().(*net.TCPAddr).Port
 	c.Quota = []string{"TEAM_A=1MiB"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
