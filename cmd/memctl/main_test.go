@@ -489,3 +489,23 @@ func TestAHolderAndResize(t *testing.T) {
 		t.Errorf("--holder without its URL: exit %d, %s", code, errs)
 	}
 }
+
+// TestModelsAndRecsSpanTheFleet: without --device, models and recs answer
+// for every device (they used to ask the user to pick one).
+func TestModelsAndRecsSpanTheFleet(t *testing.T) {
+	f := newFixture(t, 2)
+	f.ok("-d", "n1-gpu1", "alloc", "64MiB", "--model", "llama")
+	if out := f.ok("models"); !strings.Contains(out, "n1-gpu1") || !strings.Contains(out, "llama") {
+		t.Errorf("models:\n%s", out)
+	}
+	out := f.ok("recs")
+	for _, dev := range []string{"n1-gpu0", "n1-gpu1"} {
+		if !strings.Contains(out, dev+":") {
+			t.Errorf("recs says nothing of %s:\n%s", dev, out)
+		}
+	}
+	var all map[string]subjects.ModelStatusReply
+	if err := json.Unmarshal([]byte(f.ok("--json", "models")), &all); err != nil || len(all) != 2 || len(all["n1-gpu1"].Models) != 1 {
+		t.Errorf("models --json: %v %+v", err, all)
+	}
+}

@@ -378,54 +378,103 @@ type recsCmd struct {
 }
 
 func (r *recsCmd) Run(e *env) error {
+	if r.Apply > 0 {
+		return r.apply(e)
+	}
+	// Without --device, every device of the fleet.
+	replies, err := e.perDevice(subjects.OptimizationRecs, subjects.OptimizationRecsRequest{})
+	if err != nil {
+		return err
+	}
+	devs := slices.Sorted(maps.Keys(replies))
+	all := map[string]subjects.OptimizationRecsReply{}
+	for _, dev := range devs {
+		var out subjects.OptimizationRecsReply
+		if err := json.Unmarshal(replies[dev], &out); err != nil {
+			return err
+		}
+		all[dev] = out
+	}
+	if e.cli.JSON {
+		if e.cli.Device != "" {
+			return e.printJSON(all[e.cli.Device])
+		}
+		return e.printJSON(all)
+	}
+	t := e.table("Device", "#", "Severity", "Savings", "Recommendation", "Action")
+	rows := 0
+	for _, dev := range devs {
+		for i, rec := range all[dev].Recommendations {
+			t.AppendRow(table.Row{dev, i + 1, rec.Severity, size(rec.EstimatedSavingsBytes), rec.Message, string(rec.SuggestedAction.Op) + " " + mustJSON(rec.SuggestedAction.Data)})
+			rows++
+		}
+	}
+	if rows > 0 {
+		t.Render()
+	}
+	for _, dev := range devs {
+		out := all[dev]
+		what := fmt.Sprintf("%d recommendations", len(out.Recommendations))
+		if len(out.Recommendations) == 0 {
+			what = "nothing to recommend"
+		}
+		fmt.Fprintf(e.out, "%s: %s, pressure %s at %.0f%%\n", dev, what, out.Level, out.UsageRatio*100)
+	}
+	if rows > 0 && e.cli.Device == "" {
+		fmt.Fprintln(e.out, "memctl -d DEVICE recs --apply N sends one")
+	}
+	return nil
+}
+
+// apply sends the device's Nth recommendation's suggested action.
+func (r *recsCmd) apply(e *env) error {
 	var out subjects.OptimizationRecsReply
 	if err := e.do(subjects.OptimizationRecs, subjects.OptimizationRecsRequest{}, &out); err != nil {
 		return err
 	}
-	if r.Apply > 0 {
-		if r.Apply > len(out.Recommendations) {
-			return usageErr("--apply %d: there are %d recommendations", r.Apply, len(out.Recommendations))
-		}
-		act := out.Recommendations[r.Apply-1].SuggestedAction
-		var reply json.RawMessage
-		if err := e.do(act.Op, act.Data, &reply); err != nil {
-			return err
-		}
-		if e.cli.JSON {
-			return e.printJSON(reply)
-		}
-		fmt.Fprintf(e.out, "sent %s %s: %s\n", act.Op, mustJSON(act.Data), reply)
-		return nil
+	if r.Apply > len(out.Recommendations) {
+		return usageErr("--apply %d: there are %d recommendations", r.Apply, len(out.Recommendations))
+	}
+	act := out.Recommendations[r.Apply-1].SuggestedAction
+	var reply json.RawMessage
+	if err := e.do(act.Op, act.Data, &reply); err != nil {
+		return err
 	}
 	if e.cli.JSON {
-		return e.printJSON(out)
+		return e.printJSON(reply)
 	}
-	if len(out.Recommendations) == 0 {
-		fmt.Fprintf(e.out, "nothing to recommend: pressure %s at %.0f%%\n", out.Level, out.UsageRatio*100)
-		return nil
-	}
-	t := e.table("#", "Severity", "Savings", "Recommendation", "Action")
-	for i, rec := range out.Recommendations {
-		t.AppendRow(table.Row{i + 1, rec.Severity, size(rec.EstimatedSavingsBytes), rec.Message, string(rec.SuggestedAction.Op) + " " + mustJSON(rec.SuggestedAction.Data)})
-	}
-	t.Render()
-	fmt.Fprintf(e.out, "pressure %s at %.0f%%\n", out.Level, out.UsageRatio*100)
+	fmt.Fprintf(e.out, "sent %s %s: %s\n", act.Op, mustJSON(act.Data), reply)
 	return nil
 }
 
 type modelsCmd struct{}
 
 func (modelsCmd) Run(e *env) error {
-	var out subjects.ModelStatusReply
-	if err := e.do(subjects.ModelStatus, subjects.ModelStatusRequest{}, &out); err != nil {
+	// Without --device, every device of the fleet.
+	replies, err := e.perDevice(subjects.ModelStatus, subjects.ModelStatusRequest{})
+	if err != nil {
 		return err
 	}
-	if e.cli.JSON {
-		return e.printJSON(out)
+	devs := slices.Sorted(maps.Keys(replies))
+	all := map[string]subjects.ModelStatusReply{}
+	for _, dev := range devs {
+		var out subjects.ModelStatusReply
+		if err := json.Unmarshal(replies[dev], &out); err != nil {
+			return err
+		}
+		all[dev] = out
 	}
-	t := e.table("Model", "Resident", "Offloaded", "Allocations", "Persistent", "Last used")
-	for _, m := range out.Models {
-		t.AppendRow(table.Row{m.ModelID, size(m.ResidentBytes), size(m.OffloadedBytes), m.Allocations, m.PersistentAllocations, m.LastUsedAt.Format(time.RFC3339)})
+	if e.cli.JSON {
+		if e.cli.Device != "" {
+			return e.printJSON(all[e.cli.Device])
+		}
+		return e.printJSON(all)
+	}
+	t := e.table("Device", "Model", "Resident", "Offloaded", "Allocations", "Persistent", "Last used")
+	for _, dev := range devs {
+		for _, m := range all[dev].Models {
+			t.AppendRow(table.Row{dev, m.ModelID, size(m.ResidentBytes), size(m.OffloadedBytes), m.Allocations, m.PersistentAllocations, m.LastUsedAt.Format(time.RFC3339)})
+		}
 	}
 	t.Render()
 	return nil
