@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -58,5 +59,25 @@ func TestFreedMemoryGoesBackToTheGPU(t *testing.T) {
 				t.Errorf("usage says %d MiB cached", u.CachedBytes/MiB)
 			}
 		})
+	}
+}
+
+// TestAWorkerStopsAtOnceWhenItsServerIsGone: with the NATS server gone,
+// the stop does not wait on events nobody can receive (it took 14 s).
+func TestAWorkerStopsAtOnceWhenItsServerIsGone(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	h := startWorkerCtx(t, ctx, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	var a subjects.Allocation
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 900 * MiB}, &a) // a pressure event queued
+	srv.Shutdown()
+	start := time.Now()
+	cancel()
+	select {
+	case <-h.done:
+		t.Logf("stopped %s after the cancel", time.Since(start).Round(time.Millisecond))
+	case <-time.After(8 * time.Second): // the timeouts it waited out before added to 14 s
+		t.Fatal("the worker still stops slowly without its server")
 	}
 }
