@@ -62,6 +62,7 @@ type cli struct {
 	Restore     restoreCmd     `cmd:"" help:"Bring offloaded models back to the device (model_optimize restore)."`
 	Transfer    transferCmd    `cmd:"" help:"Copy or move an allocation to another device or host memory."`
 	Watch       watchCmd       `cmd:"" help:"Live pressure events."`
+	Top         topCmd         `cmd:"" help:"A live view of the devices: who holds their memory, waiters, pressure, the last events (q to quit)."`
 	Req         reqCmd         `cmd:"" help:"Send a raw request and print the reply."`
 
 	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions for memctl (bash, zsh, fish)."`
