@@ -2,11 +2,11 @@
 # P20's proof on the GPU machine, from the folder of the cuda binaries
 # (memworker, memctl, model-server.py): two model servers on one GPU.
 #
-# A (priority 0, 50 GiB) runs under `memctl run --holder vllm`, its GPU work
-# in an engine child process as vLLM's; B (priority 10, 50 GiB) starts with
+# A (priority 0, 62% of the GPU) runs under `memctl run --holder vllm`, its GPU work
+# in an engine child process as vLLM's; B (priority 10, as much) starts with
 # `memctl run --wait 2m` and cannot fit. The worker asks A to sleep (POST
 # /sleep?level=1), verifies with NVML that A's process tree let go, grants
-# B; B runs and exits; A is asked to wake up and holds its 50 GiB again.
+# B; B runs and exits; A is asked to wake up and holds its memory again.
 # The timeline comes from the worker's events (memctl watch --allocations),
 # the servers' own logs and nvidia-smi at each step. Writes to $OUT/handoff.
 #
@@ -16,7 +16,10 @@ set -uo pipefail
 out=${OUT:-$PWD/gpu-out}/handoff
 mkdir -p "$out"
 backend=${BACKEND:-cuda}
-size=${SIZE:-50GiB}
+# Each server takes 62% of the GPU (50 GiB of an 80 GB H100, 86 GiB of an
+# H200): the two never fit together.
+total_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+size=${SIZE:-$(( ${total_mib:-81920} * 62 / 100 / 1024 ))GiB}
 cycles=${CYCLES:-2}
 python3 -c 'import torch' 2>/dev/null || { echo "no PyTorch here: skipped" | tee "$out/timeline.txt"; exit 0; }
 port=4334
