@@ -100,8 +100,27 @@ func (a *allocCmd) Run(e *env) error {
 	ctx, cancel := context.WithTimeout(e.ctx, a.Wait+e.cli.Timeout)
 	defer cancel()
 	if a.Wait > 0 && e.tty {
-		stop := e.spin(fmt.Sprintf("waiting up to %v for %s on %s", a.Wait, size(int64(n)), dev))
+		msg := fmt.Sprintf("waiting up to %v for %s on %s", a.Wait, size(int64(n)), dev)
+		stop, tracker := e.spinTracker(msg)
+		// Once a second, what the device has and who else waits.
+		watching, stopWatching := context.WithCancel(ctx)
+		go func() {
+			for t := time.NewTicker(time.Second); ; {
+				select {
+				case <-watching.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+				var u subjects.Usage
+				if _, err := e.client.Do(watching, subjects.GetUsage, dev, nil, &u); err == nil {
+					tracker.UpdateMessage(fmt.Sprintf("%s: %s available, %s waiting for %s", msg, size(u.AvailableBytes),
+						plural(u.WaitingRequests, "request"), size(u.WaitingBytes)))
+				}
+			}
+		}()
 		_, err = e.client.Do(ctx, subjects.Allocate, dev, req, &out)
+		stopWatching()
 		stop(err == nil)
 	} else {
 		_, err = e.client.Do(ctx, subjects.Allocate, dev, req, &out)

@@ -80,6 +80,13 @@ func (c *transferCmd) Run(e *env) error {
 // spin shows an indeterminate progress line with msg until the returned
 // function is called (ok: done, else errored).
 func (e *env) spin(msg string) func(ok bool) {
+	stop, _ := e.spinTracker(msg)
+	return stop
+}
+
+// spinTracker is spin that also returns the tracker, to update its
+// message while it spins.
+func (e *env) spinTracker(msg string) (func(ok bool), *progress.Tracker) {
 	pw := progress.NewWriter()
 	pw.SetOutputWriter(e.out)
 	pw.SetUpdateFrequency(100 * time.Millisecond)
@@ -96,7 +103,7 @@ func (e *env) spin(msg string) func(ok bool) {
 			pw.Stop()
 			time.Sleep(20 * time.Millisecond)
 		}
-	}
+	}, tracker
 }
 
 // binaryBytes shows the bar, its speed and the summary in the same binary
