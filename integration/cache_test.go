@@ -2,8 +2,13 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
@@ -79,5 +84,60 @@ func TestAWorkerStopsAtOnceWhenItsServerIsGone(t *testing.T) {
 		t.Logf("stopped %s after the cancel", time.Since(start).Round(time.Millisecond))
 	case <-time.After(8 * time.Second): // the timeouts it waited out before added to 14 s
 		t.Fatal("the worker still stops slowly without its server")
+	}
+}
+
+// TestAStopDuringAReconnectStillAnswers: a worker stopped while its
+// connection reconnects (the server restarted: a blip, not a server gone)
+// waits for it to come back, and the waiter it holds gets its reply.
+func TestAStopDuringAReconnectStillAnswers(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	opts := func() *server.Options {
+		return &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true, ServerName: unobserved}
+	}
+	srv := serve(t, opts())
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	wnc, err := nats.Connect(url, nats.ReconnectWait(300*time.Millisecond), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wnc.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	h := startWorkerOn(t, ctx, wnc, "blip", withDevices(1, GiB))
+	dev := h.DeviceIDs()[0]
+	nc, err := nats.Connect(url, nats.ReconnectWait(10*time.Millisecond), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 800 * MiB}, nil)
+	ch := pending(t, nc, subjects.Allocate, dev, waitBody(t, "w1", 800*MiB, 60, 0))
+	deadline := time.Now().Add(5 * time.Second)
+	for status(t, nc, dev).WaitingRequests == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the allocate never waited")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	srv.Shutdown() // the server restarts
+	for wnc.Status() == nats.CONNECTED {
+		time.Sleep(time.Millisecond)
+	}
+	cancel() // and the worker is stopped meanwhile (a rolling restart)
+	serve(t, opts())
+
+	select {
+	case msg := <-ch:
+		if r, _ := subjects.DecodeReply(msg.Data, nil); r.Success || r.ErrorCode != subjects.CodeDeviceUnavailable {
+			t.Errorf("the waiter at the stop: %+v; want DEVICE_UNAVAILABLE", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the waiter got no reply after the server came back (worker connection %v)", wnc.Status())
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -138,6 +139,10 @@ func (w *Worker) runAdmission(stop <-chan struct{}) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
+		// Any watch while the deadlines are read wakes the loop again: a
+		// waiter parked on one device while another's lock is awaited
+		// would be missed otherwise.
+		w.wakeAt.Store(math.MaxInt64)
 		next := time.Time{}
 		for _, g := range w.gpus {
 			g.mu.Lock()

@@ -374,21 +374,32 @@ func (w *Worker) stopService(svc micro.Service, nc *nats.Conn, subs int) {
 	}
 }
 
-// closeIfGone closes nc when its server is gone (the connection is not
-// connected): no reply, drain or event of the stop would reach anybody,
-// and each would wait out its timeout (a stop took 14 s). It reports
-// whether nc is closed.
+// closeIfGone closes nc when its server is gone: not connected, and not
+// back within reconnectGrace (a server restart or a cluster failover
+// reconnects within it, and the stop's replies and events then go out).
+// Closed, no reply, drain or event of the stop waits out its timeout for
+// nothing (a stop took 14 s). It reports whether nc is closed.
 func (w *Worker) closeIfGone(nc *nats.Conn) bool {
-	if nc.IsClosed() {
-		return true
+	for deadline := time.Now().Add(reconnectGrace); ; time.Sleep(20 * time.Millisecond) {
+		if nc.IsClosed() {
+			return true
+		}
+		if nc.IsConnected() || nc.IsDraining() {
+			return false
+		}
+		if time.Now().After(deadline) {
+			break
+		}
 	}
-	if nc.IsConnected() || nc.IsDraining() {
-		return false
-	}
-	w.log.Warn("the NATS server is gone: stopping without answering, draining or the stop event", "status", nc.Status().String())
+	w.log.Warn("the NATS server is gone: stopping without answering, draining or the stop event", "status", nc.Status().String(),
+		"waited", reconnectGrace)
 	nc.Close()
 	return true
 }
+
+// reconnectGrace is how long a stopping worker waits for its connection to
+// come back before it stops without it.
+const reconnectGrace = 2 * time.Second
 
 // every calls f for each device at each tick of interval until ctx is done.
 func (w *Worker) every(ctx context.Context, interval time.Duration, f func(*gpu, time.Time)) {

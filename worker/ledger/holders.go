@@ -352,8 +352,8 @@ func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 			return subjects.Allocation{}, w.ticket, nil
 		}
 	}
-	a, grow, final, err := d.resize(ctx, call, req)
-	if err == nil || final || req.WaitSeconds <= 0 {
+	a, grow, final, err := d.resize(ctx, call, req, 0)
+	if err == nil || final || req.WaitSeconds <= 0 || !waits(err) {
 		return a, 0, err
 	}
 	wait := *req
@@ -363,8 +363,10 @@ func (d *Device) Resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 }
 
 // resize is Resize without waiting: the allocation as resized, or as it
-// is with the bytes it would grow by and whether its refusal is final.
-func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequest) (_ subjects.Allocation, grow int64, final bool, _ error) {
+// is with the bytes it would grow by and whether its refusal is final. seq
+// is its place in the queue when it waited (0: it never did), so that the
+// door does not hold it behind itself.
+func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequest, seq uint64) (_ subjects.Allocation, grow int64, final bool, _ error) {
 	a, ok := d.get(req.AllocationID)
 	if !ok || !a.visibleTo(call.Who) {
 		return subjects.Allocation{}, 0, true, fmt.Errorf("allocation %s on %s: %w", req.AllocationID, d.id, ErrAllocationNotFound)
@@ -377,7 +379,7 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		if h := a.holding(); h != nil {
 			priority = h.priority
 		}
-		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority}
+		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority, seq: seq}
 		if final, err := d.door(ctx, c, call.Now); err != nil {
 			if final {
 				return d.view(a), grow, true, err

@@ -248,6 +248,33 @@ func TestTheHandoff(t *testing.T) {
 		}
 	})
 
+	t.Run("a reservation naming a process everything descends from is not given everybody's memory", func(t *testing.T) {
+		// B's server (200) and an unrelated process (300) were started by
+		// init; A names pid 1, and another reservation names 400, whose
+		// child 401 is its own and not A's.
+		parents := map[int]int{200: 1, 300: 1, 400: 1, 401: 400}
+		d, b := newDevice(t, gib, func(c *ledger.Config) {
+			c.ParentOf = func(pid int) (int, bool) { p, ok := parents[pid]; return p, ok }
+		})
+		allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 100 * mib, AllocationType: subjects.Reservation, PID: 200})
+		allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 100 * mib, AllocationType: subjects.Reservation, PID: 400})
+		a := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 600 * mib, AllocationType: subjects.Reservation, PID: 1})
+		b.SetProcess(0, 200, 100*mib)
+		b.SetProcess(0, 300, 50*mib)
+		b.SetProcess(0, 401, 100*mib)
+		later := t0.Add(2 * time.Second) // past the telemetry's age
+		u, err := d.Usage(ctx, later)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.ReservationUnusedBytes != 600*mib {
+			t.Errorf("reservations promise %d MiB unused; want A's whole 600 (B's are in use by their trees)", u.ReservationUnusedBytes/mib)
+		}
+		if got := d.Allocations(ctx, at(tenantA, later), &subjects.AllocationsRequest{AllocationIDs: []string{a.AllocationID}}).Allocations[0].ObservedBytes; got != 0 {
+			t.Errorf("A (pid 1) is observed using %d MiB of others' memory", got/mib)
+		}
+	})
+
 	t.Run("a holder freed while asked has released", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		h := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 800 * mib, Priority: -1,
@@ -339,6 +366,42 @@ func TestResizeWaits(t *testing.T) {
 	}
 	if got := allocationSize(t, d, r.AllocationID); got != 512*mib {
 		t.Errorf("the reservation is %d MiB after a refused growth; want 512", got/mib)
+	}
+}
+
+// TestAResizeWaiterPastTheGuardIsNotBehindItself: a growth that has
+// waited past the starvation guard is granted when room comes (its claim
+// carries its place in the queue, as an allocate waiter's does); one whose
+// reservation is freed meanwhile is refused at once, not at its deadline.
+func TestAResizeWaiterPastTheGuardIsNotBehindItself(t *testing.T) {
+	d, _ := newDevice(t, gib, nil) // StarvationGuard: the default 10 s
+	r := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 256 * mib, AllocationType: subjects.Reservation})
+	filler := allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 700 * mib})
+	grow := subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 512 * mib, WaitSeconds: 60}
+	_, ticket, err := d.Resize(ctx, ledger.Call{Who: tenantA, Now: t0, RequestID: "g"}, valid(t, &grow))
+	if err != nil || ticket == 0 {
+		t.Fatalf("ticket %d, %v; want a wait", ticket, err)
+	}
+	if _, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: filler.AllocationID}, tenantB); err != nil {
+		t.Fatal(err)
+	}
+	if dec, ok := decided(d.Admit(ctx, t0.Add(11*time.Second)), ticket); !ok || dec.Err != nil {
+		t.Fatalf("the growth was not granted with room for it after the guard: %+v", dec)
+	}
+
+	// Its reservation freed while the growth waits: refused at once.
+	other := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 256 * mib, AllocationType: subjects.Reservation})
+	allocateAs(t, d, tenantB, t0, subjects.AllocateRequest{SizeBytes: 200 * mib})
+	big := subjects.ResizeRequest{AllocationID: other.AllocationID, SizeBytes: 600 * mib, WaitSeconds: 60}
+	_, ticket, err = d.Resize(ctx, ledger.Call{Who: tenantA, Now: t0}, valid(t, &big))
+	if err != nil || ticket == 0 {
+		t.Fatalf("ticket %d, %v; want a wait", ticket, err)
+	}
+	if _, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: other.AllocationID}, tenantA); err != nil {
+		t.Fatal(err)
+	}
+	if dec, ok := decided(d.Admit(ctx, t0.Add(time.Second)), ticket); !ok || !errors.Is(dec.Err, ledger.ErrAllocationNotFound) {
+		t.Errorf("a growth of a freed reservation: %+v, %v; want refused at once, not found", dec, ok)
 	}
 }
 

@@ -200,6 +200,7 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 	room, fresh := int64(0), false
 	for i := 0; i < len(d.queue.waiters); {
 		w := d.queue.waiters[i]
+		d.refreshGrowth(w)
 		if !fresh {
 			u, err := d.Usage(ctx, now)
 			if err != nil {
@@ -219,7 +220,7 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 			err   error
 		)
 		if w.resize != nil {
-			a, _, final, err = d.resize(ctx, call, w.resize)
+			a, _, final, err = d.resize(ctx, call, w.resize, w.seq)
 		} else {
 			a, final, err = d.allocate(ctx, call, w.req, w.digest, w.claim())
 		}
@@ -236,6 +237,21 @@ func (d *Device) Admit(ctx context.Context, now time.Time) []Decision {
 		out = append(out, Decision{Ticket: w.ticket, Who: w.who, Allocation: a, Err: err})
 	}
 	return out
+}
+
+// refreshGrowth sets a waiting resize's size to what its allocation needs
+// now (0 when it is gone or needs nothing more: it is then tried at once,
+// to be granted or refused with the reason).
+func (d *Device) refreshGrowth(w *waiter) {
+	if w.resize == nil {
+		return
+	}
+	var grow int64
+	if a, ok := d.get(w.resize.AllocationID); ok {
+		grow = max(w.resize.SizeBytes-a.size, 0)
+	}
+	d.queue.bytes += grow - w.req.SizeBytes
+	w.req.SizeBytes = grow
 }
 
 // Stop refuses every waiter: the worker is stopping.

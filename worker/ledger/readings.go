@@ -2,7 +2,7 @@ package ledger
 
 import (
 	"context"
-	"slices"
+	"os"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
@@ -46,10 +46,11 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 type telemetry struct {
 	at    *time.Time
 	procs []subjects.ProcessUsage
-	// ancestors[i] are the processes above procs[i] (Config.ParentOf).
-	ancestors [][]int
-	reserved  int64
-	ok        bool
+	// owner[i] is the reservation's process that procs[i] counts for as
+	// its child (Config.ParentOf); 0 for none.
+	owner    []int
+	reserved int64
+	ok       bool
 }
 
 // AddTelemetry adds what the backend's telemetry knows (NVML: processes,
@@ -85,12 +86,47 @@ func (d *Device) readTelemetryWithin(ctx context.Context, now time.Time, maxAge 
 		*t = telemetry{at: &at, reserved: reserved, ok: err == nil}
 		for _, p := range procs {
 			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
-			if d.cfg.ParentOf != nil {
-				t.ancestors = append(t.ancestors, proctree.Ancestors(p.PID, d.cfg.ParentOf))
+		}
+		t.owner = d.parentReservations(t.procs)
+	}
+	return t
+}
+
+// parentReservations says, for each GPU process, the reservation's process it counts
+// for as a child: its nearest ancestor that a reservation names. A process
+// a reservation names is its own; the walk stops at the processes every
+// process shares (pid 1, the worker and the processes above it), so a
+// reservation naming one of those is not given everybody's memory.
+func (d *Device) parentReservations(procs []subjects.ProcessUsage) []int {
+	if d.cfg.ParentOf == nil || d.byType[reservationCode] == 0 || len(procs) == 0 {
+		return nil
+	}
+	named := map[int]bool{}
+	for _, a := range d.allocs {
+		if a.reservation() && a.pid() != 0 {
+			named[a.pid()] = true
+		}
+	}
+	shared := map[int]bool{1: true, os.Getpid(): true}
+	for _, p := range proctree.Ancestors(os.Getpid(), d.cfg.ParentOf) {
+		shared[p] = true
+	}
+	owner := make([]int, len(procs))
+	for i, p := range procs {
+		if named[p.PID] {
+			continue // its own, counted by its pid
+		}
+		for _, a := range proctree.Ancestors(p.PID, d.cfg.ParentOf) {
+			if shared[a] {
+				break
+			}
+			if named[a] {
+				owner[i] = a
+				break
 			}
 		}
 	}
-	return t
+	return owner
 }
 
 // observed is what process pid and the processes it started used of the
@@ -103,7 +139,7 @@ func (d *Device) observed(pid int) (int64, *time.Time, bool) {
 	}
 	var used int64
 	for i, p := range t.procs {
-		if p.PID == pid || (i < len(t.ancestors) && slices.Contains(t.ancestors[i], pid)) {
+		if p.PID == pid || (i < len(t.owner) && t.owner[i] == pid) {
 			used += p.UsedBytes
 		}
 	}
