@@ -61,7 +61,7 @@ type cli struct {
 	Offload     offloadCmd     `cmd:"" help:"Move the least recently used models to pinned host memory (model_optimize), each whole."`
 	Restore     restoreCmd     `cmd:"" help:"Bring offloaded models back to the device (model_optimize restore)."`
 	Transfer    transferCmd    `cmd:"" help:"Copy or move an allocation to another device or host memory."`
-	Watch       watchCmd       `cmd:"" help:"Live pressure events."`
+	Watch       watchCmd       `cmd:"" help:"Live pressure events (--allocations: expiries and handoffs)."`
 	Top         topCmd         `cmd:"" help:"A live view of the devices: who holds their memory, waiters, pressure, the last events (q to quit)."`
 	Req         reqCmd         `cmd:"" help:"Send a raw request and print the reply."`
 

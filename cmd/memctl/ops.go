@@ -81,6 +81,9 @@ func (a *allocCmd) Run(e *env) error {
 	if err != nil {
 		return usageErr("%v", err)
 	}
+	if a.Wait > 0 && a.TTL == 0 {
+		return usageErr("--wait needs --ttl: a waiting allocation is a lease, so that a client that gave up does not hold it forever")
+	}
 	var out subjects.Allocation
 	req := subjects.AllocateRequest{
 		SizeBytes: int64(n), AllocationType: subjects.AllocationType(a.Type), Purpose: a.Purpose, ModelID: a.Model,
@@ -437,7 +440,7 @@ func (r *recsCmd) Run(e *env) error {
 		if len(out.Recommendations) == 0 {
 			what = "nothing to recommend"
 		}
-		fmt.Fprintf(e.out, "%s: %s, pressure %s at %.0f%%\n", dev, what, out.Level, out.UsageRatio*100)
+		fmt.Fprintf(e.out, "%s: %s (pressure %s, %.0f%% used)\n", dev, what, out.Level, out.UsageRatio*100)
 	}
 	if rows > 0 && e.cli.Device == "" {
 		fmt.Fprintln(e.out, "memctl -d DEVICE recs --apply N sends one")
@@ -488,6 +491,14 @@ func (modelsCmd) Run(e *env) error {
 			return e.printJSON(all[e.cli.Device])
 		}
 		return e.printJSON(all)
+	}
+	models := 0
+	for _, dev := range devs {
+		models += len(all[dev].Models)
+	}
+	if models == 0 {
+		fmt.Fprintln(e.out, "no models: allocations made with --model show here")
+		return nil
 	}
 	t := e.table("Device", "Model", "Resident", "Offloaded", "Allocations", "Persistent", "Last used")
 	for _, dev := range devs {

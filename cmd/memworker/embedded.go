@@ -46,11 +46,16 @@ func startEmbedded(host string, port int, storeDir, configFile string, log *slog
 		// Events are kept across restarts: a per-user state folder, one
 		// per port, so two embedded servers never share one. Any free
 		// port (-1) is a new server each time: a temporary folder.
-		dir, err := stateDir(opts.Port)
-		if err != nil || opts.Port <= 0 {
-			if err != nil {
+		var dir string
+		if opts.Port > 0 {
+			var err error
+			if dir, err = stateDir(opts.Port); err != nil {
 				log.Warn("no state folder; JetStream keeps events in a temporary one until the worker stops", "err", err)
+				dir = ""
 			}
+		}
+		if dir == "" {
+			var err error
 			if dir, err = os.MkdirTemp("", "memworker-js-"); err != nil {
 				return nil, err
 			}

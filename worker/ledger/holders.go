@@ -10,6 +10,7 @@ import (
 
 	"github.com/memworker/memworker/bytesize"
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
 )
 
 // Brokered handoff. An allocation with a reclaim spec is a holder: when the
@@ -374,7 +375,11 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 	if !a.reservation() {
 		return subjects.Allocation{}, 0, true, Errorf(ErrUnsupported, "allocation %s is %s: only a %s changes size in place", req.AllocationID, a.allocType(), subjects.Reservation)
 	}
-	if grow = req.SizeBytes - a.size; grow > 0 {
+	if grow = req.SizeBytes - a.size; grow > 0 && req.SizeBytes > d.cfg.Info.TotalBytes {
+		return d.view(a), grow, true, fmt.Errorf("%s exceeds the total memory of %s, %s: %w",
+			bytesize.Format(req.SizeBytes), d.id, bytesize.Format(d.cfg.Info.TotalBytes), device.ErrOutOfMemory)
+	}
+	if grow > 0 {
 		priority := 0
 		if h := a.holding(); h != nil {
 			priority = h.priority

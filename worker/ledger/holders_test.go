@@ -364,6 +364,11 @@ func TestResizeWaits(t *testing.T) {
 	if len(ds) != 1 || !errors.Is(ds[0].Err, device.ErrOutOfMemory) {
 		t.Fatalf("at the deadline: %+v", ds)
 	}
+	// Past the device's whole memory: refused at once, whatever the wait.
+	past := subjects.ResizeRequest{AllocationID: r.AllocationID, SizeBytes: 2 * gib, WaitSeconds: 60}
+	if _, ticket, err := d.Resize(ctx, ledger.Call{Who: tenantA, Now: t0}, valid(t, &past)); ticket != 0 || !errors.Is(err, device.ErrOutOfMemory) {
+		t.Errorf("a growth past the device: ticket %d, %v; want refused at once", ticket, err)
+	}
 	if got := allocationSize(t, d, r.AllocationID); got != 512*mib {
 		t.Errorf("the reservation is %d MiB after a refused growth; want 512", got/mib)
 	}
