@@ -490,6 +490,18 @@ func TestAHolderAndResize(t *testing.T) {
 	}
 }
 
+// TestReqAllIsForReads: a fleet request of an op that changes one device
+// is bad usage, not "no worker".
+func TestReqAllIsForReads(t *testing.T) {
+	f := newFixture(t, 1)
+	if code, _, errs := f.memctl("req", "allocate", "all", `{"size_bytes":1024}`); code != exitUsage || !strings.Contains(errs, "acts on one device") {
+		t.Errorf("req allocate all: exit %d, %s", code, errs)
+	}
+	if out := f.ok("req", "get_usage", "all"); !strings.Contains(out, "n1-gpu0") {
+		t.Errorf("req get_usage all: %s", out)
+	}
+}
+
 // TestModelsAndRecsSpanTheFleet: without --device, models and recs answer
 // for every device (they used to ask the user to pick one).
 func TestModelsAndRecsSpanTheFleet(t *testing.T) {

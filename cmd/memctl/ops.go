@@ -570,6 +570,9 @@ func (r *reqCmd) Run(e *env) error {
 	if !json.Valid([]byte(r.Data)) {
 		return usageErr("data is not JSON: %s", r.Data)
 	}
+	if r.Target == subjects.Fleet && !slices.Contains(subjects.FleetOps(), op) {
+		return usageErr("%s acts on one device: name it (all is for the fleet's reads: %v)", op, subjects.FleetOps())
+	}
 	body := []byte(`{"data":` + r.Data + `}`)
 	ctx, cancel := contextWithTimeout(e)
 	defer cancel()
