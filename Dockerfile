@@ -29,5 +29,5 @@ ENTRYPOINT ["/usr/local/bin/memworker"]
 
 # The last stage is the default target.
 FROM gcr.io/distroless/static-debian12:nonroot AS sim
-COPY --from=build /out/memworker /memworker
-ENTRYPOINT ["/memworker"]
+COPY --from=build /out/memworker /usr/local/bin/memworker
+ENTRYPOINT ["/usr/local/bin/memworker"]

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -21,8 +23,10 @@ import (
 // names a node of its own; the NATS cluster is pinned, has JetStream and
 // routes to every member; the GPU profile reserves NVIDIA devices.
 func TestComposeFileAgreesWithTheWorker(t *testing.T) {
+	const password = "a-test-password"
+	t.Setenv("MEMWORKER_NATS_PASSWORD", password)
 	path, _ := filepath.Abs("../../docker-compose.yml")
-	opts, err := composecli.NewProjectOptions([]string{path}, composecli.WithName("memworker"), composecli.WithProfiles([]string{"gpu"}))
+	opts, err := composecli.NewProjectOptions([]string{path}, composecli.WithName("memworker"), composecli.WithOsEnv, composecli.WithProfiles([]string{"gpu"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,11 +70,14 @@ func TestComposeFileAgreesWithTheWorker(t *testing.T) {
 	for name, svc := range natsServices {
 		for _, p := range svc.Ports {
 			if p.HostIP != "127.0.0.1" {
-				t.Errorf("%s publishes %d on %q: servers without authentication publish on 127.0.0.1 only", name, p.Target, p.HostIP)
+				t.Errorf("%s publishes %d on %q: the servers publish on 127.0.0.1 only", name, p.Target, p.HostIP)
 			}
 		}
 		if svc.HealthCheck == nil {
 			t.Errorf("%s has no health check", name)
+		}
+		if cmd := strings.Join(svc.Command, " "); !strings.Contains(cmd, "--user memworker --pass "+password) {
+			t.Errorf("%s: command %q asks no password of clients", name, cmd)
 		}
 	}
 
@@ -101,6 +108,13 @@ func TestComposeFileAgreesWithTheWorker(t *testing.T) {
 			t.Errorf("%s: node %q is also %s's", name, c.Node, prev)
 		}
 		nodes[c.Node] = name
+		if env := svc.Environment; env["NATS_USER"] == nil || *env["NATS_USER"] != "memworker" || env["NATS_PASSWORD"] == nil || *env["NATS_PASSWORD"] != password {
+			t.Errorf("%s: no NATS credentials in its environment: %v", name, env)
+		}
+		if c.MetricsAddr != ":9400" || svc.HealthCheck == nil ||
+			!slices.Equal(svc.HealthCheck.Test, []string{"CMD", "/usr/local/bin/memworker", "--probe", "http://127.0.0.1:9400/readyz"}) {
+			t.Errorf("%s: metrics on %q, health check %+v; want :9400 and --probe of its /readyz", name, c.MetricsAddr, svc.HealthCheck)
+		}
 		if c.Backend == "cuda" {
 			if !reservesNvidia(svc) || !slices.Contains(svc.Profiles, "gpu") {
 				t.Errorf("%s: a cuda worker must be in the gpu profile and reserve NVIDIA devices", name)
@@ -128,4 +142,32 @@ func reservesNvidia(svc types.ServiceConfig) bool {
 		}
 	}
 	return false
+}
+
+// TestComposeNeedsAPassword: without MEMWORKER_NATS_PASSWORD the file does
+// not load (compose refuses to start a cluster anyone could use).
+func TestComposeNeedsAPassword(t *testing.T) {
+	t.Setenv("MEMWORKER_NATS_PASSWORD", "")
+	path, _ := filepath.Abs("../../docker-compose.yml")
+	opts, err := composecli.NewProjectOptions([]string{path}, composecli.WithName("memworker"), composecli.WithOsEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := opts.LoadProject(context.Background()); err == nil || !strings.Contains(err.Error(), "MEMWORKER_NATS_PASSWORD") {
+		t.Errorf("loaded without a password: %v", err)
+	}
+}
+
+// TestProbe: --probe answers a container's health check.
+func TestProbe(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	defer ok.Close()
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	defer bad.Close()
+	if err := probe(ok.URL); err != nil {
+		t.Errorf("probe of a ready server: %v", err)
+	}
+	if err := probe(bad.URL); err == nil {
+		t.Error("probe of a 503 passed")
+	}
 }

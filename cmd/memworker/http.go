@@ -55,3 +55,17 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 		<-done
 	}, nil
 }
+
+// probe asks url and reports whether it answered 2xx within 3 s.
+func probe(url string) error {
+	client := http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	return nil
+}

@@ -29,6 +29,7 @@ import (
 
 type cli struct {
 	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
+	Probe   string           `name:"probe" placeholder:"URL" help:"Ask URL (such as http://127.0.0.1:9400/readyz) and exit 0 if it answers 2xx, 1 if not: a container's health check, in an image without wget or curl."`
 
 	NatsURL string `name:"nats-url" env:"NATS_URL" help:"Connect to this NATS server or cluster (comma-separated URLs) instead of starting an embedded one."`
 	client.Flags
@@ -121,6 +122,13 @@ func main() {
 			}
 			os.Exit(code)
 		}))
+	if c.Probe != "" {
+		if err := probe(c.Probe); err != nil {
+			fmt.Fprintln(os.Stderr, "memworker:", err)
+			os.Exit(exitFailed)
+		}
+		return
+	}
 	log := newLogger(c.LogFormat, c.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
