@@ -56,7 +56,7 @@ smi "before"
 "${mc[@]}" run --size "$size" --priority 0 --holder vllm --holder-url http://127.0.0.1:8101 --keep 1GiB -- \
 	python3 model-server.py --port 8101 --bytes '{size_bytes}' --engine-child --name A --log "$out/a.jsonl" >"$out/a.out" 2>&1 &
 pids+=($!)
-waitlog "$out/a.jsonl" serving 180 || exit 1
+waitlog "$out/a.jsonl" serving 180 || { tail -30 "$out/a.out"; exit 1; }
 sleep 1.5 # past the telemetry's age: the reservation shows A's tree
 smi "A loaded"
 ctl --json allocations >"$out/allocations-a.json" 2>&1
