@@ -9,6 +9,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/subjects"
 )
 
 // TestReadmeTourRuns runs the commands of README's five-minute tour, as
@@ -78,6 +82,59 @@ func TestReadmeTourRuns(t *testing.T) {
 	}
 	if out := f.ok("allocations"); idRe.MatchString(out) {
 		t.Errorf("the tour's last line should leave nothing allocated:\n%s", out)
+	}
+}
+
+// TestReadmeNatsCommandsRun sends README's nats CLI requests, as written
+// (the CI has no nats CLI: the test is its stand-in, through nats.go), to a
+// worker like the README's, and checks each is answered with success;
+// `nats micro info memory` asks micro's INFO of the service.
+func TestReadmeNatsCommandsRun(t *testing.T) {
+	lines := readmeBlock(t, "## From C# and the nats CLI")
+	f := newFixtureSized(t, 2, 16*GiB)
+	nc, err := nats.Connect(f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// Join continued lines.
+	var cmds []string
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		for strings.HasSuffix(l, "\\") && i+1 < len(lines) {
+			i++
+			l = strings.TrimSuffix(l, "\\") + " " + lines[i]
+		}
+		cmds = append(cmds, strings.ReplaceAll(l, "$(hostname -s)", "n1"))
+	}
+	ran := 0
+	reqRe := regexp.MustCompile(`^nats req (?:--timeout \S+ )?(\S+)\s+'(.*)'$`)
+	for _, c := range cmds {
+		switch {
+		case c == "nats micro info memory":
+			if _, err := nc.Request("$SRV.INFO.memory", nil, 3*time.Second); err != nil {
+				t.Errorf("%s: %v", c, err)
+			}
+			ran++
+		case strings.HasPrefix(c, "nats req"):
+			m := reqRe.FindStringSubmatch(c)
+			if m == nil {
+				t.Errorf("cannot read %q", c)
+				continue
+			}
+			msg, err := nc.Request(m[1], []byte(m[2]), 10*time.Second)
+			if err != nil {
+				t.Errorf("%s: %v", c, err)
+				continue
+			}
+			if r, err := subjects.DecodeReply(msg.Data, nil); err != nil || !r.Success {
+				t.Errorf("%s: %s", c, msg.Data)
+			}
+			ran++
+		}
+	}
+	if ran < 4 {
+		t.Fatalf("ran %d nats commands of README: has it changed shape?", ran)
 	}
 }
 
