@@ -521,3 +521,16 @@ func TestModelsAndRecsSpanTheFleet(t *testing.T) {
 		t.Errorf("models --json: %v %+v", err, all)
 	}
 }
+
+// TestATransferThatDoesNotFitSaysWhy: a copy to a device without room is
+// refused in terms of the copy and the room (the pool's piece it could not
+// map said "0 B free, 256 MiB asked").
+func TestATransferThatDoesNotFitSaysWhy(t *testing.T) {
+	f := newFixture(t, 2)
+	id := strings.Fields(f.ok("-d", "n1-gpu1", "alloc", "512MiB"))[0]
+	f.ok("-d", "n1-gpu0", "alloc", "700MiB")
+	code, out, errs := f.memctl("-d", "n1-gpu1", "transfer", id, "--to", "n1-gpu0", "--follow")
+	if code != exitWorkerError || !regexp.MustCompile(`a copy of 512 MiB \(\d+ bytes\) does not fit n1-gpu0: \d+ MiB \(\d+ bytes\) available`).MatchString(out+errs) {
+		t.Errorf("exit %d\n%s%s", code, out, errs)
+	}
+}

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -81,6 +82,14 @@ func (d *Device) Receive(ctx context.Context, call Call, src Lent, t subjects.Al
 		return "", device.Location{}, err
 	}
 	block, err := d.pools[c.kind].Alloc(ctx, s.SizeBytes, s.Alignment)
+	if c.kind == device.VRAM && errors.Is(err, device.ErrOutOfMemory) {
+		// The pool's own words name the piece it failed to map; say what
+		// the copy needs and what is available.
+		if u, uerr := d.Usage(ctx, call.Now); uerr == nil {
+			return "", device.Location{}, fmt.Errorf("a copy of %s does not fit %s: %s available: %w",
+				bytesize.Format(s.SizeBytes), d.id, bytesize.Format(u.AvailableBytes), device.ErrOutOfMemory)
+		}
+	}
 	if err != nil {
 		return "", device.Location{}, fmt.Errorf("reserving %s on %s: %w", bytesize.Format(s.SizeBytes), d.id, err)
 	}
