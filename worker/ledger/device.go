@@ -110,6 +110,8 @@ type Device struct {
 	// (memory it cannot give back: free pieces of segments in use).
 	cachedSince time.Time
 	cacheFloor  int64
+	// lastOther is other processes' use at the last Read (-1: none yet).
+	lastOther int64
 }
 
 // madeBy is the request that made an allocation: its request_id and a
@@ -142,6 +144,7 @@ func New(cfg Config) *Device {
 	}
 	d := &Device{
 		cfg:        cfg,
+		lastOther:  -1,
 		id:         cfg.ID,
 		index:      cfg.Info.Index,
 		backend:    cfg.Backend,

@@ -518,3 +518,23 @@ func deallocateAs(who ledger.Who) func(d *ledger.Device, id string) error {
 		return err
 	}
 }
+
+// TestAnotherProcessGrowingTakesTheCacheAtOnce: when a reading finds other
+// processes using more than at the last one, the cache beyond CacheKeep
+// goes back at once, without waiting out the hold.
+func TestAnotherProcessGrowingTakesTheCacheAtOnce(t *testing.T) {
+	d, b := newDevice(t, gib, func(c *ledger.Config) { c.ReturnCache, c.CacheHold, c.CacheKeep = true, time.Hour, 64*mib })
+	a := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: 512 * mib})
+	if _, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: a.AllocationID}, tenantA); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Read(ctx, t0)
+	if err != nil || r.Released != 0 || r.Usage.CachedBytes != 512*mib {
+		t.Fatalf("first reading: released %d, cached %d, %v; want the cache kept for the hour", r.Released, r.Usage.CachedBytes, err)
+	}
+	b.SetExternalUsage(0, 100*mib) // a process outside the worker grows
+	r, err = d.Read(ctx, t0.Add(time.Second))
+	if err != nil || r.Released < 448*mib || r.Usage.CachedBytes > 64*mib {
+		t.Errorf("after another process grew: released %d MiB, cached %d MiB, %v; want all but 64 MiB back", r.Released/mib, r.Usage.CachedBytes/mib, err)
+	}
+}

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"errors"
 	"context"
 	"os"
 	"time"
@@ -192,6 +193,10 @@ func (d *Device) Exceeding() []subjects.Allocation {
 	return out
 }
 
+// otherGrowth is how much other processes' use must grow between readings
+// for the cache to go back at once (below it: the driver's own jitter).
+const otherGrowth = 64 << 20
+
 // Reading is the device as of a moment, and what reading it did.
 type Reading struct {
 	Usage subjects.Usage
@@ -210,11 +215,33 @@ type Reading struct {
 func (d *Device) Read(ctx context.Context, now time.Time) (Reading, error) {
 	u, err := d.Usage(ctx, now)
 	r := Reading{Usage: u, Exceeding: d.Exceeding()}
+	if err != nil {
+		return r, err
+	}
+	// Another process growing wants the memory now: the cache beyond
+	// CacheKeep goes back without waiting out the hold.
+	grew := d.cfg.ReturnCache && d.lastOther >= 0 && u.OtherBytes > d.lastOther+otherGrowth
+	if grew || u.OtherBytes < d.lastOther || d.lastOther < 0 {
+		d.lastOther = u.OtherBytes // a slow creep past otherGrowth counts too
+	}
+	if grew && u.CachedBytes > d.cfg.CacheKeep {
+		st := d.pools[device.VRAM].Stats()
+		if st.ReservedBytes-st.AllocatedBytes > d.cfg.CacheKeep {
+			_, n, rerr := d.pools[device.VRAM].ReleaseAbove(ctx, d.cfg.CacheKeep)
+			r.Released, r.ReleaseErr = n, rerr
+			d.cachedSince = time.Time{}
+			if n > 0 {
+				r.Usage, err = d.Usage(ctx, now)
+				u = r.Usage
+			}
+		}
+	}
 	if err != nil || !d.cfg.AutoRelease || u.UsageRatio < d.cfg.Thresholds.Warning || u.CachedBytes == 0 {
 		return r, err
 	}
-	r.Released, r.ReleaseErr = d.release(ctx)
-	if r.Released == 0 {
+	released, rerr := d.release(ctx)
+	r.Released, r.ReleaseErr = r.Released+released, errors.Join(r.ReleaseErr, rerr)
+	if released == 0 {
 		return r, nil
 	}
 	r.Usage, err = d.Usage(ctx, now)
