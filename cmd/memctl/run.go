@@ -104,6 +104,8 @@ func (r *runCmd) Run(e *env) error {
 	if a.WaitedSeconds > 0 {
 		fmt.Fprintf(e.stderr, "memctl: %s reserved on %s at %s, after waiting %.3f s\n", humanize.IBytes(uint64(a.SizeBytes)), dev,
 			a.CreatedAt.Format(time.RFC3339Nano), a.WaitedSeconds)
+	} else {
+		fmt.Fprintf(e.stderr, "memctl: %s reserved on %s (%s)\n", humanize.IBytes(uint64(a.SizeBytes)), dev, a.AllocationID)
 	}
 
 	fraction := 0.0

@@ -57,6 +57,9 @@ func TestRunHoldsAReservationForTheCommand(t *testing.T) {
 	if len(fields) != 4 || fields[1] != "67108864" || fields[2] != "0" || fields[3] != "67108864" {
 		t.Errorf("the command saw %q", out)
 	}
+	if !strings.Contains(errs, "memctl: 64 MiB reserved on n1-gpu0 ("+fields[0]+")") {
+		t.Errorf("memctl does not say where it reserved: %q", errs)
+	}
 	if list := f.ok("-d", "n1-gpu0", "allocations"); strings.Contains(list, fields[0]) {
 		t.Errorf("the reservation outlived the command:\n%s", list)
 	}
