@@ -69,6 +69,17 @@ func TenantAllocationEvents(tenant string) string {
 // AllAllocationEvents matches the allocation events of every device.
 const AllAllocationEvents = Root + "." + allocationToken + ".>"
 
+// DeviceAllocationEvents matches the allocation events of one device, every
+// tenant's.
+func DeviceAllocationEvents(deviceID string) string {
+	return Root + "." + allocationToken + "." + deviceID + ".>"
+}
+
+// IsAllocationEvent reports whether subject is an allocation event's.
+func IsAllocationEvent(subject string) bool {
+	return strings.HasPrefix(subject, Root+"."+allocationToken+".")
+}
+
 // AllPressureEvents matches the pressure events of every device.
 const AllPressureEvents = Root + "." + pressureToken + ".>"
 

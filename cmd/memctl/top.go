@@ -326,7 +326,7 @@ func (c *topCmd) Run(e *env) error {
 	// Events as they come: pressure and allocations of the device or all.
 	pressure, allocation := subjects.AllPressureEvents, subjects.AllAllocationEvents
 	if e.cli.Device != "" {
-		pressure, allocation = subjects.PressureEvents(e.cli.Device), subjects.Root+".allocation."+e.cli.Device+".>"
+		pressure, allocation = subjects.PressureEvents(e.cli.Device), subjects.DeviceAllocationEvents(e.cli.Device)
 	}
 	for _, subject := range []string{pressure, allocation} {
 		sub, err := e.nc.Subscribe(subject, func(msg *nats.Msg) {
@@ -348,7 +348,7 @@ func (c *topCmd) Run(e *env) error {
 
 // eventLine says what a pressure or allocation event tells, in one line.
 func eventLine(msg *nats.Msg) (string, bool) {
-	if strings.HasPrefix(msg.Subject, subjects.Root+".allocation.") {
+	if subjects.IsAllocationEvent(msg.Subject) {
 		typ, a, err := events.DecodeAllocation(msg)
 		return allocationLine(typ, a), err == nil
 	}

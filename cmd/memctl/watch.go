@@ -35,15 +35,11 @@ func (w *watchCmd) Run(e *env) error {
 	if e.cli.Device != "" {
 		subject = subjects.PressureEvents(e.cli.Device)
 	}
-	ch := make(chan *nats.Msg, 256)
-	sub, err := e.nc.ChanSubscribe(subject, ch)
+	ch, stop, err := e.subscribe(subject)
 	if err != nil {
 		return err
 	}
-	defer sub.Unsubscribe()
-	if err := e.nc.Flush(); err != nil {
-		return err
-	}
+	defer stop()
 	latest := map[string]watchLine{}
 	life := make(chan *nats.Msg, 64)
 	if !e.cli.JSON {
@@ -145,17 +141,13 @@ func (e *env) renderWatch(latest map[string]watchLine) {
 func (w *watchCmd) allocations(e *env) error {
 	subject := subjects.AllAllocationEvents
 	if e.cli.Device != "" {
-		subject = subjects.Root + ".allocation." + e.cli.Device + ".>"
+		subject = subjects.DeviceAllocationEvents(e.cli.Device)
 	}
-	ch := make(chan *nats.Msg, 256)
-	sub, err := e.nc.ChanSubscribe(subject, ch)
+	ch, stop, err := e.subscribe(subject)
 	if err != nil {
 		return err
 	}
-	defer sub.Unsubscribe()
-	if err := e.nc.Flush(); err != nil {
-		return err
-	}
+	defer stop()
 	if !e.cli.JSON {
 		fmt.Fprintf(e.out, "watching %s (Ctrl-C to stop)\n", subject)
 	}
@@ -209,4 +201,19 @@ func allocationLine(typ string, a events.Allocation) string {
 		line += fmt.Sprintf(" and %d more", n-1)
 	}
 	return line
+}
+
+// subscribe subscribes to subject, once the server has the subscription, and
+// returns its messages and the way to stop.
+func (e *env) subscribe(subject string) (<-chan *nats.Msg, func(), error) {
+	ch := make(chan *nats.Msg, 256)
+	sub, err := e.nc.ChanSubscribe(subject, ch)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := e.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, nil, err
+	}
+	return ch, func() { _ = sub.Unsubscribe() }, nil
 }

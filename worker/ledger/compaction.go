@@ -177,6 +177,11 @@ func (d *Device) release(ctx context.Context) (int64, error) {
 // cannot give back (free pieces of segments in use) is not tried again
 // until the cache grows past it.
 func (d *Device) returnCache(ctx context.Context, now time.Time) (int64, error) {
+	return d.returnCacheAfter(ctx, now, d.cfg.CacheHold)
+}
+
+// returnCacheAfter is returnCache with the hold given (0: at once).
+func (d *Device) returnCacheAfter(ctx context.Context, now time.Time, hold time.Duration) (int64, error) {
 	if !d.cfg.ReturnCache {
 		return 0, nil
 	}
@@ -193,7 +198,7 @@ func (d *Device) returnCache(ctx context.Context, now time.Time) (int64, error) 
 	if d.cachedSince.IsZero() {
 		d.cachedSince = now
 	}
-	if now.Before(d.cachedSince.Add(d.cfg.CacheHold)) {
+	if now.Before(d.cachedSince.Add(hold)) {
 		return 0, nil
 	}
 	_, n, err := pool.ReleaseAbove(ctx, d.cfg.CacheKeep)

@@ -220,20 +220,14 @@ func (d *Device) Read(ctx context.Context, now time.Time) (Reading, error) {
 	}
 	// Another process growing wants the memory now: the cache beyond
 	// CacheKeep goes back without waiting out the hold.
-	grew := d.cfg.ReturnCache && d.lastOther >= 0 && u.OtherBytes > d.lastOther+otherGrowth
+	grew := d.lastOther >= 0 && u.OtherBytes > d.lastOther+otherGrowth
 	if grew || u.OtherBytes < d.lastOther || d.lastOther < 0 {
 		d.lastOther = u.OtherBytes // a slow creep past otherGrowth counts too
 	}
-	if grew && u.CachedBytes > d.cfg.CacheKeep {
-		st := d.pools[device.VRAM].Stats()
-		if st.ReservedBytes-st.AllocatedBytes > d.cfg.CacheKeep {
-			_, n, rerr := d.pools[device.VRAM].ReleaseAbove(ctx, d.cfg.CacheKeep)
-			r.Released, r.ReleaseErr = n, rerr
-			d.cachedSince = time.Time{}
-			if n > 0 {
-				r.Usage, err = d.Usage(ctx, now)
-				u = r.Usage
-			}
+	if grew {
+		if r.Released, r.ReleaseErr = d.returnCacheAfter(ctx, now, 0); r.Released > 0 {
+			r.Usage, err = d.Usage(ctx, now)
+			u = r.Usage
 		}
 	}
 	if err != nil || !d.cfg.AutoRelease || u.UsageRatio < d.cfg.Thresholds.Warning || u.CachedBytes == 0 {
