@@ -44,9 +44,10 @@ smi() { # a labelled nvidia-smi snapshot
 		nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader 2>&1
 	} >>"$out/nvidia-smi.txt"
 }
-waitlog() { # file event [timeout s]: until a JSON line of that event shows
+waitlog() { # file event [timeout s] [count]: until count JSON lines of that event show
 	for _ in $(seq $((${3:-120} * 10))); do
-		grep -q "\"event\": \"$2\"" "$1" 2>/dev/null && return 0
+		n=$(grep -c "\"event\": \"$2\"" "$1" 2>/dev/null)
+		[ "${n:-0}" -ge "${4:-1}" ] && return 0
 		sleep 0.1
 	done
 	echo "no $2 in $1" >&2
@@ -55,7 +56,8 @@ waitlog() { # file event [timeout s]: until a JSON line of that event shows
 smi "before"
 "${mc[@]}" run --size "$size" --priority 0 --holder vllm --holder-url http://127.0.0.1:8101 --keep 1GiB -- \
 	python3 model-server.py --port 8101 --bytes '{size_bytes}' --engine-child --name A --log "$out/a.jsonl" >"$out/a.out" 2>&1 &
-pids+=($!)
+a=$!
+pids+=("$a")
 waitlog "$out/a.jsonl" serving 180 || { tail -30 "$out/a.out"; exit 1; }
 sleep 1.5 # past the telemetry's age: the reservation shows A's tree
 smi "A loaded"
@@ -67,7 +69,7 @@ for cycle in $(seq "$cycles"); do
 	b=$!
 	sleep 1
 	smi "cycle $cycle: B waiting, A asked to sleep"
-	waitlog "$out/b.jsonl" serving 180 && smi "cycle $cycle: B loaded"
+	waitlog "$out/b.jsonl" serving 180 "$cycle" && smi "cycle $cycle: B loaded"
 	wait $b
 	echo "cycle $cycle: B exited with $?" >>"$out/b.out"
 	smi "cycle $cycle: B exited"
@@ -78,7 +80,7 @@ for cycle in $(seq "$cycles"); do
 done
 ctl status >"$out/status.txt" 2>&1
 kill "${pids[@]:1}" 2>/dev/null # memctl run relays the stop to A
-sleep 3
+for _ in $(seq 300); do kill -0 "$a" 2>/dev/null || break; sleep 0.1; done # A frees its pinned memory
 kill "$worker"
 wait 2>/dev/null
 echo "brokered handoff on $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "$backend")" >"$out/timeline.txt"

@@ -49,3 +49,7 @@ for s in $steps; do
 		;;
 	esac
 done
+# The device tool brings back a few files per folder: one archive per step's folder.
+for d in "$out"/*/; do
+	[ -d "$d" ] && tar -C "$out" -czf "${d%/}.tgz" "$(basename "$d")" && rm -rf "$d"
+done
