@@ -39,6 +39,11 @@ for s in $steps; do
 	handoff) # P20: two model servers, the worker brokers memory from the lower priority to the higher
 		step handoff env OUT="$out" ./gpu-handoff.sh
 		;;
+	coldpin) # P21: what bounds page-locking fresh host memory, two ways, then cold copies and offloads by page size and threads
+		step fresh-pages env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench FreshPages -test.benchtime 2x
+		step fault-probe python3 ./fault-probe.py $((8 << 30))
+		step cold-d2h env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench ColdD2H -test.benchtime 2x
+		;;
 	cache) # P21: freed memory goes back to the GPU after --cache-hold, for PyTorch to have
 		step cache env OUT="$out" ./gpu-cache.sh
 		;;

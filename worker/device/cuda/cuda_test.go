@@ -554,7 +554,7 @@ func BenchmarkColdD2H(b *testing.B) {
 		b.Fatal(err)
 	}
 	from := device.Location{Kind: device.VRAM, Addr: src}
-	b.Run("memworker", func(b *testing.B) {
+	coldD2H := func(b *testing.B, be *cuda.Backend) {
 		b.SetBytes(n)
 		for b.Loop() {
 			a, err := be.Alloc(ctx, 0, device.Pinned, n)
@@ -568,7 +568,16 @@ func BenchmarkColdD2H(b *testing.B) {
 			_ = be.Free(ctx, 0, device.Pinned, a)
 			b.StartTimer()
 		}
-	})
+	}
+	b.Run("memworker", func(b *testing.B) { coldD2H(b, be) })
+	// The same with the pinning threads and page size set.
+	for _, pages := range []cuda.PageMode{cuda.PagesHuge, cuda.PagesSmall} {
+		for _, threads := range []int{8, 16} {
+			b.Run(fmt.Sprintf("memworker-%s-threads-%d", pages, threads), func(b *testing.B) {
+				coldD2H(b, open(b, cuda.Config{PinThreads: threads, PinPages: pages}))
+			})
+		}
+	}
 	b.Run("raw-cold", func(b *testing.B) {
 		freshHostAlloc(b, n, func(p unsafe.Pointer) error { return cu.MemcpyDtoH(p, cu.DevicePtr(src), n) })
 	})

@@ -64,7 +64,11 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
 	}
-	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE) // best effort: fewer faults and pages to lock
+	advice := syscall.MADV_HUGEPAGE
+	if p.pages == PagesSmall {
+		advice = syscall.MADV_NOHUGEPAGE
+	}
+	_ = syscall.Madvise(mem, advice) // best effort
 	base := uintptr(unsafe.Pointer(&mem[0]))
 	pad := (hostAlign - base%hostAlign) % hostAlign
 	h := &hostSegment{
@@ -87,6 +91,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 // pinned at once on ten times the threads (which page-lock no faster).
 type pinner struct {
 	threads int
+	pages   PageMode
 
 	mu      sync.Mutex
 	queue   []*hostSegment // segments with chunks not taken yet, oldest first
