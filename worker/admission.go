@@ -132,9 +132,10 @@ func (w *Worker) admit(g *gpu, now time.Time) bool {
 	return false
 }
 
-// runAdmission ends the waits whose deadline has passed, on every device,
-// at the next deadline or when a new waiter comes, until stop is closed;
-// then it refuses every waiter left.
+// runAdmission frees the leases that ended and ends the waits whose
+// deadline has passed, on every device, at the next deadline or when an
+// earlier one comes, until stop is closed; then it refuses every waiter
+// left.
 func (w *Worker) runAdmission(stop <-chan struct{}) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
@@ -160,6 +161,7 @@ func (w *Worker) runAdmission(stop <-chan struct{}) {
 		select {
 		case <-t.C:
 			for _, g := range w.gpus {
+				w.expire(g, time.Now())
 				g.mu.Lock()
 				if w.admit(g, time.Now()) {
 					w.recheck(g)

@@ -35,7 +35,9 @@ type Config struct {
 	DiscoveryWait time.Duration
 	// Thresholds are the pressure levels.
 	Thresholds monitor.Thresholds
-	// ExpiryInterval is how often allocations past their ttl are freed.
+	// ExpiryInterval is how late, at most, a lease is freed after its
+	// expiry: leases that end that close together are freed (and
+	// announced) together. Expiries are met by a timer, not by polling.
 	ExpiryInterval time.Duration
 	// SampleInterval is how often each device is sampled for pressure and
 	// history (the seed's 5 s).
@@ -142,7 +144,7 @@ func DefaultConfig() Config {
 	return Config{
 		Version:              Version,
 		Thresholds:           monitor.DefaultThresholds(),
-		ExpiryInterval:       time.Second,
+		ExpiryInterval:       20 * time.Millisecond,
 		SampleInterval:       5 * time.Second,
 		IdleAfter:            subjects.DefaultIdleSeconds * time.Second,
 		CriticalRepeat:       30 * time.Second,

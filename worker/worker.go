@@ -110,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
 				MapPiece: cfg.MapPiece, StarvationGuard: cfg.StarvationGuard, MaxWaiters: cfg.MaxWaiters, AutoRelease: cfg.AutoRelease,
 				ReturnCache: cfg.CacheHold >= 0, CacheHold: cfg.CacheHold, CacheKeep: cfg.CacheKeep,
-				ReclaimTimeout: cfg.ReclaimTimeout, ParentOf: proctree.Parent,
+				ReclaimTimeout: cfg.ReclaimTimeout, ExpiryBatch: cfg.ExpiryInterval, Start: time.Now(), ParentOf: proctree.Parent,
 			}),
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},
@@ -260,7 +260,6 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 			})
 		})
 	}
-	loops.Go(func() { w.every(loopCtx, w.cfg.ExpiryInterval, w.expire) })
 	loops.Go(func() { w.every(loopCtx, w.cfg.SampleInterval, w.sample) })
 	<-ctx.Done()
 	w.log.Info("stopping: answering the requests received", "node", w.cfg.Node)

@@ -52,7 +52,7 @@ type cli struct {
 
 	WarningThreshold  float64       `name:"warning-threshold" default:"${warning}" help:"Usage ratio at which pressure is warning."`
 	CriticalThreshold float64       `name:"critical-threshold" default:"${critical}" help:"Usage ratio at which pressure is critical."`
-	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How often allocations past their ttl are freed."`
+	ExpiryInterval    time.Duration `name:"expiry-interval" default:"${expiry}" help:"How late, at most, a lease is freed after its expiry: leases ending this close together are freed and announced together."`
 	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
 	Quota             []string      `name:"quota" help:"Cap a tenant's (NATS account's) VRAM per device: TENANT=SIZE such as team-a=40GiB, or *=SIZE for every tenant not named. Repeatable." placeholder:"TENANT=SIZE"`
 	PinnedPool        string        `name:"pinned-pool" help:"Page-lock this much host memory at start and keep it for offloads and transfers to the host (a size such as 16GiB; default: none); later pinned memory is kept too, up to --pinned-max." placeholder:"SIZE"`

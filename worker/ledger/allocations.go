@@ -348,26 +348,6 @@ type Expired struct {
 	Bytes int64
 }
 
-// Expire frees the allocations whose ttl has passed by now and are not
-// being transferred. It returns those it freed; an error is a ledger that
-// disagrees with its pool, for the log (the other expired ones are freed).
-func (d *Device) Expire(now time.Time) ([]Expired, error) {
-	var out []Expired
-	var errs []error
-	for _, a := range d.allocs {
-		if !a.expiredAt(now) || !a.idle() {
-			continue
-		}
-		e := Expired{Allocation: d.view(a), Bytes: a.reserved()}
-		if err := d.free(a); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, e)
-	}
-	return out, errors.Join(errs...)
-}
-
 // Renew extends leases, all or nothing: each by ttl_seconds from now, or
 // by its own ttl. An allocation that is not a lease becomes one when
 // ttl_seconds is given.
@@ -391,6 +371,7 @@ func (d *Device) Renew(req *subjects.RenewRequest, who Who, now time.Time) (subj
 			a.ttl = ttl
 		}
 		a.expires = now.UnixNano() + a.ttl
+		d.leaseSet(a)
 		reply.Renewed[i] = subjects.RenewedLease{AllocationID: ids[i], ExpiresAt: time.Unix(0, a.expires).UTC()}
 	}
 	return reply, nil

@@ -64,6 +64,12 @@ type Config struct {
 	ReturnCache bool
 	CacheHold   time.Duration
 	CacheKeep   int64
+	// ExpiryBatch is how late, at most, a lease is freed after its expiry
+	// (expiry.go): the expiries that close to the previous pass are freed
+	// together. Start, when set, is when the first batch began (the
+	// device's start).
+	ExpiryBatch time.Duration
+	Start       time.Time
 	// ParentOf, when set, tells which process started pid
 	// (proctree.Parent): a reservation's process is then observed with
 	// its children, as a model server whose engine runs in a child.
@@ -112,6 +118,10 @@ type Device struct {
 	cacheFloor  int64
 	// lastOther is other processes' use at the last Read (-1: none yet).
 	lastOther int64
+	// leases are the leases' expiries (expiry.go); lastExpire is when
+	// Expire last freed any.
+	leases     expiries
+	lastExpire time.Time
 }
 
 // madeBy is the request that made an allocation: its request_id and a
@@ -155,6 +165,7 @@ func New(cfg Config) *Device {
 		modelNames: names{},
 		tenants:    map[string]*tenantFigures{},
 		history:    newHistory(),
+		lastExpire: cfg.Start,
 	}
 	d.pools[device.VRAM] = vramPool(cfg.Backend, d.index, cfg.Info.TotalBytes, cfg.MapPiece)
 	var pinned alloc.Source = source{b: cfg.Backend, dev: d.index, kind: device.Pinned}
@@ -250,6 +261,7 @@ func (d *Device) add(a *allocation) {
 		a.model = d.modelNames.intern(a.model)
 	}
 	d.allocs[a.id] = a
+	d.leaseSet(a)
 	d.order.ReplaceOrInsert(a)
 	if o := a.origin(); o.RequestID != "" {
 		d.byRequest[o.key()] = a

@@ -140,13 +140,16 @@ func (q *queue) blocking(c claim, now time.Time, guard time.Duration, overQuota 
 // Waiting is how many requests wait on the device, and for how many bytes.
 func (d *Device) Waiting() (int, int64) { return len(d.queue.waiters), d.queue.bytes }
 
-// NextDeadline is when the device is next to be examined (Step): the
-// first waiter's wait or holder's time to release ends, a release is to be
-// verified again, or cached memory is to go back; zero when none.
+// NextDeadline is when the device is next to be examined (Expire, Step):
+// a lease ends, the first waiter's wait or holder's time to release ends,
+// a release is to be verified again, or cached memory is to go back; zero
+// when none.
 func (d *Device) NextDeadline() time.Time {
 	next := d.holderDeadline()
-	if c := d.cacheDeadline(); !c.IsZero() && (next.IsZero() || c.Before(next)) {
-		next = c
+	for _, t := range []time.Time{d.cacheDeadline(), d.nextExpiry()} {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
 	}
 	for _, w := range d.queue.waiters {
 		if next.IsZero() || w.deadline.Before(next) {

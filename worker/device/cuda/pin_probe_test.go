@@ -25,19 +25,19 @@ import (
 //   - populate: faulted in with MADV_POPULATE_WRITE (what the segments do);
 //   - touch: faulted in by an atomic add of zero to every 4 KiB (safe on
 //     memory in use, as the segments' is);
-//   - write: faulted in by writing a byte to every 4 KiB (not safe on
-//     memory in use: the figure other probes report);
 //   - register: cuMemHostRegister of memory faulted in already (untimed);
-//   - both: populate and register each chunk, as the segments do.
+//   - both: populate and register each chunk, as the segments do;
+//   - both-touch: touch and register each chunk.
+//
+// scripts/fault-probe.py is a second tool's figure for faulting in.
 //
 // Each iteration maps fresh memory; unmapping is not timed.
 func BenchmarkFreshPages(b *testing.B) {
 	n := pinBytes(b)
 	const chunk = 128 << 20
-	lockedContext(b, 0) // a current context for the registering threads to take
 	for _, pages := range []string{"huge", "small"} {
-		for _, step := range []string{"populate", "touch", "write", "register", "both"} {
-			for _, threads := range []int{1, 8, 16} {
+		for _, step := range []string{"populate", "touch", "register", "both", "both-touch"} {
+			for _, threads := range []int{1, 4, 8, 16} {
 				b.Run(fmt.Sprintf("%s/%s/threads-%d", pages, step, threads), func(b *testing.B) {
 					b.SetBytes(n)
 					for b.Loop() {
@@ -64,10 +64,11 @@ func BenchmarkFreshPages(b *testing.B) {
 								for off := 0; off < len(c); off += 4096 {
 									atomic.AddUint32((*uint32)(unsafe.Add(p, off)), 0)
 								}
-							case "write":
+							case "both-touch":
 								for off := 0; off < len(c); off += 4096 {
-									c[off] = 1
+									atomic.AddUint32((*uint32)(unsafe.Add(p, off)), 0)
 								}
+								return cuda.HostRegister(p, int64(len(c)))
 							case "register":
 								return cuda.HostRegister(p, int64(len(c)))
 							case "both":
@@ -80,7 +81,7 @@ func BenchmarkFreshPages(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						if step == "register" || step == "both" {
+						if step == "register" || step == "both" || step == "both-touch" {
 							for off := 0; off < len(mem); off += chunk {
 								_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
 							}
@@ -97,7 +98,14 @@ func BenchmarkFreshPages(b *testing.B) {
 // onThreads calls f on each chunk of mem, on threads OS threads with the
 // current context, taking chunks in turn; it returns the first error.
 func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
-	ctx, _ := cu.CurrentContext()
+	dev, err := cu.GetDevice(0)
+	if err != nil {
+		return err
+	}
+	ctx, err := dev.RetainPrimaryCtx()
+	if err != nil {
+		return err
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, threads)
@@ -105,7 +113,10 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 		wg.Go(func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			_ = cu.SetCurrentContext(ctx)
+			if err := cu.SetCurrentContext(ctx); err != nil {
+				errs[t] = err
+				return
+			}
 			for {
 				off := int(next.Add(int64(chunk))) - chunk
 				if off >= len(m) {
