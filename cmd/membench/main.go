@@ -41,6 +41,10 @@ type cli struct {
 	Rounds       int           `default:"3" help:"Rounds of all cases at each concurrency; the table shows the medians."`
 	Concurrency  string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
 	FleetNodes   int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
+	Cluster      int           `default:"1" help:"NATS servers the fleet case runs on: 1, or a cluster of this many (workers spread over them, the client on the first)."`
+	Memctl       string        `help:"Path of a memctl binary: the fleet case also times memctl status --all (a process start each)."`
+	IdleWorkers  int           `name:"idle-workers" help:"Measure the CPU cost of this many idle sim workers (2 devices each) on one server (0 skips it)."`
+	IdleFor      time.Duration `name:"idle-for" default:"30s" help:"How long the idle case measures."`
 	Monitor      time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
 	Cases        string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
 	CPUProfile   string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
@@ -201,12 +205,17 @@ func run(c *cli, out io.Writer) error {
 		return nil // the fleet and monitor cases start their own workers
 	}
 	if c.FleetNodes > 0 {
-		if err := fleet(url, c.FleetNodes, out); err != nil {
+		if err := fleet(url, c.FleetNodes, c.Cluster, c.Memctl, out); err != nil {
 			return err
 		}
 	}
 	if c.Monitor > 0 {
 		if err := monitorCost(c.Monitor, out); err != nil {
+			return err
+		}
+	}
+	if c.IdleWorkers > 0 {
+		if err := idleCost(c.IdleWorkers, c.IdleFor, out); err != nil {
 			return err
 		}
 	}
@@ -337,6 +346,12 @@ func simHost(devices int, bytes int64) opener {
 // startWorkers runs nodes workers (<prefix>0, <prefix>1, ...) on url, each
 // on a backend open gives it.
 func startWorkers(ctx context.Context, url, prefix string, nodes int, open opener, sample time.Duration, readHandlers int) (func(), error) {
+	return startWorkersOn(ctx, []string{url}, prefix, nodes, open, sample, readHandlers)
+}
+
+// startWorkersOn is startWorkers with the workers spread over the servers
+// at urls, in turn.
+func startWorkersOn(ctx context.Context, urls []string, prefix string, nodes int, open opener, sample time.Duration, readHandlers int) (func(), error) {
 	var wg sync.WaitGroup
 	var conns []*nats.Conn
 	var closers []func()
@@ -374,7 +389,7 @@ func startWorkers(ctx context.Context, url, prefix string, nodes int, open opene
 		if err != nil {
 			return fail(err)
 		}
-		nc, err := nats.Connect(url)
+		nc, err := nats.Connect(urls[i%len(urls)])
 		if err != nil {
 			return fail(err)
 		}
@@ -388,88 +403,6 @@ func startWorkers(ctx context.Context, url, prefix string, nodes int, open opene
 		}
 	}
 	return func() { cancel(); stop() }, nil
-}
-
-// fleet measures get_status.all gathered with request-many as the fleet
-// grows.
-func fleet(url string, max int, out io.Writer) error {
-	t := table.NewWriter()
-	t.SetOutputMirror(out)
-	t.SetStyle(table.StyleLight)
-	t.AppendHeader(table.Row{"fleet nodes", "replies", "p50", "p99"})
-	nc, err := nats.Connect(url)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	cl := client.New(nc)
-	for n := 1; n <= max; n *= 2 {
-		// The bench worker answers too, so n+1 replies come.
-		ctx, cancel := context.WithCancel(context.Background())
-		stop, err := startWorkers(ctx, url, "fleet", n, simHost(1, 16<<30), time.Hour, 1)
-		if err != nil {
-			cancel()
-			return err
-		}
-		var lat []time.Duration
-		replies := 0
-		for range 200 {
-			t0 := time.Now()
-			// Stop as soon as every node answered; the stall only bounds a
-			// missing node.
-			res, err := fleetN(cl, n+1)
-			if err != nil {
-				cancel()
-				stop()
-				return err
-			}
-			lat = append(lat, time.Since(t0))
-			replies = len(res.Nodes)
-		}
-		cancel()
-		stop()
-		slices.Sort(lat)
-		t.AppendRow(table.Row{n, replies, lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond)})
-	}
-	fmt.Fprintln(out, "\nFleet get_status.all (the bench worker answers too, so replies = nodes + 1):")
-	t.Render()
-	return nil
-}
-
-func fleetN(cl *client.Client, expect int) (*client.FleetResult, error) {
-	return cl.FleetExpect(context.Background(), subjects.GetStatus, nil, 100*time.Millisecond, expect)
-}
-
-// monitorCost measures the process's CPU time with 8 sim devices sampled
-// every second, against the same worker sampled hourly.
-func monitorCost(d time.Duration, out io.Writer) error {
-	measure := func(sample time.Duration) (float64, error) {
-		srv, err := startServer()
-		if err != nil {
-			return 0, err
-		}
-		defer srv.Shutdown()
-		stop, err := startWorkers(context.Background(), srv.ClientURL(), "monitor", 1, simHost(8, 16<<30), sample, 1)
-		if err != nil {
-			return 0, err
-		}
-		defer stop()
-		time.Sleep(time.Second)
-		c0, t0 := cpuTime(), time.Now()
-		time.Sleep(d)
-		return (cpuTime() - c0).Seconds() / time.Since(t0).Seconds() * 100, nil
-	}
-	idle, err := measure(time.Hour)
-	if err != nil {
-		return err
-	}
-	busy, err := measure(time.Second)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "\nMonitor: 8 sim devices sampled every 1s: %.3f%% of one core; the same process sampling hourly: %.3f%%; monitor cost %.3f%%\n",
-		busy, idle, busy-idle)
-	return nil
 }
 
 func cpuTime() time.Duration {
