@@ -153,3 +153,88 @@ func TestDevicesShareThePinnedPoolAtOnce(t *testing.T) {
 		t.Errorf("pool %+v, backend holds %d pinned: want nothing in use and the pool's bytes all the backend's", p, heldBytes(h.dev, 0, device.Pinned))
 	}
 }
+
+// TestPinnedAheadOfAnOffload (--pinned-ahead): when pressure reaches
+// warning, the host's pool page-locks what an offload of the least
+// recently used models would need, before anyone asks; the offload then
+// page-locks nothing; when pressure falls without an offload, the pool
+// gives that memory back. Turned off, nothing is pinned ahead.
+func TestPinnedAheadOfAnOffload(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		ahead   bool
+		offload bool
+	}{
+		{"the offload finds its memory ready", true, true},
+		{"pressure falls: the memory goes back", true, false},
+		{"off", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t)
+			reg := prometheus.NewRegistry()
+			startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) {
+				c.PinnedAhead, c.PinnedMax, c.Metrics = tt.ahead, 2*GiB, reg
+			}))
+			nc := connect(t, srv)
+			dev := "n1-gpu0"
+			pool := func() subjects.PinnedPool {
+				t.Helper()
+				u := status(t, nc, dev)
+				return *u.PinnedPool
+			}
+			until := func(what string, ok func(subjects.PinnedPool) bool) subjects.PinnedPool {
+				t.Helper()
+				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					p := pool()
+					if ok(p) {
+						return p
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: the pool is %+v", what, p)
+					}
+				}
+			}
+			// The older model is the one an offload takes first.
+			var old, recent, other subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 300 * MiB, ModelID: "old"}, &old)
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 200 * MiB, ModelID: "recent"}, &recent)
+			if p := pool(); p.PinnedBytes != 0 || p.AheadBytes != 0 {
+				t.Fatalf("at normal pressure: %+v, want nothing pinned", p)
+			}
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 420 * MiB}, &other) // 920 MiB of 1 GiB: warning
+			var pr subjects.Pressure
+			if call(t, nc, subjects.GetPressure, dev, nil, &pr); pr.Level == subjects.LevelNormal {
+				t.Fatalf("920 MiB of 1 GiB in use is %s", pr.Level)
+			}
+			if !tt.ahead {
+				time.Sleep(100 * time.Millisecond) // what would have pinned ahead had time to
+				if p := pool(); p.PinnedBytes != 0 {
+					t.Fatalf("--pinned-ahead off: the pool pinned %+v", p)
+				}
+				return
+			}
+			p := until("pinned ahead of an offload of the oldest model", func(p subjects.PinnedPool) bool { return p.AheadBytes == old.ReservedBytes })
+			if p.PinnedBytes != old.ReservedBytes || p.InUseBytes != 0 {
+				t.Fatalf("pinned ahead: %+v, want the oldest model's %d bytes and no more", p, old.ReservedBytes)
+			}
+			if got := metricValue(t, scrape(t, reg), "memworker_pinned_pool_ahead_bytes", map[string]string{"node": "n1"}); got != float64(old.ReservedBytes) {
+				t.Errorf("memworker_pinned_pool_ahead_bytes = %v, want %d", got, old.ReservedBytes)
+			}
+			if tt.offload {
+				target := 80.0
+				var r subjects.ModelOptimizeReply
+				call(t, nc, subjects.ModelOptimize, dev, subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &target}, &r)
+				if len(r.OptimizationDetails.Models) != 1 || r.OptimizationDetails.Models[0].ModelID != "old" {
+					t.Fatalf("the offload moved %+v, want the oldest model", r.OptimizationDetails.Models)
+				}
+				p := until("the offload took what was ready", func(p subjects.PinnedPool) bool { return p.InUseBytes >= old.ReservedBytes })
+				if p.PinnedBytes != old.ReservedBytes || p.HitRatio != 1 {
+					t.Errorf("after the offload: %+v, want it served from what was pinned ahead (no more pinned, every request a hit)", p)
+				}
+				return
+			}
+			call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: other.AllocationID}, nil)
+			until("pressure fell: the memory pinned ahead went back", func(p subjects.PinnedPool) bool { return p.PinnedBytes == 0 && p.AheadBytes == 0 })
+		})
+	}
+}

@@ -199,6 +199,9 @@ type PinnedPool struct {
 	// HitRatio is the share of requests for pinned memory served without
 	// page-locking more.
 	HitRatio float64 `json:"hit_ratio"`
+	// AheadBytes is memory page-locked ahead of an offload that pressure
+	// makes likely (--pinned-ahead), ready and not used yet.
+	AheadBytes int64 `json:"ahead_bytes"`
 }
 
 // ProcessUsage is one process's use of a device.

@@ -102,6 +102,9 @@ type Config struct {
 	// offloads and transfers to the host; PinnedMax caps the host's
 	// page-locked memory (0: half of the host's memory).
 	PinnedPool, PinnedMax int64
+	// PinnedAhead grows the pinned pool ahead of the offloads that
+	// pressure makes likely (pinahead.go).
+	PinnedAhead bool
 	// StarvationGuard is how long a waiter may wait before requests of its
 	// priority or lower stop passing it; MaxWaiters caps the requests
 	// waiting on a device (a quarter of it per tenant).
@@ -145,6 +148,7 @@ func DefaultConfig() Config {
 		Version:              Version,
 		Thresholds:           monitor.DefaultThresholds(),
 		ExpiryInterval:       20 * time.Millisecond,
+		PinnedAhead:          true,
 		SampleInterval:       5 * time.Second,
 		IdleAfter:            subjects.DefaultIdleSeconds * time.Second,
 		CriticalRepeat:       30 * time.Second,

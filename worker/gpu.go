@@ -23,6 +23,10 @@ type gpu struct {
 	unavailable bool
 	// released is what auto-release gave back since the last event.
 	released int64
+	// ahead is what the pinned pool is to hold ready for an offload of the
+	// device (pinahead.go), worked out at aheadAt.
+	ahead   int64
+	aheadAt time.Time
 }
 
 func (w *Worker) gpu(id string) *gpu {

@@ -64,6 +64,7 @@ var (
 	descPinnedRequests = prometheus.NewDesc("memworker_pinned_pool_requests_total", "Pinned segments asked of the pool.", nodeLabels, nil)
 	descPinnedHits     = prometheus.NewDesc("memworker_pinned_pool_hits_total", "Pinned segments the pool served without page-locking more memory.", nodeLabels, nil)
 	descPinnedLocked   = prometheus.NewDesc("memworker_pinned_pool_locked_bytes_total", "Host memory the pool page-locked since start.", nodeLabels, nil)
+	descPinnedAhead    = prometheus.NewDesc("memworker_pinned_pool_ahead_bytes", "Pinned pool memory page-locked ahead of an offload pressure makes likely (--pinned-ahead), not used yet.", nodeLabels, nil)
 )
 
 func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
@@ -124,7 +125,7 @@ type deviceCollector struct{ w *Worker }
 
 func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTotal, descUsed, descFree, descReserved, descAllocated, descPinned, descAllocs, descFrag, descPressure, descUp, descAvailable, descReclaim, descPressureR, descUsageR, descTenantAllocated, descTenantQuota,
-		descPinnedPool, descPinnedInUse, descPinnedMax, descPinnedRequests, descPinnedHits, descPinnedLocked} {
+		descPinnedPool, descPinnedInUse, descPinnedMax, descPinnedRequests, descPinnedHits, descPinnedLocked, descPinnedAhead} {
 		ch <- d
 	}
 }
@@ -142,6 +143,7 @@ func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		{descPinnedRequests, prometheus.CounterValue, float64(f.Requests)},
 		{descPinnedHits, prometheus.CounterValue, float64(f.Hits)},
 		{descPinnedLocked, prometheus.CounterValue, float64(f.LockedBytes)},
+		{descPinnedAhead, prometheus.GaugeValue, float64(f.AheadBytes)},
 	} {
 		ch <- prometheus.MustNewConstMetric(m.d, m.t, m.v, c.w.cfg.Node)
 	}

@@ -32,7 +32,7 @@ func (w *Worker) pinnedPool() *subjects.PinnedPool {
 	f := w.pinned.Figures()
 	p := &subjects.PinnedPool{
 		PinnedBytes: f.PinnedBytes, InUseBytes: f.InUseBytes, CachedBytes: f.CachedBytes,
-		PrepinBytes: f.PrepinBytes, MaxBytes: f.MaxBytes,
+		PrepinBytes: f.PrepinBytes, MaxBytes: f.MaxBytes, AheadBytes: f.AheadBytes,
 	}
 	if f.Requests > 0 {
 		p.HitRatio = float64(f.Hits) / float64(f.Requests)

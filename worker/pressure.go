@@ -28,6 +28,7 @@ func (w *Worker) observe(g *gpu, u subjects.Usage) subjects.Pressure {
 		}
 		w.announce(g, u, p, reason)
 	}
+	w.wantAhead(g, u, p, changed)
 	return p
 }
 

@@ -59,6 +59,8 @@ type Worker struct {
 	// its timer is set for (wakeAt, Unix nanoseconds).
 	wake   chan struct{}
 	wakeAt atomic.Int64
+	// aheadWake tells pinAhead that a device's bytes to pin ahead changed.
+	aheadWake chan struct{}
 	// handlers serve each operation.
 	handlers map[subjects.Op]opFunc
 	// nc is the connection Run serves on (handoff asks go out on it);
@@ -88,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, log: log,
 		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
-		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1)}
+		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1), aheadWake: make(chan struct{}, 1)}
 	w.transfers = transfer.New(transfer.Config{Backend: cfg.Backend, Retention: cfg.TransferRetention, HistoryBytes: cfg.TransferHistoryBytes,
 		Code: func(err error) (subjects.Code, string) { we := wireError(err); return we.Code, we.Message },
 		Done: w.transferDone, Log: log})
@@ -261,6 +263,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		})
 	}
 	loops.Go(func() { w.every(loopCtx, w.cfg.SampleInterval, w.sample) })
+	if w.cfg.PinnedAhead {
+		loops.Go(func() { w.pinAhead(loopCtx) })
+	}
 	<-ctx.Done()
 	w.log.Info("stopping: answering the requests received", "node", w.cfg.Node)
 	return nil

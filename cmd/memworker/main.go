@@ -56,6 +56,7 @@ type cli struct {
 	SampleInterval    time.Duration `name:"sample-interval" default:"${sample}" help:"How often devices are sampled for pressure and history."`
 	Quota             []string      `name:"quota" help:"Cap a tenant's (NATS account's) VRAM per device: TENANT=SIZE such as team-a=40GiB, or *=SIZE for every tenant not named. Repeatable." placeholder:"TENANT=SIZE"`
 	PinnedPool        string        `name:"pinned-pool" help:"Page-lock this much host memory at start and keep it for offloads and transfers to the host (a size such as 16GiB; default: none); later pinned memory is kept too, up to --pinned-max." placeholder:"SIZE"`
+	PinnedAhead       bool          `name:"pinned-ahead" default:"true" negatable:"" help:"When a device's pressure reaches warning, page-lock ahead, within --pinned-max, what an offload of its least recently used models would need; give it back when pressure falls."`
 	PinnedMax         string        `name:"pinned-max" help:"Page-locked host memory the worker holds at most (a size such as 64GiB; default: half the host's memory)." placeholder:"SIZE"`
 	StarvationGuard   time.Duration `name:"starvation-guard" default:"${starvation_guard}" help:"How long a waiting allocate may wait before requests of its priority or lower stop passing it and queue behind it."`
 	ReclaimTimeout    time.Duration `name:"reclaim-timeout" default:"${reclaim_timeout}" help:"How long a holder asked to give memory back for a waiter of higher priority has to do it (and have it verified)."`
@@ -184,6 +185,7 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 	if cfg.CacheKeep, err = parseSize("--cache-keep", c.CacheKeep); err != nil {
 		return err
 	}
+	cfg.PinnedAhead = c.PinnedAhead
 	if c.PinnedPool != "" {
 		if cfg.PinnedPool, err = parseSize("--pinned-pool", c.PinnedPool); err != nil {
 			return err

@@ -386,6 +386,27 @@ func (p *Pool) ReleaseAbove(ctx context.Context, keep int64) (segments int, byte
 	return segments, bytes, err
 }
 
+// ReleaseSegment returns the segment at addr to the Source when it holds
+// no allocated block, and reports the bytes that went back (0: it holds
+// some, or is not the pool's). Segments on virtual memory are left to
+// Release.
+func (p *Pool) ReleaseSegment(ctx context.Context, addr uint64) (int64, error) {
+	seg, ok := p.segments[addr]
+	if !ok || seg.growable {
+		return 0, nil
+	}
+	b := seg.first
+	if !b.free || b.next != nil {
+		return 0, nil
+	}
+	p.uncache(b)
+	if err := p.dropSegment(ctx, seg); err != nil {
+		p.cache(b)
+		return 0, err
+	}
+	return seg.size, nil
+}
+
 // dropSegment returns an empty segment, whose block is in no tree, to the
 // Source.
 func (p *Pool) dropSegment(ctx context.Context, seg *segment) error {

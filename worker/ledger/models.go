@@ -261,3 +261,25 @@ func pastTense(optimizationType string) string {
 	}
 	return "offloaded"
 }
+
+// OffloadBytes is what an offload of the device's least recently used
+// models would move to pinned host memory to free shortfall bytes of VRAM
+// (fewer when the models hold less): whole models, the least recently
+// used first, as ModelOptimize takes them. The worker pins that much ahead
+// when pressure reaches warning (--pinned-ahead).
+func (d *Device) OffloadBytes(shortfall int64) int64 {
+	if shortfall <= 0 {
+		return 0
+	}
+	lru, _, _ := d.candidates(&subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload}, Who{})
+	var n int64
+	for _, c := range lru {
+		if n >= shortfall {
+			break
+		}
+		for _, a := range c.allocs {
+			n += a.reserved()
+		}
+	}
+	return n
+}

@@ -15,6 +15,7 @@ package pinned
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -58,6 +59,9 @@ type Figures struct {
 	Requests, Hits int64
 	// LockedBytes counts memory page-locked since start.
 	LockedBytes int64
+	// AheadBytes is memory Ahead page-locked that is still ready (not
+	// handed out), until Behind gives it back.
+	AheadBytes int64
 }
 
 // Pool is safe for concurrent use.
@@ -68,8 +72,12 @@ type Pool struct {
 	src    *source
 	pool   *alloc.Pool
 	blocks map[uint64]*alloc.Block // handed out, by address
-	// prepinRequests is the pool's own request at start, not counted.
-	prepinRequests int64
+	// ownRequests are the pool's own (at start, Ahead), not counted.
+	ownRequests int64
+	// ahead is what Ahead page-locked since the last Behind, in the
+	// segments at aheadSegs.
+	ahead     int64
+	aheadSegs []uint64
 }
 
 // New returns a pool over b, with cfg.Prepin page-locked already.
@@ -95,7 +103,7 @@ func New(ctx context.Context, b Backend, cfg Config) (*Pool, error) {
 			}
 		}
 		_ = p.pool.Free(blk) // cached, for the first to come
-		p.prepinRequests = 1
+		p.ownRequests = 1
 	}
 	return p, nil
 }
@@ -148,10 +156,65 @@ func (p *Pool) Figures() Figures {
 		CachedBytes: st.ReservedBytes - st.AllocatedBytes,
 		PrepinBytes: p.cfg.Prepin,
 		MaxBytes:    p.cfg.Max,
-		Requests:    st.AllocRequests - p.prepinRequests,
+		Requests:    st.AllocRequests - p.ownRequests,
 		Hits:        st.CacheHits,
 		LockedBytes: p.src.locked,
+		AheadBytes:  min(p.ahead, st.ReservedBytes-st.AllocatedBytes),
 	}
+}
+
+// Ahead makes the pool hold want bytes ready for the next offload,
+// page-locking what it lacks (within the cap: what fits) in one segment,
+// and waits until that is locked. The segment is the pool's at once: an
+// offload that comes meanwhile takes it, its copies waiting for the chunks
+// they touch. Behind gives it back.
+func (p *Pool) Ahead(ctx context.Context, want int64) error {
+	p.mu.Lock()
+	st := p.pool.Stats()
+	more := roundHuge(want - (st.ReservedBytes - st.AllocatedBytes))
+	if p.cfg.Max > 0 {
+		more = min(more, (p.cfg.Max-p.src.held)/alloc.RoundLarge*alloc.RoundLarge)
+	}
+	if more <= 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	before := p.src.held
+	blk, err := p.pool.Alloc(ctx, more, 0)
+	if err != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("pinning %s ahead: %w", bytesize.Format(more), err)
+	}
+	seg := blk.SegmentAddr()
+	fresh := p.src.held > before
+	_ = p.pool.Free(blk)
+	if fresh {
+		p.ahead += p.src.held - before
+		p.aheadSegs = append(p.aheadSegs, seg)
+	}
+	p.ownRequests++
+	p.mu.Unlock()
+	if l, ok := p.src.b.(locker); ok && fresh {
+		if err := l.WaitLocked(ctx, seg); err != nil && !errors.Is(err, device.ErrNotFound) {
+			return fmt.Errorf("pinning %s ahead: %w", bytesize.Format(more), err)
+		}
+	}
+	return nil
+}
+
+// Behind gives back the segments Ahead page-locked that no offload
+// holds a part of.
+func (p *Pool) Behind(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, seg := range p.aheadSegs {
+		if _, err := p.pool.ReleaseSegment(ctx, seg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.ahead, p.aheadSegs = 0, nil
+	return errors.Join(errs...)
 }
 
 // Close gives back what the pool holds and is not handed out.

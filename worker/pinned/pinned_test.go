@@ -135,3 +135,56 @@ func TestPrepinOverTheCapIsRefused(t *testing.T) {
 		t.Errorf("refused pools hold %d bytes", held(b))
 	}
 }
+
+// TestAheadPinsWhatTheNextOffloadNeeds: Ahead page-locks only what the pool
+// lacks of what it is asked to hold ready, within the cap; an offload then
+// takes it without pinning more; Behind gives back what no offload took,
+// and the memory the pool held before stays.
+func TestAheadPinsWhatTheNextOffloadNeeds(t *testing.T) {
+	ctx := context.Background()
+	p, b := newPool(t, pinned.Config{Prepin: 32 * MiB, Max: 256 * MiB})
+	if err := p.Ahead(ctx, 16*MiB); err != nil || held(b) != 32*MiB {
+		t.Fatalf("ahead of 16 MiB with 32 MiB ready: %v, backend holds %d MiB", err, held(b)/MiB)
+	}
+	if err := p.Ahead(ctx, 96*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if f := p.Figures(); held(b) != 96*MiB || f.CachedBytes != 96*MiB || f.AheadBytes != 64*MiB || f.Requests != 0 {
+		t.Fatalf("ahead of 96 MiB: backend holds %d MiB, figures %+v", held(b)/MiB, f)
+	}
+	if err := p.Ahead(ctx, 1024*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if held(b) != 256*MiB {
+		t.Fatalf("ahead past the cap: backend holds %d MiB, want the cap, 256", held(b)/MiB)
+	}
+	// An offload takes 160 MiB of what is ready: no more is pinned.
+	a, err := p.AllocSegment(ctx, 160*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := p.Figures(); held(b) != 256*MiB || f.Hits != 1 || f.AheadBytes != 96*MiB {
+		t.Fatalf("an offload after pinning ahead: backend holds %d MiB, figures %+v", held(b)/MiB, f)
+	}
+	if err := p.Behind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f := p.Figures(); f.AheadBytes != 0 || held(b) > 256*MiB || f.InUseBytes < 160*MiB {
+		t.Fatalf("behind: backend holds %d MiB, figures %+v", held(b)/MiB, f)
+	}
+	if err := p.FreeSegment(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	// With nothing taken, Behind gives back all that Ahead pinned, and the
+	// memory pinned at start stays.
+	p, b = newPool(t, pinned.Config{Prepin: 32 * MiB})
+	if err := p.Ahead(ctx, 96*MiB); err != nil || held(b) != 96*MiB {
+		t.Fatalf("ahead: %v, backend holds %d MiB", err, held(b)/MiB)
+	}
+	if err := p.Behind(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f := p.Figures(); held(b) != 32*MiB || f.CachedBytes != 32*MiB || f.AheadBytes != 0 {
+		t.Errorf("behind after an unused ahead: backend holds %d MiB, figures %+v; want the 32 MiB pinned at start", held(b)/MiB, f)
+	}
+}
