@@ -44,6 +44,9 @@ for s in $steps; do
 		step fault-probe python3 ./fault-probe.py $((8 << 30))
 		step cold-d2h env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench ColdD2H -test.benchtime 2x
 		;;
+	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
+		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x
+		;;
 	cache) # P21: freed memory goes back to the GPU after --cache-hold, for PyTorch to have
 		step cache env OUT="$out" ./gpu-cache.sh
 		;;
