@@ -40,7 +40,7 @@ func TestThePinnedPoolIsTheHosts(t *testing.T) {
 		for i, dev := range []string{"n1-gpu0", "n1-gpu1"} {
 			seed := byte(10*round + i)
 			var a subjects.Allocation
-			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 100 * MiB}, &a)
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 24 * MiB}, &a)
 			write(t, h, dev, a.AllocationID, seed)
 			var st subjects.TransferStatus
 			call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, TargetAllocationType: subjects.Pinned, Mode: subjects.ModeMove}, &st)
@@ -49,8 +49,8 @@ func TestThePinnedPoolIsTheHosts(t *testing.T) {
 				t.Fatalf("transfer from %s: %+v", dev, done)
 			}
 			checkContent(t, h, dev, done.DestinationAllocationID, seed)
-			if p := pool(dev); p.InUseBytes < 100*MiB || p.PinnedBytes != 256*MiB {
-				t.Errorf("%s with its copy on the host: pool %+v, want 100 MiB of the 256 MiB in use", dev, p)
+			if p := pool(dev); p.InUseBytes < 24*MiB || p.PinnedBytes != 256*MiB {
+				t.Errorf("%s with its copy on the host: pool %+v, want 24 MiB of the 256 MiB in use", dev, p)
 			}
 			call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: done.DestinationAllocationID}, nil)
 		}

@@ -127,6 +127,10 @@ type Config struct {
 	// operation of a device (micro runs one request at a time on each);
 	// DefaultReadHandlers by default.
 	ReadHandlers int
+	// PendingRequests is how many requests an endpoint's subscription
+	// holds unhandled before the client library drops more (a slow
+	// consumer, logged; the subscription stays); 0: 1,048,576.
+	PendingRequests int
 	// Logger receives the worker's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics, when set, receives the worker's Prometheus metrics.

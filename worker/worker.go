@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -318,7 +319,7 @@ func (w *Worker) addService(ctx context.Context, nc *nats.Conn) (micro.Service, 
 					micro.WithEndpointSubject(subjects.Request(op, g.ID())),
 					micro.WithEndpointQueueGroup(subjects.QueueGroup(g.ID())),
 					micro.WithEndpointMetadata(meta),
-					micro.WithEndpointPendingLimits(pendingMsgs, w.pendingBytes()))
+					micro.WithEndpointPendingLimits(cmp.Or(w.cfg.PendingRequests, pendingMsgs), w.pendingBytes()))
 				if err != nil {
 					return svc, fmt.Errorf("adding endpoint %s for %s: %w", op, g.ID(), err)
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"slices"
 	"time"
@@ -78,7 +79,7 @@ func fleet(url string, max, servers int, memctl string, out io.Writer) error {
 func fleetRound(cl *client.Client, urls []string, n, expect int, memctl string) (table.Row, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stop, err := startWorkersOn(ctx, urls, "fleet", n, simHost(2, 16<<30), time.Hour, 1)
+	stop, err := startWorkersOn(ctx, urls, "fleet", n, simHost(2, 16<<30), time.Hour, 1, false)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +173,7 @@ func startCluster(n int) ([]*server.Server, error) {
 // every second, against the same worker sampled hourly.
 func monitorCost(d time.Duration, out io.Writer) error {
 	measure := func(sample time.Duration) (float64, error) {
-		return cpuWith(1, simHost(8, 16<<30), sample, d)
+		return cpuWith(1, simHost(8, 16<<30), sample, d, false)
 	}
 	idle, err := measure(time.Hour)
 	if err != nil {
@@ -188,32 +189,46 @@ func monitorCost(d time.Duration, out io.Writer) error {
 }
 
 // idleCost measures what n idle workers (two sim devices each, the
-// default configuration) cost in CPU, against the server alone.
+// default configuration) cost in CPU, against the server alone: without
+// JetStream, and with it (events kept in a stream, each node's lease
+// renewed every half second), as memworker runs by default.
 func idleCost(n int, d time.Duration, out io.Writer) error {
 	sample := worker.DefaultConfig().SampleInterval
-	alone, err := cpuWith(0, simHost(2, 16<<30), sample, d)
-	if err != nil {
-		return err
+	fmt.Fprintf(out, "\nIdle: %d sim workers (2 devices each, sampled every %v) on one server, %v each:\n", n, sample, d)
+	for _, js := range []bool{false, true} {
+		alone, err := cpuWith(0, simHost(2, 16<<30), sample, d, js)
+		if err != nil {
+			return err
+		}
+		all, err := cpuWith(n, simHost(2, 16<<30), sample, d, js)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  JetStream %-5v: %.3f%% of one core in all, the server alone %.3f%%: %.4f%% per worker\n",
+			js, all, alone, (all-alone)/float64(n))
 	}
-	all, err := cpuWith(n, simHost(2, 16<<30), sample, d)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "\nIdle: %d sim workers (2 devices each, sampled every %v) on one server, %v: %.3f%% of one core in all, the server alone %.3f%%: %.4f%% per worker\n",
-		n, sample, d, all, alone, (all-alone)/float64(n))
 	return nil
 }
 
 // cpuWith is the process's CPU use, in percent of one core, over d with
 // nodes workers running on a server of its own.
-func cpuWith(nodes int, open opener, sample, d time.Duration) (float64, error) {
-	srv, err := startServer()
+func cpuWith(nodes int, open opener, sample, d time.Duration, jetStream bool) (float64, error) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true}
+	if jetStream {
+		dir, err := os.MkdirTemp("", "membench-js")
+		if err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(dir)
+		opts.JetStream, opts.StoreDir = true, dir
+	}
+	srv, err := startServerOpts(opts)
 	if err != nil {
 		return 0, err
 	}
 	defer srv.Shutdown()
 	if nodes > 0 {
-		stop, err := startWorkers(context.Background(), srv.ClientURL(), "idle", nodes, open, sample, 1)
+		stop, err := startWorkersOn(context.Background(), []string{srv.ClientURL()}, "idle", nodes, open, sample, 1, jetStream)
 		if err != nil {
 			return 0, err
 		}

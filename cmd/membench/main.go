@@ -320,7 +320,11 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 
 // startServer starts an embedded NATS server on a free loopback port.
 func startServer() (*server.Server, error) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	return startServerOpts(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+}
+
+func startServerOpts(opts *server.Options) (*server.Server, error) {
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -346,12 +350,14 @@ func simHost(devices int, bytes int64) opener {
 // startWorkers runs nodes workers (<prefix>0, <prefix>1, ...) on url, each
 // on a backend open gives it.
 func startWorkers(ctx context.Context, url, prefix string, nodes int, open opener, sample time.Duration, readHandlers int) (func(), error) {
-	return startWorkersOn(ctx, []string{url}, prefix, nodes, open, sample, readHandlers)
+	return startWorkersOn(ctx, []string{url}, prefix, nodes, open, sample, readHandlers, false)
 }
 
 // startWorkersOn is startWorkers with the workers spread over the servers
 // at urls, in turn.
-func startWorkersOn(ctx context.Context, urls []string, prefix string, nodes int, open opener, sample time.Duration, readHandlers int) (func(), error) {
+// With jetStream the workers keep their events in a stream and hold their
+// nodes' leases, as they do by default.
+func startWorkersOn(ctx context.Context, urls []string, prefix string, nodes int, open opener, sample time.Duration, readHandlers int, jetStream bool) (func(), error) {
 	var wg sync.WaitGroup
 	var conns []*nats.Conn
 	var closers []func()
@@ -384,7 +390,7 @@ func startWorkersOn(ctx context.Context, urls []string, prefix string, nodes int
 		if readHandlers != 0 {
 			cfg.ReadHandlers = readHandlers
 		}
-		cfg.EventsJetStream = false
+		cfg.EventsJetStream = jetStream
 		w, err := worker.New(ctx, cfg)
 		if err != nil {
 			return fail(err)

@@ -40,6 +40,10 @@ type Config struct {
 	// PinPages is the page size new pinned segments are faulted in with
 	// (PagesDefault: DefaultPinPages).
 	PinPages PageMode
+	// PinTouch faults new pinned segments in by touching every page (an
+	// atomic add of zero: safe on memory in use) instead of
+	// MADV_POPULATE_WRITE (DefaultPinTouch when unset).
+	PinTouch *bool
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
@@ -74,6 +78,9 @@ func (m PageMode) String() string {
 	}
 	return "default"
 }
+
+// DefaultPinTouch is how new pinned segments are faulted in.
+var DefaultPinTouch = false
 
 // DefaultPinPages is the page size of new pinned segments.
 var DefaultPinPages = PagesHuge
@@ -125,13 +132,16 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.PinThreads <= 0 {
 		cfg.PinThreads = DefaultPinThreads
 	}
+	if cfg.PinTouch == nil {
+		cfg.PinTouch = &DefaultPinTouch
+	}
 	if cfg.PinPages == PagesDefault {
 		cfg.PinPages = DefaultPinPages
 	}
 	if cfg.CopyStreams <= 0 {
 		cfg.CopyStreams = DefaultCopyStreams
 	}
-	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads, pages: cfg.PinPages}, nvml: openTelemetry()}
+	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads, pages: cfg.PinPages, touch: *cfg.PinTouch}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
 		g, err := open(i, cfg)
 		if err != nil {

@@ -570,12 +570,15 @@ func BenchmarkColdD2H(b *testing.B) {
 		}
 	}
 	b.Run("memworker", func(b *testing.B) { coldD2H(b, be) })
-	// The same with the pinning threads and page size set.
+	// The same with the pinning threads, page size and faulting set.
 	for _, pages := range []cuda.PageMode{cuda.PagesHuge, cuda.PagesSmall} {
-		for _, threads := range []int{8, 16} {
-			b.Run(fmt.Sprintf("memworker-%s-threads-%d", pages, threads), func(b *testing.B) {
-				coldD2H(b, open(b, cuda.Config{PinThreads: threads, PinPages: pages}))
-			})
+		for _, touch := range []bool{false, true} {
+			for _, threads := range []int{4, 8, 16} {
+				fault := map[bool]string{false: "populate", true: "touch"}[touch]
+				b.Run(fmt.Sprintf("memworker-%s-%s-threads-%d", pages, fault, threads), func(b *testing.B) {
+					coldD2H(b, open(b, cuda.Config{PinThreads: threads, PinPages: pages, PinTouch: &touch}))
+				})
+			}
 		}
 	}
 	b.Run("raw-cold", func(b *testing.B) {

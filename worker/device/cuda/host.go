@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -92,6 +93,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 type pinner struct {
 	threads int
 	pages   PageMode
+	touch   bool // fault pages in by touching them (pinChunk)
 
 	mu      sync.Mutex
 	queue   []*hostSegment // segments with chunks not taken yet, oldest first
@@ -144,7 +146,7 @@ func (p *pinner) work() {
 			}
 		}
 		if err == nil {
-			err = h.pinChunk(int64(i))
+			err = h.pinChunk(int64(i), p.touch)
 		}
 		p.finish(h, i, err)
 	}
@@ -191,11 +193,23 @@ func (p *pinner) cancel(h *hostSegment) {
 // without touching them. On the H100 host, 8 GiB on 8 threads: 22.7 GB/s
 // with it, 5.6 GB/s leaving the faults to cuMemHostRegister (an atomic OR
 // of nothing per page also works but cost ten times as much).
-func (h *hostSegment) pinChunk(i int64) error {
+//
+// With touch it faults them in by an atomic add of zero to every 4 KiB
+// instead (safe while the memory is in use: it changes nothing): a page
+// fault takes the mapping's per-VMA lock only, where MADV_POPULATE_WRITE
+// takes the process's mmap lock, which cuMemHostRegister takes to write.
+func (h *hostSegment) pinChunk(i int64, touch bool) error {
 	off := i * pinChunk
 	n := min(pinChunk, h.size-off)
-	_ = unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
-	return hostRegister(unsafe.Add(h.ptr, off), n)
+	p := unsafe.Add(h.ptr, off)
+	if touch {
+		for o := int64(0); o < n; o += 4096 {
+			atomic.AddUint32((*uint32)(unsafe.Add(p, o)), 0)
+		}
+	} else {
+		_ = unix.Madvise(unsafe.Slice((*byte)(p), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
+	}
+	return hostRegister(p, n)
 }
 
 // piece shortens a copy of n bytes at offset off to the chunk it starts in,
