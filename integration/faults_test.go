@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -189,11 +191,17 @@ func TestRepliesFitTheMaxPayload(t *testing.T) {
 
 // TestAFloodDoesNotDropSubscriptions sends far more requests than the
 // worker's endpoint holds (its pending limit, lowered here to 2,000) without
-// reading the replies: the client library drops what is past the limit,
-// and afterwards the worker still serves.
+// reading the replies: the client library drops what is past the limit
+// (the worker logs the slow consumer), and afterwards the flooded endpoint
+// still serves.
 func TestAFloodDoesNotDropSubscriptions(t *testing.T) {
 	srv := startServer(t)
-	startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) { c.PendingRequests = 2000 }))
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) {
+		c.PendingRequests = 2000
+		c.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}))
 	flood := connect(t, srv)
 	for range 40_000 {
 		if err := flood.PublishRequest(subjects.Request(subjects.GetStatus, "n1-gpu0"), "nobody.listens", []byte(`{}`)); err != nil {
@@ -204,7 +212,7 @@ func TestAFloodDoesNotDropSubscriptions(t *testing.T) {
 	nc := connect(t, srv)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		msg, err := nc.Request(subjects.Request(subjects.GetUsage, "n1-gpu0"), nil, 2*time.Second)
+		msg, err := nc.Request(subjects.Request(subjects.GetStatus, "n1-gpu0"), nil, 2*time.Second)
 		if err == nil {
 			if _, err := subjects.DecodeReply(msg.Data, nil); err != nil {
 				t.Fatal(err)
@@ -213,6 +221,14 @@ func TestAFloodDoesNotDropSubscriptions(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the worker stopped serving after a flood: %v", err)
+		}
+	}
+	for logged := ""; !strings.Contains(logged, "slow consumer"); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		logged = logs.String()
+		mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood never passed the endpoint's pending limit (no slow consumer logged):\n%s", logged)
 		}
 	}
 }

@@ -200,7 +200,8 @@ func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.U
 func (w *Worker) recheck(g *gpu) {
 	u, err := w.reading(context.Background(), g, time.Now().UTC())
 	if err != nil {
-		return // the device cannot say; the sampler announces it
+		w.watch(g.NextDeadline()) // a new lease's expiry, say
+		return                    // the device cannot say; the sampler announces it
 	}
 	w.observe(g, u)
 	if w.admit(g, u.SampledAt) {

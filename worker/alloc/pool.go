@@ -386,6 +386,31 @@ func (p *Pool) ReleaseAbove(ctx context.Context, keep int64) (segments int, byte
 	return segments, bytes, err
 }
 
+// Grow adds a segment of at least size bytes (rounded up to 2 MiB) to the
+// cache, from the Source, and returns its address: memory made ready
+// before anyone asks for it.
+func (p *Pool) Grow(ctx context.Context, size int64) (uint64, error) {
+	if size <= 0 || size > maxSize/2 {
+		return 0, fmt.Errorf("%w: size %d", ErrInvalid, size)
+	}
+	seg, err := p.newSegment(ctx, (RoundSize(size)+RoundLarge-1)/RoundLarge*RoundLarge, false)
+	if err != nil {
+		return 0, err
+	}
+	p.cache(seg.first)
+	return seg.addr, nil
+}
+
+// Idle is the size of the segment at addr when it holds no allocated
+// block (0: it holds some, or is not the pool's).
+func (p *Pool) Idle(addr uint64) int64 {
+	seg, ok := p.segments[addr]
+	if !ok || !seg.first.free || seg.first.next != nil {
+		return 0
+	}
+	return seg.size
+}
+
 // ReleaseSegment returns the segment at addr to the Source when it holds
 // no allocated block, and reports the bytes that went back (0: it holds
 // some, or is not the pool's). Segments on virtual memory are left to

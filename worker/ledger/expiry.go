@@ -3,6 +3,7 @@ package ledger
 import (
 	"container/heap"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -38,13 +39,29 @@ func (h *expiries) Pop() any {
 }
 
 // busyRetry is how soon a lease past its expiry that is in use (a copy
-// from or to it runs) is looked at again.
-const busyRetry = 50 * time.Millisecond
+// from or to it runs), or that failed to be freed, is looked at again: the
+// end of a copy looks at it at once (unbusy), this is the safety net.
+const busyRetry = time.Second
 
-// leaseSet records a's expiry (after it was added, made or renewed).
+// leaseSet records a's expiry (after it was added, made or renewed). The
+// entries it leaves behind (renewed, freed) are dropped when they outnumber
+// the device's allocations.
 func (d *Device) leaseSet(a *allocation) {
-	if a.expires != 0 {
-		heap.Push(&d.leases, expiry{a.expires, a.expires, a})
+	if a.expires == 0 {
+		return
+	}
+	heap.Push(&d.leases, expiry{a.expires, a.expires, a})
+	if len(d.leases) > 2*len(d.allocs)+64 {
+		d.leases = slices.DeleteFunc(d.leases, func(e expiry) bool { return !d.current(e) })
+		heap.Init(&d.leases)
+	}
+}
+
+// unbusy ends one use of a by a copy; the last one makes a lease past its
+// expiry due at once.
+func (d *Device) unbusy(a *allocation) {
+	if a.busy--; a.busy == 0 {
+		d.leaseSet(a)
 	}
 }
 
@@ -80,7 +97,7 @@ func (d *Device) Expire(now time.Time) ([]Expired, error) {
 	d.lastExpire = now
 	var out []Expired
 	var errs []error
-	var busy []*allocation
+	var retry []*allocation
 	for len(d.leases) > 0 && d.leases[0].due <= now.UnixNano() {
 		e := heap.Pop(&d.leases).(expiry)
 		if !d.current(e) {
@@ -88,17 +105,18 @@ func (d *Device) Expire(now time.Time) ([]Expired, error) {
 		}
 		a := e.a
 		if !a.idle() {
-			busy = append(busy, a)
+			retry = append(retry, a)
 			continue
 		}
 		x := Expired{Allocation: d.view(a), Bytes: a.reserved()}
 		if err := d.free(a); err != nil {
 			errs = append(errs, err)
+			retry = append(retry, a)
 			continue
 		}
 		out = append(out, x)
 	}
-	for _, a := range busy {
+	for _, a := range retry {
 		heap.Push(&d.leases, expiry{a.expires, now.Add(busyRetry).UnixNano(), a})
 	}
 	return out, errors.Join(errs...)

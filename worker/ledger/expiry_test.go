@@ -78,9 +78,10 @@ func TestLeasesExpireOnTheirDeadline(t *testing.T) {
 			t.Fatal(err)
 		}
 		expire(t, d, *a.ExpiresAt)
-		deadline(t, d, a.ExpiresAt.Add(50*time.Millisecond)) // looked at again soon
+		deadline(t, d, a.ExpiresAt.Add(time.Second)) // looked at again later
 		d.Return(a.AllocationID)
-		expire(t, d, a.ExpiresAt.Add(50*time.Millisecond), a.AllocationID)
+		deadline(t, d, *a.ExpiresAt) // the copy's end makes it due at once
+		expire(t, d, a.ExpiresAt.Add(time.Millisecond), a.AllocationID)
 		audit(t, d)
 	})
 	t.Run("a burst in one pass", func(t *testing.T) {
@@ -111,4 +112,41 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// TestRenewalsDoNotGrowTheExpiryHeap: a tenant holding two leases (one
+// ending in a minute, one in an hour) that renews the later one in a loop
+// leaves an entry per renewal below the first lease's: they are dropped
+// once they outnumber the allocations, not an hour later.
+func TestRenewalsDoNotGrowTheExpiryHeap(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, TTLSeconds: 60})
+	a := allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, TTLSeconds: 3600})
+	now := time.Now()
+	for i := range 100_000 {
+		if _, err := d.Renew(&subjects.RenewRequest{AllocationID: a.AllocationID}, op, now.Add(time.Duration(i)*time.Microsecond)); err != nil {
+			t.Fatal(err)
+		}
+		d.NextDeadline()
+	}
+	if n := ledger.LeaseHeapLen(d); n > 100 {
+		t.Errorf("2 live leases, %d heap entries after 100,000 renewals", n)
+	}
+}
+
+// TestFreedLeasesAreNotKept: leases allocated and freed in a loop do not
+// stay in the heap (their allocations with them) until their expiry.
+func TestFreedLeasesAreNotKept(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, TTLSeconds: 60})
+	for range 20_000 {
+		a := allocate(t, d, subjects.AllocateRequest{SizeBytes: mib, TTLSeconds: 3600})
+		if _, err := d.Deallocate(&subjects.DeallocateRequest{AllocationID: a.AllocationID}, op); err != nil {
+			t.Fatal(err)
+		}
+		d.NextDeadline()
+	}
+	if n := ledger.LeaseHeapLen(d); n > 100 {
+		t.Errorf("1 live lease, %d heap entries (each holding a freed allocation) after 20,000 allocate/deallocate", n)
+	}
 }

@@ -64,7 +64,7 @@ func (d *Device) Lend(id string, target Target, mode string, who Who) (Lent, err
 // Return ends a loan whose transfer never ran.
 func (d *Device) Return(id string) {
 	if a, ok := d.get(id); ok {
-		a.busy--
+		d.unbusy(a)
 	}
 }
 
@@ -122,7 +122,7 @@ func (d *Device) Settle(id string, touch, drop bool, now time.Time) error {
 	if !found {
 		return fmt.Errorf("settling transfer of %s: %w", id, ErrAllocationNotFound)
 	}
-	a.busy--
+	d.unbusy(a)
 	if touch {
 		a.lastUsed = now.UnixNano()
 	}

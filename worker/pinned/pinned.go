@@ -72,11 +72,9 @@ type Pool struct {
 	src    *source
 	pool   *alloc.Pool
 	blocks map[uint64]*alloc.Block // handed out, by address
-	// ownRequests are the pool's own (at start, Ahead), not counted.
+	// ownRequests are the pool's own (at start), not counted.
 	ownRequests int64
-	// ahead is what Ahead page-locked since the last Behind, in the
-	// segments at aheadSegs.
-	ahead     int64
+	// aheadSegs are the segments Ahead page-locked since the last Behind.
 	aheadSegs []uint64
 }
 
@@ -159,15 +157,15 @@ func (p *Pool) Figures() Figures {
 		Requests:    st.AllocRequests - p.ownRequests,
 		Hits:        st.CacheHits,
 		LockedBytes: p.src.locked,
-		AheadBytes:  min(p.ahead, st.ReservedBytes-st.AllocatedBytes),
+		AheadBytes:  p.aheadIdle(),
 	}
 }
 
 // Ahead makes the pool hold want bytes ready for the next offload,
-// page-locking what it lacks (within the cap: what fits) in one segment,
-// and waits until that is locked. The segment is the pool's at once: an
-// offload that comes meanwhile takes it, its copies waiting for the chunks
-// they touch. Behind gives it back.
+// page-locking what it lacks (within the cap: what fits) in a segment of
+// its own, and waits until that is locked. The segment is cached at once:
+// an offload that comes meanwhile takes it, its copies waiting for the
+// chunks they touch. Behind gives it back.
 func (p *Pool) Ahead(ctx context.Context, want int64) error {
 	p.mu.Lock()
 	st := p.pool.Stats()
@@ -179,22 +177,15 @@ func (p *Pool) Ahead(ctx context.Context, want int64) error {
 		p.mu.Unlock()
 		return nil
 	}
-	before := p.src.held
-	blk, err := p.pool.Alloc(ctx, more, 0)
-	if err != nil {
-		p.mu.Unlock()
-		return fmt.Errorf("pinning %s ahead: %w", bytesize.Format(more), err)
-	}
-	seg := blk.SegmentAddr()
-	fresh := p.src.held > before
-	_ = p.pool.Free(blk)
-	if fresh {
-		p.ahead += p.src.held - before
+	seg, err := p.pool.Grow(ctx, more)
+	if err == nil {
 		p.aheadSegs = append(p.aheadSegs, seg)
 	}
-	p.ownRequests++
 	p.mu.Unlock()
-	if l, ok := p.src.b.(locker); ok && fresh {
+	if err != nil {
+		return fmt.Errorf("pinning %s ahead: %w", bytesize.Format(more), err)
+	}
+	if l, ok := p.src.b.(locker); ok {
 		if err := l.WaitLocked(ctx, seg); err != nil && !errors.Is(err, device.ErrNotFound) {
 			return fmt.Errorf("pinning %s ahead: %w", bytesize.Format(more), err)
 		}
@@ -213,8 +204,16 @@ func (p *Pool) Behind(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	p.ahead, p.aheadSegs = 0, nil
+	p.aheadSegs = nil // those in use stay, cached as any other once freed
 	return errors.Join(errs...)
+}
+
+// aheadIdle is the memory of the segments pinned ahead that nothing uses.
+func (p *Pool) aheadIdle() (n int64) {
+	for _, seg := range p.aheadSegs {
+		n += p.pool.Idle(seg)
+	}
+	return n
 }
 
 // Close gives back what the pool holds and is not handed out.

@@ -163,7 +163,7 @@ func TestAheadPinsWhatTheNextOffloadNeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := p.Figures(); held(b) != 256*MiB || f.Hits != 1 || f.AheadBytes != 96*MiB {
+	if f := p.Figures(); held(b) != 256*MiB || f.Hits != 1 || f.AheadBytes != 64*MiB {
 		t.Fatalf("an offload after pinning ahead: backend holds %d MiB, figures %+v", held(b)/MiB, f)
 	}
 	if err := p.Behind(ctx); err != nil {
@@ -186,5 +186,38 @@ func TestAheadPinsWhatTheNextOffloadNeeds(t *testing.T) {
 	}
 	if f := p.Figures(); held(b) != 32*MiB || f.CachedBytes != 32*MiB || f.AheadBytes != 0 {
 		t.Errorf("behind after an unused ahead: backend holds %d MiB, figures %+v; want the 32 MiB pinned at start", held(b)/MiB, f)
+	}
+}
+
+// TestAheadPinsWhatTheCacheLacks: with 64 MiB pinned at start, asking the
+// pool to hold 96 MiB ready leaves it holding 96 MiB ready (a cached block
+// larger than the shortfall does not make it up), and the hit ratio counts
+// offloads' requests only.
+func TestAheadPinsWhatTheCacheLacks(t *testing.T) {
+	ctx := context.Background()
+	p, b := newPool(t, pinned.Config{Prepin: 64 * MiB, Max: 256 * MiB})
+	if err := p.Ahead(ctx, 96*MiB); err != nil {
+		t.Fatal(err)
+	}
+	if f := p.Figures(); f.CachedBytes < 96*MiB || f.Requests != 0 || f.Hits != 0 {
+		t.Errorf("after Ahead(96 MiB) over 64 MiB pinned at start: backend holds %d MiB, figures %+v; want 96 MiB ready", held(b)/MiB, f)
+	}
+}
+
+// TestAheadBytesCountOnlyMemoryPinnedAhead: once an offload takes the
+// segment pinned ahead, nothing is ahead, whatever else the pool caches.
+func TestAheadBytesCountOnlyMemoryPinnedAhead(t *testing.T) {
+	ctx := context.Background()
+	p, _ := newPool(t, pinned.Config{Prepin: 32 * MiB, Max: 256 * MiB})
+	if err := p.Ahead(ctx, 96*MiB); err != nil { // 64 MiB more, a segment of its own
+		t.Fatal(err)
+	}
+	a, err := p.AllocSegment(ctx, 64*MiB) // an offload takes it (best fit: the 64 MiB segment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.FreeSegment(ctx, a)
+	if f := p.Figures(); f.AheadBytes != 0 {
+		t.Errorf("the segment pinned ahead is in use; figures %+v: AheadBytes counts the memory pinned at start", f)
 	}
 }
