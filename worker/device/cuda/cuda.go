@@ -44,6 +44,10 @@ type Config struct {
 	// atomic add of zero: safe on memory in use) instead of
 	// MADV_POPULATE_WRITE (DefaultPinTouch when unset).
 	PinTouch *bool
+	// PinSplit maps each pinChunk of a new pinned segment as a mapping of
+	// its own (DefaultPinSplit when unset): registering one chunk then
+	// does not stop faults in the others.
+	PinSplit *bool
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
@@ -79,8 +83,9 @@ func (m PageMode) String() string {
 	return "default"
 }
 
-// DefaultPinTouch is how new pinned segments are faulted in.
-var DefaultPinTouch = false
+// DefaultPinTouch and DefaultPinSplit are how new pinned segments are
+// faulted in and mapped.
+var DefaultPinTouch, DefaultPinSplit = false, false
 
 // DefaultPinPages is the page size of new pinned segments.
 var DefaultPinPages = PagesHuge
@@ -135,13 +140,16 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.PinTouch == nil {
 		cfg.PinTouch = &DefaultPinTouch
 	}
+	if cfg.PinSplit == nil {
+		cfg.PinSplit = &DefaultPinSplit
+	}
 	if cfg.PinPages == PagesDefault {
 		cfg.PinPages = DefaultPinPages
 	}
 	if cfg.CopyStreams <= 0 {
 		cfg.CopyStreams = DefaultCopyStreams
 	}
-	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads, pages: cfg.PinPages, touch: *cfg.PinTouch}, nvml: openTelemetry()}
+	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads, pages: cfg.PinPages, touch: *cfg.PinTouch, split: *cfg.PinSplit}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
 		g, err := open(i, cfg)
 		if err != nil {

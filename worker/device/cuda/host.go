@@ -65,13 +65,16 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
 	}
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	pad := (hostAlign - base%hostAlign) % hostAlign
+	if p.split {
+		splitChunks(unsafe.Add(unsafe.Pointer(&mem[0]), pad), size)
+	}
 	advice := syscall.MADV_HUGEPAGE
 	if p.pages == PagesSmall {
 		advice = syscall.MADV_NOHUGEPAGE
 	}
 	_ = syscall.Madvise(mem, advice) // best effort
-	base := uintptr(unsafe.Pointer(&mem[0]))
-	pad := (hostAlign - base%hostAlign) % hostAlign
 	h := &hostSegment{
 		mem:    mem,
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
@@ -85,6 +88,21 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	return h, nil
 }
 
+// splitChunks maps every other pinChunk of the size bytes at p again with
+// MAP_NORESERVE, so that neighbouring chunks differ and the kernel never
+// merges them: each chunk is a mapping (a VMA) of its own. Registering a
+// chunk changes its mapping (the driver marks it MADV_DONTFORK), which
+// stops page faults in that mapping while it does; with a mapping per
+// chunk, the other threads go on faulting theirs. Best effort: a chunk that
+// cannot be mapped again stays part of its neighbour's mapping.
+func splitChunks(p unsafe.Pointer, size int64) {
+	for off := int64(pinChunk); off < size; off += 2 * pinChunk {
+		n := min(pinChunk, size-off)
+		_, _ = unix.MmapPtr(-1, 0, unsafe.Add(p, off), uintptr(n), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED|unix.MAP_NORESERVE)
+	}
+}
+
 // pinner page-locks the chunks of new pinned segments for the whole host
 // on at most threads threads, the oldest segment's lowest chunks first: an
 // offload of ten allocations copies them one after the other, and each
@@ -94,6 +112,7 @@ type pinner struct {
 	threads int
 	pages   PageMode
 	touch   bool // fault pages in by touching them (pinChunk)
+	split   bool // a mapping per chunk (newHostSegment)
 
 	mu      sync.Mutex
 	queue   []*hostSegment // segments with chunks not taken yet, oldest first
