@@ -25,21 +25,14 @@ import (
 // than n GPUs, and frees everything when the test ends. vmm false turns
 // virtual memory management off (--vmm=false).
 //
-// BENCH_PIN_THREADS, BENCH_PIN_TOUCH and BENCH_PIN_SPLIT (1 on, 0 off) set
-// how the backend page-locks fresh host memory, for the host path
-// benchmarks; unset, the backend's defaults.
+// BENCH_PIN_THREADS sets how many threads page-lock fresh host memory, for
+// the host path benchmarks (unset: the backend's default).
 func newTestBackend(t testing.TB, n int, bytes int64, vmm bool) testBackend {
 	t.Helper()
 	cfg := cuda.Config{MemoryLimit: bytes, Devices: n, DisableVMM: !vmm}
 	if s := os.Getenv("BENCH_PIN_THREADS"); s != "" {
 		if _, err := fmt.Sscan(s, &cfg.PinThreads); err != nil {
 			t.Fatalf("BENCH_PIN_THREADS %q", s)
-		}
-	}
-	for env, set := range map[string]**bool{"BENCH_PIN_TOUCH": &cfg.PinTouch, "BENCH_PIN_SPLIT": &cfg.PinSplit} {
-		if s := os.Getenv(env); s != "" {
-			on := s != "0"
-			*set = &on
 		}
 	}
 	b, err := cuda.New(cfg)

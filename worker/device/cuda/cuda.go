@@ -37,17 +37,6 @@ type Config struct {
 	// PinThreads is how many threads page-lock new pinned segments, all
 	// segments together (0: DefaultPinThreads).
 	PinThreads int
-	// PinPages is the page size new pinned segments are faulted in with
-	// (PagesDefault: DefaultPinPages).
-	PinPages PageMode
-	// PinTouch faults new pinned segments in by touching every page (an
-	// atomic add of zero: safe on memory in use) instead of
-	// MADV_POPULATE_WRITE (DefaultPinTouch when unset).
-	PinTouch *bool
-	// PinSplit maps each pinChunk of a new pinned segment as a mapping of
-	// its own (DefaultPinSplit when unset): registering one chunk then
-	// does not stop faults in the others.
-	PinSplit *bool
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
@@ -59,36 +48,6 @@ type Config struct {
 // DefaultPinThreads page-lock new pinned memory: faulting pages in is
 // what costs, and it scales with threads until memory bandwidth runs out.
 var DefaultPinThreads = min(8, runtime.NumCPU())
-
-// PageMode is the page size pinned host memory is faulted in with.
-type PageMode int
-
-const (
-	PagesDefault PageMode = iota
-	// PagesHuge asks for transparent huge pages (MADV_HUGEPAGE): fewer
-	// faults and pages to lock, but each fault takes 2 MiB of contiguous
-	// memory from the kernel.
-	PagesHuge
-	// PagesSmall keeps the mapping in 4 KiB pages (MADV_NOHUGEPAGE).
-	PagesSmall
-)
-
-func (m PageMode) String() string {
-	switch m {
-	case PagesHuge:
-		return "huge"
-	case PagesSmall:
-		return "small"
-	}
-	return "default"
-}
-
-// DefaultPinTouch and DefaultPinSplit are how new pinned segments are
-// faulted in and mapped.
-var DefaultPinTouch, DefaultPinSplit = false, false
-
-// DefaultPinPages is the page size of new pinned segments.
-var DefaultPinPages = PagesHuge
 
 // Backend drives the host's NVIDIA GPUs. It is safe for concurrent use.
 type Backend struct {
@@ -137,19 +96,10 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.PinThreads <= 0 {
 		cfg.PinThreads = DefaultPinThreads
 	}
-	if cfg.PinTouch == nil {
-		cfg.PinTouch = &DefaultPinTouch
-	}
-	if cfg.PinSplit == nil {
-		cfg.PinSplit = &DefaultPinSplit
-	}
-	if cfg.PinPages == PagesDefault {
-		cfg.PinPages = DefaultPinPages
-	}
 	if cfg.CopyStreams <= 0 {
 		cfg.CopyStreams = DefaultCopyStreams
 	}
-	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads, pages: cfg.PinPages, touch: *cfg.PinTouch, split: *cfg.PinSplit}, nvml: openTelemetry()}
+	b := &Backend{cfg: cfg, host: map[uint64]*hostSegment{}, pin: &pinner{threads: cfg.PinThreads}, nvml: openTelemetry()}
 	for i := 0; i < n; i++ {
 		g, err := open(i, cfg)
 		if err != nil {

@@ -570,18 +570,12 @@ func BenchmarkColdD2H(b *testing.B) {
 		}
 	}
 	b.Run("memworker", func(b *testing.B) { coldD2H(b, be) })
-	// The same with the pinning threads, faulting and mapping set (huge
-	// pages: 4 KiB pages were slower every way, docs/h100/round3).
-	for _, split := range []bool{false, true} {
-		for _, touch := range []bool{false, true} {
-			for _, threads := range []int{8, 12, 16} {
-				fault := map[bool]string{false: "populate", true: "touch"}[touch]
-				mapping := map[bool]string{false: "one-mapping", true: "split"}[split]
-				b.Run(fmt.Sprintf("memworker-%s-%s-threads-%d", mapping, fault, threads), func(b *testing.B) {
-					coldD2H(b, open(b, cuda.Config{PinThreads: threads, PinTouch: &touch, PinSplit: &split}))
-				})
-			}
-		}
+	// The same by pinning threads (docs/h100/round3/coldpin: more than 8
+	// only contend).
+	for _, threads := range []int{4, 8, 16} {
+		b.Run(fmt.Sprintf("memworker-threads-%d", threads), func(b *testing.B) {
+			coldD2H(b, open(b, cuda.Config{PinThreads: threads}))
+		})
 	}
 	b.Run("raw-cold", func(b *testing.B) {
 		freshHostAlloc(b, n, func(p unsafe.Pointer) error { return cu.MemcpyDtoH(p, cu.DevicePtr(src), n) })

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -65,16 +64,9 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
 	}
+	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE) // best effort: fewer faults and pages to lock
 	base := uintptr(unsafe.Pointer(&mem[0]))
 	pad := (hostAlign - base%hostAlign) % hostAlign
-	if p.split {
-		splitChunks(unsafe.Add(unsafe.Pointer(&mem[0]), pad), size)
-	}
-	advice := syscall.MADV_HUGEPAGE
-	if p.pages == PagesSmall {
-		advice = syscall.MADV_NOHUGEPAGE
-	}
-	_ = syscall.Madvise(mem, advice) // best effort
 	h := &hostSegment{
 		mem:    mem,
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
@@ -88,21 +80,6 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	return h, nil
 }
 
-// splitChunks maps every other pinChunk of the size bytes at p again with
-// MAP_NORESERVE, so that neighbouring chunks differ and the kernel never
-// merges them: each chunk is a mapping (a VMA) of its own. Registering a
-// chunk changes its mapping (the driver marks it MADV_DONTFORK), which
-// stops page faults in that mapping while it does; with a mapping per
-// chunk, the other threads go on faulting theirs. Best effort: a chunk that
-// cannot be mapped again stays part of its neighbour's mapping.
-func splitChunks(p unsafe.Pointer, size int64) {
-	for off := int64(pinChunk); off < size; off += 2 * pinChunk {
-		n := min(pinChunk, size-off)
-		_, _ = unix.MmapPtr(-1, 0, unsafe.Add(p, off), uintptr(n), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED|unix.MAP_NORESERVE)
-	}
-}
-
 // pinner page-locks the chunks of new pinned segments for the whole host
 // on at most threads threads, the oldest segment's lowest chunks first: an
 // offload of ten allocations copies them one after the other, and each
@@ -110,9 +87,6 @@ func splitChunks(p unsafe.Pointer, size int64) {
 // pinned at once on ten times the threads (which page-lock no faster).
 type pinner struct {
 	threads int
-	pages   PageMode
-	touch   bool // fault pages in by touching them (pinChunk)
-	split   bool // a mapping per chunk (newHostSegment)
 
 	mu      sync.Mutex
 	queue   []*hostSegment // segments with chunks not taken yet, oldest first
@@ -165,7 +139,7 @@ func (p *pinner) work() {
 			}
 		}
 		if err == nil {
-			err = h.pinChunk(int64(i), p.touch)
+			err = h.pinChunk(int64(i))
 		}
 		p.finish(h, i, err)
 	}
@@ -210,25 +184,16 @@ func (p *pinner) cancel(h *hostSegment) {
 // pinning thread) and page-locks it. The segment is in use already, so nothing may
 // be written to it: MADV_POPULATE_WRITE faults the pages in writable
 // without touching them. On the H100 host, 8 GiB on 8 threads: 22.7 GB/s
-// with it, 5.6 GB/s leaving the faults to cuMemHostRegister (an atomic OR
-// of nothing per page also works but cost ten times as much).
-//
-// With touch it faults them in by an atomic add of zero to every 4 KiB
-// instead (safe while the memory is in use: it changes nothing): a page
-// fault takes the mapping's per-VMA lock only, where MADV_POPULATE_WRITE
-// takes the process's mmap lock, which cuMemHostRegister takes to write.
-func (h *hostSegment) pinChunk(i int64, touch bool) error {
+// with it, 5.6 GB/s leaving the faults to cuMemHostRegister. Faulting
+// alone scales past 50 GB/s on 16 threads, but cuMemHostRegister does not
+// scale at all (about 42 GB/s on any number of threads) and more threads
+// only contend: an atomic touch per page, a mapping per chunk, 4 KiB pages
+// and 12 or 16 threads were all no faster (docs/h100/round3/coldpin).
+func (h *hostSegment) pinChunk(i int64) error {
 	off := i * pinChunk
 	n := min(pinChunk, h.size-off)
-	p := unsafe.Add(h.ptr, off)
-	if touch {
-		for o := int64(0); o < n; o += 4096 {
-			atomic.AddUint32((*uint32)(unsafe.Add(p, o)), 0)
-		}
-	} else {
-		_ = unix.Madvise(unsafe.Slice((*byte)(p), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
-	}
-	return hostRegister(p, n)
+	_ = unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
+	return hostRegister(unsafe.Add(h.ptr, off), n)
 }
 
 // piece shortens a copy of n bytes at offset off to the chunk it starts in,
