@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""A second tool's figure for faulting fresh host memory in (the first is
+"""A second tool's figures for page-locking fresh host memory (the first is
 the cuda package's BenchmarkFreshPages): numpy arrays of BYTES (default
-8 GiB), one byte written per 4 KiB page, on 1 to 16 threads; then PyTorch's
-own cold pinned allocation of the same size when PyTorch is there.
+8 GiB), one byte written per 4 KiB page, on 1 to 16 threads; then, when
+PyTorch is there, cudaHostRegister (the runtime's, through PyTorch) of
+memory faulted in already, whole and in 128 MiB chunks on 1 to 16 threads,
+and PyTorch's own cold pinned allocation of the same size.
 
   python3 scripts/fault-probe.py [BYTES]
 """
@@ -50,6 +52,40 @@ try:
     import torch
 except ImportError:
     sys.exit(0)
+cudart = torch.cuda.cudart()
+torch.cuda.init()
+chunk = 128 << 20
+for threads in (0, 1, 8, 16):  # 0: one call for the whole array
+    a = np.empty(n, dtype=np.uint8)
+    a[::4096] = 1  # faulted in, untimed
+    base = a.ctypes.data
+    chunks = [(base, n)] if threads == 0 else [(base + o, min(chunk, n - o)) for o in range(0, n, chunk)]
+    todo = list(chunks)
+    lock = threading.Lock()
+
+    def register():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                p, size = todo.pop(0)
+            err = cudart.cudaHostRegister(p, size, 0)
+            if int(err) != 0:
+                raise RuntimeError(f"cudaHostRegister: {err}")
+
+    ts = [threading.Thread(target=register) for _ in range(max(threads, 1))]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    dt = time.perf_counter() - t0
+    what = "one call" if threads == 0 else f"128 MiB chunks, {threads:2d} threads"
+    print(f"cudaHostRegister of memory faulted in, {what}: {n / dt / 1e9:6.1f} GB/s ({dt:.3f} s)", flush=True)
+    for p, _ in chunks:
+        cudart.cudaHostUnregister(p)
+    del a
+
 t0 = time.perf_counter()  # once: PyTorch caches what it pinned
 h = torch.empty(n, dtype=torch.uint8, pin_memory=True)
 dt = time.perf_counter() - t0
