@@ -48,3 +48,20 @@ func TestBenchTargetsARunningWorker(t *testing.T) {
 		t.Errorf("the fleet case ran against a running server:\n%s", out.String())
 	}
 }
+
+// TestFleetOnAClusterAndIdleCost: the fleet case on a cluster of servers
+// gathers every worker's reply (its workers spread over the servers), and
+// the idle case reports a cost per worker with and without JetStream.
+func TestFleetOnAClusterAndIdleCost(t *testing.T) {
+	var out strings.Builder
+	c := &cli{Duration: 20 * time.Millisecond, Rounds: 1, Concurrency: "1", FleetNodes: 3, Cluster: 3, Cases: "echo", Backend: "sim", ReadHandlers: 1,
+		IdleWorkers: 2, IdleFor: 50 * time.Millisecond}
+	if err := run(c, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"on a cluster of 3 servers", "│           3 │       6 │       3 │", "JetStream false:", "JetStream true :", "per worker"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
