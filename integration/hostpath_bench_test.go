@@ -87,6 +87,30 @@ func allocateModel(b *testing.B, h *host, nc *nats.Conn, n int, size int64) ([]s
 	return ids, locs
 }
 
+// modelPieces is how many allocations the benchmarks' model has.
+const modelPieces = 10
+
+// modelBytes is the benchmarks' model: BENCH_MODEL_BYTES in all (default
+// 64 MiB; the GPU pass uses 10 GiB), in modelPieces allocations of size.
+func modelBytes(b *testing.B) (total, size int64) {
+	size = benchBytes(b, "BENCH_MODEL_BYTES", 64*MiB) / modelPieces / MiB * MiB
+	return size * modelPieces, size
+}
+
+// offloadAll offloads every model of n1-gpu0 with model_optimize, checks
+// that total bytes moved, and returns the reply and the time it took.
+func offloadAll(b *testing.B, nc *nats.Conn, total int64) (subjects.ModelOptimizeReply, time.Duration) {
+	zero := 0.0
+	var r subjects.ModelOptimizeReply
+	start := time.Now()
+	call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &zero}, &r)
+	took := time.Since(start)
+	if r.BytesMoved != total {
+		b.Fatalf("offload moved %d of %d bytes: %+v", r.BytesMoved, total, r)
+	}
+	return r, took
+}
+
 type medians map[string][]float64
 
 func (m medians) add(name string, v float64) { m[name] = append(m[name], v) }
@@ -121,24 +145,14 @@ func transferDone(b *testing.B, nc *nats.Conn, req subjects.TransferRequest) (su
 // (BENCH_MODEL_BYTES in all, default 64 MiB; the GPU pass uses 10 GiB)
 // with model_optimize and restores it.
 func BenchmarkOffloadRestore(b *testing.B) {
-	total := benchBytes(b, "BENCH_MODEL_BYTES", 64*MiB)
-	const pieces = 10
-	size := total / pieces / MiB * MiB
-	total = size * pieces
+	total, size := modelBytes(b)
 	m := medians{}
 	for b.Loop() {
 		for _, warm := range []bool{false, true} {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*total+GiB, total+64*MiB, warm)
-			_, locs := allocateModel(b, h, nc, pieces, size)
-			zero := 0.0
-			var r subjects.ModelOptimizeReply
-			start := time.Now()
-			call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &zero}, &r)
-			offload := time.Since(start)
-			if r.BytesMoved != total {
-				b.Fatalf("offload moved %d of %d bytes: %+v", r.BytesMoved, total, r)
-			}
+			_, locs := allocateModel(b, h, nc, modelPieces, size)
+			r, offload := offloadAll(b, nc, total)
 			off := r
 			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
 			start = time.Now()
@@ -172,14 +186,11 @@ func BenchmarkOffloadRestore(b *testing.B) {
 // page-locked what the offload needs meanwhile. Beside it, the raw driver
 // copy of the same bytes to page-locked memory allocated beforehand.
 func BenchmarkOffloadAhead(b *testing.B) {
-	total := benchBytes(b, "BENCH_MODEL_BYTES", 64*MiB)
-	const pieces = 10
-	size := total / pieces / MiB * MiB
-	total = size * pieces
+	total, size := modelBytes(b)
 	m := medians{}
 	for b.Loop() {
 		h, nc, stop := hostPathWorker(b, 2*total, 0, false)
-		_, locs := allocateModel(b, h, nc, pieces, size)
+		_, locs := allocateModel(b, h, nc, modelPieces, size)
 		d2h, _ := rawCopies(b, h.dev, locs, size)
 		var u subjects.Usage
 		call(b, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
@@ -194,14 +205,7 @@ func BenchmarkOffloadAhead(b *testing.B) {
 		time.Sleep(2 * time.Second)
 		call(b, nc, subjects.GetUsage, "n1-gpu0", nil, &u)
 		ahead := u.PinnedPool.AheadBytes
-		zero := 0.0
-		var r subjects.ModelOptimizeReply
-		start := time.Now()
-		call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &zero}, &r)
-		offload := time.Since(start)
-		if r.BytesMoved != total {
-			b.Fatalf("offload moved %d of %d bytes: %+v", r.BytesMoved, total, r)
-		}
+		r, offload := offloadAll(b, nc, total)
 		b.Logf("offload %.3f s (setup %.3f, copying %.3f, releasing %.3f) with %d bytes pinned ahead; raw %.3f s",
 			offload.Seconds(), r.SetupSeconds, r.CopySeconds, r.ReleaseSeconds, ahead, d2h.Seconds())
 		m.add("offload-GB/s", float64(total)/offload.Seconds()/1e9)

@@ -22,6 +22,16 @@ except Exception:
 print(f"numpy {np.__version__}, madvise(MADV_HUGEPAGE) on large arrays: {huge}")
 
 
+def timed(threads):
+    """Starts the threads, waits for them, and returns the seconds."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def anon_huge():
     for line in open("/proc/meminfo"):
         if line.startswith("AnonHugePages"):
@@ -37,13 +47,7 @@ for threads in (1, 4, 8, 16):
             end = n if i == threads - 1 else (i + 1) * step
             a[i * step:end:4096] = 1  # numpy drops the GIL for the loop
 
-        ts = [threading.Thread(target=touch, args=(i,)) for i in range(threads)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        dt = time.perf_counter() - t0
+        dt = timed([threading.Thread(target=touch, args=(i,)) for i in range(threads)])
         print(f"write a byte per 4 KiB, {threads:2d} threads, run {run}: {n / dt / 1e9:6.1f} GB/s "
               f"({dt:.3f} s; AnonHugePages {anon_huge()})", flush=True)
         del a
@@ -73,13 +77,7 @@ for threads in (0, 1, 8, 16):  # 0: one call for the whole array
             if int(err) != 0:
                 raise RuntimeError(f"cudaHostRegister: {err}")
 
-    ts = [threading.Thread(target=register) for _ in range(max(threads, 1))]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    dt = time.perf_counter() - t0
+    dt = timed([threading.Thread(target=register) for _ in range(max(threads, 1))])
     what = "one call" if threads == 0 else f"128 MiB chunks, {threads:2d} threads"
     print(f"cudaHostRegister of memory faulted in, {what}: {n / dt / 1e9:6.1f} GB/s ({dt:.3f} s)", flush=True)
     for p, _ in chunks:
