@@ -155,7 +155,7 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			r, offload := offloadAll(b, nc, total)
 			off := r
 			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
-			start = time.Now()
+			start := time.Now()
 			call(b, nc, subjects.ModelOptimize, "n1-gpu0", subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeRestore}, &r)
 			restore := time.Since(start)
 			if r.BytesMoved != total {
