@@ -230,6 +230,7 @@ func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
 // dropped by the endpoint's pending limits (with the client library's
 // default of 64 MB, about 16 are: fewer requests never pile up that much).
 func TestABurstOfLargeRequestsIsAllAnswered(t *testing.T) {
+	t.Parallel() // a server and worker of its own: runs beside the other long ones
 	srv := startServer(t)
 	startWorker(t, srv, "n1", withDevices(1, GiB))
 	nc := connect(t, srv)

@@ -121,6 +121,7 @@ func waitTransfer(t testing.TB, nc *nats.Conn, dev, id string) subjects.Transfer
 }
 
 func TestTransferCopiesAndMovesContent(t *testing.T) {
+	t.Parallel() // a server and worker of its own: runs beside the other long ones
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(2, 4*GiB))
 	nc := connect(t, srv)

@@ -60,6 +60,7 @@ func TestOptimizeStrategies(t *testing.T) {
 }
 
 func TestModelMemory(t *testing.T) {
+	t.Parallel() // a server and worker of its own: runs beside the other long ones
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, 400*MiB))
 	nc := connect(t, srv)
@@ -165,6 +166,7 @@ func TestAnalyticsOverAWindow(t *testing.T) {
 // what the reply says was freed. Restore brings it back, ids and bytes
 // unchanged, when it fits.
 func TestModelOptimizeMovesModelsWhole(t *testing.T) {
+	t.Parallel() // a server and worker of its own: runs beside the other long ones
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, GiB))
 	faults := h.faults(t)

@@ -80,6 +80,7 @@ func TestThePinnedPoolIsTheHosts(t *testing.T) {
 // TestOffloadRepliesWithItsPhases: model_optimize says how many bytes it
 // moved and where the time went, as get_transfer does.
 func TestOffloadRepliesWithItsPhases(t *testing.T) {
+	t.Parallel() // a server and worker of its own: runs beside the other long ones
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, GiB))
 	nc := connect(t, srv)
