@@ -9,9 +9,10 @@ import (
 
 // Leases expire on a timer, not by polling: the device keeps its leases'
 // expiries in a heap, NextDeadline includes the first, and Expire frees
-// those due. A lease renewed or freed leaves its old entry behind, dropped
-// when it comes to the top (an entry counts only while its allocation is
-// the device's and still expires at that time).
+// those due. A lease renewed or freed leaves its old entry behind (an entry
+// counts only while its allocation is the device's and still expires at
+// that time), dropped when it comes to the top or when such entries
+// outnumber the allocations (leaseSet).
 //
 // Expiries within Config.ExpiryBatch of the previous pass wait for the
 // next one, so that a burst of leases ending together is freed (and
