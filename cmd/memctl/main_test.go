@@ -534,3 +534,20 @@ func TestATransferThatDoesNotFitSaysWhy(t *testing.T) {
 		t.Errorf("exit %d\n%s%s", code, out, errs)
 	}
 }
+
+// TestStatusShowsMemoryPinnedAhead: past warning, status says how much
+// of the host's pinned memory waits for an offload of the device's models.
+func TestStatusShowsMemoryPinnedAhead(t *testing.T) {
+	f := newFixture(t, 1)
+	f.ok("-d", "n1-gpu0", "alloc", "300MiB", "--model", "m")
+	f.ok("-d", "n1-gpu0", "alloc", "620MiB")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out := f.ok("status")
+		if strings.Contains(out, "cached, 300 MiB of it pinned ahead of an offload;") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status at warning does not show the model's 300 MiB pinned ahead:\n%s", out)
+		}
+	}
+}

@@ -89,8 +89,12 @@ func printPinnedPools(e *env, rows []subjects.StatusReply) {
 		if p.MaxBytes > 0 {
 			limit = "cap " + size(p.MaxBytes)
 		}
-		fmt.Fprintf(e.out, "%s pinned host memory: %s held (%s in use, %s cached; %s pinned at start; %s), %.0f%% of requests reused it\n",
-			node, size(p.PinnedBytes), size(p.InUseBytes), size(p.CachedBytes), size(p.PrepinBytes), limit, p.HitRatio*100)
+		ahead := ""
+		if p.AheadBytes > 0 {
+			ahead = fmt.Sprintf(", %s of it pinned ahead of an offload", size(p.AheadBytes))
+		}
+		fmt.Fprintf(e.out, "%s pinned host memory: %s held (%s in use, %s cached%s; %s pinned at start; %s), %.0f%% of requests reused it\n",
+			node, size(p.PinnedBytes), size(p.InUseBytes), size(p.CachedBytes), ahead, size(p.PrepinBytes), limit, p.HitRatio*100)
 	}
 }
 
