@@ -137,6 +137,11 @@ func run(c *cli, out io.Writer) error {
 	if err := echo.AddEndpoint("sized", micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(sized.Data) }), micro.WithEndpointSubject("bench.echo.sized")); err != nil {
 		return err
 	}
+	// The echo endpoints' subscriptions reach the server before the first
+	// request from the other connection (else: no responders).
+	if err := echoConn.Flush(); err != nil {
+		return err
+	}
 	cases := []struct {
 		key, name string
 		op        func(*nats.Conn) error
@@ -175,7 +180,10 @@ func run(c *cli, out io.Writer) error {
 			var echo result
 			for _, i := range picked {
 				cs := cases[i]
-				r := drive(nc, n, c.Duration, cs.op)
+				r, err := drive(nc, n, c.Duration, cs.op)
+				if err != nil {
+					return fmt.Errorf("%s: %w", cs.name, err)
+				}
 				if cs.key == "allocate+deallocate" {
 					r.perSecond *= 2 // two requests per pair
 					r.cpu /= 2
@@ -284,10 +292,12 @@ func median(rs []result) result {
 	}
 }
 
-// drive runs op from n goroutines for d and measures each call.
-func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) result {
+// drive runs op from n goroutines for d and measures each call; the first
+// error stops it.
+func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) (result, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
+	var failed error
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(d)
 	start, cpu0 := time.Now(), cpuTime()
@@ -297,8 +307,10 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
 				if err := op(nc); err != nil {
-					fmt.Fprintln(os.Stderr, "membench:", err)
-					os.Exit(1)
+					mu.Lock()
+					failed = cmp.Or(failed, err)
+					mu.Unlock()
+					return
 				}
 				mine = append(mine, time.Since(t0))
 			}
@@ -309,13 +321,19 @@ func drive(nc *nats.Conn, n int, d time.Duration, op func(*nats.Conn) error) res
 	}
 	wg.Wait()
 	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	if failed != nil {
+		return result{}, failed
+	}
+	if len(lat) == 0 {
+		return result{}, fmt.Errorf("no call ended within %v", d)
+	}
 	slices.Sort(lat)
 	return result{
 		cpu:       (cpu / time.Duration(len(lat))).Round(10 * time.Nanosecond),
 		perSecond: float64(len(lat)) / elapsed.Seconds(),
 		p50:       lat[len(lat)/2].Round(time.Microsecond),
 		p99:       lat[len(lat)*99/100].Round(time.Microsecond),
-	}
+	}, nil
 }
 
 // startServer starts an embedded NATS server on a free loopback port.
