@@ -46,7 +46,7 @@ type cli struct {
 	IdleWorkers  int           `name:"idle-workers" help:"Measure the CPU cost of this many idle sim workers (2 devices each) on one server (0 skips it)."`
 	IdleFor      time.Duration `name:"idle-for" default:"30s" help:"How long the idle case measures."`
 	Monitor      time.Duration `default:"10s" help:"How long to measure the monitor's CPU cost (0 skips it)."`
-	Cases        string        `default:"echo,sized,get_status,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's)."`
+	Cases        string        `default:"echo,sized,get_status,pair,allocate+deallocate" help:"Cases to run (echo always runs first; sized is echo answering with a reply as large as get_status's, pair an allocate and a deallocate answered by echo with the worker's replies)."`
 	CPUProfile   string        `name:"cpuprofile" help:"Write a CPU profile of the request cases to this file."`
 	ReadHandlers int           `name:"read-handlers" help:"Subscriptions serving each read-only operation of the measured worker's device (default: the worker's, one per 4 cores, at most 4)."`
 	Backend      string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
@@ -137,6 +137,14 @@ func run(c *cli, out io.Writer) error {
 	if err := echo.AddEndpoint("sized", micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(sized.Data) }), micro.WithEndpointSubject("bench.echo.sized")); err != nil {
 		return err
 	}
+	// The same-size pair answers an allocate and a deallocate of device
+	// echoDevice with the worker's own replies, taken once: the client does
+	// all it does for the real pair, the worker nothing.
+	if slices.Contains(strings.Split(c.Cases, ","), "pair") {
+		if err := addPairEcho(nc, echo, dev); err != nil {
+			return err
+		}
+	}
 	// The echo endpoints' subscriptions reach the server before the first
 	// request from the other connection (else: no responders).
 	if err := echoConn.Flush(); err != nil {
@@ -149,6 +157,7 @@ func run(c *cli, out io.Writer) error {
 		{"echo", "echo", func(nc *nats.Conn) error { return req(nc, "bench.echo", status) }},
 		{"sized", fmt.Sprintf("echo, %d B reply", len(sized.Data)), func(nc *nats.Conn) error { return req(nc, "bench.echo.sized", status) }},
 		{"get_status", "get_status", func(nc *nats.Conn) error { return req(nc, subjects.Request(subjects.GetStatus, dev), status) }},
+		{"pair", "echo, allocate+deallocate replies", func(nc *nats.Conn) error { return allocFree(nc, echoDevice) }},
 		{"allocate+deallocate", "allocate+deallocate", func(nc *nats.Conn) error { return allocFree(nc, dev) }},
 	}
 	t := table.NewWriter()
@@ -165,6 +174,7 @@ func run(c *cli, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var pairNotes []string
 	for _, n := range levels {
 		// Rounds interleave the cases, so drift on a shared machine falls
 		// on all of them; each ratio is taken within a round, then the
@@ -184,7 +194,7 @@ func run(c *cli, out io.Writer) error {
 				if err != nil {
 					return fmt.Errorf("%s: %w", cs.name, err)
 				}
-				if cs.key == "allocate+deallocate" {
+				if cs.key == "allocate+deallocate" || cs.key == "pair" {
 					r.perSecond *= 2 // two requests per pair
 					r.cpu /= 2
 				}
@@ -194,6 +204,10 @@ func run(c *cli, out io.Writer) error {
 				r.vsEcho, r.p50VsEcho = r.perSecond/echo.perSecond, float64(r.p50)/float64(echo.p50)
 				rounds[i] = append(rounds[i], r)
 			}
+		}
+		if len(rounds[3]) > 0 && len(rounds[4]) > 0 {
+			pair, real := median(rounds[3]), median(rounds[4])
+			pairNotes = append(pairNotes, fmt.Sprintf("%d clients: %.2fx the req/s, p50 %.2fx", n, real.perSecond/pair.perSecond, float64(real.p50)/float64(pair.p50)))
 		}
 		for _, i := range picked {
 			r := median(rounds[i])
@@ -207,7 +221,10 @@ func run(c *cli, out io.Writer) error {
 	if c.Server != "" {
 		cpuNote = "this process's CPU time (clients and echo; the server and worker run elsewhere)"
 	}
-	fmt.Fprintf(out, "allocate+deallocate counts both requests of a pair; CPU/req is %s per request; errors abort the run.\n", cpuNote)
+	fmt.Fprintf(out, "allocate+deallocate and its echo pair count both requests; CPU/req is %s per request; errors abort the run.\n", cpuNote)
+	if len(pairNotes) > 0 {
+		fmt.Fprintf(out, "allocate+deallocate against the same-size echo pair: %s\n", strings.Join(pairNotes, "; "))
+	}
 
 	if c.Server != "" {
 		return nil // the fleet and monitor cases start their own workers
@@ -250,6 +267,44 @@ func firstDevice(nc *nats.Conn) (string, error) {
 func req(nc *nats.Conn, subject string, body []byte) error {
 	_, err := nc.Request(subject, body, 5*time.Second)
 	return err
+}
+
+// echoDevice is the device id the same-size pair's echo answers for.
+const echoDevice = "echo-gpu0"
+
+// addPairEcho takes the replies of one allocate and deallocate on dev and
+// adds echo endpoints that answer echoDevice's with them.
+func addPairEcho(nc *nats.Conn, echo micro.Service, dev string) error {
+	var id string
+	for _, op := range []subjects.Op{subjects.Allocate, subjects.Deallocate} {
+		var data any = subjects.AllocateRequest{SizeBytes: 1 << 20}
+		if op == subjects.Deallocate {
+			data = subjects.DeallocateRequest{AllocationID: id}
+		}
+		body, err := subjects.NewRequest("", op, data)
+		if err != nil {
+			return err
+		}
+		msg, err := nc.Request(subjects.Request(op, dev), body, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", op, dev, err)
+		}
+		var a subjects.Allocation
+		out := any(&a)
+		if op == subjects.Deallocate {
+			out = nil
+		}
+		if _, err := subjects.DecodeReply(msg.Data, out); err != nil {
+			return fmt.Errorf("%s on %s: %w", op, dev, err)
+		}
+		id = a.AllocationID
+		reply := msg.Data
+		if err := echo.AddEndpoint("pair-"+string(op), micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(reply) }),
+			micro.WithEndpointSubject(subjects.Request(op, echoDevice))); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func allocFree(nc *nats.Conn, dev string) error {
