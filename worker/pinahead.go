@@ -13,7 +13,7 @@ import (
 // known: pressure reaching warning. While a device is at warning or
 // above, the host's pinned pool holds ready what an offload of its least
 // recently used models would move to bring it back under warning
-// (ledger.OffloadBytes), all devices together, within --pinned-max; once
+// (ledger.AheadBytes), all devices together, within --pinned-max; once
 // every device is back to normal, the pool gives that memory back.
 
 // aheadEvery is how often a device at warning works out again what to pin
@@ -28,11 +28,7 @@ func (w *Worker) wantAhead(g *gpu, u subjects.Usage, p subjects.Pressure, change
 		return
 	}
 	g.aheadAt = u.SampledAt
-	var want int64
-	if p.Level != subjects.LevelNormal && p.Level != "" {
-		under := w.cfg.Thresholds.Warning - w.cfg.Thresholds.Hysteresis
-		want = g.OffloadBytes(int64((p.PressureRatio - under) * float64(u.TotalBytes)))
-	}
+	want := g.AheadBytes(p)
 	if want == g.ahead {
 		return
 	}

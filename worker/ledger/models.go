@@ -262,12 +262,18 @@ func pastTense(optimizationType string) string {
 	return "offloaded"
 }
 
-// OffloadBytes is what an offload of the device's least recently used
-// models would move to pinned host memory to free shortfall bytes of VRAM
-// (fewer when the models hold less): whole models, the least recently
-// used first, as ModelOptimize takes them. The worker pins that much ahead
-// when pressure reaches warning (--pinned-ahead).
-func (d *Device) OffloadBytes(shortfall int64) int64 {
+// AheadBytes is what the pinned pool should hold ready for the device at
+// pressure p (--pinned-ahead): nothing at normal pressure; at warning or
+// above, what an offload of the least recently used models would move to
+// pinned host memory to bring pressure back under warning (less the
+// hysteresis), as ModelOptimize takes them: whole, the least recently used
+// first (fewer bytes when the models hold less).
+func (d *Device) AheadBytes(p subjects.Pressure) int64 {
+	if p.Level == subjects.LevelNormal || p.Level == "" {
+		return 0
+	}
+	under := d.cfg.Thresholds.Warning - d.cfg.Thresholds.Hysteresis
+	shortfall := int64((p.PressureRatio - under) * float64(p.TotalBytes))
 	if shortfall <= 0 {
 		return 0
 	}
