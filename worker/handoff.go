@@ -1,18 +1,17 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
 	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/events"
+	"github.com/memworker/memworker/internal/httpcall"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
 )
@@ -89,19 +88,5 @@ func (w *Worker) send(ctx context.Context, a ledger.Ask, body []byte) error {
 			return nil // nothing to tell
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s answered %s", url, resp.Status)
-	}
-	return nil
+	return httpcall.Do(ctx, http.MethodPost, url, body)
 }

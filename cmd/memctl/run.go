@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/bytesize"
+	"github.com/memworker/memworker/internal/httpcall"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -266,17 +266,5 @@ func (h *holding) free() {
 }
 
 func post(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(nil))
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s answered %s", url, resp.Status)
-	}
-	return nil
+	return httpcall.Do(ctx, http.MethodPost, url, nil)
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/memworker/memworker/internal/httpcall"
 )
 
 // newRegistry holds the worker's metrics beside the Go and process
@@ -58,14 +60,7 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 
 // probe asks url and reports whether it answered 2xx within 3 s.
 func probe(url string) error {
-	client := http.Client{Timeout: 3 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s answered %s", url, resp.Status)
-	}
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return httpcall.Do(ctx, http.MethodGet, url, nil)
 }
