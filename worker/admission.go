@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"time"
 
@@ -109,14 +110,7 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 func (w *Worker) admit(g *gpu, now time.Time) bool {
 	r := g.Step(context.Background(), now)
 	w.watch(r.Next)
-	if r.ReleaseErr != nil {
-		w.log.Warn("returning cached memory to the device", "device", g.ID(), "err", r.ReleaseErr)
-	}
-	if r.Released > 0 {
-		g.released += r.Released
-		w.metrics.autoReleased.Add(float64(r.Released))
-		w.log.Debug("cached memory returned to the device", "device", g.ID(), "bytes", r.Released)
-	}
+	w.returned(g, r.Released, r.ReleaseErr, slog.LevelDebug, "its cache hold ended")
 	w.answer(g, r.Decisions)
 	for _, e := range r.Events {
 		w.announceHandoff(g, e, now)

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"github.com/memworker/memworker/events"
@@ -183,16 +184,21 @@ func (w *Worker) reading(ctx context.Context, g *gpu, now time.Time) (subjects.U
 			ExpiresAt: a.ExpiresAt, ObservedAt: now,
 		})
 	}
-	if r.ReleaseErr != nil {
-		w.log.Warn("auto-release of cached segments", "device", g.ID(), "err", r.ReleaseErr)
-	}
-	if r.Released > 0 {
-		g.released += r.Released
-		w.metrics.autoReleased.Add(float64(r.Released))
-		w.log.Info("device memory past the warning threshold: cached segments returned to the device",
-			"device", g.ID(), "released_bytes", r.Released)
-	}
+	w.returned(g, r.Released, r.ReleaseErr, slog.LevelInfo, "device memory passed the warning threshold or other processes grew")
 	return r.Usage, err
+}
+
+// returned counts and logs the cached memory the ledger gave back to g's
+// device (for the next pressure event, metrics and the log), and why.
+func (w *Worker) returned(g *gpu, bytes int64, err error, level slog.Level, why string) {
+	if err != nil {
+		w.log.Warn("returning cached memory to the device", "device", g.ID(), "why", why, "err", err)
+	}
+	if bytes > 0 {
+		g.released += bytes
+		w.metrics.autoReleased.Add(float64(bytes))
+		w.log.Log(context.Background(), level, "cached memory returned to the device", "device", g.ID(), "why", why, "released_bytes", bytes)
+	}
 }
 
 // recheck feeds device truth to the pressure tracker after a change, and
