@@ -3,11 +3,13 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 )
@@ -172,4 +174,72 @@ func TestATransfersCopyIsALease(t *testing.T) {
 		t.Errorf("renewing the copy: %+v", rr)
 	}
 	callErr(t, nc, subjects.Allocate, dev, []byte(`{"data":{"size_bytes":1048576,"ttl_seconds":1e-300}}`), subjects.CodeInvalidRequest)
+}
+
+// TestEveryLeaseEndsAtItsExpiry: a lease made by each path that makes one
+// (allocate, renew to a shorter ttl, a transfer's copy of a lease) is freed
+// and announced once its expiry passes, never before, with nothing polling
+// for it.
+func TestEveryLeaseEndsAtItsExpiry(t *testing.T) {
+	srv := startServer(t)
+	startWorker(t, srv, "n1", withDevices(1, GiB))
+	nc := connect(t, srv)
+	dev := "n1-gpu0"
+	sub, err := nc.SubscribeSync(subjects.AllAllocationEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	for _, tt := range []struct {
+		name  string
+		lease func(t *testing.T) string // the lease's id
+	}{
+		{"allocate", func(t *testing.T) string {
+			var a subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 0.2}, &a)
+			return a.AllocationID
+		}},
+		{"renew to a shorter ttl", func(t *testing.T) string {
+			var a subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 600}, &a)
+			call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: a.AllocationID, TTLSeconds: 0.2}, nil)
+			return a.AllocationID
+		}},
+		{"a transfer's copy", func(t *testing.T) string {
+			var a subjects.Allocation
+			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 0.5}, &a)
+			var st subjects.TransferStatus
+			call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, Mode: subjects.ModeCopy}, &st)
+			done := waitTransfer(t, nc, dev, st.TransferID)
+			if done.Status != subjects.TransferCompleted {
+				t.Fatalf("copy: %+v", done)
+			}
+			return done.DestinationAllocationID
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := tt.lease(t)
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				msg, err := sub.NextMsg(time.Until(deadline))
+				if err != nil {
+					t.Fatalf("no expiry announced for %s: %v", id, err)
+				}
+				typ, data, err := events.DecodeAllocation(msg)
+				if err != nil || typ != events.TypeAllocationExpired || !slices.Contains(data.AllocationIDs, id) {
+					continue
+				}
+				if data.ExpiresAt == nil || data.ObservedAt.Before(*data.ExpiresAt) {
+					t.Fatalf("%s freed at %v, before its expiry %v", id, data.ObservedAt, data.ExpiresAt)
+				}
+				break
+			}
+			var got subjects.AllocationsReply
+			call(t, nc, subjects.GetAllocations, dev, nil, &got)
+			for _, a := range got.Allocations {
+				if a.AllocationID == id {
+					t.Fatalf("%s announced expired, still listed", id)
+				}
+			}
+		})
+	}
 }
