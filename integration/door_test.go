@@ -153,6 +153,19 @@ func TestTheDoorHoldsAcrossPaths(t *testing.T) {
 	})
 }
 
+// copyOf copies allocation id on dev with a transfer and returns the
+// copy's id.
+func copyOf(t *testing.T, nc *nats.Conn, dev, id string) string {
+	t.Helper()
+	var st subjects.TransferStatus
+	call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: id, Mode: subjects.ModeCopy}, &st)
+	done := waitTransfer(t, nc, dev, st.TransferID)
+	if done.Status != subjects.TransferCompleted {
+		t.Fatalf("copy of %s: %+v", id, done)
+	}
+	return done.DestinationAllocationID
+}
+
 // TestATransfersCopyIsALease: a copy of a lease is a lease of the same
 // ttl, renewable as such.
 func TestATransfersCopyIsALease(t *testing.T) {
@@ -162,14 +175,8 @@ func TestATransfersCopyIsALease(t *testing.T) {
 	dev := "n1-gpu0"
 	var a subjects.Allocation
 	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 600}, &a)
-	var st subjects.TransferStatus
-	call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, Mode: subjects.ModeCopy}, &st)
-	done := waitTransfer(t, nc, dev, st.TransferID)
-	if done.Status != subjects.TransferCompleted {
-		t.Fatalf("copy: %+v", done)
-	}
 	var rr subjects.RenewReply
-	call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: done.DestinationAllocationID}, &rr)
+	call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: copyOf(t, nc, dev, a.AllocationID)}, &rr)
 	if len(rr.Renewed) != 1 || time.Until(rr.Renewed[0].ExpiresAt) < 500*time.Second {
 		t.Errorf("renewing the copy: %+v", rr)
 	}
@@ -208,13 +215,7 @@ func TestEveryLeaseEndsAtItsExpiry(t *testing.T) {
 		{"a transfer's copy", func(t *testing.T) string {
 			var a subjects.Allocation
 			call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 0.5}, &a)
-			var st subjects.TransferStatus
-			call(t, nc, subjects.Transfer, dev, subjects.TransferRequest{AllocationID: a.AllocationID, Mode: subjects.ModeCopy}, &st)
-			done := waitTransfer(t, nc, dev, st.TransferID)
-			if done.Status != subjects.TransferCompleted {
-				t.Fatalf("copy: %+v", done)
-			}
-			return done.DestinationAllocationID
+			return copyOf(t, nc, dev, a.AllocationID)
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
