@@ -88,7 +88,7 @@ func (w *Worker) answerGrant(g *gpu, p *pending, d ledger.Decision) error {
 	rw := newReplyWriter()
 	defer rw.release()
 	now := time.Now()
-	body, err := w.encodeReply(rw, p.id, d.Allocation, tenantUsage(g, d.Who), now)
+	body, err := w.encodeReply(rw, p.id, d.Allocation, tenantUsage(g, d.Who), now, nil)
 	if err != nil {
 		return err
 	}

@@ -104,7 +104,7 @@ func BenchmarkReply(b *testing.B) {
 			rw := newReplyWriter()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := rw.success("qjtOZFgblPmHINXvIPDGTn", tc.data, nil, time.Now()); err != nil {
+				if _, err := rw.success("qjtOZFgblPmHINXvIPDGTn", tc.data, nil, time.Now(), nil); err != nil {
 					b.Fatal(err)
 				}
 			}

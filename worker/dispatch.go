@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
+	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/replay"
@@ -135,7 +136,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		if err != nil {
 			return nil, err
 		}
-		return w.encodeReply(rw, requestID, data, tu, call.Now)
+		return w.encodeReply(rw, requestID, data, tu, call.Now, g.kept[op])
 	}
 	// A tenant's request ids are its own: another tenant may use the same.
 	var replayKey replay.Key
@@ -172,7 +173,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 	if err != nil {
 		return nil, err
 	}
-	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, call.Who), call.Now)
+	body, err := w.encodeReply(rw, requestID, data, tenantUsage(g, call.Who), call.Now, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -201,8 +202,8 @@ func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
 // encodeReply encodes a success reply that the server will carry: a reply
 // over its max payload would be dropped, so it becomes an error that says
 // how to page instead.
-func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
-	body, err := rw.success(requestID, data, tu, now)
+func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *subjects.TenantUsage, now time.Time, kept *replycache.Cache) ([]byte, error) {
+	body, err := rw.success(requestID, data, tu, now, kept)
 	if err == nil && w.maxPayload > 0 && int64(len(body)) > w.maxPayload {
 		return nil, subjects.Invalid("the reply would be %d bytes, over the server's max payload of %d: ask for less (a smaller limit or max_samples, then page with cursor)", len(body), w.maxPayload)
 	}

@@ -2,9 +2,11 @@ package worker
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
+	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -13,7 +15,58 @@ import (
 // exactly the envelope encoding/json writes.
 func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 	now := time.Date(2026, 11, 25, 17, 30, 1, 123456789, time.UTC)
-	odd := `<script>&"quoted"\ ü 😀 ` + "\u2028"
+	rw := newReplyWriter()
+	// Plain ids take the writer's fast path; the others the encoder.
+	for _, id := range []string{"qjtOZFgblPmHINXvIPDGTn", "0193f4a2-7c1e-7d3a-9f00-1b2c3d4e5f60", "a b~", "", "é", "a\tb", `a"b`, "\x7f"} {
+		got, err := rw.success(id, 1, nil, now, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(subjects.Reply{Success: true, RequestID: id, Timestamp: now, Data: json.RawMessage(`1`)})
+		if string(got) != string(want) {
+			t.Errorf("request id %q:\n got %s\nwant %s", id, got, want)
+		}
+	}
+	// Each reply: encoded afresh; then through a kept encoding, the first
+	// time, again, and a nanosecond later, when its times at now have moved
+	// with it (the kept encoding with the new now written in).
+	kept := keptCaches()[subjects.GetStatus]
+	for i := range awkwardReplies(now) {
+		for _, tc := range []struct {
+			name string
+			at   time.Time
+			kept *replycache.Cache
+		}{{"afresh", now, nil}, {"first kept", now, kept}, {"kept again", now, kept}, {"kept, later", now.Add(time.Nanosecond), kept}} {
+			r := awkwardReplies(tc.at)[i]
+			ptr := reflect.New(reflect.TypeOf(r)) // as the ops return them
+			ptr.Elem().Set(reflect.ValueOf(r))
+			odd := oddString
+			data, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := json.Marshal(subjects.Reply{Success: true, RequestID: odd, Timestamp: tc.at, Data: data})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := rw.success(odd, ptr.Interface(), nil, tc.at, tc.kept)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Errorf("%T, %s:\n got %s\nwant %s", r, tc.name, got, want)
+			}
+		}
+	}
+}
+
+// oddString needs escaping every way JSON allows.
+const oddString = `<script>&"quoted"\ ü 😀 ` + "\u2028"
+
+// awkwardReplies is every reply type, filled with awkward values, its
+// times at now and near it.
+func awkwardReplies(now time.Time) []any {
+	odd := oddString
 	exp := now.Add(time.Hour)
 	alloc := subjects.Allocation{AllocationID: odd, DeviceID: "n-gpu0", SizeBytes: 1 << 40, Purpose: odd, CreatedAt: now, ExpiresAt: &exp, LastUsedAt: now, IPCHandle: "aGk="}
 	replies := []any{
@@ -33,33 +86,5 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 		subjects.OptimizationRecsReply{Recommendations: []subjects.Recommendation{{SuggestedAction: subjects.SuggestedAction{Op: subjects.Optimize, Data: map[string]any{"strategies": []string{"a"}, "idle_seconds": 300.0, "b": odd}}}}},
 		subjects.FleetReply{Devices: []subjects.FleetDevice{{Data: json.RawMessage(`{"a": 1}`)}}},
 	}
-	rw := newReplyWriter()
-	// Plain ids take the writer's fast path; the others the encoder.
-	for _, id := range []string{"qjtOZFgblPmHINXvIPDGTn", "0193f4a2-7c1e-7d3a-9f00-1b2c3d4e5f60", "a b~", "", "é", "a\tb", `a"b`, "\x7f"} {
-		got, err := rw.success(id, 1, nil, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, _ := json.Marshal(subjects.Reply{Success: true, RequestID: id, Timestamp: now, Data: json.RawMessage(`1`)})
-		if string(got) != string(want) {
-			t.Errorf("request id %q:\n got %s\nwant %s", id, got, want)
-		}
-	}
-	for _, r := range replies {
-		data, err := json.Marshal(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, err := json.Marshal(subjects.Reply{Success: true, RequestID: odd, Timestamp: now, Data: data})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := rw.success(odd, r, nil, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(got) != string(want) {
-			t.Errorf("%T:\n got %s\nwant %s", r, got, want)
-		}
-	}
+	return replies
 }

@@ -45,7 +45,7 @@ func TestWireErrorMapsEveryKind(t *testing.T) {
 
 func TestEncodeReplyIsTheEnvelope(t *testing.T) {
 	now := time.Date(2026, 11, 25, 17, 0, 0, 123, time.FixedZone("x", 3600))
-	body, err := newReplyWriter().success(`id "quoted"`, map[string]int{"a": 1}, nil, now)
+	body, err := newReplyWriter().success(`id "quoted"`, map[string]int{"a": 1}, nil, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

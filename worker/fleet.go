@@ -48,7 +48,7 @@ func (w *Worker) fleetHandler(ctx context.Context, op subjects.Op, fn opFunc, in
 		}
 		rw := newReplyWriter()
 		defer rw.release()
-		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, nil, time.Now())
+		body, err := w.encodeReply(rw, orNewID(env.RequestID), reply, nil, time.Now(), nil)
 		if err != nil {
 			w.respond(req, op, subjects.Fleet, orNewID(env.RequestID), err, start)
 			return

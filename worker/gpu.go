@@ -4,6 +4,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memworker/memworker/internal/replycache"
+	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
 	"github.com/memworker/memworker/worker/replay"
 )
@@ -15,6 +17,9 @@ type gpu struct {
 	mu sync.Mutex
 	*ledger.Device
 	replays *replay.Cache
+	// kept holds the encodings of keptReplies' last replies; the map is
+	// not changed after New.
+	kept map[subjects.Op]*replycache.Cache
 	// waiting are the requests waiting for the ledger's decision.
 	waiting map[ledger.Ticket]*pending
 	// lastEvent is when the last pressure event was queued; unavailable is

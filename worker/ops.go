@@ -113,7 +113,8 @@ func (w *Worker) getUsage(ctx context.Context, g *gpu, call ledger.Call, _ *subj
 		return nil, err
 	}
 	g.AddTelemetry(ctx, &u)
-	return g.WithPurposes(u, call.Who), nil
+	u = g.WithPurposes(u, call.Who)
+	return &u, nil // a pointer: its reply's encoding can be kept (reply.go)
 }
 
 func (w *Worker) getPressure(ctx context.Context, g *gpu, call ledger.Call, _ *subjects.PressureRequest) (any, error) {
@@ -121,7 +122,7 @@ func (w *Worker) getPressure(ctx context.Context, g *gpu, call ledger.Call, _ *s
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &p, nil
 }
 
 func (w *Worker) getStatus(ctx context.Context, g *gpu, call ledger.Call, req *subjects.StatusRequest) (any, error) {

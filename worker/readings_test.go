@@ -95,6 +95,6 @@ func usageOf(t *testing.T, w *Worker) func() subjects.Usage {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return u.(subjects.Usage)
+		return *u.(*subjects.Usage)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	gojson "github.com/goccy/go-json"
 
+	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -25,6 +26,8 @@ import (
 type replyWriter struct {
 	buf bytes.Buffer
 	enc *gojson.Encoder
+	fp  replycache.Scratch
+	now [64]byte // the reply's timestamp, written
 }
 
 // maxPooledReply bounds the buffers kept for reuse: a rare large reply
@@ -50,17 +53,20 @@ func (rw *replyWriter) release() {
 }
 
 // success writes the success envelope around data (and the tenant's usage,
-// when not nil). The bytes are valid until the next success or release.
-func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
+// when not nil), data from kept's encoding when it holds one of the same
+// value (kept may be nil). The bytes are valid until the next success or
+// release.
+func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUsage, now time.Time, kept *replycache.Cache) ([]byte, error) {
 	rw.buf.Reset()
 	rw.buf.WriteString(`{"success":true,"request_id":`)
 	if err := rw.str(requestID); err != nil {
 		return nil, err
 	}
 	rw.buf.WriteString(`,"timestamp":"`)
-	rw.buf.Write(now.UTC().AppendFormat(rw.buf.AvailableBuffer(), time.RFC3339Nano))
+	nowText := now.UTC().AppendFormat(rw.now[:0], time.RFC3339Nano)
+	rw.buf.Write(nowText)
 	rw.buf.WriteString(`","data":`)
-	if err := rw.value(data); err != nil {
+	if err := rw.data(data, now, nowText, kept); err != nil {
 		return nil, err
 	}
 	if tu != nil {
@@ -71,6 +77,46 @@ func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUs
 	}
 	rw.buf.WriteByte('}')
 	return rw.buf.Bytes(), nil
+}
+
+// keptReplies are the reads whose encoding each device keeps while the
+// reply's value stays the same: those that monitoring polls, many times
+// between two readings of the driver.
+var keptReplies = []subjects.Op{subjects.GetStatus, subjects.GetUsage, subjects.GetPressure}
+
+func keptCaches() map[subjects.Op]*replycache.Cache {
+	m := make(map[subjects.Op]*replycache.Cache, len(keptReplies))
+	for _, op := range keptReplies {
+		m[op] = new(replycache.Cache)
+	}
+	return m
+}
+
+// maxKept bounds a kept encoding (a status listing its allocations).
+const maxKept = 64 << 10
+
+// data appends v as JSON: kept's encoding when it has one of v's value
+// with now as its time (now is the request's: the reply's usage is read at
+// it; nowText is its text), else v encoded, which kept then keeps.
+func (rw *replyWriter) data(v any, now time.Time, nowText []byte, kept *replycache.Cache) error {
+	if kept == nil {
+		return rw.value(v)
+	}
+	k, ok := replycache.Fingerprint(&rw.fp, v, now.UTC(), nowText)
+	if !ok {
+		return rw.value(v)
+	}
+	if kept.WriteTo(&rw.buf, k) {
+		return nil
+	}
+	start := rw.buf.Len()
+	if err := rw.value(v); err != nil {
+		return err
+	}
+	if rw.buf.Len()-start <= maxKept {
+		kept.Store(k, rw.buf.Bytes()[start:])
+	}
+	return nil
 }
 
 // str appends s as a JSON string. Ids (NUIDs, UUIDs, most clients' own)

@@ -117,6 +117,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 			}),
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},
+			kept:    keptCaches(),
 		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)

@@ -174,7 +174,7 @@ func run(c *cli, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	var pairNotes []string
+	var sameSize [2][]string // get_status, allocate+deallocate
 	for _, n := range levels {
 		// Rounds interleave the cases, so drift on a shared machine falls
 		// on all of them; each ratio is taken within a round, then the
@@ -205,9 +205,12 @@ func run(c *cli, out io.Writer) error {
 				rounds[i] = append(rounds[i], r)
 			}
 		}
-		if len(rounds[3]) > 0 && len(rounds[4]) > 0 {
-			pair, real := median(rounds[3]), median(rounds[4])
-			pairNotes = append(pairNotes, fmt.Sprintf("%d clients: %.2fx the req/s, p50 %.2fx", n, real.perSecond/pair.perSecond, float64(real.p50)/float64(pair.p50)))
+		// The worker against an echo that answers with its very bytes.
+		for k, ab := range [][2]int{{1, 2}, {3, 4}} {
+			if len(rounds[ab[0]]) > 0 && len(rounds[ab[1]]) > 0 {
+				perSecond, p50 := against(rounds[ab[0]], rounds[ab[1]])
+				sameSize[k] = append(sameSize[k], fmt.Sprintf("%d clients: %.2fx the req/s, p50 %.2fx", n, perSecond, p50))
+			}
 		}
 		for _, i := range picked {
 			r := median(rounds[i])
@@ -222,8 +225,11 @@ func run(c *cli, out io.Writer) error {
 		cpuNote = "this process's CPU time (clients and echo; the server and worker run elsewhere)"
 	}
 	fmt.Fprintf(out, "allocate+deallocate and its echo pair count both requests; CPU/req is %s per request; errors abort the run.\n", cpuNote)
-	if len(pairNotes) > 0 {
-		fmt.Fprintf(out, "allocate+deallocate against the same-size echo pair: %s\n", strings.Join(pairNotes, "; "))
+	if len(sameSize[0]) > 0 {
+		fmt.Fprintf(out, "get_status against the same-size echo (medians of the rounds' ratios): %s\n", strings.Join(sameSize[0], "; "))
+	}
+	if len(sameSize[1]) > 0 {
+		fmt.Fprintf(out, "allocate+deallocate against the same-size echo pair (medians of the rounds' ratios): %s\n", strings.Join(sameSize[1], "; "))
 	}
 
 	if c.Server != "" {
@@ -328,6 +334,17 @@ type result struct {
 }
 
 // median takes the median of each figure of rs on its own.
+// against is the median over rounds of b's throughput and p50 against a's
+// of the same round.
+func against(a, b []result) (perSecond, p50 float64) {
+	rs := make([]result, min(len(a), len(b)))
+	for i := range rs {
+		rs[i] = result{vsEcho: b[i].perSecond / a[i].perSecond, p50VsEcho: float64(b[i].p50) / float64(a[i].p50)}
+	}
+	m := median(rs)
+	return m.vsEcho, m.p50VsEcho
+}
+
 func median(rs []result) result {
 	pick := func(f func(result) float64) float64 {
 		vs := make([]float64, len(rs))

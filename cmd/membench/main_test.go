@@ -17,7 +17,7 @@ func TestBenchReportsEveryCase(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"│ echo ", "│ echo, 1", "│ get_status ", "│ echo, allocate+deallocate replies ", "│ allocate+deallocate ",
-		"against the same-size echo pair: 1 clients: ", "; 4 clients: ", "Fleet get_status.all", "device bench0-gpu0", "2 rounds"} {
+		"against the same-size echo pair (medians of the rounds' ratios): 1 clients: ", "; 4 clients: ", "get_status against the same-size echo (medians of the rounds' ratios): 1 clients: ", "Fleet get_status.all", "device bench0-gpu0", "2 rounds"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -1,0 +1,107 @@
+// Package replycache keeps the encoding of a read's reply for as long as
+// what the reply says stays the same. A device polled thousands of times a
+// second answers get_status with the same figures between two readings of
+// the driver, only the moment of the request differs; encoding the reply
+// was the largest part of the worker's own cost per request
+// (docs/performance.md). A fingerprint of the value (every bit its encoding
+// could depend on, taken without allocating) decides whether the last
+// encoding still holds; times equal to the request's now are parameters,
+// written afresh into the kept encoding.
+package replycache
+
+import (
+	"bytes"
+	"reflect"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// A Cache keeps one encoding: the last stored. It is safe for concurrent
+// use; a device's read handlers share one per operation.
+type Cache struct {
+	last atomic.Pointer[entry]
+}
+
+// entry is a stored encoding. It is never changed once stored.
+type entry struct {
+	typ reflect.Type
+	fp  []byte
+	// segs is the encoding split where now's text stood.
+	segs [][]byte
+}
+
+// A Key is a value's fingerprint at a moment: what Lookup and Store take.
+type Key struct {
+	typ  reflect.Type
+	fp   []byte
+	nows int
+	now  []byte // now's text
+}
+
+// Scratch is a fingerprint's storage, kept by its user from one call to
+// the next. A key is valid until its scratch is used again.
+type Scratch struct{ w walk }
+
+// Fingerprint returns the key of v, a pointer to a reply's value, with
+// times equal to now as parameters, in s's storage. nowText is now as its
+// encoding writes it (time.RFC3339Nano), which the caller has at hand for
+// its envelope; the key refers to it. ok is false for a value that is not
+// a pointer, or whose type cannot be fingerprinted (maps, interfaces, types
+// that encode themselves): such a value is encoded every time.
+func Fingerprint(s *Scratch, v any, now time.Time, nowText []byte) (k Key, ok bool) {
+	t := reflect.TypeOf(v)
+	if t == nil || t.Kind() != reflect.Pointer {
+		return Key{}, false
+	}
+	a, err := appenderOf(t.Elem())
+	if err != nil {
+		return Key{}, false
+	}
+	p := (*[2]unsafe.Pointer)(unsafe.Pointer(&v))[1] // a pointer is the interface's data word
+	if p == nil {
+		return Key{}, false
+	}
+	w := &s.w
+	*w = walk{fp: w.fp[:0], sec: now.Unix(), nsec: now.Nanosecond(), loc: now.Location()}
+	a(w, p)
+	return Key{typ: t, fp: w.fp, nows: w.nows, now: nowText}, true
+}
+
+// Bytes returns the fingerprint.
+func (k Key) Bytes() []byte { return k.fp }
+
+// WriteTo writes the kept encoding of k's value into b, with k's now, and
+// reports whether there was one.
+func (c *Cache) WriteTo(b *bytes.Buffer, k Key) bool {
+	e := c.last.Load()
+	if e == nil || e.typ != k.typ || !bytes.Equal(e.fp, k.fp) {
+		return false
+	}
+	for i, s := range e.segs {
+		if i > 0 {
+			b.WriteByte('"')
+			b.Write(k.now)
+			b.WriteByte('"')
+		}
+		b.Write(s)
+	}
+	return true
+}
+
+// Store keeps encoded, the encoding of k's value, for the next requests
+// with the same key. An encoding in which now's text does not stand
+// exactly where k's times equal to now are is not kept.
+func (c *Cache) Store(k Key, encoded []byte) {
+	var segs [][]byte
+	if k.nows == 0 {
+		segs = [][]byte{bytes.Clone(encoded)}
+	} else {
+		quoted := append(append(append(make([]byte, 0, len(k.now)+2), '"'), k.now...), '"')
+		segs = bytes.Split(bytes.Clone(encoded), quoted)
+		if len(segs) != k.nows+1 {
+			return
+		}
+	}
+	c.last.Store(&entry{typ: k.typ, fp: bytes.Clone(k.fp), segs: segs})
+}
