@@ -39,6 +39,18 @@ func Decode(body []byte, v any) error {
 // more than the decoding itself (two allocations of about 1 KiB per
 // request), so the flag is read once from a Decoder told to disallow them
 // and applied to Unmarshal. TestDecodeRefusesUnknownFields holds it to that.
+// DecodeData decodes an envelope's data, as DecodeRequest returned it,
+// into v strictly. DecodeRequest has checked every key of the whole body,
+// data's included, and rewritten them to snake_case, so the keys are not
+// scanned a second time; unknown keys and trailing data are refused as
+// Decode refuses them (FuzzDecodeRequest holds it to Decode).
+func DecodeData(data json.RawMessage, v any) error {
+	if err := gojson.UnmarshalWithOption(data, v, disallowUnknownFields); err != nil {
+		return describeJSONError(err)
+	}
+	return nil
+}
+
 var disallowUnknownFields = func() gojson.DecodeOptionFunc {
 	dec := gojson.NewDecoder(strings.NewReader("{}"))
 	dec.DisallowUnknownFields()

@@ -2,6 +2,7 @@ package subjects_test
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -45,6 +46,12 @@ func FuzzDecodeRequest(f *testing.F) {
 			req := p()
 			err := subjects.Decode(env.Data, req)
 			checkWireError(t, err)
+			// Data whose keys the envelope checked decodes the same
+			// without a second scan.
+			again := p()
+			if errAgain := subjects.DecodeData(env.Data, again); (err == nil) != (errAgain == nil) || !reflect.DeepEqual(req, again) {
+				t.Fatalf("%q: Decode %+v, %v; DecodeData %+v, %v", env.Data, req, err, again, errAgain)
+			}
 			if v, ok := req.(interface{ Validate() error }); ok && err == nil {
 				checkWireError(t, v.Validate())
 			}

@@ -23,13 +23,14 @@ import (
 type opFunc func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMessage) (any, error)
 
 // typed turns a function of a decoded, validated payload into an opFunc:
-// decode (any key spelling, unknown keys refused), check the payload's
-// device_id against the subject, validate, act.
+// decode the envelope's data (its keys checked and in snake_case already:
+// subjects.DecodeRequest), check the payload's device_id against the
+// subject, validate, act.
 func typed[Req any](fn func(ctx context.Context, g *gpu, call ledger.Call, req *Req) (any, error)) opFunc {
 	return func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMessage) (any, error) {
 		req := new(Req)
 		if len(data) > 0 && string(data) != "null" {
-			if err := subjects.Decode(data, req); err != nil {
+			if err := subjects.DecodeData(data, req); err != nil {
 				return nil, err
 			}
 		}

@@ -17,6 +17,13 @@ import (
 	"github.com/memworker/memworker/worker/device"
 )
 
+// Allocation ids are UUIDv7s, which take 10 random bytes each. Reading
+// them from the system a few at a time was 7 % of an allocate and
+// deallocate (docs/performance.md); the pool reads them in batches from
+// the same source. Ids are no secret (the ledger checks who may use one),
+// so randomness held on the heap costs nothing.
+func init() { uuid.EnableRandPool() }
+
 // Allocate grants an allocate request through the door. A request that
 // cannot be granted now and may wait (wait_seconds) joins the admission
 // queue: the ticket names it, and Admit decides it later. A retry of a
