@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
 )
 
 // TestReplyEncodingMatchesEncodingJSON guards the faster encoder: for
@@ -87,4 +90,44 @@ func awkwardReplies(now time.Time) []any {
 		subjects.FleetReply{Devices: []subjects.FleetDevice{{Data: json.RawMessage(`{"a": 1}`)}}},
 	}
 	return replies
+}
+
+// TestAnUnchangedDeviceIsNotEncodedAgain: statuses, usages and pressures
+// of a device polled again before its next driver reading say the same
+// thing but for the moment, so they take the kept encoding; an allocation
+// between them changes what they say, and they are encoded afresh.
+func TestAnUnchangedDeviceIsNotEncodedAgain(t *testing.T) {
+	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge = time.Hour })
+	g := w.gpus[0]
+	ops := w.ops()
+	key := func(op subjects.Op, now time.Time) []byte {
+		g.mu.Lock()
+		v, err := ops[op](context.Background(), g, ledger.Call{Now: now}, nil)
+		g.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, ok := replycache.Fingerprint(new(replycache.Scratch), v, now.UTC(), now.UTC().AppendFormat(nil, time.RFC3339Nano))
+		if !ok {
+			t.Fatalf("%s: %T has no fingerprint", op, v)
+		}
+		return bytes.Clone(k.Bytes())
+	}
+	for _, op := range keptReplies {
+		now := time.Now()
+		key(op, now.Add(-time.Microsecond)) // reads telemetry, first sees the pressure: at that now
+		first := key(op, now)
+		if again := key(op, now.Add(10*time.Microsecond)); !bytes.Equal(first, again) {
+			t.Errorf("%s: polled again 10 µs later, the reply is not the kept one", op)
+		}
+		g.mu.Lock()
+		_, err := ops[subjects.Allocate](context.Background(), g, ledger.Call{Now: now}, []byte(`{"size_bytes":1048576}`))
+		g.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after := key(op, now.Add(20*time.Microsecond)); bytes.Equal(first, after) {
+			t.Errorf("%s: after an allocation, the kept reply would be sent", op)
+		}
+	}
 }
