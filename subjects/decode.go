@@ -33,12 +33,6 @@ func Decode(body []byte, v any) error {
 	return nil
 }
 
-// disallowUnknownFields is the option that makes goccy/go-json's Unmarshal
-// refuse unknown keys, as its Decoder.DisallowUnknownFields does. The
-// library exports that switch only on its Decoder, whose stream buffer cost
-// more than the decoding itself (two allocations of about 1 KiB per
-// request), so the flag is read once from a Decoder told to disallow them
-// and applied to Unmarshal. TestDecodeRefusesUnknownFields holds it to that.
 // DecodeData decodes an envelope's data, as DecodeRequest returned it,
 // into v strictly. DecodeRequest has checked every key of the whole body,
 // data's included, and rewritten them to snake_case, so the keys are not
@@ -51,6 +45,12 @@ func DecodeData(data json.RawMessage, v any) error {
 	return nil
 }
 
+// disallowUnknownFields is the option that makes goccy/go-json's Unmarshal
+// refuse unknown keys, as its Decoder.DisallowUnknownFields does. The
+// library exports that switch only on its Decoder, whose stream buffer cost
+// more than the decoding itself (two allocations of about 1 KiB per
+// request), so the flag is read once from a Decoder told to disallow them
+// and applied to Unmarshal. TestDecodeRefusesUnknownFields holds it to that.
 var disallowUnknownFields = func() gojson.DecodeOptionFunc {
 	dec := gojson.NewDecoder(strings.NewReader("{}"))
 	dec.DisallowUnknownFields()

@@ -52,6 +52,12 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.name == "kept again" { // the kept encoding is there, and is what is sent
+				at := tc.at.UTC()
+				if k, ok := replycache.Fingerprint(new(replycache.Scratch), ptr.Interface(), at, at.AppendFormat(nil, time.RFC3339Nano)); ok && !tc.kept.WriteTo(new(bytes.Buffer), k) {
+					t.Errorf("%T: encoded again, not kept", r)
+				}
+			}
 			got, err := rw.success(odd, ptr.Interface(), nil, tc.at, tc.kept)
 			if err != nil {
 				t.Fatal(err)

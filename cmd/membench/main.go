@@ -333,7 +333,6 @@ type result struct {
 	vsEcho, p50VsEcho float64
 }
 
-// median takes the median of each figure of rs on its own.
 // against is the median over rounds of b's throughput and p50 against a's
 // of the same round.
 func against(a, b []result) (perSecond, p50 float64) {
@@ -345,6 +344,7 @@ func against(a, b []result) (perSecond, p50 float64) {
 	return m.vsEcho, m.p50VsEcho
 }
 
+// median takes the median of each figure of rs on its own.
 func median(rs []result) result {
 	pick := func(f func(result) float64) float64 {
 		vs := make([]float64, len(rs))

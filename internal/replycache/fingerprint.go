@@ -66,10 +66,12 @@ func scalar(t reflect.Type) bool {
 // goes into the fingerprint: scalars as their bytes (floats by their bits,
 // so 0 and -0 differ as their encodings do), strings with their length,
 // pointers and slices with whether they are nil, then what they point to.
-// time.Time is the one marshaler taken in: its instant and location, which
-// are all its encoding shows, or only a mark when it is the walk's now. Maps (iteration order), interfaces (any
-// type) and other marshalers (their own logic) are refused: values of such
-// a type are always encoded.
+// time.Time is the one marshaler taken in: its instant and zone offset,
+// which are all its encoding shows, or only a mark when it is the walk's
+// now. Fields the encoder never writes (unexported, json:"-") are left
+// out. Maps (iteration order), interfaces (any type) and other marshalers
+// (their own logic) are refused: values of such a type are always
+// encoded.
 func compile(t reflect.Type, open map[reflect.Type]bool) (appender, error) {
 	if t == timeType {
 		return func(w *walk, p unsafe.Pointer) {
@@ -82,7 +84,16 @@ func compile(t reflect.Type, open map[reflect.Type]bool) (appender, error) {
 			}
 			w.fp = binary.LittleEndian.AppendUint64(append(w.fp, 0), uint64(sec))
 			w.fp = binary.LittleEndian.AppendUint32(w.fp, uint32(nsec))
-			w.fp = binary.LittleEndian.AppendUint64(w.fp, uint64(uintptr(unsafe.Pointer(loc))))
+			if loc == time.UTC || loc == time.Local {
+				// Locations that live as long as the process: their
+				// address names them.
+				w.fp = binary.LittleEndian.AppendUint64(w.fp, uint64(uintptr(unsafe.Pointer(loc))))
+				return
+			}
+			// Any other may be collected and its address reused by
+			// another zone: what the encoding shows of it is its offset.
+			_, offset := tm.Zone()
+			w.fp = binary.LittleEndian.AppendUint64(append(w.fp, 2), uint64(int64(offset)))
 		}, nil
 	}
 	if t.Kind() != reflect.Pointer && (t.Implements(jsonMarshaler) || t.Implements(textMarshaler) ||
@@ -158,16 +169,23 @@ func compile(t reflect.Type, open map[reflect.Type]bool) (appender, error) {
 			append       appender // nil: the span's bytes as they are
 		}
 		var spans []span
+		run := false // the last span is a run of scalars the next may extend
 		for i := range t.NumField() {
 			f := t.Field(i)
+			if (!f.IsExported() && !f.Anonymous) || f.Tag.Get("json") == "-" {
+				run = false
+				continue // never encoded: it must not count (a time at now would be looked for)
+			}
 			if scalar(f.Type) {
-				if n := len(spans); n > 0 && spans[n-1].append == nil {
+				if n := len(spans); run {
 					spans[n-1].size = f.Offset + f.Type.Size() - spans[n-1].offset
 				} else {
 					spans = append(spans, span{f.Offset, f.Type.Size(), nil})
 				}
+				run = true
 				continue
 			}
+			run = false
 			a, err := compile(f.Type, open)
 			if err != nil {
 				return nil, fmt.Errorf("%s.%s: %w", t, f.Name, err)

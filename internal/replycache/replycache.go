@@ -17,11 +17,17 @@ import (
 	"unsafe"
 )
 
-// A Cache keeps one encoding: the last stored. It is safe for concurrent
-// use; a device's read handlers share one per operation.
+// A Cache keeps the last few encodings stored: pollers that differ (the
+// operator and tenants see different figures, requests differ in what
+// they include) each find theirs. It is safe for concurrent use; a
+// device's read handlers share one per operation.
 type Cache struct {
-	last atomic.Pointer[entry]
+	kept [keep]atomic.Pointer[entry]
+	next atomic.Uint32 // the slot the next Store takes, round robin
 }
+
+// keep is how many encodings a Cache keeps.
+const keep = 4
 
 // entry is a stored encoding. It is never changed once stored.
 type entry struct {
@@ -74,8 +80,14 @@ func (k Key) Bytes() []byte { return k.fp }
 // WriteTo writes the kept encoding of k's value into b, with k's now, and
 // reports whether there was one.
 func (c *Cache) WriteTo(b *bytes.Buffer, k Key) bool {
-	e := c.last.Load()
-	if e == nil || e.typ != k.typ || !bytes.Equal(e.fp, k.fp) {
+	var e *entry
+	for i := range c.kept {
+		if x := c.kept[i].Load(); x != nil && x.typ == k.typ && bytes.Equal(x.fp, k.fp) {
+			e = x
+			break
+		}
+	}
+	if e == nil {
 		return false
 	}
 	for i, s := range e.segs {
@@ -103,5 +115,5 @@ func (c *Cache) Store(k Key, encoded []byte) {
 			return
 		}
 	}
-	c.last.Store(&entry{typ: k.typ, fp: bytes.Clone(k.fp), segs: segs})
+	c.kept[c.next.Add(1)%keep].Store(&entry{typ: k.typ, fp: bytes.Clone(k.fp), segs: segs})
 }

@@ -72,6 +72,7 @@ func TestAnEncodingIsKeptWhileItsValueIsTheSame(t *testing.T) {
 		{"an empty list for a nil one", func() *sample { s := base(now); s.List = nil; return s }(), now, false},
 		{"a pointer's target", func() *sample { s := base(now); s.Seen = &now; return s }(), now, false},
 		{"a nested field", func() *sample { s := base(now); s.Nested.On = true; return s }(), now, false},
+		{"the same instant in another zone", func() *sample { s := base(now); s.Seen = ptr(earlier.In(time.FixedZone("", 5*3600+1800))); return s }(), now, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c replycache.Cache
@@ -90,6 +91,81 @@ func TestAnEncodingIsKeptWhileItsValueIsTheSame(t *testing.T) {
 	encode(t, &c, &sample{Ratio: 0}, now)
 	if got, hit := encode(t, &c, &sample{Ratio: math.Copysign(0, -1)}, now); hit {
 		t.Errorf("-0 took 0's encoding: %s", got)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// hidden has a field the encoder never writes.
+type hidden struct {
+	Internal time.Time `json:"-"`
+	Label    string    `json:"label"`
+}
+
+// TestFieldsNeverEncodedDoNotCount: a time at now in a field the encoder
+// skips must not be taken for one that it writes, or now's text in another
+// field would be replaced by a later now.
+func TestFieldsNeverEncodedDoNotCount(t *testing.T) {
+	n1 := time.Date(2026, 12, 6, 22, 0, 0, 1, time.UTC)
+	n2 := n1.Add(time.Second)
+	var c replycache.Cache
+	label := n1.Format(time.RFC3339Nano)
+	encode(t, &c, &hidden{Internal: n1, Label: label}, n1)
+	v := &hidden{Internal: n2, Label: label}
+	got, _ := encode(t, &c, v, n2)
+	if want, _ := json.Marshal(v); !bytes.Equal(got, want) {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+// TestZonesCountByTheirOffset: a zone other than UTC and Local is
+// fingerprinted by its offset, not its address, which a collected zone
+// leaves to the next one.
+func TestZonesCountByTheirOffset(t *testing.T) {
+	now := time.Date(2026, 12, 6, 22, 0, 0, 0, time.UTC)
+	instant := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	key := func(loc *time.Location) []byte {
+		k, _ := replycache.Fingerprint(new(replycache.Scratch), &sample{At: instant.In(loc)}, now, text(now))
+		return bytes.Clone(k.Bytes())
+	}
+	if !bytes.Equal(key(time.FixedZone("", 5*3600+1800)), key(time.FixedZone("", 5*3600+1800))) { // not hour-aligned: two zones, not one cached
+		t.Error("two zones of the same offset differ: a zone's address counted")
+	}
+	if bytes.Equal(key(time.FixedZone("", 5*3600+1800)), key(time.FixedZone("", 4*3600+1800))) {
+		t.Error("zones of different offsets are the same")
+	}
+}
+
+// TestPollersThatDifferEachKeepTheirs: the operator and tenants polling
+// one device see different figures; each finds its own encoding kept,
+// and a fifth evicts the oldest.
+func TestPollersThatDifferEachKeepTheirs(t *testing.T) {
+	now := time.Date(2026, 12, 6, 22, 0, 0, 0, time.UTC)
+	var c replycache.Cache
+	views := func(n int) []*sample {
+		var out []*sample
+		for i := range n {
+			out = append(out, &sample{Name: fmt.Sprint("tenant-", i), Bytes: int64(i)})
+		}
+		return out
+	}
+	for _, v := range views(4) {
+		encode(t, &c, v, now)
+	}
+	for _, v := range views(4) {
+		if _, hit := encode(t, &c, v, now); !hit {
+			t.Errorf("%s: not kept beside the others", v.Name)
+		}
+	}
+	encode(t, &c, &sample{Name: "a fifth"}, now)
+	hits := 0
+	for _, v := range views(4) {
+		if _, hit := encode(t, &c, v, now); hit {
+			hits++
+		}
+	}
+	if hits == 4 {
+		t.Error("a fifth encoding evicted none: the cache is unbounded")
 	}
 }
 
@@ -157,10 +233,11 @@ func leaves(v reflect.Value, path []int, out *[][]int) {
 	}
 }
 
-// change changes the leaf of v at path: a pointer or slice to nil, a time
-// by a nanosecond, anything else to the zero value (filled values are
-// never zero).
-func change(v reflect.Value, path []int) {
+// change changes the leaf of v at path: a pointer or slice to nil, a bool
+// to its opposite, a time by a nanosecond (variant 0) or to another zone
+// at the same instant (variant 1), anything else to the zero value (filled
+// numbers and strings are never zero).
+func change(v reflect.Value, path []int, variant int) {
 	for _, i := range path {
 		switch v.Kind() {
 		case reflect.Pointer:
@@ -172,8 +249,12 @@ func change(v reflect.Value, path []int) {
 		}
 	}
 	switch {
-	case v.Type() == reflect.TypeFor[time.Time]():
+	case v.Type() == reflect.TypeFor[time.Time]() && variant == 0:
 		v.Set(reflect.ValueOf(v.Interface().(time.Time).Add(time.Nanosecond)))
+	case v.Type() == reflect.TypeFor[time.Time]():
+		v.Set(reflect.ValueOf(v.Interface().(time.Time).In(time.FixedZone("", 3600))))
+	case v.Kind() == reflect.Bool:
+		v.SetBool(!v.Bool())
 	default:
 		v.SetZero()
 	}
@@ -205,15 +286,17 @@ func TestEveryFieldOfTheKeptRepliesCounts(t *testing.T) {
 			t.Fatalf("%s: only %d fields found", typ, len(paths))
 		}
 		for _, path := range paths {
-			p := filled()
-			change(p.Elem(), path)
-			changed, _ := json.Marshal(p.Interface())
-			if bytes.Equal(changed, baseJSON) {
-				continue // omitempty hid the change: the same encoding may be kept
-			}
-			k, ok := replycache.Fingerprint(new(replycache.Scratch), p.Interface(), now, text(now))
-			if !ok || bytes.Equal(k.Bytes(), baseKey.Bytes()) {
-				t.Errorf("%s: changing the field at %v left the fingerprint as it was", typ, path)
+			for variant := range 2 {
+				p := filled()
+				change(p.Elem(), path, variant)
+				changed, _ := json.Marshal(p.Interface())
+				if bytes.Equal(changed, baseJSON) {
+					continue // omitempty hid the change (or variant 1 of no time): the same encoding may be kept
+				}
+				k, ok := replycache.Fingerprint(new(replycache.Scratch), p.Interface(), now, text(now))
+				if !ok || bytes.Equal(k.Bytes(), baseKey.Bytes()) {
+					t.Errorf("%s: changing the field at %v (variant %d) left the fingerprint as it was", typ, path, variant)
+				}
 			}
 		}
 	}

@@ -83,7 +83,7 @@ func (d *Device) readTelemetryWithin(ctx context.Context, now time.Time, maxAge 
 		procs, reserved, err := pl.Processes(ctx, d.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
-		at := now
+		at := now.UTC() // replies show UTC times, whichever path read it
 		*t = telemetry{at: &at, reserved: reserved, ok: err == nil}
 		for _, p := range procs {
 			t.procs = append(t.procs, subjects.ProcessUsage{PID: p.PID, UsedBytes: p.UsedBytes})
