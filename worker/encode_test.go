@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
@@ -134,6 +137,79 @@ func TestAnUnchangedDeviceIsNotEncodedAgain(t *testing.T) {
 		}
 		if after := key(op, now.Add(20*time.Microsecond)); bytes.Equal(first, after) {
 			t.Errorf("%s: after an allocation, the kept reply would be sent", op)
+		}
+	}
+}
+
+// TestKeptRepliesAreEachCallersOwn: the operator and two tenants poll the
+// kept reads in turn, with and without their allocations listed. Each
+// reply, kept or not, shows only what its caller may see: a tenant's
+// purposes and allocations are its own, the operator's are everybody's.
+func TestKeptRepliesAreEachCallersOwn(t *testing.T) {
+	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge = time.Hour })
+	as := func(tenant string, op subjects.Op, body string) []byte {
+		t.Helper()
+		req := &testRequest{data: []byte(body)}
+		if tenant != "" {
+			req.reply = "_R_.x"
+			req.headers = micro.Headers{requestInfoHeader: {`{"acc":"` + tenant + `"}`}}
+		}
+		env, err := subjects.DecodeRequest(req.data, op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rw := newReplyWriter()
+		defer rw.release()
+		got, err := w.act(context.Background(), op, w.gpus[0], req, env, w.handlers[op], rw)
+		if err != nil {
+			t.Fatalf("%s as %q: %v", op, tenant, err)
+		}
+		return bytes.Clone(got)
+	}
+	for _, tenant := range []string{"a", "b"} {
+		as(tenant, subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"p-`+tenant+`"}}`)
+	}
+	as("", subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"p-operator"}}`)
+	sees := map[string][]string{"": {"p-a", "p-b", "p-operator"}, "a": {"p-a"}, "b": {"p-b"}}
+	for round := range 3 {
+		for _, tenant := range []string{"", "a", "b"} {
+			for _, body := range []string{`{}`, `{"data":{"include_allocations":true}}`} {
+				var reply struct {
+					Data struct {
+						Usage struct {
+							ByPurpose []subjects.PurposeUsage `json:"by_purpose"`
+						} `json:"usage"`
+						AllocationCount int                   `json:"allocation_count"`
+						Allocations     []subjects.Allocation `json:"allocations"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(as(tenant, subjects.GetStatus, body), &reply); err != nil {
+					t.Fatal(err)
+				}
+				var purposes []string
+				for _, p := range reply.Data.Usage.ByPurpose {
+					purposes = append(purposes, p.Purpose)
+				}
+				if !slices.Equal(purposes, sees[tenant]) || reply.Data.AllocationCount != len(sees[tenant]) {
+					t.Errorf("round %d, get_status %s as %q: purposes %v, %d allocations; want %v", round, body, tenant, purposes, reply.Data.AllocationCount, sees[tenant])
+				}
+				for _, a := range reply.Data.Allocations {
+					if !slices.Contains(sees[tenant], a.Purpose) {
+						t.Errorf("round %d, get_status as %q lists %s's allocation", round, tenant, a.Purpose)
+					}
+				}
+				var usage struct {
+					Data struct {
+						ByPurpose []subjects.PurposeUsage `json:"by_purpose"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(as(tenant, subjects.GetUsage, `{}`), &usage); err != nil {
+					t.Fatal(err)
+				}
+				if len(usage.Data.ByPurpose) != len(sees[tenant]) {
+					t.Errorf("round %d, get_usage as %q: purposes %+v, want %v", round, tenant, usage.Data.ByPurpose, sees[tenant])
+				}
+			}
 		}
 	}
 }

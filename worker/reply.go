@@ -63,7 +63,8 @@ func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUs
 		return nil, err
 	}
 	rw.buf.WriteString(`,"timestamp":"`)
-	nowText := now.UTC().AppendFormat(rw.now[:0], time.RFC3339Nano)
+	now = now.UTC()
+	nowText := now.AppendFormat(rw.now[:0], time.RFC3339Nano)
 	rw.buf.Write(nowText)
 	rw.buf.WriteString(`","data":`)
 	if err := rw.data(data, now, nowText, kept); err != nil {
@@ -96,13 +97,13 @@ func keptCaches() map[subjects.Op]*replycache.Cache {
 const maxKept = 64 << 10
 
 // data appends v as JSON: kept's encoding when it has one of v's value
-// with now as its time (now is the request's: the reply's usage is read at
-// it; nowText is its text), else v encoded, which kept then keeps.
+// with now (UTC) as its time (now is the request's: the reply's usage is
+// read at it; nowText is its text), else v encoded, which kept then keeps.
 func (rw *replyWriter) data(v any, now time.Time, nowText []byte, kept *replycache.Cache) error {
 	if kept == nil {
 		return rw.value(v)
 	}
-	k, ok := replycache.Fingerprint(&rw.fp, v, now.UTC(), nowText)
+	k, ok := replycache.Fingerprint(&rw.fp, v, now, nowText)
 	if !ok {
 		return rw.value(v)
 	}

@@ -105,14 +105,13 @@ func compile(t reflect.Type, open map[reflect.Type]bool) (appender, error) {
 	}
 	open[t] = true
 	defer delete(open, t)
-	switch t.Kind() {
-	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
-		reflect.Float32, reflect.Float64:
+	if scalar(t) {
 		size := t.Size()
 		return func(w *walk, p unsafe.Pointer) {
 			w.fp = append(w.fp, unsafe.Slice((*byte)(p), size)...)
 		}, nil
+	}
+	switch t.Kind() {
 	case reflect.String:
 		return func(w *walk, p unsafe.Pointer) {
 			s := *(*string)(p)

@@ -37,7 +37,7 @@ type entry struct {
 	segs [][]byte
 }
 
-// A Key is a value's fingerprint at a moment: what Lookup and Store take.
+// A Key is a value's fingerprint at a moment: what WriteTo and Store take.
 type Key struct {
 	typ  reflect.Type
 	fp   []byte
