@@ -92,3 +92,30 @@ func referenceSnakeKeys(v any) (any, error) {
 		return v, nil
 	}
 }
+
+// FuzzStringEnd holds stringEnd to the plain scan it replaced, which
+// steps over each backslash's escaped byte.
+func FuzzStringEnd(f *testing.F) {
+	for _, seed := range []string{`"a"`, `"a\"b"`, `"a\\"b"`, `"\\\"x\\\\"`, `"abc`, `"\`, `""`, `"\\\\\\"`, `x"\\"`} {
+		f.Add([]byte(seed), 0)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, i int) {
+		if i < 0 || i >= len(body) {
+			return
+		}
+		want := len(body)
+	scan:
+		for j := i + 1; j < len(body); j++ {
+			switch body[j] {
+			case '\\':
+				j++
+			case '"':
+				want = j
+				break scan
+			}
+		}
+		if got := stringEnd(body, i); got != want {
+			t.Fatalf("stringEnd(%q, %d) = %d, want %d", body, i, got, want)
+		}
+	})
+}

@@ -30,8 +30,9 @@ import (
 
 // Tuning.
 const (
-	chunk       = 64 << 20 // bytes per backend copy, so progress moves
-	verifyChunk = chunk    // bytes read at a time for checksums
+	// DefaultChunk is the bytes per backend copy, so progress moves, and
+	// the bytes read at a time for checksums.
+	DefaultChunk = 64 << 20
 	// QueueLen is how many jobs may wait for a runner; a tenant may have a
 	// quarter of them queued or running.
 	QueueLen = 1024
@@ -56,6 +57,9 @@ type Backend interface {
 // Config is what a Manager needs.
 type Config struct {
 	Backend Backend
+	// Chunk is the bytes per backend copy and per checksum read (0:
+	// DefaultChunk).
+	Chunk int64
 	// Retention is how long a finished job is known; HistoryBytes bounds
 	// the memory those take (about 1 KiB each; the oldest go first).
 	Retention    time.Duration
@@ -84,6 +88,9 @@ type Manager struct {
 func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Chunk <= 0 {
+		cfg.Chunk = DefaultChunk
 	}
 	return &Manager{cfg: cfg, queue: make(chan *job, QueueLen), jobs: map[string]*job{}, byTenant: map[string]int{}}
 }
@@ -322,10 +329,10 @@ func (m *Manager) copy(ctx context.Context, j *job, dst device.Location) error {
 // chunk's length, in order, once it is copied.
 func (m *Manager) copyInChunks(ctx context.Context, dst, src device.Location, n int64, landed func(int64)) error {
 	if cc, ok := m.cfg.Backend.(ledger.ChunkCopier); ok {
-		return cc.CopyChunks(ctx, dst, src, n, chunk, landed)
+		return cc.CopyChunks(ctx, dst, src, n, m.cfg.Chunk, landed)
 	}
-	for off := int64(0); off < n; off += chunk {
-		k := min(chunk, n-off)
+	for off := int64(0); off < n; off += m.cfg.Chunk {
+		k := min(m.cfg.Chunk, n-off)
 		s, d := src, dst
 		s.Addr += uint64(off)
 		d.Addr += uint64(off)

@@ -92,10 +92,10 @@ func (m *Manager) startSummer(ctx context.Context, at device.Location, n int64, 
 				continue
 			}
 			if buf == nil {
-				buf = make([]byte, verifyChunk)
+				buf = make([]byte, m.cfg.Chunk)
 			}
-			for off := sp.off; off < sp.off+sp.n && r.err == nil; off += verifyChunk {
-				r.sum, r.err = m.updateSum(ctx, r.sum, at, off, buf[:min(verifyChunk, sp.off+sp.n-off)])
+			for off := sp.off; off < sp.off+sp.n && r.err == nil; off += m.cfg.Chunk {
+				r.sum, r.err = m.updateSum(ctx, r.sum, at, off, buf[:min(m.cfg.Chunk, sp.off+sp.n-off)])
 			}
 		}
 		s.done <- r

@@ -69,8 +69,13 @@ func newDevice(t *testing.T, b ledger.Backend, infos []device.Info) *plain {
 	return &plain{d: ledger.New(ledger.Config{ID: "n-gpu0", Node: "n", Info: infos[0], Backend: b, Thresholds: monitor.DefaultThresholds()})}
 }
 
+// testChunk is the managers' bytes per copy: small, so a transfer of a
+// few chunks is quick under the race detector.
+const testChunk = 1 << 20
+
+// newManager is a manager of b's transfers that keeps an hour of history.
 func newManager(b transfer.Backend) *transfer.Manager {
-	return transfer.New(transfer.Config{Backend: b, Retention: time.Hour, HistoryBytes: 1 << 20,
+	return transfer.New(transfer.Config{Backend: b, Chunk: testChunk, Retention: time.Hour, HistoryBytes: 1 << 20,
 		Code: func(err error) (subjects.Code, string) { return subjects.CodeInternal, err.Error() },
 		Log:  slog.New(slog.DiscardHandler)})
 }
@@ -85,8 +90,11 @@ func runOneTransfer(t *testing.T, m *transfer.Manager, dev *plain, b *sim.Backen
 		t.Fatal(err)
 	}
 	pattern := make([]byte, size)
-	for i := range pattern {
+	for i := range min(256, size) {
 		pattern[i] = byte(i * 7)
+	}
+	for n := int64(256); n < size; n *= 2 { // the same bytes, copied: quick under the race detector
+		copy(pattern[n:], pattern[:n])
 	}
 	loc, _, err := dev.d.Locate(a.AllocationID)
 	if err != nil {
@@ -137,7 +145,7 @@ func TestVerifyRunsAlongTheCopyAndCatchesACorruptCopy(t *testing.T) {
 			dev := newDevice(t, backend, infos)
 			m := newManager(backend)
 			// Three chunks and a bit: spans reach the verifier in order.
-			st := runOneTransfer(t, m, dev, b, 3*64<<20+4099)
+			st := runOneTransfer(t, m, dev, b, 3*testChunk+4099)
 			if tc.corrupt {
 				if st.Status != subjects.TransferFailed || st.ErrorCode != subjects.CodeInternal || st.Verified || st.DestinationAllocationID != "" {
 					t.Fatalf("corrupt copy: %+v", st)

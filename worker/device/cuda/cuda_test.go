@@ -577,6 +577,19 @@ func BenchmarkColdD2H(b *testing.B) {
 			coldD2H(b, open(b, cuda.Config{PinThreads: threads}))
 		})
 	}
+	// BENCH_COLD_VARIANTS: the same by bytes per cuMemHostRegister and
+	// threads.
+	if os.Getenv("BENCH_COLD_VARIANTS") != "" {
+		for _, chunk := range []int64{32 * MiB, 64 * MiB, 128 * MiB, 256 * MiB} {
+			for _, threads := range []int{6, 8, 12} {
+				b.Run(fmt.Sprintf("memworker-chunk-%dMiB-threads-%d", chunk/MiB, threads), func(b *testing.B) {
+					old := cuda.SetPinChunk(chunk)
+					defer cuda.SetPinChunk(old)
+					coldD2H(b, open(b, cuda.Config{PinThreads: threads}))
+				})
+			}
+		}
+	}
 	b.Run("raw-cold", func(b *testing.B) {
 		freshHostAlloc(b, n, func(p unsafe.Pointer) error { return cu.MemcpyDtoH(p, cu.DevicePtr(src), n) })
 	})

@@ -27,10 +27,11 @@ import (
 // handed out: a copy waits only for the chunks it touches, so pinning
 // overlaps the copy instead of preceding it. A copy never spans two
 // registrations (the driver looks each host pointer up in one).
-const (
-	pinChunk  = 128 << 20 // bytes page-locked by one cuMemHostRegister
-	hostAlign = 2 << 20   // segment alignment: a huge page, as the pools expect
-)
+const hostAlign = 2 << 20 // segment alignment: a huge page, as the pools expect
+
+// pinChunk is the bytes page-locked by one cuMemHostRegister (a variable
+// for the probes that try others).
+var pinChunk int64 = 128 << 20
 
 // Chunk states.
 const (

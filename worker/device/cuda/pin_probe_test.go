@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -135,4 +136,191 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 		}
 	}
 	return nil
+}
+
+// BenchmarkPinUnderCopy asks why the segment pipeline (BenchmarkColdD2H)
+// page-locks slower than the steps alone (BenchmarkFreshPages): BENCH_PIN_BYTES
+// of fresh huge-page memory faulted in, registered, or both, while the
+// device is
+//
+//   - idle;
+//   - dma: copying to another pinned buffer in 256 MiB pieces (bandwidth,
+//     few driver calls);
+//   - calls: copying 4 KiB pieces (driver calls, next to no bandwidth).
+//
+// staged-F faults on F threads and registers on one, in address order.
+// The load's own rate is reported as load-GB/s.
+func BenchmarkPinUnderCopy(b *testing.B) {
+	const chunk = 128 << 20
+	steps := []struct {
+		name    string
+		threads int
+		f       func([]byte) error
+	}{
+		{"populate", 16, populate},
+		{"register", 1, register},
+		{"both", 8, both},
+		{"both", 16, both},
+	}
+	for _, load := range []string{"idle", "dma", "calls"} {
+		for _, s := range steps {
+			b.Run(fmt.Sprintf("%s/%s/threads-%d", load, s.name, s.threads), func(b *testing.B) {
+				underLoad(b, load, func(mem []byte) error {
+					if s.name == "register" {
+						_ = onThreads(mem, chunk, 16, populate)
+					}
+					b.StartTimer()
+					defer b.StopTimer()
+					return onThreads(mem, chunk, s.threads, s.f)
+				})
+			})
+		}
+		for _, faulting := range []int{7, 15} {
+			b.Run(fmt.Sprintf("%s/staged-%d", load, faulting), func(b *testing.B) {
+				underLoad(b, load, func(mem []byte) error {
+					b.StartTimer()
+					defer b.StopTimer()
+					return staged(mem, chunk, faulting)
+				})
+			})
+		}
+	}
+}
+
+func populate(c []byte) error { return unix.Madvise(c, unix.MADV_POPULATE_WRITE) }
+
+func register(c []byte) error { return cuda.HostRegister(unsafe.Pointer(&c[0]), int64(len(c))) }
+
+func both(c []byte) error {
+	_ = populate(c)
+	return register(c)
+}
+
+// underLoad runs f on fresh mappings of BENCH_PIN_BYTES, timed by f, while
+// load runs on the device, then unregisters and unmaps them.
+func underLoad(b *testing.B, load string, f func(mem []byte) error) {
+	n := pinBytes(b)
+	b.SetBytes(n)
+	stop := make(chan struct{})
+	rate := make(chan float64, 1)
+	if load != "idle" {
+		piece := int64(256 << 20)
+		if load == "calls" {
+			piece = 4 << 10
+		}
+		started := make(chan error)
+		go copyLoop(piece, started, stop, rate)
+		if err := <-started; err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		b.StopTimer()
+		mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE)
+		if err := f(mem); err != nil {
+			b.Fatal(err)
+		}
+		for off := 0; off < len(mem); off += 128 << 20 {
+			_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
+		}
+		_ = syscall.Munmap(mem)
+		b.StartTimer()
+	}
+	close(stop)
+	if load != "idle" {
+		b.ReportMetric(<-rate, "load-GB/s")
+	}
+}
+
+// copyLoop copies 1 GiB of device memory to pinned memory in pieces, over
+// and over, until stop; it reports its rate in GB/s.
+func copyLoop(piece int64, started chan<- error, stop <-chan struct{}, rate chan<- float64) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const n = 1 << 30
+	dev, err := cu.GetDevice(0)
+	if err == nil {
+		var ctx cu.CUContext
+		if ctx, err = dev.RetainPrimaryCtx(); err == nil {
+			err = cu.SetCurrentContext(ctx)
+		}
+	}
+	var src cu.DevicePtr
+	var dst unsafe.Pointer
+	if err == nil {
+		src, err = cu.MemAlloc(n)
+	}
+	if err == nil {
+		dst, err = cuda.HostAlloc(n)
+	}
+	started <- err
+	if err != nil {
+		return
+	}
+	defer cu.MemFree(src)
+	defer cu.MemFreeHost(dst)
+	var copied int64
+	t0 := time.Now()
+	for {
+		select {
+		case <-stop:
+			rate <- float64(copied) / time.Since(t0).Seconds() / 1e9
+			return
+		default:
+		}
+		for off := int64(0); off < n; off += 256 << 20 {
+			_ = cu.MemcpyDtoH(unsafe.Add(dst, off), src+cu.DevicePtr(off), piece)
+			copied += piece
+		}
+	}
+}
+
+// staged faults chunks in on faulting threads and registers them on one
+// thread, in address order.
+func staged(m []byte, chunk, faulting int) error {
+	chunks := (len(m) + chunk - 1) / chunk
+	faulted := make([]chan struct{}, chunks)
+	for i := range faulted {
+		faulted[i] = make(chan struct{})
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range faulting {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= chunks {
+					return
+				}
+				_ = populate(m[i*chunk : min((i+1)*chunk, len(m))])
+				close(faulted[i])
+			}
+		})
+	}
+	var err error
+	wg.Go(func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		dev, _ := cu.GetDevice(0)
+		ctx, cerr := dev.RetainPrimaryCtx()
+		if cerr == nil {
+			cerr = cu.SetCurrentContext(ctx)
+		}
+		if cerr != nil {
+			err = cerr
+			return
+		}
+		for i := range chunks {
+			<-faulted[i]
+			if rerr := register(m[i*chunk : min((i+1)*chunk, len(m))]); rerr != nil && err == nil {
+				err = rerr
+			}
+		}
+	})
+	wg.Wait()
+	return err
 }
