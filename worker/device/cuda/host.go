@@ -194,7 +194,7 @@ func (h *hostSegment) pinChunk(i int64) error {
 	off := i * pinChunk
 	n := min(pinChunk, h.size-off)
 	_ = unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
-	return hostRegister(unsafe.Add(h.ptr, off), n)
+	return driverTurns.lock(func() error { return hostRegister(unsafe.Add(h.ptr, off), n) })
 }
 
 // piece shortens a copy of n bytes at offset off to the chunk it starts in,
