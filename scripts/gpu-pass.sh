@@ -44,9 +44,10 @@ for s in $steps; do
 		step fault-probe python3 ./fault-probe.py $((8 << 30))
 		step cold-d2h env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench ColdD2H -test.benchtime 2x
 		;;
-	coldparts) # P21: does a copy running meanwhile slow page-locking, and the pipeline by chunk and threads
+	coldparts) # P21: cold copies without locking first (a bounce ring), then the pipeline by chunk and threads, then page-locking under a copy (last: it can stall)
+		step bounce-d2h env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench BounceD2H -test.benchtime 2x
 		step cold-d2h-variants env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_VARIANTS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|raw-warm)' -test.benchtime 2x
-		step pin-under-copy env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench PinUnderCopy -test.benchtime 2x
+		step pin-under-copy timeout 240 ./cuda.test -test.run XXX -test.bench PinUnderCopy -test.benchtime 2x
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x

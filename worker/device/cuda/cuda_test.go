@@ -582,14 +582,11 @@ func BenchmarkColdD2H(b *testing.B) {
 	if os.Getenv("BENCH_COLD_VARIANTS") != "" {
 		for _, chunk := range []int64{32 * MiB, 64 * MiB, 128 * MiB, 256 * MiB} {
 			for _, threads := range []int{8, 16} {
-				for _, turns := range []bool{false, true} {
-					b.Run(fmt.Sprintf("memworker-chunk-%dMiB-threads-%d-turns-%v", chunk/MiB, threads, turns), func(b *testing.B) {
-						old, oldTurns := cuda.SetPinChunk(chunk), cuda.SetPinTurns(turns)
-						defer cuda.SetPinChunk(old)
-						defer cuda.SetPinTurns(oldTurns)
-						coldD2H(b, open(b, cuda.Config{PinThreads: threads}))
-					})
-				}
+				b.Run(fmt.Sprintf("memworker-chunk-%dMiB-threads-%d", chunk/MiB, threads), func(b *testing.B) {
+					old := cuda.SetPinChunk(chunk)
+					defer cuda.SetPinChunk(old)
+					coldD2H(b, open(b, cuda.Config{PinThreads: threads}))
+				})
 			}
 		}
 	}

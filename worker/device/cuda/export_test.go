@@ -15,11 +15,3 @@ func SetPinChunk(n int64) int64 {
 	pinChunk = n
 	return old
 }
-
-// SetPinTurns turns the copies' precedence over page-locking (turns.go)
-// on or off, and returns the old setting.
-func SetPinTurns(on bool) bool {
-	old := pinTurns
-	pinTurns = on
-	return old
-}

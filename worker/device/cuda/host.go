@@ -29,9 +29,12 @@ import (
 // registrations (the driver looks each host pointer up in one).
 const hostAlign = 2 << 20 // segment alignment: a huge page, as the pools expect
 
-// pinChunk is the bytes page-locked by one cuMemHostRegister (a variable
-// for the probes that try others).
-var pinChunk int64 = 128 << 20
+// pinChunk is the bytes page-locked by one cuMemHostRegister, for
+// segments made from now on (a variable for the probes that try others).
+// On a fresh H100 host, a cold 8 GiB copy into a new segment on 8 threads
+// ran at 27.7 GB/s with 64 MiB, 25.8 with 128, 23.8 with 32 and 23.5 with
+// 256 (docs/h100/round3/coldparts).
+var pinChunk int64 = 64 << 20
 
 // Chunk states.
 const (
@@ -42,14 +45,15 @@ const (
 
 // hostSegment is one pinned host segment.
 type hostSegment struct {
-	mem  []byte         // the whole mapping, for munmap
-	ptr  unsafe.Pointer // the segment's start in mem, hostAlign-aligned
-	size int64
-	ctx  cu.CUContext // current while its chunks are registered
+	mem   []byte         // the whole mapping, for munmap
+	ptr   unsafe.Pointer // the segment's start in mem, hostAlign-aligned
+	size  int64
+	chunk int64        // bytes per registration: pinChunk when made
+	ctx   cu.CUContext // current while its chunks are registered
 
 	mu     sync.Mutex
 	cond   sync.Cond
-	chunks []uint8 // per pinChunk: pending, pinned or failed
+	chunks []uint8 // per chunk: pending, pinned or failed
 	err    error   // the first registration failure
 	done   chan struct{}
 
@@ -72,6 +76,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		mem:    mem,
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
+		chunk:  pinChunk,
 		ctx:    g.ctx,
 		chunks: make([]uint8, (size+pinChunk-1)/pinChunk),
 		done:   make(chan struct{}),
@@ -189,19 +194,22 @@ func (p *pinner) cancel(h *hostSegment) {
 // alone scales past 50 GB/s on 16 threads, but cuMemHostRegister does not
 // scale at all (about 42 GB/s on any number of threads) and more threads
 // only contend: an atomic touch per page, a mapping per chunk, 4 KiB pages
-// and 12 or 16 threads were all no faster (docs/h100/round3/coldpin).
+// and 12 or 16 threads were all no faster (docs/h100/round3/coldpin). And
+// it hardly runs while the device copies: beside a loop of synchronous
+// 256 MiB copies it registered 2.0 GB/s against 45.8 idle, while faulting
+// in was not slowed at all (docs/h100/round3/coldparts).
 func (h *hostSegment) pinChunk(i int64) error {
-	off := i * pinChunk
-	n := min(pinChunk, h.size-off)
+	off := i * h.chunk
+	n := min(h.chunk, h.size-off)
 	_ = unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(h.ptr, off)), n), unix.MADV_POPULATE_WRITE) // best effort: registering faults what is left
-	return driverTurns.lock(func() error { return hostRegister(unsafe.Add(h.ptr, off), n) })
+	return hostRegister(unsafe.Add(h.ptr, off), n)
 }
 
 // piece shortens a copy of n bytes at offset off to the chunk it starts in,
 // and waits until that chunk is page-locked (or failed to be).
 func (h *hostSegment) piece(off, n int64) int64 {
-	i := off / pinChunk
-	n = min(n, (i+1)*pinChunk-off)
+	i := off / h.chunk
+	n = min(n, (i+1)*h.chunk-off)
 	h.mu.Lock()
 	for h.chunks[i] == chunkPending {
 		h.cond.Wait()
@@ -221,7 +229,7 @@ func (h *hostSegment) release(p *pinner) error {
 		if st != chunkPinned {
 			continue
 		}
-		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*pinChunk)); uerr != nil && err == nil {
+		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*h.chunk)); uerr != nil && err == nil {
 			err = uerr
 		}
 	}

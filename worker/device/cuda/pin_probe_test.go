@@ -4,6 +4,7 @@ package cuda_test
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -139,19 +140,30 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 }
 
 // BenchmarkPinUnderCopy asks why the segment pipeline (BenchmarkColdD2H)
-// page-locks slower than the steps alone (BenchmarkFreshPages): BENCH_PIN_BYTES
-// of fresh huge-page memory faulted in, registered, or both, while the
-// device is
+// page-locks slower than the steps alone (BenchmarkFreshPages):
+// BENCH_LOAD_PIN_BYTES (default 1 GiB) of fresh huge-page memory faulted
+// in, registered, or both, while the device is
 //
 //   - idle;
-//   - dma: copying to another pinned buffer in 256 MiB pieces (bandwidth,
-//     few driver calls);
+//   - dma: copying to another pinned buffer with synchronous 256 MiB
+//     copies, one after the other;
+//   - dma-async: the same with 64 MiB copies queued on a stream, two in
+//     flight, waited for by events (as the pipeline copies);
 //   - calls: copying 4 KiB pieces (driver calls, next to no bandwidth).
 //
-// staged-F faults on F threads and registers on one, in address order.
-// The load's own rate is reported as load-GB/s.
+// staged-15 faults on 15 threads and registers on one, in address order.
+// The load's own rate is reported as load-GB/s. On a fresh H100 host
+// (docs/h100/round3/coldparts) registering beside dma ran at 2.0 GB/s
+// against 45.8 idle, and both on 8 threads beside dma did not finish in
+// 8 minutes at 8 GiB: hence the smaller default.
 func BenchmarkPinUnderCopy(b *testing.B) {
-	const chunk = 128 << 20
+	n := int64(1 << 30)
+	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const chunk = 64 << 20
 	steps := []struct {
 		name    string
 		threads int
@@ -160,12 +172,11 @@ func BenchmarkPinUnderCopy(b *testing.B) {
 		{"populate", 16, populate},
 		{"register", 1, register},
 		{"both", 8, both},
-		{"both", 16, both},
 	}
-	for _, load := range []string{"idle", "dma", "calls"} {
+	for _, load := range []string{"idle", "dma", "dma-async", "calls"} {
 		for _, s := range steps {
 			b.Run(fmt.Sprintf("%s/%s/threads-%d", load, s.name, s.threads), func(b *testing.B) {
-				underLoad(b, load, func(mem []byte) error {
+				underLoad(b, n, load, func(mem []byte) error {
 					if s.name == "register" {
 						_ = onThreads(mem, chunk, 16, populate)
 					}
@@ -175,15 +186,13 @@ func BenchmarkPinUnderCopy(b *testing.B) {
 				})
 			})
 		}
-		for _, faulting := range []int{7, 15} {
-			b.Run(fmt.Sprintf("%s/staged-%d", load, faulting), func(b *testing.B) {
-				underLoad(b, load, func(mem []byte) error {
-					b.StartTimer()
-					defer b.StopTimer()
-					return staged(mem, chunk, faulting)
-				})
+		b.Run(load+"/staged-15", func(b *testing.B) {
+			underLoad(b, n, load, func(mem []byte) error {
+				b.StartTimer()
+				defer b.StopTimer()
+				return staged(mem, chunk, 15)
 			})
-		}
+		})
 	}
 }
 
@@ -196,35 +205,26 @@ func both(c []byte) error {
 	return register(c)
 }
 
-// underLoad runs f on fresh mappings of BENCH_PIN_BYTES, timed by f, while
-// load runs on the device, then unregisters and unmaps them.
-func underLoad(b *testing.B, load string, f func(mem []byte) error) {
-	n := pinBytes(b)
+// underLoad runs f on fresh mappings of n bytes, timed by f, while load
+// runs on the device, then unregisters and unmaps them.
+func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
 	b.SetBytes(n)
 	stop := make(chan struct{})
 	rate := make(chan float64, 1)
 	if load != "idle" {
-		piece := int64(256 << 20)
-		if load == "calls" {
-			piece = 4 << 10
-		}
 		started := make(chan error)
-		go copyLoop(piece, started, stop, rate)
+		go copyLoop(load, started, stop, rate)
 		if err := <-started; err != nil {
 			b.Fatal(err)
 		}
 	}
 	for b.Loop() {
 		b.StopTimer()
-		mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE)
+		mem := freshMapping(b, n)
 		if err := f(mem); err != nil {
 			b.Fatal(err)
 		}
-		for off := 0; off < len(mem); off += 128 << 20 {
+		for off := 0; off < len(mem); off += 64 << 20 {
 			_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
 		}
 		_ = syscall.Munmap(mem)
@@ -236,12 +236,29 @@ func underLoad(b *testing.B, load string, f func(mem []byte) error) {
 	}
 }
 
-// copyLoop copies 1 GiB of device memory to pinned memory in pieces, over
-// and over, until stop; it reports its rate in GB/s.
-func copyLoop(piece int64, started chan<- error, stop <-chan struct{}, rate chan<- float64) {
+// freshMapping maps n bytes of anonymous memory, huge pages asked for.
+func freshMapping(b *testing.B, n int64) []byte {
+	mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE)
+	return mem
+}
+
+// copyLoop copies 1 GiB of device memory to pinned memory in pieces, as
+// load says, over and over until stop; it reports its rate in GB/s.
+func copyLoop(load string, started chan<- error, stop <-chan struct{}, rate chan<- float64) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	const n = 1 << 30
+	step, piece := int64(256<<20), int64(256<<20)
+	switch load {
+	case "calls":
+		piece = 4 << 10
+	case "dma-async":
+		step, piece = 64<<20, 64<<20
+	}
 	dev, err := cu.GetDevice(0)
 	if err == nil {
 		var ctx cu.CUContext
@@ -251,11 +268,15 @@ func copyLoop(piece int64, started chan<- error, stop <-chan struct{}, rate chan
 	}
 	var src cu.DevicePtr
 	var dst unsafe.Pointer
+	var st cu.Stream
 	if err == nil {
 		src, err = cu.MemAlloc(n)
 	}
 	if err == nil {
 		dst, err = cuda.HostAlloc(n)
+	}
+	if err == nil {
+		st, err = cu.MakeStream(cu.NonBlocking)
 	}
 	started <- err
 	if err != nil {
@@ -263,17 +284,41 @@ func copyLoop(piece int64, started chan<- error, stop <-chan struct{}, rate chan
 	}
 	defer cu.MemFree(src)
 	defer cu.MemFreeHost(dst)
+	defer st.Destroy()
+	var flying []cu.Event
+	land := func() {
+		_ = flying[0].Synchronize()
+		_ = cu.DestroyEvent(&flying[0])
+		flying = flying[1:]
+	}
 	var copied int64
 	t0 := time.Now()
 	for {
 		select {
 		case <-stop:
+			for len(flying) > 0 {
+				land()
+			}
 			rate <- float64(copied) / time.Since(t0).Seconds() / 1e9
 			return
 		default:
 		}
-		for off := int64(0); off < n; off += 256 << 20 {
-			_ = cu.MemcpyDtoH(unsafe.Add(dst, off), src+cu.DevicePtr(off), piece)
+		for off := int64(0); off < n; off += step {
+			if load != "dma-async" {
+				_ = cu.MemcpyDtoH(unsafe.Add(dst, off), src+cu.DevicePtr(off), piece)
+				copied += piece
+				continue
+			}
+			_ = cu.MemcpyDtoHAsync(unsafe.Add(dst, off), src+cu.DevicePtr(off), piece, st)
+			ev, err := cu.MakeEvent(cu.DisableTiming)
+			if err != nil {
+				continue
+			}
+			_ = ev.Record(st)
+			flying = append(flying, ev)
+			if len(flying) > 2 {
+				land()
+			}
 			copied += piece
 		}
 	}
@@ -322,5 +367,124 @@ func staged(m []byte, chunk, faulting int) error {
 		}
 	})
 	wg.Wait()
+	return err
+}
+
+// BenchmarkBounceD2H tries cold copies without page-locking the
+// destination first: BENCH_PIN_BYTES of device memory copied to a fresh
+// pageable mapping
+//
+//   - bounce: through a ring of 4 page-locked slots (locked once,
+//     untimed): the device copies a piece into a free slot while threads
+//     copy the slots before it into the mapping, faulting its pages in;
+//   - driver: by cuMemcpyDtoH straight to the pageable mapping (the
+//     driver's own staging).
+//
+// Registering runs at a twentieth of its speed while the device copies
+// (BenchmarkPinUnderCopy), so a copy that waits for its destination to be
+// locked runs at about the sum of the two steps' times; a bounce does not
+// register at all, and its cost is the threads' copying.
+func BenchmarkBounceD2H(b *testing.B) {
+	n := pinBytes(b)
+	lockedContext(b, 0)
+	src, err := cu.MemAlloc(n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cu.MemFree(src)
+	for _, slot := range []int64{16 << 20, 32 << 20, 64 << 20} {
+		for _, threads := range []int{8, 16} {
+			b.Run(fmt.Sprintf("bounce/slot-%dMiB/threads-%d", slot>>20, threads), func(b *testing.B) {
+				const slots = 4
+				ring, err := cuda.HostAlloc(slots * slot)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer cu.MemFreeHost(ring)
+				b.SetBytes(n)
+				for b.Loop() {
+					b.StopTimer()
+					dst := freshMapping(b, n)
+					b.StartTimer()
+					if err := bounce(dst, src, ring, slot, slots, threads); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					_ = syscall.Munmap(dst)
+					b.StartTimer()
+				}
+			})
+		}
+	}
+	b.Run("driver", func(b *testing.B) {
+		b.SetBytes(n)
+		for b.Loop() {
+			b.StopTimer()
+			dst := freshMapping(b, n)
+			b.StartTimer()
+			if err := cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), src, n); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			_ = syscall.Munmap(dst)
+			b.StartTimer()
+		}
+	})
+}
+
+// bounce copies len(dst) bytes at src into dst through ring, slots pieces
+// of slot bytes: this thread (with the context current) copies each piece
+// into a free slot, and threads copy the slots out in order.
+func bounce(dst []byte, src cu.DevicePtr, ring unsafe.Pointer, slot int64, slots, threads int) error {
+	type piece struct {
+		off, n int64
+		slot   int
+	}
+	free := make(chan int, slots)
+	for i := range slots {
+		free <- i
+	}
+	landed := make(chan piece, slots)
+	type part struct {
+		to, from []byte
+		done     *sync.WaitGroup
+	}
+	parts := make(chan part, threads)
+	var workers sync.WaitGroup
+	for range threads {
+		workers.Go(func() {
+			for p := range parts {
+				copy(p.to, p.from)
+				p.done.Done()
+			}
+		})
+	}
+	var out sync.WaitGroup
+	out.Go(func() { // copies the landed slots out, in order
+		for p := range landed {
+			from := unsafe.Slice((*byte)(unsafe.Add(ring, int64(p.slot)*slot)), p.n)
+			var done sync.WaitGroup
+			per := (p.n + int64(threads) - 1) / int64(threads)
+			for off := int64(0); off < p.n; off += per {
+				k := min(per, p.n-off)
+				done.Add(1)
+				parts <- part{dst[p.off+off : p.off+off+k], from[off : off+k], &done}
+			}
+			done.Wait()
+			free <- p.slot
+		}
+		close(parts)
+	})
+	var err error
+	n := int64(len(dst))
+	for off := int64(0); off < n && err == nil; off += slot {
+		s := <-free
+		k := min(slot, n-off)
+		err = cu.MemcpyDtoH(unsafe.Add(ring, int64(s)*slot), src+cu.DevicePtr(off), k)
+		landed <- piece{off, k, s}
+	}
+	close(landed)
+	out.Wait()
+	workers.Wait()
 	return err
 }

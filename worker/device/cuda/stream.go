@@ -108,22 +108,16 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 			return err
 		}
 		st := streams[i%len(streams)]
-		var ev cu.Event
-		if err := driverTurns.queue(func() error {
-			if err := b.copyAsync(d, s, m, st); err != nil {
-				return err
-			}
-			var err error
-			if ev, err = cu.MakeEvent(cu.DisableTiming); err != nil {
-				return wrap("cuEventCreate", err)
-			}
-			if err := ev.Record(st); err != nil {
-				_ = cu.DestroyEvent(&ev)
-				return wrap("cuEventRecord", err)
-			}
-			return nil
-		}); err != nil {
+		if err := b.copyAsync(d, s, m, st); err != nil {
 			return err
+		}
+		ev, err := cu.MakeEvent(cu.DisableTiming)
+		if err != nil {
+			return wrap("cuEventCreate", err)
+		}
+		if err := ev.Record(st); err != nil {
+			_ = cu.DestroyEvent(&ev)
+			return wrap("cuEventRecord", err)
 		}
 		flying = append(flying, landing{ev, m})
 		if len(flying) > copyInflight {
