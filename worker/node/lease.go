@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -125,11 +126,8 @@ func (l *Lease) Keep(ctx context.Context, lost func(error)) {
 				return
 			}
 			rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
-			rev, err := l.kv.Update(rctx, l.node, l.value, l.rev)
+			err := l.renew(rctx)
 			cancel()
-			if err == nil {
-				l.rev = rev
-			}
 			l.mu.Unlock()
 			switch {
 			case err == nil:
@@ -142,6 +140,25 @@ func (l *Lease) Keep(ctx context.Context, lost func(error)) {
 			}
 		}
 	}
+}
+
+// renew updates the key at the revision last seen. A renewal that timed
+// out may still have been applied: the key then holds this lease's own
+// value at a later revision, which is not a loss, so the key is read and,
+// where it is still this lease's, renewed at its revision. l.mu is held.
+func (l *Lease) renew(ctx context.Context) error {
+	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		e, gerr := l.kv.Get(ctx, l.node)
+		if gerr != nil || !bytes.Equal(e.Value(), l.value) {
+			return err // another worker's, or gone
+		}
+		rev, err = l.kv.Update(ctx, l.node, l.value, e.Revision())
+	}
+	if err == nil {
+		l.rev = rev
+	}
+	return err
 }
 
 // Release gives the lease up, so a standby takes over at once.

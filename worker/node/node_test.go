@@ -118,3 +118,60 @@ func TestALeaseTakenByAnotherIsLost(t *testing.T) {
 		t.Error("a lease taken by another was not reported lost")
 	}
 }
+
+// TestARenewalAppliedButUnansweredIsNoLoss: a renewal that timed out may
+// have been applied, leaving the key at a revision the holder never saw;
+// the key still holds the holder's value, so the next renewal goes on
+// instead of reporting the lease lost.
+func TestARenewalAppliedButUnansweredIsNoLoss(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	l, err := (&node.Node{Name: "n1", Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}).Take(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "n1", e.Value(), e.Revision()); err != nil { // the renewal whose reply was lost
+		t.Fatal(err)
+	}
+	keepCtx, stop := context.WithCancel(ctx)
+	lost := make(chan error, 1)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		l.Keep(keepCtx, func(err error) { lost <- err })
+	}()
+	// Two renewals at least (one every sixth of the TTL).
+	deadline := time.After(5 * time.Second)
+	for {
+		cur, err := kv.Get(ctx, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Revision() >= e.Revision()+3 {
+			break
+		}
+		select {
+		case err := <-lost:
+			t.Fatalf("reported lost: %v", err)
+		case <-deadline:
+			t.Fatalf("not renewed: revision %d, was %d", cur.Revision(), e.Revision())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	stop()
+	<-kept
+	select {
+	case err := <-lost:
+		t.Errorf("reported lost: %v", err)
+	default:
+	}
+}
