@@ -26,22 +26,24 @@ func pattern(seed byte, n int64) []byte {
 
 const patternPeriod = 1 << 24
 
-// periods holds one period of each seed's pattern: written byte by byte
-// once, then copied, which the race detector checks many times faster
-// than writes of single bytes (allocations of 100 MiB are common here).
+// periods holds the start of each seed's pattern, up to one period:
+// written byte by byte once, then copied, which the race detector checks
+// many times faster than writes of single bytes (allocations of 100 MiB
+// are common here). It grows to the longest asked for.
 var periods sync.Map // seed → []byte
 
 // period returns the first min(n, patternPeriod) bytes of seed's pattern.
 func period(seed byte, n int64) []byte {
-	if p, ok := periods.Load(seed); ok {
-		return p.([]byte)[:min(n, patternPeriod)]
+	n = min(n, patternPeriod)
+	if p, ok := periods.Load(seed); ok && int64(len(p.([]byte))) >= n {
+		return p.([]byte)[:n]
 	}
-	p := make([]byte, patternPeriod)
+	p := make([]byte, n)
 	for i := range p {
 		p[i] = seed ^ byte(i) ^ byte(i>>8) ^ byte(i>>16)
 	}
-	got, _ := periods.LoadOrStore(seed, p)
-	return got.([]byte)[:min(n, patternPeriod)]
+	periods.Store(seed, p) // a racing longer one may be lost: it is built again
+	return p
 }
 
 func write(t *testing.T, h *host, dev, id string, seed byte) {

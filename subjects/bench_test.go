@@ -50,6 +50,7 @@ func BenchmarkDecodeHostile(b *testing.B) {
 		"many-objects": `{"data":{"Items":[` + strings.Join(elems, ",") + `]}}`,
 		"same-key":     `{"data":{` + strings.Repeat(`"A":1,`, 1<<20/6) + `"A":1}}`,
 		"long-string":  `{"data":{"size_bytes":1024,"purpose":"` + strings.Repeat("p", 800<<10) + `"}}`,
+		"escaped":      `{"data":{"size_bytes":1024,"purpose":"` + strings.Repeat(`\"`, 400<<10) + `"}}`,
 	} {
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(body)))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -96,13 +97,15 @@ func referenceSnakeKeys(v any) (any, error) {
 // FuzzStringEnd holds stringEnd to the plain scan it replaced, which
 // steps over each backslash's escaped byte.
 func FuzzStringEnd(f *testing.F) {
-	for _, seed := range []string{`"a"`, `"a\"b"`, `"a\\"b"`, `"\\\"x\\\\"`, `"abc`, `"\`, `""`, `"\\\\\\"`, `x"\\"`} {
+	for _, seed := range []string{`"a"`, `"a\"b"`, `"a\\"b"`, `"\\\"x\\\\"`, `"abc`, `"\`, `""`, `"\\\\\\"`, `x"\\"`,
+		`"` + strings.Repeat("x", 40) + `\\\"` + strings.Repeat(`\"`, 30) + `"`, `"` + strings.Repeat("a", 31) + `\"b"`} {
 		f.Add([]byte(seed), 0)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, i int) {
-		if i < 0 || i >= len(body) {
+		if len(body) == 0 {
 			return
 		}
+		i = (i%len(body) + len(body)) % len(body)
 		want := len(body)
 	scan:
 		for j := i + 1; j < len(body); j++ {

@@ -70,15 +70,16 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		return nil, fmt.Errorf("mapping %s of host memory: %v: %w", bytesize.Format(size), err, device.ErrOutOfMemory)
 	}
 	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE) // best effort: fewer faults and pages to lock
+	chunk := pinChunk
 	base := uintptr(unsafe.Pointer(&mem[0]))
 	pad := (hostAlign - base%hostAlign) % hostAlign
 	h := &hostSegment{
 		mem:    mem,
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
-		chunk:  pinChunk,
+		chunk:  chunk,
 		ctx:    g.ctx,
-		chunks: make([]uint8, (size+pinChunk-1)/pinChunk),
+		chunks: make([]uint8, (size+chunk-1)/chunk),
 		done:   make(chan struct{}),
 	}
 	h.cond.L = &h.mu

@@ -147,8 +147,8 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 //   - idle;
 //   - dma: copying to another pinned buffer with synchronous 256 MiB
 //     copies, one after the other;
-//   - dma-async: the same with 64 MiB copies queued on a stream, two in
-//     flight, waited for by events (as the pipeline copies);
+//   - dma-async: the same with 64 MiB copies queued on a stream, at most
+//     three queued, waited for by events (as the pipeline copies);
 //   - calls: copying 4 KiB pieces (driver calls, next to no bandwidth).
 //
 // staged-15 faults on 15 threads and registers on one, in address order.
@@ -208,6 +208,7 @@ func both(c []byte) error {
 // underLoad runs f on fresh mappings of n bytes, timed by f, while load
 // runs on the device, then unregisters and unmaps them.
 func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
+	lockedContext(b, 0) // unregistering needs it
 	b.SetBytes(n)
 	stop := make(chan struct{})
 	rate := make(chan float64, 1)
@@ -217,6 +218,10 @@ func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
 		if err := <-started; err != nil {
 			b.Fatal(err)
 		}
+		defer func() { // also when f fails: the load stops with the case
+			close(stop)
+			b.ReportMetric(<-rate, "load-GB/s")
+		}()
 	}
 	for b.Loop() {
 		b.StopTimer()
@@ -229,10 +234,6 @@ func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
 		}
 		_ = syscall.Munmap(mem)
 		b.StartTimer()
-	}
-	close(stop)
-	if load != "idle" {
-		b.ReportMetric(<-rate, "load-GB/s")
 	}
 }
 
@@ -386,7 +387,7 @@ func staged(m []byte, chunk, faulting int) error {
 // register at all, and its cost is the threads' copying.
 func BenchmarkBounceD2H(b *testing.B) {
 	n := pinBytes(b)
-	lockedContext(b, 0)
+	lockedContext(b, 0) // each case runs on a thread of its own, and makes it current there too
 	src, err := cu.MemAlloc(n)
 	if err != nil {
 		b.Fatal(err)
@@ -395,6 +396,7 @@ func BenchmarkBounceD2H(b *testing.B) {
 	for _, slot := range []int64{16 << 20, 32 << 20, 64 << 20} {
 		for _, threads := range []int{8, 16} {
 			b.Run(fmt.Sprintf("bounce/slot-%dMiB/threads-%d", slot>>20, threads), func(b *testing.B) {
+				lockedContext(b, 0)
 				const slots = 4
 				ring, err := cuda.HostAlloc(slots * slot)
 				if err != nil {
@@ -417,6 +419,7 @@ func BenchmarkBounceD2H(b *testing.B) {
 		}
 	}
 	b.Run("driver", func(b *testing.B) {
+		lockedContext(b, 0)
 		b.SetBytes(n)
 		for b.Loop() {
 			b.StopTimer()
