@@ -33,6 +33,27 @@ func connect(t *testing.T) *nats.Conn {
 	return nc
 }
 
+// n1 is a worker of node n1 that is no standby.
+func n1() *node.Node {
+	return &node.Node{Name: "n1", Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}
+}
+
+// takeN1 takes n1's lease, and returns it with the lease bucket.
+func takeN1(t *testing.T, nc *nats.Conn) (*node.Lease, jetstream.KeyValue) {
+	t.Helper()
+	ctx := context.Background()
+	l, err := n1().Take(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, kv
+}
+
 // TestOneLeasePerNode: the lease is one worker's; another that is no
 // standby is refused once the holder has kept it a whole TTL; a standby
 // takes it when it is given up; a renewal after another took it reports
@@ -89,22 +110,11 @@ func TestOneLeasePerNode(t *testing.T) {
 func TestALeaseTakenByAnotherIsLost(t *testing.T) {
 	nc := connect(t)
 	ctx := context.Background()
-	mk := func() *node.Node {
-		return &node.Node{Name: "n1", Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}
-	}
-	a, err := mk().Take(ctx, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, kv := takeN1(t, nc)
 	if err := kv.Delete(ctx, "n1"); err != nil { // as if it lapsed
 		t.Fatal(err)
 	}
-	if _, err := mk().Take(ctx, nc); err != nil {
+	if _, err := n1().Take(ctx, nc); err != nil {
 		t.Fatal(err)
 	}
 	lost := make(chan error, 1)
@@ -126,15 +136,7 @@ func TestALeaseTakenByAnotherIsLost(t *testing.T) {
 func TestARenewalAppliedButUnansweredIsNoLoss(t *testing.T) {
 	nc := connect(t)
 	ctx := context.Background()
-	l, err := (&node.Node{Name: "n1", Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}).Take(ctx, nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, kv := takeN1(t, nc)
 	e, err := kv.Get(ctx, "n1")
 	if err != nil {
 		t.Fatal(err)
