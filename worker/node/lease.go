@@ -150,8 +150,13 @@ func (l *Lease) renew(ctx context.Context) error {
 	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		e, gerr := l.kv.Get(ctx, l.node)
-		if gerr != nil || !bytes.Equal(e.Value(), l.value) {
-			return err // another worker's, or gone
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound):
+			return err // gone: it lapsed, and a standby may take it
+		case gerr != nil:
+			return gerr // not known: tried again at the next tick
+		case !bytes.Equal(e.Value(), l.value):
+			return err // another worker's
 		}
 		rev, err = l.kv.Update(ctx, l.node, l.value, e.Revision())
 	}

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -104,28 +105,34 @@ func TestOneLeasePerNode(t *testing.T) {
 	}
 }
 
-// TestALeaseTakenByAnotherIsLost: when the key was taken by another worker
-// (the holder was cut off past the TTL), the holder's renewal reports the
-// loss.
+// TestALeaseTakenByAnotherIsLost: when the key lapsed (the holder was cut
+// off past the TTL), and another worker took it or none did yet, the
+// holder's renewal reports the loss.
 func TestALeaseTakenByAnotherIsLost(t *testing.T) {
-	nc := connect(t)
-	ctx := context.Background()
-	a, kv := takeN1(t, nc)
-	if err := kv.Delete(ctx, "n1"); err != nil { // as if it lapsed
-		t.Fatal(err)
-	}
-	if _, err := n1().Take(ctx, nc); err != nil {
-		t.Fatal(err)
-	}
-	lost := make(chan error, 1)
-	go a.Keep(ctx, func(err error) { lost <- err })
-	select {
-	case err := <-lost:
-		if !errors.Is(err, node.ErrLeaseLost) {
-			t.Errorf("lost with %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("a lease taken by another was not reported lost")
+	for _, taken := range []bool{true, false} {
+		t.Run(fmt.Sprintf("taken-%v", taken), func(t *testing.T) {
+			nc := connect(t)
+			ctx := context.Background()
+			a, kv := takeN1(t, nc)
+			if err := kv.Delete(ctx, "n1"); err != nil { // as if it lapsed
+				t.Fatal(err)
+			}
+			if taken {
+				if _, err := n1().Take(ctx, nc); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lost := make(chan error, 1)
+			go a.Keep(ctx, func(err error) { lost <- err })
+			select {
+			case err := <-lost:
+				if !errors.Is(err, node.ErrLeaseLost) {
+					t.Errorf("lost with %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("a lapsed lease was not reported lost")
+			}
+		})
 	}
 }
 
