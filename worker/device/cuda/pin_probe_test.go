@@ -44,24 +44,20 @@ func BenchmarkFreshPages(b *testing.B) {
 					b.SetBytes(n)
 					for b.Loop() {
 						b.StopTimer()
-						mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
-						if err != nil {
-							b.Fatal(err)
-						}
 						advice := syscall.MADV_HUGEPAGE
 						if pages == "small" {
 							advice = syscall.MADV_NOHUGEPAGE
 						}
-						_ = syscall.Madvise(mem, advice)
+						mem := freshMapping(b, n, advice)
 						if step == "register" {
-							_ = onThreads(mem, chunk, threads, func(c []byte) error { return unix.Madvise(c, unix.MADV_POPULATE_WRITE) })
+							_ = onThreads(mem, chunk, threads, populate)
 						}
 						b.StartTimer()
-						err = onThreads(mem, chunk, threads, func(c []byte) error {
+						err := onThreads(mem, chunk, threads, func(c []byte) error {
 							p := unsafe.Pointer(&c[0])
 							switch step {
 							case "populate":
-								return unix.Madvise(c, unix.MADV_POPULATE_WRITE)
+								return populate(c)
 							case "touch":
 								for off := 0; off < len(c); off += 4096 {
 									atomic.AddUint32((*uint32)(unsafe.Add(p, off)), 0)
@@ -72,10 +68,9 @@ func BenchmarkFreshPages(b *testing.B) {
 								}
 								return cuda.HostRegister(p, int64(len(c)))
 							case "register":
-								return cuda.HostRegister(p, int64(len(c)))
+								return register(c)
 							case "both":
-								_ = unix.Madvise(c, unix.MADV_POPULATE_WRITE)
-								return cuda.HostRegister(p, int64(len(c)))
+								return both(c)
 							}
 							return nil
 						})
@@ -97,9 +92,9 @@ func BenchmarkFreshPages(b *testing.B) {
 	}
 }
 
-// onThreads calls f on each chunk of mem, on threads OS threads with the
-// current context, taking chunks in turn; it returns the first error.
-func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
+// makeCurrent makes device 0's primary context current on this thread,
+// which the caller has locked.
+func makeCurrent() error {
 	dev, err := cu.GetDevice(0)
 	if err != nil {
 		return err
@@ -108,6 +103,12 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 	if err != nil {
 		return err
 	}
+	return cu.SetCurrentContext(ctx)
+}
+
+// onThreads calls f on each chunk of mem, on threads OS threads with the
+// current context, taking chunks in turn; it returns the first error.
+func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, threads)
@@ -115,7 +116,7 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 		wg.Go(func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			if err := cu.SetCurrentContext(ctx); err != nil {
+			if err := makeCurrent(); err != nil {
 				errs[t] = err
 				return
 			}
@@ -225,7 +226,7 @@ func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
 	}
 	for b.Loop() {
 		b.StopTimer()
-		mem := freshMapping(b, n)
+		mem := freshMapping(b, n, syscall.MADV_HUGEPAGE)
 		if err := f(mem); err != nil {
 			b.Fatal(err)
 		}
@@ -237,13 +238,14 @@ func underLoad(b *testing.B, n int64, load string, f func(mem []byte) error) {
 	}
 }
 
-// freshMapping maps n bytes of anonymous memory, huge pages asked for.
-func freshMapping(b *testing.B, n int64) []byte {
+// freshMapping maps n bytes of anonymous memory, with advice about its
+// pages (MADV_HUGEPAGE or MADV_NOHUGEPAGE).
+func freshMapping(b *testing.B, n int64, advice int) []byte {
 	mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
 		b.Fatal(err)
 	}
-	_ = syscall.Madvise(mem, syscall.MADV_HUGEPAGE)
+	_ = syscall.Madvise(mem, advice)
 	return mem
 }
 
@@ -260,13 +262,7 @@ func copyLoop(load string, started chan<- error, stop <-chan struct{}, rate chan
 	case "dma-async":
 		step, piece = 64<<20, 64<<20
 	}
-	dev, err := cu.GetDevice(0)
-	if err == nil {
-		var ctx cu.CUContext
-		if ctx, err = dev.RetainPrimaryCtx(); err == nil {
-			err = cu.SetCurrentContext(ctx)
-		}
-	}
+	err := makeCurrent()
 	var src cu.DevicePtr
 	var dst unsafe.Pointer
 	var st cu.Stream
@@ -351,13 +347,7 @@ func staged(m []byte, chunk, faulting int) error {
 	wg.Go(func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		dev, _ := cu.GetDevice(0)
-		ctx, cerr := dev.RetainPrimaryCtx()
-		if cerr == nil {
-			cerr = cu.SetCurrentContext(ctx)
-		}
-		if cerr != nil {
-			err = cerr
+		if err = makeCurrent(); err != nil {
 			return
 		}
 		for i := range chunks {
@@ -406,7 +396,7 @@ func BenchmarkBounceD2H(b *testing.B) {
 				b.SetBytes(n)
 				for b.Loop() {
 					b.StopTimer()
-					dst := freshMapping(b, n)
+					dst := freshMapping(b, n, syscall.MADV_HUGEPAGE)
 					b.StartTimer()
 					if err := bounce(dst, src, ring, slot, slots, threads); err != nil {
 						b.Fatal(err)
@@ -423,7 +413,7 @@ func BenchmarkBounceD2H(b *testing.B) {
 		b.SetBytes(n)
 		for b.Loop() {
 			b.StopTimer()
-			dst := freshMapping(b, n)
+			dst := freshMapping(b, n, syscall.MADV_HUGEPAGE)
 			b.StartTimer()
 			if err := cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), src, n); err != nil {
 				b.Fatal(err)
