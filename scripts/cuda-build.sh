@@ -16,7 +16,7 @@ go test -c -tags cuda "${strip[@]}" -o bin/cuda/integration.test ./integration
 go test -c "${strip[@]}" -o bin/cuda/crc32c.test ./worker/crc32c
 # Test data the integration tests read relative to their folder.
 mkdir -p bin/docs && cp docs/nats-server.conf docs/accounts.conf docs/asyncapi.yaml bin/docs/
-cp scripts/gpu-coordinate.sh scripts/gpu-handoff.sh scripts/gpu-cache.sh scripts/model-server.py scripts/fault-probe.py bin/cuda/
+cp scripts/gpu-coordinate.sh scripts/gpu-handoff.sh scripts/gpu-cache.sh scripts/model-server.py scripts/fault-probe.py scripts/register-beside-copy.py bin/cuda/
 # The device tool carries at most 64 MiB: ship one compressed archive; run
 # the binaries from its cuda/ folder.
 tar -C bin -czf bin/cuda.tgz cuda docs

@@ -481,3 +481,201 @@ func bounce(dst []byte, src cu.DevicePtr, ring unsafe.Pointer, slot int64, slots
 	workers.Wait()
 	return err
 }
+
+// BenchmarkRegisterBesideCopy asks which of the two steps gives way when
+// page-locking and a pipelined copy run at once, and whether a lock in the
+// driver or the device decides it. A copier thread queues 64 MiB D2H copies
+// to warm pinned memory on a stream, at most four in flight (as the
+// pipeline does), and counts the bytes landed; it waits for each piece
+//
+//   - spin: cuEventSynchronize on an event made with default flags (what
+//     the pipeline does);
+//   - blocking: on an event made with CU_EVENT_BLOCKING_SYNC (the thread
+//     sleeps in the driver);
+//   - poll: cuEventQuery every 20 µs (the thread holds nothing between).
+//
+// Meanwhile BENCH_LOAD_PIN_BYTES (default 4 GiB) of fresh huge-page memory,
+// faulted in untimed, is registered in 64 MiB chunks on one thread with the
+// primary context current (register), with a second context of the same
+// device current (register-ctx2), then unregistered (unregister); populate
+// faults in a fresh mapping on 16 threads. Each case reports its own rate
+// and copy-GB/s, the copier's rate during the case's window, and
+// alone-GB/s, the copier's rate in the 100 ms before it.
+func BenchmarkRegisterBesideCopy(b *testing.B) {
+	n := int64(4 << 30)
+	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const chunk = 64 << 20
+	lockedContext(b, 0)
+	dev, err := cu.GetDevice(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx2, err := dev.MakeContext(cu.SchedAuto)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ctx2.Destroy()
+	if err := makeCurrent(); err != nil { // MakeContext left ctx2 current
+		b.Fatal(err)
+	}
+	for _, wait := range []string{"spin", "blocking", "poll"} {
+		for _, step := range []string{"register", "register-ctx2", "unregister", "populate"} {
+			b.Run(wait+"/"+step, func(b *testing.B) {
+				lockedContext(b, 0)
+				var landed atomic.Int64
+				stop := make(chan struct{})
+				started := make(chan error)
+				var copier sync.WaitGroup
+				copier.Go(func() { pipelinedLoop(wait, &landed, started, stop) })
+				defer func() { close(stop); copier.Wait() }()
+				if err := <-started; err != nil {
+					b.Fatal(err)
+				}
+				b.SetBytes(n)
+				var window, alone time.Duration
+				var copied, aloneCopied int64
+				for b.Loop() {
+					b.StopTimer()
+					mem := freshMapping(b, n, syscall.MADV_HUGEPAGE)
+					if step != "populate" {
+						_ = onThreads(mem, chunk, 16, populate)
+					}
+					if step == "unregister" {
+						if err := onThreads(mem, chunk, 1, register); err != nil {
+							b.Fatal(err)
+						}
+					}
+					c0, t0 := landed.Load(), time.Now()
+					time.Sleep(100 * time.Millisecond)
+					c1, t1 := landed.Load(), time.Now()
+					aloneCopied += c1 - c0
+					alone += t1.Sub(t0)
+					b.StartTimer()
+					switch step {
+					case "register":
+						err = onThreads(mem, chunk, 1, register)
+					case "register-ctx2":
+						err = onContext(ctx2, mem, chunk, register)
+					case "unregister":
+						err = onThreads(mem, chunk, 1, func(c []byte) error { return cuda.HostUnregister(unsafe.Pointer(&c[0])) })
+					case "populate":
+						err = onThreads(mem, chunk, 16, populate)
+					}
+					b.StopTimer()
+					c2, t2 := landed.Load(), time.Now()
+					copied += c2 - c1
+					window += t2.Sub(t1)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if step == "register" || step == "register-ctx2" {
+						for off := int64(0); off < n; off += chunk {
+							_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
+						}
+					}
+					_ = syscall.Munmap(mem)
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(copied)/window.Seconds()/1e9, "copy-GB/s")
+				b.ReportMetric(float64(aloneCopied)/alone.Seconds()/1e9, "alone-GB/s")
+			})
+		}
+	}
+}
+
+// onContext calls f on each chunk of m in order, on one locked thread with
+// ctx current.
+func onContext(ctx cu.CUContext, m []byte, chunk int, f func([]byte) error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cu.SetCurrentContext(ctx); err != nil {
+			errc <- err
+			return
+		}
+		for off := 0; off < len(m); off += chunk {
+			if err := f(m[off:min(off+chunk, len(m))]); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// pipelinedLoop copies 1 GiB of device memory to pinned memory in 64 MiB
+// pieces queued on a stream, four in flight, waiting as wait says, until
+// stop; landed counts the bytes whose copy has finished.
+func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop <-chan struct{}) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const n, piece = 1 << 30, 64 << 20
+	flags := cu.DisableTiming
+	if wait == "blocking" {
+		flags |= cu.BlockingSyncEvent
+	}
+	err := makeCurrent()
+	var src cu.DevicePtr
+	var dst unsafe.Pointer
+	var st cu.Stream
+	if err == nil {
+		src, err = cu.MemAlloc(n)
+	}
+	if err == nil {
+		dst, err = cuda.HostAlloc(n)
+	}
+	if err == nil {
+		st, err = cu.MakeStream(cu.NonBlocking)
+	}
+	started <- err
+	if err != nil {
+		return
+	}
+	defer cu.MemFree(src)
+	defer cu.MemFreeHost(dst)
+	defer st.Destroy()
+	var flying []cu.Event
+	land := func() {
+		ev := flying[0]
+		flying = flying[1:]
+		if wait == "poll" {
+			for ev.Query() != nil {
+				time.Sleep(20 * time.Microsecond)
+			}
+		} else {
+			_ = ev.Synchronize()
+		}
+		_ = cu.DestroyEvent(&ev)
+		landed.Add(piece)
+	}
+	defer func() {
+		for len(flying) > 0 {
+			land()
+		}
+	}()
+	for {
+		for off := int64(0); off < n; off += piece {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = cu.MemcpyDtoHAsync(unsafe.Add(dst, off), src+cu.DevicePtr(off), piece, st)
+			ev, err := cu.MakeEvent(flags)
+			if err != nil {
+				continue
+			}
+			_ = ev.Record(st)
+			flying = append(flying, ev)
+			if len(flying) > 4 {
+				land()
+			}
+		}
+	}
+}
