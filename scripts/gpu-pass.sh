@@ -52,6 +52,7 @@ for s in $steps; do
 	besidecopy) # P21: page-locking beside a pipelined copy: which gives way, in this process's driver or the device (two tools)
 		step register-beside-copy ./cuda.test -test.run XXX -test.bench RegisterBesideCopy -test.benchtime 2x
 		step register-beside-copy-torch python3 ./register-beside-copy.py
+		step cold-d2h-ways env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-wait|raw-warm)' -test.benchtime 3x
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x

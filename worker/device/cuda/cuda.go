@@ -79,6 +79,29 @@ type gpu struct {
 	segments map[uint64]int64 // device memory held, by address
 	vm       vmm              // virtual memory (vmm.go)
 	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
+
+	pinCtxOnce sync.Once
+	pinCtx     cu.CUContext // with pinOwnContext: the pinning threads' own context
+}
+
+// pinContext is the context the pinning threads make current for this
+// device's segments: the primary one, or with pinOwnContext a second
+// context of the same device (made once, never destroyed: a probe's knob).
+func (g *gpu) pinContext() cu.CUContext {
+	if !pinOwnContext {
+		return g.ctx
+	}
+	g.pinCtxOnce.Do(func() {
+		g.pinCtx = g.ctx
+		_ = g.do(func() error {
+			c, err := g.dev.MakeContext(cu.SchedAuto)
+			if err == nil {
+				g.pinCtx = c
+			}
+			return cu.SetCurrentContext(g.ctx)
+		})
+	})
+	return g.pinCtx
 }
 
 // New opens the host's devices. It fails when there is none.

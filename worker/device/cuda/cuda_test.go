@@ -590,6 +590,19 @@ func BenchmarkColdD2H(b *testing.B) {
 			}
 		}
 	}
+	// BENCH_COLD_WAYS: the same by how the pipeline waits for its pieces
+	// and which context registers.
+	if os.Getenv("BENCH_COLD_WAYS") != "" {
+		for _, wait := range []string{"spin", "blocking", "poll"} {
+			for _, own := range []bool{false, true} {
+				b.Run(fmt.Sprintf("memworker-wait-%s-own-context-%v", wait, own), func(b *testing.B) {
+					defer cuda.SetLandWait(cuda.SetLandWait(wait))
+					defer cuda.SetPinOwnContext(cuda.SetPinOwnContext(own))
+					coldD2H(b, open(b, cuda.Config{}))
+				})
+			}
+		}
+	}
 	b.Run("raw-cold", func(b *testing.B) {
 		freshHostAlloc(b, n, func(p unsafe.Pointer) error { return cu.MemcpyDtoH(p, cu.DevicePtr(src), n) })
 	})

@@ -15,3 +15,19 @@ func SetPinChunk(n int64) int64 {
 	pinChunk = n
 	return old
 }
+
+// SetLandWait changes how the pipeline waits for its pieces ("spin",
+// "blocking" or "poll") and returns the old way.
+func SetLandWait(w string) string {
+	old := landWait
+	landWait = w
+	return old
+}
+
+// SetPinOwnContext has pinning threads register with a context of their
+// own, or the primary one, and returns the old setting.
+func SetPinOwnContext(own bool) bool {
+	old := pinOwnContext
+	pinOwnContext = own
+	return old
+}

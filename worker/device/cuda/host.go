@@ -36,6 +36,12 @@ const hostAlign = 2 << 20 // segment alignment: a huge page, as the pools expect
 // 256 (docs/h100/round3/coldparts).
 var pinChunk int64 = 64 << 20
 
+// pinOwnContext has the pinning threads register with a second context of
+// the device (registrations are portable, so copies on the primary
+// context see them): a probe's knob, asking whether a lock of the primary
+// context keeps registering and copying apart.
+var pinOwnContext = false
+
 // Chunk states.
 const (
 	chunkPending uint8 = iota
@@ -78,7 +84,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
 		chunk:  chunk,
-		ctx:    g.ctx,
+		ctx:    g.pinContext(),
 		chunks: make([]uint8, (size+chunk-1)/chunk),
 		done:   make(chan struct{}),
 	}

@@ -4,6 +4,8 @@ package cuda
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"gorgonia.org/cu"
 
@@ -22,6 +24,13 @@ const (
 	DefaultCopyStreams = 1
 	copyInflight       = 4
 )
+
+// landWait is how the pipeline waits for a piece to land: "spin"
+// (cuEventSynchronize on a default event), "blocking" (on an event made
+// with CU_EVENT_BLOCKING_SYNC) or "poll" (cuEventQuery every 20 µs). A
+// variable for the probes that ask whether the wait holds back
+// page-locking beside the copy.
+var landWait = "spin"
 
 // CopyChunks copies n bytes from src to dst as Copy does, in pieces of at
 // most chunk bytes that are pipelined on streams, and calls done with each
@@ -87,7 +96,14 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 	land := func() error {
 		l := flying[0]
 		flying = flying[1:]
-		serr := l.ev.Synchronize()
+		var serr error
+		if landWait == "poll" {
+			for serr = l.ev.Query(); errors.Is(serr, cu.NotReady); serr = l.ev.Query() {
+				time.Sleep(20 * time.Microsecond)
+			}
+		} else {
+			serr = l.ev.Synchronize()
+		}
 		_ = cu.DestroyEvent(&l.ev)
 		if serr != nil {
 			return wrap("cuEventSynchronize", serr)
@@ -111,7 +127,11 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 		if err := b.copyAsync(d, s, m, st); err != nil {
 			return err
 		}
-		ev, err := cu.MakeEvent(cu.DisableTiming)
+		flags := cu.DisableTiming
+		if landWait == "blocking" {
+			flags |= cu.BlockingSyncEvent
+		}
+		ev, err := cu.MakeEvent(flags)
 		if err != nil {
 			return wrap("cuEventCreate", err)
 		}
