@@ -54,11 +54,18 @@ for s in $steps; do
 		step register-beside-copy-torch python3 ./register-beside-copy.py
 		step cold-d2h-ways env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-wait|raw-warm)' -test.benchtime 3x
 		;;
+	contexts) # P21: registering on contexts of its own beside a copy, by threads and contexts; then the pipeline so
+		step register-contexts ./cuda.test -test.run XXX -test.bench RegisterContexts -test.benchtime 2x
+		step cold-d2h-ways env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-wait|raw-warm)' -test.benchtime 3x
+		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x
 		;;
 	cache) # P21: freed memory goes back to the GPU after --cache-hold, for PyTorch to have
 		step cache env OUT="$out" ./gpu-cache.sh
+		;;
+	benchcuda) # the request path on the cuda worker alone, with its CPU profile
+		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

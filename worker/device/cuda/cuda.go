@@ -80,28 +80,37 @@ type gpu struct {
 	vm       vmm              // virtual memory (vmm.go)
 	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
 
-	pinCtxOnce sync.Once
-	pinCtx     cu.CUContext // with pinOwnContext: the pinning threads' own context
+	pinMu   sync.Mutex
+	pinCtxs []cu.CUContext // with pinOwnContexts: the pinning threads' own contexts
 }
 
-// pinContext is the context the pinning threads make current for this
-// device's segments: the primary one, or with pinOwnContext a second
-// context of the same device (made once, never destroyed: a probe's knob).
-func (g *gpu) pinContext() cu.CUContext {
-	if !pinOwnContext {
-		return g.ctx
+// pinContexts are the contexts the pinning threads make current for this
+// device's segments: the primary one, or with pinOwnContexts that many
+// other contexts of the same device (made once, never destroyed: a
+// probe's knob).
+func (g *gpu) pinContexts() []cu.CUContext {
+	if pinOwnContexts <= 0 {
+		return []cu.CUContext{g.ctx}
 	}
-	g.pinCtxOnce.Do(func() {
-		g.pinCtx = g.ctx
-		_ = g.do(func() error {
+	g.pinMu.Lock()
+	defer g.pinMu.Unlock()
+	for len(g.pinCtxs) < pinOwnContexts {
+		err := g.do(func() error {
 			c, err := g.dev.MakeContext(cu.SchedAuto)
 			if err == nil {
-				g.pinCtx = c
+				g.pinCtxs = append(g.pinCtxs, c)
 			}
-			return cu.SetCurrentContext(g.ctx)
+			_ = cu.SetCurrentContext(g.ctx)
+			return err
 		})
-	})
-	return g.pinCtx
+		if err != nil {
+			break
+		}
+	}
+	if len(g.pinCtxs) == 0 {
+		return []cu.CUContext{g.ctx}
+	}
+	return g.pinCtxs[:min(pinOwnContexts, len(g.pinCtxs))]
 }
 
 // New opens the host's devices. It fails when there is none.

@@ -593,11 +593,11 @@ func BenchmarkColdD2H(b *testing.B) {
 	// BENCH_COLD_WAYS: the same by how the pipeline waits for its pieces
 	// and which context registers.
 	if os.Getenv("BENCH_COLD_WAYS") != "" {
-		for _, wait := range []string{"spin", "blocking", "poll"} {
-			for _, own := range []bool{false, true} {
-				b.Run(fmt.Sprintf("memworker-wait-%s-own-context-%v", wait, own), func(b *testing.B) {
+		for _, wait := range []string{"spin", "blocking"} {
+			for _, own := range []int{0, 1, 2, 4, 8} {
+				b.Run(fmt.Sprintf("memworker-wait-%s-own-contexts-%d", wait, own), func(b *testing.B) {
 					defer cuda.SetLandWait(cuda.SetLandWait(wait))
-					defer cuda.SetPinOwnContext(cuda.SetPinOwnContext(own))
+					defer cuda.SetPinOwnContexts(cuda.SetPinOwnContexts(own))
 					coldD2H(b, open(b, cuda.Config{}))
 				})
 			}

@@ -24,10 +24,10 @@ func SetLandWait(w string) string {
 	return old
 }
 
-// SetPinOwnContext has pinning threads register with a context of their
-// own, or the primary one, and returns the old setting.
-func SetPinOwnContext(own bool) bool {
-	old := pinOwnContext
-	pinOwnContext = own
+// SetPinOwnContexts has pinning threads register with n contexts of their
+// own (0: the primary one), and returns the old setting.
+func SetPinOwnContexts(n int) int {
+	old := pinOwnContexts
+	pinOwnContexts = n
 	return old
 }

@@ -36,11 +36,12 @@ const hostAlign = 2 << 20 // segment alignment: a huge page, as the pools expect
 // 256 (docs/h100/round3/coldparts).
 var pinChunk int64 = 64 << 20
 
-// pinOwnContext has the pinning threads register with a second context of
-// the device (registrations are portable, so copies on the primary
-// context see them): a probe's knob, asking whether a lock of the primary
-// context keeps registering and copying apart.
-var pinOwnContext = false
+// pinOwnContexts, when above 0, has the pinning threads register with
+// that many contexts of their own (thread t with context t%n;
+// registrations are portable, so copies on the primary context see them):
+// a probe's knob, asking whether a lock of the primary context keeps
+// registering and copying apart.
+var pinOwnContexts = 0
 
 // Chunk states.
 const (
@@ -54,8 +55,8 @@ type hostSegment struct {
 	mem   []byte         // the whole mapping, for munmap
 	ptr   unsafe.Pointer // the segment's start in mem, hostAlign-aligned
 	size  int64
-	chunk int64        // bytes per registration: pinChunk when made
-	ctx   cu.CUContext // current while its chunks are registered
+	chunk int64          // bytes per registration: pinChunk when made
+	ctxs  []cu.CUContext // pinning thread t registers with ctxs[t%len(ctxs)]
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -84,7 +85,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
 		chunk:  chunk,
-		ctx:    g.pinContext(),
+		ctxs:   g.pinContexts(),
 		chunks: make([]uint8, (size+chunk-1)/chunk),
 		done:   make(chan struct{}),
 	}
@@ -113,7 +114,7 @@ func (p *pinner) add(h *hostSegment) {
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, h)
 	for ; p.running < p.threads; p.running++ {
-		go p.work()
+		go p.work(p.running)
 	}
 }
 
@@ -135,8 +136,8 @@ func (p *pinner) take() (*hostSegment, int, bool) {
 	return nil, 0, false
 }
 
-// work is one pinning thread: it pins chunks until none is left.
-func (p *pinner) work() {
+// work is pinning thread t: it pins chunks until none is left.
+func (p *pinner) work(t int) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var current cu.CUContext
@@ -146,9 +147,9 @@ func (p *pinner) work() {
 			return
 		}
 		var err error
-		if h.ctx != current {
-			if err = cu.SetCurrentContext(h.ctx); err == nil {
-				current = h.ctx
+		if c := h.ctxs[t%len(h.ctxs)]; c != current {
+			if err = cu.SetCurrentContext(c); err == nil {
+				current = c
 			}
 		}
 		if err == nil {

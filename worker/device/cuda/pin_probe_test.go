@@ -3,6 +3,7 @@
 package cuda_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -678,4 +679,125 @@ func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop
 			}
 		}
 	}
+}
+
+// BenchmarkRegisterContexts asks whether registering scales over contexts
+// when one context's lock serialises it (BenchmarkRegisterBesideCopy: a
+// second context registers without stopping the primary context's copies).
+// While a copier (as there, spin waits) runs on the primary context,
+// BENCH_LOAD_PIN_BYTES (default 4 GiB) of fresh huge-page memory is
+// registered (faulted in untimed first) or faulted in and registered per
+// chunk (both), in 64 MiB chunks on T threads, thread t with context t % C
+// of C contexts made for the case. It reports the copier's rate in the
+// window, and ctx-MiB, the device memory one context took.
+func BenchmarkRegisterContexts(b *testing.B) {
+	n := int64(4 << 30)
+	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const chunk = 64 << 20
+	lockedContext(b, 0)
+	dev, err := cu.GetDevice(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	free0, _, err := cu.MemInfo()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ctxs []cu.CUContext
+	defer func() {
+		for i := range ctxs {
+			_ = ctxs[i].Destroy()
+		}
+	}()
+	for range 8 {
+		c, err := dev.MakeContext(cu.SchedAuto)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctxs = append(ctxs, c)
+	}
+	if err := makeCurrent(); err != nil {
+		b.Fatal(err)
+	}
+	free1, _, _ := cu.MemInfo()
+	perCtx := float64(free0-free1) / 8 / (1 << 20)
+	var landed atomic.Int64
+	stop := make(chan struct{})
+	started := make(chan error)
+	var copier sync.WaitGroup
+	copier.Go(func() { pipelinedLoop("spin", &landed, started, stop) })
+	defer func() { close(stop); copier.Wait() }()
+	if err := <-started; err != nil {
+		b.Fatal(err)
+	}
+	for _, step := range []string{"register", "both"} {
+		for _, tc := range [][2]int{{1, 1}, {4, 1}, {2, 2}, {4, 4}, {8, 4}, {8, 8}} {
+			threads, contexts := tc[0], tc[1]
+			b.Run(fmt.Sprintf("%s/threads-%d/contexts-%d", step, threads, contexts), func(b *testing.B) {
+				lockedContext(b, 0)
+				b.SetBytes(n)
+				var window time.Duration
+				var copied int64
+				for b.Loop() {
+					b.StopTimer()
+					mem := freshMapping(b, n, syscall.MADV_HUGEPAGE)
+					if step == "register" {
+						_ = onThreads(mem, chunk, 16, populate)
+					}
+					f := register
+					if step == "both" {
+						f = both
+					}
+					c1, t1 := landed.Load(), time.Now()
+					b.StartTimer()
+					err := onContexts(ctxs[:contexts], threads, mem, chunk, f)
+					b.StopTimer()
+					copied += landed.Load() - c1
+					window += time.Since(t1)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for off := int64(0); off < n; off += chunk {
+						_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
+					}
+					_ = syscall.Munmap(mem)
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(copied)/window.Seconds()/1e9, "copy-GB/s")
+				b.ReportMetric(perCtx, "ctx-MiB")
+			})
+		}
+	}
+}
+
+// onContexts calls f on each chunk of m, taken in turn by threads locked
+// threads, thread t with ctxs[t%len(ctxs)] current.
+func onContexts(ctxs []cu.CUContext, threads int, m []byte, chunk int, f func([]byte) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, threads)
+	for t := range threads {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if errs[t] = cu.SetCurrentContext(ctxs[t%len(ctxs)]); errs[t] != nil {
+				return
+			}
+			for {
+				off := int(next.Add(int64(chunk))) - chunk
+				if off >= len(m) {
+					return
+				}
+				if err := f(m[off:min(off+chunk, len(m))]); err != nil && errs[t] == nil {
+					errs[t] = err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
