@@ -52,11 +52,10 @@ for s in $steps; do
 	besidecopy) # P21: page-locking beside a pipelined copy: which gives way, in this process's driver or the device (two tools)
 		step register-beside-copy ./cuda.test -test.run XXX -test.bench RegisterBesideCopy -test.benchtime 2x
 		step register-beside-copy-torch python3 ./register-beside-copy.py
-		step cold-d2h-ways env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-wait|raw-warm)' -test.benchtime 3x
 		;;
 	contexts) # P21: registering on contexts of its own beside a copy, by threads and contexts; then the pipeline so
 		step register-contexts ./cuda.test -test.run XXX -test.bench RegisterContexts -test.benchtime 2x
-		step cold-d2h-ways env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-wait|raw-warm)' -test.benchtime 3x
+		step cold-d2h-contexts env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-own|raw-warm)' -test.benchtime 2x
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x

@@ -590,17 +590,14 @@ func BenchmarkColdD2H(b *testing.B) {
 			}
 		}
 	}
-	// BENCH_COLD_WAYS: the same by how the pipeline waits for its pieces
-	// and which context registers.
+	// BENCH_COLD_WAYS: the same with the pinning threads registering on
+	// contexts of their own (docs/h100/round3/besidecopy).
 	if os.Getenv("BENCH_COLD_WAYS") != "" {
-		for _, wait := range []string{"spin", "blocking"} {
-			for _, own := range []int{0, 1, 2, 4, 8} {
-				b.Run(fmt.Sprintf("memworker-wait-%s-own-contexts-%d", wait, own), func(b *testing.B) {
-					defer cuda.SetLandWait(cuda.SetLandWait(wait))
-					defer cuda.SetPinOwnContexts(cuda.SetPinOwnContexts(own))
-					coldD2H(b, open(b, cuda.Config{}))
-				})
-			}
+		for _, own := range []int{2, 4, 8, 1, 0} {
+			b.Run(fmt.Sprintf("memworker-own-contexts-%d", own), func(b *testing.B) {
+				defer cuda.SetPinOwnContexts(cuda.SetPinOwnContexts(own))
+				coldD2H(b, open(b, cuda.Config{}))
+			})
 		}
 	}
 	b.Run("raw-cold", func(b *testing.B) {

@@ -16,14 +16,6 @@ func SetPinChunk(n int64) int64 {
 	return old
 }
 
-// SetLandWait changes how the pipeline waits for its pieces ("spin",
-// "blocking" or "poll") and returns the old way.
-func SetLandWait(w string) string {
-	old := landWait
-	landWait = w
-	return old
-}
-
 // SetPinOwnContexts has pinning threads register with n contexts of their
 // own (0: the primary one), and returns the old setting.
 func SetPinOwnContexts(n int) int {

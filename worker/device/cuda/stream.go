@@ -4,8 +4,6 @@ package cuda
 
 import (
 	"context"
-	"errors"
-	"time"
 
 	"gorgonia.org/cu"
 
@@ -24,13 +22,6 @@ const (
 	DefaultCopyStreams = 1
 	copyInflight       = 4
 )
-
-// landWait is how the pipeline waits for a piece to land: "spin"
-// (cuEventSynchronize on a default event), "blocking" (on an event made
-// with CU_EVENT_BLOCKING_SYNC) or "poll" (cuEventQuery every 20 µs). A
-// variable for the probes that ask whether the wait holds back
-// page-locking beside the copy.
-var landWait = "spin"
 
 // CopyChunks copies n bytes from src to dst as Copy does, in pieces of at
 // most chunk bytes that are pipelined on streams, and calls done with each
@@ -96,14 +87,7 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 	land := func() error {
 		l := flying[0]
 		flying = flying[1:]
-		var serr error
-		if landWait == "poll" {
-			for serr = l.ev.Query(); errors.Is(serr, cu.NotReady); serr = l.ev.Query() {
-				time.Sleep(20 * time.Microsecond)
-			}
-		} else {
-			serr = l.ev.Synchronize()
-		}
+		serr := l.ev.Synchronize()
 		_ = cu.DestroyEvent(&l.ev)
 		if serr != nil {
 			return wrap("cuEventSynchronize", serr)
@@ -127,11 +111,7 @@ func (b *Backend) pipeline(ctx context.Context, g *gpu, dst, src device.Location
 		if err := b.copyAsync(d, s, m, st); err != nil {
 			return err
 		}
-		flags := cu.DisableTiming
-		if landWait == "blocking" {
-			flags |= cu.BlockingSyncEvent
-		}
-		ev, err := cu.MakeEvent(flags)
+		ev, err := cu.MakeEvent(cu.DisableTiming)
 		if err != nil {
 			return wrap("cuEventCreate", err)
 		}
