@@ -43,11 +43,42 @@ def copier(stop, log, ready):
     torch.cuda.synchronize()
 
 
-def in_process(stop, log, ready):
+def child(stop, log, ready):
     """The copier in a child process, its log sent back through a pipe."""
     out = []
     copier(stop, out, ready)
     log.send(out)
+
+
+def in_thread():
+    """Starts the copier in a thread; returns what stops it and gives its log."""
+    stop, ready, log = threading.Event(), threading.Event(), []
+    t = threading.Thread(target=copier, args=(stop, log, ready))
+    t.start()
+    ready.wait()
+
+    def finish():
+        stop.set()
+        t.join()
+        return log
+    return finish
+
+
+def in_a_process():
+    """Starts the copier in a process of its own (a context of its own)."""
+    ctx = mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=child, args=(stop, send, ready))
+    p.start()
+    ready.wait()
+
+    def finish():
+        stop.set()
+        log = recv.recv()
+        p.join()
+        return log
+    return finish
 
 
 def rate(log, t0, t1):
@@ -91,29 +122,11 @@ def main():
     torch.cuda.init()
     cudart = torch.cuda.cudart()
     for run in (1, 2):
-        stop, ready, log = threading.Event(), threading.Event(), []
-        t = threading.Thread(target=copier, args=(stop, log, ready))
-        t.start()
-        ready.wait()
-        time.sleep(0.2)
-        windows = steps(n, cudart)
-        stop.set()
-        t.join()
-        report(f"thread, run {run}", n, windows, log)
-
-        ctx = mp.get_context("spawn")
-        stop, ready = ctx.Event(), ctx.Event()
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=in_process, args=(stop, send, ready))
-        p.start()
-        ready.wait()
-        time.sleep(0.2)
-        windows = steps(n, cudart)
-        stop.set()
-        log = recv.recv()
-        p.join()
-        report(f"process, run {run}", n, windows, log)
-
+        for where, start in (("thread", in_thread), ("process", in_a_process)):
+            finish = start()
+            time.sleep(0.2)
+            windows = steps(n, cudart)
+            report(f"{where}, run {run}", n, windows, finish())
 
 if __name__ == "__main__":
     main()

@@ -438,9 +438,12 @@ func TestPipelinedCopiesKeepContent(t *testing.T) {
 
 // pinBytes is BENCH_PIN_BYTES, the size of the pinning benchmarks (default
 // 1 GiB; the GPU pass uses 8 GiB).
-func pinBytes(b *testing.B) int64 {
-	n := GiB
-	if s := os.Getenv("BENCH_PIN_BYTES"); s != "" {
+func pinBytes(b *testing.B) int64 { return envBytes(b, "BENCH_PIN_BYTES", GiB) }
+
+// envBytes is the byte count in the environment variable name, or def.
+func envBytes(b *testing.B, name string, def int64) int64 {
+	n := def
+	if s := os.Getenv(name); s != "" {
 		if _, err := fmt.Sscan(s, &n); err != nil {
 			b.Fatal(err)
 		}

@@ -5,7 +5,6 @@ package cuda_test
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -108,8 +107,19 @@ func makeCurrent() error {
 }
 
 // onThreads calls f on each chunk of mem, on threads OS threads with the
-// current context, taking chunks in turn; it returns the first error.
+// primary context current, taking chunks in turn; it returns the errors.
 func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
+	return onThreadsWith(func(int) error { return makeCurrent() }, threads, m, chunk, f)
+}
+
+// onContexts is onThreads with thread t's context ctxs[t%len(ctxs)].
+func onContexts(ctxs []cu.CUContext, threads int, m []byte, chunk int, f func([]byte) error) error {
+	return onThreadsWith(func(t int) error { return cu.SetCurrentContext(ctxs[t%len(ctxs)]) }, threads, m, chunk, f)
+}
+
+// onThreadsWith calls f on each chunk of m, taken in turn by threads
+// locked threads, thread t after current(t) made its context current.
+func onThreadsWith(current func(t int) error, threads int, m []byte, chunk int, f func([]byte) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, threads)
@@ -117,8 +127,7 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 		wg.Go(func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			if err := makeCurrent(); err != nil {
-				errs[t] = err
+			if errs[t] = current(t); errs[t] != nil {
 				return
 			}
 			for {
@@ -133,12 +142,7 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 		})
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // BenchmarkPinUnderCopy asks why the segment pipeline (BenchmarkColdD2H)
@@ -159,12 +163,7 @@ func onThreads(m []byte, chunk, threads int, f func([]byte) error) error {
 // against 45.8 idle, and both on 8 threads beside dma did not finish in
 // 8 minutes at 8 GiB: hence the smaller default.
 func BenchmarkPinUnderCopy(b *testing.B) {
-	n := int64(1 << 30)
-	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 1<<30)
 	const chunk = 64 << 20
 	steps := []struct {
 		name    string
@@ -263,26 +262,12 @@ func copyLoop(load string, started chan<- error, stop <-chan struct{}, rate chan
 	case "dma-async":
 		step, piece = 64<<20, 64<<20
 	}
-	err := makeCurrent()
-	var src cu.DevicePtr
-	var dst unsafe.Pointer
-	var st cu.Stream
-	if err == nil {
-		src, err = cu.MemAlloc(n)
-	}
-	if err == nil {
-		dst, err = cuda.HostAlloc(n)
-	}
-	if err == nil {
-		st, err = cu.MakeStream(cu.NonBlocking)
-	}
+	src, dst, st, release, err := copyBuffers(n)
 	started <- err
 	if err != nil {
 		return
 	}
-	defer cu.MemFree(src)
-	defer cu.MemFreeHost(dst)
-	defer st.Destroy()
+	defer release()
 	var flying []cu.Event
 	land := func() {
 		_ = flying[0].Synchronize()
@@ -503,12 +488,7 @@ func bounce(dst []byte, src cu.DevicePtr, ring unsafe.Pointer, slot int64, slots
 // and copy-GB/s, the copier's rate during the case's window, and
 // alone-GB/s, the copier's rate in the 100 ms before it.
 func BenchmarkRegisterBesideCopy(b *testing.B) {
-	n := int64(4 << 30)
-	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
 	lockedContext(b, 0)
 	dev, err := cu.GetDevice(0)
@@ -560,7 +540,7 @@ func BenchmarkRegisterBesideCopy(b *testing.B) {
 					case "register":
 						err = onThreads(mem, chunk, 1, register)
 					case "register-ctx2":
-						err = onContext(ctx2, mem, chunk, register)
+						err = onContexts([]cu.CUContext{ctx2}, 1, mem, chunk, register)
 					case "unregister":
 						err = onThreads(mem, chunk, 1, func(c []byte) error { return cuda.HostUnregister(unsafe.Pointer(&c[0])) })
 					case "populate":
@@ -588,26 +568,30 @@ func BenchmarkRegisterBesideCopy(b *testing.B) {
 	}
 }
 
-// onContext calls f on each chunk of m in order, on one locked thread with
-// ctx current.
-func onContext(ctx cu.CUContext, m []byte, chunk int, f func([]byte) error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cu.SetCurrentContext(ctx); err != nil {
-			errc <- err
-			return
-		}
-		for off := 0; off < len(m); off += chunk {
-			if err := f(m[off:min(off+chunk, len(m))]); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- nil
-	}()
-	return <-errc
+// copyBuffers makes device 0's primary context current on this locked
+// thread, and n bytes of device memory, n of pinned memory and a stream
+// for a copier; release frees them.
+func copyBuffers(n int64) (src cu.DevicePtr, dst unsafe.Pointer, st cu.Stream, release func(), err error) {
+	if err = makeCurrent(); err != nil {
+		return src, dst, st, nil, err
+	}
+	if src, err = cu.MemAlloc(n); err != nil {
+		return src, dst, st, nil, err
+	}
+	if dst, err = cuda.HostAlloc(n); err != nil {
+		_ = cu.MemFree(src)
+		return src, dst, st, nil, err
+	}
+	if st, err = cu.MakeStream(cu.NonBlocking); err != nil {
+		_ = cu.MemFreeHost(dst)
+		_ = cu.MemFree(src)
+		return src, dst, st, nil, err
+	}
+	return src, dst, st, func() {
+		_ = st.Destroy()
+		_ = cu.MemFreeHost(dst)
+		_ = cu.MemFree(src)
+	}, nil
 }
 
 // pipelinedLoop copies 1 GiB of device memory to pinned memory in 64 MiB
@@ -621,26 +605,12 @@ func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop
 	if wait == "blocking" {
 		flags |= cu.BlockingSyncEvent
 	}
-	err := makeCurrent()
-	var src cu.DevicePtr
-	var dst unsafe.Pointer
-	var st cu.Stream
-	if err == nil {
-		src, err = cu.MemAlloc(n)
-	}
-	if err == nil {
-		dst, err = cuda.HostAlloc(n)
-	}
-	if err == nil {
-		st, err = cu.MakeStream(cu.NonBlocking)
-	}
+	src, dst, st, release, err := copyBuffers(n)
 	started <- err
 	if err != nil {
 		return
 	}
-	defer cu.MemFree(src)
-	defer cu.MemFreeHost(dst)
-	defer st.Destroy()
+	defer release()
 	var flying []cu.Event
 	land := func() {
 		ev := flying[0]
@@ -691,12 +661,7 @@ func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop
 // of C contexts made for the case. It reports the copier's rate in the
 // window, and ctx-MiB, the device memory one context took.
 func BenchmarkRegisterContexts(b *testing.B) {
-	n := int64(4 << 30)
-	if s := os.Getenv("BENCH_LOAD_PIN_BYTES"); s != "" {
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
 	lockedContext(b, 0)
 	dev, err := cu.GetDevice(0)
@@ -772,32 +737,4 @@ func BenchmarkRegisterContexts(b *testing.B) {
 			})
 		}
 	}
-}
-
-// onContexts calls f on each chunk of m, taken in turn by threads locked
-// threads, thread t with ctxs[t%len(ctxs)] current.
-func onContexts(ctxs []cu.CUContext, threads int, m []byte, chunk int, f func([]byte) error) error {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, threads)
-	for t := range threads {
-		wg.Go(func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			if errs[t] = cu.SetCurrentContext(ctxs[t%len(ctxs)]); errs[t] != nil {
-				return
-			}
-			for {
-				off := int(next.Add(int64(chunk))) - chunk
-				if off >= len(m) {
-					return
-				}
-				if err := f(m[off:min(off+chunk, len(m))]); err != nil && errs[t] == nil {
-					errs[t] = err
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
