@@ -656,10 +656,13 @@ func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop
 // second context registers without stopping the primary context's copies).
 // While a copier (as there, spin waits) runs on the primary context,
 // BENCH_LOAD_PIN_BYTES (default 4 GiB) of fresh huge-page memory is
-// registered (faulted in untimed first) or faulted in and registered per
-// chunk (both), in 64 MiB chunks on T threads, thread t with context t % C
-// of C contexts made for the case. It reports the copier's rate in the
-// window, and ctx-MiB, the device memory one context took.
+// registered (faulted in untimed first), faulted in and registered per
+// chunk (both), or unregistered (registered untimed on the primary
+// context first: does unregistering elsewhere spare the copies, as
+// registering elsewhere does?), in 64 MiB chunks on T threads, thread t
+// with context t % C of C contexts made for the case. It reports the
+// copier's rate in the window, and ctx-MiB, the device memory one context
+// took.
 func BenchmarkRegisterContexts(b *testing.B) {
 	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
@@ -699,7 +702,8 @@ func BenchmarkRegisterContexts(b *testing.B) {
 	if err := <-started; err != nil {
 		b.Fatal(err)
 	}
-	for _, step := range []string{"register", "both"} {
+	unregister := func(c []byte) error { return cuda.HostUnregister(unsafe.Pointer(&c[0])) }
+	for _, step := range []string{"register", "both", "unregister"} {
 		for _, tc := range [][2]int{{1, 1}, {4, 1}, {2, 2}, {4, 4}, {8, 4}, {8, 8}} {
 			threads, contexts := tc[0], tc[1]
 			b.Run(fmt.Sprintf("%s/threads-%d/contexts-%d", step, threads, contexts), func(b *testing.B) {
@@ -710,12 +714,16 @@ func BenchmarkRegisterContexts(b *testing.B) {
 				for b.Loop() {
 					b.StopTimer()
 					mem := freshMapping(b, n, syscall.MADV_HUGEPAGE)
-					if step == "register" {
+					f := both
+					switch step {
+					case "register":
 						_ = onThreads(mem, chunk, 16, populate)
-					}
-					f := register
-					if step == "both" {
-						f = both
+						f = register
+					case "unregister":
+						if err := onThreads(mem, chunk, 8, both); err != nil {
+							b.Fatal(err)
+						}
+						f = unregister
 					}
 					c1, t1 := landed.Load(), time.Now()
 					b.StartTimer()
@@ -726,8 +734,8 @@ func BenchmarkRegisterContexts(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					for off := int64(0); off < n; off += chunk {
-						_ = cuda.HostUnregister(unsafe.Pointer(&mem[off]))
+					if step != "unregister" {
+						_ = onThreads(mem, chunk, 1, unregister)
 					}
 					_ = syscall.Munmap(mem)
 					b.StartTimer()
