@@ -25,14 +25,17 @@ import (
 // than n GPUs, and frees everything when the test ends. vmm false turns
 // virtual memory management off (--vmm=false).
 //
-// BENCH_PIN_THREADS sets how many threads page-lock fresh host memory, for
-// the host path benchmarks (unset: the backend's default).
+// BENCH_PIN_THREADS sets how many threads page-lock fresh host memory, and
+// BENCH_PIN_CONTEXTS how many contexts of their own they register with,
+// for the host path benchmarks (unset: the backend's defaults).
 func newTestBackend(t testing.TB, n int, bytes int64, vmm bool) testBackend {
 	t.Helper()
 	cfg := cuda.Config{MemoryLimit: bytes, Devices: n, DisableVMM: !vmm}
-	if s := os.Getenv("BENCH_PIN_THREADS"); s != "" {
-		if _, err := fmt.Sscan(s, &cfg.PinThreads); err != nil {
-			t.Fatalf("BENCH_PIN_THREADS %q", s)
+	for name, v := range map[string]*int{"BENCH_PIN_THREADS": &cfg.PinThreads, "BENCH_PIN_CONTEXTS": &cfg.PinContexts} {
+		if s := os.Getenv(name); s != "" {
+			if _, err := fmt.Sscan(s, v); err != nil {
+				t.Fatalf("%s %q", name, s)
+			}
 		}
 	}
 	b, err := cuda.New(cfg)

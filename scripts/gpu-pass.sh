@@ -56,6 +56,11 @@ for s in $steps; do
 	contexts) # P21: registering on contexts of its own beside a copy, by threads and contexts; then the pipeline so
 		step register-contexts ./cuda.test -test.run XXX -test.bench RegisterContexts -test.benchtime 2x
 		step cold-d2h-contexts env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-own|raw-warm)' -test.benchtime 2x
+		step pinned-contexts-test ./cuda.test -test.run 'PinnedSegmentsShare' -test.v
+		;;
+	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
+		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
+		step transfer-to-host-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost' -test.benchtime 3x
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x

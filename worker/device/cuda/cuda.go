@@ -40,6 +40,13 @@ type Config struct {
 	// CopyStreams is how many streams a pipelined copy queues its pieces
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
+	// PinContexts, when above 0, gives each device that many contexts of
+	// its own for the pinning threads to register with (thread t with
+	// context t%n; registrations are portable, so the copies on the
+	// primary context use them). Registering with the context that copies
+	// stops its copies while it runs; another context does not
+	// (docs/h100/round3/besidecopy). 0: the primary context.
+	PinContexts int
 	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
 	// instead of virtual memory (vmm.go) where the device supports it.
 	DisableVMM bool
@@ -80,37 +87,7 @@ type gpu struct {
 	vm       vmm              // virtual memory (vmm.go)
 	extra    []cu.DevicePtr   // SetExternalUsage's stand-in for another process
 
-	pinMu   sync.Mutex
-	pinCtxs []cu.CUContext // with pinOwnContexts: the pinning threads' own contexts
-}
-
-// pinContexts are the contexts the pinning threads make current for this
-// device's segments: the primary one, or with pinOwnContexts that many
-// other contexts of the same device (made once, never destroyed: a
-// probe's knob).
-func (g *gpu) pinContexts() []cu.CUContext {
-	if pinOwnContexts <= 0 {
-		return []cu.CUContext{g.ctx}
-	}
-	g.pinMu.Lock()
-	defer g.pinMu.Unlock()
-	for len(g.pinCtxs) < pinOwnContexts {
-		err := g.do(func() error {
-			c, err := g.dev.MakeContext(cu.SchedAuto)
-			if err == nil {
-				g.pinCtxs = append(g.pinCtxs, c)
-			}
-			_ = cu.SetCurrentContext(g.ctx)
-			return err
-		})
-		if err != nil {
-			break
-		}
-	}
-	if len(g.pinCtxs) == 0 {
-		return []cu.CUContext{g.ctx}
-	}
-	return g.pinCtxs[:min(pinOwnContexts, len(g.pinCtxs))]
+	pinCtxs []cu.CUContext // the pinning threads' contexts (Config.PinContexts)
 }
 
 // New opens the host's devices. It fails when there is none.
@@ -160,6 +137,36 @@ func (g *gpu) memInfo() (free, total int64, err error) {
 	return free, total, wrap("cuMemGetInfo", err)
 }
 
+// makePinContexts makes n contexts of the device for the pinning threads
+// (none: they use the primary one), on the device's thread.
+func (g *gpu) makePinContexts(n int) error {
+	if n <= 0 {
+		g.pinCtxs = []cu.CUContext{g.ctx}
+		return nil
+	}
+	for range n {
+		c, err := g.dev.MakeContext(cu.SchedAuto)
+		if err != nil {
+			return wrap("cuCtxCreate", err)
+		}
+		g.pinCtxs = append(g.pinCtxs, c)
+		if _, err := cu.PopCurrentCtx(); err != nil { // cuCtxCreate pushed it
+			return wrap("cuCtxPopCurrent", err)
+		}
+	}
+	return nil
+}
+
+// destroyPinContexts destroys the pinning contexts made for the device.
+func (g *gpu) destroyPinContexts() {
+	for i := range g.pinCtxs {
+		if g.pinCtxs[i] != g.ctx {
+			_ = g.pinCtxs[i].Destroy()
+		}
+	}
+	g.pinCtxs = nil
+}
+
 func open(i int, cfg Config) (*gpu, error) {
 	d, err := cu.GetDevice(i)
 	if err != nil {
@@ -204,9 +211,10 @@ func open(i int, cfg Config) (*gpu, error) {
 			}
 			g.streams = append(g.streams, st)
 		}
-		return nil
+		return g.makePinContexts(cfg.PinContexts)
 	})
 	if err != nil {
+		_ = g.do(func() error { g.destroyPinContexts(); return nil })
 		close(g.work)
 		_ = d.ReleasePrimaryCtx()
 		return nil, fmt.Errorf("device %d: %w", i, err)
@@ -303,6 +311,7 @@ func (b *Backend) close() {
 			for i := range g.streams {
 				_ = g.streams[i].Destroy()
 			}
+			g.destroyPinContexts()
 			g.extra = nil
 			return nil
 		})

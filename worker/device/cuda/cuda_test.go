@@ -456,8 +456,16 @@ func envBytes(b *testing.B, name string, def int64) int64 {
 // locked and holds what is written to it, and one freed while it still
 // waits for its chunks goes at once.
 func TestPinnedSegmentsShareThePinningThreads(t *testing.T) {
+	for _, contexts := range []int{0, 2} { // the primary context, or two of their own
+		t.Run(fmt.Sprintf("pin-contexts-%d", contexts), func(t *testing.T) {
+			pinnedSegmentsShareThreads(t, cuda.Config{PinThreads: 2, PinContexts: contexts})
+		})
+	}
+}
+
+func pinnedSegmentsShareThreads(t *testing.T, cfg cuda.Config) {
 	ctx := context.Background()
-	b := open(t, cuda.Config{PinThreads: 2})
+	b := open(t, cfg)
 	var segs []uint64
 	for range 4 {
 		a, err := b.Alloc(ctx, 0, device.Pinned, 512*MiB)
@@ -598,8 +606,7 @@ func BenchmarkColdD2H(b *testing.B) {
 	if os.Getenv("BENCH_COLD_WAYS") != "" {
 		for _, own := range []int{2, 4, 8, 1, 0} {
 			b.Run(fmt.Sprintf("memworker-own-contexts-%d", own), func(b *testing.B) {
-				defer cuda.SetPinOwnContexts(cuda.SetPinOwnContexts(own))
-				coldD2H(b, open(b, cuda.Config{}))
+				coldD2H(b, open(b, cuda.Config{PinContexts: own}))
 			})
 		}
 	}

@@ -15,11 +15,3 @@ func SetPinChunk(n int64) int64 {
 	pinChunk = n
 	return old
 }
-
-// SetPinOwnContexts has pinning threads register with n contexts of their
-// own (0: the primary one), and returns the old setting.
-func SetPinOwnContexts(n int) int {
-	old := pinOwnContexts
-	pinOwnContexts = n
-	return old
-}

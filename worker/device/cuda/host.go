@@ -36,13 +36,6 @@ const hostAlign = 2 << 20 // segment alignment: a huge page, as the pools expect
 // 256 (docs/h100/round3/coldparts).
 var pinChunk int64 = 64 << 20
 
-// pinOwnContexts, when above 0, has the pinning threads register with
-// that many contexts of their own (thread t with context t%n;
-// registrations are portable, so copies on the primary context see them):
-// a probe's knob, asking whether a lock of the primary context keeps
-// registering and copying apart.
-var pinOwnContexts = 0
-
 // Chunk states.
 const (
 	chunkPending uint8 = iota
@@ -85,7 +78,7 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		ptr:    unsafe.Add(unsafe.Pointer(&mem[0]), pad),
 		size:   size,
 		chunk:  chunk,
-		ctxs:   g.pinContexts(),
+		ctxs:   g.pinCtxs,
 		chunks: make([]uint8, (size+chunk-1)/chunk),
 		done:   make(chan struct{}),
 	}
