@@ -41,11 +41,12 @@ type Config struct {
 	// on (0: DefaultCopyStreams).
 	CopyStreams int
 	// PinContexts, when above 0, gives each device that many contexts of
-	// its own for the pinning threads to register with (thread t with
-	// context t%n; registrations are portable, so the copies on the
-	// primary context use them). Registering with the context that copies
+	// its own for the pinning threads to register with (chunk i of a
+	// segment with context i%n; registrations are portable, so the copies
+	// on the primary context use them). Registering with the context that copies
 	// stops its copies while it runs; another context does not
-	// (docs/h100/round3/besidecopy). 0: the primary context.
+	// (docs/h100/round3/besidecopy). Each context takes some device memory,
+	// counted in the baseline. 0: the primary context.
 	PinContexts int
 	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
 	// instead of virtual memory (vmm.go) where the device supports it.
@@ -158,13 +159,15 @@ func (g *gpu) makePinContexts(n int) error {
 }
 
 // destroyPinContexts destroys the pinning contexts made for the device.
+// The list itself stays (segments share it): destroying zeroes only the
+// copy here, and a segment made after Close fails its chunks instead of
+// finding no context.
 func (g *gpu) destroyPinContexts() {
-	for i := range g.pinCtxs {
-		if g.pinCtxs[i] != g.ctx {
-			_ = g.pinCtxs[i].Destroy()
+	for _, c := range g.pinCtxs {
+		if c != g.ctx {
+			_ = c.Destroy()
 		}
 	}
-	g.pinCtxs = nil
 }
 
 func open(i int, cfg Config) (*gpu, error) {

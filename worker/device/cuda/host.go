@@ -49,7 +49,7 @@ type hostSegment struct {
 	ptr   unsafe.Pointer // the segment's start in mem, hostAlign-aligned
 	size  int64
 	chunk int64          // bytes per registration: pinChunk when made
-	ctxs  []cu.CUContext // pinning thread t registers with ctxs[t%len(ctxs)]
+	ctxs  []cu.CUContext // chunk i is registered with ctxs[i%len(ctxs)]
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -63,7 +63,7 @@ type hostSegment struct {
 }
 
 // newHostSegment maps size bytes and queues them to be page-locked with
-// g's context; it returns at once.
+// g's pinning contexts; it returns at once.
 func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	mem, err := syscall.Mmap(-1, 0, int(size+hostAlign), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
@@ -107,7 +107,7 @@ func (p *pinner) add(h *hostSegment) {
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, h)
 	for ; p.running < p.threads; p.running++ {
-		go p.work(p.running)
+		go p.work()
 	}
 }
 
@@ -129,18 +129,26 @@ func (p *pinner) take() (*hostSegment, int, bool) {
 	return nil, 0, false
 }
 
-// work is pinning thread t: it pins chunks until none is left.
-func (p *pinner) work(t int) {
+// work is one pinning thread: it pins chunks until none is left, chunk i
+// of a segment with the device's pinning context i%n (so the chunks pinned
+// at once spread over the contexts), and leaves no context current on
+// its thread when it ends.
+func (p *pinner) work() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var current cu.CUContext
+	defer func() {
+		if current != (cu.CUContext{}) {
+			_ = cu.SetCurrentContext(cu.CUContext{})
+		}
+	}()
 	for {
 		h, i, ok := p.take()
 		if !ok {
 			return
 		}
 		var err error
-		if c := h.ctxs[t%len(h.ctxs)]; c != current {
+		if c := h.ctxs[i%len(h.ctxs)]; c != current {
 			if err = cu.SetCurrentContext(c); err == nil {
 				current = c
 			}

@@ -5,8 +5,9 @@
  * versions with other signatures (see ../../../../../shared/GPU.md). Put this
  * folder first on the include path: it includes the real header, then, for
  * CUDA 13 and later, undoes those five mappings and declares the older
- * prototypes, which the driver still exports. Our own code never calls the
- * five functions.
+ * prototypes, which the driver still exports. Our own code calls only
+ * cuCtxCreate of the five (Config.PinContexts), through gorgonia's
+ * Device.MakeContext, which the v2 entry point serves.
  */
 #ifndef MEMWORKER_CUDA13_WRAPPER_H
 #define MEMWORKER_CUDA13_WRAPPER_H
