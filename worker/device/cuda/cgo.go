@@ -19,6 +19,12 @@ static CUresult mw_host_unregister(void *p) {
 	return cuMemHostUnregister(p);
 }
 
+// What memory p points into, as the current context sees it: fails for
+// pageable memory nothing registered.
+static CUresult mw_memory_type(void *p, unsigned int *type) {
+	return cuPointerGetAttribute(type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (CUdeviceptr)p);
+}
+
 static CUresult mw_ipc_handle(CUdeviceptr p, char *out) {
 	CUipcMemHandle h;
 	CUresult r = cuIpcGetMemHandle(&h, p);
@@ -112,6 +118,13 @@ func hostRegister(p unsafe.Pointer, n int64) error {
 		return driverError("cuMemHostRegister", int(r))
 	}
 	return nil
+}
+
+// hostLocked says whether the current context sees p as page-locked host
+// memory (registered or allocated pinned, by any context when portable).
+func hostLocked(p unsafe.Pointer) bool {
+	var t C.uint
+	return C.mw_memory_type(p, &t) == C.CUDA_SUCCESS && t == C.CU_MEMORYTYPE_HOST
 }
 
 func hostUnregister(p unsafe.Pointer) error {

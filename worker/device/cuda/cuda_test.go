@@ -482,6 +482,9 @@ func pinnedSegmentsShareThreads(t *testing.T, cfg cuda.Config) {
 		if err := b.WaitLocked(ctx, a); err != nil {
 			t.Fatal(err)
 		}
+		if locked, err := b.SegmentLocked(a); err != nil || !locked {
+			t.Fatalf("segment %d: the copies' context does not see it page-locked (%v)", i, err)
+		}
 		at := device.Location{Kind: device.Pinned, Addr: a}
 		want := pattern(512*MiB, byte(i))
 		if err := b.Write(ctx, at, want); err != nil {

@@ -2,6 +2,8 @@
 
 package cuda
 
+import "unsafe"
+
 // HostRegister is hostRegister, for the page-locking probe.
 var HostRegister = hostRegister
 
@@ -14,4 +16,22 @@ func SetPinChunk(n int64) int64 {
 	old := pinChunk
 	pinChunk = n
 	return old
+}
+
+// SegmentLocked says whether every chunk of the pinned segment at addr is
+// page-locked as the primary context of device 0 sees it (the copies'
+// context), whichever context registered it.
+func (b *Backend) SegmentLocked(addr uint64) (bool, error) {
+	h, _, err := b.hostSeg(addr, 1)
+	if err != nil {
+		return false, err
+	}
+	locked := true
+	err = b.devices[0].do(func() error {
+		for off := int64(0); off < h.size; off += h.chunk {
+			locked = locked && hostLocked(unsafe.Add(h.ptr, off))
+		}
+		return nil
+	})
+	return locked, err
 }
