@@ -228,18 +228,33 @@ func (h *hostSegment) piece(off, n int64) int64 {
 }
 
 // release stops pinning, waits for the chunks being pinned, unlocks the
-// pinned ones and unmaps the segment. A context must be current on the
-// calling thread.
+// pinned ones, each with the context that registered it (with pinning
+// contexts of their own, unregistering then spares the primary context's
+// copies as registering does), and unmaps the segment. The calling
+// thread is locked, and its context is current again when release returns.
 func (h *hostSegment) release(p *pinner) error {
 	p.cancel(h)
 	<-h.done
+	// Registrations are portable: where the context cannot be switched
+	// (or the caller's could not be read, to put back), the context
+	// current unregisters the chunk.
+	own, oerr := cu.CurrentContext()
+	current := own
 	var err error
 	for i, st := range h.chunks {
 		if st != chunkPinned {
 			continue
 		}
+		if c := h.ctxs[i%len(h.ctxs)]; oerr == nil && c != current && cu.SetCurrentContext(c) == nil {
+			current = c
+		}
 		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*h.chunk)); uerr != nil && err == nil {
 			err = uerr
+		}
+	}
+	if current != own {
+		if serr := cu.SetCurrentContext(own); serr != nil && err == nil {
+			err = wrap("cuCtxSetCurrent", serr)
 		}
 	}
 	if merr := syscall.Munmap(h.mem); merr != nil && err == nil {
