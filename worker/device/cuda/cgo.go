@@ -19,8 +19,8 @@ static CUresult mw_host_unregister(void *p) {
 	return cuMemHostUnregister(p);
 }
 
-// What memory p points into, as the current context sees it: fails for
-// pageable memory nothing registered.
+// What memory p points into: fails for pageable memory that no context
+// registered (the lookup is the process's, not the current context's).
 static CUresult mw_memory_type(void *p, unsigned int *type) {
 	return cuPointerGetAttribute(type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (CUdeviceptr)p);
 }
@@ -120,8 +120,8 @@ func hostRegister(p unsafe.Pointer, n int64) error {
 	return nil
 }
 
-// hostLocked says whether the current context sees p as page-locked host
-// memory (registered or allocated pinned, by any context when portable).
+// hostLocked says whether p is page-locked host memory, registered or
+// allocated pinned by any context (one must be current to ask).
 func hostLocked(p unsafe.Pointer) bool {
 	var t C.uint
 	return C.mw_memory_type(p, &t) == C.CUDA_SUCCESS && t == C.CU_MEMORYTYPE_HOST

@@ -159,9 +159,9 @@ func (g *gpu) makePinContexts(n int) error {
 }
 
 // destroyPinContexts destroys the pinning contexts made for the device.
-// The list itself stays (segments share it): destroying zeroes only the
-// copy here, and a segment made after Close fails its chunks instead of
-// finding no context.
+// The list itself stays (segments share it; destroying zeroes only the
+// copy here), so a segment made by an Alloc racing Close, which callers
+// must not do, finds contexts that are gone rather than none.
 func (g *gpu) destroyPinContexts() {
 	for _, c := range g.pinCtxs {
 		if c != g.ctx {
@@ -287,17 +287,12 @@ func (b *Backend) Close() {
 }
 
 func (b *Backend) close() {
-	if len(b.devices) > 0 {
-		_ = b.devices[0].do(func() error { // a context must be current
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			for addr, h := range b.host {
-				_ = h.release(b.pin)
-				delete(b.host, addr)
-			}
-			return nil
-		})
+	b.mu.Lock()
+	for addr, h := range b.host {
+		_ = h.release(b.pin)
+		delete(b.host, addr)
 	}
+	b.mu.Unlock()
 	for _, g := range b.devices {
 		_ = g.do(func() error {
 			g.mu.Lock()
@@ -372,6 +367,9 @@ func (b *Backend) Alloc(ctx context.Context, dev int, kind device.Kind, size int
 	if err != nil {
 		return 0, err
 	}
+	if size <= 0 {
+		return 0, fmt.Errorf("segment size %d: %w", size, device.ErrOutOfMemory)
+	}
 	if kind == device.Pinned {
 		h, err := newHostSegment(g, size, b.pin)
 		if err != nil {
@@ -426,7 +424,7 @@ func (b *Backend) Free(_ context.Context, dev int, kind device.Kind, addr uint64
 		if !ok {
 			return fmt.Errorf("pinned segment %#x: %w", addr, device.ErrNotFound)
 		}
-		return g.do(func() error { return h.release(b.pin) })
+		return h.release(b.pin)
 	}
 	g.mu.Lock()
 	_, ok := g.segments[addr]

@@ -483,7 +483,7 @@ func pinnedSegmentsShareThreads(t *testing.T, cfg cuda.Config) {
 			t.Fatal(err)
 		}
 		if locked, err := b.SegmentLocked(a); err != nil || !locked {
-			t.Fatalf("segment %d: the copies' context does not see it page-locked (%v)", i, err)
+			t.Fatalf("segment %d: the driver does not have it page-locked throughout (%v)", i, err)
 		}
 		at := device.Location{Kind: device.Pinned, Addr: a}
 		want := pattern(512*MiB, byte(i))

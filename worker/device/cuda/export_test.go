@@ -18,9 +18,9 @@ func SetPinChunk(n int64) int64 {
 	return old
 }
 
-// SegmentLocked says whether every chunk of the pinned segment at addr is
-// page-locked as the primary context of device 0 sees it (the copies'
-// context), whichever context registered it.
+// SegmentLocked says whether the driver has every chunk of the pinned
+// segment at addr registered as page-locked host memory (by any context),
+// asked with device 0's primary context current.
 func (b *Backend) SegmentLocked(addr uint64) (bool, error) {
 	h, _, err := b.hostSeg(addr, 1)
 	if err != nil {

@@ -228,37 +228,47 @@ func (h *hostSegment) piece(off, n int64) int64 {
 }
 
 // release stops pinning, waits for the chunks being pinned, unlocks the
-// pinned ones, each with the context that registered it (with pinning
-// contexts of their own, unregistering then spares the primary context's
-// copies as registering does), and unmaps the segment. The calling
-// thread is locked, and its context is current again when release returns.
+// pinned ones and unmaps the segment. Unlocking runs on a locked thread
+// of its own, each chunk with the context that registered it, so no
+// caller's context changes and the device's thread is not held. (With
+// pinning contexts of their own, unregistering may then spare the primary
+// context's copies as registering does: BenchmarkRegisterContexts'
+// unregister step asks.)
 func (h *hostSegment) release(p *pinner) error {
 	p.cancel(h)
 	<-h.done
-	// Registrations are portable: where the context cannot be switched
-	// (or the caller's could not be read, to put back), the context
-	// current unregisters the chunk.
-	own, oerr := cu.CurrentContext()
-	current := own
+	errc := make(chan error, 1)
+	go func() { errc <- h.unregister() }()
+	err := <-errc
+	if merr := syscall.Munmap(h.mem); merr != nil && err == nil {
+		err = fmt.Errorf("unmapping host memory: %w", merr)
+	}
+	return err
+}
+
+// unregister unlocks h's pinned chunks, chunk i with h.ctxs[i%n] current
+// (registrations are portable: where that context cannot be made current,
+// the one current unregisters it), and leaves no context current.
+func (h *hostSegment) unregister() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var current cu.CUContext
+	defer func() {
+		if current != (cu.CUContext{}) {
+			_ = cu.SetCurrentContext(cu.CUContext{})
+		}
+	}()
 	var err error
 	for i, st := range h.chunks {
 		if st != chunkPinned {
 			continue
 		}
-		if c := h.ctxs[i%len(h.ctxs)]; oerr == nil && c != current && cu.SetCurrentContext(c) == nil {
+		if c := h.ctxs[i%len(h.ctxs)]; c != current && cu.SetCurrentContext(c) == nil {
 			current = c
 		}
 		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*h.chunk)); uerr != nil && err == nil {
 			err = uerr
 		}
-	}
-	if current != own {
-		if serr := cu.SetCurrentContext(own); serr != nil && err == nil {
-			err = wrap("cuCtxSetCurrent", serr)
-		}
-	}
-	if merr := syscall.Munmap(h.mem); merr != nil && err == nil {
-		err = fmt.Errorf("unmapping host memory: %w", merr)
 	}
 	return err
 }
