@@ -136,29 +136,46 @@ func (p *pinner) take() (*hostSegment, int, bool) {
 func (p *pinner) work() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var current cu.CUContext
-	defer func() {
-		if current != (cu.CUContext{}) {
-			_ = cu.SetCurrentContext(cu.CUContext{})
-		}
-	}()
+	var tc threadContext
+	defer tc.leave()
 	for {
 		h, i, ok := p.take()
 		if !ok {
 			return
 		}
-		var err error
-		if c := h.ctxs[i%len(h.ctxs)]; c != current {
-			if err = cu.SetCurrentContext(c); err == nil {
-				current = c
-			}
-		}
+		err := tc.use(h.ctxOf(i))
 		if err == nil {
 			err = h.pinChunk(int64(i))
 		}
 		p.finish(h, i, err)
 	}
 }
+
+// threadContext is the context current on a locked thread that switches
+// between contexts.
+type threadContext struct{ current cu.CUContext }
+
+// use makes c current, unless it is already.
+func (t *threadContext) use(c cu.CUContext) error {
+	if c == t.current {
+		return nil
+	}
+	if err := cu.SetCurrentContext(c); err != nil {
+		return err
+	}
+	t.current = c
+	return nil
+}
+
+// leave leaves no context current on the thread.
+func (t *threadContext) leave() {
+	if t.current != (cu.CUContext{}) {
+		_ = cu.SetCurrentContext(cu.CUContext{})
+	}
+}
+
+// ctxOf is the context that registers chunk i of h.
+func (h *hostSegment) ctxOf(i int) cu.CUContext { return h.ctxs[i%len(h.ctxs)] }
 
 // finish records chunk i of h pinned (or failed), wakes the copies waiting
 // for it, and closes done after the segment's last chunk.
@@ -252,20 +269,14 @@ func (h *hostSegment) release(p *pinner) error {
 func (h *hostSegment) unregister() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var current cu.CUContext
-	defer func() {
-		if current != (cu.CUContext{}) {
-			_ = cu.SetCurrentContext(cu.CUContext{})
-		}
-	}()
+	var tc threadContext
+	defer tc.leave()
 	var err error
 	for i, st := range h.chunks {
 		if st != chunkPinned {
 			continue
 		}
-		if c := h.ctxs[i%len(h.ctxs)]; c != current && cu.SetCurrentContext(c) == nil {
-			current = c
-		}
+		_ = tc.use(h.ctxOf(i))
 		if uerr := hostUnregister(unsafe.Add(h.ptr, int64(i)*h.chunk)); uerr != nil && err == nil {
 			err = uerr
 		}
