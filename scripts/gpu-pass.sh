@@ -2,7 +2,10 @@
 # The GPU machine's test and bench pass. Build first with
 # scripts/cuda-build.sh, carry bin/cuda.tgz, and run this there from the
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
-# picked: scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
+# picked (default: cuda integration hostpath bench):
+#   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
+# and the probes: coldpin coldparts besidecopy contexts hostpath-contexts
+# ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
