@@ -43,10 +43,10 @@ type Config struct {
 	// PinContexts, when above 0, gives each device that many contexts of
 	// its own for the pinning threads to register with (chunk i of a
 	// segment with context i%n; registrations are portable, so the copies
-	// on the primary context use them). Registering with the context that copies
-	// stops its copies while it runs; another context does not
-	// (docs/h100/round3/besidecopy). Each context takes some device memory,
-	// counted in the baseline. 0: the primary context.
+	// on the primary context use them). Registering with the context that
+	// copies stops its copies while it runs; another context does not
+	// (docs/h100/round3/besidecopy). Each context takes some device
+	// memory, counted in the baseline. 0: the primary context.
 	PinContexts int
 	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
 	// instead of virtual memory (vmm.go) where the device supports it.
