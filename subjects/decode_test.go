@@ -165,12 +165,14 @@ func TestValidateAllocate(t *testing.T) {
 }
 
 func TestDeallocateIDsDeduplicates(t *testing.T) {
-	r := subjects.DeallocateRequest{AllocationID: "a", AllocationIDs: []string{"b", "a", "c", "b"}}
+	// Ids are matched in any letter case: spellings that differ only in
+	// case are one id, kept as first spelt.
+	r := subjects.DeallocateRequest{AllocationID: "a", AllocationIDs: []string{"b", "A", "c", "b", "C", "d"}}
 	if err := r.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(r.IDs(), ","); got != "a,b,c" {
-		t.Errorf("IDs() = %s, want a,b,c", got)
+	if got := strings.Join(r.IDs(), ","); got != "a,b,c,d" {
+		t.Errorf("IDs() = %s, want a,b,c,d", got)
 	}
 }
 

@@ -164,15 +164,18 @@ func (r *DeallocateRequest) Validate() error {
 	return nil
 }
 
-// IDs returns every id the request names, without duplicates, in order.
+// IDs returns every id the request names, without duplicates, in order,
+// each as first spelt. Ids are UUIDs, matched in any letter case, so two
+// spellings that differ only in case are one id.
 func (r *DeallocateRequest) IDs() []string {
 	seen := make(map[string]bool, len(r.AllocationIDs)+1)
 	var ids []string
 	for _, id := range append([]string{r.AllocationID}, r.AllocationIDs...) {
-		if id == "" || seen[id] {
+		key := strings.ToLower(id)
+		if id == "" || seen[key] {
 			continue
 		}
-		seen[id] = true
+		seen[key] = true
 		ids = append(ids, id)
 	}
 	return ids

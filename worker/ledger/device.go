@@ -298,10 +298,14 @@ func (d *Device) freeBlock(kind device.Kind, b *alloc.Block) error {
 // means the ledger and the pool disagree: a bug, never input; the entry
 // stays so the disagreement remains visible.
 func (d *Device) free(a *allocation) error {
+	if d.allocs[a.id] != a { // freed already: counting it out twice would corrupt every figure
+		return fmt.Errorf("ledger entry %s is not in the ledger (freed twice)", a.idString())
+	}
 	bytes := a.reserved()
 	if !a.reservation() {
 		if err := d.freeBlock(a.kind, a.block); err != nil {
-			return fmt.Errorf("ledger entry %s is not allocated in its pool: %w", a.idString(), err)
+			// %v: the pool's reason is no client's mistake (an internal error)
+			return fmt.Errorf("ledger entry %s is not allocated in its pool: %v", a.idString(), err)
 		}
 	}
 	d.account(a, -1)
@@ -355,6 +359,29 @@ func (d *Device) Audit() error {
 		if n.vramBytes != vram[p] {
 			return fmt.Errorf("%s: purpose %q holds %d bytes of VRAM, its figure says %d", d.id, p, vram[p], n.vramBytes)
 		}
+	}
+	return d.auditTenants()
+}
+
+// auditTenants checks each tenant's figures (what quotas are decided on)
+// against its entries.
+func (d *Device) auditTenants() error {
+	held := map[string]tenantFigures{}
+	for _, a := range d.allocs {
+		f := held[a.tenant]
+		if a.allocType() != subjects.Pinned {
+			f.requested += a.size
+		}
+		f.allocations++
+		held[a.tenant] = f
+	}
+	for t, f := range d.tenants {
+		if held[t] != *f {
+			return fmt.Errorf("%s: tenant %q holds %+v, its figures say %+v", d.id, t, held[t], *f)
+		}
+	}
+	if len(held) != len(d.tenants) {
+		return fmt.Errorf("%s: %d tenants hold entries, %d have figures", d.id, len(held), len(d.tenants))
 	}
 	return nil
 }

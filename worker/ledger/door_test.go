@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -234,4 +235,57 @@ func allocateAs(t *testing.T, d *ledger.Device, who ledger.Who, now time.Time, r
 		t.Fatalf("allocating %+v: %v (ticket %d)", req, err, ticket)
 	}
 	return a
+}
+
+// TestAnIDSpeltTwiceIsFreedOnce: ids are matched in any letter case, so a
+// deallocate that names one allocation in several spellings frees it once,
+// for every type, and the tenant's figures (its quota) and the device's
+// reservations stay true.
+func TestAnIDSpeltTwiceIsFreedOnce(t *testing.T) {
+	for _, typ := range []subjects.AllocationType{subjects.VRAM, subjects.Pinned, subjects.Reservation} {
+		t.Run(string(typ), func(t *testing.T) {
+			d, _ := newDevice(t, gib, func(c *ledger.Config) { c.Quotas = map[string]int64{"A": 100 * mib} })
+			now := time.Now()
+			var ids []string
+			for range 3 {
+				a, _, err := d.Allocate(ctx, at(tenantA, now), valid(t, &subjects.AllocateRequest{SizeBytes: 30 * mib, AllocationType: typ}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, a.AllocationID)
+			}
+			id := ids[0]
+			spellings := []string{id, strings.ToUpper(id), strings.ToUpper(id[:8]) + id[8:]}
+			if got := d.Allocations(ctx, at(tenantA, now), valid(t, &subjects.AllocationsRequest{AllocationIDs: spellings})); len(got.Allocations) != 1 {
+				t.Errorf("get_allocations of three spellings of one id listed %d entries", len(got.Allocations))
+			}
+			r, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationIDs: spellings}), tenantA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.DeallocatedIDs) != 1 || r.DeallocatedIDs[0] != id {
+				t.Errorf("deallocated %v, want [%s] once", r.DeallocatedIDs, id)
+			}
+			audit(t, d)
+			tu, _ := d.TenantUsage(tenantA)
+			want := int64(60 * mib)
+			if typ == subjects.Pinned {
+				want = 0 // host memory: no device quota
+			}
+			if tu.Allocations != 2 || tu.AllocatedBytes != want {
+				t.Errorf("tenant figures %+v, want 2 allocations of %d bytes", tu, want)
+			}
+			if typ == subjects.Pinned {
+				return
+			}
+			if _, _, err := d.Allocate(ctx, at(tenantA, now), valid(t, &subjects.AllocateRequest{SizeBytes: 70 * mib, AllocationType: typ})); !errors.Is(err, ledger.ErrQuotaExceeded) {
+				t.Errorf("70 MiB more past a 100 MiB quota holding 60: %v, want a quota error", err)
+			}
+			if typ == subjects.Reservation {
+				if u := usage(t, d); u.ReservationUnusedBytes != 60*mib {
+					t.Errorf("reservation_unused %d, want the two left (60 MiB)", u.ReservationUnusedBytes)
+				}
+			}
+		})
+	}
 }
