@@ -16,17 +16,25 @@ import (
 // Cache keeps the replies of successful mutating requests by
 // request_id, so a client retrying after a lost reply gets the first reply
 // and nothing is done twice. It is bounded in age (the window), in entries
-// and in bytes; whichever bound is reached first drops the oldest replies.
-// An allocation needs no entry to be safe: its ledger entry remembers the
-// request that made it for as long as it lives (ledger.Allocate). Its owner
-// (the device) serialises calls.
+// and in bytes. When a bound is reached, the tenant holding the most
+// (entries or bytes, as the bound) gives up its oldest reply: a tenant
+// flooding the cache with request ids evicts its own replies, not
+// another's. An allocation needs no entry to be safe: its ledger entry
+// remembers the request that made it for as long as it lives
+// (ledger.Allocate). Its owner (the device) serialises calls.
 type Cache struct {
 	window     time.Duration
 	maxEntries int
 	maxBytes   int64
 	bytes      int64
 	entries    map[Key]*list.Element
-	order      *list.List // oldest first
+	tenants    map[string]*share // each tenant's replies
+}
+
+// share is one tenant's replies, oldest first.
+type share struct {
+	order *list.List
+	bytes int64
 }
 
 // Key is a request_id as its tenant ("" the operator) gave it: a tenant's
@@ -51,9 +59,10 @@ func (r *replay) size() int64 {
 const replayOverhead = 320
 
 // New returns an empty cache: replies are kept for window, at most
-// maxEntries of them and maxBytes in all (the oldest go first).
+// maxEntries of them and maxBytes in all (the largest tenant's oldest go
+// first).
 func New(window time.Duration, maxEntries int, maxBytes int64) *Cache {
-	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*list.Element{}, order: list.New()}
+	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*list.Element{}, tenants: map[string]*share{}}
 }
 
 func digest(op subjects.Op, data []byte) uint64 {
@@ -99,22 +108,50 @@ func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time
 	// data is the request's own (the envelope decoder copied it), so it is
 	// kept as it is.
 	r := &replay{key, op, digest(op, data), data, reply, now}
-	c.entries[key] = c.order.PushBack(r)
+	sh := c.tenants[key.Tenant]
+	if sh == nil {
+		sh = &share{order: list.New()}
+		c.tenants[key.Tenant] = sh
+	}
+	c.entries[key] = sh.order.PushBack(r)
+	sh.bytes += r.size()
 	c.bytes += r.size()
-	for c.order.Len() > c.maxEntries || (c.bytes > c.maxBytes && c.order.Len() > 1) {
-		c.remove(c.order.Front())
+	for {
+		byEntries := len(c.entries) > c.maxEntries
+		if !byEntries && (c.bytes <= c.maxBytes || len(c.entries) <= 1) {
+			return
+		}
+		c.remove(c.largest(byEntries).order.Front())
 	}
 }
 
+// largest is the tenant share with the most entries (byEntries) or bytes.
+func (c *Cache) largest(byEntries bool) *share {
+	var top *share
+	for _, sh := range c.tenants {
+		if top == nil || byEntries && sh.order.Len() > top.order.Len() || !byEntries && sh.bytes > top.bytes {
+			top = sh
+		}
+	}
+	return top
+}
+
 func (c *Cache) expire(now time.Time) {
-	for el := c.order.Front(); el != nil && now.Sub(el.Value.(*replay).at) > c.window; el = c.order.Front() {
-		c.remove(el)
+	for _, sh := range c.tenants {
+		for el := sh.order.Front(); el != nil && now.Sub(el.Value.(*replay).at) > c.window; el = sh.order.Front() {
+			c.remove(el)
+		}
 	}
 }
 
 func (c *Cache) remove(el *list.Element) {
 	r := el.Value.(*replay)
+	sh := c.tenants[r.key.Tenant]
 	delete(c.entries, r.key)
 	c.bytes -= r.size()
-	c.order.Remove(el)
+	sh.bytes -= r.size()
+	sh.order.Remove(el)
+	if sh.order.Len() == 0 {
+		delete(c.tenants, r.key.Tenant)
+	}
 }

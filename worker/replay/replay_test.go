@@ -51,3 +51,40 @@ func TestReplayCache(t *testing.T) {
 		t.Errorf("entries kept beyond the window: %d", len(c.entries))
 	}
 }
+
+// TestAFloodingTenantEvictsItsOwnReplies: at a bound, the tenant holding
+// the most gives up its oldest reply, so one tenant's stream of request
+// ids cannot push another's retry protection out of the cache.
+func TestAFloodingTenantEvictsItsOwnReplies(t *testing.T) {
+	now := time.Unix(1000, 0)
+	data := []byte(`{"allocation_id":"x"}`)
+	for _, bound := range []string{"entries", "bytes"} {
+		t.Run(bound, func(t *testing.T) {
+			c := New(time.Minute, 4, 1<<20)
+			if bound == "bytes" {
+				c = New(time.Minute, 1000, 4*(replayOverhead+64))
+			}
+			bob := Key{Tenant: "B", RequestID: "bob-transfer-1"}
+			c.Store(bob, subjects.Transfer, data, []byte("bob's"), now)
+			for i := range 100 {
+				c.Store(Key{Tenant: "A", RequestID: fmt.Sprintf("alice-%d", i)}, subjects.Renew, data, []byte("alice's"), now)
+			}
+			if got, err := c.Lookup(bob, subjects.Transfer, data, now); string(got) != "bob's" || err != nil {
+				t.Errorf("bob's reply after alice's flood: %q, %v", got, err)
+			}
+			if got, _ := c.Lookup(Key{Tenant: "A", RequestID: "alice-99"}, subjects.Renew, data, now); string(got) != "alice's" {
+				t.Errorf("alice's newest reply was evicted")
+			}
+			if got, _ := c.Lookup(Key{Tenant: "A", RequestID: "alice-0"}, subjects.Renew, data, now); got != nil {
+				t.Errorf("alice's oldest reply kept past the %s bound", bound)
+			}
+			if len(c.entries) > 4 && bound == "entries" || c.bytes > c.maxBytes {
+				t.Errorf("bounds passed: %d entries, %d bytes", len(c.entries), c.bytes)
+			}
+			// The window still ends every tenant's replies.
+			if got, _ := c.Lookup(bob, subjects.Transfer, data, now.Add(2*time.Minute)); got != nil || len(c.entries) != 0 || len(c.tenants) != 0 {
+				t.Errorf("after the window: %q, %d entries, %d tenants", got, len(c.entries), len(c.tenants))
+			}
+		})
+	}
+}
