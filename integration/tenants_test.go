@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"iter"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,4 +226,80 @@ func fleetAll(t *testing.T, nc *nats.Conn, op subjects.Op) iter.Seq2[*nats.Msg, 
 		t.Fatal(err)
 	}
 	return msgs
+}
+
+// TestATenantCannotUndoAnothersProtection: what one tenant sends cannot
+// take from another: a stream of request ids does not evict another
+// tenant's retry protection (its retried transfer is answered, not run
+// twice), and an id named in several letter cases is freed once (its
+// tenant cannot pass its quota, nor hide the device's reservations from
+// everyone's door).
+func TestATenantCannotUndoAnothersProtection(t *testing.T) {
+	srv := startAccountsServer(t)
+	startWorkerOn(t, context.Background(), connectAs(t, srv, "worker", "change-me-worker"), "n1", withDevices(1, GiB),
+		withConfig(func(c *worker.Config) {
+			c.Quotas = map[string]int64{"TEAM_A": 100 * MiB, "*": 50 * MiB}
+			c.AutoRelease = false
+			c.IdempotencyEntries = 20
+		}))
+	operator := connectAs(t, srv, "operator", "change-me-operator")
+	alice := connectAs(t, srv, "alice", "change-me-alice")
+	bob := connectAs(t, srv, "bob", "change-me-bob")
+	dev := "n1-gpu0"
+
+	t.Run("request ids", func(t *testing.T) {
+		var src subjects.Allocation
+		call(t, bob, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 10 * MiB}, &src)
+		body, err := subjects.NewRequest("bob-transfer-1", subjects.Transfer, subjects.TransferRequest{AllocationID: src.AllocationID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var first, again subjects.TransferStatus
+		if _, err := subjects.DecodeReply(request(t, bob, subjects.Transfer, dev, body).Data, &first); err != nil {
+			t.Fatal(err)
+		}
+		var lease subjects.Allocation
+		call(t, alice, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 600}, &lease)
+		for i := range 100 { // five times the cache's entries
+			renew, _ := subjects.NewRequest(fmt.Sprintf("alice-%d", i), subjects.Renew, subjects.RenewRequest{AllocationID: lease.AllocationID})
+			request(t, alice, subjects.Renew, dev, renew)
+		}
+		if _, err := subjects.DecodeReply(request(t, bob, subjects.Transfer, dev, body).Data, &again); err != nil {
+			t.Fatal(err)
+		}
+		if again.TransferID != first.TransferID {
+			t.Errorf("bob's retried transfer ran again (%s, then %s) after alice's request ids", first.TransferID, again.TransferID)
+		}
+	})
+
+	t.Run("an id in several cases", func(t *testing.T) {
+		var theirs subjects.Allocation
+		call(t, operator, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 500 * MiB, AllocationType: subjects.Reservation, PID: 4242}, &theirs)
+		var before subjects.Usage
+		call(t, bob, subjects.GetUsage, dev, nil, &before)
+		var mine [3]subjects.Allocation
+		var held *subjects.TenantUsage
+		for i := range mine {
+			held = call(t, alice, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 30 * MiB, AllocationType: subjects.Reservation}, &mine[i]).TenantUsage
+		}
+		id := mine[0].AllocationID
+		var freed subjects.DeallocateReply
+		r := call(t, alice, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationIDs: []string{id, strings.ToUpper(id), strings.ToUpper(id[:8]) + id[8:]}}, &freed)
+		if len(freed.DeallocatedIDs) != 1 || freed.FreedBytes != 30*MiB {
+			t.Errorf("three spellings of one id: freed %v, %d bytes", freed.DeallocatedIDs, freed.FreedBytes)
+		}
+		tu := r.TenantUsage
+		if tu == nil || tu.AllocatedBytes != held.AllocatedBytes-30*MiB || tu.Allocations != held.Allocations-1 {
+			t.Fatalf("alice's tenant_usage %+v, want one 30 MiB reservation less than %+v", tu, held)
+		}
+		// What fits her quota by the true figure and no further.
+		room := tu.QuotaBytes - tu.AllocatedBytes
+		body, _ := subjects.NewRequest("", subjects.Allocate, subjects.AllocateRequest{SizeBytes: room + MiB, AllocationType: subjects.Reservation})
+		callErr(t, alice, subjects.Allocate, dev, body, subjects.CodeQuotaExceeded)
+		var after subjects.Usage
+		call(t, bob, subjects.GetUsage, dev, nil, &after)
+		if after.ReservationUnusedBytes != before.ReservationUnusedBytes+60*MiB {
+			t.Errorf("reservation_unused %d, want %d (the operator's and alice's two left)", after.ReservationUnusedBytes, before.ReservationUnusedBytes+60*MiB)
+		}
+	})
 }
