@@ -60,6 +60,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"negative alignment", subjects.Allocate, `{"data":{"size_bytes":1024,"alignment":-4096}}`, subjects.CodeInvalidRequest},
 		{"unknown allocation type", subjects.Allocate, `{"data":{"size_bytes":1024,"allocation_type":"INVALID"}}`, subjects.CodeInvalidRequest},
 		{"negative ttl", subjects.Allocate, `{"data":{"size_bytes":1024,"ttl_seconds":-5}}`, subjects.CodeInvalidRequest},
+		{"a pid past Linux's largest", subjects.Allocate, `{"data":{"size_bytes":1024,"allocation_type":"RESERVATION","pid":4194305}}`, subjects.CodeInvalidRequest},
+		{"an analytics window under a second", subjects.Analytics, `{"data":{"window_seconds":1e-9}}`, subjects.CodeInvalidRequest},
 		{"over-long purpose", subjects.Allocate, `{"data":{"size_bytes":1024,"purpose":"` + long + `"}}`, subjects.CodeInvalidRequest},
 		{"control characters in model_id", subjects.Allocate, `{"data":{"size_bytes":1024,"model_id":"a\u0000b"}}`, subjects.CodeInvalidRequest},
 		{"unknown field", subjects.Allocate, `{"data":{"size_bytes":1024,"sise":1}}`, subjects.CodeInvalidRequest},

@@ -149,6 +149,8 @@ func TestValidateAllocate(t *testing.T) {
 		{"long purpose", subjects.AllocateRequest{SizeBytes: 1, Purpose: strings.Repeat("p", 300)}, false},
 		{"control char", subjects.AllocateRequest{SizeBytes: 1, ModelID: "a\nb"}, false},
 		{"bad utf8", subjects.AllocateRequest{SizeBytes: 1, Purpose: "\xff"}, false},
+		{"a reservation's pid", subjects.AllocateRequest{SizeBytes: 1, AllocationType: subjects.Reservation, PID: subjects.MaxPID}, true},
+		{"a pid past Linux's largest", subjects.AllocateRequest{SizeBytes: 1, AllocationType: subjects.Reservation, PID: subjects.MaxPID + 1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,6 +163,28 @@ func TestValidateAllocate(t *testing.T) {
 				t.Errorf("error %v is not an INVALID_REQUEST *Error", err)
 			}
 		})
+	}
+}
+
+// TestValidatePIDsAndWindows: process ids and analytics windows outside
+// what they can mean are refused on every request that carries them.
+func TestValidatePIDsAndWindows(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		req  interface{ Validate() error }
+		ok   bool
+	}{
+		{"resize, pid", &subjects.ResizeRequest{AllocationID: "a", SizeBytes: 1, PID: 4242}, true},
+		{"resize, pid past Linux's largest", &subjects.ResizeRequest{AllocationID: "a", SizeBytes: 1, PID: subjects.MaxPID + 1}, false},
+		{"resize, negative pid", &subjects.ResizeRequest{AllocationID: "a", SizeBytes: 1, PID: -1}, false},
+		{"analytics, default window", &subjects.AnalyticsRequest{}, true},
+		{"analytics, a second", &subjects.AnalyticsRequest{WindowSeconds: 1}, true},
+		{"analytics, under a second", &subjects.AnalyticsRequest{WindowSeconds: 1e-9}, false},
+		{"analytics, past a day", &subjects.AnalyticsRequest{WindowSeconds: subjects.MaxWindowSeconds + 1}, false},
+	} {
+		if err := tt.req.Validate(); (err == nil) != tt.ok {
+			t.Errorf("%s: Validate() = %v, want ok=%v", tt.name, err, tt.ok)
+		}
 	}
 }
 

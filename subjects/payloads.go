@@ -345,6 +345,8 @@ type ResizeRequest struct {
 const (
 	MaxWaitSeconds = 300
 	MaxPriority    = 100
+	// MaxPID is the largest process id Linux hands out (PID_MAX_LIMIT).
+	MaxPID = 1 << 22
 )
 
 // DeallocateRequest is deallocate's payload: one id, or several. It is all

@@ -53,8 +53,8 @@ func (r *AllocateRequest) Validate() error {
 	if r.Priority < -MaxPriority || r.Priority > MaxPriority {
 		return Invalid("priority must be between -%d and %d, got %d", MaxPriority, MaxPriority, r.Priority)
 	}
-	if r.PID < 0 || (r.PID > 0 && t != Reservation) {
-		return Invalid("pid names the process of a %s (a positive number), got %d for %s", Reservation, r.PID, t)
+	if r.PID < 0 || r.PID > MaxPID || (r.PID > 0 && t != Reservation) {
+		return Invalid("pid names the process of a %s (a number from 1 to %d), got %d for %s", Reservation, MaxPID, r.PID, t)
 	}
 	if r.Alignment < 0 || r.Alignment > MaxAlignment || r.Alignment&(r.Alignment-1) != 0 {
 		return Invalid("alignment must be 0 or a power of two up to %d, got %d", MaxAlignment, r.Alignment)
@@ -135,8 +135,8 @@ func (r *ResizeRequest) Validate() error {
 	if r.SizeBytes < 0 || r.SizeBytes > MaxSizeBytes {
 		return Invalid("size_bytes must be 0 to %d bytes, got %d", int64(MaxSizeBytes), r.SizeBytes)
 	}
-	if r.PID < 0 {
-		return Invalid("pid must be a positive number, got %d", r.PID)
+	if r.PID < 0 || r.PID > MaxPID {
+		return Invalid("pid must be a number from 1 to %d, got %d", MaxPID, r.PID)
 	}
 	if math.IsNaN(r.WaitSeconds) || r.WaitSeconds < 0 || r.WaitSeconds > MaxWaitSeconds {
 		return Invalid("wait_seconds must be between 0 and %d", MaxWaitSeconds)
@@ -363,8 +363,8 @@ func (r *ModelStatusRequest) Validate() error { return checkLabel("model_id", r.
 
 // Validate checks an analytics payload and applies its defaults.
 func (r *AnalyticsRequest) Validate() error {
-	if math.IsNaN(r.WindowSeconds) || r.WindowSeconds < 0 || r.WindowSeconds > MaxWindowSeconds {
-		return Invalid("window_seconds must be between 1 and %d, got %v", MaxWindowSeconds, r.WindowSeconds)
+	if math.IsNaN(r.WindowSeconds) || r.WindowSeconds < 0 || r.WindowSeconds > 0 && r.WindowSeconds < 1 || r.WindowSeconds > MaxWindowSeconds {
+		return Invalid("window_seconds must be between 1 and %d (0: %d), got %v", MaxWindowSeconds, DefaultWindowSeconds, r.WindowSeconds)
 	}
 	if r.WindowSeconds == 0 {
 		r.WindowSeconds = DefaultWindowSeconds
