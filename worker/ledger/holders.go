@@ -120,6 +120,13 @@ func (d *Device) Step(ctx context.Context, now time.Time) Ready {
 	var r Ready
 	for range 2 {
 		if len(d.queue.waiters) > 0 {
+			// Released holders no waiter above them needs grow back first:
+			// room they gave up for a higher waiter is not a lower one's
+			// to take once that waiter is gone.
+			if d.holders > 0 {
+				asks, evs := d.restoreHolders(ctx, d.headWaiter(now), now)
+				r.Asks, r.Events = append(r.Asks, asks...), append(r.Events, evs...)
+			}
 			r.Decisions = append(r.Decisions, d.Admit(ctx, now)...)
 		}
 		asks, evs, grew := d.Handoff(ctx, now)

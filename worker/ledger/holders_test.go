@@ -81,6 +81,36 @@ func TestTheHandoff(t *testing.T) {
 		audit(t, d)
 	})
 
+	t.Run("the room goes back to the holder, not to a waiter below it", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
+		high, _ := wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
+		d.Step(ctx, t0)
+		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+			t.Fatal(err)
+		}
+		d.Answered(h.AllocationID, nil, t0)
+		r := d.Step(ctx, t0.Add(time.Second))
+		if len(r.Decisions) != 1 || r.Decisions[0].Ticket != high || r.Decisions[0].Err != nil {
+			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
+		}
+		low, _ := wait(t, d, tenantB, "w2", t0.Add(time.Second), 600*mib, 60, -50)
+		if low == 0 {
+			t.Fatal("the waiter below the holder did not wait")
+		}
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+			t.Fatal(err)
+		}
+		r = d.Step(ctx, t0.Add(2*time.Second))
+		if len(r.Decisions) != 0 {
+			t.Errorf("the waiter below the holder was answered: %+v", r.Decisions)
+		}
+		if len(r.Asks) != 1 || r.Asks[0].Action != subjects.ActionRestore || allocationSize(t, d, h.AllocationID) != 800*mib {
+			t.Errorf("the holder was not restored first: asks %+v, size %d", r.Asks, allocationSize(t, d, h.AllocationID))
+		}
+		audit(t, d)
+	})
+
 	t.Run("a holder of equal or higher priority is never asked", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		holderOf(t, d, tenantA, 400*mib, 0, 10)
