@@ -45,9 +45,6 @@ type claim struct {
 	// seq is the waiter's place in the queue when a waiter asks, 0 for a
 	// newcomer (behind every waiter of its priority).
 	seq uint64
-	// self is the holder a claim grows back (a restore, or its own
-	// resize): what it gave up is its own to take.
-	self *allocation
 }
 
 // deviceMemory reports whether the claim takes device memory (VRAM or a
@@ -84,10 +81,9 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 		if err != nil {
 			return false, err
 		}
-		if owed := d.owedToHolders(c); c.size > u.AvailableBytes-owed {
-			return false, fmt.Errorf("%s do not fit %s: %s available (%s promised to reservations, %s owed to released holders of priority %d or above): %w",
-				bytesize.Format(c.size), d.id, bytesize.Format(max(u.AvailableBytes-owed, 0)), bytesize.Format(u.ReservationUnusedBytes),
-				bytesize.Format(owed), c.priority, device.ErrOutOfMemory)
+		if c.size > u.AvailableBytes {
+			return false, fmt.Errorf("%s do not fit %s: %s available (%s promised to reservations): %w",
+				bytesize.Format(c.size), d.id, bytesize.Format(u.AvailableBytes), bytesize.Format(u.ReservationUnusedBytes), device.ErrOutOfMemory)
 		}
 	}
 	if n := d.queue.blocking(c, now, d.cfg.StarvationGuard, d.overQuota); n > 0 {
@@ -95,24 +91,6 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 			requests(n), d.id, d.cfg.StarvationGuard, device.ErrOutOfMemory)
 	}
 	return false, nil
-}
-
-// owedToHolders is the room reservation holders gave up (released, or
-// releasing and shrunk already) that a claim may not take: theirs to grow
-// back into, unless the claim outranks them (only a higher priority is
-// given a holder's memory) or is the holder's own.
-func (d *Device) owedToHolders(c claim) int64 {
-	if d.holders == 0 {
-		return 0
-	}
-	var owed int64
-	for _, a := range d.allocs {
-		if h := a.holding(); h != nil && (h.state == subjects.HolderReleased || h.state == subjects.HolderReleasing) &&
-			a.reservation() && a != c.self && h.priority >= c.priority {
-			owed += max(h.full-a.size, 0)
-		}
-	}
-	return owed
 }
 
 // possible refuses a claim that no wait can grant.

@@ -323,7 +323,7 @@ func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time
 			if !a.reservation() {
 				continue // a VRAM holder allocates again itself
 			}
-			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a}
+			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority}
 			if _, err := d.door(ctx, c, now); err != nil {
 				continue
 			}
@@ -391,7 +391,7 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		if h := a.holding(); h != nil {
 			priority = h.priority
 		}
-		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority, seq: seq, self: a}
+		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority, seq: seq}
 		if final, err := d.door(ctx, c, call.Now); err != nil {
 			if final {
 				return d.view(a), grow, true, err

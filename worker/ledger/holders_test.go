@@ -111,36 +111,6 @@ func TestTheHandoff(t *testing.T) {
 		audit(t, d)
 	})
 
-	t.Run("what a holder gave up beyond its waiter's need is no lower claim's", func(t *testing.T) {
-		d, _ := newDevice(t, gib, nil)
-		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
-		wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
-		d.Step(ctx, t0)
-		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
-			t.Fatal(err)
-		}
-		d.Answered(h.AllocationID, nil, t0)
-		if r := d.Step(ctx, t0.Add(time.Second)); len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
-		}
-		// About 300 MiB is free: the holder's, against claims of its
-		// priority or below, a higher one's to take.
-		for _, tc := range []struct {
-			priority int
-			want     error
-		}{{-50, device.ErrOutOfMemory}, {0, device.ErrOutOfMemory}, {1, nil}} {
-			_, _, err := d.Allocate(ctx, at(tenantB, t0.Add(time.Second)), valid(t, &subjects.AllocateRequest{SizeBytes: 200 * mib, Priority: tc.priority}))
-			if !errors.Is(err, tc.want) && (tc.want != nil || err != nil) {
-				t.Errorf("200 MiB at priority %d beside a released priority-0 holder: %v, want %v", tc.priority, err, tc.want)
-			}
-		}
-		// The holder's own growth is not held back by what it is owed.
-		if _, _, err := d.Resize(ctx, at(tenantA, t0.Add(time.Second)), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 50 * mib})); err != nil {
-			t.Errorf("the holder growing into its own room: %v", err)
-		}
-		audit(t, d)
-	})
-
 	t.Run("a holder of equal or higher priority is never asked", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		holderOf(t, d, tenantA, 400*mib, 0, 10)
