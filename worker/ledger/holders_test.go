@@ -111,6 +111,26 @@ func TestTheHandoff(t *testing.T) {
 		audit(t, d)
 	})
 
+	t.Run("room that was free before the release stays everyone's", func(t *testing.T) {
+		d, _ := newDevice(t, gib, nil)
+		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
+		wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
+		d.Step(ctx, t0)
+		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+			t.Fatal(err)
+		}
+		d.Answered(h.AllocationID, nil, t0)
+		if r := d.Step(ctx, t0.Add(time.Second)); len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
+		}
+		// A tenant of the holder's priority is not shut out of the device
+		// while the holder is released.
+		if _, _, err := d.Allocate(ctx, at(tenantB, t0.Add(time.Second)), valid(t, &subjects.AllocateRequest{SizeBytes: 100 * mib})); err != nil {
+			t.Errorf("100 MiB beside a released holder: %v", err)
+		}
+		audit(t, d)
+	})
+
 	t.Run("a holder of equal or higher priority is never asked", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		holderOf(t, d, tenantA, 400*mib, 0, 10)
