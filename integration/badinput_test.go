@@ -44,6 +44,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"a type that only Unicode folding matches", subjects.Allocate, `{"data":{"size_bytes":1024,"allocation_type":"pınned"}}`, subjects.CodeInvalidRequest},
 		{"a bidi override in model_id", subjects.Allocate, "{\"data\":{\"size_bytes\":1024,\"model_id\":\"ab\u202ecd\"}}", subjects.CodeInvalidRequest},
 		{"a zero-width space in purpose", subjects.Allocate, "{\"data\":{\"size_bytes\":1024,\"purpose\":\"kv\u200b\"}}", subjects.CodeInvalidRequest},
+		{"a lone surrogate escape in purpose", subjects.Allocate, `{"data":{"size_bytes":1024,"purpose":"kv\ud800"}}`, subjects.CodeInvalidRequest},
 		{"a mode that only Unicode folding matches", subjects.Transfer, `{"data":{"allocation_id":"x","mode":"COPYİ"}}`, subjects.CodeInvalidRequest},
 		{"ttl under a millisecond", subjects.Allocate, `{"data":{"size_bytes":1024,"ttl_seconds":1e-300}}`, subjects.CodeInvalidRequest},
 		{"size as string", subjects.Allocate, `{"data":{"size_bytes":"1024"}}`, subjects.CodeInvalidRequest},

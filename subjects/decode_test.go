@@ -149,6 +149,7 @@ func TestValidateAllocate(t *testing.T) {
 		{"long purpose", subjects.AllocateRequest{SizeBytes: 1, Purpose: strings.Repeat("p", 300)}, false},
 		{"control char", subjects.AllocateRequest{SizeBytes: 1, ModelID: "a\nb"}, false},
 		{"bad utf8", subjects.AllocateRequest{SizeBytes: 1, Purpose: "\xff"}, false},
+		{"a replacement character", subjects.AllocateRequest{SizeBytes: 1, ModelID: "m\ufffd"}, false},
 		{"a reservation's pid", subjects.AllocateRequest{SizeBytes: 1, AllocationType: subjects.Reservation, PID: subjects.MaxPID}, true},
 		{"a pid past Linux's largest", subjects.AllocateRequest{SizeBytes: 1, AllocationType: subjects.Reservation, PID: subjects.MaxPID + 1}, false},
 	}

@@ -246,6 +246,11 @@ func checkLabel(field, s string) error {
 		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			return Invalid("%s holds a control or format character (U+%04X)", field, r)
 		}
+		// The JSON decoder turns a lone surrogate escape ("\ud800") into
+		// U+FFFD: a label holding it was mangled on its way, not meant.
+		if r == utf8.RuneError {
+			return Invalid("%s holds U+FFFD (a lone surrogate escape, or text mangled before it was sent)", field)
+		}
 	}
 	return nil
 }
