@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"time"
 
@@ -183,18 +182,10 @@ func (d *Device) take(ctx context.Context, a *allocation, req *subjects.Allocate
 // before any is freed.
 func (d *Device) Deallocate(req *subjects.DeallocateRequest, who Who) (subjects.DeallocateReply, error) {
 	ids := req.IDs()
-	entries := make([]*allocation, 0, len(ids))
-	named := make(map[*allocation]bool, len(ids))
-	for i := 0; i < len(ids); i++ {
-		id := ids[i]
+	entries := make([]*allocation, len(ids))
+	for i, id := range ids {
 		a, ok := d.get(id)
-		if ok && named[a] { // another spelling of an id named already
-			ids = slices.Delete(ids, i, i+1)
-			i--
-			continue
-		}
-		named[a] = true
-		entries = append(entries, a)
+		entries[i] = a
 		if !ok || !a.visibleTo(who) {
 			return subjects.DeallocateReply{}, fmt.Errorf("allocation %s on %s: %w", id, d.id, ErrAllocationNotFound)
 		}
