@@ -259,6 +259,9 @@ func TestAnIDSpeltTwiceIsFreedOnce(t *testing.T) {
 			if got := d.Allocations(ctx, at(tenantA, now), valid(t, &subjects.AllocationsRequest{AllocationIDs: spellings})); len(got.Allocations) != 1 {
 				t.Errorf("get_allocations of three spellings of one id listed %d entries", len(got.Allocations))
 			}
+			if r, err := d.Renew(valid(t, &subjects.RenewRequest{AllocationIDs: spellings, TTLSeconds: 60}), tenantA, now); err != nil || len(r.Renewed) != 1 {
+				t.Errorf("renew of three spellings of one id: %+v, %v", r.Renewed, err)
+			}
 			r, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationIDs: spellings}), tenantA)
 			if err != nil {
 				t.Fatal(err)
