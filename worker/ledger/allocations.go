@@ -132,6 +132,9 @@ func (d *Device) allocate(ctx context.Context, call Call, req *subjects.Allocate
 	}
 	d.hold(a, req.Reclaim, req.Priority)
 	d.add(a)
+	if c.deviceMemory() {
+		d.lend(a, c.priority, a.size)
+	}
 	return d.view(a), false, nil
 }
 

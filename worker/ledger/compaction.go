@@ -162,6 +162,11 @@ func (d *Device) relocateTimed(ctx context.Context, allocs []*allocation, kind d
 		a.kind, a.block, a.rsv, a.lastUsed = kind, blocks[i], blocks[i].Size(), now.UnixNano()
 		a.set(offloaded, kind == device.Pinned)
 		d.account(a, 1)
+		if kind == device.Pinned {
+			d.repayAll(a) // off the device: what it borrowed there is back
+		} else {
+			d.lend(a, 0, a.size) // a restore, a claim of priority 0
+		}
 	}
 	return nil
 }

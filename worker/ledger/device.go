@@ -104,9 +104,10 @@ type Device struct {
 	truth                truth
 	tele                 telemetry
 	queue                queue // allocates waiting for room
-	// holders counts the allocations with a reclaim spec; freedHolders are
-	// the completions of holders freed while asked to release.
-	holders      int
+	// holders are the allocations with a reclaim spec, in the order they
+	// were made; freedHolders the completions of holders freed while asked
+	// to release.
+	holders      []*allocation
 	freedHolders []HandoffEvent
 	// settle is until when, after a release, the queue is looked at again
 	// every VerifyEvery (settleAt the next look) for its room to show.
@@ -310,6 +311,7 @@ func (d *Device) free(a *allocation) error {
 	}
 	d.account(a, -1)
 	d.forget(a)
+	d.repayAll(a)
 	delete(d.allocs, a.id)
 	d.order.Delete(a)
 	if o := a.origin(); o.RequestID != "" {
@@ -359,6 +361,9 @@ func (d *Device) Audit() error {
 		if n.vramBytes != vram[p] {
 			return fmt.Errorf("%s: purpose %q holds %d bytes of VRAM, its figure says %d", d.id, p, vram[p], n.vramBytes)
 		}
+	}
+	if err := d.auditLoans(); err != nil {
+		return err
 	}
 	return d.auditTenants()
 }

@@ -45,6 +45,9 @@ type claim struct {
 	// seq is the waiter's place in the queue when a waiter asks, 0 for a
 	// newcomer (behind every waiter of its priority).
 	seq uint64
+	// self is the allocation that grows, when the claim is a growth (a
+	// resize, a holder's restore): not held back by what it is owed itself.
+	self *allocation
 }
 
 // deviceMemory reports whether the claim takes device memory (VRAM or a
@@ -84,6 +87,18 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 		if c.size > u.AvailableBytes {
 			return false, fmt.Errorf("%s do not fit %s: %s available (%s promised to reservations): %w",
 				bytesize.Format(c.size), d.id, bytesize.Format(u.AvailableBytes), bytesize.Format(u.ReservationUnusedBytes), device.ErrOutOfMemory)
+		}
+	}
+	// Room a released holder of this priority or above gave up, and that
+	// no claim above it has borrowed, is the holder's to take back (owed.go).
+	if owed := d.owedTo(c); owed > 0 {
+		u, err := d.Usage(ctx, now)
+		if err != nil {
+			return false, err
+		}
+		if c.size > u.AvailableBytes-owed {
+			return false, fmt.Errorf("%s do not fit %s: %s available, of which %s is owed to holders that released it for a higher priority than %d: %w",
+				bytesize.Format(c.size), d.id, bytesize.Format(u.AvailableBytes), bytesize.Format(owed), c.priority, device.ErrOutOfMemory)
 		}
 	}
 	if n := d.queue.blocking(c, now, d.cfg.StarvationGuard, d.overQuota); n > 0 {

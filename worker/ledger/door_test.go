@@ -108,7 +108,8 @@ func grantAfterWaiting(t *testing.T, d *ledger.Device, _ string, now time.Time) 
 	}
 	var filler subjects.Allocation
 	if fill := u.AvailableBytes - u.AvailableBytes%(2*mib); fill > 0 {
-		filler = allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: fill})
+		// Above every holder: room a released holder is owed is filled too.
+		filler = allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: fill, Priority: 100})
 	}
 	_, ticket, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, WaitSeconds: 60, TTLSeconds: 60}))
 	if ticket == 0 {
@@ -166,6 +167,36 @@ var doorRules = []doorRule{
 	}},
 	{name: "room", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
 		return fillAllBut(t, d, holds, subjects.VRAM)
+	}},
+	{name: "owed to a released holder", kind: device.ErrOutOfMemory, setUp: func(t *testing.T, d *ledger.Device, holds bool) time.Time {
+		// B's holder of A's priority takes what is available but leave;
+		// the operator's waiter above it needs leave and doorSize more,
+		// so the holder releases all it has, and the waiter takes that
+		// first. The rest of the release is B's to take back: A has leave.
+		u, err := d.Usage(ctx, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leave := 2 * doorSize
+		if holds {
+			leave = doorSize / 2
+		}
+		h := holderOf(t, d, tenantB, u.AvailableBytes-leave, 0, 0)
+		_, ticket, err := d.Allocate(ctx, at(op, t0), valid(t, &subjects.AllocateRequest{SizeBytes: leave + doorSize, WaitSeconds: 60, TTLSeconds: 600, Priority: 10}))
+		if ticket == 0 {
+			t.Fatalf("the waiter above the holder did not wait: %v", err)
+		}
+		if r := d.Step(ctx, t0); len(r.Asks) != 1 {
+			t.Fatalf("asks %+v, want the holder's release", r.Asks)
+		}
+		if _, _, err := d.Resize(ctx, at(tenantB, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+			t.Fatal(err)
+		}
+		d.Answered(h.AllocationID, nil, t0)
+		if r := d.Step(ctx, t0); len(r.Decisions) != 1 || r.Decisions[0].Ticket != ticket || r.Decisions[0].Err != nil {
+			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
+		}
+		return t0
 	}},
 }
 

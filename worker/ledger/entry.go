@@ -61,6 +61,7 @@ type extra struct {
 	user      string
 	pid       int     // a reservation's process
 	hold      *holder // a holder's standing
+	loans     []loan  // room borrowed from released holders (owed.go)
 }
 
 // typeCodes are the allocation types by their code in an entry.

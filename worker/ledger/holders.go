@@ -50,6 +50,10 @@ type holder struct {
 	answeredAt, verifyAt time.Time
 	// rest: not asked again before it (after a failed release).
 	rest time.Time
+	// gen counts the releases asked of it; lent is what claims above its
+	// priority have borrowed of the room it gave up in this one (owed.go).
+	gen  uint64
+	lent int64
 }
 
 // Ask is a request the shell sends to a holder.
@@ -123,7 +127,7 @@ func (d *Device) Step(ctx context.Context, now time.Time) Ready {
 			// Released holders no waiter above them needs grow back first:
 			// room they gave up for a higher waiter is not a lower one's
 			// to take once that waiter is gone.
-			if d.holders > 0 {
+			if len(d.holders) > 0 {
 				asks, evs := d.restoreHolders(ctx, d.headWaiter(now), now)
 				r.Asks, r.Events = append(r.Asks, asks...), append(r.Events, evs...)
 			}
@@ -170,7 +174,7 @@ func (d *Device) Answered(id string, err error, now time.Time) {
 // and restores those no waiter above them needs. grew tells whether
 // room grew (a release verified): the queue is worth examining again.
 func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []HandoffEvent, grew bool) {
-	if d.holders == 0 && len(d.freedHolders) == 0 {
+	if len(d.holders) == 0 && len(d.freedHolders) == 0 {
 		return nil, nil, false
 	}
 	for _, e := range d.freedHolders {
@@ -191,7 +195,7 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 	}
 	d.readTelemetryWithin(ctx, now, maxAge)
 	var releasing int64
-	for _, a := range d.allocs {
+	for _, a := range d.holders {
 		h := a.holding()
 		if h == nil || h.state != subjects.HolderReleasing {
 			continue
@@ -267,7 +271,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 	}
 	var cands []*allocation
 	var total int64
-	for _, a := range d.allocs {
+	for _, a := range d.holders {
 		h := a.holding()
 		if h == nil || h.state != subjects.HolderHeld || h.priority >= head.req.Priority || now.Before(h.rest) || a.size <= h.spec.KeepBytes {
 			continue
@@ -294,6 +298,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 		h.state, h.full, h.wanted, h.asked = subjects.HolderReleasing, a.size, a.size-h.spec.KeepBytes, now
 		h.deadline, h.answered, h.refused = now.Add(d.cfg.ReclaimTimeout), false, nil
 		h.answeredAt, h.verifyAt = time.Time{}, time.Time{}
+		h.gen, h.lent = h.gen+1, 0
 		short -= h.wanted
 		v := d.view(a)
 		asks = append(asks, Ask{Action: subjects.ActionRelease, Holder: v, Spec: h.spec,
@@ -309,7 +314,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 // needs room.
 func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time) ([]Ask, []HandoffEvent) {
 	var released []*allocation
-	for _, a := range d.allocs {
+	for _, a := range d.holders {
 		if h := a.holding(); h != nil && h.state == subjects.HolderReleased && (head == nil || head.req.Priority <= h.priority) {
 			released = append(released, a)
 		}
@@ -323,11 +328,12 @@ func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time
 			if !a.reservation() {
 				continue // a VRAM holder allocates again itself
 			}
-			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority}
+			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a}
 			if _, err := d.door(ctx, c, now); err != nil {
 				continue
 			}
 			d.setSize(a, h.full)
+			d.lend(a, h.priority, grow)
 		}
 		h.state = subjects.HolderHeld
 		v := d.view(a)
@@ -386,12 +392,12 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		return d.view(a), grow, true, fmt.Errorf("%s exceeds the total memory of %s, %s: %w",
 			bytesize.Format(req.SizeBytes), d.id, bytesize.Format(d.cfg.Info.TotalBytes), device.ErrOutOfMemory)
 	}
+	priority := 0
+	if h := a.holding(); h != nil {
+		priority = h.priority
+	}
 	if grow > 0 {
-		priority := 0
-		if h := a.holding(); h != nil {
-			priority = h.priority
-		}
-		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority, seq: seq}
+		c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: priority, seq: seq, self: a}
 		if final, err := d.door(ctx, c, call.Now); err != nil {
 			if final {
 				return d.view(a), grow, true, err
@@ -400,6 +406,11 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		}
 	}
 	d.setSize(a, req.SizeBytes)
+	if grow > 0 {
+		d.lend(a, priority, grow)
+	} else {
+		d.repay(a, -grow)
+	}
 	if req.PID != 0 {
 		if a.extra == nil {
 			a.extra = &extra{}
@@ -434,7 +445,7 @@ func (d *Device) hold(a *allocation, spec *subjects.Reclaim, priority int) {
 		a.extra = &extra{}
 	}
 	a.extra.hold = &holder{spec: *spec, priority: priority, state: subjects.HolderHeld}
-	d.holders++
+	d.holders = append(d.holders, a)
 }
 
 // forget takes a freed allocation off the holders; a release asked of it
@@ -444,7 +455,7 @@ func (d *Device) forget(a *allocation) {
 	if h == nil {
 		return
 	}
-	d.holders--
+	d.holders = slices.DeleteFunc(d.holders, func(x *allocation) bool { return x == a })
 	if h.state == subjects.HolderReleasing {
 		d.freedHolders = append(d.freedHolders, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full, asked: h.asked})
 	}
@@ -453,10 +464,7 @@ func (d *Device) forget(a *allocation) {
 // holderDeadline is the earliest deadline of a release asked.
 func (d *Device) holderDeadline() time.Time {
 	next := d.settleAt
-	if d.holders == 0 {
-		return next
-	}
-	for _, a := range d.allocs {
+	for _, a := range d.holders {
 		h := a.holding()
 		if h == nil || h.state != subjects.HolderReleasing {
 			continue
@@ -475,7 +483,7 @@ func (d *Device) holderDeadline() time.Time {
 // keeps has answered as of now, if it had not yet.
 func (d *Device) verifyingSince(now time.Time) time.Time {
 	var since time.Time
-	for _, a := range d.allocs {
+	for _, a := range d.holders {
 		h := a.holding()
 		if h == nil || h.state != subjects.HolderReleasing {
 			continue

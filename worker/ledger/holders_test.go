@@ -131,6 +131,52 @@ func TestTheHandoff(t *testing.T) {
 		audit(t, d)
 	})
 
+	t.Run("what it released beyond its waiter's need stays the holder's", func(t *testing.T) {
+		// 1 GiB, 224 MiB free beside an 800 MiB holder; the waiter above
+		// it needs 500 MiB and takes them from the 800 released.
+		d, _ := newDevice(t, gib, nil)
+		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
+		wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
+		d.Step(ctx, t0)
+		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+			t.Fatal(err)
+		}
+		d.Answered(h.AllocationID, nil, t0)
+		r := d.Step(ctx, t0.Add(time.Second))
+		if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
+		}
+		now := t0.Add(time.Second)
+		// Below the holder: the 224 MiB free before, not the 300 left of
+		// the release.
+		if _, _, err := d.Allocate(ctx, at(op, now), valid(t, &subjects.AllocateRequest{SizeBytes: 300 * mib, Priority: -50})); !errors.Is(err, device.ErrOutOfMemory) {
+			t.Errorf("300 MiB below the holder: %v, want refused", err)
+		}
+		allocateAs(t, d, op, now, subjects.AllocateRequest{SizeBytes: 200 * mib, Priority: -50})
+		// Above the holder: what is left of the release too.
+		above := allocateAs(t, d, tenantB, now, subjects.AllocateRequest{SizeBytes: 100 * mib, Priority: 5})
+		if _, _, err := d.Allocate(ctx, at(op, now), valid(t, &subjects.AllocateRequest{SizeBytes: 26 * mib})); !errors.Is(err, device.ErrOutOfMemory) {
+			t.Errorf("26 MiB beside 24 MiB that are nobody's: %v, want refused", err)
+		}
+		allocateAs(t, d, op, now, subjects.AllocateRequest{SizeBytes: 24 * mib})
+		audit(t, d)
+		// The waiter and the claim above leave: the holder takes all 800
+		// MiB back before anyone else.
+		for _, id := range []string{r.Decisions[0].Allocation.AllocationID, above.AllocationID} {
+			if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: id}), tenantB); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := d.Allocate(ctx, at(op, now), valid(t, &subjects.AllocateRequest{SizeBytes: 2 * mib})); !errors.Is(err, device.ErrOutOfMemory) {
+			t.Errorf("2 MiB while the holder is owed all that is free: %v, want refused", err)
+		}
+		r = d.Step(ctx, now.Add(time.Second))
+		if len(r.Asks) != 1 || r.Asks[0].Action != subjects.ActionRestore || allocationSize(t, d, h.AllocationID) != 800*mib {
+			t.Errorf("the holder was not restored: asks %+v, size %d", r.Asks, allocationSize(t, d, h.AllocationID))
+		}
+		audit(t, d)
+	})
+
 	t.Run("a holder of equal or higher priority is never asked", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		holderOf(t, d, tenantA, 400*mib, 0, 10)

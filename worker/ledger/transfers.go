@@ -111,6 +111,9 @@ func (d *Device) Receive(ctx context.Context, call Call, src Lent, t subjects.Al
 		dest.expires = now.UnixNano() + dest.ttl
 	}
 	d.add(dest)
+	if c.deviceMemory() {
+		d.lend(dest, c.priority, dest.size)
+	}
 	return dest.idString(), d.loc(dest), nil
 }
 
