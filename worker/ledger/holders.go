@@ -3,6 +3,7 @@ package ledger
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -216,7 +217,8 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 			case h.answered:
 				reason = ReasonNotVerified
 			}
-			h.state, h.rest = subjects.HolderHeld, now.Add(d.cfg.ReclaimTimeout)
+			d.endRelease(a)
+			h.rest = now.Add(d.cfg.ReclaimTimeout)
 			evs = append(evs, HandoffEvent{Type: HandoffFailed, Holder: d.view(a), BytesWanted: h.wanted, Reason: reason})
 		default:
 			releasing += h.wanted
@@ -265,7 +267,8 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 	if err != nil {
 		return nil, nil
 	}
-	short := head.req.SizeBytes - u.AvailableBytes - releasing
+	// Room owed to holders at or above the waiter's priority is not its.
+	short := head.req.SizeBytes - (u.AvailableBytes - d.owedTo(head.claim())) - releasing
 	if short <= 0 {
 		return nil, nil
 	}
@@ -328,8 +331,15 @@ func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time
 			if !a.reservation() {
 				continue // a VRAM holder allocates again itself
 			}
-			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a}
+			// First in the queue of its priority: a waiter of its priority
+			// that the owed room holds back must not hold it back in turn.
+			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a, seq: 1}
 			if _, err := d.door(ctx, c, now); err != nil {
+				if errors.Is(err, ErrQuotaExceeded) {
+					// Its tenant took the room for something else: nothing
+					// stays owed to it; it grows, when it can, by resize.
+					d.endRelease(a)
+				}
 				continue
 			}
 			d.setSize(a, h.full)
@@ -406,10 +416,13 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 		}
 	}
 	d.setSize(a, req.SizeBytes)
-	if grow > 0 {
+	switch h := a.holding(); {
+	case grow > 0:
 		d.lend(a, priority, grow)
-	} else {
+	case h == nil || !h.giving():
 		d.repay(a, -grow)
+		// A holder giving its room back keeps what it borrowed: that room
+		// is owed to it now (endRelease trims it).
 	}
 	if req.PID != 0 {
 		if a.extra == nil {

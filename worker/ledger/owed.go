@@ -43,6 +43,9 @@ func (d *Device) owedTo(c claim) int64 {
 		if h == nil || !h.giving() || h.priority < c.priority || a == c.self {
 			continue
 		}
+		if c.self != nil && c.self.holding() != nil && h.priority == c.priority {
+			continue // holders of one priority are restored as room allows, in turn
+		}
 		owed += max(0, h.full-a.size-h.lent)
 	}
 	return owed
@@ -75,6 +78,22 @@ func (d *Device) lend(a *allocation, priority int, n int64) {
 		}
 		a.extra.loans = append(a.extra.loans, loan{from: h, gen: h.gen, bytes: take})
 	}
+}
+
+// endRelease ends a holder's release without restoring it (refused, timed
+// out, or its restore past its tenant's quota): nothing stays owed to it,
+// and what it borrowed beyond its size now goes back.
+func (d *Device) endRelease(a *allocation) {
+	h := a.holding()
+	h.state, h.full = subjects.HolderHeld, a.size
+	if a.extra == nil {
+		return
+	}
+	var loans int64
+	for _, l := range a.extra.loans {
+		loans += l.bytes
+	}
+	d.repay(a, loans-a.size)
 }
 
 // repayAll gives all of a's loans back (a freed, or moved off the device).
