@@ -173,15 +173,8 @@ var doorRules = []doorRule{
 		// the operator's waiter above it needs leave and doorSize more,
 		// so the holder releases all it has, and the waiter takes that
 		// first. The rest of the release is B's to take back: A has leave.
-		u, err := d.Usage(ctx, t0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leave := 2 * doorSize
-		if holds {
-			leave = doorSize / 2
-		}
-		h := holderOf(t, d, tenantB, u.AvailableBytes-leave, 0, 0)
+		available, leave := availableAndLeave(t, d, holds)
+		h := holderOf(t, d, tenantB, available-leave, 0, 0)
 		_, ticket, err := d.Allocate(ctx, at(op, t0), valid(t, &subjects.AllocateRequest{SizeBytes: leave + doorSize, WaitSeconds: 60, TTLSeconds: 600, Priority: 10}))
 		if ticket == 0 {
 			t.Fatalf("the waiter above the holder did not wait: %v", err)
@@ -205,16 +198,23 @@ var doorRules = []doorRule{
 // promised memory of another process) or VRAM (the device's room).
 func fillAllBut(t *testing.T, d *ledger.Device, holds bool, typ subjects.AllocationType) time.Time {
 	t.Helper()
+	available, leave := availableAndLeave(t, d, holds)
+	allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: available - leave, AllocationType: typ})
+	return t0
+}
+
+// availableAndLeave is what is available on d, and what a rule's set-up
+// leaves of it: half of doorSize when the rule holds, twice doorSize not.
+func availableAndLeave(t *testing.T, d *ledger.Device, holds bool) (available, leave int64) {
+	t.Helper()
 	u, err := d.Usage(ctx, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leave := 2 * doorSize
 	if holds {
-		leave = doorSize / 2
+		return u.AvailableBytes, doorSize / 2
 	}
-	allocateAs(t, d, op, t0, subjects.AllocateRequest{SizeBytes: u.AvailableBytes - leave, AllocationType: typ})
-	return t0
+	return u.AvailableBytes, 2 * doorSize
 }
 
 // doorConfig gives tenant A a quota that its prepared allocation plus

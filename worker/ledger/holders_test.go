@@ -19,6 +19,23 @@ func holderOf(t *testing.T, d *ledger.Device, who ledger.Who, size, keep int64, 
 		Reclaim: &subjects.Reclaim{Subject: "holders." + who.Tenant + ".model", KeepBytes: keep}})
 }
 
+// releaseFor has the 500 MiB waiter w1 of B at priority 10 take h's
+// release (h shrinks to 0) and returns the waiter's allocation id.
+func releaseFor(t *testing.T, d *ledger.Device, h subjects.Allocation, who ledger.Who, now time.Time) string {
+	t.Helper()
+	wait(t, d, tenantB, "w1", now, 500*mib, 60, 10)
+	d.Step(ctx, now)
+	if _, _, err := d.Resize(ctx, at(who, now), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(h.AllocationID, nil, now)
+	r := d.Step(ctx, now.Add(time.Second))
+	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+		t.Fatalf("the waiter above the holder: %+v", r.Decisions)
+	}
+	return r.Decisions[0].Allocation.AllocationID
+}
+
 func kinds(evs []ledger.HandoffEvent) []string {
 	var out []string
 	for _, e := range evs {
@@ -84,24 +101,15 @@ func TestTheHandoff(t *testing.T) {
 	t.Run("the room goes back to the holder, not to a waiter below it", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
 		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
-		high, _ := wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
-		d.Step(ctx, t0)
-		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
-			t.Fatal(err)
-		}
-		d.Answered(h.AllocationID, nil, t0)
-		r := d.Step(ctx, t0.Add(time.Second))
-		if len(r.Decisions) != 1 || r.Decisions[0].Ticket != high || r.Decisions[0].Err != nil {
-			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
-		}
+		high := releaseFor(t, d, h, tenantA, t0)
 		low, _ := wait(t, d, tenantB, "w2", t0.Add(time.Second), 600*mib, 60, -50)
 		if low == 0 {
 			t.Fatal("the waiter below the holder did not wait")
 		}
-		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: high}), tenantB); err != nil {
 			t.Fatal(err)
 		}
-		r = d.Step(ctx, t0.Add(2*time.Second))
+		r := d.Step(ctx, t0.Add(2*time.Second))
 		if len(r.Decisions) != 0 {
 			t.Errorf("the waiter below the holder was answered: %+v", r.Decisions)
 		}
@@ -113,16 +121,7 @@ func TestTheHandoff(t *testing.T) {
 
 	t.Run("room that was free before the release stays everyone's", func(t *testing.T) {
 		d, _ := newDevice(t, gib, nil)
-		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
-		wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
-		d.Step(ctx, t0)
-		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
-			t.Fatal(err)
-		}
-		d.Answered(h.AllocationID, nil, t0)
-		if r := d.Step(ctx, t0.Add(time.Second)); len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
-		}
+		releaseFor(t, d, holderOf(t, d, tenantA, 800*mib, 0, 0), tenantA, t0)
 		// A tenant of the holder's priority is not shut out of the device
 		// while the holder is released.
 		if _, _, err := d.Allocate(ctx, at(tenantB, t0.Add(time.Second)), valid(t, &subjects.AllocateRequest{SizeBytes: 100 * mib})); err != nil {
@@ -136,16 +135,7 @@ func TestTheHandoff(t *testing.T) {
 		// it needs 500 MiB and takes them from the 800 released.
 		d, _ := newDevice(t, gib, nil)
 		h := holderOf(t, d, tenantA, 800*mib, 0, 0)
-		wait(t, d, tenantB, "w1", t0, 500*mib, 60, 10)
-		d.Step(ctx, t0)
-		if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
-			t.Fatal(err)
-		}
-		d.Answered(h.AllocationID, nil, t0)
-		r := d.Step(ctx, t0.Add(time.Second))
-		if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-			t.Fatalf("the waiter above the holder: %+v", r.Decisions)
-		}
+		high := releaseFor(t, d, h, tenantA, t0)
 		now := t0.Add(time.Second)
 		// Below the holder: the 224 MiB free before, not the 300 left of
 		// the release.
@@ -162,7 +152,7 @@ func TestTheHandoff(t *testing.T) {
 		audit(t, d)
 		// The waiter and the claim above leave: the holder takes all 800
 		// MiB back before anyone else.
-		for _, id := range []string{r.Decisions[0].Allocation.AllocationID, above.AllocationID} {
+		for _, id := range []string{high, above.AllocationID} {
 			if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: id}), tenantB); err != nil {
 				t.Fatal(err)
 			}
@@ -170,7 +160,7 @@ func TestTheHandoff(t *testing.T) {
 		if _, _, err := d.Allocate(ctx, at(op, now), valid(t, &subjects.AllocateRequest{SizeBytes: 2 * mib})); !errors.Is(err, device.ErrOutOfMemory) {
 			t.Errorf("2 MiB while the holder is owed all that is free: %v, want refused", err)
 		}
-		r = d.Step(ctx, now.Add(time.Second))
+		r := d.Step(ctx, now.Add(time.Second))
 		if len(r.Asks) != 1 || r.Asks[0].Action != subjects.ActionRestore || allocationSize(t, d, h.AllocationID) != 800*mib {
 			t.Errorf("the holder was not restored: asks %+v, size %d", r.Asks, allocationSize(t, d, h.AllocationID))
 		}

@@ -8,23 +8,6 @@ import (
 	"github.com/memworker/memworker/worker/ledger"
 )
 
-// releaseFor has the 500 MiB waiter w1 of B at priority 10 take h's
-// release (h shrinks to 0) and returns the waiter's allocation id.
-func releaseFor(t *testing.T, d *ledger.Device, h subjects.Allocation, who ledger.Who, now time.Time) string {
-	t.Helper()
-	wait(t, d, tenantB, "w1", now, 500*mib, 60, 10)
-	d.Step(ctx, now)
-	if _, _, err := d.Resize(ctx, at(who, now), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
-		t.Fatal(err)
-	}
-	d.Answered(h.AllocationID, nil, now)
-	r := d.Step(ctx, now.Add(time.Second))
-	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-		t.Fatalf("the waiter above the holder: %+v", r.Decisions)
-	}
-	return r.Decisions[0].Allocation.AllocationID
-}
-
 // A waiter of the holder's own priority that has waited past the guard
 // does not hold the holder's restore back at the door (the queue's rule)
 // while the room owed to the holder holds the waiter back: the restore is
