@@ -5,8 +5,6 @@ package replay
 
 import (
 	"bytes"
-	"container/list"
-	"hash/fnv"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
@@ -27,14 +25,44 @@ type Cache struct {
 	maxEntries int
 	maxBytes   int64
 	bytes      int64
-	entries    map[Key]*list.Element
+	entries    map[Key]*replay
 	tenants    map[string]*share // each tenant's replies
 }
 
-// share is one tenant's replies, oldest first.
+// share is one tenant's replies, oldest first (a list through the
+// replies themselves: no element to allocate per reply).
 type share struct {
-	order *list.List
-	bytes int64
+	oldest, newest *replay
+	n              int
+	bytes          int64
+}
+
+// push appends r, the newest.
+func (sh *share) push(r *replay) {
+	r.prev, r.next = sh.newest, nil
+	if sh.newest != nil {
+		sh.newest.next = r
+	} else {
+		sh.oldest = r
+	}
+	sh.newest = r
+	sh.n++
+}
+
+// unlink takes r out.
+func (sh *share) unlink(r *replay) {
+	if r.prev != nil {
+		r.prev.next = r.next
+	} else {
+		sh.oldest = r.next
+	}
+	if r.next != nil {
+		r.next.prev = r.prev
+	} else {
+		sh.newest = r.prev
+	}
+	r.prev, r.next = nil, nil
+	sh.n--
 }
 
 // Key is a request_id as its tenant ("" the operator) gave it: a tenant's
@@ -48,29 +76,37 @@ type replay struct {
 	data   []byte // the request's payload, to compare a retry's
 	reply  []byte
 	at     time.Time
+	// prev and next are its neighbours in its tenant's share, by age.
+	prev, next *replay
 }
 
 func (r *replay) size() int64 {
 	return int64(len(r.key.Tenant)+len(r.key.RequestID)+len(r.data)+len(r.reply)) + replayOverhead
 }
 
-// replayOverhead is what an entry costs beyond its bytes: the element, the
-// map entry, the struct.
+// replayOverhead is what an entry costs beyond its bytes: the map entry
+// and the struct.
 const replayOverhead = 320
 
 // New returns an empty cache: replies are kept for window, at most
 // maxEntries of them and maxBytes in all (the largest tenant's oldest go
 // first).
 func New(window time.Duration, maxEntries int, maxBytes int64) *Cache {
-	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*list.Element{}, tenants: map[string]*share{}}
+	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*replay{}, tenants: map[string]*share{}}
 }
 
+// digest is the FNV-1a sum of op, a zero byte and data.
 func digest(op subjects.Op, data []byte) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(op))
-	h.Write([]byte{0})
-	h.Write(data)
-	return h.Sum64()
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(op); i++ {
+		h = (h ^ uint64(op[i])) * prime
+	}
+	h *= prime // the zero byte
+	for _, c := range data {
+		h = (h ^ uint64(c)) * prime
+	}
+	return h
 }
 
 // sameRequest reports whether a retry's payload asks for what the first
@@ -89,11 +125,10 @@ func sameRequest(first, retry []byte) bool {
 // the id was used for another operation or payload.
 func (c *Cache) Lookup(key Key, op subjects.Op, data []byte, now time.Time) ([]byte, error) {
 	c.expire(now)
-	el, ok := c.entries[key]
+	r, ok := c.entries[key]
 	if !ok {
 		return nil, nil
 	}
-	r := el.Value.(*replay)
 	if r.op != op || (r.digest != digest(op, data) && !sameRequest(r.data, data)) {
 		return nil, ledger.Errorf(ledger.ErrConflict, "request_id %s was already used for a different request (%s)", subjects.Quote(key.RequestID), r.op.Action())
 	}
@@ -102,18 +137,19 @@ func (c *Cache) Lookup(key Key, op subjects.Op, data []byte, now time.Time) ([]b
 
 // Store keeps the reply to the request of key, op and payload data.
 func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time) {
-	if el, ok := c.entries[key]; ok {
-		c.remove(el)
+	if r, ok := c.entries[key]; ok {
+		c.remove(r)
 	}
 	// data is the request's own (the envelope decoder copied it), so it is
 	// kept as it is.
-	r := &replay{key, op, digest(op, data), data, reply, now}
+	r := &replay{key: key, op: op, digest: digest(op, data), data: data, reply: reply, at: now}
 	sh := c.tenants[key.Tenant]
 	if sh == nil {
-		sh = &share{order: list.New()}
+		sh = &share{}
 		c.tenants[key.Tenant] = sh
 	}
-	c.entries[key] = sh.order.PushBack(r)
+	sh.push(r)
+	c.entries[key] = r
 	sh.bytes += r.size()
 	c.bytes += r.size()
 	for {
@@ -121,7 +157,7 @@ func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time
 		if !byEntries && (c.bytes <= c.maxBytes || len(c.entries) <= 1) {
 			return
 		}
-		c.remove(c.largest(byEntries).order.Front())
+		c.remove(c.largest(byEntries).oldest)
 	}
 }
 
@@ -129,7 +165,7 @@ func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time
 func (c *Cache) largest(byEntries bool) *share {
 	var top *share
 	for _, sh := range c.tenants {
-		if top == nil || byEntries && sh.order.Len() > top.order.Len() || !byEntries && sh.bytes > top.bytes {
+		if top == nil || byEntries && sh.n > top.n || !byEntries && sh.bytes > top.bytes {
 			top = sh
 		}
 	}
@@ -138,20 +174,19 @@ func (c *Cache) largest(byEntries bool) *share {
 
 func (c *Cache) expire(now time.Time) {
 	for _, sh := range c.tenants {
-		for el := sh.order.Front(); el != nil && now.Sub(el.Value.(*replay).at) > c.window; el = sh.order.Front() {
-			c.remove(el)
+		for r := sh.oldest; r != nil && now.Sub(r.at) > c.window; r = sh.oldest {
+			c.remove(r)
 		}
 	}
 }
 
-func (c *Cache) remove(el *list.Element) {
-	r := el.Value.(*replay)
+func (c *Cache) remove(r *replay) {
 	sh := c.tenants[r.key.Tenant]
 	delete(c.entries, r.key)
 	c.bytes -= r.size()
 	sh.bytes -= r.size()
-	sh.order.Remove(el)
-	if sh.order.Len() == 0 {
+	sh.unlink(r)
+	if sh.n == 0 {
 		delete(c.tenants, r.key.Tenant)
 	}
 }

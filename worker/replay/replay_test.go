@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -86,5 +87,27 @@ func TestAFloodingTenantEvictsItsOwnReplies(t *testing.T) {
 				t.Errorf("after the window: %q, %d entries, %d tenants", got, len(c.entries), len(c.tenants))
 			}
 		})
+	}
+}
+
+// BenchmarkStoreAtTheBound: a retry-protected mutation on a full cache, as
+// on a busy device: a lookup that misses, a store, and the eviction of the
+// oldest reply.
+func BenchmarkStoreAtTheBound(b *testing.B) {
+	c := New(time.Hour, 100_000, 4<<20)
+	data := []byte(`{"size_bytes":1048576,"allocation_type":"VRAM"}`)
+	reply := bytes.Repeat([]byte("r"), 500)
+	now := time.Now()
+	ids := make([]string, 1<<16)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("req-%08d", i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		key := Key{Tenant: "A", RequestID: ids[i%len(ids)]}
+		if _, err := c.Lookup(key, subjects.Allocate, data, now); err != nil {
+			b.Fatal(err)
+		}
+		c.Store(key, subjects.Allocate, data, reply, now)
 	}
 }
