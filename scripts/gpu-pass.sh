@@ -4,7 +4,7 @@
 # repository root; results go to $OUT (default ./gpu-out). Steps can be
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
-# and the probes: coldpin coldparts besidecopy contexts hostpath-contexts
+# and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
 # ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
@@ -60,6 +60,11 @@ for s in $steps; do
 		step register-contexts ./cuda.test -test.run XXX -test.bench RegisterContexts -test.benchtime 2x
 		step cold-d2h-contexts env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_WAYS=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker-own|raw-warm)' -test.benchtime 2x
 		step pinned-contexts-test ./cuda.test -test.run 'PinnedSegmentsShare' -test.v
+		;;
+	cold) # P21: the cold host path alone, default settings (name the pass with PASS=-1, -2, ... to run it again on the same machine): the pipeline, then a 10 GiB offload and an 8 GiB transfer to host, each a fresh worker with an empty pool
+		step "cold-d2h${PASS:-}" env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|raw-warm)$' -test.benchtime 2x
+		step "offload-restore${PASS:-}" env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
+		step "transfer-to-host${PASS:-}" env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 3x
 		;;
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
