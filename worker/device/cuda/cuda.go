@@ -45,8 +45,11 @@ type Config struct {
 	// segment with context i%n; registrations are portable, so the copies
 	// on the primary context use them). Registering with the context that
 	// copies stops its copies while it runs; another context does not
-	// (docs/h100/round3/besidecopy). Each context takes some device
-	// memory, counted in the baseline. 0: the primary context.
+	// (docs/h100/round3/besidecopy). Measured, it does not pay: registering
+	// runs near 30 GB/s a process whatever the contexts, each context
+	// takes about 524 MiB of device memory (counted in the baseline), and
+	// the cold pipeline ran slower with 2 to 8 of them
+	// (docs/h100/round3/contexts). 0, the default: the primary context.
 	PinContexts int
 	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
 	// instead of virtual memory (vmm.go) where the device supports it.
