@@ -48,6 +48,8 @@ type claim struct {
 	// self is the allocation that grows, when the claim is a growth (a
 	// resize, a holder's restore): not held back by what it is owed itself.
 	self *allocation
+	// restore: the claim is a released holder's restore (restoreHolders).
+	restore bool
 }
 
 // deviceMemory reports whether the claim takes device memory (VRAM or a

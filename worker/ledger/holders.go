@@ -333,7 +333,7 @@ func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time
 			}
 			// First in the queue of its priority: a waiter of its priority
 			// that the owed room holds back must not hold it back in turn.
-			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a, seq: 1}
+			c := claim{tenant: a.tenant, size: grow, quota: grow, kind: kindNone, priority: h.priority, self: a, seq: 1, restore: true}
 			if _, err := d.door(ctx, c, now); err != nil {
 				if errors.Is(err, ErrQuotaExceeded) {
 					// Its tenant took the room for something else: nothing
@@ -342,8 +342,11 @@ func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time
 				}
 				continue
 			}
+			// Its own room, less what others still borrow of it, is its
+			// own: only that borrowed part is taken from elsewhere.
+			borrowed := min(grow, h.lent)
 			d.setSize(a, h.full)
-			d.lend(a, h.priority, grow)
+			d.lend(a, h.priority, borrowed)
 		}
 		h.state = subjects.HolderHeld
 		v := d.view(a)

@@ -43,7 +43,7 @@ func (d *Device) owedTo(c claim) int64 {
 		if h == nil || !h.giving() || h.priority < c.priority || a == c.self {
 			continue
 		}
-		if c.self != nil && c.self.holding() != nil && h.priority == c.priority {
+		if c.restore && h.priority == c.priority {
 			continue // holders of one priority are restored as room allows, in turn
 		}
 		owed += max(0, h.full-a.size-h.lent)
@@ -82,18 +82,13 @@ func (d *Device) lend(a *allocation, priority int, n int64) {
 
 // endRelease ends a holder's release without restoring it (refused, timed
 // out, or its restore past its tenant's quota): nothing stays owed to it,
-// and what it borrowed beyond its size now goes back.
+// and what it gave up goes back to those it had borrowed from.
 func (d *Device) endRelease(a *allocation) {
 	h := a.holding()
+	gaveUp := h.full - a.size
 	h.state, h.full = subjects.HolderHeld, a.size
-	if a.extra == nil {
-		return
-	}
-	var loans int64
-	for _, l := range a.extra.loans {
-		loans += l.bytes
-	}
-	d.repay(a, loans-a.size)
+	// What it gave up repays its loans, latest first, as a plain shrink does.
+	d.repay(a, gaveUp)
 }
 
 // repayAll gives all of a's loans back (a freed, or moved off the device).
@@ -122,18 +117,25 @@ func (d *Device) repay(a *allocation, n int64) {
 }
 
 // auditLoans checks what each releasing or released holder has lent
-// against the loans live allocations hold of its release, and that no
-// holder has lent more than its size before the release.
+// against the loans live allocations hold of its release, that no holder
+// has lent more than its size before the release, and that no allocation
+// owes more than its size (but a holder giving its room back).
 func (d *Device) auditLoans() error {
 	lent := map[*holder]int64{}
 	for _, a := range d.allocs {
 		if a.extra == nil {
 			continue
 		}
+		var owes int64
 		for _, l := range a.extra.loans {
 			if l.from.gen == l.gen && l.from.giving() {
 				lent[l.from] += l.bytes
+				owes += l.bytes
 			}
+		}
+		// Only a holder giving its room back keeps loans beyond its size.
+		if h := a.holding(); (h == nil || !h.giving()) && owes > a.size {
+			return fmt.Errorf("%s: allocation %s of %d bytes owes %d borrowed", d.id, a.idString(), a.size, owes)
 		}
 	}
 	for _, a := range d.holders {

@@ -1,6 +1,7 @@
 package ledger_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -181,6 +182,192 @@ func TestTheHandoffSizesTheShortfallWithoutOwedRoom(t *testing.T) {
 	r := d.Step(ctx, now)
 	if len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != hy.AllocationID {
 		t.Errorf("asks %+v; want hy asked to release for the waiter above it", r.Asks)
+	}
+	audit(t, d)
+}
+
+// Holders of one priority are restored in turn, but only a restore passes
+// what another holder of its priority is owed: another tenant's holder at
+// the released holder's priority cannot grow by resize into its room.
+func TestAHolderOfTheSamePriorityCannotGrowIntoOwedRoom(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	v := holderOf(t, d, tenantA, 800*mib, 0, 0)
+	w1 := releaseFor(t, d, v, tenantA, t0) // w1 borrows 500 of v's 800: 300 owed to v, 224 everyone's
+	now := t0.Add(2 * time.Second)
+	// B's holder at v's priority takes 64 of the 224 that are everyone's.
+	hb := allocateAs(t, d, tenantB, now, subjects.AllocateRequest{SizeBytes: 64 * mib, AllocationType: subjects.Reservation,
+		Reclaim: &subjects.Reclaim{Subject: "holders.B.model"}})
+	d.Step(ctx, now) // v's restore (800) does not fit 460: it stays released
+	if allocationSize(t, d, v.AllocationID) != 0 {
+		t.Fatal("v was restored")
+	}
+	// 460 MiB available, 300 of them owed to v: 160 are everyone's.
+	// Control: a plain reservation of B at v's priority may not grow by 400.
+	plain := allocateAs(t, d, tenantB, now, subjects.AllocateRequest{SizeBytes: 2 * mib, AllocationType: subjects.Reservation})
+	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: plain.AllocationID, SizeBytes: 402 * mib})); err == nil {
+		t.Fatal("control: a plain reservation grew into v's room")
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: plain.AllocationID}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	// B's holder at v's priority may not either (it is not v's restore).
+	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: hb.AllocationID, SizeBytes: 464 * mib})); err == nil {
+		t.Errorf("B's holder at v's priority grew by 400 MiB into the 300 MiB owed to v (160 MiB are everyone's)")
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: w1}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		d.Step(ctx, now.Add(time.Duration(i+1)*time.Minute))
+	}
+	if s := allocationSize(t, d, v.AllocationID); s != 800*mib {
+		t.Errorf("after the waiter left, v is at %d MiB, want restored to 800", s/mib)
+	}
+	audit(t, d)
+}
+
+// A holder that borrowed from a lower holder's release is asked to release
+// in turn, gives up 100 MiB and refuses: the 100 it gave up repay its loan
+// (latest first), as a plain shrink does, so they stay owed to the lower
+// holder and a claim at its priority cannot take them.
+func TestAFailedReleaseRepaysWhatItGaveUp(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	x := holderOf(t, d, tenantA, 600*mib, 0, 0)
+	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
+	if ticket == 0 {
+		t.Fatalf("w1 did not wait: %v", err)
+	}
+	d.Step(ctx, t0)
+	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(x.AllocationID, nil, t0)
+	r := d.Step(ctx, t0.Add(time.Second))
+	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+		t.Fatalf("w1: %+v", r.Decisions)
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Second)
+	// y at 5 takes 800: 600 of them x's room (a loan), 200 everyone's.
+	y := holderOf(t, d, tenantB, 800*mib, 0, 5)
+	_, ticket, err = d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 500 * mib, AllocationType: subjects.Reservation, WaitSeconds: 5, TTLSeconds: 600, Priority: 10}))
+	if ticket == 0 {
+		t.Fatalf("w2 did not wait: %v", err)
+	}
+	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != y.AllocationID {
+		t.Fatalf("asks %+v, want y", r.Asks)
+	}
+	// y gives up 100 and refuses.
+	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 700 * mib})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(y.AllocationID, errors.New("busy"), now)
+	d.Step(ctx, now.Add(time.Second))
+	audit(t, d)
+	// w2's wait ends; x's restore (600) does not fit 324.
+	later := now.Add(10 * time.Second)
+	d.Step(ctx, later)
+	if allocationSize(t, d, x.AllocationID) != 0 {
+		t.Fatal("x was restored")
+	}
+	// 324 MiB available. x gave up 600; y holds 700, of which at most 500
+	// came from x (y gave up 100, which repays its latest loan first, as a
+	// plain shrink does): 100 MiB are x's, 224 everyone's.
+	if _, _, err := d.Allocate(ctx, at(op, later), valid(t, &subjects.AllocateRequest{SizeBytes: 300 * mib, AllocationType: subjects.Reservation, Priority: 0})); err == nil {
+		t.Errorf("300 MiB at x's priority were granted from 324 available, 100 of which y gave back of x's room")
+	}
+	audit(t, d)
+}
+
+// Control for the above: y shrinks by 100 without being asked; the 100 go
+// back to x, and the same claim is refused.
+func TestAPlainShrinkRepaysWhatItGaveUp(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	x := holderOf(t, d, tenantA, 600*mib, 0, 0)
+	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
+	if ticket == 0 {
+		t.Fatalf("w1 did not wait: %v", err)
+	}
+	d.Step(ctx, t0)
+	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(x.AllocationID, nil, t0)
+	r := d.Step(ctx, t0.Add(time.Second))
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Second)
+	y := holderOf(t, d, tenantB, 800*mib, 0, 5)
+	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 700 * mib})); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.Allocate(ctx, at(op, now), valid(t, &subjects.AllocateRequest{SizeBytes: 300 * mib, AllocationType: subjects.Reservation, Priority: 0})); err == nil {
+		t.Errorf("300 MiB at x's priority were granted")
+	}
+	audit(t, d)
+}
+
+// A borrowing holder keeps its loan while released; its restore takes
+// back its own room and borrows nothing more from the lower holder, so
+// the 200 still owed to the lower holder are not given to a claim at its
+// priority.
+func TestARestoredHolderDoesNotBorrowItsRoomTwice(t *testing.T) {
+	d, _ := newDevice(t, gib, nil)
+	x := holderOf(t, d, tenantA, 800*mib, 0, 0)
+	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
+	if ticket == 0 {
+		t.Fatalf("w1 did not wait: %v", err)
+	}
+	d.Step(ctx, t0)
+	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(x.AllocationID, nil, t0)
+	r := d.Step(ctx, t0.Add(time.Second))
+	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+		t.Fatalf("w1: %+v", r.Decisions)
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Second)
+	// y at 5 takes 600 of x's 800 (a loan); 200 stay owed to x.
+	y := holderOf(t, d, tenantB, 600*mib, 0, 5)
+	_, ticket, err = d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 10}))
+	if ticket == 0 {
+		t.Fatalf("w2 did not wait: %v", err)
+	}
+	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != y.AllocationID {
+		t.Fatalf("asks %+v, want y", r.Asks)
+	}
+	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(y.AllocationID, nil, now)
+	r = d.Step(ctx, now.Add(time.Second))
+	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+		t.Fatalf("w2: %+v", r.Decisions)
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), op); err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(2 * time.Second)
+	d.Step(ctx, later) // y is restored to 600; x (800) does not fit 424
+	if allocationSize(t, d, y.AllocationID) != 600*mib || allocationSize(t, d, x.AllocationID) != 0 {
+		t.Fatalf("y at %d, x at %d MiB", allocationSize(t, d, y.AllocationID)/mib, allocationSize(t, d, x.AllocationID)/mib)
+	}
+	audit(t, d)
+	// 424 available; x gave up 800, y holds 600 of it: 200 owed to x, 224 everyone's.
+	if _, _, err := d.Allocate(ctx, at(op, later), valid(t, &subjects.AllocateRequest{SizeBytes: 400 * mib, AllocationType: subjects.Reservation, Priority: 0})); err == nil {
+		t.Errorf("400 MiB at x's priority were granted from 424 available, 200 of which are owed to x")
 	}
 	audit(t, d)
 }
