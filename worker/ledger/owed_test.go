@@ -110,39 +110,13 @@ func TestHoldersOfOnePriorityAreRestoredInTurn(t *testing.T) {
 // the second release stays everyone's.
 func TestRoomABorrowingHolderReleasesIsOwedOnce(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	low := holderOf(t, d, tenantA, 600*mib, 0, 0)
-	// A waiter at 3 takes the low holder's release, then leaves before
-	// the low holder is restored.
-	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
-	if ticket == 0 {
-		t.Fatalf("w1 did not wait: %v", err)
-	}
-	d.Step(ctx, t0)
-	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: low.AllocationID, SizeBytes: 0})); err != nil {
-		t.Fatal(err)
-	}
-	d.Answered(low.AllocationID, nil, t0)
-	r := d.Step(ctx, t0.Add(time.Second))
-	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-		t.Fatalf("w1: %+v", r.Decisions)
-	}
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
-		t.Fatal(err)
-	}
+	releasedAndLeft(t, d, 600*mib)
 	now := t0.Add(time.Second)
 	// A holder at 5 takes the low holder's 600 MiB (a loan): 424 MiB stay
 	// everyone's.
 	high := holderOf(t, d, tenantB, 600*mib, 0, 5)
 	// A waiter at 10 needs 700: the high holder is asked, and releases.
-	_, ticket, err = d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 10}))
-	if ticket == 0 {
-		t.Fatalf("w2 did not wait: %v", err)
-	}
-	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != high.AllocationID {
-		t.Fatalf("asks %+v, want the high holder", r.Asks)
-	}
+	askedFor(t, d, high, now, 700*mib, 60)
 	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: high.AllocationID, SizeBytes: 0})); err != nil {
 		t.Fatal(err)
 	}
@@ -232,35 +206,11 @@ func TestAHolderOfTheSamePriorityCannotGrowIntoOwedRoom(t *testing.T) {
 // holder and a claim at its priority cannot take them.
 func TestAFailedReleaseRepaysWhatItGaveUp(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	x := holderOf(t, d, tenantA, 600*mib, 0, 0)
-	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
-	if ticket == 0 {
-		t.Fatalf("w1 did not wait: %v", err)
-	}
-	d.Step(ctx, t0)
-	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
-		t.Fatal(err)
-	}
-	d.Answered(x.AllocationID, nil, t0)
-	r := d.Step(ctx, t0.Add(time.Second))
-	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-		t.Fatalf("w1: %+v", r.Decisions)
-	}
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
-		t.Fatal(err)
-	}
+	x := releasedAndLeft(t, d, 600*mib)
 	now := t0.Add(time.Second)
 	// y at 5 takes 800: 600 of them x's room (a loan), 200 everyone's.
 	y := holderOf(t, d, tenantB, 800*mib, 0, 5)
-	_, ticket, err = d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 500 * mib, AllocationType: subjects.Reservation, WaitSeconds: 5, TTLSeconds: 600, Priority: 10}))
-	if ticket == 0 {
-		t.Fatalf("w2 did not wait: %v", err)
-	}
-	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != y.AllocationID {
-		t.Fatalf("asks %+v, want y", r.Asks)
-	}
+	askedFor(t, d, y, now, 500*mib, 5)
 	// y gives up 100 and refuses.
 	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 700 * mib})); err != nil {
 		t.Fatal(err)
@@ -287,21 +237,7 @@ func TestAFailedReleaseRepaysWhatItGaveUp(t *testing.T) {
 // back to x, and the same claim is refused.
 func TestAPlainShrinkRepaysWhatItGaveUp(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	x := holderOf(t, d, tenantA, 600*mib, 0, 0)
-	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
-	if ticket == 0 {
-		t.Fatalf("w1 did not wait: %v", err)
-	}
-	d.Step(ctx, t0)
-	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
-		t.Fatal(err)
-	}
-	d.Answered(x.AllocationID, nil, t0)
-	r := d.Step(ctx, t0.Add(time.Second))
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
-		t.Fatal(err)
-	}
+	releasedAndLeft(t, d, 600*mib)
 	now := t0.Add(time.Second)
 	y := holderOf(t, d, tenantB, 800*mib, 0, 5)
 	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 700 * mib})); err != nil {
@@ -319,40 +255,16 @@ func TestAPlainShrinkRepaysWhatItGaveUp(t *testing.T) {
 // priority.
 func TestARestoredHolderDoesNotBorrowItsRoomTwice(t *testing.T) {
 	d, _ := newDevice(t, gib, nil)
-	x := holderOf(t, d, tenantA, 800*mib, 0, 0)
-	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
-	if ticket == 0 {
-		t.Fatalf("w1 did not wait: %v", err)
-	}
-	d.Step(ctx, t0)
-	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: x.AllocationID, SizeBytes: 0})); err != nil {
-		t.Fatal(err)
-	}
-	d.Answered(x.AllocationID, nil, t0)
-	r := d.Step(ctx, t0.Add(time.Second))
-	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
-		t.Fatalf("w1: %+v", r.Decisions)
-	}
-	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
-		t.Fatal(err)
-	}
+	x := releasedAndLeft(t, d, 800*mib)
 	now := t0.Add(time.Second)
 	// y at 5 takes 600 of x's 800 (a loan); 200 stay owed to x.
 	y := holderOf(t, d, tenantB, 600*mib, 0, 5)
-	_, ticket, err = d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
-		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 10}))
-	if ticket == 0 {
-		t.Fatalf("w2 did not wait: %v", err)
-	}
-	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != y.AllocationID {
-		t.Fatalf("asks %+v, want y", r.Asks)
-	}
+	askedFor(t, d, y, now, 700*mib, 60)
 	if _, _, err := d.Resize(ctx, at(tenantB, now), valid(t, &subjects.ResizeRequest{AllocationID: y.AllocationID, SizeBytes: 0})); err != nil {
 		t.Fatal(err)
 	}
 	d.Answered(y.AllocationID, nil, now)
-	r = d.Step(ctx, now.Add(time.Second))
+	r := d.Step(ctx, now.Add(time.Second))
 	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
 		t.Fatalf("w2: %+v", r.Decisions)
 	}
@@ -370,4 +282,44 @@ func TestARestoredHolderDoesNotBorrowItsRoomTwice(t *testing.T) {
 		t.Errorf("400 MiB at x's priority were granted from 424 available, 200 of which are owed to x")
 	}
 	audit(t, d)
+}
+
+// releasedAndLeft makes a holder of A at priority 0, has B's waiter at 3
+// (700 MiB) take its release, and has the waiter leave before the holder
+// is restored: the holder is owed all it gave up.
+func releasedAndLeft(t *testing.T, d *ledger.Device, size int64) subjects.Allocation {
+	t.Helper()
+	h := holderOf(t, d, tenantA, size, 0, 0)
+	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: tenantB, Now: t0, RequestID: "w1"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: 700 * mib, AllocationType: subjects.Reservation, WaitSeconds: 60, TTLSeconds: 600, Priority: 3}))
+	if ticket == 0 {
+		t.Fatalf("w1 did not wait: %v", err)
+	}
+	d.Step(ctx, t0)
+	if _, _, err := d.Resize(ctx, at(tenantA, t0), valid(t, &subjects.ResizeRequest{AllocationID: h.AllocationID, SizeBytes: 0})); err != nil {
+		t.Fatal(err)
+	}
+	d.Answered(h.AllocationID, nil, t0)
+	r := d.Step(ctx, t0.Add(time.Second))
+	if len(r.Decisions) != 1 || r.Decisions[0].Err != nil {
+		t.Fatalf("w1: %+v", r.Decisions)
+	}
+	if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: r.Decisions[0].Allocation.AllocationID}), tenantB); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// askedFor has the operator's waiter at 10 wait for size bytes, up to
+// wait seconds, and checks that holder h is asked to release for it.
+func askedFor(t *testing.T, d *ledger.Device, h subjects.Allocation, now time.Time, size int64, wait float64) {
+	t.Helper()
+	_, ticket, err := d.Allocate(ctx, ledger.Call{Who: op, Now: now, RequestID: "w2"}, valid(t, &subjects.AllocateRequest{
+		SizeBytes: size, AllocationType: subjects.Reservation, WaitSeconds: wait, TTLSeconds: 600, Priority: 10}))
+	if ticket == 0 {
+		t.Fatalf("w2 did not wait: %v", err)
+	}
+	if r := d.Step(ctx, now); len(r.Asks) != 1 || r.Asks[0].Holder.AllocationID != h.AllocationID {
+		t.Fatalf("asks %+v, want %s asked", r.Asks, h.AllocationID)
+	}
 }
