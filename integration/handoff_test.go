@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,9 +28,10 @@ type reclaimAsk struct {
 // TestBrokeredHandoffOverNATS: a model server holding 800 MiB at priority
 // 0 (a reservation with a reclaim subject) is asked to give memory back
 // when a request of priority 10 waits; it shrinks to what it keeps and
-// answers; the waiter is granted; when the waiter frees, the holder is
-// asked to restore and holds its 800 MiB again. The events tell it as a
-// timeline.
+// answers; the waiter is granted; what the holder gave up beyond the
+// waiter's need is kept from a claim below it; when the waiter frees, the
+// holder is asked to restore and holds its 800 MiB again. The events tell
+// it as a timeline.
 func TestBrokeredHandoffOverNATS(t *testing.T) {
 	srv := startServer(t)
 	startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) { c.ReclaimTimeout = 5 * time.Second }))
@@ -75,6 +77,15 @@ func TestBrokeredHandoffOverNATS(t *testing.T) {
 		t.Fatalf("the waiter: %+v", r)
 	}
 	t.Logf("handoff: the waiter was granted %s after its request", time.Since(start))
+	// The holder gave up 700 MiB for 500: the other 200 stay its own, and
+	// only the 224 MiB free before the release are everyone's.
+	body := mustJSON(t, map[string]any{"data": map[string]any{"size_bytes": 300 * MiB, "priority": -5}})
+	if r := callErr(t, nc, subjects.Allocate, dev, body, subjects.CodeOutOfMemory); !strings.Contains(r.ErrorMessage, "owed to holders") {
+		t.Errorf("300 MiB below the holder: %s", r.ErrorMessage)
+	}
+	var beside subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 200 * MiB, Priority: -5}, &beside)
+	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: beside.AllocationID}, nil)
 	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: b.AllocationID}, nil)
 	deadline := time.After(5 * time.Second)
 	for got := []string{}; len(got) < 2; {
