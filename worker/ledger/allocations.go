@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"strconv"
 	"time"
@@ -78,12 +79,13 @@ func digest(r *subjects.AllocateRequest) uint64 {
 		b = strconv.AppendQuote(append(b, '|'), c.Subject+"|"+c.ReleaseURL+"|"+c.RestoreURL)
 		b = strconv.AppendInt(append(b, '|'), c.KeepBytes, 10)
 	}
-	h := uint64(14695981039346656037) // FNV-1a
-	for _, c := range b {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
-	return h
+	return maphash.Bytes(digestSeed, b)
 }
+
+// digestSeed seeds the digests of requests: they are compared within this
+// process only, and a seed a client cannot know keeps it from making two
+// requests with one digest.
+var digestSeed = maphash.MakeSeed()
 
 // allocate passes c through the door and, granted, takes the memory from
 // the pool of the request's kind (or a segment of its own for an exported

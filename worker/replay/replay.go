@@ -5,6 +5,7 @@ package replay
 
 import (
 	"bytes"
+	"hash/maphash"
 	"time"
 
 	"github.com/memworker/memworker/subjects"
@@ -95,19 +96,19 @@ func New(window time.Duration, maxEntries int, maxBytes int64) *Cache {
 	return &Cache{window: window, maxEntries: maxEntries, maxBytes: maxBytes, entries: map[Key]*replay{}, tenants: map[string]*share{}}
 }
 
-// digest is the FNV-1a sum of op, a zero byte and data.
+// digest sums op and data, seeded per process: replies are compared
+// within this process only, and a client cannot make two payloads with
+// one digest.
 func digest(op subjects.Op, data []byte) uint64 {
-	const prime = 1099511628211
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(op); i++ {
-		h = (h ^ uint64(op[i])) * prime
-	}
-	h *= prime // the zero byte
-	for _, c := range data {
-		h = (h ^ uint64(c)) * prime
-	}
-	return h
+	var h maphash.Hash
+	h.SetSeed(digestSeed)
+	h.WriteString(string(op))
+	h.WriteByte(0)
+	h.Write(data)
+	return h.Sum64()
 }
+
+var digestSeed = maphash.MakeSeed()
 
 // sameRequest reports whether a retry's payload asks for what the first
 // request's did: the same bytes, or the same canonical form (keys in
