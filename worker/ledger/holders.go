@@ -198,7 +198,7 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 	var releasing int64
 	for _, a := range d.holders {
 		h := a.holding()
-		if h == nil || h.state != subjects.HolderReleasing {
+		if h.state != subjects.HolderReleasing {
 			continue
 		}
 		switch {
@@ -276,7 +276,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 	var total int64
 	for _, a := range d.holders {
 		h := a.holding()
-		if h == nil || h.state != subjects.HolderHeld || h.priority >= head.req.Priority || now.Before(h.rest) || a.size <= h.spec.KeepBytes {
+		if h.state != subjects.HolderHeld || h.priority >= head.req.Priority || now.Before(h.rest) || a.size <= h.spec.KeepBytes {
 			continue
 		}
 		cands = append(cands, a)
@@ -318,7 +318,7 @@ func (d *Device) askHolders(ctx context.Context, head *waiter, releasing int64, 
 func (d *Device) restoreHolders(ctx context.Context, head *waiter, now time.Time) ([]Ask, []HandoffEvent) {
 	var released []*allocation
 	for _, a := range d.holders {
-		if h := a.holding(); h != nil && h.state == subjects.HolderReleased && (head == nil || head.req.Priority <= h.priority) {
+		if h := a.holding(); h.state == subjects.HolderReleased && (head == nil || head.req.Priority <= h.priority) {
 			released = append(released, a)
 		}
 	}
@@ -425,7 +425,7 @@ func (d *Device) resize(ctx context.Context, call Call, req *subjects.ResizeRequ
 	case h == nil || !h.giving():
 		d.repay(a, -grow)
 		// A holder giving its room back keeps what it borrowed: that room
-		// is owed to it now (endRelease trims it).
+		// is owed to it now (endRelease repays from what it gave up).
 	}
 	if req.PID != 0 {
 		if a.extra == nil {
@@ -482,7 +482,7 @@ func (d *Device) holderDeadline() time.Time {
 	next := d.settleAt
 	for _, a := range d.holders {
 		h := a.holding()
-		if h == nil || h.state != subjects.HolderReleasing {
+		if h.state != subjects.HolderReleasing {
 			continue
 		}
 		for _, t := range [2]time.Time{h.deadline, h.verifyAt} {
@@ -501,7 +501,7 @@ func (d *Device) verifyingSince(now time.Time) time.Time {
 	var since time.Time
 	for _, a := range d.holders {
 		h := a.holding()
-		if h == nil || h.state != subjects.HolderReleasing {
+		if h.state != subjects.HolderReleasing {
 			continue
 		}
 		if a.size <= h.spec.KeepBytes && h.answeredAt.IsZero() {

@@ -40,7 +40,7 @@ func (d *Device) owedTo(c claim) int64 {
 	var owed int64
 	for _, a := range d.holders {
 		h := a.holding()
-		if h == nil || !h.giving() || h.priority < c.priority || a == c.self {
+		if !h.giving() || h.priority < c.priority || a == c.self {
 			continue
 		}
 		if c.restore && h.priority == c.priority {
@@ -60,7 +60,7 @@ func (d *Device) lend(a *allocation, priority int, n int64) {
 	}
 	var from []*allocation
 	for _, x := range d.holders {
-		if h := x.holding(); h != nil && h.giving() && h.priority < priority && x != a && h.full-x.size > h.lent {
+		if h := x.holding(); h.giving() && h.priority < priority && x != a && h.full-x.size > h.lent {
 			from = append(from, x)
 		}
 	}
