@@ -216,11 +216,14 @@ func TestExportAndTelemetry(t *testing.T) {
 }
 
 // lockedContext makes device dev's primary context current on this
-// goroutine's thread, for raw driver calls.
-func lockedContext(b testing.TB, dev int) {
+// goroutine's thread, for raw driver calls, and returns the device.
+func lockedContext(b testing.TB, dev int) cu.Device {
 	runtime.LockOSThread()
 	b.Cleanup(runtime.UnlockOSThread)
-	d, _ := cu.GetDevice(dev)
+	d, err := cu.GetDevice(dev)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx, err := d.RetainPrimaryCtx()
 	if err != nil {
 		b.Fatal(err)
@@ -228,6 +231,7 @@ func lockedContext(b testing.TB, dev int) {
 	if err := cu.SetCurrentContext(ctx); err != nil {
 		b.Fatal(err)
 	}
+	return d
 }
 
 // synced waits for a device-to-device copy, which returns before it ends.

@@ -490,11 +490,7 @@ func bounce(dst []byte, src cu.DevicePtr, ring unsafe.Pointer, slot int64, slots
 func BenchmarkRegisterBesideCopy(b *testing.B) {
 	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
-	lockedContext(b, 0)
-	dev, err := cu.GetDevice(0)
-	if err != nil {
-		b.Fatal(err)
-	}
+	dev := lockedContext(b, 0)
 	ctx2, err := dev.MakeContext(cu.SchedAuto)
 	if err != nil {
 		b.Fatal(err)
@@ -666,11 +662,7 @@ func pipelinedLoop(wait string, landed *atomic.Int64, started chan<- error, stop
 func BenchmarkRegisterContexts(b *testing.B) {
 	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
-	lockedContext(b, 0)
-	dev, err := cu.GetDevice(0)
-	if err != nil {
-		b.Fatal(err)
-	}
+	dev := lockedContext(b, 0)
 	free0, _, err := cu.MemInfo()
 	if err != nil {
 		b.Fatal(err)
