@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -182,7 +183,7 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 	cfg.Node = node
 	cfg.ExpiryInterval = 20 * time.Millisecond
 	cfg.DiscoveryWait = 50 * time.Millisecond
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Logger = testLogger(node)
 	for _, o := range opts {
 		o(&cfg, &hc)
 	}
@@ -315,4 +316,14 @@ func serviceInfo(t testing.TB, nc *nats.Conn) micro.Info {
 		t.Fatal(err)
 	}
 	return info
+}
+
+// testLogger is a worker's logger: silent, unless MEMWORKER_TEST_LOG is set
+// (then to stderr, each line naming the node), to see what a worker did in
+// a test that failed.
+func testLogger(node string) *slog.Logger {
+	if os.Getenv("MEMWORKER_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test_node", node)
 }

@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -111,6 +113,35 @@ func offloadAll(b *testing.B, nc *nats.Conn, total int64) (subjects.ModelOptimiz
 	return r, took
 }
 
+// hugePages is a count of the kernel's transparent huge page events
+// (/proc/vmstat: huge pages faulted in, faults that fell back to 4 KiB
+// pages, direct compaction stalls); zero where the file is not there.
+type hugePages struct{ faulted, fellBack, stalls int64 }
+
+func readHugePages() (h hugePages) {
+	raw, _ := os.ReadFile("/proc/vmstat")
+	for line := range bytes.Lines(raw) {
+		name, val, _ := bytes.Cut(bytes.TrimSpace(line), []byte(" "))
+		n, _ := strconv.ParseInt(string(val), 10, 64)
+		switch string(name) {
+		case "thp_fault_alloc":
+			h.faulted = n
+		case "thp_fault_fallback":
+			h.fellBack = n
+		case "compact_stall":
+			h.stalls = n
+		}
+	}
+	return h
+}
+
+// since says what happened to huge pages since h.
+func (h hugePages) since() string {
+	now := readHugePages()
+	return fmt.Sprintf("huge pages faulted %d, fell back %d, compaction stalls %d",
+		now.faulted-h.faulted, now.fellBack-h.fellBack, now.stalls-h.stalls)
+}
+
 type medians map[string][]float64
 
 func (m medians) add(name string, v float64) { m[name] = append(m[name], v) }
@@ -152,7 +183,9 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*total+GiB, total+64*MiB, warm)
 			_, locs := allocateModel(b, h, nc, modelPieces, size)
+			thp := readHugePages()
 			r, offload := offloadAll(b, nc, total)
+			thpOffload := thp.since()
 			off := r
 			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
 			start := time.Now()
@@ -165,8 +198,8 @@ func BenchmarkOffloadRestore(b *testing.B) {
 				locs[i], _, _ = h.Locate("n1-gpu0", r.OptimizationDetails.Models[0].AllocationIDs[i])
 			}
 			d2h, h2d := rawCopies(b, h.dev, locs, size)
-			b.Logf("%s: offload %.3f s (setup %.3f, copying %.3f, releasing %.3f, %d bytes freed), restore %.3f s (setup %.3f, copying %.3f); raw %.3f s and %.3f s",
-				mode, offload.Seconds(), off.SetupSeconds, off.CopySeconds, off.ReleaseSeconds, off.MemoryFreedBytes, restore.Seconds(), r.SetupSeconds, r.CopySeconds, d2h.Seconds(), h2d.Seconds())
+			b.Logf("%s: offload %.3f s (setup %.3f, copying %.3f, releasing %.3f, %d bytes freed; %s), restore %.3f s (setup %.3f, copying %.3f); raw %.3f s and %.3f s",
+				mode, offload.Seconds(), off.SetupSeconds, off.CopySeconds, off.ReleaseSeconds, off.MemoryFreedBytes, thpOffload, restore.Seconds(), r.SetupSeconds, r.CopySeconds, d2h.Seconds(), h2d.Seconds())
 			m.add("offload-GB/s-"+mode, float64(total)/offload.Seconds()/1e9)
 			m.add("restore-GB/s-"+mode, float64(total)/restore.Seconds()/1e9)
 			m.add("raw-D2H-GB/s", float64(total)/d2h.Seconds()/1e9)
@@ -228,9 +261,11 @@ func BenchmarkTransferToHost(b *testing.B) {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*size+GiB, size+64*MiB, warm)
 			ids, locs := allocateModel(b, h, nc, 1, size)
+			thp := readHugePages()
 			done, took := transferDone(b, nc, subjects.TransferRequest{AllocationID: ids[0], TargetAllocationType: subjects.Pinned})
+			thpTransfer := thp.since()
 			d2h, _ := rawCopies(b, h.dev, locs, size)
-			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s; raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, d2h.Seconds())
+			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s (%s); raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, thpTransfer, d2h.Seconds())
 			m.add("GB/s-"+mode, float64(size)/took.Seconds()/1e9)
 			m.add("copy-GB/s-"+mode, done.CopyThroughputBytesPerSecond/1e9)
 			m.add("setup-s-"+mode, done.SetupSeconds)

@@ -23,6 +23,8 @@ step() { # name command...: run, keep the output, note the exit status
 	local t0=$SECONDS
 	"$@" >"$out/$name.txt" 2>&1
 	echo "$name: rc $? in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+	# Huge pages faulted, fallen back to small ones, compaction stalls: so far.
+	echo "after $name: $(grep -E '^(thp_fault_alloc|thp_fault_fallback|compact_stall) ' /proc/vmstat | tr '\n' ' ')" >>"$out/summary.txt"
 }
 for s in $steps; do
 	case $s in
@@ -62,6 +64,7 @@ for s in $steps; do
 		step pinned-contexts-test ./cuda.test -test.run 'PinnedSegmentsShare' -test.v
 		;;
 	cold) # P21: the cold host path alone, default settings (name the pass with PASS=-1, -2, ... to run it again on the same machine): the pipeline, then a 10 GiB offload and an 8 GiB transfer to host, each a fresh worker with an empty pool
+		[ "${PASS:--1}" = -1 ] && step cuda-host ./cuda.test -test.run 'Pinned|Pipelined|CopiesKeepContent|CopyHonours' -test.v -test.count 1 # the host path still right, on the first pass
 		step "cold-d2h${PASS:-}" env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|raw-warm)$' -test.benchtime 2x
 		step "offload-restore${PASS:-}" env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
 		step "transfer-to-host${PASS:-}" env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 3x
