@@ -440,8 +440,25 @@ func TestEventsSurviveTheLossOfTheStreamLeader(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	nc = connect(t, rest[0])
-	drive(t, nc, h, "n1-gpu0")
+	// Requests sent while the cluster recovers from a server's loss can be
+	// lost in flight (core NATS delivers at most once): these go as a
+	// client's do, retried with their request_id, as TestServerLossMidLoad's.
+	cl := client.New(connect(t, rest[0]))
+	cl.Timeout = 2 * time.Second
+	n := 0
+	driveWith(t, h, func(op subjects.Op, data, out any) {
+		n++
+		id := fmt.Sprintf("after-the-loss-%d", n)
+		if err := retry(func() error {
+			_, err := cl.DoID(ctx, id, op, "n1-gpu0", data, out)
+			if err != nil {
+				t.Logf("%s %s: %v (worker on %s, %d reconnects)", op, id, err, wnc.ConnectedServerName(), wnc.Stats().Reconnects)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s %s: %v", op, id, err)
+		}
+	})
 
 	want := append(append([]subjects.Level{}, wantLevels...), wantLevels[1:]...)
 	var got []subjects.Level

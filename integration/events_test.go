@@ -49,16 +49,22 @@ func subscribeEvents(t testing.TB, nc *nats.Conn, dev string) func(timeout time.
 // normal by freeing.
 func drive(t testing.TB, nc *nats.Conn, h *host, dev string) {
 	t.Helper()
+	driveWith(t, h, func(op subjects.Op, data, out any) { call(t, nc, op, dev, data, out) })
+}
+
+// driveWith is drive with the requests made by do.
+func driveWith(t testing.TB, h *host, do func(op subjects.Op, data, out any)) {
+	t.Helper()
 	var a subjects.Allocation
-	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 880 * MiB, ModelID: "llama"}, &a) // 0.859
-	h.external(t, 0, 100*MiB)                                                                                 // 0.957
-	call(t, nc, subjects.GetPressure, dev, nil, nil)
+	do(subjects.Allocate, subjects.AllocateRequest{SizeBytes: 880 * MiB, ModelID: "llama"}, &a) // 0.859
+	h.external(t, 0, 100*MiB)                                                                   // 0.957
+	do(subjects.GetPressure, nil, nil)
 	h.external(t, 0, 80*MiB) // 0.9375: inside the margin
-	call(t, nc, subjects.GetPressure, dev, nil, nil)
+	do(subjects.GetPressure, nil, nil)
 	h.external(t, 0, 0)
-	call(t, nc, subjects.GetPressure, dev, nil, nil)                                                     // 0.859
-	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // cached: available
-	call(t, nc, subjects.Clear, dev, nil, nil)
+	do(subjects.GetPressure, nil, nil)                                                     // 0.859
+	do(subjects.Deallocate, subjects.DeallocateRequest{AllocationID: a.AllocationID}, nil) // cached: available
+	do(subjects.Clear, nil, nil)
 }
 
 var wantLevels = []subjects.Level{subjects.LevelNormal, subjects.LevelWarning, subjects.LevelCritical, subjects.LevelWarning, subjects.LevelNormal}
