@@ -89,7 +89,10 @@ for s in $steps; do
 		;;
 	esac
 done
-# The device tool brings back a few files per folder: one archive per step's folder.
+# The device tool brings back a few files per folder (8): one archive per
+# step's folder, then one of this pass's files (pass-$PASS.tgz; a second
+# pass in the same call archives its own).
 for d in "$out"/*/; do
 	[ -d "$d" ] && tar -C "$out" -czf "${d%/}.tgz" "$(basename "$d")" && rm -rf "$d"
 done
+cd "$out" && files=$(ls | grep -v '^pass.*\.tgz$') && tar -czf "pass${PASS:-}.tgz" $files && rm -f $files

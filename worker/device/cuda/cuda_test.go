@@ -478,7 +478,7 @@ func pinnedSegmentsShareThreads(t *testing.T, cfg cuda.Config) {
 		}
 		segs = append(segs, a)
 	}
-	if err := b.Free(ctx, 0, device.Pinned, segs[2]); err != nil { // never used, so never queued to pin
+	if err := b.Free(ctx, 0, device.Pinned, segs[2]); err != nil { // its chunks are still queued
 		t.Fatal(err)
 	}
 	segs = slices.Delete(segs, 2, 3)

@@ -50,9 +50,7 @@ type hostSegment struct {
 	size  int64
 	chunk int64          // bytes per registration: pinChunk when made
 	ctxs  []cu.CUContext // chunk i is registered with ctxs[i%len(ctxs)]
-
 	pin   *pinner
-	start sync.Once // queues the chunks to pin: the first copy or wait does
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -65,16 +63,9 @@ type hostSegment struct {
 	next, busy int
 }
 
-// newHostSegment maps size bytes, to be page-locked with g's pinning
-// contexts from the first copy into them (or wait for them) on; it
+// newHostSegment maps size bytes and queues them to be page-locked with
+// g's pinning contexts, once a copy or a wait needs them (kick); it
 // returns at once.
-//
-// Pinning waits for that first use, not for the mapping, because mapping
-// takes the process's mmap lock for writing, which waits behind every
-// fault-in and registration in flight: an offload maps a segment for each
-// allocation before it copies any, and with the first segment pinning
-// beside it the others' mapping took 18-23 ms of a 0.34 s cold offload of
-// 10 GiB on the H100 (docs/h100/round3/cold).
 func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	mem, err := syscall.Mmap(-1, 0, int(size+hostAlign), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
@@ -92,9 +83,10 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		ctxs:   g.pinCtxs,
 		chunks: make([]uint8, (size+chunk-1)/chunk),
 		done:   make(chan struct{}),
-		pin:    p,
 	}
 	h.cond.L = &h.mu
+	h.pin = p
+	p.add(h)
 	return h, nil
 }
 
@@ -103,6 +95,17 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 // offload of ten allocations copies them one after the other, and each
 // copy waits for its own segment's chunks only, not for ten segments
 // pinned at once on ten times the threads (which page-lock no faster).
+//
+// Queued segments wait for a copy or a wait to need one (kick) before
+// the threads start: mapping a segment takes the process's mmap lock for
+// writing, which waits behind every fault-in and registration in flight.
+// An offload maps a segment for each of its allocations before it copies
+// any; with the threads pinning the first beside it, mapping the others
+// took 18-23 ms of a 0.34 s cold offload of 10 GiB on the H100
+// (docs/h100/round3/cold). Every segment is still queued when mapped, so
+// the threads go from one segment's chunks to the next without a pause:
+// queueing each at its first copy instead made that offload's copying
+// take 0.47-0.49 s instead of 0.31-0.34 (docs/h100/round3/coldlazy).
 type pinner struct {
 	threads int
 
@@ -111,12 +114,20 @@ type pinner struct {
 	running int
 }
 
-// add queues a segment's chunks and starts threads to pin them, up to the
-// limit.
+// add queues a segment's chunks; kick starts the threads that pin them.
 func (p *pinner) add(h *hostSegment) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, h)
+}
+
+// kick starts threads to pin the queued chunks, up to the limit.
+func (p *pinner) kick() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.queue) == 0 {
+		return
+	}
 	for ; p.running < p.threads; p.running++ {
 		go p.work()
 	}
@@ -210,19 +221,9 @@ func (p *pinner) finish(h *hostSegment, i int, err error) {
 	}
 }
 
-// begin queues h's chunks to be pinned, once.
-func (h *hostSegment) begin() { h.start.Do(func() { h.pin.add(h) }) }
-
 // cancel stops pinning h (it is being freed): the chunks not taken yet stay
-// pageable, and done closes once the taken ones are pinned (at once when
-// none was ever queued).
+// pageable, and done closes once the taken ones are pinned.
 func (p *pinner) cancel(h *hostSegment) {
-	queued := true
-	h.start.Do(func() { queued = false })
-	if !queued {
-		close(h.done)
-		return
-	}
 	p.mu.Lock()
 	left := h.next < len(h.chunks)
 	h.next = len(h.chunks)
@@ -257,8 +258,12 @@ func (h *hostSegment) pinChunk(i int64) error {
 func (h *hostSegment) piece(off, n int64) int64 {
 	i := off / h.chunk
 	n = min(n, (i+1)*h.chunk-off)
-	h.begin()
 	h.mu.Lock()
+	if h.chunks[i] == chunkPending {
+		h.mu.Unlock()
+		h.pin.kick()
+		h.mu.Lock()
+	}
 	for h.chunks[i] == chunkPending {
 		h.cond.Wait()
 	}
@@ -314,7 +319,7 @@ func (b *Backend) WaitLocked(ctx context.Context, addr uint64) error {
 	if err != nil {
 		return err
 	}
-	h.begin()
+	h.pin.kick()
 	select {
 	case <-h.done:
 		return h.err
