@@ -25,7 +25,8 @@ import (
 // that pinned enough at start, --pinned-pool), and beside each, in the
 // same iteration, the raw driver copy of the same bytes to and from
 // page-locked memory allocated beforehand. They report medians and the
-// ratios raw time / memworker time.
+// ratios raw time / memworker time. BENCH_COLD_ONLY leaves the warm
+// workers out.
 
 // benchBytes reads a size from the environment, or def.
 func benchBytes(b *testing.B, env string, def int64) int64 {
@@ -42,7 +43,12 @@ func benchBytes(b *testing.B, env string, def int64) int64 {
 // hostPathWorker starts a fresh worker on one device of room bytes, cold
 // or warm with prepin bytes pinned at start, its VRAM pool on virtual
 // memory (in pieces of BENCH_VMM_PIECE bytes where set) unless BENCH_NO_VMM
-// is set; stop ends it.
+// is set; stop ends it and closes its backend, so what its allocations
+// held goes back as it would when a worker's process ends: a backend left
+// open until the benchmark's end kept each transfer's 8 GiB page-locked,
+// and each later cold transfer in the process registered slower (0.27 s
+// for the first, 0.96 s for the fifth on the H100:
+// docs/h100/round3/colddrift).
 func hostPathWorker(b *testing.B, room, prepin int64, warm bool) (h *host, nc *nats.Conn, stop func()) {
 	srv := startServer(b)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -64,6 +70,9 @@ func hostPathWorker(b *testing.B, room, prepin int64, warm bool) (h *host, nc *n
 		h.wait()
 		nc.Close()
 		srv.Shutdown()
+		if c, ok := h.dev.(interface{ Close() }); ok {
+			c.Close()
+		}
 	}
 }
 
@@ -116,10 +125,17 @@ func offloadAll(b *testing.B, nc *nats.Conn, total int64) (subjects.ModelOptimiz
 // hugePages is a count of the kernel's transparent huge page events
 // (/proc/vmstat: huge pages faulted in, faults that fell back to 4 KiB
 // pages, direct compaction stalls); zero where the file is not there.
-type hugePages struct{ faulted, fellBack, stalls int64 }
+type hugePages struct{ faulted, fellBack, stalls, availableKiB int64 }
 
 func readHugePages() (h hugePages) {
 	raw, _ := os.ReadFile("/proc/vmstat")
+	mem, _ := os.ReadFile("/proc/meminfo")
+	if _, after, ok := bytes.Cut(mem, []byte("MemAvailable:")); ok {
+		f := bytes.Fields(after)
+		if len(f) > 0 {
+			h.availableKiB, _ = strconv.ParseInt(string(f[0]), 10, 64)
+		}
+	}
 	for line := range bytes.Lines(raw) {
 		name, val, _ := bytes.Cut(bytes.TrimSpace(line), []byte(" "))
 		n, _ := strconv.ParseInt(string(val), 10, 64)
@@ -138,8 +154,8 @@ func readHugePages() (h hugePages) {
 // since says what happened to huge pages since h.
 func (h hugePages) since() string {
 	now := readHugePages()
-	return fmt.Sprintf("huge pages faulted %d, fell back %d, compaction stalls %d",
-		now.faulted-h.faulted, now.fellBack-h.fellBack, now.stalls-h.stalls)
+	return fmt.Sprintf("huge pages faulted %d, fell back %d, compaction stalls %d; host memory available %.1f GiB before",
+		now.faulted-h.faulted, now.fellBack-h.fellBack, now.stalls-h.stalls, float64(h.availableKiB)/(1<<20))
 }
 
 type medians map[string][]float64
@@ -180,6 +196,9 @@ func BenchmarkOffloadRestore(b *testing.B) {
 	m := medians{}
 	for b.Loop() {
 		for _, warm := range []bool{false, true} {
+			if warm && os.Getenv("BENCH_COLD_ONLY") != "" {
+				continue
+			}
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*total+GiB, total+64*MiB, warm)
 			_, locs := allocateModel(b, h, nc, modelPieces, size)
@@ -258,6 +277,9 @@ func BenchmarkTransferToHost(b *testing.B) {
 	m := medians{}
 	for b.Loop() {
 		for _, warm := range []bool{false, true} {
+			if warm && os.Getenv("BENCH_COLD_ONLY") != "" {
+				continue
+			}
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*size+GiB, size+64*MiB, warm)
 			ids, locs := allocateModel(b, h, nc, 1, size)

@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# ahead benchcuda (what each measures is beside it below).
+# colddrift ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -68,6 +68,13 @@ for s in $steps; do
 		step "cold-d2h${PASS:-}" env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|raw-warm)$' -test.benchtime 2x
 		step "offload-restore${PASS:-}" env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
 		step "transfer-to-host${PASS:-}" env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 3x
+		;;
+	colddrift) # P21: does a process's cold path slow from one copy to the next? each iteration logged, with and without warm workers between
+		step cold-d2h-6x env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdD2H/memworker$' -test.benchtime 6x
+		step cold-d2h-holding env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_HELD=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/memworker(-holding.*)?$' -test.benchtime 3x
+		step transfer-cold-only env BENCH_COLD_ONLY=1 BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 5x
+		step offload-cold-only env BENCH_COLD_ONLY=1 BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 4x
+		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 3x
 		;;
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x

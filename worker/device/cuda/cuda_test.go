@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -579,10 +580,12 @@ func BenchmarkColdD2H(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			start := time.Now()
 			if err := be.CopyChunks(ctx, device.Location{Kind: device.Pinned, Addr: a}, from, n, 64*MiB, func(int64) {}); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
+			b.Logf("%.1f GB/s", float64(n)/time.Since(start).Seconds()/1e9)
 			_ = be.Free(ctx, 0, device.Pinned, a)
 			b.StartTimer()
 		}
@@ -614,6 +617,25 @@ func BenchmarkColdD2H(b *testing.B) {
 		for _, own := range []int{2, 4, 8, 1, 0} {
 			b.Run(fmt.Sprintf("memworker-own-contexts-%d", own), func(b *testing.B) {
 				coldD2H(b, open(b, cuda.Config{PinContexts: own}))
+			})
+		}
+	}
+	// BENCH_COLD_HELD: the same while the process holds 8, 16 and 32 GiB
+	// page-locked already (a pinned pool, offloaded models).
+	if os.Getenv("BENCH_COLD_HELD") != "" {
+		for _, held := range []int64{8, 16, 32} {
+			b.Run(fmt.Sprintf("memworker-holding-%dGiB", held), func(b *testing.B) {
+				hb := open(b, cuda.Config{})
+				for range held / 8 {
+					a, err := hb.Alloc(ctx, 0, device.Pinned, 8*GiB)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := hb.WaitLocked(ctx, a); err != nil {
+						b.Fatal(err)
+					}
+				}
+				coldD2H(b, hb)
 			})
 		}
 	}
