@@ -50,7 +50,6 @@ type hostSegment struct {
 	size  int64
 	chunk int64          // bytes per registration: pinChunk when made
 	ctxs  []cu.CUContext // chunk i is registered with ctxs[i%len(ctxs)]
-	pin   *pinner
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -64,8 +63,7 @@ type hostSegment struct {
 }
 
 // newHostSegment maps size bytes and queues them to be page-locked with
-// g's pinning contexts, once a copy or a wait needs them (kick); it
-// returns at once.
+// g's pinning contexts; it returns at once.
 func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 	mem, err := syscall.Mmap(-1, 0, int(size+hostAlign), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
@@ -85,7 +83,6 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 		done:   make(chan struct{}),
 	}
 	h.cond.L = &h.mu
-	h.pin = p
 	p.add(h)
 	return h, nil
 }
@@ -96,16 +93,14 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 // copy waits for its own segment's chunks only, not for ten segments
 // pinned at once on ten times the threads (which page-lock no faster).
 //
-// Queued segments wait for a copy or a wait to need one (kick) before
-// the threads start: mapping a segment takes the process's mmap lock for
-// writing, which waits behind every fault-in and registration in flight.
-// An offload maps a segment for each of its allocations before it copies
-// any; with the threads pinning the first beside it, mapping the others
-// took 18-23 ms of a 0.34 s cold offload of 10 GiB on the H100
-// (docs/h100/round3/cold). Every segment is still queued when mapped, so
-// the threads go from one segment's chunks to the next without a pause:
-// queueing each at its first copy instead made that offload's copying
-// take 0.47-0.49 s instead of 0.31-0.34 (docs/h100/round3/coldlazy).
+// Pinning starts when a segment is mapped. Mapping the next segments then
+// waits on the process's mmap lock behind the registrations in flight
+// (an offload's set-up of ten segments took 26-32 ms), but that time is
+// not lost: starting the threads only at the first copy made the set-up
+// 0 and the copy as much longer (cold offloads of 10 GiB 0.42-0.46x raw
+// either way, alternating on one H100), and queueing each segment only
+// at its own first copy paused the threads at every segment (0.40x).
+// docs/h100/round3/colddrift.
 type pinner struct {
 	threads int
 
@@ -114,20 +109,12 @@ type pinner struct {
 	running int
 }
 
-// add queues a segment's chunks; kick starts the threads that pin them.
+// add queues a segment's chunks and starts threads to pin them, up to the
+// limit.
 func (p *pinner) add(h *hostSegment) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, h)
-}
-
-// kick starts threads to pin the queued chunks, up to the limit.
-func (p *pinner) kick() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.queue) == 0 {
-		return
-	}
 	for ; p.running < p.threads; p.running++ {
 		go p.work()
 	}
@@ -259,11 +246,6 @@ func (h *hostSegment) piece(off, n int64) int64 {
 	i := off / h.chunk
 	n = min(n, (i+1)*h.chunk-off)
 	h.mu.Lock()
-	if h.chunks[i] == chunkPending {
-		h.mu.Unlock()
-		h.pin.kick()
-		h.mu.Lock()
-	}
 	for h.chunks[i] == chunkPending {
 		h.cond.Wait()
 	}
@@ -319,7 +301,6 @@ func (b *Backend) WaitLocked(ctx context.Context, addr uint64) error {
 	if err != nil {
 		return err
 	}
-	h.pin.kick()
 	select {
 	case <-h.done:
 		return h.err
