@@ -122,12 +122,13 @@ func offloadAll(b *testing.B, nc *nats.Conn, total int64) (subjects.ModelOptimiz
 	return r, took
 }
 
-// hugePages is a count of the kernel's transparent huge page events
-// (/proc/vmstat: huge pages faulted in, faults that fell back to 4 KiB
-// pages, direct compaction stalls); zero where the file is not there.
-type hugePages struct{ faulted, fellBack, stalls, availableKiB int64 }
+// hostMemory is what the kernel says of the host's memory: transparent
+// huge page events so far (/proc/vmstat: huge pages faulted in, faults
+// that fell back to 4 KiB pages, direct compaction stalls) and the memory
+// available (/proc/meminfo); zeros where the files are not there.
+type hostMemory struct{ faulted, fellBack, stalls, availableKiB int64 }
 
-func readHugePages() (h hugePages) {
+func readHostMemory() (h hostMemory) {
 	raw, _ := os.ReadFile("/proc/vmstat")
 	mem, _ := os.ReadFile("/proc/meminfo")
 	if _, after, ok := bytes.Cut(mem, []byte("MemAvailable:")); ok {
@@ -151,9 +152,10 @@ func readHugePages() (h hugePages) {
 	return h
 }
 
-// since says what happened to huge pages since h.
-func (h hugePages) since() string {
-	now := readHugePages()
+// since says what happened to huge pages since h, and what was available
+// then.
+func (h hostMemory) since() string {
+	now := readHostMemory()
 	return fmt.Sprintf("huge pages faulted %d, fell back %d, compaction stalls %d; host memory available %.1f GiB before",
 		now.faulted-h.faulted, now.fellBack-h.fellBack, now.stalls-h.stalls, float64(h.availableKiB)/(1<<20))
 }
@@ -202,9 +204,9 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*total+GiB, total+64*MiB, warm)
 			_, locs := allocateModel(b, h, nc, modelPieces, size)
-			thp := readHugePages()
+			mem := readHostMemory()
 			r, offload := offloadAll(b, nc, total)
-			thpOffload := thp.since()
+			memOffload := mem.since()
 			off := r
 			m.add("offload-copy-GB/s-"+mode, r.CopyThroughputBytesPerSecond/1e9)
 			start := time.Now()
@@ -218,7 +220,7 @@ func BenchmarkOffloadRestore(b *testing.B) {
 			}
 			d2h, h2d := rawCopies(b, h.dev, locs, size)
 			b.Logf("%s: offload %.3f s (setup %.3f, copying %.3f, releasing %.3f, %d bytes freed; %s), restore %.3f s (setup %.3f, copying %.3f); raw %.3f s and %.3f s",
-				mode, offload.Seconds(), off.SetupSeconds, off.CopySeconds, off.ReleaseSeconds, off.MemoryFreedBytes, thpOffload, restore.Seconds(), r.SetupSeconds, r.CopySeconds, d2h.Seconds(), h2d.Seconds())
+				mode, offload.Seconds(), off.SetupSeconds, off.CopySeconds, off.ReleaseSeconds, off.MemoryFreedBytes, memOffload, restore.Seconds(), r.SetupSeconds, r.CopySeconds, d2h.Seconds(), h2d.Seconds())
 			m.add("offload-GB/s-"+mode, float64(total)/offload.Seconds()/1e9)
 			m.add("restore-GB/s-"+mode, float64(total)/restore.Seconds()/1e9)
 			m.add("raw-D2H-GB/s", float64(total)/d2h.Seconds()/1e9)
@@ -283,11 +285,11 @@ func BenchmarkTransferToHost(b *testing.B) {
 			mode := map[bool]string{false: "cold", true: "warm"}[warm]
 			h, nc, stop := hostPathWorker(b, 2*size+GiB, size+64*MiB, warm)
 			ids, locs := allocateModel(b, h, nc, 1, size)
-			thp := readHugePages()
+			mem := readHostMemory()
 			done, took := transferDone(b, nc, subjects.TransferRequest{AllocationID: ids[0], TargetAllocationType: subjects.Pinned})
-			thpTransfer := thp.since()
+			memTransfer := mem.since()
 			d2h, _ := rawCopies(b, h.dev, locs, size)
-			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s (%s); raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, thpTransfer, d2h.Seconds())
+			b.Logf("%s: %.3f s end to end: setup %.3f s, copy %.3f s (%s); raw %.3f s", mode, took.Seconds(), done.SetupSeconds, done.CopySeconds, memTransfer, d2h.Seconds())
 			m.add("GB/s-"+mode, float64(size)/took.Seconds()/1e9)
 			m.add("copy-GB/s-"+mode, done.CopyThroughputBytesPerSecond/1e9)
 			m.add("setup-s-"+mode, done.SetupSeconds)

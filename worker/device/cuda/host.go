@@ -94,9 +94,9 @@ func newHostSegment(g *gpu, size int64, p *pinner) (*hostSegment, error) {
 // pinned at once on ten times the threads (which page-lock no faster).
 //
 // Pinning starts when a segment is mapped. Mapping the next segments then
-// waits on the process's mmap lock behind the registrations in flight
-// (an offload's set-up of ten segments took 26-32 ms), but that time is
-// not lost: starting the threads only at the first copy made the set-up
+// waits behind the registrations in flight (for the process's mmap lock,
+// by our reading: an offload's set-up of ten segments took 26-32 ms, and
+// nothing when no thread pinned meanwhile), but that time is not lost: starting the threads only at the first copy made the set-up
 // 0 and the copy as much longer (cold offloads of 10 GiB 0.42-0.46x raw
 // either way, alternating on one H100), and queueing each segment only
 // at its own first copy paused the threads at every segment (0.40x).
