@@ -23,7 +23,8 @@ const (
 	// CodeQuotaExceeded: the tenant's quota on the device would be passed.
 	CodeQuotaExceeded Code = "QUOTA_EXCEEDED"
 	// CodeOverloaded: a queue or limit is full (waiters, a tenant's
-	// transfers): retry later, after retry_after_ms. Never a failed
+	// transfers), or the worker grants no memory until it renews its
+	// node's lease: retry later, after retry_after_ms. Never a failed
 	// device (that is DEVICE_UNAVAILABLE).
 	CodeOverloaded Code = "OVERLOADED"
 )

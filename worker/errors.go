@@ -30,7 +30,7 @@ func wireError(err error) *subjects.Error {
 		code = subjects.CodeConflict
 	case errors.Is(err, ledger.ErrForbidden):
 		code = subjects.CodeForbidden
-	case errors.Is(err, ledger.ErrOverloaded):
+	case errors.Is(err, ledger.ErrOverloaded), errors.Is(err, ledger.ErrPaused):
 		code = subjects.CodeOverloaded
 	case errors.Is(err, ledger.ErrQuotaExceeded):
 		code = subjects.CodeQuotaExceeded

@@ -27,6 +27,9 @@ type metrics struct {
 	// publisher (the queue was full).
 	eventWaits prometheus.Counter
 	waited     prometheus.Histogram
+	// paused is 1 while the devices grant nothing because the node's
+	// lease cannot be confirmed.
+	paused prometheus.Gauge
 	// ops holds each operation's success counter and duration histogram,
 	// looked up once: a label lookup hashes the labels on every request.
 	ops map[subjects.Op]opMetrics
@@ -92,6 +95,9 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 			Name: "memworker_admission_wait_seconds", Help: "How long allocate requests waited for room, granted or not.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "memworker_node_lease_unconfirmed", Help: "1 while the node's lease cannot be renewed (JetStream unreachable): the devices grant no memory meanwhile; frees and reads go on.",
+		}),
 		autoReleased: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "memworker_auto_released_bytes_total", Help: "Cached pool memory returned to the devices because device memory use reached the warning threshold.",
 		}),
@@ -104,7 +110,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 		m.ops[op] = opMetrics{ok: m.requests.WithLabelValues(string(op), "ok"), duration: m.duration.WithLabelValues(string(op))}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, m.waiting, m.waited, m.eventWaits, deviceCollector{w})
+		reg.MustRegister(m.requests, m.duration, m.transfers, m.events, m.dropped, m.autoReleased, m.waiting, m.waited, m.eventWaits, m.paused, deviceCollector{w})
 	}
 	return m
 }

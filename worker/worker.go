@@ -258,9 +258,19 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 
 	if lease != nil {
 		loops.Go(func() {
-			lease.Keep(loopCtx, func(err error) {
-				w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
-				lose(err)
+			lease.Keep(loopCtx, node.Watch{
+				Lost: func(err error) {
+					w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
+					lose(err)
+				},
+				Unconfirmed: func(err error) {
+					w.log.Warn("granting no memory until the node's lease is renewed; frees and reads go on", "node", w.cfg.Node, "err", err)
+					w.pause(err)
+				},
+				Confirmed: func() {
+					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
+					w.pause(nil)
+				},
 			})
 		})
 	}
@@ -271,6 +281,23 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	<-ctx.Done()
 	w.log.Info("stopping: answering the requests received", "node", w.cfg.Node)
 	return nil
+}
+
+// pause makes every device grant nothing, for why, or, with nil, grant
+// again and admit the waiters that fit (see ledger.Device.Pause).
+func (w *Worker) pause(why error) {
+	if why != nil {
+		why = fmt.Errorf("node %s cannot confirm it still serves the node (%v): retry", w.cfg.Node, why)
+	}
+	w.metrics.paused.Set(map[bool]float64{false: 0, true: 1}[why != nil])
+	for _, g := range w.gpus {
+		g.mu.Lock()
+		g.Pause(why)
+		if why == nil {
+			w.recheck(g)
+		}
+		g.mu.Unlock()
+	}
 }
 
 // addService registers the micro service with an endpoint per operation and

@@ -123,6 +123,8 @@ type Device struct {
 	// Expire last freed any.
 	leases     expiries
 	lastExpire time.Time
+	// paused, when set, is why the door grants nothing (Pause).
+	paused error
 }
 
 // madeBy is the request that made an allocation: its request_id and a

@@ -17,7 +17,8 @@ import (
 // tenant's quota, other processes' unused reservations, the admission
 // queue, and, for a reservation, the device's room (the other kinds take
 // their room from a pool right after, and fail there when there is none).
-// Nothing else decides whether memory may be granted.
+// Nothing else decides whether memory may be granted. While the device is
+// paused (its node's lease cannot be confirmed) the door grants nothing.
 
 // Call is who asks the ledger for something, and when: every operation
 // that acts for a client takes one.
@@ -62,6 +63,9 @@ func (c claim) deviceMemory() bool { return c.kind != device.Pinned }
 func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, err error) {
 	if err := d.possible(c); err != nil {
 		return true, err
+	}
+	if d.paused != nil {
+		return false, fmt.Errorf("%s grants no memory for now (%v); frees, renewals and reads go on: %w", d.id, d.paused, ErrPaused)
 	}
 	if c.quota > 0 {
 		if q, ok := d.quota(c.tenant); ok {
@@ -109,6 +113,14 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 	}
 	return false, nil
 }
+
+// Pause makes the door grant nothing, for why (a client reads it), until
+// Pause(nil). Requests that would be granted memory are refused with
+// ErrPaused, or wait (wait_seconds); waiters wait. The worker pauses its
+// devices while its node's lease cannot be confirmed: another worker may
+// be about to serve the node, and two granting from one device's memory
+// would split its ledger.
+func (d *Device) Pause(why error) { d.paused = why }
 
 // possible refuses a claim that no wait can grant.
 func (d *Device) possible(c claim) error {

@@ -323,3 +323,63 @@ func TestAnIDSpeltTwiceIsFreedOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestAPausedDeviceGrantsNothing: while the worker cannot confirm it
+// still serves the node, the door refuses every grant on every path with
+// ErrPaused (a waiter waits through it), and grants again once the pause
+// ends; frees and renewals go on meanwhile.
+func TestAPausedDeviceGrantsNothing(t *testing.T) {
+	why := errors.New("the node's lease cannot be renewed")
+	for _, p := range doorPaths {
+		t.Run(p.name, func(t *testing.T) {
+			d, _ := newDevice(t, doorTotal, doorConfig(false))
+			var prepared string
+			if p.prepare != nil {
+				prepared = p.prepare(t, d)
+			}
+			d.Pause(why)
+			if p.name == "waiter" {
+				_, ticket, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, WaitSeconds: 60, TTLSeconds: 60}))
+				if ticket == 0 {
+					t.Fatalf("a request that may wait did not wait through the pause: %v", err)
+				}
+				if ds := d.Admit(ctx, t0.Add(time.Second)); len(ds) != 0 {
+					t.Fatalf("decided while paused: %+v", ds)
+				}
+				d.Pause(nil)
+				if ds := d.Admit(ctx, t0.Add(2*time.Second)); len(ds) != 1 || ds[0].Ticket != ticket || ds[0].Err != nil {
+					t.Fatalf("once the pause ended: %+v, want the waiter granted", ds)
+				}
+				audit(t, d)
+				return
+			}
+			err := p.grant(t, d, prepared, t0)
+			switch {
+			case p.kindless && err == nil:
+				t.Errorf("paused: granted")
+			case !p.kindless && !errors.Is(err, ledger.ErrPaused):
+				t.Errorf("paused: %v, want %v", err, ledger.ErrPaused)
+			case !p.kindless && !strings.Contains(err.Error(), why.Error()):
+				t.Errorf("paused: %q does not say why", err)
+			}
+			audit(t, d)
+			d.Pause(nil)
+			if err := p.grant(t, d, prepared, t0); err != nil {
+				t.Errorf("once the pause ended: %v, want a grant", err)
+			}
+			audit(t, d)
+		})
+	}
+	t.Run("frees and renewals go on", func(t *testing.T) {
+		d, _ := newDevice(t, doorTotal, doorConfig(false))
+		a := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, TTLSeconds: 60})
+		d.Pause(why)
+		if r, err := d.Renew(valid(t, &subjects.RenewRequest{AllocationIDs: []string{a.AllocationID}, TTLSeconds: 60}), tenantA, t0); err != nil || len(r.Renewed) != 1 {
+			t.Errorf("renew while paused: %+v, %v", r, err)
+		}
+		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), tenantA); err != nil {
+			t.Errorf("deallocate while paused: %v", err)
+		}
+		audit(t, d)
+	})
+}

@@ -22,6 +22,9 @@ var (
 	// ErrOverloaded: a queue or limit is full (waiters, a tenant's
 	// transfers); the request may be retried later.
 	ErrOverloaded = errors.New("overloaded")
+	// ErrPaused: the device grants no memory for now (its node's lease
+	// cannot be confirmed); the request may wait or be retried.
+	ErrPaused = errors.New("paused")
 )
 
 // kindError is an error of a kind whose message says it all: the kind is

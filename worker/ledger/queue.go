@@ -162,7 +162,7 @@ func (d *Device) NextDeadline() time.Time {
 // waits reports whether err means "not now": the refusals a wait can
 // outlast.
 func waits(err error) bool {
-	return errors.Is(err, device.ErrOutOfMemory) || errors.Is(err, ErrQuotaExceeded)
+	return errors.Is(err, device.ErrOutOfMemory) || errors.Is(err, ErrQuotaExceeded) || errors.Is(err, ErrPaused)
 }
 
 // enqueueWaiter puts an allocate (or a resize) that was refused with err

@@ -20,7 +20,11 @@ import (
 // with a revision check; a standby waits, subscribed to nothing, until the
 // key is gone (deleted at a clean stop, or expired when the active died),
 // and creates it: creation is atomic, so two workers started at once
-// cannot both win.
+// cannot both win. A worker that cannot reach the bucket for a while (its
+// server restarting, JetStream electing a leader) grants no memory until
+// it renews again (Watch), and stops only when it finds another worker
+// holding the key: stopping would give up every allocation it holds for
+// its clients.
 
 // NodeLeaseBucket is the key-value bucket of node leases.
 const NodeLeaseBucket = "memworker_nodes"
@@ -106,15 +110,36 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 	}
 }
 
-// Keep renews the lease until ctx is done. It calls lost, and returns, when
-// the lease is lost: another worker holds it, or no renewal succeeded for
-// half a NodeLeaseTTL. A standby can take the key only a whole TTL after
-// the last renewal, so the worker has stopped serving well before (a
-// renewal is tried every sixth of the TTL and waits at most as long).
-func (l *Lease) Keep(ctx context.Context, lost func(error)) {
+// Watch is what Keep tells the worker of its lease.
+type Watch struct {
+	// Lost: another worker holds the node's lease. This one must stop
+	// serving.
+	Lost func(error)
+	// Unconfirmed: no renewal succeeded for half a NodeLeaseTTL. The bucket
+	// cannot be reached (a server restarting, JetStream electing a leader)
+	// or does not answer in time. A standby can take the key only a whole
+	// TTL after the last renewal, so the worker stops granting memory well
+	// before that. It keeps what it holds, serves the rest, and Keep goes
+	// on trying.
+	Unconfirmed func(error)
+	// Confirmed: after Unconfirmed, a renewal succeeded again, at this
+	// lease's revision or by taking the lapsed key again (creation is
+	// atomic). Either way no other worker holds the node now.
+	Confirmed func()
+}
+
+// errTaken is a renewal that found another worker's value in the key.
+var errTaken = errors.New("another worker holds the node's lease")
+
+// Keep renews the lease until ctx is done, or until it finds another
+// worker holding it (w.Lost). A renewal is tried every sixth of the TTL and
+// waits at most as long; half a TTL without one calls w.Unconfirmed, and
+// the next that succeeds w.Confirmed.
+func (l *Lease) Keep(ctx context.Context, w Watch) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
 	defer t.Stop()
 	renewed := time.Now()
+	unconfirmed := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,11 +157,18 @@ func (l *Lease) Keep(ctx context.Context, lost func(error)) {
 			switch {
 			case err == nil:
 				renewed = now
+				if unconfirmed {
+					unconfirmed = false
+					w.Confirmed()
+				}
 			case ctx.Err() != nil:
 				return
-			case errors.Is(err, jetstream.ErrKeyExists), time.Since(renewed) >= NodeLeaseTTL/2:
-				lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
+			case errors.Is(err, errTaken):
+				w.Lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
 				return
+			case !unconfirmed && time.Since(renewed) >= NodeLeaseTTL/2:
+				unconfirmed = true
+				w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v", time.Since(renewed).Round(time.Millisecond), err))
 			}
 		}
 	}
@@ -145,20 +177,27 @@ func (l *Lease) Keep(ctx context.Context, lost func(error)) {
 // renew updates the key at the revision last seen. A renewal that timed
 // out may still have been applied: the key then holds this lease's own
 // value at a later revision, which is not a loss, so the key is read and,
-// where it is still this lease's, renewed at its revision. l.mu is held.
+// where it is still this lease's, renewed at its revision. A key that
+// lapsed (no renewal for a whole TTL) is taken again unless another
+// worker took it first. It fails with errTaken when another worker holds
+// the key; any other error leaves that unknown. l.mu is held.
 func (l *Lease) renew(ctx context.Context) error {
 	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		e, gerr := l.kv.Get(ctx, l.node)
 		switch {
 		case errors.Is(gerr, jetstream.ErrKeyNotFound):
-			return err // gone: it lapsed, and a standby may take it
+			rev, err = l.kv.Create(ctx, l.node, l.value)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("%w: it lapsed and another took it", errTaken)
+			}
 		case gerr != nil:
 			return gerr // not known: tried again at the next tick
 		case !bytes.Equal(e.Value(), l.value):
-			return err // another worker's
+			return errTaken
+		default:
+			rev, err = l.kv.Update(ctx, l.node, l.value, e.Revision())
 		}
-		rev, err = l.kv.Update(ctx, l.node, l.value, e.Revision())
 	}
 	if err == nil {
 		l.rev = rev

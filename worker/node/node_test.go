@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,13 @@ import (
 
 func connect(t *testing.T) *nats.Conn {
 	t.Helper()
+	nc, _ := connectTo(t)
+	return nc
+}
+
+// connectTo starts a JetStream server and connects to it.
+func connectTo(t *testing.T) (*nats.Conn, *server.Server) {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +39,23 @@ func connect(t *testing.T) *nats.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	return nc
+	return nc, srv
+}
+
+// watched is what Keep told a test: the loss, and each change between
+// confirmed (true) and not (false).
+type watched struct {
+	lost      chan error
+	confirmed chan bool
+}
+
+func watch() (node.Watch, watched) {
+	w := watched{lost: make(chan error, 1), confirmed: make(chan bool, 16)}
+	return node.Watch{
+		Lost:        func(err error) { w.lost <- err },
+		Unconfirmed: func(error) { w.confirmed <- false },
+		Confirmed:   func() { w.confirmed <- true },
+	}, w
 }
 
 // n1 is a worker of node n1 that is no standby.
@@ -70,8 +94,8 @@ func TestOneLeasePerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	keepCtx, stopKeeping := context.WithCancel(ctx)
-	lostFirst := make(chan error, 1)
-	go first.Keep(keepCtx, func(err error) { lostFirst <- err })
+	wa, seen := watch()
+	go first.Keep(keepCtx, wa)
 	if _, err := n(false).Take(ctx, nc); !errors.Is(err, node.ErrNodeTaken) {
 		t.Fatalf("a second worker while the first renews: %v, want ErrNodeTaken", err)
 	}
@@ -99,20 +123,39 @@ func TestOneLeasePerNode(t *testing.T) {
 		t.Fatal("the standby did not take the released lease")
 	}
 	select {
-	case err := <-lostFirst:
+	case err := <-seen.lost:
 		t.Errorf("reported lost while it was kept: %v", err)
+	case c := <-seen.confirmed:
+		t.Errorf("reported confirmed %v while it was kept", c)
 	default:
 	}
 }
 
-// TestALeaseTakenByAnotherIsLost: when the key lapsed (the holder was cut
-// off past the TTL), and another worker took it or none did yet, the
-// holder's renewal reports the loss.
-func TestALeaseTakenByAnotherIsLost(t *testing.T) {
+// waitHeld waits until the key holds l's value (renewed or taken again).
+func waitHeld(t *testing.T, kv jetstream.KeyValue, l *node.Lease) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e, err := kv.Get(context.Background(), "n1")
+		if err == nil && bytes.Equal(e.Value(), node.LeaseValue(l)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the key is not the lease's after 5 s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestALapsedLease: when the key lapsed (the holder was cut off past the
+// TTL) and another worker took it, the holder's renewal reports the loss;
+// when none did, the holder takes it again and goes on.
+func TestALapsedLease(t *testing.T) {
 	for _, taken := range []bool{true, false} {
 		t.Run(fmt.Sprintf("taken-%v", taken), func(t *testing.T) {
 			nc := connect(t)
-			ctx := context.Background()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
 			a, kv := takeN1(t, nc)
 			if err := kv.Delete(ctx, "n1"); err != nil { // as if it lapsed
 				t.Fatal(err)
@@ -122,16 +165,72 @@ func TestALeaseTakenByAnotherIsLost(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			lost := make(chan error, 1)
-			go a.Keep(ctx, func(err error) { lost <- err })
+			wa, seen := watch()
+			go a.Keep(ctx, wa)
+			if !taken {
+				waitHeld(t, kv, a)
+				select {
+				case err := <-seen.lost:
+					t.Errorf("a lapsed lease nobody took was reported lost: %v", err)
+				default:
+				}
+				return
+			}
 			select {
-			case err := <-lost:
+			case err := <-seen.lost:
 				if !errors.Is(err, node.ErrLeaseLost) {
 					t.Errorf("lost with %v", err)
 				}
 			case <-time.After(5 * time.Second):
-				t.Error("a lapsed lease was not reported lost")
+				t.Error("a lease another worker took was not reported lost")
 			}
+		})
+	}
+}
+
+// TestAnUnreachableBucketPausesTheLease: while JetStream is away (longer
+// than half the TTL, and longer than the TTL, so the key lapses), the
+// holder is told its lease is unconfirmed, not lost; once JetStream is
+// back its next renewal confirms it, and the key is its own again.
+func TestAnUnreachableBucketPausesTheLease(t *testing.T) {
+	for _, away := range []time.Duration{node.NodeLeaseTTL * 2 / 3, node.NodeLeaseTTL * 4 / 3} {
+		t.Run(away.String(), func(t *testing.T) {
+			t.Parallel()
+			nc, srv := connectTo(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			l, kv := takeN1(t, nc)
+			wa, seen := watch()
+			go l.Keep(ctx, wa)
+			store := srv.JetStreamConfig().StoreDir
+			if err := srv.DisableJetStream(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case c := <-seen.confirmed:
+				if c {
+					t.Fatal("confirmed while JetStream was away")
+				}
+			case err := <-seen.lost:
+				t.Fatalf("lost while JetStream was away: %v", err)
+			case <-time.After(away):
+				t.Fatalf("not reported unconfirmed after %v without JetStream", away)
+			}
+			time.Sleep(max(0, away-node.NodeLeaseTTL/2))
+			if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: store}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case c := <-seen.confirmed:
+				if !c {
+					t.Fatal("unconfirmed twice")
+				}
+			case err := <-seen.lost:
+				t.Fatalf("lost once JetStream was back: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("not confirmed once JetStream was back")
+			}
+			waitHeld(t, kv, l)
 		})
 	}
 }
@@ -152,11 +251,12 @@ func TestARenewalAppliedButUnansweredIsNoLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	keepCtx, stop := context.WithCancel(ctx)
-	lost := make(chan error, 1)
+	wa, seen := watch()
+	lost := seen.lost
 	kept := make(chan struct{})
 	go func() {
 		defer close(kept)
-		l.Keep(keepCtx, func(err error) { lost <- err })
+		l.Keep(keepCtx, wa)
 	}()
 	// Two renewals at least (one every sixth of the TTL).
 	deadline := time.After(5 * time.Second)
