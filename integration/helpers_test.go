@@ -126,6 +126,14 @@ type hostConfig struct {
 	// standby: the worker stands by for the node; startWorkerOn does not
 	// wait for it to serve.
 	standby bool
+	// runErr, when set, gets what the worker's Run returned, instead of
+	// the test failing on an error.
+	runErr chan error
+}
+
+// withRunErr sends what the worker's Run returns to ch.
+func withRunErr(ch chan error) hostOpt {
+	return func(_ *worker.Config, h *hostConfig) { h.runErr = ch }
 }
 
 // standingBy starts the worker as a standby of its node.
@@ -197,7 +205,11 @@ func startWorkerOn(t testing.TB, ctx context.Context, nc *nats.Conn, node string
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := w.Run(ctx, nc); err != nil {
+		err := w.Run(ctx, nc)
+		switch {
+		case hc.runErr != nil:
+			hc.runErr <- err
+		case err != nil:
 			t.Errorf("worker %s: %v", node, err)
 		}
 	}()

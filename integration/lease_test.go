@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -9,10 +10,12 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/node"
 )
 
 // The node's lease lives in JetStream. When the worker cannot renew it
@@ -79,6 +82,42 @@ func TestJetStreamAwayPausesGrants(t *testing.T) {
 	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: GiB}, nil)
 	if _, _, err := h.Locate("n1-gpu0", kept.AllocationID); err != nil {
 		t.Errorf("the allocation made before the pause: %v", err)
+	}
+}
+
+// TestARivalStopsAPausedWorker: a worker that cannot renew its lease
+// stops once another instance of its node answers discovery (a standby
+// that reached the bucket and took the lapsed key over), so the two share
+// the node's subjects only briefly.
+func TestARivalStopsAPausedWorker(t *testing.T) {
+	srv := startJetStreamServer(t)
+	ran := make(chan error, 1)
+	startWorker(t, srv, "n1", withDevices(1, GiB), withRunErr(ran))
+	nc := connect(t, srv)
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the worker to pause its grants", func() bool {
+		msg := request(t, nc, subjects.Allocate, "n1-gpu0", mustJSON(t, map[string]any{"data": subjects.AllocateRequest{SizeBytes: MiB}}))
+		return strings.Contains(string(msg.Data), string(subjects.CodeOverloaded))
+	})
+	select {
+	case err := <-ran:
+		t.Fatalf("a paused worker stopped with no rival: %v", err)
+	case <-time.After(time.Second):
+	}
+	rival, err := micro.AddService(nc, micro.Config{Name: worker.ServiceName, Version: "1.0.0", Metadata: map[string]string{"node": "n1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rival.Stop()
+	select {
+	case err := <-ran:
+		if !errors.Is(err, node.ErrLeaseLost) || !strings.Contains(err.Error(), rival.Info().ID) {
+			t.Errorf("the paused worker stopped with %v, want the lease lost to %s", err, rival.Info().ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the paused worker went on beside a rival")
 	}
 }
 

@@ -271,6 +271,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
 					w.pause(nil)
 				},
+				Rival: func(ctx context.Context) string { return guard.Rival(ctx, nc, svc.Info().ID) },
 			})
 		})
 	}

@@ -126,6 +126,13 @@ type Watch struct {
 	// lease's revision or by taking the lapsed key again (creation is
 	// atomic). Either way no other worker holds the node now.
 	Confirmed func()
+	// Rival, when set, is asked after each renewal that fails while the
+	// lease is unconfirmed for another worker serving the node (Node.Rival):
+	// one that reaches the bucket when this one cannot (a standby on
+	// another server) takes the lapsed key and serves. A rival's id is
+	// reported to Lost, so the two share the node's subjects as briefly as
+	// can be.
+	Rival func(context.Context) string
 }
 
 // errTaken is a renewal that found another worker's value in the key.
@@ -169,6 +176,11 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			case !unconfirmed && time.Since(renewed) >= NodeLeaseTTL/2:
 				unconfirmed = true
 				w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v", time.Since(renewed).Round(time.Millisecond), err))
+			case unconfirmed && w.Rival != nil:
+				if id := w.Rival(ctx); id != "" {
+					w.Lost(fmt.Errorf("%w: instance %s serves the node (%v)", ErrLeaseLost, id, err))
+					return
+				}
 			}
 		}
 	}

@@ -41,32 +41,54 @@ var ErrNodeTaken = errors.New("node is already served")
 // the same --node would silently share subjects, so unless this worker is
 // a standby it refuses to start.
 func (n *Node) Check(ctx context.Context, nc *nats.Conn) error {
+	info, err := n.serving(ctx, nc, "")
+	switch {
+	case err != nil:
+		return fmt.Errorf("discovering workers: %w", err)
+	case info == nil:
+		return nil
+	case n.Standby:
+		n.Log.Info("joining as a standby", "node", n.Name, "active_instance", info.ID, "active_host", info.Metadata["host"])
+		return nil
+	}
+	return fmt.Errorf("%w: node %s is served by instance %s on host %q; choose another --node, or start with --standby to join it",
+		ErrNodeTaken, n.Name, info.ID, info.Metadata["host"])
+}
+
+// Rival asks micro discovery for an instance other than self serving the
+// node, and returns its id ("" when none answered): a worker that cannot
+// renew its lease learns so that a standby took the node over.
+func (n *Node) Rival(ctx context.Context, nc *nats.Conn, self string) string {
+	if info, err := n.serving(ctx, nc, self); err == nil && info != nil {
+		return info.ID
+	}
+	return ""
+}
+
+// serving is the first instance other than self that answers micro
+// discovery for the node, or nil.
+func (n *Node) serving(ctx context.Context, nc *nats.Conn, self string) (*micro.Info, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.DiscoveryWait+time.Second)
 	defer cancel()
 	subject, err := micro.ControlSubject(micro.InfoVerb, n.Service, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	msgs, err := natsext.RequestMany(ctx, nc, subject, nil, natsext.RequestManyStall(n.DiscoveryWait))
 	if err != nil {
-		return fmt.Errorf("discovering workers: %w", err)
+		return nil, err
 	}
 	for msg, err := range msgs {
 		if err != nil {
 			break // no responders or the stall: nobody else
 		}
 		var info micro.Info
-		if json.Unmarshal(msg.Data, &info) != nil || info.Metadata["node"] != n.Name {
+		if json.Unmarshal(msg.Data, &info) != nil || info.Metadata["node"] != n.Name || info.ID == self {
 			continue
 		}
-		if n.Standby {
-			n.Log.Info("joining as a standby", "node", n.Name, "active_instance", info.ID, "active_host", info.Metadata["host"])
-			return nil
-		}
-		return fmt.Errorf("%w: node %s is served by instance %s on host %q; choose another --node, or start with --standby to join it",
-			ErrNodeTaken, n.Name, info.ID, info.Metadata["host"])
+		return &info, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // Announce publishes a lifecycle event of type typ about instance (and the

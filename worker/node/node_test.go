@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/worker/node"
 )
@@ -282,5 +284,72 @@ func TestARenewalAppliedButUnansweredIsNoLoss(t *testing.T) {
 	case err := <-lost:
 		t.Errorf("reported lost: %v", err)
 	default:
+	}
+}
+
+// TestARivalEndsAnUnconfirmedLease: while the holder cannot renew, a
+// worker of the node that answers discovery (a standby that reached the
+// bucket and took the lapsed key) makes the holder's lease lost.
+func TestARivalEndsAnUnconfirmedLease(t *testing.T) {
+	nc, srv := connectTo(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, _ := takeN1(t, nc)
+	wa, seen := watch()
+	rival := make(chan string, 1)
+	wa.Rival = func(context.Context) string {
+		select {
+		case id := <-rival:
+			return id
+		default:
+			return ""
+		}
+	}
+	go l.Keep(ctx, wa)
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-seen.confirmed:
+		if c {
+			t.Fatal("confirmed while JetStream was away")
+		}
+	case err := <-seen.lost:
+		t.Fatalf("lost before a rival showed: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("not reported unconfirmed")
+	}
+	rival <- "the-standby"
+	select {
+	case err := <-seen.lost:
+		if !errors.Is(err, node.ErrLeaseLost) || !strings.Contains(err.Error(), "the-standby") {
+			t.Errorf("lost with %v, want ErrLeaseLost naming the rival", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a rival did not end the unconfirmed lease")
+	}
+}
+
+// TestRivalIsAnotherInstanceOfTheNode: discovery finds an instance of the
+// node other than the asker, and neither the asker nor another node's.
+func TestRivalIsAnotherInstanceOfTheNode(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	svc, err := micro.AddService(nc, micro.Config{Name: "memory", Version: "1.0.0", Metadata: map[string]string{"node": "n1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	n := n1()
+	n.DiscoveryWait = 100 * time.Millisecond
+	if got := n.Rival(ctx, nc, "someone-else"); got != svc.Info().ID {
+		t.Errorf("Rival = %q, want the instance %s", got, svc.Info().ID)
+	}
+	if got := n.Rival(ctx, nc, svc.Info().ID); got != "" {
+		t.Errorf("Rival of the instance itself = %q, want none", got)
+	}
+	n.Name = "n2"
+	if got := n.Rival(ctx, nc, "someone-else"); got != "" {
+		t.Errorf("Rival for another node = %q, want none", got)
 	}
 }
