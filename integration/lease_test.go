@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -118,6 +119,54 @@ func TestARivalStopsAPausedWorker(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the paused worker went on beside a rival")
+	}
+}
+
+// TestALongOperationDoesNotHoldTheLeaseBack: while one device's lock is
+// held for seconds (a slow offload) and JetStream goes away for 1.8 s,
+// the lease is renewed as soon as JetStream is back: no standby can take
+// the node, and the other device grants again. (Found by review: the
+// renewals used to wait for every device's lock to pause it.)
+func TestALongOperationDoesNotHoldTheLeaseBack(t *testing.T) {
+	srv := startJetStreamServer(t)
+	h := startWorker(t, srv, "n1", withDevices(2, 4*GiB))
+	nc := connect(t, srv)
+	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: 64 * MiB, ModelID: "m"}, nil)
+	h.faults(t).SetCopyDelay(4 * time.Second)
+	offloaded := make(chan error, 1)
+	go func() { // holds n1-gpu0's lock for 4 s
+		zero := 0.0
+		body, _ := subjects.NewRequest("", subjects.ModelOptimize, subjects.ModelOptimizeRequest{OptimizationType: subjects.OptimizeOffload, TargetUsagePercentage: &zero})
+		_, err := nc.Request(subjects.Request(subjects.ModelOptimize, "n1-gpu0"), body, 20*time.Second)
+		offloaded <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	store := srv.JetStreamConfig().StoreDir
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1800 * time.Millisecond)
+	if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: store}); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for time.Since(start) < 4*time.Second { // a standby polling for the key
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if kv, err := js.KeyValue(ctx, node.NodeLeaseBucket); err == nil {
+			if _, err := kv.Create(ctx, "n1", []byte("the-standby")); err == nil {
+				t.Fatalf("a standby took the node %.1f s after a 1.8 s JetStream hiccup", time.Since(start).Seconds())
+			}
+		}
+		cancel()
+		time.Sleep(100 * time.Millisecond)
+	}
+	call(t, nc, subjects.Allocate, "n1-gpu1", subjects.AllocateRequest{SizeBytes: 64 * MiB}, nil)
+	if err := <-offloaded; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -71,6 +71,9 @@ type Worker struct {
 	// askCtx ends the asks in flight at the stop.
 	askCtx    context.Context
 	cancelAsk context.CancelFunc
+	// gate closes every device's door while the node's lease is not
+	// confirmed.
+	gate leaseGate
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -89,7 +92,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if len(infos) == 0 {
 		return nil, errors.New("the backend has no devices")
 	}
-	w := &Worker{cfg: cfg, log: log,
+	w := &Worker{cfg: cfg, log: log, gate: leaseGate{node: cfg.Node},
 		events: make(chan events.Pressure, eventQueueLen), allocEvents: make(chan allocationEvent, eventQueueLen), ready: make(chan struct{}),
 		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1), aheadWake: make(chan struct{}, 1)}
 	w.transfers = transfer.New(transfer.Config{Backend: cfg.Backend, Retention: cfg.TransferRetention, HistoryBytes: cfg.TransferHistoryBytes,
@@ -107,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	for _, info := range infos {
 		w.gpus = append(w.gpus, &gpu{
 			Device: ledger.New(ledger.Config{
-				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend,
+				ID: subjects.DeviceID(cfg.Node, info.Index), Node: cfg.Node, Info: info, Backend: cfg.Backend, Gate: &w.gate,
 				Thresholds: cfg.Thresholds, IdleAfter: cfg.IdleAfter,
 				TruthMaxAge: cfg.TruthMaxAge, TelemetryMaxAge: cfg.TelemetryMaxAge,
 				MaxAllocations: cfg.MaxAllocations, Quotas: cfg.Quotas, Pinned: w.pinned,
@@ -175,6 +178,9 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 			}
 			return err
 		}
+	}
+	if lease != nil {
+		w.gate.lease.Store(lease)
 	}
 	if lease == nil && w.cfg.Standby {
 		return errors.New("a standby needs JetStream: it waits on the node's lease to learn when the active worker is gone (two workers serving one node would split its ledger)")
@@ -265,11 +271,12 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 				},
 				Unconfirmed: func(err error) {
 					w.log.Warn("granting no memory until the node's lease is renewed; frees and reads go on", "node", w.cfg.Node, "err", err)
-					w.pause(err)
+					w.metrics.paused.Set(1)
 				},
 				Confirmed: func() {
 					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
-					w.pause(nil)
+					w.metrics.paused.Set(0)
+					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
 				},
 				Rival: func(ctx context.Context) string { return guard.Rival(ctx, nc, svc.Info().ID) },
 			})
@@ -284,19 +291,12 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	return nil
 }
 
-// pause makes every device grant nothing, for why, or, with nil, grant
-// again and admit the waiters that fit (see ledger.Device.Pause).
-func (w *Worker) pause(why error) {
-	if why != nil {
-		why = fmt.Errorf("node %s cannot confirm it still serves the node (%v): retry", w.cfg.Node, why)
-	}
-	w.metrics.paused.Set(map[bool]float64{false: 0, true: 1}[why != nil])
+// readmit examines every device's waiters and holders again: the gate
+// opened.
+func (w *Worker) readmit() {
 	for _, g := range w.gpus {
 		g.mu.Lock()
-		g.Pause(why)
-		if why == nil {
-			w.recheck(g)
-		}
+		w.recheck(g)
 		g.mu.Unlock()
 	}
 }

@@ -18,8 +18,10 @@ import (
 type Config struct {
 	// ID is the device's id on the wire; Node the host's name.
 	ID, Node string
-	Info     device.Info
-	Backend  Backend
+	// Gate, when set, closes the door to every grant (door.go).
+	Gate    Gate
+	Info    device.Info
+	Backend Backend
 	// Thresholds are the pressure levels.
 	Thresholds monitor.Thresholds
 	// IdleAfter is how long an allocation goes unused before
@@ -123,8 +125,6 @@ type Device struct {
 	// Expire last freed any.
 	leases     expiries
 	lastExpire time.Time
-	// paused, when set, is why the door grants nothing (Pause).
-	paused error
 }
 
 // madeBy is the request that made an allocation: its request_id and a

@@ -17,8 +17,8 @@ import (
 // tenant's quota, other processes' unused reservations, the admission
 // queue, and, for a reservation, the device's room (the other kinds take
 // their room from a pool right after, and fail there when there is none).
-// Nothing else decides whether memory may be granted. While the device is
-// paused (its node's lease cannot be confirmed) the door grants nothing.
+// Nothing else decides whether memory may be granted. While the device's
+// gate is closed (its node's lease not confirmed) the door grants nothing.
 
 // Call is who asks the ledger for something, and when: every operation
 // that acts for a client takes one.
@@ -64,8 +64,8 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 	if err := d.possible(c); err != nil {
 		return true, err
 	}
-	if d.paused != nil {
-		return false, fmt.Errorf("%s grants no memory for now (%v); frees, renewals and reads go on: %w", d.id, d.paused, ErrPaused)
+	if err := d.closed(now); err != nil {
+		return false, err
 	}
 	if c.quota > 0 {
 		if q, ok := d.quota(c.tenant); ok {
@@ -114,13 +114,27 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 	return false, nil
 }
 
-// Pause makes the door grant nothing, for why (a client reads it), until
-// Pause(nil). Requests that would be granted memory are refused with
-// ErrPaused, or wait (wait_seconds); waiters wait. The worker pauses its
-// devices while its node's lease cannot be confirmed: another worker may
-// be about to serve the node, and two granting from one device's memory
-// would split its ledger.
-func (d *Device) Pause(why error) { d.paused = why }
+// Gate says whether a device may grant memory at now: nil, or why not
+// (a client reads it). The worker's gate is closed while its node's lease
+// is not confirmed: another worker may be about to serve the node, and
+// two granting from one device's memory would split its ledger.
+type Gate interface {
+	Closed(now time.Time) error
+}
+
+// closed refuses every grant while the gate is closed, with ErrPaused:
+// requests that would be granted memory are refused, or wait
+// (wait_seconds), waiters wait, and no holder is asked to release for
+// them; frees, renewals and reads go on.
+func (d *Device) closed(now time.Time) error {
+	if d.cfg.Gate == nil {
+		return nil
+	}
+	if why := d.cfg.Gate.Closed(now); why != nil {
+		return fmt.Errorf("%s grants no memory for now: %v; frees, renewals and reads go on: retry: %w", d.id, why, ErrPaused)
+	}
+	return nil
+}
 
 // possible refuses a claim that no wait can grant.
 func (d *Device) possible(c claim) error {

@@ -324,31 +324,43 @@ func TestAnIDSpeltTwiceIsFreedOnce(t *testing.T) {
 	}
 }
 
-// TestAPausedDeviceGrantsNothing: while the worker cannot confirm it
-// still serves the node, the door refuses every grant on every path with
-// ErrPaused (a waiter waits through it), and grants again once the pause
-// ends; frees and renewals go on meanwhile.
-func TestAPausedDeviceGrantsNothing(t *testing.T) {
+// gate is a device's gate for the tests: closed while why is set.
+type gate struct{ why error }
+
+func (g *gate) Closed(time.Time) error { return g.why }
+
+// gated is a doorConfig with the gate g.
+func gated(g *gate) func(*ledger.Config) {
+	return func(c *ledger.Config) { doorConfig(false)(c); c.Gate = g }
+}
+
+// TestAClosedGateGrantsNothing: while the worker cannot confirm it still
+// serves the node (its gate closed), the door refuses every grant on every
+// path with ErrPaused (a waiter waits through it, and no holder is asked
+// to release for it), and grants again once the gate opens; frees and
+// renewals go on meanwhile.
+func TestAClosedGateGrantsNothing(t *testing.T) {
 	why := errors.New("the node's lease cannot be renewed")
 	for _, p := range doorPaths {
 		t.Run(p.name, func(t *testing.T) {
-			d, _ := newDevice(t, doorTotal, doorConfig(false))
+			g := &gate{}
+			d, _ := newDevice(t, doorTotal, gated(g))
 			var prepared string
 			if p.prepare != nil {
 				prepared = p.prepare(t, d)
 			}
-			d.Pause(why)
+			g.why = why
 			if p.name == "waiter" {
 				_, ticket, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, WaitSeconds: 60, TTLSeconds: 60}))
 				if ticket == 0 {
-					t.Fatalf("a request that may wait did not wait through the pause: %v", err)
+					t.Fatalf("a request that may wait did not wait through the closed gate: %v", err)
 				}
 				if ds := d.Admit(ctx, t0.Add(time.Second)); len(ds) != 0 {
-					t.Fatalf("decided while paused: %+v", ds)
+					t.Fatalf("decided while closed: %+v", ds)
 				}
-				d.Pause(nil)
+				g.why = nil
 				if ds := d.Admit(ctx, t0.Add(2*time.Second)); len(ds) != 1 || ds[0].Ticket != ticket || ds[0].Err != nil {
-					t.Fatalf("once the pause ended: %+v, want the waiter granted", ds)
+					t.Fatalf("once the gate opened: %+v, want the waiter granted", ds)
 				}
 				audit(t, d)
 				return
@@ -356,30 +368,47 @@ func TestAPausedDeviceGrantsNothing(t *testing.T) {
 			err := p.grant(t, d, prepared, t0)
 			switch {
 			case p.kindless && err == nil:
-				t.Errorf("paused: granted")
+				t.Errorf("closed: granted")
 			case !p.kindless && !errors.Is(err, ledger.ErrPaused):
-				t.Errorf("paused: %v, want %v", err, ledger.ErrPaused)
+				t.Errorf("closed: %v, want %v", err, ledger.ErrPaused)
 			case !p.kindless && !strings.Contains(err.Error(), why.Error()):
-				t.Errorf("paused: %q does not say why", err)
+				t.Errorf("closed: %q does not say why", err)
 			}
 			audit(t, d)
-			d.Pause(nil)
+			g.why = nil
 			if err := p.grant(t, d, prepared, t0); err != nil {
-				t.Errorf("once the pause ended: %v, want a grant", err)
+				t.Errorf("once the gate opened: %v, want a grant", err)
 			}
 			audit(t, d)
 		})
 	}
 	t.Run("frees and renewals go on", func(t *testing.T) {
-		d, _ := newDevice(t, doorTotal, doorConfig(false))
+		g := &gate{}
+		d, _ := newDevice(t, doorTotal, gated(g))
 		a := allocateAs(t, d, tenantA, t0, subjects.AllocateRequest{SizeBytes: doorSize, TTLSeconds: 60})
-		d.Pause(why)
+		g.why = why
 		if r, err := d.Renew(valid(t, &subjects.RenewRequest{AllocationIDs: []string{a.AllocationID}, TTLSeconds: 60}), tenantA, t0); err != nil || len(r.Renewed) != 1 {
-			t.Errorf("renew while paused: %+v, %v", r, err)
+			t.Errorf("renew while closed: %+v, %v", r, err)
 		}
 		if _, err := d.Deallocate(valid(t, &subjects.DeallocateRequest{AllocationID: a.AllocationID}), tenantA); err != nil {
-			t.Errorf("deallocate while paused: %v", err)
+			t.Errorf("deallocate while closed: %v", err)
 		}
 		audit(t, d)
+	})
+	t.Run("no holder is asked to release", func(t *testing.T) {
+		g := &gate{}
+		d, _ := newDevice(t, gib, func(c *ledger.Config) { c.Gate = g })
+		holderOf(t, d, tenantA, 800*mib, 100*mib, 0)
+		g.why = why
+		if ticket, _ := wait(t, d, tenantB, "w", t0, 500*mib, 60, 10); ticket == 0 {
+			t.Fatal("the waiter did not wait")
+		}
+		if r := d.Step(ctx, t0.Add(time.Second)); len(r.Asks) != 0 {
+			t.Errorf("closed, the device asked %d holder(s) to release for a grant it cannot make", len(r.Asks))
+		}
+		g.why = nil
+		if r := d.Step(ctx, t0.Add(2*time.Second)); len(r.Asks) != 1 {
+			t.Errorf("once the gate opened: %d asks, want the holder's", len(r.Asks))
+		}
 	})
 }

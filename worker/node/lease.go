@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,6 +52,20 @@ type Lease struct {
 	mu       sync.Mutex
 	rev      uint64
 	released bool
+
+	// renewed is when the key was last written for this lease (taken or
+	// renewed), as unix nanoseconds read just before the write: the key
+	// lives NodeLeaseTTL from a moment no earlier. 0 once released or lost.
+	renewed atomic.Int64
+}
+
+// GrantsUntil is until when the worker holding l may grant memory: half a
+// NodeLeaseTTL after the key was last written for it, well before a
+// standby could take the key. It is read by every grant (the devices'
+// gate) and moved by Keep without a lock; after Release or a loss it is in
+// the past.
+func (l *Lease) GrantsUntil() time.Time {
+	return time.Unix(0, l.renewed.Load()).Add(NodeLeaseTTL / 2)
 }
 
 // Take takes the node's lease: at once, or, as a standby, once the node is
@@ -81,9 +96,11 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 	// a live one is renewed and stays.
 	refuseAt := time.Now().Add(NodeLeaseTTL + leasePoll)
 	for {
+		at := time.Now()
 		rev, err := kv.Create(ctx, l.node, l.value)
 		if err == nil {
 			l.rev = rev
+			l.renewed.Store(at.UnixNano())
 			if waiting {
 				n.Log.Info("the node is free: this worker takes it over", "node", l.node)
 			}
@@ -139,48 +156,53 @@ type Watch struct {
 var errTaken = errors.New("another worker holds the node's lease")
 
 // Keep renews the lease until ctx is done, or until it finds another
-// worker holding it (w.Lost). A renewal is tried every sixth of the TTL and
-// waits at most as long; half a TTL without one calls w.Unconfirmed, and
-// the next that succeeds w.Confirmed.
+// worker holding it (w.Lost). It tries at once, then every sixth of the
+// TTL, each try waiting at most as long. When GrantsUntil passes without a
+// renewal (half a TTL since the last write) it calls w.Unconfirmed, and at
+// the next renewal that succeeds w.Confirmed. The callbacks run on Keep's
+// goroutine and must not block: the renewals wait for them.
 func (l *Lease) Keep(ctx context.Context, w Watch) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
 	defer t.Stop()
-	renewed := time.Now()
 	unconfirmed := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			l.mu.Lock()
-			if l.released {
-				l.mu.Unlock()
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
 				return
+			case <-t.C:
 			}
-			rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
-			err := l.renew(rctx)
-			cancel()
+		}
+		l.mu.Lock()
+		if l.released {
 			l.mu.Unlock()
-			switch {
-			case err == nil:
-				renewed = now
-				if unconfirmed {
-					unconfirmed = false
-					w.Confirmed()
-				}
-			case ctx.Err() != nil:
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
+		err := l.renew(rctx)
+		cancel()
+		l.mu.Unlock()
+		switch {
+		case err == nil:
+			if unconfirmed {
+				unconfirmed = false
+				w.Confirmed()
+			}
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errTaken):
+			l.renewed.Store(0)
+			w.Lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
+			return
+		case !unconfirmed && !time.Now().Before(l.GrantsUntil()):
+			unconfirmed = true
+			w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v",
+				time.Since(time.Unix(0, l.renewed.Load())).Round(time.Millisecond), err))
+		case unconfirmed && w.Rival != nil:
+			if id := w.Rival(ctx); id != "" {
+				l.renewed.Store(0)
+				w.Lost(fmt.Errorf("%w: instance %s serves the node (%v)", ErrLeaseLost, id, err))
 				return
-			case errors.Is(err, errTaken):
-				w.Lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
-				return
-			case !unconfirmed && time.Since(renewed) >= NodeLeaseTTL/2:
-				unconfirmed = true
-				w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v", time.Since(renewed).Round(time.Millisecond), err))
-			case unconfirmed && w.Rival != nil:
-				if id := w.Rival(ctx); id != "" {
-					w.Lost(fmt.Errorf("%w: instance %s serves the node (%v)", ErrLeaseLost, id, err))
-					return
-				}
 			}
 		}
 	}
@@ -194,6 +216,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 // worker took it first. It fails with errTaken when another worker holds
 // the key; any other error leaves that unknown. l.mu is held.
 func (l *Lease) renew(ctx context.Context) error {
+	at := time.Now()
 	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		e, gerr := l.kv.Get(ctx, l.node)
@@ -213,14 +236,17 @@ func (l *Lease) renew(ctx context.Context) error {
 	}
 	if err == nil {
 		l.rev = rev
+		l.renewed.Store(at.UnixNano())
 	}
 	return err
 }
 
 // Release gives the lease up, so a standby takes over at once.
 func (l *Lease) Release() {
+	l.renewed.Store(0) // no grant from now on, whatever a renewal in flight does
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.renewed.Store(0)
 	l.released = true
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -353,3 +353,51 @@ func TestRivalIsAnotherInstanceOfTheNode(t *testing.T) {
 		t.Errorf("Rival for another node = %q, want none", got)
 	}
 }
+
+// TestGrantsEndHalfATTLAfterTheTake: the key lives a TTL from its last
+// write, the take included, so grants end half a TTL after it, however
+// late Keep starts (Run starts it after serving and registering, which
+// may wait on a JetStream that does not answer), and a Keep that starts
+// late with JetStream away is unconfirmed at once. (Found by review.)
+func TestGrantsEndHalfATTLAfterTheTake(t *testing.T) {
+	nc, srv := connectTo(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	before := time.Now()
+	l, _ := takeN1(t, nc)
+	after := time.Now()
+	if u := l.GrantsUntil(); u.Before(before.Add(node.NodeLeaseTTL/2)) || u.After(after.Add(node.NodeLeaseTTL/2)) {
+		t.Errorf("GrantsUntil %v, want half a TTL after the take (%v to %v)", u, before, after)
+	}
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // Register's timeout, as in Run
+	wa, seen := watch()
+	go l.Keep(ctx, wa)
+	select {
+	case c := <-seen.confirmed:
+		if at := time.Since(before); c || at >= node.NodeLeaseTTL {
+			t.Errorf("confirmed %v %.2f s after the take, want unconfirmed before the key may lapse", c, at.Seconds())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("never unconfirmed")
+	}
+	if !time.Now().After(l.GrantsUntil()) {
+		t.Error("grants go on past half a TTL without a renewal")
+	}
+}
+
+// TestReleaseEndsTheGrants: after Release no grant may be made, whatever a
+// renewal in flight does.
+func TestReleaseEndsTheGrants(t *testing.T) {
+	nc := connect(t)
+	l, _ := takeN1(t, nc)
+	if !time.Now().Before(l.GrantsUntil()) {
+		t.Fatal("no grants right after the take")
+	}
+	l.Release()
+	if time.Now().Before(l.GrantsUntil()) {
+		t.Error("grants go on after Release")
+	}
+}

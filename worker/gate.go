@@ -1,0 +1,32 @@
+package worker
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/memworker/memworker/worker/node"
+)
+
+// leaseGate is the devices' gate (ledger.Gate): open while the worker may
+// grant memory, that is, with no lease (no JetStream), or before the
+// lease's GrantsUntil. Every grant reads it; the lease's renewals move it
+// without a lock, so no device's lock (held for seconds by a long offload,
+// say) ever holds the renewals back.
+type leaseGate struct {
+	node  string
+	lease atomic.Pointer[node.Lease]
+}
+
+func (g *leaseGate) Closed(now time.Time) error {
+	l := g.lease.Load()
+	if l == nil {
+		return nil
+	}
+	until := l.GrantsUntil()
+	if now.Before(until) {
+		return nil
+	}
+	return fmt.Errorf("worker of node %s cannot confirm it still serves the node (its lease in JetStream was last renewed %.1f s ago)",
+		g.node, now.Sub(until.Add(-node.NodeLeaseTTL/2)).Seconds())
+}
