@@ -23,10 +23,13 @@ func (g *leaseGate) Closed(now time.Time) error {
 	if l == nil {
 		return nil
 	}
-	until := l.GrantsUntil()
-	if now.Before(until) {
+	if now.Before(l.GrantsUntil()) {
 		return nil
 	}
-	return fmt.Errorf("worker of node %s cannot confirm it still serves the node (its lease in JetStream was last renewed %.1f s ago)",
-		g.node, now.Sub(until.Add(-node.NodeLeaseTTL/2)).Seconds())
+	written := l.Written()
+	if written.IsZero() {
+		return fmt.Errorf("the worker of node %s gave up or lost the node's lease", g.node)
+	}
+	return fmt.Errorf("the worker of node %s cannot confirm it still serves the node (its lease in JetStream was last renewed %.1f s ago)",
+		g.node, now.Sub(written).Seconds())
 }

@@ -68,6 +68,15 @@ func (l *Lease) GrantsUntil() time.Time {
 	return time.Unix(0, l.renewed.Load()).Add(NodeLeaseTTL / 2)
 }
 
+// Written is when the key was last written for l: zero once it was
+// released or lost.
+func (l *Lease) Written() time.Time {
+	if n := l.renewed.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 // Take takes the node's lease: at once, or, as a standby, once the node is
 // free (ctx bounds the wait). A worker that is no standby fails with
 // ErrNodeTaken when the lease is held by a live worker (it waits one TTL
@@ -197,7 +206,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		case !unconfirmed && !time.Now().Before(l.GrantsUntil()):
 			unconfirmed = true
 			w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v",
-				time.Since(time.Unix(0, l.renewed.Load())).Round(time.Millisecond), err))
+				time.Since(l.Written()).Round(time.Millisecond), err))
 		case unconfirmed && w.Rival != nil:
 			if id := w.Rival(ctx); id != "" {
 				l.renewed.Store(0)
