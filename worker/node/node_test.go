@@ -190,6 +190,28 @@ func TestALapsedLease(t *testing.T) {
 	}
 }
 
+// jetStreamAway disables JetStream on srv and waits, at most within, for
+// the lease Keep watches (seen) to be reported unconfirmed, not lost; it
+// returns JetStream's store, to enable it again.
+func jetStreamAway(t *testing.T, srv *server.Server, seen watched, within time.Duration) string {
+	t.Helper()
+	store := srv.JetStreamConfig().StoreDir
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-seen.confirmed:
+		if c {
+			t.Fatal("confirmed while JetStream was away")
+		}
+	case err := <-seen.lost:
+		t.Fatalf("lost while JetStream was away: %v", err)
+	case <-time.After(within):
+		t.Fatalf("not reported unconfirmed after %v without JetStream", within)
+	}
+	return store
+}
+
 // TestAnUnreachableBucketPausesTheLease: while JetStream is away (longer
 // than half the TTL, and longer than the TTL, so the key lapses), the
 // holder is told its lease is unconfirmed, not lost; once JetStream is
@@ -204,20 +226,7 @@ func TestAnUnreachableBucketPausesTheLease(t *testing.T) {
 			l, kv := takeN1(t, nc)
 			wa, seen := watch()
 			go l.Keep(ctx, wa)
-			store := srv.JetStreamConfig().StoreDir
-			if err := srv.DisableJetStream(); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case c := <-seen.confirmed:
-				if c {
-					t.Fatal("confirmed while JetStream was away")
-				}
-			case err := <-seen.lost:
-				t.Fatalf("lost while JetStream was away: %v", err)
-			case <-time.After(away):
-				t.Fatalf("not reported unconfirmed after %v without JetStream", away)
-			}
+			store := jetStreamAway(t, srv, seen, away)
 			time.Sleep(max(0, away-node.NodeLeaseTTL/2))
 			if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: store}); err != nil {
 				t.Fatal(err)
@@ -306,19 +315,7 @@ func TestARivalEndsAnUnconfirmedLease(t *testing.T) {
 		}
 	}
 	go l.Keep(ctx, wa)
-	if err := srv.DisableJetStream(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case c := <-seen.confirmed:
-		if c {
-			t.Fatal("confirmed while JetStream was away")
-		}
-	case err := <-seen.lost:
-		t.Fatalf("lost before a rival showed: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("not reported unconfirmed")
-	}
+	jetStreamAway(t, srv, seen, 5*time.Second)
 	rival <- "the-standby"
 	select {
 	case err := <-seen.lost:
