@@ -26,8 +26,9 @@ import (
 
 // TestJetStreamAwayPausesGrants: with JetStream disabled on the worker's
 // server past half the lease's TTL, an allocate gets OVERLOADED saying
-// why, a read and a free are served, a request that may wait waits, and
-// once JetStream is back the waiter is granted and allocates pass again;
+// why, a read and a free are served, a request that may wait waits, as
+// does a transfer's destination, and once JetStream is back the waiter is
+// granted, the transfer completes and allocates pass again;
 // the metric tells the pause. The worker never stops.
 func TestJetStreamAwayPausesGrants(t *testing.T) {
 	srv := startJetStreamServer(t)
@@ -54,6 +55,8 @@ func TestJetStreamAwayPausesGrants(t *testing.T) {
 	var st subjects.StatusReply
 	call(t, nc, subjects.GetStatus, "n1-gpu0", nil, &st)
 	call(t, nc, subjects.Deallocate, "n1-gpu0", subjects.DeallocateRequest{AllocationID: freed.AllocationID}, nil)
+	var moving subjects.TransferStatus // its destination waits for the door
+	call(t, nc, subjects.Transfer, "n1-gpu0", subjects.TransferRequest{AllocationID: kept.AllocationID, TargetAllocationType: subjects.Pinned, Mode: subjects.ModeCopy}, &moving)
 	waited := make(chan *nats.Msg, 1)
 	go func() {
 		body, _ := subjects.NewRequest("", subjects.Allocate, subjects.AllocateRequest{SizeBytes: GiB, WaitSeconds: 30, TTLSeconds: 60})
@@ -79,6 +82,9 @@ func TestJetStreamAwayPausesGrants(t *testing.T) {
 	}
 	if paused() {
 		t.Error("still paused once the waiter was granted")
+	}
+	if done := waitTransfer(t, nc, "n1-gpu0", moving.TransferID); done.Status != subjects.TransferCompleted {
+		t.Errorf("a transfer asked while paused: %+v, want completed once the lease was renewed", done)
 	}
 	call(t, nc, subjects.Allocate, "n1-gpu0", subjects.AllocateRequest{SizeBytes: GiB}, nil)
 	if _, _, err := h.Locate("n1-gpu0", kept.AllocationID); err != nil {

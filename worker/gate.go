@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/node"
 )
 
@@ -28,7 +29,7 @@ func (g *leaseGate) Closed(now time.Time) error {
 	}
 	written := l.Written()
 	if written.IsZero() {
-		return fmt.Errorf("the worker of node %s gave up or lost the node's lease", g.node)
+		return fmt.Errorf("the worker of node %s gave up or lost the node's lease: %w", g.node, device.ErrUnavailable)
 	}
 	return fmt.Errorf("the worker of node %s cannot confirm it still serves the node (its lease in JetStream was last renewed %.1f s ago)",
 		g.node, now.Sub(written).Seconds())

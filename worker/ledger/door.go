@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -64,8 +65,8 @@ func (d *Device) door(ctx context.Context, c claim, now time.Time) (final bool, 
 	if err := d.possible(c); err != nil {
 		return true, err
 	}
-	if err := d.closed(now); err != nil {
-		return false, err
+	if final, err := d.closed(now); err != nil {
+		return final, err
 	}
 	if c.quota > 0 {
 		if q, ok := d.quota(c.tenant); ok {
@@ -125,15 +126,21 @@ type Gate interface {
 // closed refuses every grant while the gate is closed, with ErrPaused:
 // requests that would be granted memory are refused, or wait
 // (wait_seconds), waiters wait, and no holder is asked to release for
-// them; frees, renewals and reads go on.
-func (d *Device) closed(now time.Time) error {
+// them; frees, renewals and reads go on. A gate closed for good (its
+// reason a device.ErrUnavailable: the worker gave the node up) refuses
+// as final, and nothing waits for it.
+func (d *Device) closed(now time.Time) (final bool, err error) {
 	if d.cfg.Gate == nil {
-		return nil
+		return false, nil
 	}
-	if why := d.cfg.Gate.Closed(now); why != nil {
-		return fmt.Errorf("%s grants no memory for now: %v; frees, renewals and reads go on: retry: %w", d.id, why, ErrPaused)
+	why := d.cfg.Gate.Closed(now)
+	switch {
+	case why == nil:
+		return false, nil
+	case errors.Is(why, device.ErrUnavailable):
+		return true, fmt.Errorf("%s grants no memory: %w", d.id, why)
 	}
-	return nil
+	return false, fmt.Errorf("%s grants no memory for now: %v; frees, renewals and reads go on: retry: %w", d.id, why, ErrPaused)
 }
 
 // possible refuses a claim that no wait can grant.

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -394,6 +395,14 @@ func TestAClosedGateGrantsNothing(t *testing.T) {
 			t.Errorf("deallocate while closed: %v", err)
 		}
 		audit(t, d)
+	})
+	t.Run("closed for good, nothing waits", func(t *testing.T) {
+		g := &gate{why: fmt.Errorf("the worker gave the node up: %w", device.ErrUnavailable)}
+		d, _ := newDevice(t, doorTotal, gated(g))
+		_, ticket, err := d.Allocate(ctx, at(tenantA, t0), valid(t, &subjects.AllocateRequest{SizeBytes: doorSize, WaitSeconds: 60, TTLSeconds: 60}))
+		if ticket != 0 || !errors.Is(err, device.ErrUnavailable) {
+			t.Errorf("a gate closed for good: ticket %d, %v; want refused at once, unavailable", ticket, err)
+		}
 	})
 	t.Run("no holder is asked to release", func(t *testing.T) {
 		g := &gate{}

@@ -228,7 +228,7 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 		}
 	}
 	head := d.headWaiter(now)
-	if head != nil && d.closed(now) == nil { // a closed door would grant nothing for the release
+	if _, shut := d.closed(now); head != nil && shut == nil { // a closed door would grant nothing for the release
 		a, e := d.askHolders(ctx, head, releasing, now)
 		asks, evs = append(asks, a...), append(evs, e...)
 	}

@@ -15,6 +15,7 @@ package transfer
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -267,13 +268,20 @@ func (m *Manager) run(ctx context.Context, j *job) {
 	started := time.Now().UTC()
 	j.update(func(s *subjects.TransferStatus) { s.Status, s.StartedAt = subjects.TransferRunning, &started })
 
-	// Receive the destination through the door, counted as the source's.
+	// Receive the destination through the door, counted as the source's:
+	// while the door is shut for a moment (the node's lease unconfirmed),
+	// the transfer waits, as an allocate with wait_seconds does.
 	var destID string
 	var dst device.Location
 	var err error
-	j.dst.Do(func(d *ledger.Device) {
-		destID, dst, err = d.Receive(ctx, ledger.Call{Who: ledger.Who{Tenant: j.tenant}, Now: started}, j.lent, j.status.TargetAllocationType)
-	})
+	for shut := time.Now().Add(pausedWait); ; {
+		j.dst.Do(func(d *ledger.Device) {
+			destID, dst, err = d.Receive(ctx, ledger.Call{Who: ledger.Who{Tenant: j.tenant}, Now: time.Now().UTC()}, j.lent, j.status.TargetAllocationType)
+		})
+		if !errors.Is(err, ledger.ErrPaused) || time.Now().After(shut) || !sleep(ctx, pausedRetry) {
+			break
+		}
+	}
 	if err != nil {
 		m.finish(j, "", err)
 		return
@@ -287,6 +295,25 @@ func (m *Manager) run(ctx context.Context, j *job) {
 	// Copy without holding either device: both allocations are busy, so
 	// nothing moves or frees them.
 	m.finish(j, destID, m.copy(ctx, j, dst))
+}
+
+// A transfer whose destination the door refuses for now (ErrPaused) asks
+// again every pausedRetry, for at most pausedWait.
+const (
+	pausedRetry = 100 * time.Millisecond
+	pausedWait  = 30 * time.Second
+)
+
+// sleep waits d, and reports false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // copy copies the allocation a chunk at a time, so progress moves, and
