@@ -278,7 +278,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 					w.metrics.paused.Set(0)
 					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
 				},
-				Rival: func(ctx context.Context) string { return guard.Rival(ctx, nc, svc.Info().ID) },
+				Rival:   func(ctx context.Context) string { return guard.Rival(ctx, nc, svc.Info().ID) },
+				Retaken: guard.Served,
 			})
 		})
 	}

@@ -159,6 +159,10 @@ type Watch struct {
 	// reported to Lost, so the two share the node's subjects as briefly as
 	// can be.
 	Rival func(context.Context) string
+	// Retaken, when set, is asked after the lease was taken back because it
+	// had lapsed: whether another worker served the node meanwhile
+	// (Node.Served). An error is reported to Lost.
+	Retaken func(context.Context) error
 }
 
 // errTaken is a renewal that found another worker's value in the key.
@@ -188,7 +192,15 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			return
 		}
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
-		err := l.renew(rctx)
+		written, retaken, err := l.renew(rctx)
+		if err == nil && retaken && w.Retaken != nil {
+			if serr := w.Retaken(rctx); serr != nil {
+				err = fmt.Errorf("%w: %v", errTaken, serr)
+			}
+		}
+		if err == nil {
+			l.renewed.Store(written.UnixNano())
+		}
 		cancel()
 		l.mu.Unlock()
 		switch {
@@ -223,9 +235,11 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 // where it is still this lease's, renewed at its revision. A key that
 // lapsed (no renewal for a whole TTL) is taken again unless another
 // worker took it first. It fails with errTaken when another worker holds
-// the key; any other error leaves that unknown. l.mu is held.
-func (l *Lease) renew(ctx context.Context) error {
-	at := time.Now()
+// the key; any other error leaves that unknown. It returns the time just
+// before the write (the key lives a TTL from no earlier), and whether it
+// took a lapsed key again. l.mu is held.
+func (l *Lease) renew(ctx context.Context) (at time.Time, retaken bool, err error) {
+	at = time.Now()
 	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		e, gerr := l.kv.Get(ctx, l.node)
@@ -233,21 +247,22 @@ func (l *Lease) renew(ctx context.Context) error {
 		case errors.Is(gerr, jetstream.ErrKeyNotFound):
 			rev, err = l.kv.Create(ctx, l.node, l.value)
 			if errors.Is(err, jetstream.ErrKeyExists) {
-				return fmt.Errorf("%w: it lapsed and another took it", errTaken)
+				return at, false, fmt.Errorf("%w: it lapsed and another took it", errTaken)
 			}
+			retaken = true
 		case gerr != nil:
-			return gerr // not known: tried again at the next tick
+			return at, false, gerr // not known: tried again at the next tick
 		case !bytes.Equal(e.Value(), l.value):
-			return errTaken
+			return at, false, errTaken
 		default:
 			rev, err = l.kv.Update(ctx, l.node, l.value, e.Revision())
 		}
 	}
-	if err == nil {
-		l.rev = rev
-		l.renewed.Store(at.UnixNano())
+	if err != nil {
+		return at, false, err
 	}
-	return err
+	l.rev = rev
+	return at, retaken, nil
 }
 
 // Release gives the lease up, so a standby takes over at once.

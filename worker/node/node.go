@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,8 @@ type Node struct {
 	// JetStream: the node's record is kept in a key-value bucket.
 	JetStream bool
 	Log       *slog.Logger
+
+	record atomic.Pointer[record] // what Register recorded
 }
 
 // ErrNodeTaken is returned when another worker already serves the node
@@ -112,7 +115,8 @@ const InstanceBucket = "memworker_instances"
 // Register records instance as the one serving the node and
 // returns the instance recorded before, which stopped without saying so
 // (a clean stop removes its record), and a function that removes the
-// record at a clean stop. Without JetStream it records nothing.
+// record at a clean stop. Without JetStream it records nothing. Once it
+// recorded, n.Served tells whether another instance served since.
 func (n *Node) Register(ctx context.Context, nc *nats.Conn, instance string) (gone string, release func()) {
 	release = func() {}
 	if !n.JetStream {
@@ -139,9 +143,39 @@ func (n *Node) Register(ctx context.Context, nc *nats.Conn, instance string) (go
 	if err != nil {
 		return gone, release
 	}
+	n.record.Store(&record{kv: kv, instance: instance})
 	return gone, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = kv.Delete(ctx, n.Name, jetstream.LastRevision(rev))
 	}
+}
+
+// record is the instance record Register made.
+type record struct {
+	kv       jetstream.KeyValue
+	instance string
+}
+
+// Served reports whether another instance served the node since this one
+// registered: the record holds another's id, or none (another registered
+// and stopped cleanly, removing it). A worker that took its lapsed lease
+// back asks, because its allocations were declared gone by the one that
+// served meanwhile. It reports nothing when nothing was recorded, or the
+// record cannot be read.
+func (n *Node) Served(ctx context.Context) error {
+	r := n.record.Load()
+	if r == nil {
+		return nil
+	}
+	e, err := r.kv.Get(ctx, n.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return errors.New("another instance served the node meanwhile and stopped (the instance record is gone)")
+	case err != nil:
+		return nil
+	case string(e.Value()) != r.instance:
+		return fmt.Errorf("instance %s served the node meanwhile", e.Value())
+	}
+	return nil
 }

@@ -398,3 +398,69 @@ func TestReleaseEndsTheGrants(t *testing.T) {
 		t.Error("grants go on after Release")
 	}
 }
+
+// TestALeaseRetakenAfterAnotherServedIsLost: a holder that takes its
+// lapsed key back asks the instance record whether another worker served
+// the node meanwhile (its allocations were then declared gone): the
+// record holding another's id, or none, is a loss; its own is not.
+func TestALeaseRetakenAfterAnotherServedIsLost(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		record func(ctx context.Context, kv jetstream.KeyValue) error
+		lost   bool
+	}{
+		{"record still its own", func(context.Context, jetstream.KeyValue) error { return nil }, false},
+		{"another's record", func(ctx context.Context, kv jetstream.KeyValue) error {
+			_, err := kv.Put(ctx, "n1", []byte("the-standby"))
+			return err
+		}, true},
+		{"record removed by another's clean stop", func(ctx context.Context, kv jetstream.KeyValue) error {
+			return kv.Delete(ctx, "n1")
+		}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc := connect(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			n := n1()
+			l, leases := takeN1(t, nc)
+			if _, release := n.Register(ctx, nc, "the-holder"); release == nil {
+				t.Fatal("no record")
+			}
+			js, _ := jetstream.New(nc)
+			records, err := js.KeyValue(ctx, node.InstanceBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := leases.Delete(ctx, "n1"); err != nil { // as if it lapsed
+				t.Fatal(err)
+			}
+			if err := c.record(ctx, records); err != nil {
+				t.Fatal(err)
+			}
+			wa, seen := watch()
+			wa.Retaken = n.Served
+			go l.Keep(ctx, wa)
+			if !c.lost {
+				waitHeld(t, leases, l)
+				select {
+				case err := <-seen.lost:
+					t.Errorf("lost with its own record: %v", err)
+				case <-time.After(time.Second):
+				}
+				return
+			}
+			select {
+			case err := <-seen.lost:
+				if !errors.Is(err, node.ErrLeaseLost) {
+					t.Errorf("lost with %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("taken back after another served, and not reported lost")
+			}
+			if time.Now().Before(l.GrantsUntil()) {
+				t.Error("grants go on after the loss")
+			}
+		})
+	}
+}
