@@ -81,14 +81,26 @@ type Publisher struct {
 // the server has no JetStream; the publisher still works, core only.
 var ErrNoJetStream = errors.New("JetStream is not available")
 
+// noJetStream tells an error that says the servers have no JetStream (for
+// this account) from one that says it cannot answer now.
+func noJetStream(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
+}
+
 // ackTimeout is how long the stream may take to acknowledge an event
 // before it is looked for (Check).
 const ackTimeout = 2 * time.Second
 
 // NewPublisher prepares a publisher. With opts.JetStream it creates the
-// stream, or updates it where its configuration differs; when that fails
-// the publisher falls back to core publish and the error says why (the
-// caller logs it once).
+// stream, or updates it where its configuration differs. Where the servers
+// have no JetStream the publisher falls back to core publish and the error
+// (ErrNoJetStream) says why, for the caller to log once. Where JetStream
+// answers but cannot set the stream up yet (a cluster just formed, a
+// leader being elected), the publisher keeps JetStream and treats the
+// stream as lost: events reach core subscribers meanwhile, and Check
+// creates the stream once it can. (It used to fall back to core publish
+// for good, and a worker went on without its node's lease.)
 func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher, error) {
 	if opts.MaxBytes == 0 {
 		opts.MaxBytes = DefaultMaxBytes
@@ -116,10 +128,15 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher,
 	if err != nil {
 		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
-	if _, err := p.ensureStream(ctx, js); err != nil {
+	_, err = p.ensureStream(ctx, js)
+	if err != nil && noJetStream(err) {
 		return p, fmt.Errorf("%w: %v", ErrNoJetStream, err)
 	}
 	p.js = js
+	if err != nil {
+		p.lost = true
+		p.opts.Logf("the event stream %s cannot be set up yet, tried again every second: %v", StreamName, err)
+	}
 	return p, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/memworker/memworker/events"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
+	"github.com/memworker/memworker/worker/node"
 )
 
 type received struct {
@@ -426,5 +427,51 @@ func replayLevels(t *testing.T, ctx context.Context, s jetstream.Stream, wait ti
 			t.Fatal(err)
 		}
 		levels = append(levels, d.Level)
+	}
+}
+
+// TestAnEventStreamThatCannotBeSetUpAtStartIsCreatedLater: JetStream
+// answers but refuses the event stream when the worker starts (another
+// stream holds its subjects, as a cluster still placing peers or electing
+// a leader would refuse it too). The worker still holds its node's lease,
+// events reach core subscribers, and the stream is created once it can be.
+// (It used to fall back to core NATS for good, and run without a lease.)
+func TestAnEventStreamThatCannotBeSetUpAtStartIsCreatedLater(t *testing.T) {
+	srv := startJetStreamServer(t)
+	nc := connect(t, srv)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SQUATTER", Subjects: []string{"memory.pressure.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	next := subscribeEvents(t, nc, "n1-gpu0")
+	h := startWorker(t, srv, "n1", withDevices(1, GiB))
+	next(2 * time.Second) // startup, on core NATS
+	leases, err := js.KeyValue(ctx, node.NodeLeaseBucket)
+	if err != nil {
+		t.Fatalf("no lease bucket: the worker runs without its node's lease: %v", err)
+	}
+	if _, err := leases.Get(ctx, "n1"); err != nil {
+		t.Fatalf("the worker does not hold its node's lease: %v", err)
+	}
+	if err := js.DeleteStream(ctx, "SQUATTER"); err != nil {
+		t.Fatal(err)
+	}
+	var s jetstream.Stream
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if s, err = js.Stream(ctx, events.StreamName); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the event stream was not created once it could be: %v", err)
+		}
+	}
+	drive(t, nc, h, "n1-gpu0")
+	if kept := replayLevels(t, ctx, s, 500*time.Millisecond); !slices.Equal(kept, wantLevels[1:]) {
+		t.Errorf("the stream kept %v, want %v", kept, wantLevels[1:])
 	}
 }

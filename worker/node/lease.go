@@ -36,6 +36,8 @@ const NodeLeaseBucket = "memworker_nodes"
 const (
 	NodeLeaseTTL = 3 * time.Second
 	leasePoll    = 250 * time.Millisecond
+	// bucketSetup bounds the tries to make the lease bucket.
+	bucketSetup = 30 * time.Second
 )
 
 // ErrLeaseLost is returned by Run when another worker took the node's
@@ -86,17 +88,27 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the node lease: %w", err)
 	}
-	setup, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// JetStream that answers but cannot make the bucket yet (a cluster
+	// just formed, a leader being elected) is asked again for a while.
+	setup, cancel := context.WithTimeout(ctx, bucketSetup)
 	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(setup, jetstream.KeyValueConfig{
-		Bucket: NodeLeaseBucket, Description: "which memworker instance serves each node (leases)",
-		History: 1, TTL: NodeLeaseTTL, Replicas: min(3, max(1, len(nc.Servers()))),
-	})
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("the node lease bucket: %w", err)
+	var kv jetstream.KeyValue
+	for {
+		kv, err = js.CreateOrUpdateKeyValue(setup, jetstream.KeyValueConfig{
+			Bucket: NodeLeaseBucket, Description: "which memworker instance serves each node (leases)",
+			History: 1, TTL: NodeLeaseTTL, Replicas: min(3, max(1, len(nc.Servers()))),
+		})
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return nil, nil
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-setup.Done():
+			return nil, fmt.Errorf("the node lease bucket: %w", err)
+		case <-time.After(leasePoll):
+		}
 	}
 	l := &Lease{kv: kv, node: n.Name, value: []byte(nuid.Next())}
 	waiting := false
