@@ -133,6 +133,19 @@ func TestOneLeasePerNode(t *testing.T) {
 	}
 }
 
+// wantLost waits, at most 5 s, for Keep to report the lease lost.
+func wantLost(t *testing.T, seen watched, what string) {
+	t.Helper()
+	select {
+	case err := <-seen.lost:
+		if !errors.Is(err, node.ErrLeaseLost) {
+			t.Errorf("%s: lost with %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("%s: not reported lost", what)
+	}
+}
+
 // waitHeld waits until the key holds l's value (renewed or taken again).
 func waitHeld(t *testing.T, kv jetstream.KeyValue, l *node.Lease) {
 	t.Helper()
@@ -178,14 +191,7 @@ func TestALapsedLease(t *testing.T) {
 				}
 				return
 			}
-			select {
-			case err := <-seen.lost:
-				if !errors.Is(err, node.ErrLeaseLost) {
-					t.Errorf("lost with %v", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Error("a lease another worker took was not reported lost")
-			}
+			wantLost(t, seen, "a lease another worker took")
 		})
 	}
 }
@@ -450,14 +456,7 @@ func TestALeaseRetakenAfterAnotherServedIsLost(t *testing.T) {
 				}
 				return
 			}
-			select {
-			case err := <-seen.lost:
-				if !errors.Is(err, node.ErrLeaseLost) {
-					t.Errorf("lost with %v", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Error("taken back after another served, and not reported lost")
-			}
+			wantLost(t, seen, "taken back after another served")
 			if time.Now().Before(l.GrantsUntil()) {
 				t.Error("grants go on after the loss")
 			}
