@@ -31,6 +31,7 @@ import (
 // granted, the transfer completes and allocates pass again;
 // the metric tells the pause. The worker never stops.
 func TestJetStreamAwayPausesGrants(t *testing.T) {
+	t.Parallel() // a server and worker of their own, mostly waiting: beside the other long ones
 	srv := startJetStreamServer(t)
 	reg := prometheus.NewRegistry()
 	h := startWorker(t, srv, "n1", withDevices(1, 4*GiB), withConfig(func(c *worker.Config) { c.Metrics = reg }))
@@ -97,6 +98,7 @@ func TestJetStreamAwayPausesGrants(t *testing.T) {
 // that reached the bucket and took the lapsed key over), so the two share
 // the node's subjects only briefly.
 func TestARivalStopsAPausedWorker(t *testing.T) {
+	t.Parallel() // a server and worker of their own, mostly waiting: beside the other long ones
 	srv := startJetStreamServer(t)
 	ran := make(chan error, 1)
 	startWorker(t, srv, "n1", withDevices(1, GiB), withRunErr(ran))
@@ -134,6 +136,7 @@ func TestARivalStopsAPausedWorker(t *testing.T) {
 // the node, and the other device grants again. (Found by review: the
 // renewals used to wait for every device's lock to pause it.)
 func TestALongOperationDoesNotHoldTheLeaseBack(t *testing.T) {
+	t.Parallel() // a server and worker of their own, mostly waiting: beside the other long ones
 	srv := startJetStreamServer(t)
 	h := startWorker(t, srv, "n1", withDevices(2, 4*GiB))
 	nc := connect(t, srv)
@@ -181,6 +184,7 @@ func TestALongOperationDoesNotHoldTheLeaseBack(t *testing.T) {
 // the same port and store; the worker reconnects, still holds what it
 // held, and grants again.
 func TestAServerRestartKeepsTheWorker(t *testing.T) {
+	t.Parallel() // a server and worker of their own, mostly waiting: beside the other long ones
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()}
 	srv := serve(t, opts)
 	opts.Port = srv.Addr().(*net.TCPAddr).Port
