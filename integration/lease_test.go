@@ -184,7 +184,8 @@ func TestALongOperationDoesNotHoldTheLeaseBack(t *testing.T) {
 // the same port and store; the worker reconnects, still holds what it
 // held, and grants again.
 func TestAServerRestartKeepsTheWorker(t *testing.T) {
-	t.Parallel() // a server and worker of their own, mostly waiting: beside the other long ones
+	// Not in parallel: the port the server gives up for 4 s must still be
+	// free when it comes back.
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()}
 	srv := serve(t, opts)
 	opts.Port = srv.Addr().(*net.TCPAddr).Port
