@@ -215,7 +215,16 @@ func (p *Publisher) Check(ctx context.Context) {
 	defer cancel()
 	created, err := p.ensureStream(ctx, p.js)
 	if err != nil {
-		p.opts.Logf("the event stream %s cannot be created: %v", StreamName, err)
+		// Tried every second: said once a minute at most.
+		p.mu.Lock()
+		say := time.Now().After(p.quietUntil)
+		if say {
+			p.quietUntil = time.Now().Add(time.Minute)
+		}
+		p.mu.Unlock()
+		if say {
+			p.opts.Logf("the event stream %s cannot be created (tried again every second): %v", StreamName, err)
+		}
 		return
 	}
 	p.mu.Lock()
