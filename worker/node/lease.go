@@ -56,9 +56,10 @@ type Lease struct {
 	released bool
 
 	// renewed is when the key was last written for this lease (taken or
-	// renewed), as unix nanoseconds read just before the write: the key
-	// lives NodeLeaseTTL from a moment no earlier. 0 once released or lost.
-	renewed atomic.Int64
+	// renewed), read just before the write (with the clock's monotonic
+	// reading): the key lives NodeLeaseTTL from a moment no earlier. nil
+	// once released or lost.
+	renewed atomic.Pointer[time.Time]
 }
 
 // GrantsUntil is until when the worker holding l may grant memory: half a
@@ -67,14 +68,14 @@ type Lease struct {
 // gate) and moved by Keep without a lock; after Release or a loss it is in
 // the past.
 func (l *Lease) GrantsUntil() time.Time {
-	return time.Unix(0, l.renewed.Load()).Add(NodeLeaseTTL / 2)
+	return l.Written().Add(NodeLeaseTTL / 2)
 }
 
 // Written is when the key was last written for l: zero once it was
 // released or lost.
 func (l *Lease) Written() time.Time {
-	if n := l.renewed.Load(); n != 0 {
-		return time.Unix(0, n)
+	if t := l.renewed.Load(); t != nil {
+		return *t
 	}
 	return time.Time{}
 }
@@ -121,7 +122,7 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 		rev, err := kv.Create(ctx, l.node, l.value)
 		if err == nil {
 			l.rev = rev
-			l.renewed.Store(at.UnixNano())
+			l.renewed.Store(&at)
 			if waiting {
 				n.Log.Info("the node is free: this worker takes it over", "node", l.node)
 			}
@@ -173,7 +174,9 @@ type Watch struct {
 	Rival func(context.Context) string
 	// Retaken, when set, is asked after the lease was taken back because it
 	// had lapsed: whether another worker served the node meanwhile
-	// (Node.Served). An error is reported to Lost.
+	// (Node.Served). ErrServedMeanwhile is reported to Lost; any other
+	// error leaves it unknown, and the lease unconfirmed until a later
+	// renewal asks again and learns.
 	Retaken func(context.Context) error
 }
 
@@ -190,6 +193,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
 	defer t.Stop()
 	unconfirmed := false
+	unchecked := false // taken back, and not yet known whether another served meanwhile
 	for first := true; ; first = false {
 		if !first {
 			select {
@@ -205,13 +209,19 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		}
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
 		written, retaken, err := l.renew(rctx)
-		if err == nil && retaken && w.Retaken != nil {
-			if serr := w.Retaken(rctx); serr != nil {
+		unchecked = unchecked || (retaken && w.Retaken != nil)
+		if err == nil && unchecked {
+			switch serr := w.Retaken(rctx); {
+			case errors.Is(serr, ErrServedMeanwhile):
 				err = fmt.Errorf("%w: %v", errTaken, serr)
+			case serr != nil:
+				err = serr // not known yet: the gate stays as it is
+			default:
+				unchecked = false
 			}
 		}
 		if err == nil {
-			l.renewed.Store(written.UnixNano())
+			l.renewed.Store(&written)
 		}
 		cancel()
 		l.mu.Unlock()
@@ -224,7 +234,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, errTaken):
-			l.renewed.Store(0)
+			l.renewed.Store(nil)
 			w.Lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
 			return
 		case !unconfirmed && !time.Now().Before(l.GrantsUntil()):
@@ -233,7 +243,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 				time.Since(l.Written()).Round(time.Millisecond), err))
 		case unconfirmed && w.Rival != nil:
 			if id := w.Rival(ctx); id != "" {
-				l.renewed.Store(0)
+				l.renewed.Store(nil)
 				w.Lost(fmt.Errorf("%w: instance %s serves the node (%v)", ErrLeaseLost, id, err))
 				return
 			}
@@ -249,7 +259,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 // worker took it first. It fails with errTaken when another worker holds
 // the key; any other error leaves that unknown. It returns the time just
 // before the write (the key lives a TTL from no earlier), and whether it
-// took a lapsed key again. l.mu is held.
+// took, or may have taken, a lapsed key again. l.mu is held.
 func (l *Lease) renew(ctx context.Context) (at time.Time, retaken bool, err error) {
 	at = time.Now()
 	rev, err := l.kv.Update(ctx, l.node, l.value, l.rev)
@@ -261,7 +271,10 @@ func (l *Lease) renew(ctx context.Context) (at time.Time, retaken bool, err erro
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				return at, false, fmt.Errorf("%w: it lapsed and another took it", errTaken)
 			}
-			retaken = true
+			retaken = true // also when the answer is lost: the creation may stand
+			if err != nil {
+				return at, true, err
+			}
 		case gerr != nil:
 			return at, false, gerr // not known: tried again at the next tick
 		case !bytes.Equal(e.Value(), l.value):
@@ -279,10 +292,10 @@ func (l *Lease) renew(ctx context.Context) (at time.Time, retaken bool, err erro
 
 // Release gives the lease up, so a standby takes over at once.
 func (l *Lease) Release() {
-	l.renewed.Store(0) // no grant from now on, whatever a renewal in flight does
+	l.renewed.Store(nil) // no grant from now on, whatever a renewal in flight does
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.renewed.Store(0)
+	l.renewed.Store(nil)
 	l.released = true
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

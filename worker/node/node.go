@@ -161,8 +161,9 @@ type record struct {
 // registered: the record holds another's id, or none (another registered
 // and stopped cleanly, removing it). A worker that took its lapsed lease
 // back asks, because its allocations were declared gone by the one that
-// served meanwhile. It reports nothing when nothing was recorded, or the
-// record cannot be read.
+// served meanwhile. It reports nothing when nothing was recorded.
+// It fails with ErrServedMeanwhile when another did, and with the read's
+// error when the record cannot be read (not known yet: asked again).
 func (n *Node) Served(ctx context.Context) error {
 	r := n.record.Load()
 	if r == nil {
@@ -171,11 +172,15 @@ func (n *Node) Served(ctx context.Context) error {
 	e, err := r.kv.Get(ctx, n.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return errors.New("another instance served the node meanwhile and stopped (the instance record is gone)")
+		return fmt.Errorf("%w and stopped (the instance record is gone)", ErrServedMeanwhile)
 	case err != nil:
-		return nil
+		return fmt.Errorf("reading the instance record: %w", err)
 	case string(e.Value()) != r.instance:
-		return fmt.Errorf("instance %s served the node meanwhile", e.Value())
+		return fmt.Errorf("%w: instance %s", ErrServedMeanwhile, e.Value())
 	}
 	return nil
 }
+
+// ErrServedMeanwhile: another instance served the node while this one's
+// lease had lapsed.
+var ErrServedMeanwhile = errors.New("another instance served the node meanwhile")

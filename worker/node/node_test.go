@@ -463,3 +463,33 @@ func TestALeaseRetakenAfterAnotherServedIsLost(t *testing.T) {
 		})
 	}
 }
+
+// TestServedTellsAnotherFromUnknown: another instance's record (or none)
+// is ErrServedMeanwhile; a record that cannot be read is not taken for
+// "nobody served" (found by review), nor for a loss.
+func TestServedTellsAnotherFromUnknown(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	n := n1()
+	n.Register(ctx, nc, "the-holder")
+	if err := n.Served(ctx); err != nil {
+		t.Fatalf("its own record: %v", err)
+	}
+	js, _ := jetstream.New(nc)
+	records, err := js.KeyValue(ctx, node.InstanceBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := records.Put(ctx, "n1", []byte("the-standby")); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Served(ctx); !errors.Is(err, node.ErrServedMeanwhile) {
+		t.Errorf("another's record: %v, want ErrServedMeanwhile", err)
+	}
+	spent, cancel := context.WithTimeout(ctx, time.Nanosecond)
+	defer cancel()
+	<-spent.Done()
+	if err := n.Served(spent); err == nil || errors.Is(err, node.ErrServedMeanwhile) {
+		t.Errorf("an unreadable record: %v, want an error that is not ErrServedMeanwhile", err)
+	}
+}

@@ -1,0 +1,54 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/node"
+)
+
+// TestTheGateReadsItsOwnClock: a grant made late in a long operation
+// passes the gate as the lease is then, whatever time the request began
+// (found by review: a restore's third model was granted after the gate
+// had closed); a released lease closes it for good.
+func TestTheGateReadsItsOwnClock(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	began := time.Now()
+	l, err := (&node.Node{Name: "n", Service: ServiceName, JetStream: true, Log: slog.New(slog.DiscardHandler)}).Take(context.Background(), nc)
+	if err != nil || l == nil {
+		t.Fatalf("taking the lease: %v", err)
+	}
+	g := &leaseGate{node: "n"}
+	g.lease.Store(l)
+	if err := g.Closed(began); err != nil {
+		t.Fatalf("right after the take: %v", err)
+	}
+	time.Sleep(time.Until(l.GrantsUntil()) + 10*time.Millisecond) // nobody renews
+	if err := g.Closed(began); err == nil {
+		t.Error("open past GrantsUntil for a request that began before")
+	}
+	l.Release()
+	if err := g.Closed(time.Now()); !errors.Is(err, device.ErrUnavailable) {
+		t.Errorf("after Release: %v, want closed for good", err)
+	}
+}
