@@ -129,7 +129,18 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 			return l, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, fmt.Errorf("taking the node's lease: %w", err)
+			// JetStream cannot answer now (an election, a server away): a
+			// standby goes on waiting; a worker starting tries for as long
+			// as it may for the bucket.
+			if !n.Standby && setup.Err() != nil {
+				return nil, fmt.Errorf("taking the node's lease: %w", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(leasePoll):
+			}
+			continue
 		}
 		if !n.Standby && time.Now().After(refuseAt) {
 			return nil, fmt.Errorf("%w: node %s is served by another worker (its lease is held); choose another --node, or start with --standby to take over when it stops",

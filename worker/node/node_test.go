@@ -493,3 +493,44 @@ func TestServedTellsAnotherFromUnknown(t *testing.T) {
 		t.Errorf("an unreadable record: %v, want an error that is not ErrServedMeanwhile", err)
 	}
 }
+
+// TestAStandbyWaitsThroughJetStreamAway: a standby waiting for the node
+// does not give up while JetStream is away a moment (found by review),
+// and takes the node once it is back and free.
+func TestAStandbyWaitsThroughJetStreamAway(t *testing.T) {
+	nc, srv := connectTo(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	held, _ := takeN1(t, nc)
+	standby := make(chan error, 1)
+	go func() {
+		l, err := (&node.Node{Name: "n1", Standby: true, Service: "memory", JetStream: true, Log: slog.New(slog.DiscardHandler)}).Take(ctx, nc)
+		if err == nil && l == nil {
+			err = errors.New("no lease")
+		}
+		standby <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // it waits on the held key
+	store := srv.JetStreamConfig().StoreDir
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	select {
+	case err := <-standby:
+		t.Fatalf("the standby stopped waiting while JetStream was away: %v", err)
+	default:
+	}
+	if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: store}); err != nil {
+		t.Fatal(err)
+	}
+	held.Release()
+	select {
+	case err := <-standby:
+		if err != nil {
+			t.Errorf("the standby: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the standby did not take the node once it was free")
+	}
+}
