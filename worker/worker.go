@@ -209,6 +209,35 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	var loops, pump sync.WaitGroup
 	loops.Go(func() { w.transfers.Run(jobCtx, stopTransfers) })
 	loops.Go(func() { w.runAdmission(stopTransfers) })
+	// The lease is kept from here on: serving, registering and announcing
+	// may wait on a slow JetStream for longer than the key lives.
+	var self atomic.Pointer[string] // the service's instance id, once registered
+	if lease != nil {
+		loops.Go(func() {
+			lease.Keep(loopCtx, node.Watch{
+				Lost: func(err error) {
+					w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
+					lose(err)
+				},
+				Unconfirmed: func(err error) {
+					w.log.Warn("granting no memory until the node's lease is renewed; frees and reads go on", "node", w.cfg.Node, "err", err)
+					w.metrics.paused.Set(1)
+				},
+				Confirmed: func() {
+					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
+					w.metrics.paused.Set(0)
+					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
+				},
+				Rival: func(ctx context.Context) string {
+					if id := self.Load(); id != nil {
+						return guard.Rival(ctx, nc, *id)
+					}
+					return ""
+				},
+				Retaken: guard.Served,
+			})
+		})
+	}
 
 	releaseInstance := func() {}
 	subsBefore := nc.NumSubscriptions()
@@ -255,6 +284,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	if err != nil {
 		return err
 	}
+	id := svc.Info().ID
+	self.Store(&id)
 	w.log.Info("serving", "service", ServiceName, "node", w.cfg.Node, "backend", w.cfg.Backend.Name(),
 		"devices", w.DeviceIDs(), "ops", len(subjects.Ops()))
 	gone, release := guard.Register(ctx, nc, svc.Info().ID)
@@ -262,27 +293,6 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	guard.Announce(pub, events.TypeWorkerStarted, svc.Info().ID, gone, w.DeviceIDs())
 	close(w.ready)
 
-	if lease != nil {
-		loops.Go(func() {
-			lease.Keep(loopCtx, node.Watch{
-				Lost: func(err error) {
-					w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
-					lose(err)
-				},
-				Unconfirmed: func(err error) {
-					w.log.Warn("granting no memory until the node's lease is renewed; frees and reads go on", "node", w.cfg.Node, "err", err)
-					w.metrics.paused.Set(1)
-				},
-				Confirmed: func() {
-					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
-					w.metrics.paused.Set(0)
-					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
-				},
-				Rival:   func(ctx context.Context) string { return guard.Rival(ctx, nc, svc.Info().ID) },
-				Retaken: guard.Served,
-			})
-		})
-	}
 	loops.Go(func() { w.every(loopCtx, w.cfg.SampleInterval, w.sample) })
 	if w.cfg.PinnedAhead {
 		loops.Go(func() { w.pinAhead(loopCtx) })

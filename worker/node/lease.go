@@ -198,7 +198,8 @@ var errTaken = errors.New("another worker holds the node's lease")
 // worker holding it (w.Lost). It tries at once, then every sixth of the
 // TTL, each try waiting at most as long. When GrantsUntil passes without a
 // renewal (half a TTL since the last write) it calls w.Unconfirmed, and at
-// the next renewal that succeeds w.Confirmed. The callbacks run on Keep's
+// the next renewal that succeeds (or the first, when it started with
+// GrantsUntil passed) w.Confirmed. The callbacks run on Keep's
 // goroutine and must not block: the renewals wait for them.
 func (l *Lease) Keep(ctx context.Context, w Watch) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
@@ -218,6 +219,9 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			l.mu.Unlock()
 			return
 		}
+		// Closed already (Keep started late, or a renewal stalled): the
+		// renewal that succeeds opens it again, and says so.
+		closed := !time.Now().Before(l.GrantsUntil())
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
 		written, retaken, err := l.renew(rctx)
 		unchecked = unchecked || (retaken && w.Retaken != nil)
@@ -238,7 +242,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		l.mu.Unlock()
 		switch {
 		case err == nil:
-			if unconfirmed {
+			if unconfirmed || closed {
 				unconfirmed = false
 				w.Confirmed()
 			}
