@@ -47,9 +47,12 @@ var ErrLeaseLost = errors.New("the node's lease was lost")
 // Lease is a held lease on the node. Keep renews it on its goroutine
 // while Release gives it up from the stop: mu guards rev and released.
 type Lease struct {
-	kv    jetstream.KeyValue
-	node  string
-	value []byte
+	kv jetstream.KeyValue
+	// bucket makes the lease bucket again (a server restarted with an
+	// empty store, the bucket deleted); Keep asks while unconfirmed.
+	bucket func(context.Context) (jetstream.KeyValue, error)
+	node   string
+	value  []byte
 
 	mu       sync.Mutex
 	rev      uint64
@@ -93,17 +96,23 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 	// just formed, a leader being elected) is asked again for a while.
 	setup, cancel := context.WithTimeout(ctx, bucketSetup)
 	defer cancel()
-	var kv jetstream.KeyValue
-	for {
-		kv, err = js.CreateOrUpdateKeyValue(setup, jetstream.KeyValueConfig{
+	bucket := func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: NodeLeaseBucket, Description: "which memworker instance serves each node (leases)",
 			History: 1, TTL: NodeLeaseTTL, Replicas: min(3, max(1, len(nc.Servers()))),
 		})
+	}
+	var kv jetstream.KeyValue
+	for {
+		kv, err = bucket(setup)
 		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
 			return nil, nil
 		}
 		if err == nil {
 			break
+		}
+		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) && apiErr.Code < 500 {
+			return nil, fmt.Errorf("the node lease bucket: %w", err) // no wait mends it (a limit, a permission)
 		}
 		select {
 		case <-setup.Done():
@@ -111,7 +120,7 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 		case <-time.After(leasePoll):
 		}
 	}
-	l := &Lease{kv: kv, node: n.Name, value: []byte(nuid.Next())}
+	l := &Lease{kv: kv, bucket: bucket, node: n.Name, value: []byte(nuid.Next())}
 	waiting := false
 	// A worker that is no standby waits one TTL too: a lease held by a
 	// worker that just died (a restart after a crash) lapses by then, while
@@ -223,6 +232,11 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		// renewal that succeeds opens it again, and says so.
 		closed := !time.Now().Before(l.GrantsUntil())
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
+		if unconfirmed { // the bucket may be gone, not only out of reach
+			if kv, err := l.bucket(rctx); err == nil {
+				l.kv = kv
+			}
+		}
 		written, retaken, err := l.renew(rctx)
 		unchecked = unchecked || (retaken && w.Retaken != nil)
 		if err == nil && unchecked {
