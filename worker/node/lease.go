@@ -47,12 +47,9 @@ var ErrLeaseLost = errors.New("the node's lease was lost")
 // Lease is a held lease on the node. Keep renews it on its goroutine
 // while Release gives it up from the stop: mu guards rev and released.
 type Lease struct {
-	kv jetstream.KeyValue
-	// bucket makes the lease bucket again (a server restarted with an
-	// empty store, the bucket deleted); Keep asks while unconfirmed.
-	bucket func(context.Context) (jetstream.KeyValue, error)
-	node   string
-	value  []byte
+	kv    jetstream.KeyValue
+	node  string
+	value []byte
 
 	mu       sync.Mutex
 	rev      uint64
@@ -120,7 +117,7 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 		case <-time.After(leasePoll):
 		}
 	}
-	l := &Lease{kv: kv, bucket: bucket, node: n.Name, value: []byte(nuid.Next())}
+	l := &Lease{kv: kv, node: n.Name, value: []byte(nuid.Next())}
 	waiting := false
 	// A worker that is no standby waits one TTL too: a lease held by a
 	// worker that just died (a restart after a crash) lapses by then, while
@@ -232,11 +229,6 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		// renewal that succeeds opens it again, and says so.
 		closed := !time.Now().Before(l.GrantsUntil())
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
-		if unconfirmed { // the bucket may be gone, not only out of reach
-			if kv, err := l.bucket(rctx); err == nil {
-				l.kv = kv
-			}
-		}
 		written, retaken, err := l.renew(rctx)
 		unchecked = unchecked || (retaken && w.Retaken != nil)
 		if err == nil && unchecked {
