@@ -38,6 +38,11 @@ const (
 	leasePoll    = 250 * time.Millisecond
 	// bucketSetup bounds the tries to make the lease bucket.
 	bucketSetup = 30 * time.Second
+	// bucketGone is how long a lease stays unconfirmed before Keep also
+	// makes its bucket again, each try: an outage that long may have been
+	// a server coming back with an empty store. (Sooner, its JetStream API
+	// calls would only add to an outage.)
+	bucketGone = 2 * NodeLeaseTTL
 )
 
 // ErrLeaseLost is returned by Run when another worker took the node's
@@ -47,9 +52,12 @@ var ErrLeaseLost = errors.New("the node's lease was lost")
 // Lease is a held lease on the node. Keep renews it on its goroutine
 // while Release gives it up from the stop: mu guards rev and released.
 type Lease struct {
-	kv    jetstream.KeyValue
-	node  string
-	value []byte
+	kv jetstream.KeyValue
+	// bucket makes the lease bucket again (a server back with an empty
+	// store): Keep asks after bucketGone unconfirmed.
+	bucket func(context.Context) (jetstream.KeyValue, error)
+	node   string
+	value  []byte
 
 	mu       sync.Mutex
 	rev      uint64
@@ -117,7 +125,7 @@ func (n *Node) Take(ctx context.Context, nc *nats.Conn) (*Lease, error) {
 		case <-time.After(leasePoll):
 		}
 	}
-	l := &Lease{kv: kv, node: n.Name, value: []byte(nuid.Next())}
+	l := &Lease{kv: kv, bucket: bucket, node: n.Name, value: []byte(nuid.Next())}
 	waiting := false
 	// A worker that is no standby waits one TTL too: a lease held by a
 	// worker that just died (a restart after a crash) lapses by then, while
@@ -211,6 +219,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 	t := time.NewTicker(NodeLeaseTTL / 6)
 	defer t.Stop()
 	unconfirmed := false
+	var unconfirmedAt time.Time
 	unchecked := false // taken back, and not yet known whether another served meanwhile
 	for first := true; ; first = false {
 		if !first {
@@ -229,6 +238,11 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 		// renewal that succeeds opens it again, and says so.
 		closed := !time.Now().Before(l.GrantsUntil())
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
+		if unconfirmed && time.Since(unconfirmedAt) >= bucketGone {
+			if kv, err := l.bucket(rctx); err == nil {
+				l.kv = kv
+			}
+		}
 		written, retaken, err := l.renew(rctx)
 		unchecked = unchecked || (retaken && w.Retaken != nil)
 		if err == nil && unchecked {
@@ -259,7 +273,7 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			w.Lost(fmt.Errorf("%w: %v", ErrLeaseLost, err))
 			return
 		case !unconfirmed && !time.Now().Before(l.GrantsUntil()):
-			unconfirmed = true
+			unconfirmed, unconfirmedAt = true, time.Now()
 			w.Unconfirmed(fmt.Errorf("the node's lease was last renewed %s ago: %v",
 				time.Since(l.Written()).Round(time.Millisecond), err))
 		case unconfirmed && w.Rival != nil:

@@ -534,3 +534,38 @@ func TestAStandbyWaitsThroughJetStreamAway(t *testing.T) {
 		t.Error("the standby did not take the node once it was free")
 	}
 }
+
+// TestALeaseOutlivesItsBucket: when the lease bucket is gone (a server
+// back with an empty store, the bucket deleted), the holder makes it again
+// after a while unconfirmed and takes its key back, instead of staying
+// unconfirmed for good (found by review).
+func TestALeaseOutlivesItsBucket(t *testing.T) {
+	t.Parallel()
+	nc := connect(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, _ := takeN1(t, nc)
+	wa, seen := watch()
+	go l.Keep(ctx, wa)
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteKeyValue(ctx, node.NodeLeaseBucket); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []bool{false, true} {
+		select {
+		case c := <-seen.confirmed:
+			if c != want {
+				t.Fatalf("confirmed %v, want %v", c, want)
+			}
+		case err := <-seen.lost:
+			t.Fatalf("lost: %v", err)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("not reported confirmed %v", want)
+		}
+	}
+	kv, err := js.KeyValue(ctx, node.NodeLeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, kv, l)
+}
