@@ -283,15 +283,7 @@ func TestALostEventStreamIsRecreated(t *testing.T) {
 		}
 	}
 	round(1)
-	var s jetstream.Stream
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if s, err = js.Stream(ctx, events.StreamName); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the stream was not created again: %v", err)
-		}
-	}
+	s := eventStreamMade(t, ctx, js, "the stream was not created again")
 	round(2)
 	kept := replayLevels(t, ctx, s, 500*time.Millisecond)
 	if n := len(wantLevels) - 1; len(kept) < n || !slices.Equal(kept[len(kept)-n:], wantLevels[1:]) {
@@ -461,17 +453,24 @@ func TestAnEventStreamThatCannotBeSetUpAtStartIsCreatedLater(t *testing.T) {
 	if err := js.DeleteStream(ctx, "SQUATTER"); err != nil {
 		t.Fatal(err)
 	}
-	var s jetstream.Stream
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if s, err = js.Stream(ctx, events.StreamName); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the event stream was not created once it could be: %v", err)
-		}
-	}
+	s := eventStreamMade(t, ctx, js, "the event stream was not created once it could be")
 	drive(t, nc, h, "n1-gpu0")
 	if kept := replayLevels(t, ctx, s, 500*time.Millisecond); !slices.Equal(kept, wantLevels[1:]) {
 		t.Errorf("the stream kept %v, want %v", kept, wantLevels[1:])
+	}
+}
+
+// eventStreamMade waits, at most 10 s, for the worker to create the event
+// stream, and fails with what otherwise.
+func eventStreamMade(t *testing.T, ctx context.Context, js jetstream.JetStream, what string) jetstream.Stream {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		s, err := js.Stream(ctx, events.StreamName)
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
 	}
 }
