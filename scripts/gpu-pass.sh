@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -75,6 +75,12 @@ for s in $steps; do
 		step transfer-cold-only env BENCH_COLD_ONLY=1 BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 5x
 		step offload-cold-only env BENCH_COLD_ONLY=1 BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 4x
 		step transfer-to-host env BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 3x
+		;;
+	hostvmm) # P21: host memory the driver allocates and maps itself (virtual memory management): a cold copy into it against the registered segments' (the machine's first), then mapping and unmapping alone and beside a copy, then the cold copy again
+		step cold-vmm-d2h env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdVMMD2H|ColdD2H/(memworker|raw-warm|vmm-threads-.*)$' -test.benchtime 2x
+		step host-vmm timeout 300 ./cuda.test -test.run XXX -test.bench 'HostVMM' -test.benchtime 2x
+		step host-vmm-any-node env BENCH_HOST_NUMA=-1 timeout 60 ./cuda.test -test.run XXX -test.bench 'HostVMM/map/copying-true' -test.benchtime 2x
+		step cold-vmm-d2h-again env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdVMMD2H|ColdD2H/(memworker|raw-warm|vmm-threads-.*)$' -test.benchtime 2x
 		;;
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x

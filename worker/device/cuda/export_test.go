@@ -35,3 +35,13 @@ func (b *Backend) SegmentLocked(addr uint64) (bool, error) {
 	})
 	return locked, err
 }
+
+// Host memory through virtual memory management, for BenchmarkHostVMM.
+var (
+	HostVMMSupport     = hostVMMSupport
+	HostVMMGranularity = hostVMMGranularity
+	HostVMMMap         = hostVMMMap
+	UnmapPiece         = unmapPiece
+	Reserve            = reserve
+	Unreserve          = unreserve
+)

@@ -120,6 +120,13 @@ func onContexts(ctxs []cu.CUContext, threads int, m []byte, chunk int, f func([]
 // onThreadsWith calls f on each chunk of m, taken in turn by threads
 // locked threads, thread t after current(t) made its context current.
 func onThreadsWith(current func(t int) error, threads int, m []byte, chunk int, f func([]byte) error) error {
+	return onOffsets(current, threads, int64(len(m)), int64(chunk), func(off, n int64) error { return f(m[off : off+n]) })
+}
+
+// onOffsets calls f(off, len) for each chunk of n bytes, taken in turn by
+// threads locked threads, thread t after current(t) made its context
+// current; it returns the errors.
+func onOffsets(current func(t int) error, threads int, n, chunk int64, f func(off, len int64) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, threads)
@@ -131,11 +138,11 @@ func onThreadsWith(current func(t int) error, threads int, m []byte, chunk int, 
 				return
 			}
 			for {
-				off := int(next.Add(int64(chunk))) - chunk
-				if off >= len(m) {
+				off := next.Add(chunk) - chunk
+				if off >= n {
 					return
 				}
-				if err := f(m[off:min(off+chunk, len(m))]); err != nil && errs[t] == nil {
+				if err := f(off, min(chunk, n-off)); err != nil && errs[t] == nil {
 					errs[t] = err
 				}
 			}
