@@ -26,8 +26,8 @@ import (
 // virtual memory management off (--vmm=false).
 //
 // BENCH_PIN_THREADS sets how many threads page-lock fresh host memory, and
-// BENCH_PIN_CONTEXTS how many contexts of their own they register with
-// (BENCH_PIN_PRIMARY set: the primary context too), for the host path benchmarks (unset: the backend's defaults).
+// BENCH_PIN_CONTEXTS how many contexts of their own they register with,
+// for the host path benchmarks (unset: the backend's defaults).
 func newTestBackend(t testing.TB, n int, bytes int64, vmm bool) testBackend {
 	t.Helper()
 	cfg := cuda.Config{MemoryLimit: bytes, Devices: n, DisableVMM: !vmm}
@@ -38,7 +38,6 @@ func newTestBackend(t testing.TB, n int, bytes int64, vmm bool) testBackend {
 			}
 		}
 	}
-	cfg.PinPrimary = os.Getenv("BENCH_PIN_PRIMARY") != ""
 	b, err := cuda.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm coldmix ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -81,17 +81,6 @@ for s in $steps; do
 		step host-vmm timeout 300 ./cuda.test -test.run XXX -test.bench 'HostVMM' -test.benchtime 2x
 		step host-vmm-any-node env BENCH_HOST_NUMA=-1 timeout 60 ./cuda.test -test.run XXX -test.bench 'HostVMM/map/copying-true' -test.benchtime 2x
 		step cold-vmm-d2h-again env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdVMMD2H|ColdD2H/(memworker|raw-warm|vmm-threads-.*)$' -test.benchtime 2x
-		;;
-	coldmix) # P21: the primary context registering its share beside contexts of their own (the copies stop only for the primary's share), the pipeline, then a cold offload and transfer so, against the default
-		step cold-d2h-mix env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_MIX=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|memworker-mix-.*|raw-warm)$' -test.benchtime 2x
-		step pinned-mix-test ./cuda.test -test.run 'PinnedSegmentsShare|CopiesKeepContent' -test.v
-		for ways in "" "1 primary" "2 primary"; do
-			set -- $ways
-			tag=${1:-default}${2:+-$2}
-			step "offload-cold-$tag" env BENCH_COLD_ONLY=1 ${1:+BENCH_PIN_CONTEXTS=$1} ${2:+BENCH_PIN_PRIMARY=1} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 2x
-			step "transfer-cold-$tag" env BENCH_COLD_ONLY=1 ${1:+BENCH_PIN_CONTEXTS=$1} ${2:+BENCH_PIN_PRIMARY=1} BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost$' -test.benchtime 2x
-		done
-		step cold-d2h-mix-again env BENCH_PIN_BYTES=$((8 << 30)) BENCH_COLD_MIX=1 ./cuda.test -test.run XXX -test.bench 'ColdD2H/(memworker|memworker-mix-.*|raw-warm)$' -test.benchtime 2x
 		;;
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x

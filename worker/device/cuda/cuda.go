@@ -51,11 +51,6 @@ type Config struct {
 	// the cold pipeline ran slower with 2 to 8 of them
 	// (docs/h100/round3/contexts). 0, the default: the primary context.
 	PinContexts int
-	// PinPrimary, with PinContexts above 0, has the primary context
-	// register its share too: chunk i with context i%(n+1), the primary
-	// one first. The primary context registers about twice as fast as
-	// another but stops its copies meanwhile; the others overlap them.
-	PinPrimary bool
 	// DisableVMM keeps device memory in cuMemAlloc segments (--vmm=false)
 	// instead of virtual memory (vmm.go) where the device supports it.
 	DisableVMM bool
@@ -147,11 +142,11 @@ func (g *gpu) memInfo() (free, total int64, err error) {
 }
 
 // makePinContexts makes n contexts of the device for the pinning threads
-// (none: they use the primary one; primary: the primary one and them), on
-// the device's thread.
-func (g *gpu) makePinContexts(n int, primary bool) error {
-	if n <= 0 || primary {
+// (none: they use the primary one), on the device's thread.
+func (g *gpu) makePinContexts(n int) error {
+	if n <= 0 {
 		g.pinCtxs = []cu.CUContext{g.ctx}
+		return nil
 	}
 	for range n {
 		c, err := g.dev.MakeContext(cu.SchedAuto)
@@ -222,7 +217,7 @@ func open(i int, cfg Config) (*gpu, error) {
 			}
 			g.streams = append(g.streams, st)
 		}
-		return g.makePinContexts(cfg.PinContexts, cfg.PinPrimary)
+		return g.makePinContexts(cfg.PinContexts)
 	})
 	if err != nil {
 		_ = g.do(func() error { g.destroyPinContexts(); return nil })
