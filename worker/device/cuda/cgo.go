@@ -65,29 +65,72 @@ static CUresult mw_unreserve(CUdeviceptr p, size_t n) {
 	return cuMemAddressFree(p, n);
 }
 
-// mw_map backs [p, p+n) with one physical allocation of dev's memory and
-// releases the handle at once, so unmapping the range frees the memory.
-// The devices in access (dev among them) may read and write the range. On
-// failure nothing stays mapped.
-static CUresult mw_map(CUdeviceptr p, size_t n, CUdevice dev, const int *access, int naccess) {
-	CUmemAllocationProp prop;
-	mw_chunk_prop(&prop, dev);
+// mw_create_map backs [p, p+n) with one physical allocation as prop says
+// and releases the handle at once, so unmapping the range frees the
+// memory; desc says who may read and write it. On failure nothing stays
+// mapped; *step says which call failed (create, map, access).
+static CUresult mw_create_map(CUdeviceptr p, size_t n, const CUmemAllocationProp *prop, const CUmemAccessDesc *desc, int ndesc, int *step) {
 	CUmemGenericAllocationHandle h;
-	CUresult r = cuMemCreate(&h, n, &prop, 0);
+	*step = 0;
+	CUresult r = cuMemCreate(&h, n, prop, 0);
 	if (r != CUDA_SUCCESS) return r;
+	*step = 1;
 	r = cuMemMap(p, n, 0, h, 0);
 	cuMemRelease(h);
 	if (r != CUDA_SUCCESS) return r;
+	*step = 2;
+	if ((r = cuMemSetAccess(p, n, desc, ndesc)) != CUDA_SUCCESS) cuMemUnmap(p, n);
+	return r;
+}
+
+static void mw_access(CUmemAccessDesc *d, CUmemLocationType type, int id) {
+	memset(d, 0, sizeof *d);
+	d->location.type = type;
+	d->location.id = id;
+	d->flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+}
+
+// mw_map backs [p, p+n) with dev's memory, which the devices in access
+// (dev among them) may read and write.
+static CUresult mw_map(CUdeviceptr p, size_t n, CUdevice dev, const int *access, int naccess, int *step) {
+	CUmemAllocationProp prop;
+	mw_chunk_prop(&prop, dev);
 	CUmemAccessDesc desc[16];
 	if (naccess > 16) naccess = 16;
-	for (int i = 0; i < naccess; i++) {
-		memset(&desc[i], 0, sizeof desc[i]);
-		desc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-		desc[i].location.id = access[i];
-		desc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-	}
-	if ((r = cuMemSetAccess(p, n, desc, naccess)) != CUDA_SUCCESS) cuMemUnmap(p, n);
-	return r;
+	for (int i = 0; i < naccess; i++) mw_access(&desc[i], CU_MEM_LOCATION_TYPE_DEVICE, access[i]);
+	return mw_create_map(p, n, &prop, desc, naccess, step);
+}
+
+// Host memory the driver allocates and page-locks itself (a probe:
+// BenchmarkHostVMM): numa < 0 asks for any node.
+static void mw_host_prop(CUmemAllocationProp *prop, int numa) {
+	memset(prop, 0, sizeof *prop);
+	prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop->location.type = numa < 0 ? CU_MEM_LOCATION_TYPE_HOST : CU_MEM_LOCATION_TYPE_HOST_NUMA;
+	prop->location.id = numa < 0 ? 0 : numa;
+}
+
+static CUresult mw_host_vmm_granularity(int numa, size_t *g) {
+	CUmemAllocationProp prop;
+	mw_host_prop(&prop, numa);
+	return cuMemGetAllocationGranularity(g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+}
+
+// mw_host_vmm_map backs [p, p+n) with host memory that dev and the CPU may
+// read and write.
+static CUresult mw_host_vmm_map(CUdeviceptr p, size_t n, int numa, CUdevice dev, int *step) {
+	CUmemAllocationProp prop;
+	mw_host_prop(&prop, numa);
+	CUmemAccessDesc desc[2];
+	mw_access(&desc[0], CU_MEM_LOCATION_TYPE_DEVICE, dev);
+	mw_access(&desc[1], CU_MEM_LOCATION_TYPE_HOST_NUMA, numa < 0 ? 0 : numa);
+	return mw_create_map(p, n, &prop, desc, 2, step);
+}
+
+static int mw_attribute(CUdevice dev, int attr) {
+	int v = -1;
+	if (cuDeviceGetAttribute(&v, (CUdevice_attribute)attr, dev) != CUDA_SUCCESS) return -1;
+	return v;
 }
 */
 import "C"
@@ -186,10 +229,44 @@ func mapPiece(p uint64, n int64, dev int, access []int) error {
 	for i, a := range access {
 		acc[i] = C.int(a)
 	}
-	if r := C.mw_map(C.CUdeviceptr(p), C.size_t(n), C.CUdevice(dev), &acc[0], C.int(len(acc))); r != C.CUDA_SUCCESS {
-		return driverError("cuMemMap", int(r))
+	var step C.int
+	return mapped(C.mw_map(C.CUdeviceptr(p), C.size_t(n), C.CUdevice(dev), &acc[0], C.int(len(acc)), &step), step)
+}
+
+// mapped is the error of a mw_create_map that failed at step.
+func mapped(r C.CUresult, step C.int) error {
+	if r == C.CUDA_SUCCESS {
+		return nil
 	}
-	return nil
+	return driverError([]string{"cuMemCreate", "cuMemMap", "cuMemSetAccess"}[step], int(r))
+}
+
+// Host memory through virtual memory management, a probe
+// (BenchmarkHostVMM, docs/h100/round3/hostvmm): the driver makes it at
+// 5.8 GB/s whatever the threads, without stopping the copies.
+
+// hostVMMSupport reads whether dev supports host-located virtual memory
+// (CU_DEVICE_ATTRIBUTE_HOST_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) and on a
+// NUMA node (..._HOST_NUMA_...): 1, 0, or -1 where the driver does not say.
+func hostVMMSupport(dev int) (host, numa int) {
+	return int(C.mw_attribute(C.CUdevice(dev), C.CU_DEVICE_ATTRIBUTE_HOST_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)),
+		int(C.mw_attribute(C.CUdevice(dev), C.CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED))
+}
+
+// hostVMMGranularity is the chunk size of host memory on numa (< 0: any).
+func hostVMMGranularity(numa int) (int64, error) {
+	var g C.size_t
+	if r := C.mw_host_vmm_granularity(C.int(numa), &g); r != C.CUDA_SUCCESS {
+		return 0, driverError("cuMemGetAllocationGranularity (host)", int(r))
+	}
+	return int64(g), nil
+}
+
+// hostVMMMap backs [p, p+n) of reserved address space with host memory
+// on numa (< 0: any) that dev and the CPU may use; unmapPiece frees it.
+func hostVMMMap(p uint64, n int64, numa, dev int) error {
+	var step C.int
+	return mapped(C.mw_host_vmm_map(C.CUdeviceptr(p), C.size_t(n), C.int(numa), C.CUdevice(dev), &step), step)
 }
 
 // unmapPiece unmaps what mapPiece mapped at p, freeing it.
