@@ -51,7 +51,8 @@ type Options struct {
 	Replicas int
 	// MaxPending bounds the events published to the stream and not yet
 	// acknowledged (default 256); beyond it events still reach core
-	// subscribers, unkept.
+	// subscribers, unkept. It bounds as well the events the stream did not
+	// acknowledge that wait to be sent again.
 	MaxPending int
 	// Logf, when set, is told about the stream: lost, recreated, events
 	// not kept.
@@ -62,7 +63,12 @@ type Options struct {
 // on core NATS at once; with JetStream the stream stores them as well,
 // acknowledged asynchronously, so a slow or missing stream never delays
 // delivery. A stream that disappears (deleted, or a server restarted with
-// an empty store) is created again.
+// an empty store) is created again. An event the stream did not
+// acknowledge (gone, a leader being elected, an acknowledgement lost) is
+// sent again with its id by Check, while the stream's duplicate window
+// lasts: the stream keeps it once, and core subscribers may see it twice,
+// with the same CloudEvent id (dedupe by id). Events sent again land after
+// newer ones; their time attribute tells their order.
 type Publisher struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream // nil: core publish only
@@ -75,7 +81,30 @@ type Publisher struct {
 	// quietUntil: the stream was found in place after an event was not
 	// kept (a store limit, say): more such events are not logged before.
 	quietUntil time.Time
+	// unkept are the events to send again, oldest first (at most
+	// MaxPending); resent, those sent again and not acknowledged yet, by
+	// event id, with when each was first sent.
+	unkept []unkept
+	resent map[string]time.Time
+	// givenUp counts events not kept within the duplicate window, or
+	// pushed out of unkept, since it was last logged.
+	givenUp int
 }
+
+// unkept is an event to send again, and when it was first sent.
+type unkept struct {
+	msg   *nats.Msg
+	first time.Time
+}
+
+// resendWindow is how long after its first sending an event is sent
+// again: within the stream's duplicate window (StreamConfig), so the
+// stream keeps it once however many sendings reach it.
+const resendWindow = duplicateWindow - 2*ackTimeout
+
+// duplicateWindow is the stream's: a message id seen within it is stored
+// once.
+const duplicateWindow = 2 * time.Minute
 
 // ErrNoJetStream is returned (wrapped) by NewPublisher's stream set-up when
 // the server has no JetStream; the publisher still works, core only.
@@ -117,7 +146,7 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher,
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	p := &Publisher{nc: nc, opts: opts}
+	p := &Publisher{nc: nc, opts: opts, resent: map[string]time.Time{}}
 	if !opts.JetStream {
 		return p, nil
 	}
@@ -154,7 +183,7 @@ func (p *Publisher) StreamConfig() jetstream.StreamConfig {
 		MaxBytes:          p.opts.MaxBytes,
 		MaxMsgsPerSubject: p.opts.MaxPerSubject,
 		Discard:           jetstream.DiscardOld,
-		Duplicates:        2 * time.Minute,
+		Duplicates:        duplicateWindow,
 		Storage:           jetstream.FileStorage,
 		Replicas:          replicas,
 	}
@@ -186,21 +215,41 @@ func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) (c
 
 // notKept hears of an event the stream did not acknowledge: no stream
 // answered (gone, and nobody else subscribed), or no acknowledgement came
-// in time (gone, with subscribers). Check looks for the stream next.
+// in time (gone, with subscribers, or a leader being elected). It queues
+// the event to be sent again, and Check looks for the stream next.
 func (p *Publisher) notKept(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	now := time.Now()
+	id := msg.Header.Get(jetstream.MsgIDHeader)
 	p.mu.Lock()
-	first := !p.lost && time.Now().After(p.quietUntil)
+	first := !p.lost && now.After(p.quietUntil)
 	p.lost = true
+	sent, again := p.resent[id]
+	delete(p.resent, id)
+	if !again {
+		sent = now.Add(-ackTimeout) // about when it was sent
+	}
+	if now.Sub(sent) < resendWindow {
+		if len(p.unkept) == p.opts.MaxPending {
+			p.unkept = p.unkept[1:]
+			p.givenUp++
+		}
+		// A copy without the acknowledgement's reply subject, which a
+		// publish must not carry.
+		m := &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data}
+		p.unkept = append(p.unkept, unkept{msg: m, first: sent})
+	} else {
+		p.givenUp++
+	}
 	p.mu.Unlock()
 	if first {
-		p.opts.Logf("event on %s not kept in %s (%v); looking for the stream", msg.Subject, StreamName, err)
+		p.opts.Logf("event on %s not kept in %s (%v); looking for the stream, the event to be sent again", msg.Subject, StreamName, err)
 	}
 }
 
 // Check creates the stream again when an event was not acknowledged since
 // the last check and the stream is gone (deleted, or a server restarted
-// with an empty store). The caller calls it now and then (the worker's
-// event pump, every second).
+// with an empty store), and sends the events not acknowledged again. The
+// caller calls it now and then (the worker's event pump, every second).
 func (p *Publisher) Check(ctx context.Context) {
 	if p.js == nil {
 		return
@@ -234,9 +283,30 @@ func (p *Publisher) Check(ctx context.Context) {
 		// lost with the stream. Say so once a minute at most.
 		p.quietUntil = time.Now().Add(time.Minute)
 	}
+	again := p.unkept
+	p.unkept = nil
+	givenUp := p.givenUp
+	p.givenUp = 0
+	now := time.Now()
+	for id, first := range p.resent { // acknowledged long since, or queued again
+		if now.Sub(first) > duplicateWindow {
+			delete(p.resent, id)
+		}
+	}
+	for _, u := range again {
+		p.resent[u.msg.Header.Get(jetstream.MsgIDHeader)] = u.first
+	}
 	p.mu.Unlock()
 	if created {
 		p.opts.Logf("the event stream %s is in place again", StreamName)
+	}
+	if givenUp > 0 {
+		p.opts.Logf("%d events were not kept in %s: not acknowledged within %s of their first sending, or more than %d waiting to be sent again", givenUp, StreamName, resendWindow, p.opts.MaxPending)
+	}
+	for _, u := range again {
+		if _, err := p.js.PublishMsgAsync(u.msg, jetstream.WithStallWait(50*time.Millisecond)); err != nil {
+			p.notKept(p.js, u.msg, err)
+		}
 	}
 }
 
