@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/memworker/memworker/internal/natstest"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/device"
@@ -37,15 +38,7 @@ func startJetStreamServer(t testing.TB) *server.Server {
 
 func serve(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.Serve(t, opts)
 	// Benchmarks go unobserved: validating every reply would take the
 	// cores they measure.
 	if _, bench := t.(*testing.B); !bench && opts.ServerName != unobserved && opts.Username == "" && opts.Authorization == "" && opts.Nkeys == nil && opts.Users == nil && opts.TrustedOperators == nil && !opts.TLSVerify && opts.ConfigFile == "" {

@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-
+	"github.com/memworker/memworker/internal/natstest"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/node"
 )
@@ -19,20 +17,7 @@ import (
 // (found by review: a restore's third model was granted after the gate
 // had closed); a released lease closes it for good.
 func TestTheGateReadsItsOwnClock(t *testing.T) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(srv.Shutdown)
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("not ready")
-	}
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.Connect(t, natstest.JetStream(t))
 	began := time.Now()
 	l, err := (&node.Node{Name: "n", Service: ServiceName, JetStream: true, Log: slog.New(slog.DiscardHandler)}).Take(context.Background(), nc)
 	if err != nil || l == nil {

@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/memworker/memworker/internal/natstest"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
 )
@@ -26,15 +26,7 @@ import (
 // connection and the worker.
 func serving(t *testing.T, tweak func(*Config)) (*nats.Conn, *Worker) {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.JetStream(t)
 	cfg := DefaultConfig()
 	cfg.Node = "n"
 	cfg.Backend = sim.New(sim.Default(1, 1<<30))

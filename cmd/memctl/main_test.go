@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/memworker/memworker/internal/natstest"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -42,15 +42,7 @@ func newFixture(t *testing.T, devices int) *fixture {
 // newFixtureSized is newFixture with devices of perDevice bytes.
 func newFixtureSized(t *testing.T, devices int, perDevice int64) *fixture {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natstest.Server(t)
 	cfg := worker.DefaultConfig()
 	cfg.Node = "n1"
 	backend := sim.New(sim.Default(devices, perDevice))

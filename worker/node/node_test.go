@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/memworker/memworker/internal/natstest"
 	"github.com/memworker/memworker/worker/node"
 )
 
@@ -27,21 +28,8 @@ func connect(t *testing.T) *nats.Conn {
 // connectTo starts a JetStream server and connects to it.
 func connectTo(t *testing.T) (*nats.Conn, *server.Server) {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc, srv
+	srv := natstest.JetStream(t)
+	return natstest.Connect(t, srv), srv
 }
 
 // watched is what Keep told a test: the loss, and each change between
