@@ -283,11 +283,18 @@ func (p *Publisher) Check(ctx context.Context) {
 		// lost with the stream. Say so once a minute at most.
 		p.quietUntil = time.Now().Add(time.Minute)
 	}
-	again := p.unkept
+	now := time.Now()
+	var again []unkept
+	for _, u := range p.unkept {
+		if now.Sub(u.first) < resendWindow {
+			again = append(again, u)
+		} else {
+			p.givenUp++ // a sending now might be stored twice
+		}
+	}
 	p.unkept = nil
 	givenUp := p.givenUp
 	p.givenUp = 0
-	now := time.Now()
 	for id, first := range p.resent { // acknowledged long since, or queued again
 		if now.Sub(first) > duplicateWindow {
 			delete(p.resent, id)
@@ -303,10 +310,30 @@ func (p *Publisher) Check(ctx context.Context) {
 	if givenUp > 0 {
 		p.opts.Logf("%d events were not kept in %s: not acknowledged within %s of their first sending, or more than %d waiting to be sent again", givenUp, StreamName, resendWindow, p.opts.MaxPending)
 	}
-	for _, u := range again {
+	for i, u := range again {
 		if _, err := p.js.PublishMsgAsync(u.msg, jetstream.WithStallWait(50*time.Millisecond)); err != nil {
-			p.notKept(p.js, u.msg, err)
+			// Too many acknowledgements outstanding: the rest wait for the
+			// next check rather than hold the caller (the event pump, which
+			// devices wait on) 50 ms an event.
+			p.requeue(again[i:])
+			return
 		}
+	}
+}
+
+// requeue puts events that were not sent again back at the head of the
+// queue, for the next Check.
+func (p *Publisher) requeue(rest []unkept) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lost = true
+	for _, u := range rest {
+		delete(p.resent, u.msg.Header.Get(jetstream.MsgIDHeader))
+	}
+	p.unkept = append(append([]unkept{}, rest...), p.unkept...)
+	if over := len(p.unkept) - p.opts.MaxPending; over > 0 {
+		p.unkept = p.unkept[over:]
+		p.givenUp += over
 	}
 }
 
