@@ -65,10 +65,11 @@ type Options struct {
 // delivery. A stream that disappears (deleted, or a server restarted with
 // an empty store) is created again. An event the stream did not
 // acknowledge (gone, a leader being elected, an acknowledgement lost) is
-// sent again with its id by Check, while the stream's duplicate window
-// lasts: the stream keeps it once, and core subscribers may see it twice,
-// with the same CloudEvent id (dedupe by id). Events sent again land after
-// newer ones; their time attribute tells their order.
+// sent again with its id by Check, a few times while the stream's
+// duplicate window lasts (resend.go): the stream keeps it once, and core
+// subscribers may see it more than once, with the same CloudEvent id
+// (dedupe by id). Events sent again land after newer ones; their time
+// attribute tells their order.
 type Publisher struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream // nil: core publish only
@@ -82,29 +83,14 @@ type Publisher struct {
 	// kept (a store limit, say): more such events are not logged before.
 	quietUntil time.Time
 	// unkept are the events to send again, oldest first (at most
-	// MaxPending); resent, those sent again and not acknowledged yet, by
-	// event id, with when each was first sent.
-	unkept []unkept
-	resent map[string]time.Time
-	// givenUp counts events not kept within the duplicate window, or
-	// pushed out of unkept, since it was last logged.
-	givenUp int
+	// MaxPending); inflight, those sent again whose acknowledgement is
+	// awaited, by message; givenUp counts events not kept since it was
+	// last said (resend.go).
+	unkept   []*unkept
+	inflight map[*nats.Msg]*unkept
+	givenUp  int
+	saidAt   time.Time
 }
-
-// unkept is an event to send again, and when it was first sent.
-type unkept struct {
-	msg   *nats.Msg
-	first time.Time
-}
-
-// resendWindow is how long after its first sending an event is sent
-// again: within the stream's duplicate window (StreamConfig), so the
-// stream keeps it once however many sendings reach it.
-const resendWindow = duplicateWindow - 2*ackTimeout
-
-// duplicateWindow is the stream's: a message id seen within it is stored
-// once.
-const duplicateWindow = 2 * time.Minute
 
 // ErrNoJetStream is returned (wrapped) by NewPublisher's stream set-up when
 // the server has no JetStream; the publisher still works, core only.
@@ -146,7 +132,7 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, opts Options) (*Publisher,
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	p := &Publisher{nc: nc, opts: opts, resent: map[string]time.Time{}}
+	p := &Publisher{nc: nc, opts: opts, inflight: map[*nats.Msg]*unkept{}}
 	if !opts.JetStream {
 		return p, nil
 	}
@@ -213,128 +199,51 @@ func (p *Publisher) ensureStream(ctx context.Context, js jetstream.JetStream) (c
 	return created, nil
 }
 
-// notKept hears of an event the stream did not acknowledge: no stream
-// answered (gone, and nobody else subscribed), or no acknowledgement came
-// in time (gone, with subscribers, or a leader being elected). It queues
-// the event to be sent again, and Check looks for the stream next.
-func (p *Publisher) notKept(_ jetstream.JetStream, msg *nats.Msg, err error) {
-	now := time.Now()
-	id := msg.Header.Get(jetstream.MsgIDHeader)
-	p.mu.Lock()
-	first := !p.lost && now.After(p.quietUntil)
-	p.lost = true
-	sent, again := p.resent[id]
-	delete(p.resent, id)
-	if !again {
-		sent = now.Add(-ackTimeout) // about when it was sent
-	}
-	if now.Sub(sent) < resendWindow {
-		if len(p.unkept) == p.opts.MaxPending {
-			p.unkept = p.unkept[1:]
-			p.givenUp++
-		}
-		// A copy without the acknowledgement's reply subject, which a
-		// publish must not carry.
-		m := &nats.Msg{Subject: msg.Subject, Header: msg.Header, Data: msg.Data}
-		p.unkept = append(p.unkept, unkept{msg: m, first: sent})
-	} else {
-		p.givenUp++
-	}
-	p.mu.Unlock()
-	if first {
-		p.opts.Logf("event on %s not kept in %s (%v); looking for the stream, the event to be sent again", msg.Subject, StreamName, err)
-	}
-}
-
 // Check creates the stream again when an event was not acknowledged since
 // the last check and the stream is gone (deleted, or a server restarted
-// with an empty store), and sends the events not acknowledged again. The
-// caller calls it now and then (the worker's event pump, every second).
+// with an empty store), and sends again the events not acknowledged that
+// are due (resend.go). The caller calls it now and then (the worker's
+// event pump, every second).
 func (p *Publisher) Check(ctx context.Context) {
 	if p.js == nil {
 		return
 	}
 	p.mu.Lock()
-	lost := p.lost
+	lost, queued := p.lost, len(p.unkept)+len(p.inflight) > 0
 	p.mu.Unlock()
-	if !lost {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	created, err := p.ensureStream(ctx, p.js)
-	if err != nil {
-		// Tried every second: said once a minute at most.
+	if lost {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		created, err := p.ensureStream(cctx, p.js)
+		cancel()
+		if err != nil {
+			// Tried every second: said once a minute at most.
+			p.mu.Lock()
+			say := time.Now().After(p.quietUntil)
+			if say {
+				p.quietUntil = time.Now().Add(time.Minute)
+			}
+			p.mu.Unlock()
+			if say {
+				p.opts.Logf("the event stream %s cannot be created (tried again every second): %v", StreamName, err)
+			}
+			return
+		}
 		p.mu.Lock()
-		say := time.Now().After(p.quietUntil)
-		if say {
+		p.lost = false
+		if !created {
+			// It was there all along: events were refused (a store limit), not
+			// lost with the stream. Say so once a minute at most.
 			p.quietUntil = time.Now().Add(time.Minute)
 		}
 		p.mu.Unlock()
-		if say {
-			p.opts.Logf("the event stream %s cannot be created (tried again every second): %v", StreamName, err)
-		}
-		return
-	}
-	p.mu.Lock()
-	p.lost = false
-	if !created {
-		// It was there all along: events were refused (a store limit), not
-		// lost with the stream. Say so once a minute at most.
-		p.quietUntil = time.Now().Add(time.Minute)
-	}
-	now := time.Now()
-	var again []unkept
-	for _, u := range p.unkept {
-		if now.Sub(u.first) < resendWindow {
-			again = append(again, u)
-		} else {
-			p.givenUp++ // a sending now might be stored twice
+		if created {
+			p.opts.Logf("the event stream %s is in place again", StreamName)
 		}
 	}
-	p.unkept = nil
-	givenUp := p.givenUp
-	p.givenUp = 0
-	for id, first := range p.resent { // acknowledged long since, or queued again
-		if now.Sub(first) > duplicateWindow {
-			delete(p.resent, id)
-		}
+	if queued {
+		p.resend(time.Now())
 	}
-	for _, u := range again {
-		p.resent[u.msg.Header.Get(jetstream.MsgIDHeader)] = u.first
-	}
-	p.mu.Unlock()
-	if created {
-		p.opts.Logf("the event stream %s is in place again", StreamName)
-	}
-	if givenUp > 0 {
-		p.opts.Logf("%d events were not kept in %s: not acknowledged within %s of their first sending, or more than %d waiting to be sent again", givenUp, StreamName, resendWindow, p.opts.MaxPending)
-	}
-	for i, u := range again {
-		if _, err := p.js.PublishMsgAsync(u.msg, jetstream.WithStallWait(50*time.Millisecond)); err != nil {
-			// Too many acknowledgements outstanding: the rest wait for the
-			// next check rather than hold the caller (the event pump, which
-			// devices wait on) 50 ms an event.
-			p.requeue(again[i:])
-			return
-		}
-	}
-}
-
-// requeue puts events that were not sent again back at the head of the
-// queue, for the next Check.
-func (p *Publisher) requeue(rest []unkept) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.lost = true
-	for _, u := range rest {
-		delete(p.resent, u.msg.Header.Get(jetstream.MsgIDHeader))
-	}
-	p.unkept = append(append([]unkept{}, rest...), p.unkept...)
-	if over := len(p.unkept) - p.opts.MaxPending; over > 0 {
-		p.unkept = p.unkept[over:]
-		p.givenUp += over
-	}
+	p.sayGivenUp(false)
 }
 
 // Close waits, at most until ctx is done, for the stream to acknowledge
@@ -347,6 +256,11 @@ func (p *Publisher) Close(ctx context.Context) {
 	case <-p.js.PublishAsyncComplete():
 	case <-ctx.Done():
 	}
+	p.mu.Lock()
+	p.givenUp += len(p.unkept)
+	p.unkept = nil
+	p.mu.Unlock()
+	p.sayGivenUp(true)
 }
 
 // JetStream reports whether events are kept in the stream.

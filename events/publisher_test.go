@@ -54,12 +54,13 @@ func TestEventsNotAcknowledgedAreSentAgainWithinBounds(t *testing.T) {
 		// not the publisher's pending bound, decides what is kept.
 		waitFor(t, func() bool { return p.queued() == min(i+1, 2) && p.pendingAcks() == 0 })
 	}
-	p.Check(ctx) // makes the stream, sends the two newest again
+	p.Check(ctx) // makes the stream, sends the oldest of the two newest again (half of MaxPending at most)
 	s, err := js.Stream(ctx, StreamName)
 	if err != nil {
 		t.Fatalf("the stream was not made again: %v", err)
 	}
 	waitFor(t, func() bool {
+		p.Check(ctx)
 		info, err := s.Info(ctx)
 		return err == nil && info.State.Msgs == 2
 	})
@@ -86,6 +87,7 @@ func TestEventsNotAcknowledgedAreSentAgainWithinBounds(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	p.Close(ctx)
 	if !strings.Contains(strings.Join(logged, "\n"), "2 events were not kept") {
 		t.Errorf("no log line counts the 2 events pushed out: %q", logged)
 	}
@@ -107,3 +109,143 @@ func (p *Publisher) queued() int {
 }
 
 func (p *Publisher) pendingAcks() int { return p.js.PublishAsyncPending() }
+
+// TestARefusedEventIsNotSentAgain: an event the stream refuses (larger
+// than it takes) reaches core subscribers once and is not queued: it
+// would be refused again, and each sending is one more delivery (found by
+// review: one event delivered 7 times in 6 s).
+func TestARefusedEventIsNotSentAgain(t *testing.T) {
+	nc := natstest.Connect(t, natstest.JetStream(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var logged []string
+	p, err := NewPublisher(ctx, nc, Options{JetStream: true, Logf: func(f string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, fmt.Sprintf(f, args...))
+	}})
+	if err != nil || !p.JetStream() {
+		t.Fatalf("publisher: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := p.StreamConfig()
+	cfg.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync(subjects.PressureEvents("n1-gpu0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := p.Publish(ctx, Pressure{PressureFigures: subjects.PressureFigures{DeviceID: "n1-gpu0", Level: subjects.LevelWarning, TotalBytes: 100},
+		Node: "n1", Reason: ReasonChanged, TopConsumers: []subjects.Consumer{}, ObservedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return p.pendingAcks() == 0 })
+	for range 3 {
+		p.Check(ctx)
+	}
+	if n := p.queued(); n != 0 {
+		t.Errorf("%d events queued to be sent again after a refusal", n)
+	}
+	for i := 0; ; i++ {
+		msg, err := sub.NextMsg(300 * time.Millisecond)
+		if err != nil {
+			if i != 1 {
+				t.Errorf("subscribers got the refused event %d times, want once", i)
+			}
+			break
+		}
+		if got, _, _ := Decode(msg); got.ID() != e.ID() {
+			t.Fatalf("an event %s, want %s", got.ID(), e.ID())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(strings.Join(logged, "\n"), "1 events were not kept") {
+		t.Errorf("the refusal is not counted in a log line: %q", logged)
+	}
+}
+
+// TestSendingAgainIsBounded: an event is sent again at most maxResends
+// times, and not once its time is past the resend window, so every sending
+// reaches the stream within its duplicate window (found by review: an
+// event whose bookkeeping was forgotten started a new window and could be
+// stored twice).
+func TestSendingAgainIsBounded(t *testing.T) {
+	p := &Publisher{opts: Options{MaxPending: 8, Logf: func(string, ...any) {}}, inflight: map[*nats.Msg]*unkept{}}
+	now := time.Now()
+	event := func(at time.Time) *nats.Msg {
+		return &nats.Msg{Subject: "memory.pressure.d", Header: nats.Header{"ce-time": []string{at.UTC().Format(time.RFC3339Nano)}}}
+	}
+	timeout := jetstream.ErrAsyncPublishTimeout
+	p.notKept(nil, event(now.Add(-resendWindow-time.Second)), timeout)
+	if n := p.queued(); n != 0 {
+		t.Errorf("an event past the resend window was queued (%d)", n)
+	}
+	p.notKept(nil, event(now), timeout)
+	for i := 1; i <= maxResends; i++ {
+		if p.queued() != 1 {
+			t.Fatalf("after %d sendings again: %d queued, want 1", i-1, p.queued())
+		}
+		u := p.unkept[0]
+		u.resends++ // as resend does, sending it
+		p.unkept, p.inflight[u.msg] = nil, u
+		p.notKept(nil, u.msg, timeout)
+		if i < maxResends && !u.next.After(time.Now().Add(backoff(i)-time.Second)) {
+			t.Errorf("sending %d again is due at once, want after %s", i+1, backoff(i))
+		}
+	}
+	if n := p.queued(); n != 0 {
+		t.Errorf("an event sent again %d times is queued once more", maxResends)
+	}
+	if p.givenUp != 2 {
+		t.Errorf("%d events given up, want 2", p.givenUp)
+	}
+}
+
+// TestSendingAgainLeavesRoom: however many events wait, one check sends
+// again at most half the acknowledgements the publisher may still await,
+// so it never stalls on them and new events keep the rest (found by
+// review: a pump spent most of each second in Check, and published 395 of
+// 2,000 events).
+func TestSendingAgainLeavesRoom(t *testing.T) {
+	srv := natstest.JetStream(t)
+	nc := natstest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := NewPublisher(ctx, nc, Options{JetStream: true, MaxPending: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stream that stores without acknowledging: acknowledgements stay
+	// awaited for their 2 s.
+	js, _ := jetstream.New(nc)
+	cfg := p.StreamConfig()
+	cfg.NoAck = true
+	if err := js.DeleteStream(ctx, StreamName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	for i := range 60 {
+		m := &nats.Msg{Subject: subjects.PressureEvents("d"), Header: nats.Header{}, Data: []byte("{}")}
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprint("e", i))
+		p.enqueue(&unkept{msg: m, at: time.Now()})
+	}
+	p.mu.Unlock()
+	p.Check(ctx)
+	if n := p.pendingAcks(); n > 32 {
+		t.Errorf("one check sent %d events again, want at most half of MaxPending (32)", n)
+	}
+	if n := p.queued(); n < 60-32 {
+		t.Errorf("%d events still queued, want at least %d", n, 60-32)
+	}
+}
