@@ -249,3 +249,41 @@ func TestSendingAgainLeavesRoom(t *testing.T) {
 		t.Errorf("%d events still queued, want at least %d", n, 60-32)
 	}
 }
+
+// TestAnEventSentAgainIsKeptOnce: an event the stream stored without its
+// acknowledgement arriving is sent again with its id, and the stream keeps
+// it once.
+func TestAnEventSentAgainIsKeptOnce(t *testing.T) {
+	nc := natstest.Connect(t, natstest.JetStream(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := NewPublisher(ctx, nc, Options{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	cfg := p.StreamConfig()
+	cfg.NoAck = true // stores, never acknowledges: as a lost acknowledgement
+	if err := js.DeleteStream(ctx, StreamName); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.CreateStream(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, Pressure{PressureFigures: subjects.PressureFigures{DeviceID: "n1-gpu0", Level: subjects.LevelWarning, TotalBytes: 100},
+		Node: "n1", Reason: ReasonChanged, TopConsumers: []subjects.Consumer{}, ObservedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return p.queued() == 1 }) // no acknowledgement in 2 s
+	p.Check(ctx)
+	waitFor(t, func() bool { return p.pendingAcks() == 1 && p.queued() == 0 }) // sent again
+	time.Sleep(200 * time.Millisecond)
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("the stream holds %d messages for one event sent twice, want 1", info.State.Msgs)
+	}
+}
