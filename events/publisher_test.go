@@ -24,13 +24,8 @@ func TestEventsNotAcknowledgedAreSentAgainWithinBounds(t *testing.T) {
 	nc := natstest.Connect(t, natstest.JetStream(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var mu sync.Mutex
-	var logged []string
-	p, err := NewPublisher(ctx, nc, Options{JetStream: true, MaxPending: 2, Logf: func(f string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logged = append(logged, fmt.Sprintf(f, args...))
-	}})
+	var logged lines
+	p, err := NewPublisher(ctx, nc, Options{JetStream: true, MaxPending: 2, Logf: logged.logf})
 	if err != nil || !p.JetStream() {
 		t.Fatalf("publisher: %v", err)
 	}
@@ -85,12 +80,52 @@ func TestEventsNotAcknowledgedAreSentAgainWithinBounds(t *testing.T) {
 	if want := ids[2:]; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("the stream kept %v, want the two newest %v", got, want)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	p.Close(ctx)
-	if !strings.Contains(strings.Join(logged, "\n"), "2 events were not kept") {
-		t.Errorf("no log line counts the 2 events pushed out: %q", logged)
+	if !logged.has("2 events were not kept") {
+		t.Errorf("no log line counts the 2 events pushed out: %q", logged.l)
 	}
+}
+
+// lines collects what a publisher logs.
+type lines struct {
+	mu sync.Mutex
+	l  []string
+}
+
+func (l *lines) logf(f string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.l = append(l.l, fmt.Sprintf(f, args...))
+}
+
+// has says whether a line logged holds s.
+func (l *lines) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(strings.Join(l.l, "\n"), s)
+}
+
+// noAckStream makes the event stream, before any publisher does, as one
+// that stores events without acknowledging them: as if every
+// acknowledgement were lost. (Deleting a stream and making it again at
+// once can fail in nats-server: "error creating store for stream".)
+func noAckStream(t *testing.T, ctx context.Context, nc *nats.Conn) jetstream.Stream {
+	t.Helper()
+	defaults, err := NewPublisher(ctx, nc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaults.StreamConfig()
+	cfg.NoAck = true
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.CreateStream(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func waitFor(t *testing.T, ok func() bool) {
@@ -118,13 +153,8 @@ func TestARefusedEventIsNotSentAgain(t *testing.T) {
 	nc := natstest.Connect(t, natstest.JetStream(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var mu sync.Mutex
-	var logged []string
-	p, err := NewPublisher(ctx, nc, Options{JetStream: true, Logf: func(f string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logged = append(logged, fmt.Sprintf(f, args...))
-	}})
+	var logged lines
+	p, err := NewPublisher(ctx, nc, Options{JetStream: true, Logf: logged.logf})
 	if err != nil || !p.JetStream() {
 		t.Fatalf("publisher: %v", err)
 	}
@@ -165,10 +195,8 @@ func TestARefusedEventIsNotSentAgain(t *testing.T) {
 			t.Fatalf("an event %s, want %s", got.ID(), e.ID())
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(strings.Join(logged, "\n"), "1 events were not kept") {
-		t.Errorf("the refusal is not counted in a log line: %q", logged)
+	if !logged.has("1 events were not kept") {
+		t.Errorf("the refusal is not counted in a log line: %q", logged.l)
 	}
 }
 
@@ -215,23 +243,12 @@ func TestSendingAgainIsBounded(t *testing.T) {
 // review: a pump spent most of each second in Check, and published 395 of
 // 2,000 events).
 func TestSendingAgainLeavesRoom(t *testing.T) {
-	srv := natstest.JetStream(t)
-	nc := natstest.Connect(t, srv)
+	nc := natstest.Connect(t, natstest.JetStream(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	noAckStream(t, ctx, nc) // acknowledgements stay awaited for their 2 s
 	p, err := NewPublisher(ctx, nc, Options{JetStream: true, MaxPending: 64})
 	if err != nil {
-		t.Fatal(err)
-	}
-	// A stream that stores without acknowledging: acknowledgements stay
-	// awaited for their 2 s.
-	js, _ := jetstream.New(nc)
-	cfg := p.StreamConfig()
-	cfg.NoAck = true
-	if err := js.DeleteStream(ctx, StreamName); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
@@ -257,17 +274,8 @@ func TestAnEventSentAgainIsKeptOnce(t *testing.T) {
 	nc := natstest.Connect(t, natstest.JetStream(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	s := noAckStream(t, ctx, nc)
 	p, err := NewPublisher(ctx, nc, Options{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	cfg := p.StreamConfig()
-	cfg.NoAck = true // stores, never acknowledges: as a lost acknowledgement
-	if err := js.DeleteStream(ctx, StreamName); err != nil {
-		t.Fatal(err)
-	}
-	s, err := js.CreateStream(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
