@@ -115,11 +115,15 @@ func (p *Publisher) enqueue(u ...*unkept) {
 // half the acknowledgements the publisher may still await: new events keep
 // the rest, and the caller (the event pump, which devices wait on) is not
 // held. Those sent again and acknowledged since the last call are
-// forgotten.
+// forgotten, as are those whose outcome never came within the window.
 func (p *Publisher) resend(now time.Time) {
 	free := (p.opts.MaxPending - p.js.PublishAsyncPending()) / 2
 	p.mu.Lock()
 	for m, u := range p.inflight {
+		if now.Sub(u.at) >= duplicateWindow { // its outcome never came: forget it
+			delete(p.inflight, m)
+			continue
+		}
 		if u.paf == nil {
 			continue
 		}
