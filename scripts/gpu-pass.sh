@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -81,6 +81,10 @@ for s in $steps; do
 		step host-vmm timeout 300 ./cuda.test -test.run XXX -test.bench 'HostVMM' -test.benchtime 2x
 		step host-vmm-any-node env BENCH_HOST_NUMA=-1 timeout 60 ./cuda.test -test.run XXX -test.bench 'HostVMM/map/copying-true' -test.benchtime 2x
 		step cold-vmm-d2h-again env BENCH_PIN_BYTES=$((8 << 30)) ./cuda.test -test.run XXX -test.bench 'ColdVMMD2H|ColdD2H/(memworker|raw-warm|vmm-threads-.*)$' -test.benchtime 2x
+		;;
+	hybrid) # P21: a cold copy split between the pipeline (primary context) and a bounce ring on a second context, run twice (the machine's first pass, then warmed)
+		step hybrid-d2h env BENCH_PIN_BYTES=$((8 << 30)) timeout 400 ./cuda.test -test.run XXX -test.bench 'HybridD2H' -test.benchtime 2x -test.v
+		step hybrid-d2h-again env BENCH_PIN_BYTES=$((8 << 30)) timeout 400 ./cuda.test -test.run XXX -test.bench 'HybridD2H' -test.benchtime 2x -test.v
 		;;
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
