@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,31 @@ import (
 type leaseGate struct {
 	node  string
 	lease atomic.Pointer[node.Lease]
+
+	mu     sync.Mutex
+	opened chan struct{} // closed at the next opening; nil until asked for
+}
+
+// Opened returns a channel closed the next time the gate opens again (a
+// renewal after the gate closed): what a transfer refused by a closed gate
+// waits for.
+func (g *leaseGate) Opened() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.opened == nil {
+		g.opened = make(chan struct{})
+	}
+	return g.opened
+}
+
+// open tells those waiting in Opened that the gate opened.
+func (g *leaseGate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.opened != nil {
+		close(g.opened)
+		g.opened = nil
+	}
 }
 
 // Closed reads the clock itself, whatever now the ledger passes: a grant

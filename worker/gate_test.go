@@ -37,3 +37,33 @@ func TestTheGateReadsItsOwnClock(t *testing.T) {
 		t.Errorf("after Release: %v, want closed for good", err)
 	}
 }
+
+// TestTheGateSaysWhenItOpens: a channel from Opened closes at the next
+// opening, not before, and one asked for after it waits for the one after.
+func TestTheGateSaysWhenItOpens(t *testing.T) {
+	var g leaseGate
+	first, again := g.Opened(), g.Opened()
+	if first != again {
+		t.Error("two waiters before an opening got different channels")
+	}
+	select {
+	case <-first:
+		t.Fatal("closed before the gate opened")
+	default:
+	}
+	g.open()
+	select {
+	case <-first:
+	default:
+		t.Fatal("not closed when the gate opened")
+	}
+	next := g.Opened()
+	select {
+	case <-next:
+		t.Error("a channel asked for after the opening is closed already")
+	default:
+	}
+	g.open()
+	g.open() // none asked since: nothing to close
+	<-next
+}

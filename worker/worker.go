@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1), aheadWake: make(chan struct{}, 1)}
 	w.transfers = transfer.New(transfer.Config{Backend: cfg.Backend, Retention: cfg.TransferRetention, HistoryBytes: cfg.TransferHistoryBytes,
 		Code: func(err error) (subjects.Code, string) { we := wireError(err); return we.Code, we.Message },
-		Done: w.transferDone, Log: log})
+		Done: w.transferDone, Opened: w.gate.Opened, Log: log})
 	w.handlers = w.ops()
 	for _, op := range subjects.Ops() {
 		if w.handlers[op] == nil {
@@ -226,6 +226,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 				Confirmed: func() {
 					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
 					w.metrics.paused.Set(0)
+					w.gate.open()
 					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
 				},
 				Rival: func(ctx context.Context) string {

@@ -70,7 +70,11 @@ type Config struct {
 	Code func(error) (subjects.Code, string)
 	// Done is told of every finished job (metrics).
 	Done func(s subjects.TransferStatus)
-	Log  *slog.Logger
+	// Opened returns a channel closed the next time the ledger's door
+	// opens (ledger.Gate), for a job whose destination the door refused
+	// for now. Nil: such a job asks again every pausedRetry.
+	Opened func() <-chan struct{}
+	Log    *slog.Logger
 }
 
 // Manager keeps and runs the jobs. Build it with New, run it with Run.
@@ -270,15 +274,19 @@ func (m *Manager) run(ctx context.Context, j *job) {
 
 	// Receive the destination through the door, counted as the source's:
 	// while the door is shut for a moment (the node's lease unconfirmed),
-	// the transfer waits, as an allocate with wait_seconds does.
+	// the transfer waits for it to open, at most pausedWait, as an
+	// allocate with wait_seconds does.
+	shut := time.NewTimer(pausedWait)
+	defer shut.Stop()
 	var destID string
 	var dst device.Location
 	var err error
-	for shut := time.Now().Add(pausedWait); ; {
+	for {
+		opened := m.opened() // before asking: an opening in between is not missed
 		j.dst.Do(func(d *ledger.Device) {
 			destID, dst, err = d.Receive(ctx, ledger.Call{Who: ledger.Who{Tenant: j.tenant}, Now: time.Now().UTC()}, j.lent, j.status.TargetAllocationType)
 		})
-		if !errors.Is(err, ledger.ErrPaused) || time.Now().After(shut) || !sleep(ctx, pausedRetry) {
+		if !errors.Is(err, ledger.ErrPaused) || !waitOpen(ctx, opened, shut.C) {
 			break
 		}
 	}
@@ -298,19 +306,31 @@ func (m *Manager) run(ctx context.Context, j *job) {
 }
 
 // A transfer whose destination the door refuses for now (ErrPaused) asks
-// again every pausedRetry, for at most pausedWait.
+// again when the door opens (or every pausedRetry without Config.Opened),
+// for at most pausedWait.
 const (
 	pausedRetry = 100 * time.Millisecond
 	pausedWait  = 30 * time.Second
 )
 
-// sleep waits d, and reports false if ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// opened is a channel closed when the door may have opened.
+func (m *Manager) opened() <-chan struct{} {
+	if m.cfg.Opened != nil {
+		return m.cfg.Opened()
+	}
+	c := make(chan struct{})
+	time.AfterFunc(pausedRetry, func() { close(c) })
+	return c
+}
+
+// waitOpen waits for opened, and reports false if shut fired or ctx ended
+// first.
+func waitOpen(ctx context.Context, opened <-chan struct{}, shut <-chan time.Time) bool {
 	select {
-	case <-t.C:
+	case <-opened:
 		return true
+	case <-shut:
+		return false
 	case <-ctx.Done():
 		return false
 	}
