@@ -256,6 +256,9 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			}
 		}
 		if err == nil {
+			// It may have closed while the renewal ran: whoever found it
+			// closed then is told it opened.
+			closed = closed || !time.Now().Before(l.GrantsUntil())
 			l.renewed.Store(&written)
 		}
 		cancel()

@@ -306,28 +306,37 @@ func (m *Manager) run(ctx context.Context, j *job) {
 }
 
 // A transfer whose destination the door refuses for now (ErrPaused) asks
-// again when the door opens (or every pausedRetry without Config.Opened),
-// for at most pausedWait.
+// again when the door opens, or after pausedRetry (every 100 ms without
+// Config.Opened), for at most pausedWait. The retry covers an opening the
+// signal cannot tell: a renewal stored in the instant after the refusal.
 const (
 	pausedRetry = 100 * time.Millisecond
 	pausedWait  = 30 * time.Second
 )
 
-// opened is a channel closed when the door may have opened.
+var pausedRetryOpened = time.Second // a variable for the tests
+
+// opened is a channel closed when the door opens, or nil.
 func (m *Manager) opened() <-chan struct{} {
 	if m.cfg.Opened != nil {
 		return m.cfg.Opened()
 	}
-	c := make(chan struct{})
-	time.AfterFunc(pausedRetry, func() { close(c) })
-	return c
+	return nil
 }
 
-// waitOpen waits for opened, and reports false if shut fired or ctx ended
-// first.
+// waitOpen waits for opened (or the retry), and reports false if shut
+// fired or ctx ended first.
 func waitOpen(ctx context.Context, opened <-chan struct{}, shut <-chan time.Time) bool {
+	retry := pausedRetry
+	if opened != nil {
+		retry = pausedRetryOpened
+	}
+	t := time.NewTimer(retry)
+	defer t.Stop()
 	select {
 	case <-opened:
+		return true
+	case <-t.C:
 		return true
 	case <-shut:
 		return false
