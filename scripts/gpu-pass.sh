@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -98,6 +98,10 @@ for s in $steps; do
 		;;
 	benchcuda) # the request path on the cuda worker alone, with its CPU profile
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
+		;;
+	processes) # P21: the request path in processes of their own: nats-server, memworker --nats-url, the echo (membench --echo serve) and the clients (membench --echo elsewhere); then the worker with its embedded server, the echo in a process of its own
+		BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step processes-4 ./processes.sh separate
+		BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step processes-3 ./processes.sh embedded
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

@@ -5,7 +5,8 @@
 // of throughput, p50 and p99 for each case and concurrency, with ratios to
 // echo; then the fleet fan-out from 1 to 16 nodes and the monitor's CPU
 // cost. With --server it measures a worker already running on that server
-// (a CUDA worker on a GPU host, say) beside an echo endpoint it adds there.
+// (a CUDA worker on a GPU host, say) beside an echo endpoint it adds there,
+// or that another membench (--echo serve) serves from a process of its own.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -52,7 +54,10 @@ type cli struct {
 	Backend      string        `default:"sim" enum:"sim,cuda" help:"Backend of the measured worker: sim (one 64 GiB device) or cuda (the host's first GPU; needs a build with the cuda tag). The fleet and monitor cases use sim."`
 	Server       string        `help:"URL of a NATS server where a worker already runs: measure it instead of an embedded sim worker (the fleet and monitor cases are skipped)."`
 	Device       string        `help:"Device to measure (default: the embedded worker's, or with --server the first device that answers memory.get_status.all)."`
+	Echo         string        `default:"here" enum:"here,serve,elsewhere" help:"Where the echo endpoints run: here (this process), serve (this process serves them for --server's worker and measures nothing, until interrupted), or elsewhere (another membench --echo serve on --server serves them): so the echo can run in a process of its own, as the worker does."`
 	client.Flags
+
+	served chan struct{} // tests: closing it ends --echo serve, as an interrupt does
 }
 
 func main() {
@@ -99,16 +104,9 @@ func run(c *cli, out io.Writer) error {
 			dev = subjects.DeviceID("bench0", 0)
 		}
 	}
-	echoConn, err := nats.Connect(url, opts...)
-	if err != nil {
-		return err
-	}
-	defer echoConn.Close()
-	echo, err := micro.AddService(echoConn, micro.Config{Name: "echo", Version: "1.0.0", Endpoint: &micro.EndpointConfig{
-		Subject: "bench.echo", Handler: micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(r.Data()) }),
-	}})
-	if err != nil {
-		return err
+	c.Echo = cmp.Or(c.Echo, "here") // a cli made by a test, not parsed
+	if c.Echo != "here" && c.Server == "" {
+		return fmt.Errorf("--echo %s needs --server", c.Echo)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -120,42 +118,52 @@ func run(c *cli, out io.Writer) error {
 			return err
 		}
 	}
+	withPair := slices.Contains(strings.Split(c.Cases, ","), "pair")
+	if c.Echo == "serve" {
+		stop, _, err := serveEcho(url, opts, nc, dev, true)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(out, "membench: serving the echo endpoints for device %s on %s until interrupted\n", dev, url)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sig)
+		select {
+		case <-sig:
+		case <-c.served:
+		}
+		return nil
+	}
+	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
+	var sized []byte
+	if c.Echo == "here" {
+		stop, reply, err := serveEcho(url, opts, nc, dev, withPair)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		sized = reply
+	} else if sized, err = getStatus(nc, dev); err != nil {
+		return err
+	}
 
 	handlers := "the running worker's read handlers"
 	if c.Server == "" {
 		handlers = fmt.Sprintf("%d read handlers", cmp.Or(c.ReadHandlers, worker.DefaultReadHandlers()))
 	}
-	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s, %s; medians\n\n",
-		cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev, handlers)
-	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
-	// The sized echo answers with a get_status reply taken once: what a
-	// status costs NATS for its size alone, with no work behind it.
-	sized, err := nc.Request(subjects.Request(subjects.GetStatus, dev), status, 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("get_status of %s: %w", dev, err)
+	echoAt := "echo endpoints in this process"
+	if c.Echo == "elsewhere" {
+		echoAt = "echo endpoints in another process"
 	}
-	if err := echo.AddEndpoint("sized", micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(sized.Data) }), micro.WithEndpointSubject("bench.echo.sized")); err != nil {
-		return err
-	}
-	// The same-size pair answers an allocate and a deallocate of device
-	// echoDevice with the worker's own replies, taken once: the client does
-	// all it does for the real pair, the worker nothing.
-	if slices.Contains(strings.Split(c.Cases, ","), "pair") {
-		if err := addPairEcho(nc, echo, dev); err != nil {
-			return err
-		}
-	}
-	// The echo endpoints' subscriptions reach the server before the first
-	// request from the other connection (else: no responders).
-	if err := echoConn.Flush(); err != nil {
-		return err
-	}
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s, %s, %s; medians\n\n",
+		cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev, handlers, echoAt)
 	cases := []struct {
 		key, name string
 		op        func(*nats.Conn) error
 	}{
 		{"echo", "echo", func(nc *nats.Conn) error { return req(nc, "bench.echo", status) }},
-		{"sized", fmt.Sprintf("echo, %d B reply", len(sized.Data)), func(nc *nats.Conn) error { return req(nc, "bench.echo.sized", status) }},
+		{"sized", fmt.Sprintf("echo, %d B reply", len(sized)), func(nc *nats.Conn) error { return req(nc, "bench.echo.sized", status) }},
 		{"get_status", "get_status", func(nc *nats.Conn) error { return req(nc, subjects.Request(subjects.GetStatus, dev), status) }},
 		{"pair", "echo, allocate+deallocate replies", func(nc *nats.Conn) error { return allocFree(nc, echoDevice) }},
 		{"allocate+deallocate", "allocate+deallocate", func(nc *nats.Conn) error { return allocFree(nc, dev) }},
@@ -221,7 +229,10 @@ func run(c *cli, out io.Writer) error {
 	}
 	t.Render()
 	cpuNote := "the whole process's CPU time (clients, server, worker)"
-	if c.Server != "" {
+	switch {
+	case c.Echo == "elsewhere":
+		cpuNote = "this process's CPU time (clients; the server, worker and echo run elsewhere)"
+	case c.Server != "":
 		cpuNote = "this process's CPU time (clients and echo; the server and worker run elsewhere)"
 	}
 	fmt.Fprintf(out, "allocate+deallocate and its echo pair count both requests; CPU/req is %s per request; errors abort the run.\n", cpuNote)
@@ -273,6 +284,57 @@ func firstDevice(nc *nats.Conn) (string, error) {
 func req(nc *nats.Conn, subject string, body []byte) error {
 	_, err := nc.Request(subject, body, 5*time.Second)
 	return err
+}
+
+// getStatus is dev's get_status reply.
+func getStatus(nc *nats.Conn, dev string) ([]byte, error) {
+	status, _ := subjects.NewRequest("", subjects.GetStatus, nil)
+	msg, err := nc.Request(subjects.Request(subjects.GetStatus, dev), status, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("get_status of %s: %w", dev, err)
+	}
+	return msg.Data, nil
+}
+
+// serveEcho serves the echo endpoints on a connection of their own to url:
+// bench.echo answers with the request; bench.echo.sized with dev's
+// get_status reply, taken once (what a status costs NATS for its size
+// alone, with no work behind it); with pair, echoDevice's allocate and
+// deallocate with dev's own replies, taken once (the client does all it
+// does for the real pair, the worker nothing). It returns the sized reply
+// once the endpoints' subscriptions reached the server (else: no
+// responders), and a func that stops them.
+func serveEcho(url string, opts []nats.Option, nc *nats.Conn, dev string, pair bool) (stop func(), sized []byte, err error) {
+	echoConn, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			echoConn.Close()
+		}
+	}()
+	echo, err := micro.AddService(echoConn, micro.Config{Name: "echo", Version: "1.0.0", Endpoint: &micro.EndpointConfig{
+		Subject: "bench.echo", Handler: micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(r.Data()) }),
+	}})
+	if err != nil {
+		return nil, nil, err
+	}
+	if sized, err = getStatus(nc, dev); err != nil {
+		return nil, nil, err
+	}
+	if err = echo.AddEndpoint("sized", micro.HandlerFunc(func(r micro.Request) { _ = r.Respond(sized) }), micro.WithEndpointSubject("bench.echo.sized")); err != nil {
+		return nil, nil, err
+	}
+	if pair {
+		if err = addPairEcho(nc, echo, dev); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err = echoConn.Flush(); err != nil {
+		return nil, nil, err
+	}
+	return echoConn.Close, sized, nil
 }
 
 // echoDevice is the device id the same-size pair's echo answers for.

@@ -50,6 +50,53 @@ func TestBenchTargetsARunningWorker(t *testing.T) {
 	}
 }
 
+// TestBenchWithTheEchoElsewhere: one membench serves the echo endpoints
+// (--echo serve) and another measures the worker against them (--echo
+// elsewhere), the same-size echo and pair included.
+func TestBenchWithTheEchoElsewhere(t *testing.T) {
+	srv, err := startServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	stop, err := startWorkers(context.Background(), srv.ClientURL(), "remote", 1, simHost(1, 1<<30), time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var served strings.Builder
+	serve := &cli{Echo: "serve", Server: srv.ClientURL(), Concurrency: "1", Rounds: 1, Cases: "echo", served: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- run(serve, &served) }()
+	defer func() {
+		close(serve.served)
+		if err := <-done; err != nil {
+			t.Errorf("--echo serve: %v", err)
+		}
+	}()
+	var out strings.Builder
+	c := &cli{Duration: 50 * time.Millisecond, Rounds: 1, Concurrency: "2", Cases: "echo,sized,get_status,pair,allocate+deallocate", Server: srv.ClientURL(), Echo: "elsewhere"}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out.Reset()
+		err := run(c, &out)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) { // the serving one not up yet: no responders
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{"echo endpoints in another process", "│ echo, 1", "│ echo, allocate+deallocate replies ", "get_status against the same-size echo", "the server, worker and echo run elsewhere"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if err := run(&cli{Echo: "elsewhere", Concurrency: "1", Rounds: 1, Cases: "echo"}, &out); err == nil || !strings.Contains(err.Error(), "needs --server") {
+		t.Errorf("--echo elsewhere without --server: %v", err)
+	}
+}
+
 // TestFleetOnAClusterAndIdleCost: the fleet case on a cluster of servers
 // gathers every worker's reply (its workers spread over the servers), and
 // the idle case reports a cost per worker with and without JetStream.
