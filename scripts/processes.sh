@@ -22,14 +22,23 @@ else
 fi
 ./memworker --backend "${BACKEND:-sim}" --node bench "${worker[@]}" >"$tmp/memworker.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do # the worker answers
+up=
+for _ in $(seq 100); do # until the worker answers and the echo stays up
 	./membench --server "$url" --device bench-gpu0 --echo serve --cases echo,sized,get_status,pair >"$tmp/echo.log" 2>&1 &
-	echo_pid=$!
+	pids+=($!)
 	sleep 0.3
-	kill -0 "$echo_pid" 2>/dev/null && break
-	wait "$echo_pid" || true
+	if kill -0 "${pids[-1]}" 2>/dev/null; then
+		up=1
+		break
+	fi
+	wait "${pids[-1]}" || true
+	unset 'pids[-1]'
 done
-pids+=("$echo_pid")
+if [ -z "$up" ]; then
+	echo "the echo did not come up:" >&2
+	cat "$tmp/echo.log" "$tmp/memworker.log" >&2
+	exit 1
+fi
 sleep 0.5
 echo "shape: $shape; processes: $(ps -o pid=,comm= -p "$(IFS=,; echo "${pids[*]}")" | tr -s ' \n' ' ')"
 ./membench --server "$url" --device bench-gpu0 --echo elsewhere --rounds "${ROUNDS:-5}" --cases echo,sized,get_status,pair,allocate+deallocate

@@ -19,29 +19,30 @@ type leaseGate struct {
 	node  string
 	lease atomic.Pointer[node.Lease]
 
-	mu     sync.Mutex
-	opened chan struct{} // closed at the next opening; nil until asked for
+	mu      sync.Mutex
+	changes chan struct{} // closed at the next change; nil until asked for
 }
 
-// Opened returns a channel closed the next time the gate opens again (a
-// renewal after the gate closed): what a transfer refused by a closed gate
-// waits for.
-func (g *leaseGate) Opened() <-chan struct{} {
+// Changed returns a channel closed at the gate's next change: it opened
+// again (a renewal after it closed), or closed for good (the lease given
+// up or lost). A transfer refused by a closed gate waits for it, then asks
+// again.
+func (g *leaseGate) Changed() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.opened == nil {
-		g.opened = make(chan struct{})
+	if g.changes == nil {
+		g.changes = make(chan struct{})
 	}
-	return g.opened
+	return g.changes
 }
 
-// open tells those waiting in Opened that the gate opened.
-func (g *leaseGate) open() {
+// changed tells those waiting in Changed that the gate changed.
+func (g *leaseGate) changed() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.opened != nil {
-		close(g.opened)
-		g.opened = nil
+	if g.changes != nil {
+		close(g.changes)
+		g.changes = nil
 	}
 }
 
@@ -64,3 +65,8 @@ func (g *leaseGate) Closed(time.Time) error {
 	return fmt.Errorf("the worker of node %s cannot confirm it still serves the node (its lease in JetStream was last renewed %.1f s ago)",
 		g.node, now.Sub(written).Seconds())
 }
+
+// transferDoorRetry is how often a transfer refused by the closed gate asks
+// again when no change was signalled (0: the transfer package's default, a
+// second). The tests lengthen it, so only the signal lets a transfer go on.
+var transferDoorRetry time.Duration

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/memworker/memworker/internal/natstest"
+	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/node"
 )
@@ -38,32 +41,73 @@ func TestTheGateReadsItsOwnClock(t *testing.T) {
 	}
 }
 
-// TestTheGateSaysWhenItOpens: a channel from Opened closes at the next
-// opening, not before, and one asked for after it waits for the one after.
-func TestTheGateSaysWhenItOpens(t *testing.T) {
+// TestTheGateSaysWhenItChanges: a channel from Changed closes at the next
+// change, not before, and one asked for after it waits for the one after.
+func TestTheGateSaysWhenItChanges(t *testing.T) {
 	var g leaseGate
-	first, again := g.Opened(), g.Opened()
+	first, again := g.Changed(), g.Changed()
 	if first != again {
 		t.Error("two waiters before an opening got different channels")
 	}
 	select {
 	case <-first:
-		t.Fatal("closed before the gate opened")
+		t.Fatal("closed before the gate changed")
 	default:
 	}
-	g.open()
+	g.changed()
 	select {
 	case <-first:
 	default:
-		t.Fatal("not closed when the gate opened")
+		t.Fatal("not closed when the gate changed")
 	}
-	next := g.Opened()
+	next := g.Changed()
 	select {
 	case <-next:
-		t.Error("a channel asked for after the opening is closed already")
+		t.Error("a channel asked for after the change is closed already")
 	default:
 	}
-	g.open()
-	g.open() // none asked since: nothing to close
+	g.changed()
+	g.changed() // none asked since: nothing to close
 	<-next
+}
+
+// TestATransferGoesOnWhenTheGateOpens: a transfer asked while the node's
+// lease is unconfirmed (JetStream away) waits for its destination, and
+// completes once a renewal opens the gate again: told by the gate, since
+// it would ask again by itself only after an hour here.
+func TestATransferGoesOnWhenTheGateOpens(t *testing.T) {
+	defer func(old time.Duration) { transferDoorRetry = old }(transferDoorRetry)
+	transferDoorRetry = time.Hour
+	srv := natstest.JetStream(t)
+	nc, w := servingOn(t, srv, nil)
+	var a subjects.Allocation
+	if r := ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":1048576}}`, &a); !r.Success {
+		t.Fatalf("allocate: %+v", r)
+	}
+	store := srv.JetStreamConfig().StoreDir
+	if err := srv.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); w.gate.Closed(time.Now()) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gate did not close with JetStream away")
+		}
+	}
+	var st subjects.TransferStatus
+	if r := ask(t, nc, subjects.Transfer, `{"data":{"allocation_id":"`+a.AllocationID+`","target_allocation_type":"PINNED"}}`, &st); !r.Success {
+		t.Fatalf("transfer: %+v", r)
+	}
+	if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: store}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var got subjects.TransferStatus
+		ask(t, nc, subjects.GetTransfer, `{"data":{"transfer_id":"`+st.TransferID+`"}}`, &got)
+		if got.Status == subjects.TransferCompleted {
+			return
+		}
+		if got.Status == subjects.TransferFailed || time.Now().After(deadline) {
+			t.Fatalf("once the lease was renewed: %+v, want completed", got)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -26,7 +27,12 @@ import (
 // connection and the worker.
 func serving(t *testing.T, tweak func(*Config)) (*nats.Conn, *Worker) {
 	t.Helper()
-	srv := natstest.JetStream(t)
+	return servingOn(t, natstest.JetStream(t), tweak)
+}
+
+// servingOn is serving on srv.
+func servingOn(t *testing.T, srv *server.Server, tweak func(*Config)) (*nats.Conn, *Worker) {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Node = "n"
 	cfg.Backend = sim.New(sim.Default(1, 1<<30))

@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		drops: sampledLog{interval: time.Minute}, wake: make(chan struct{}, 1), aheadWake: make(chan struct{}, 1)}
 	w.transfers = transfer.New(transfer.Config{Backend: cfg.Backend, Retention: cfg.TransferRetention, HistoryBytes: cfg.TransferHistoryBytes,
 		Code: func(err error) (subjects.Code, string) { we := wireError(err); return we.Code, we.Message },
-		Done: w.transferDone, Opened: w.gate.Opened, Log: log})
+		Done: w.transferDone, DoorChanged: w.gate.Changed, DoorRetry: transferDoorRetry, Log: log})
 	w.handlers = w.ops()
 	for _, op := range subjects.Ops() {
 		if w.handlers[op] == nil {
@@ -217,6 +217,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 			lease.Keep(loopCtx, node.Watch{
 				Lost: func(err error) {
 					w.log.Error("stopping: another worker took the node", "node", w.cfg.Node, "err", err)
+					w.gate.changed() // closed for good
 					lose(err)
 				},
 				Unconfirmed: func(err error) {
@@ -226,7 +227,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 				Confirmed: func() {
 					w.log.Info("the node's lease is renewed: granting memory again", "node", w.cfg.Node)
 					w.metrics.paused.Set(0)
-					w.gate.open()
+					w.gate.changed()
 					loops.Go(w.readmit) // not on the lease's goroutine: a device's lock may be held for long
 				},
 				Rival: func(ctx context.Context) string {
@@ -255,7 +256,8 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 		w.closeIfGone(nc)
 		w.stopService(svc, nc, serviceSubs)
 		if lease != nil {
-			lease.Release() // a standby takes over now
+			lease.Release()  // a standby takes over now
+			w.gate.changed() // closed for good: a transfer waiting at the door hears it
 		}
 		close(stopTransfers)
 		stopLoops()

@@ -186,9 +186,10 @@ type Watch struct {
 	// before that. It keeps what it holds, serves the rest, and Keep goes
 	// on trying.
 	Unconfirmed func(error)
-	// Confirmed: after Unconfirmed, a renewal succeeded again, at this
-	// lease's revision or by taking the lapsed key again (creation is
-	// atomic). Either way no other worker holds the node now.
+	// Confirmed: the gate opened again: after Unconfirmed (or after the
+	// gate closed while a renewal ran, with no Unconfirmed), a renewal
+	// succeeded, at this lease's revision or by taking the lapsed key again
+	// (creation is atomic). Either way no other worker holds the node now.
 	Confirmed func()
 	// Rival, when set, is asked after each renewal that fails while the
 	// lease is unconfirmed for another worker serving the node (Node.Rival):
@@ -230,13 +231,14 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			}
 		}
 		l.mu.Lock()
-		if l.released {
+		prev := l.renewed.Load()
+		if l.released || prev == nil { // released, or Release waits for the lock
 			l.mu.Unlock()
 			return
 		}
 		// Closed already (Keep started late, or a renewal stalled): the
 		// renewal that succeeds opens it again, and says so.
-		closed := !time.Now().Before(l.GrantsUntil())
+		closed := !time.Now().Before(prev.Add(NodeLeaseTTL / 2))
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
 		if unconfirmed && time.Since(unconfirmedAt) >= bucketGone {
 			if kv, err := l.bucket(rctx); err == nil {
@@ -255,14 +257,20 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 				unchecked = false
 			}
 		}
+		releasing := false
 		if err == nil {
 			// It may have closed while the renewal ran: whoever found it
-			// closed then is told it opened.
-			closed = closed || !time.Now().Before(l.GrantsUntil())
-			l.renewed.Store(&written)
+			// closed then is told it opened. A Release that began
+			// meanwhile (it clears the time before it waits for the lock)
+			// wins: no grant, no Confirmed, Keep ends.
+			closed = closed || !time.Now().Before(prev.Add(NodeLeaseTTL/2))
+			releasing = !l.renewed.CompareAndSwap(prev, &written)
 		}
 		cancel()
 		l.mu.Unlock()
+		if releasing {
+			return
+		}
 		switch {
 		case err == nil:
 			if unconfirmed || closed {

@@ -16,14 +16,20 @@ import (
 )
 
 // gate is a door the test shuts and opens, with the signal of an opening.
+// With openAfterRefusal it opens right after its first refusal, before
+// the refused job waits.
 type gate struct {
-	shut   atomic.Bool
-	mu     sync.Mutex
-	opened chan struct{}
+	shut             atomic.Bool
+	openAfterRefusal bool
+	mu               sync.Mutex
+	opened           chan struct{}
 }
 
 func (g *gate) Closed(time.Time) error {
 	if g.shut.Load() {
+		if g.openAfterRefusal {
+			defer g.open()
+		}
 		return errors.New("shut by the test")
 	}
 	return nil
@@ -51,16 +57,22 @@ func (g *gate) open() {
 // TestATransferWaitsForTheDoorToOpen: a transfer whose destination the
 // door refuses for now waits, without a destination, and goes on when the
 // door says it opened, long before it would ask again by itself (an hour,
-// here).
+// here); an opening between the refusal and the wait is not missed.
 func TestATransferWaitsForTheDoorToOpen(t *testing.T) {
-	defer transfer.SetPausedRetry(time.Hour)()
+	for _, between := range []bool{false, true} {
+		t.Run(map[bool]string{false: "opened-later", true: "opened-between-refusal-and-wait"}[between], func(t *testing.T) {
+			doorOpens(t, &gate{openAfterRefusal: between})
+		})
+	}
+}
+
+func doorOpens(t *testing.T, g *gate) {
 	b := sim.New(sim.Default(1, 1<<30))
 	infos, _ := b.Devices(context.Background())
-	g := &gate{}
 	dev := &plain{d: ledger.New(ledger.Config{ID: "n-gpu0", Node: "n", Info: infos[0], Backend: b, Gate: g, Thresholds: monitor.DefaultThresholds()})}
 	m := transfer.New(transfer.Config{Backend: b, Chunk: testChunk, Retention: time.Hour, HistoryBytes: 1 << 20,
-		Code:   func(err error) (subjects.Code, string) { return subjects.CodeOverloaded, err.Error() },
-		Opened: g.Opened})
+		Code:        func(err error) (subjects.Code, string) { return subjects.CodeOverloaded, err.Error() },
+		DoorChanged: g.Opened, DoorRetry: time.Hour})
 	now := time.Now()
 	a, _, err := dev.d.Allocate(context.Background(), ledger.Call{Now: now}, &subjects.AllocateRequest{SizeBytes: 4 << 20})
 	if err != nil {
@@ -87,11 +99,13 @@ func TestATransferWaitsForTheDoorToOpen(t *testing.T) {
 		}
 		return s
 	}
-	time.Sleep(100 * time.Millisecond)
-	if s := status(); s.Status != subjects.TransferRunning || s.DestinationAllocationID != "" {
-		t.Fatalf("behind a shut door: %s with destination %q, want running without one", s.Status, s.DestinationAllocationID)
+	if !g.openAfterRefusal {
+		time.Sleep(100 * time.Millisecond)
+		if s := status(); s.Status != subjects.TransferRunning || s.DestinationAllocationID != "" {
+			t.Fatalf("behind a shut door: %s with destination %q, want running without one", s.Status, s.DestinationAllocationID)
+		}
+		g.open()
 	}
-	g.open()
 	deadline := time.Now().Add(20 * time.Second)
 	for s := status(); s.Status != subjects.TransferCompleted; s = status() {
 		if s.Status == subjects.TransferFailed || time.Now().After(deadline) {

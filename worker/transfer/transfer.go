@@ -13,6 +13,7 @@
 package transfer
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
@@ -70,11 +71,15 @@ type Config struct {
 	Code func(error) (subjects.Code, string)
 	// Done is told of every finished job (metrics).
 	Done func(s subjects.TransferStatus)
-	// Opened returns a channel closed the next time the ledger's door
-	// opens (ledger.Gate), for a job whose destination the door refused
-	// for now. Nil: such a job asks again every pausedRetry.
-	Opened func() <-chan struct{}
-	Log    *slog.Logger
+	// DoorChanged returns a channel closed the next time the ledger's
+	// door (ledger.Gate) opens or closes for good, for a job whose
+	// destination the door refused for now; such a job also asks again
+	// every DoorRetry (0: a second), for an opening the signal cannot
+	// tell (a renewal stored in the instant after the refusal). Nil: it
+	// asks again every 100 ms.
+	DoorChanged func() <-chan struct{}
+	DoorRetry   time.Duration
+	Log         *slog.Logger
 }
 
 // Manager keeps and runs the jobs. Build it with New, run it with Run.
@@ -282,11 +287,11 @@ func (m *Manager) run(ctx context.Context, j *job) {
 	var dst device.Location
 	var err error
 	for {
-		opened := m.opened() // before asking: an opening in between is not missed
+		changed := m.doorChanged() // before asking: a change in between is not missed
 		j.dst.Do(func(d *ledger.Device) {
 			destID, dst, err = d.Receive(ctx, ledger.Call{Who: ledger.Who{Tenant: j.tenant}, Now: time.Now().UTC()}, j.lent, j.status.TargetAllocationType)
 		})
-		if !errors.Is(err, ledger.ErrPaused) || !waitOpen(ctx, opened, shut.C) {
+		if !errors.Is(err, ledger.ErrPaused) || !m.waitDoor(ctx, changed, shut.C) {
 			break
 		}
 	}
@@ -306,35 +311,33 @@ func (m *Manager) run(ctx context.Context, j *job) {
 }
 
 // A transfer whose destination the door refuses for now (ErrPaused) asks
-// again when the door opens, or after pausedRetry (every 100 ms without
-// Config.Opened), for at most pausedWait. The retry covers an opening the
-// signal cannot tell: a renewal stored in the instant after the refusal.
+// again when the door changes (Config.DoorChanged) or after a retry, for at
+// most pausedWait.
 const (
-	pausedRetry = 100 * time.Millisecond
+	pausedRetry = 100 * time.Millisecond // without DoorChanged
+	doorRetry   = time.Second            // with it, unless Config.DoorRetry
 	pausedWait  = 30 * time.Second
 )
 
-var pausedRetryOpened = time.Second // a variable for the tests
-
-// opened is a channel closed when the door opens, or nil.
-func (m *Manager) opened() <-chan struct{} {
-	if m.cfg.Opened != nil {
-		return m.cfg.Opened()
+// doorChanged is a channel closed when the door changes, or nil.
+func (m *Manager) doorChanged() <-chan struct{} {
+	if m.cfg.DoorChanged != nil {
+		return m.cfg.DoorChanged()
 	}
 	return nil
 }
 
-// waitOpen waits for opened (or the retry), and reports false if shut
+// waitDoor waits for changed (or the retry), and reports false if shut
 // fired or ctx ended first.
-func waitOpen(ctx context.Context, opened <-chan struct{}, shut <-chan time.Time) bool {
+func (m *Manager) waitDoor(ctx context.Context, changed <-chan struct{}, shut <-chan time.Time) bool {
 	retry := pausedRetry
-	if opened != nil {
-		retry = pausedRetryOpened
+	if changed != nil {
+		retry = cmp.Or(m.cfg.DoorRetry, doorRetry)
 	}
 	t := time.NewTimer(retry)
 	defer t.Stop()
 	select {
-	case <-opened:
+	case <-changed:
 		return true
 	case <-t.C:
 		return true
