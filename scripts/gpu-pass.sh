@@ -100,8 +100,10 @@ for s in $steps; do
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
 		;;
 	processes) # P21: the request path in processes of their own: nats-server, memworker --nats-url, the echo (membench --echo serve) and the clients (membench --echo elsewhere); then the worker with its embedded server, the echo in a process of its own
-		BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step processes-4 ./processes.sh separate
-		BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step processes-3 ./processes.sh embedded
+		for i in $(seq "${REPEAT:-1}"); do
+			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step "processes-4-$i" ./processes.sh separate
+			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step "processes-3-$i" ./processes.sh embedded
+		done
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
