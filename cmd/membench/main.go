@@ -40,6 +40,7 @@ import (
 
 type cli struct {
 	Duration     time.Duration `default:"1s" help:"How long each case runs at each concurrency, each round."`
+	Warmup       time.Duration `default:"3s" help:"How long all cases run, unmeasured, at the highest concurrency before the first round: a freshly started worker's heap grows into pages never touched, and each first touch is a page fault (over 10 µs in a virtual machine)."`
 	Rounds       int           `default:"3" help:"Rounds of all cases at each concurrency; the table shows the medians."`
 	Concurrency  string        `default:"1,8,64" help:"Client concurrencies, comma-separated."`
 	FleetNodes   int           `name:"fleet-nodes" default:"16" help:"Largest fleet for the fan-out case (0 skips it)."`
@@ -161,8 +162,8 @@ func run(c *cli, out io.Writer) error {
 	if c.Echo == "elsewhere" {
 		echoAt = "echo endpoints in another process"
 	}
-	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %d rounds of %v per case, device %s, %s, %s; medians\n\n",
-		cpuName(), runtimeProcs(), c.Rounds, c.Duration, dev, handlers, echoAt)
+	fmt.Fprintf(out, "membench: %s, GOMAXPROCS %d, %v warm-up, %d rounds of %v per case, device %s, %s, %s; medians\n\n",
+		cpuName(), runtimeProcs(), c.Warmup, c.Rounds, c.Duration, dev, handlers, echoAt)
 	cases := []struct {
 		key, name string
 		op        func(*nats.Conn) error
@@ -187,17 +188,24 @@ func run(c *cli, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var picked []int
+	for i, cs := range cases {
+		if i == 0 || slices.Contains(strings.Split(c.Cases, ","), cs.key) {
+			picked = append(picked, i)
+		}
+	}
+	if c.Warmup > 0 {
+		for _, i := range picked {
+			if _, err := drive(nc, slices.Max(levels), c.Warmup/time.Duration(len(picked)), cases[i].op); err != nil {
+				return fmt.Errorf("%s, warming up: %w", cases[i].name, err)
+			}
+		}
+	}
 	var sameSize [2][]string // get_status, allocate+deallocate
 	for _, n := range levels {
 		// Rounds interleave the cases, so drift on a shared machine falls
 		// on all of them; each ratio is taken within a round, then the
 		// median of every figure across rounds is shown.
-		var picked []int
-		for i, cs := range cases {
-			if i == 0 || slices.Contains(strings.Split(c.Cases, ","), cs.key) {
-				picked = append(picked, i)
-			}
-		}
 		rounds := make([][]result, len(cases))
 		for range c.Rounds {
 			var echo result

@@ -12,12 +12,12 @@ import (
 // request aborts the run).
 func TestBenchReportsEveryCase(t *testing.T) {
 	var out strings.Builder
-	c := &cli{Duration: 50 * time.Millisecond, Rounds: 2, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,pair,allocate+deallocate", Backend: "sim", ReadHandlers: 1}
+	c := &cli{Duration: 50 * time.Millisecond, Warmup: 100 * time.Millisecond, Rounds: 2, Concurrency: "1,4", FleetNodes: 2, Cases: "echo,sized,get_status,pair,allocate+deallocate", Backend: "sim", ReadHandlers: 1}
 	if err := run(c, &out); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"│ echo ", "│ echo, 1", "│ get_status ", "│ echo, allocate+deallocate replies ", "│ allocate+deallocate ",
-		"against the same-size echo pair (medians of the rounds' ratios): 1 clients: ", "; 4 clients: ", "get_status against the same-size echo (medians of the rounds' ratios): 1 clients: ", "Fleet get_status.all", "device bench0-gpu0", "2 rounds"} {
+		"against the same-size echo pair (medians of the rounds' ratios): 1 clients: ", "; 4 clients: ", "get_status against the same-size echo (medians of the rounds' ratios): 1 clients: ", "Fleet get_status.all", "device bench0-gpu0", "100ms warm-up, 2 rounds"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
