@@ -5,7 +5,8 @@
 #     (membench --echo serve), the clients (membench --echo elsewhere);
 #   processes.sh embedded: memworker with its embedded server, the echo
 #     and the clients as above.
-# BACKEND (sim or cuda, default sim), ROUNDS (default 5), PORT (default 4333).
+# BACKEND (sim or cuda, default sim), ROUNDS (default 5), PORT (default 4333),
+# CASES (default all), MWFLAGS (more memworker flags).
 set -euo pipefail
 shape=${1:-separate}
 port=${PORT:-4333}
@@ -20,7 +21,7 @@ if [ "$shape" = separate ]; then
 else
 	worker=(--port "$port" --store-dir "$tmp/js")
 fi
-./memworker --backend "${BACKEND:-sim}" --node bench "${worker[@]}" >"$tmp/memworker.log" 2>&1 &
+./memworker --backend "${BACKEND:-sim}" --node bench "${worker[@]}" ${MWFLAGS:-} >"$tmp/memworker.log" 2>&1 &
 pids+=($!)
 up=
 for _ in $(seq 100); do # until the worker answers and the echo stays up
@@ -41,4 +42,4 @@ if [ -z "$up" ]; then
 fi
 sleep 0.5
 echo "shape: $shape; processes: $(ps -o pid=,comm= -p "$(IFS=,; echo "${pids[*]}")" | tr -s ' \n' ' ')"
-./membench --server "$url" --device bench-gpu0 --echo elsewhere --rounds "${ROUNDS:-5}" --cases echo,sized,get_status,pair,allocate+deallocate
+./membench --server "$url" --device bench-gpu0 --echo elsewhere --rounds "${ROUNDS:-5}" --cases "${CASES:-echo,sized,get_status,pair,allocate+deallocate}"
