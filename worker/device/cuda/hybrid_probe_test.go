@@ -45,15 +45,7 @@ func BenchmarkHybridD2H(b *testing.B) {
 		b.Fatal(err)
 	}
 	src := cu.DevicePtr(srcAddr)
-	dev := lockedContext(b, 0)
-	ctx2, err := dev.MakeContext(cu.SchedAuto)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ctx2.Destroy()
-	if err := makeCurrent(); err != nil { // MakeContext left ctx2 current
-		b.Fatal(err)
-	}
+	ctx2 := secondContext(b)
 	// Whether ctx2 may copy from memory the primary context allocated.
 	// If not, the bounce copies from memory of its own (the same bytes
 	// for the probe's purpose), and the log says so.
@@ -152,20 +144,7 @@ func BenchmarkHybridD2H(b *testing.B) {
 			b.StartTimer()
 		}
 	}
-	b.Run("raw-warm", func(b *testing.B) {
-		lockedContext(b, 0)
-		p, err := cuda.HostAlloc(n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cu.MemFreeHost(p)
-		b.SetBytes(n)
-		for b.Loop() {
-			if err := cu.MemcpyDtoH(p, src, n); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	b.Run("raw-warm", func(b *testing.B) { rawWarmD2H(b, src, n) })
 	b.Run("pipeline", func(b *testing.B) { run(b, 0, "", 0) })
 	for _, threads := range []int{8, 12} {
 		b.Run(fmt.Sprintf("bounce-ctx2-threads-%d", threads), func(b *testing.B) { run(b, 1, "ctx2", threads) })

@@ -497,15 +497,8 @@ func bounce(dst []byte, src cu.DevicePtr, ring unsafe.Pointer, slot int64, slots
 func BenchmarkRegisterBesideCopy(b *testing.B) {
 	n := envBytes(b, "BENCH_LOAD_PIN_BYTES", 4<<30)
 	const chunk = 64 << 20
-	dev := lockedContext(b, 0)
-	ctx2, err := dev.MakeContext(cu.SchedAuto)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ctx2.Destroy()
-	if err := makeCurrent(); err != nil { // MakeContext left ctx2 current
-		b.Fatal(err)
-	}
+	ctx2 := secondContext(b)
+	var err error
 	for _, wait := range []string{"spin", "blocking", "poll"} {
 		for _, step := range []string{"register", "register-ctx2", "unregister", "populate"} {
 			b.Run(wait+"/"+step, func(b *testing.B) {
@@ -569,6 +562,21 @@ func BenchmarkRegisterBesideCopy(b *testing.B) {
 			})
 		}
 	}
+}
+
+// secondContext makes device 0's primary context current on this locked
+// thread, and a second context of the device, destroyed when b ends.
+func secondContext(b *testing.B) cu.CUContext {
+	dev := lockedContext(b, 0)
+	ctx2, err := dev.MakeContext(cu.SchedAuto)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ctx2.Destroy() })
+	if err := makeCurrent(); err != nil { // MakeContext left ctx2 current
+		b.Fatal(err)
+	}
+	return ctx2
 }
 
 // copyBuffers makes device 0's primary context current on this locked
