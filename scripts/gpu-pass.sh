@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -103,6 +103,11 @@ for s in $steps; do
 		for i in $(seq "${REPEAT:-1}"); do
 			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step "processes-4-$i" ./processes.sh separate
 			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} step "processes-3-$i" ./processes.sh embedded
+		done
+		;;
+	readhandlers) # P21: one-client latency by the worker's read handlers (1 against the default, 4 on 16 cores), four processes, alternating
+		for rh in 1 4 1 4; do
+			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} CASES=echo,sized,get_status MWFLAGS="--read-handlers $rh" step "read-handlers-$rh-$SECONDS" ./processes.sh separate
 		done
 		;;
 	bench)
