@@ -126,6 +126,7 @@ func TestWaitersAreGrantedInOrder(t *testing.T) {
 // granted or failed at their deadline, never left hanging, and the ledger
 // is exact.
 func TestAThousandWaitersAreAllAnswered(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, GiB))
 	nc := connect(t, srv)

@@ -157,6 +157,7 @@ func snapshot(t *testing.T, nc *nats.Conn, h *host, dev string) ledgerSnapshot {
 // several handlers per device; every status is consistent in itself, and
 // afterwards the ledger equals the backend.
 func TestConcurrentClientsKeepTheLedgerExact(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(2, 2*GiB), withConfig(func(c *worker.Config) { c.ReadHandlers = 4 }))
 	const clients, rounds = 16, 30

@@ -76,6 +76,7 @@ func checkContent(t *testing.T, h *host, dev, id string, seed byte) {
 }
 
 func TestDefragmentMovesBlocksAndPreservesEveryByte(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, 2*GiB), withoutVMM())
 	nc := connect(t, srv)

@@ -439,6 +439,7 @@ func TestOneWriterPerNode(t *testing.T) {
 // TestTwoWorkersStartedAtOnceOneServes: two workers for one node started
 // at the same moment: one serves, the other refuses (ErrNodeTaken).
 func TestTwoWorkersStartedAtOnceOneServes(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startJetStreamServer(t)
 	errs := make(chan error, 2)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -54,6 +54,7 @@ func connectAs(t *testing.T, srv *server.Server, user, password string) *nats.Co
 // its mutations are refused by the server, an operator acts, and nobody
 // but the worker forges events.
 func TestRolesFromTheSampleConfig(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startConfiguredServer(t)
 	h := startWorkerOn(t, context.Background(), connectAs(t, srv, "worker", "change-me-worker"), "n1", withDevices(1, GiB))
 	reader := connectAs(t, srv, "reader", "change-me-reader")

@@ -83,6 +83,7 @@ func TestATenantSeesItsOwnAllocationEvents(t *testing.T) {
 // TestABurstOfExpiriesIsAllAnnounced: thousands of leases expiring at
 // once are every one announced (in batches), none dropped.
 func TestABurstOfExpiriesIsAllAnnounced(t *testing.T) {
+	t.Parallel() // a server and worker of its own
 	srv := startJetStreamServer(t)
 	startWorker(t, srv, "n1", withDevices(1, GiB), withConfig(func(c *worker.Config) { c.ExpiryInterval = time.Second }))
 	nc := connect(t, srv)
