@@ -236,9 +236,6 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 			l.mu.Unlock()
 			return
 		}
-		// Closed already (Keep started late, or a renewal stalled): the
-		// renewal that succeeds opens it again, and says so.
-		closed := !time.Now().Before(prev.Add(NodeLeaseTTL / 2))
 		rctx, cancel := context.WithTimeout(ctx, NodeLeaseTTL/6)
 		if unconfirmed && time.Since(unconfirmedAt) >= bucketGone {
 			if kv, err := l.bucket(rctx); err == nil {
@@ -257,13 +254,15 @@ func (l *Lease) Keep(ctx context.Context, w Watch) {
 				unchecked = false
 			}
 		}
-		releasing := false
+		closed, releasing := false, false
 		if err == nil {
-			// It may have closed while the renewal ran: whoever found it
-			// closed then is told it opened. A Release that began
-			// meanwhile (it clears the time before it waits for the lock)
-			// wins: no grant, no Confirmed, Keep ends.
-			closed = closed || !time.Now().Before(prev.Add(NodeLeaseTTL/2))
+			// Closed before this renewal was stored (Keep started late, a
+			// renewal stalled, or this one ran past GrantsUntil): the
+			// renewal opens it again, and says so to whoever found it
+			// closed. A Release that began meanwhile (it clears the time
+			// before it waits for the lock) wins: no grant, no Confirmed,
+			// Keep ends.
+			closed = !time.Now().Before(prev.Add(NodeLeaseTTL / 2))
 			releasing = !l.renewed.CompareAndSwap(prev, &written)
 		}
 		cancel()

@@ -73,10 +73,10 @@ type Config struct {
 	Done func(s subjects.TransferStatus)
 	// DoorChanged returns a channel closed the next time the ledger's
 	// door (ledger.Gate) opens or closes for good, for a job whose
-	// destination the door refused for now; such a job also asks again
-	// every DoorRetry (0: a second), for an opening the signal cannot
-	// tell (a renewal stored in the instant after the refusal). Nil: it
-	// asks again every 100 ms.
+	// destination the door refused for now (nil: no signal); such a job
+	// also asks again every DoorRetry (0: a second), for an opening the
+	// signal cannot tell (a renewal stored in the instant after the
+	// refusal).
 	DoorChanged func() <-chan struct{}
 	DoorRetry   time.Duration
 	Log         *slog.Logger
@@ -311,15 +311,15 @@ func (m *Manager) run(ctx context.Context, j *job) {
 }
 
 // A transfer whose destination the door refuses for now (ErrPaused) asks
-// again when the door changes (Config.DoorChanged) or after a retry, for at
-// most pausedWait.
+// again when the door changes (Config.DoorChanged) or after DoorRetry, for
+// at most pausedWait.
 const (
-	pausedRetry = 100 * time.Millisecond // without DoorChanged
-	doorRetry   = time.Second            // with it, unless Config.DoorRetry
-	pausedWait  = 30 * time.Second
+	doorRetry  = time.Second // unless Config.DoorRetry
+	pausedWait = 30 * time.Second
 )
 
-// doorChanged is a channel closed when the door changes, or nil.
+// doorChanged is a channel closed when the door changes; nil (never
+// closed) without Config.DoorChanged.
 func (m *Manager) doorChanged() <-chan struct{} {
 	if m.cfg.DoorChanged != nil {
 		return m.cfg.DoorChanged()
@@ -330,11 +330,7 @@ func (m *Manager) doorChanged() <-chan struct{} {
 // waitDoor waits for changed (or the retry), and reports false if shut
 // fired or ctx ended first.
 func (m *Manager) waitDoor(ctx context.Context, changed <-chan struct{}, shut <-chan time.Time) bool {
-	retry := pausedRetry
-	if changed != nil {
-		retry = cmp.Or(m.cfg.DoorRetry, doorRetry)
-	}
-	t := time.NewTimer(retry)
+	t := time.NewTimer(cmp.Or(m.cfg.DoorRetry, doorRetry))
 	defer t.Stop()
 	select {
 	case <-changed:
