@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -16,7 +16,7 @@ steps=${*:-cuda integration hostpath bench}
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 lscpu >"$out/lscpu.txt" 2>&1
 # Transparent huge pages decide how fast fresh pinned memory is faulted in.
-grep -H . /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag >>"$out/lscpu.txt" 2>&1
+grep -H . /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag /sys/devices/system/clocksource/clocksource0/current_clocksource >>"$out/lscpu.txt" 2>&1
 step() { # name command...: run, keep the output, note the exit status
 	local name=$1
 	shift
@@ -109,6 +109,24 @@ for s in $steps; do
 		for rh in 1 4 1 4; do
 			BACKEND=${BACKEND:-cuda} ROUNDS=${ROUNDS:-5} CASES=echo,sized,get_status MWFLAGS="--read-handlers $rh" step "read-handlers-$rh-$SECONDS" ./processes.sh separate
 		done
+		;;
+	oneclient) # P21: one client, four processes: where the worker's time goes (page faults, switches, its handler's own time), by where the worker and the echo may run
+		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5})
+		step oneclient-free env "${cases[@]}" BACKEND=cuda ./processes.sh separate
+		step oneclient-2cores env "${cases[@]}" BACKEND=cuda WRAP="taskset -c 2,3" ECHO_WRAP="taskset -c 4,5" ./processes.sh separate
+		step oneclient-2procs env "${cases[@]}" BACKEND=cuda WRAP="env GOMAXPROCS=2" ECHO_WRAP="env GOMAXPROCS=2" ./processes.sh separate
+		step oneclient-worker-2cores env "${cases[@]}" BACKEND=cuda WRAP="taskset -c 2,3" ./processes.sh separate
+		step oneclient-sim env "${cases[@]}" BACKEND=sim ./processes.sh separate
+		step oneclient-free-again env "${cases[@]}" BACKEND=cuda ./processes.sh separate
+		;;
+	recent) # P21: one client, four processes, the worker of this build against memworker-base (an earlier build, when carried), alternating; then every case
+		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "recent-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
+			step "recent-$i" env "${cases[@]}" ./processes.sh separate
+		done
+		BACKEND=cuda ROUNDS=${ROUNDS:-5} step processes-4 ./processes.sh separate
+		BACKEND=cuda ROUNDS=${ROUNDS:-5} step processes-3 ./processes.sh embedded
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"

@@ -166,3 +166,40 @@ func benchOp(b *testing.B, w *Worker, g *gpu, op subjects.Op, body string) {
 		}
 	}
 }
+
+// BenchmarkActCold measures get_status as a worker serving one client at a
+// time meets it: each request's caches cold, other processes (the server,
+// the client, the kernel's network path) having run in between. The worker
+// measured 6-15 µs a request in its own handler there (scripts/processes.sh
+// STATS=1, docs/performance.md) against BenchmarkAct's 1.7 µs. Each request
+// comes after 4 MiB of other writes; handler-ns/op is the request's own
+// time, the eviction not counted.
+func BenchmarkActCold(b *testing.B) {
+	w := benchWorker(b)
+	g := w.gpus[0]
+	op := subjects.GetStatus
+	fn := w.ops()[op]
+	ctx := context.Background()
+	rw := newReplyWriter()
+	req := &testRequest{}
+	other := make([]byte, 4<<20)
+	var spent time.Duration
+	n := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := 0; i < len(other); i += 64 {
+			other[i]++
+		}
+		start := time.Now()
+		env, err := subjects.DecodeRequest([]byte(`{"request_id":"r","data":{}}`), op)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.act(ctx, op, g, req, env, fn, rw); err != nil {
+			b.Fatal(err)
+		}
+		spent += time.Since(start)
+		n++
+	}
+	b.ReportMetric(float64(spent.Nanoseconds())/float64(n), "handler-ns/op")
+}

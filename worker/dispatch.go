@@ -29,7 +29,7 @@ type opFunc func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMes
 func typed[Req any](fn func(ctx context.Context, g *gpu, call ledger.Call, req *Req) (any, error)) opFunc {
 	return func(ctx context.Context, g *gpu, call ledger.Call, data json.RawMessage) (any, error) {
 		req := new(Req)
-		if len(data) > 0 && string(data) != "null" {
+		if len(data) > 0 && string(data) != "null" && string(data) != "{}" { // the zero payload either way
 			if err := subjects.DecodeData(data, req); err != nil {
 				return nil, err
 			}
@@ -128,16 +128,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		defer cancel()
 	}
 	if !traits.Mutating {
-		// A read's data shares nothing the device's next request changes.
-		g.mu.Lock()
-		call.Now = time.Now()
-		data, err := fn(ctx, g, call, env.Data)
-		tu := tenantUsage(g, call.Who)
-		g.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return w.encodeReply(rw, requestID, data, tu, call.Now, g.kept[op])
+		return w.read(ctx, g, op, call, env, fn, rw, requestID)
 	}
 	// A tenant's request ids are its own: another tenant may use the same.
 	var replayKey replay.Key
@@ -185,6 +176,35 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 		w.log.Debug("done", "op", op, "device", g.ID(), "request_id", requestID)
 	}
 	return body, nil
+}
+
+// read runs a read for act: the recent reply when one holds (recent.go),
+// else fn's reply. A read's data shares nothing the device's next request
+// changes: it is encoded after the lock is let go.
+func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.Call, env *subjects.Envelope, fn opFunc, rw *replyWriter, requestID string) ([]byte, error) {
+	r := g.recent[op]
+	var pinned *subjects.PinnedPool
+	if r != nil {
+		pinned = w.pinnedPool() // before the reply is built from it
+	}
+	g.mu.Lock()
+	call.Now = time.Now()
+	if x := r.find(g, call, env.Data, pinned); x != nil {
+		g.mu.unlockRead()
+		return rw.successKept(requestID, x.entry, x.tu, call.Now)
+	}
+	data, err := fn(ctx, g, call, env.Data)
+	tu := tenantUsage(g, call.Who)
+	x := r.stamp(g, call, env.Data, pinned, tu)
+	g.mu.unlockRead()
+	if err != nil {
+		return nil, err
+	}
+	body, err := w.encodeReply(rw, requestID, data, tu, call.Now, g.kept[op])
+	if err == nil {
+		r.keep(x, rw.entry)
+	}
+	return body, err
 }
 
 // tenantUsage is who's usage of g for its replies, nil for the operator.

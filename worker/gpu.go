@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"sync"
 	"time"
 
 	"github.com/memworker/memworker/internal/replycache"
@@ -14,12 +13,16 @@ import (
 // keeps beside it. mu serialises every call of the ledger and guards the
 // rest.
 type gpu struct {
-	mu sync.Mutex
+	mu deviceMu
 	*ledger.Device
 	replays *replay.Cache
 	// kept holds the encodings of keptReplies' last replies; the map is
 	// not changed after New.
 	kept map[subjects.Op]*replycache.Cache
+	// recent holds the latest replies of keptReplies with what they were
+	// built from, to send again while that stays the same (recent.go); the
+	// map is not changed after New.
+	recent map[subjects.Op]*recent
 	// waiting are the requests waiting for the ledger's decision.
 	waiting map[ledger.Ticket]*pending
 	// lastEvent is when the last pressure event was queued; unavailable is

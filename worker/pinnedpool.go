@@ -27,9 +27,15 @@ func (w *Worker) newPinnedPool(ctx context.Context) (*pinned.Pool, error) {
 	return p, nil
 }
 
-// pinnedPool is the pool's state on the wire.
+// pinnedPool is the pool's state on the wire. Every usage, status and
+// pressure reply carries it, and it changes only when an offload or a
+// transfer moves host memory: while the figures stay the same, the last
+// one is shared (replies only encode it).
 func (w *Worker) pinnedPool() *subjects.PinnedPool {
 	f := w.pinned.Figures()
+	if last := w.pinnedWire.Load(); last != nil && last.f == f {
+		return last.wire
+	}
 	p := &subjects.PinnedPool{
 		PinnedBytes: f.PinnedBytes, InUseBytes: f.InUseBytes, CachedBytes: f.CachedBytes,
 		PrepinBytes: f.PrepinBytes, MaxBytes: f.MaxBytes, AheadBytes: f.AheadBytes,
@@ -37,5 +43,12 @@ func (w *Worker) pinnedPool() *subjects.PinnedPool {
 	if f.Requests > 0 {
 		p.HitRatio = float64(f.Hits) / float64(f.Requests)
 	}
+	w.pinnedWire.Store(&pinnedWire{f: f, wire: p})
 	return p
+}
+
+// pinnedWire is the pool's figures and their form on the wire.
+type pinnedWire struct {
+	f    pinned.Figures
+	wire *subjects.PinnedPool
 }

@@ -28,6 +28,9 @@ type replyWriter struct {
 	enc *gojson.Encoder
 	fp  replycache.Scratch
 	now [64]byte // the reply's timestamp, written
+	// entry is the kept encoding the last success wrote its data from, or
+	// kept; nil when none.
+	entry *replycache.Entry
 }
 
 // maxPooledReply bounds the buffers kept for reuse: a rare large reply
@@ -57,6 +60,24 @@ func (rw *replyWriter) release() {
 // value (kept may be nil). The bytes are valid until the next success or
 // release.
 func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUsage, now time.Time, kept *replycache.Cache) ([]byte, error) {
+	rw.entry = nil
+	return rw.envelope(requestID, tu, now, func(now time.Time, nowText []byte) error {
+		return rw.data(data, now, nowText, kept)
+	})
+}
+
+// successKept is success with data already encoded, as e keeps it.
+func (rw *replyWriter) successKept(requestID string, e *replycache.Entry, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
+	rw.entry = e
+	return rw.envelope(requestID, tu, now, func(_ time.Time, nowText []byte) error {
+		e.WriteTo(&rw.buf, nowText)
+		return nil
+	})
+}
+
+// envelope writes the success envelope, data written by data with now in
+// UTC and its text.
+func (rw *replyWriter) envelope(requestID string, tu *subjects.TenantUsage, now time.Time, data func(now time.Time, nowText []byte) error) ([]byte, error) {
 	rw.buf.Reset()
 	rw.buf.WriteString(`{"success":true,"request_id":`)
 	if err := rw.str(requestID); err != nil {
@@ -67,7 +88,7 @@ func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUs
 	nowText := now.AppendFormat(rw.now[:0], time.RFC3339Nano)
 	rw.buf.Write(nowText)
 	rw.buf.WriteString(`","data":`)
-	if err := rw.data(data, now, nowText, kept); err != nil {
+	if err := data(now, nowText); err != nil {
 		return nil, err
 	}
 	if tu != nil {
@@ -107,7 +128,8 @@ func (rw *replyWriter) data(v any, now time.Time, nowText []byte, kept *replycac
 	if !ok {
 		return rw.value(v)
 	}
-	if kept.WriteTo(&rw.buf, k) {
+	if rw.entry = kept.Find(k); rw.entry != nil {
+		rw.entry.WriteTo(&rw.buf, nowText)
 		return nil
 	}
 	start := rw.buf.Len()
@@ -115,7 +137,7 @@ func (rw *replyWriter) data(v any, now time.Time, nowText []byte, kept *replycac
 		return err
 	}
 	if rw.buf.Len()-start <= maxKept {
-		kept.Store(k, rw.buf.Bytes()[start:])
+		rw.entry = kept.Store(k, rw.buf.Bytes()[start:])
 	}
 	return nil
 }

@@ -56,6 +56,8 @@ type Worker struct {
 	drops sampledLog
 	// pinned is the host's page-locked memory, shared by the devices.
 	pinned *pinned.Pool
+	// pinnedWire is the pool's last figures on the wire (pinnedPool).
+	pinnedWire atomic.Pointer[pinnedWire]
 	// wake tells the admission loop of a deadline earlier than the one
 	// its timer is set for (wakeAt, Unix nanoseconds).
 	wake   chan struct{}
@@ -121,6 +123,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 			replays: replay.New(cfg.IdempotencyWindow, cfg.IdempotencyEntries, cfg.IdempotencyBytes),
 			waiting: map[ledger.Ticket]*pending{},
 			kept:    keptCaches(),
+			recent:  newRecent(),
 		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,9 +26,18 @@ func newRegistry() *prometheus.Registry {
 }
 
 // serveHTTP serves /metrics, /healthz (the process is up) and /readyz
-// (ready says why not) on addr until ctx is done.
-func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func(context.Context) error, log *slog.Logger) (func(), error) {
+// (ready says why not) on addr until ctx is done, and with profiles Go's
+// /debug/pprof/ (CPU, heap, goroutines: what an operator profiles a
+// running worker with).
+func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func(context.Context) error, profiles bool, log *slog.Logger) (func(), error) {
 	mux := http.NewServeMux()
+	if profiles {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {

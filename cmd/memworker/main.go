@@ -75,6 +75,7 @@ type cli struct {
 	EventReplicas     int           `name:"event-replicas" help:"Replicas of the event stream (default: the number of servers in the cluster, at most 3)."`
 
 	MetricsAddr string `name:"metrics-addr" help:"Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9400)."`
+	Pprof       bool   `name:"pprof" help:"With --metrics-addr: serve Go's profiles on /debug/pprof/ too (CPU, heap, goroutines, execution trace)."`
 
 	LogFormat string `name:"log-format" default:"text" enum:"text,json" help:"Log format (text, json)."`
 	LogLevel  string `name:"log-level" default:"info" enum:"debug,info,warn,error" help:"Log level."`
@@ -180,6 +181,9 @@ func config(c *cli, log *slog.Logger) worker.Config {
 }
 
 func run(ctx context.Context, c *cli, log *slog.Logger) error {
+	if c.Pprof && c.MetricsAddr == "" {
+		return errors.New("--pprof serves the profiles on --metrics-addr: give that address too")
+	}
 	cfg := config(c, log)
 	var err error
 	if cfg.CacheKeep, err = parseSize("--cache-keep", c.CacheKeep); err != nil {
@@ -251,7 +255,7 @@ func run(ctx context.Context, c *cli, log *slog.Logger) error {
 			}
 			return w.Check(ctx)
 		}
-		stopHTTP, err := serveHTTP(ctx, c.MetricsAddr, reg, ready, log)
+		stopHTTP, err := serveHTTP(ctx, c.MetricsAddr, reg, ready, c.Pprof, log)
 		if err != nil {
 			nc.Close()
 			return err

@@ -181,6 +181,7 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		"pinned over its cap": func(c *cli) {
 			c.PinnedPool, c.PinnedMax = "2MiB", "1MiB"
 		},
+		"profiles with nowhere to serve them": func(c *cli) { c.Pprof = true },
 	} {
 		c := testCLI(t)
 		c.NatsURL = "nats://127.0.0.1:1" // never reached

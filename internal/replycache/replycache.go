@@ -22,15 +22,16 @@ import (
 // they include) each find theirs. It is safe for concurrent use; a
 // device's read handlers share one per operation.
 type Cache struct {
-	kept [keep]atomic.Pointer[entry]
+	kept [keep]atomic.Pointer[Entry]
 	next atomic.Uint32 // the slot the next Store takes, round robin
 }
 
 // keep is how many encodings a Cache keeps.
 const keep = 4
 
-// entry is a stored encoding. It is never changed once stored.
-type entry struct {
+// An Entry is a stored encoding. It is never changed once stored, so its
+// holder may write it after the cache has let go of it.
+type Entry struct {
 	typ reflect.Type
 	fp  []byte
 	// segs is the encoding split where now's text stood.
@@ -80,31 +81,45 @@ func (k Key) Bytes() []byte { return k.fp }
 // WriteTo writes the kept encoding of k's value into b, with k's now, and
 // reports whether there was one.
 func (c *Cache) WriteTo(b *bytes.Buffer, k Key) bool {
-	var e *entry
-	for i := range c.kept {
-		if x := c.kept[i].Load(); x != nil && x.typ == k.typ && bytes.Equal(x.fp, k.fp) {
-			e = x
-			break
-		}
-	}
+	e := c.Find(k)
 	if e == nil {
 		return false
 	}
+	e.WriteTo(b, k.now)
+	return true
+}
+
+// Find returns the kept encoding of k's value, nil if there is none.
+func (c *Cache) Find(k Key) *Entry {
+	for i := range c.kept {
+		if x := c.kept[i].Load(); x != nil && x.typ == k.typ && bytes.Equal(x.fp, k.fp) {
+			return x
+		}
+	}
+	return nil
+}
+
+// Nows is how many times the encoding holds the request's now.
+func (e *Entry) Nows() int { return len(e.segs) - 1 }
+
+// WriteTo writes the encoding into b with nowText (a time as
+// time.RFC3339Nano writes it) where the request's now stood.
+func (e *Entry) WriteTo(b *bytes.Buffer, nowText []byte) {
 	for i, s := range e.segs {
 		if i > 0 {
 			b.WriteByte('"')
-			b.Write(k.now)
+			b.Write(nowText)
 			b.WriteByte('"')
 		}
 		b.Write(s)
 	}
-	return true
 }
 
 // Store keeps encoded, the encoding of k's value, for the next requests
-// with the same key. An encoding in which now's text does not stand
-// exactly where k's times equal to now are is not kept.
-func (c *Cache) Store(k Key, encoded []byte) {
+// with the same key, and returns what it kept. An encoding in which now's
+// text does not stand exactly where k's times equal to now are is not kept
+// (nil).
+func (c *Cache) Store(k Key, encoded []byte) *Entry {
 	var segs [][]byte
 	if k.nows == 0 {
 		segs = [][]byte{bytes.Clone(encoded)}
@@ -112,8 +127,10 @@ func (c *Cache) Store(k Key, encoded []byte) {
 		quoted := append(append(append(make([]byte, 0, len(k.now)+2), '"'), k.now...), '"')
 		segs = bytes.Split(bytes.Clone(encoded), quoted)
 		if len(segs) != k.nows+1 {
-			return
+			return nil
 		}
 	}
-	c.kept[c.next.Add(1)%keep].Store(&entry{typ: k.typ, fp: bytes.Clone(k.fp), segs: segs})
+	e := &Entry{typ: k.typ, fp: bytes.Clone(k.fp), segs: segs}
+	c.kept[c.next.Add(1)%keep].Store(e)
+	return e
 }

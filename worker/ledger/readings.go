@@ -42,6 +42,38 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 	return mi, nil
 }
 
+// Readings names the driver readings that replies are built from at a
+// moment: device truth and telemetry. A reply built from them can be sent
+// again while a reply built anew would use the same ones (Fresh) and
+// nothing else changed.
+type Readings struct {
+	truth time.Time
+	tele  *time.Time // each reading has its own
+}
+
+// Readings returns the readings a reply built now uses.
+func (d *Device) Readings() Readings { return Readings{truth: d.truth.at, tele: d.tele.at} }
+
+// Fresh reports whether a reply built at now would use r again: neither
+// reading was taken again since, nor is due to be (older than its max
+// age). Telemetry counts when the reply shows it (withTelemetry), and for
+// every reply while reservations need it (reservationUnused).
+func (d *Device) Fresh(r Readings, now time.Time, withTelemetry bool) bool {
+	if !fresh(r.truth, d.truth.at, now, d.cfg.TruthMaxAge) {
+		return false
+	}
+	if _, ok := d.backend.(ProcessLister); !ok || (!withTelemetry && d.byType[reservationCode] == 0) {
+		return true
+	}
+	return r.tele != nil && r.tele == d.tele.at && fresh(*r.tele, *r.tele, now, d.cfg.TelemetryMaxAge)
+}
+
+// fresh reports whether a reading taken at was is still the one taken at
+// is, and young enough at now to be used again.
+func fresh(was, is, now time.Time, maxAge time.Duration) bool {
+	return !was.IsZero() && was.Equal(is) && !now.Before(was) && now.Sub(was) < maxAge
+}
+
 // telemetry is one reading of a device's processes and driver reservation.
 // Its slice and time are never changed once read: replies share them.
 type telemetry struct {
