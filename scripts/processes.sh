@@ -28,7 +28,8 @@ else
 	worker=(--port "$port" --store-dir "$tmp/js")
 fi
 metrics=()
-[ -n "${STATS:-}" ] && metrics=(--metrics-addr 127.0.0.1:$((port + 1)) --pprof)
+[ -n "${STATS:-}" ] && metrics=(--metrics-addr 127.0.0.1:$((port + 1)))
+[ -n "${PROFILE:-}" ] && metrics+=(--pprof)
 ${WRAP:-} "${WORKER:-./memworker}" --backend "${BACKEND:-sim}" --node bench "${worker[@]}" "${metrics[@]}" ${MWFLAGS:-} >"$tmp/memworker.log" 2>&1 &
 pids+=($!)
 wpid=$!
