@@ -183,15 +183,15 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 // changes: it is encoded after the lock is let go.
 func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.Call, env *subjects.Envelope, fn opFunc, rw *replyWriter, requestID string) ([]byte, error) {
 	r := g.recent[op]
-	var pinned *subjects.PinnedPool
-	if r != nil {
-		pinned = w.pinnedPool() // before the reply is built from it
-	}
 	g.mu.Lock()
 	call.Now = time.Now()
-	if x := r.find(g, call, env.Data, pinned); x != nil {
-		g.mu.unlockRead()
-		return rw.successKept(requestID, x.entry, x.tu, call.Now)
+	var pinned *subjects.PinnedPool
+	if r != nil {
+		pinned = w.pinnedPool() // as of the request's now, before its reply is built
+		if x := r.find(g, call, env.Data, pinned); x != nil {
+			g.mu.unlockRead()
+			return w.fits(rw.successKept(requestID, x.entry, x.tu, call.Now))
+		}
 	}
 	data, err := fn(ctx, g, call, env.Data)
 	tu := tenantUsage(g, call.Who)
@@ -224,7 +224,12 @@ func tenantUsage(g *gpu, who ledger.Who) *subjects.TenantUsage {
 // over its max payload would be dropped, so it becomes an error that says
 // how to page instead.
 func (w *Worker) encodeReply(rw *replyWriter, requestID string, data any, tu *subjects.TenantUsage, now time.Time, kept *replycache.Cache) ([]byte, error) {
-	body, err := rw.success(requestID, data, tu, now, kept)
+	return w.fits(rw.success(requestID, data, tu, now, kept))
+}
+
+// fits passes an encoded reply on, or refuses one the server would not
+// carry.
+func (w *Worker) fits(body []byte, err error) ([]byte, error) {
 	if err == nil && w.maxPayload > 0 && int64(len(body)) > w.maxPayload {
 		return nil, subjects.Invalid("the reply would be %d bytes, over the server's max payload of %d: ask for less (a smaller limit or max_samples, then page with cursor)", len(body), w.maxPayload)
 	}

@@ -102,19 +102,24 @@ func (r *recent) find(g *gpu, call ledger.Call, data []byte, pinned *subjects.Pi
 }
 
 // stamp is what a reply built now, under g.mu, is built from; pinned is
-// the pinned pool as it was before the reply was built.
+// the pinned pool as it was before the reply was built. It is kept once
+// the reply is encoded (keep); nil when it is not to be.
 func (r *recent) stamp(g *gpu, call ledger.Call, data []byte, pinned *subjects.PinnedPool, tu *subjects.TenantUsage) *recentReply {
-	if r == nil {
+	if r == nil || len(data) > maxRecentData {
 		return nil
 	}
-	return &recentReply{who: call.Who, data: bytes.Clone(data), changes: g.mu.changes, readings: g.Readings(), pinned: pinned, tu: tu}
+	return &recentReply{who: call.Who, data: data, changes: g.mu.changes, readings: g.Readings(), pinned: pinned, tu: tu}
 }
+
+// maxRecentData bounds the request data a recent reply is kept for: a
+// read asks for a few flags, so what is longer is not worth keeping.
+const maxRecentData = 1 << 10
 
 // keep keeps x, once its reply is encoded as e (nil: not kept).
 func (r *recent) keep(x *recentReply, e *replycache.Entry) {
 	if r == nil || x == nil || e == nil || e.Nows() != r.nows {
 		return
 	}
-	x.entry = e
+	x.data, x.entry = bytes.Clone(x.data), e // the request's data lives as long as its request
 	r.kept[r.next.Add(1)%recentKept].Store(x)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,7 +49,7 @@ func TestARecentReplyShowsEveryChange(t *testing.T) {
 			call(t, w, "t", subjects.Allocate, `{"data":{"size_bytes":4194304,"purpose":"t-kv"}}`)
 		}},
 		{name: "a deallocation", change: func(t *testing.T, w *Worker, _ *sim.Backend) {
-			call(t, w, "t", subjects.Deallocate, `{"data":{"allocation_id":"`+allocationID(t, w)+`"}}`)
+			call(t, w, "t", subjects.Deallocate, `{"data":{"allocation_id":"`+allocationIDOf(t, w, "t")+`"}}`)
 		}},
 		{name: "a lease expires", change: func(t *testing.T, w *Worker, _ *sim.Backend) {
 			w.expire(w.gpus[0], time.Now().Add(2*time.Hour))
@@ -90,8 +91,10 @@ func TestARecentReplyShowsEveryChange(t *testing.T) {
 				name := ch.name + ", " + string(rd.op) + " " + rd.body + ", as " + map[string]string{"": "the operator", "t": "tenant t"}[tenant]
 				call(t, w, "t", subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"t-old","ttl_seconds":3600}}`)
 				before := pollUntilRecent(t, w, tenant, rd.op, rd.body)
-				if got, fresh := call(t, w, tenant, rd.op, rd.body), built(t, w, tenant, rd.op, rd.body); !sameReply(got, fresh) {
-					t.Fatalf("%s: the recent reply is not the one built anew:\n%s", name, cmp.Diff(normal(t, fresh), normal(t, got)))
+				if !ch.due { // with readings of 20 ms, one may fall due between the two
+					if got, fresh := call(t, w, tenant, rd.op, rd.body), built(t, w, tenant, rd.op, rd.body); !sameReply(got, fresh) {
+						t.Fatalf("%s: the recent reply is not the one built anew:\n%s", name, cmp.Diff(normal(t, fresh), normal(t, got)))
+					}
 				}
 				ch.change(t, w, b)
 				if ch.due {
@@ -101,8 +104,10 @@ func TestARecentReplyShowsEveryChange(t *testing.T) {
 					t.Errorf("%s: the recent reply still holds", name)
 				}
 				got := call(t, w, tenant, rd.op, rd.body)
-				if fresh := built(t, w, tenant, rd.op, rd.body); !sameReply(got, fresh) {
-					t.Errorf("%s: the reply after the change is not the one built anew (-built +sent):\n%s", name, cmp.Diff(normal(t, fresh), normal(t, got)))
+				if !ch.due {
+					if fresh := built(t, w, tenant, rd.op, rd.body); !sameReply(got, fresh) {
+						t.Errorf("%s: the reply after the change is not the one built anew (-built +sent):\n%s", name, cmp.Diff(normal(t, fresh), normal(t, got)))
+					}
 				}
 				if sameReply(before, got) && !ch.notIn[rd.op] {
 					t.Errorf("%s: the change does not show", name)
@@ -112,10 +117,116 @@ func TestARecentReplyShowsEveryChange(t *testing.T) {
 	}
 }
 
+// TestARecentReplyEndsWhenATransferCompletes: a transfer's copy runs
+// apart from the requests, and takes the device when it is done; a recent
+// reply kept while it copied no longer holds after.
+func TestARecentReplyEndsWhenATransferCompletes(t *testing.T) {
+	w, b := testWorker(t, "n", func(c *Config) { c.TruthMaxAge, c.TelemetryMaxAge = time.Hour, time.Hour })
+	b.SetCopyDelay(200 * time.Millisecond)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { defer close(done); w.transfers.Run(context.Background(), stop) }()
+	defer func() { close(stop); <-done }()
+	call(t, w, "", subjects.Allocate, `{"data":{"size_bytes":4194304,"purpose":"kv"}}`)
+	var st subjects.TransferStatus
+	if _, err := subjects.DecodeReply(call(t, w, "", subjects.Transfer, `{"data":{"allocation_id":"`+allocationIDOf(t, w, "")+`","target_allocation_type":"PINNED","mode":"move"}}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	before := pollUntilRecent(t, w, "", subjects.GetStatus, `{}`)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var got subjects.TransferStatus
+		if _, err := subjects.DecodeReply(call(t, w, "", subjects.GetTransfer, `{"data":{"transfer_id":"`+st.TransferID+`"}}`), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Status == subjects.TransferCompleted {
+			break
+		}
+		if got.Status == subjects.TransferFailed || time.Now().After(deadline) {
+			t.Fatalf("transfer: %+v, want completed", got)
+		}
+	}
+	if recentHolds(w, "", subjects.GetStatus, `{}`) {
+		t.Error("the recent reply kept while the transfer copied still holds once it completed")
+	}
+	got, fresh := call(t, w, "", subjects.GetStatus, `{}`), built(t, w, "", subjects.GetStatus, `{}`)
+	if !sameReply(got, fresh) {
+		t.Errorf("the reply after the transfer is not the one built anew (-built +sent):\n%s", cmp.Diff(normal(t, fresh), normal(t, got)))
+	}
+	if sameReply(before, got) {
+		t.Error("the transfer does not show")
+	}
+}
+
+// TestARecentReplyFitsTheMaxPayload: a recent reply sent again with a
+// longer request_id than it was kept with is refused, as the reply built
+// anew is, when it would be over the server's max payload.
+func TestARecentReplyFitsTheMaxPayload(t *testing.T) {
+	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge, c.TelemetryMaxAge = time.Hour, time.Hour })
+	call(t, w, "", subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"kv"}}`)
+	const data = `"data":{"include_allocations":true}`
+	short := `{"request_id":"a",` + data + `}`
+	w.maxPayload = int64(len(pollUntilRecent(t, w, "", subjects.GetStatus, short))) + 32
+	long := `{"request_id":"` + strings.Repeat("x", 200) + `",` + data + `}`
+	if !recentHolds(w, "", subjects.GetStatus, long) {
+		t.Fatal("no recent reply for the longer request_id: the test tests nothing")
+	}
+	if got, err := tryCall(w, "", subjects.GetStatus, long); !isCode(err, subjects.CodeInvalidRequest) {
+		t.Errorf("recent reply over the max payload of %d: %d bytes, %v; want INVALID_REQUEST", w.maxPayload, len(got), err)
+	}
+}
+
+// TestARecentReplyReadsThePinnedPoolAtItsMoment: a request that waits for
+// the device's lock while the host's pinned pool changes gets the pool's
+// figures as of its own moment, not as of its arrival.
+func TestARecentReplyReadsThePinnedPoolAtItsMoment(t *testing.T) {
+	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge, c.TelemetryMaxAge = time.Hour, time.Hour })
+	pollUntilRecent(t, w, "", subjects.GetUsage, `{}`)
+	g := w.gpus[0]
+	g.mu.Lock() // a read holds the device
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result)
+	go func() {
+		b, err := tryCall(w, "", subjects.GetUsage, `{}`)
+		done <- result{b, err}
+	}()
+	time.Sleep(50 * time.Millisecond) // it waits for the lock
+	if err := w.pinned.Ahead(context.Background(), 4<<20); err != nil {
+		g.mu.unlockRead()
+		t.Fatal(err)
+	}
+	after := w.pinned.Figures()
+	g.mu.unlockRead()
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	var u subjects.Usage
+	if _, err := subjects.DecodeReply(res.body, &u); err != nil {
+		t.Fatal(err)
+	}
+	if u.PinnedPool == nil || u.PinnedPool.PinnedBytes != after.PinnedBytes {
+		t.Errorf("reply sampled after the pool changed to %d pinned bytes shows %+v", after.PinnedBytes, u.PinnedPool)
+	}
+}
+
 // call runs body for op on w's first device as tenant ("" the operator)
 // and returns the reply's body.
 func call(t *testing.T, w *Worker, tenant string, op subjects.Op, body string) []byte {
 	t.Helper()
+	got, err := tryCall(w, tenant, op, body)
+	if err != nil {
+		t.Fatalf("%s as %q: %v", op, tenant, err)
+	}
+	if at, ok := sampledAtNow(got); !ok {
+		t.Fatalf("%s as %q: a sampled_at is not the reply's timestamp, the request's moment (%s): %s", op, tenant, at, got)
+	}
+	return got
+}
+
+// tryCall is call's request: the reply's body, or the error.
+func tryCall(w *Worker, tenant string, op subjects.Op, body string) ([]byte, error) {
 	req := &testRequest{data: []byte(body)}
 	if tenant != "" {
 		req.reply = "_R_.x"
@@ -123,16 +234,54 @@ func call(t *testing.T, w *Worker, tenant string, op subjects.Op, body string) [
 	}
 	env, err := subjects.DecodeRequest(req.data, op)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	rw := newReplyWriter()
 	defer rw.release()
 	got, err := w.act(context.Background(), op, w.gpus[0], req, env, w.handlers[op], rw)
-	if err != nil {
-		t.Fatalf("%s as %q: %v", op, tenant, err)
-	}
-	return bytes.Clone(got)
+	return bytes.Clone(got), err
 }
+
+// sampledAtNow reports whether every sampled_at in a reply is its
+// timestamp: the reply's figures are as of the request's moment, whether
+// the reply was built for it or kept.
+func sampledAtNow(body []byte) (string, bool) {
+	var v map[string]any
+	if json.Unmarshal(body, &v) != nil {
+		return "", false
+	}
+	now, _ := v["timestamp"].(string)
+	ok := true
+	var walk func(any)
+	walk = func(x any) {
+		switch x := x.(type) {
+		case map[string]any:
+			if at, has := x["sampled_at"]; has && !sameInstant(at, now) {
+				ok = false
+			}
+			for _, y := range x {
+				walk(y)
+			}
+		case []any:
+			for _, y := range x {
+				walk(y)
+			}
+		}
+	}
+	walk(v["data"])
+	return now, ok
+}
+
+// sameInstant reports whether a (a JSON value) is the time text b names.
+func sameInstant(a any, b string) bool {
+	s, _ := a.(string)
+	x, err1 := time.Parse(time.RFC3339Nano, s)
+	y, err2 := time.Parse(time.RFC3339Nano, b)
+	return err1 == nil && err2 == nil && x.Equal(y)
+}
+
+// isCode reports whether err is a wire error of code.
+func isCode(err error, code subjects.Code) bool { return wireError(err).Code == code }
 
 // built is the reply to body for op built anew, as without recent replies.
 func built(t *testing.T, w *Worker, tenant string, op subjects.Op, body string) []byte {
@@ -163,25 +312,25 @@ func recentHolds(w *Worker, tenant string, op subjects.Op, body string) bool {
 // and returns the reply.
 func pollUntilRecent(t *testing.T, w *Worker, tenant string, op subjects.Op, body string) []byte {
 	t.Helper()
-	for range 10 {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		got := call(t, w, tenant, op, body)
 		if recentHolds(w, tenant, op, body) {
 			return got
 		}
 	}
-	t.Fatalf("%s %s as %q: no recent reply after 10 polls", op, body, tenant)
+	t.Fatalf("%s %s as %q: no recent reply after 5 s of polling", op, body, tenant)
 	return nil
 }
 
-// allocationID is an allocation of tenant t's.
-func allocationID(t *testing.T, w *Worker) string {
+// allocationIDOf is an allocation of tenant's ("": the operator's).
+func allocationIDOf(t *testing.T, w *Worker, tenant string) string {
 	t.Helper()
 	var list subjects.AllocationsReply
-	if _, err := subjects.DecodeReply(call(t, w, "t", subjects.GetAllocations, `{}`), &list); err != nil {
+	if _, err := subjects.DecodeReply(call(t, w, tenant, subjects.GetAllocations, `{}`), &list); err != nil {
 		t.Fatal(err)
 	}
 	if len(list.Allocations) == 0 {
-		t.Fatal("tenant t has no allocation")
+		t.Fatalf("%q has no allocation", tenant)
 	}
 	return list.Allocations[0].AllocationID
 }

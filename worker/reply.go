@@ -52,6 +52,7 @@ func (rw *replyWriter) release() {
 		return
 	}
 	rw.buf.Reset()
+	rw.entry = nil
 	replyWriters.Put(rw)
 }
 
