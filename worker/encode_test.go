@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
@@ -149,22 +148,7 @@ func TestKeptRepliesAreEachCallersOwn(t *testing.T) {
 	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge = time.Hour })
 	as := func(tenant string, op subjects.Op, body string) []byte {
 		t.Helper()
-		req := &testRequest{data: []byte(body)}
-		if tenant != "" {
-			req.reply = "_R_.x"
-			req.headers = micro.Headers{requestInfoHeader: {`{"acc":"` + tenant + `"}`}}
-		}
-		env, err := subjects.DecodeRequest(req.data, op)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rw := newReplyWriter()
-		defer rw.release()
-		got, err := w.act(context.Background(), op, w.gpus[0], req, env, w.handlers[op], rw)
-		if err != nil {
-			t.Fatalf("%s as %q: %v", op, tenant, err)
-		}
-		return bytes.Clone(got)
+		return call(t, w, tenant, op, body)
 	}
 	for _, tenant := range []string{"a", "b"} {
 		as(tenant, subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"p-`+tenant+`"}}`)
