@@ -126,7 +126,6 @@ for s in $steps; do
 			step "recent-$i" env "${cases[@]}" ./processes.sh separate
 		done
 		BACKEND=cuda ROUNDS=${ROUNDS:-5} step processes-4 ./processes.sh separate
-		BACKEND=cuda ROUNDS=${ROUNDS:-5} step processes-3 ./processes.sh embedded
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
