@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/memworker/memworker/internal/replycache"
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/ledger"
