@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/memworker/memworker/subjects"
@@ -398,6 +400,70 @@ func TestARecentReplyIsTheRequestsOwn(t *testing.T) {
 			if !sameReply(got, fresh) {
 				t.Errorf("round %d, get_status %s: not the reply built anew (-built +sent):\n%s", round, body, cmp.Diff(normal(t, fresh), normal(t, got)))
 			}
+		}
+	}
+}
+
+// TestAClientSeesItsOwnChangeInTheNextStatus: over NATS, with pollers
+// keeping the device's recent reply in use, a client that got its
+// allocate's or deallocate's reply sees the change in its next get_status,
+// and so does a second client it tells.
+func TestAClientSeesItsOwnChangeInTheNextStatus(t *testing.T) {
+	nc, _ := serving(t, func(c *Config) {
+		c.TruthMaxAge, c.TelemetryMaxAge, c.SampleInterval = time.Hour, time.Hour, time.Hour
+		c.ReadHandlers = 4
+	})
+	other, err := nats.Connect(nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		pc, err := nats.Connect(nc.ConnectedUrl())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := pc.Request(subjects.Request(subjects.GetStatus, "n-gpu0"), []byte(`{}`), 5*time.Second); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	count := func(conn *nats.Conn) int {
+		t.Helper()
+		var st subjects.StatusReply
+		ask(t, conn, subjects.GetStatus, `{}`, &st)
+		return st.AllocationCount
+	}
+	var ids []string
+	for i := 1; i <= 30; i++ {
+		var a subjects.Allocation
+		if r := ask(t, nc, subjects.Allocate, `{"data":{"size_bytes":1048576}}`, &a); !r.Success {
+			t.Fatalf("allocate: %+v", r)
+		}
+		ids = append(ids, a.AllocationID)
+		if got, gotOther := count(nc), count(other); got != i || gotOther != i {
+			t.Fatalf("after allocate %d: the client sees %d allocations, another client %d", i, got, gotOther)
+		}
+	}
+	for i, id := range ids {
+		if r := ask(t, nc, subjects.Deallocate, `{"data":{"allocation_id":"`+id+`"}}`, nil); !r.Success {
+			t.Fatalf("deallocate: %+v", r)
+		}
+		if got, want := count(nc), len(ids)-i-1; got != want {
+			t.Fatalf("after deallocate %d: the client sees %d allocations, want %d", i+1, got, want)
 		}
 	}
 }
