@@ -55,7 +55,7 @@ func TestReplyEncodingMatchesEncodingJSON(t *testing.T) {
 			}
 			if tc.name == "kept again" { // the kept encoding is there, and is what is sent
 				at := tc.at.UTC()
-				if k, ok := replycache.Fingerprint(new(replycache.Scratch), ptr.Interface(), at, at.AppendFormat(nil, time.RFC3339Nano)); ok && !tc.kept.WriteTo(new(bytes.Buffer), k) {
+				if k, ok := replycache.Fingerprint(new(replycache.Scratch), ptr.Interface(), at, at.AppendFormat(nil, time.RFC3339Nano)); ok && tc.kept.WriteTo(new(bytes.Buffer), k) == nil {
 					t.Errorf("%T: encoded again, not kept", r)
 				}
 			}

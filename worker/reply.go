@@ -29,7 +29,7 @@ type replyWriter struct {
 	fp  replycache.Scratch
 	now [64]byte // the reply's timestamp, written
 	// entry is the kept encoding the last success wrote its data from, or
-	// kept; nil when none.
+	// kept; nil when none (what the read's recent reply refers to).
 	entry *replycache.Entry
 }
 
@@ -69,7 +69,6 @@ func (rw *replyWriter) success(requestID string, data any, tu *subjects.TenantUs
 
 // successKept is success with data already encoded, as e keeps it.
 func (rw *replyWriter) successKept(requestID string, e *replycache.Entry, tu *subjects.TenantUsage, now time.Time) ([]byte, error) {
-	rw.entry = e
 	return rw.envelope(requestID, tu, now, func(_ time.Time, nowText []byte) error {
 		e.WriteTo(&rw.buf, nowText)
 		return nil
@@ -129,8 +128,7 @@ func (rw *replyWriter) data(v any, now time.Time, nowText []byte, kept *replycac
 	if !ok {
 		return rw.value(v)
 	}
-	if rw.entry = kept.Find(k); rw.entry != nil {
-		rw.entry.WriteTo(&rw.buf, nowText)
+	if rw.entry = kept.WriteTo(&rw.buf, k); rw.entry != nil {
 		return nil
 	}
 	start := rw.buf.Len()

@@ -79,21 +79,12 @@ func Fingerprint(s *Scratch, v any, now time.Time, nowText []byte) (k Key, ok bo
 func (k Key) Bytes() []byte { return k.fp }
 
 // WriteTo writes the kept encoding of k's value into b, with k's now, and
-// reports whether there was one.
-func (c *Cache) WriteTo(b *bytes.Buffer, k Key) bool {
-	e := c.Find(k)
-	if e == nil {
-		return false
-	}
-	e.WriteTo(b, k.now)
-	return true
-}
-
-// Find returns the kept encoding of k's value, nil if there is none.
-func (c *Cache) Find(k Key) *Entry {
+// returns it; nil when there is none (b is left as it was).
+func (c *Cache) WriteTo(b *bytes.Buffer, k Key) *Entry {
 	for i := range c.kept {
-		if x := c.kept[i].Load(); x != nil && x.typ == k.typ && bytes.Equal(x.fp, k.fp) {
-			return x
+		if e := c.kept[i].Load(); e != nil && e.typ == k.typ && bytes.Equal(e.fp, k.fp) {
+			e.WriteTo(b, k.now)
+			return e
 		}
 	}
 	return nil

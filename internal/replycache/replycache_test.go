@@ -26,7 +26,7 @@ func encode(t testing.TB, c *replycache.Cache, v any, now time.Time) (out []byte
 		t.Fatalf("%T: no fingerprint", v)
 	}
 	var b bytes.Buffer
-	if c.WriteTo(&b, k) {
+	if c.WriteTo(&b, k) != nil {
 		return b.Bytes(), true
 	}
 	enc, err := json.Marshal(v)
@@ -358,7 +358,7 @@ func TestReadHandlersShareACache(t *testing.T) {
 					return
 				}
 				var b bytes.Buffer
-				if !c.WriteTo(&b, k) {
+				if c.WriteTo(&b, k) == nil {
 					enc, _ := json.Marshal(v)
 					c.Store(k, enc)
 					b.Write(enc)
@@ -391,7 +391,7 @@ func BenchmarkKeptStatus(b *testing.B) {
 		for b.Loop() {
 			k, _ := replycache.Fingerprint(&fp, v, now, nowText)
 			buf.Reset()
-			if !c.WriteTo(&buf, k) {
+			if c.WriteTo(&buf, k) == nil {
 				b.Fatal("not kept")
 			}
 		}

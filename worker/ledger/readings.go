@@ -28,7 +28,7 @@ type truth struct {
 // it); other processes' use shows within TruthMaxAge.
 func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64) (device.MemInfo, error) {
 	t := &d.truth
-	if t.at.IsZero() || now.Sub(t.at) >= d.cfg.TruthMaxAge || now.Before(t.at) {
+	if due(t.at, now, d.cfg.TruthMaxAge) {
 		mi, err := d.backend.MemInfo(ctx, d.index)
 		if err != nil {
 			*t = truth{}
@@ -55,23 +55,23 @@ type Readings struct {
 func (d *Device) Readings() Readings { return Readings{truth: d.truth.at, tele: d.tele.at} }
 
 // Fresh reports whether a reply built at now would use r again: neither
-// reading was taken again since, nor is due to be (older than its max
-// age). Telemetry counts when the reply shows it (withTelemetry), and for
-// every reply while reservations need it (reservationUnused).
+// reading was taken again since, nor is due. Telemetry counts when the
+// reply shows it (withTelemetry), and for every reply while reservations
+// need it (reservationUnused).
 func (d *Device) Fresh(r Readings, now time.Time, withTelemetry bool) bool {
-	if !fresh(r.truth, d.truth.at, now, d.cfg.TruthMaxAge) {
+	if !r.truth.Equal(d.truth.at) || due(r.truth, now, d.cfg.TruthMaxAge) {
 		return false
 	}
 	if _, ok := d.backend.(ProcessLister); !ok || (!withTelemetry && d.byType[reservationCode] == 0) {
 		return true
 	}
-	return r.tele != nil && r.tele == d.tele.at && fresh(*r.tele, *r.tele, now, d.cfg.TelemetryMaxAge)
+	return r.tele != nil && r.tele == d.tele.at && !due(*r.tele, now, d.cfg.TelemetryMaxAge)
 }
 
-// fresh reports whether a reading taken at was is still the one taken at
-// is, and young enough at now to be used again.
-func fresh(was, is, now time.Time, maxAge time.Duration) bool {
-	return !was.IsZero() && was.Equal(is) && !now.Before(was) && now.Sub(was) < maxAge
+// due reports whether a reading taken at is to be taken again at now:
+// there is none, it is maxAge old, or the clock went back.
+func due(at, now time.Time, maxAge time.Duration) bool {
+	return at.IsZero() || now.Before(at) || now.Sub(at) >= maxAge
 }
 
 // telemetry is one reading of a device's processes and driver reservation.
@@ -111,7 +111,7 @@ func (d *Device) readTelemetryWithin(ctx context.Context, now time.Time, maxAge 
 		return nil
 	}
 	t := &d.tele
-	if t.at == nil || now.Sub(*t.at) >= maxAge || now.Before(*t.at) {
+	if t.at == nil || due(*t.at, now, maxAge) {
 		procs, reserved, err := pl.Processes(ctx, d.index)
 		// A failed reading is kept too, so a broken NVML is not asked on
 		// every request; telemetry is extra, usage stands on device truth.
