@@ -20,17 +20,24 @@ import (
 // encoding/json's Decoder with DisallowUnknownFields, at a fraction of the
 // cost (BenchmarkDecode).
 func Decode(body []byte, v any) error {
-	rewrite, err := checkKeys(body)
+	body, err := snakeCased(body)
 	if err != nil {
 		return err
+	}
+	return DecodeData(body, v)
+}
+
+// snakeCased checks body's keys (checkKeys) and returns it with every key
+// in snake_case (a copy when some key was not).
+func snakeCased(body []byte) ([]byte, error) {
+	rewrite, err := checkKeys(body)
+	if err != nil {
+		return nil, err
 	}
 	if rewrite {
 		body = snakeKeys(body)
 	}
-	if err := gojson.UnmarshalWithOption(body, v, disallowUnknownFields); err != nil {
-		return describeJSONError(err)
-	}
-	return nil
+	return body, nil
 }
 
 // DecodeData decodes an envelope's data, as DecodeRequest returned it,
@@ -115,12 +122,9 @@ func jsonKind(goKind string) string {
 // space, numbers as written. Two requests with the same canonical form ask
 // for the same thing (a retry may reorder keys or change their case).
 func Canonical(body []byte) ([]byte, error) {
-	rewrite, err := checkKeys(body)
+	body, err := snakeCased(body)
 	if err != nil {
 		return nil, err
-	}
-	if rewrite {
-		body = snakeKeys(body)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()

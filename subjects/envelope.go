@@ -69,8 +69,16 @@ func NewRequest(requestID string, op Op, data any) ([]byte, error) {
 func DecodeRequest(body []byte, op Op) (*Envelope, error) {
 	var req Envelope
 	if len(body) > 0 {
-		if err := Decode(body, &req); err != nil {
+		snake, err := snakeCased(body)
+		if err != nil {
 			return salvageID(body), err
+		}
+		var plain bool
+		if req, plain = plainEnvelope(snake); !plain {
+			req = Envelope{}
+			if err := DecodeData(snake, &req); err != nil {
+				return salvageID(body), err
+			}
 		}
 	}
 	if err := checkRequestID(req.RequestID); err != nil {
