@@ -1,10 +1,13 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nuid"
 
 	"github.com/memworker/memworker/subjects"
 	"github.com/memworker/memworker/worker/device/sim"
@@ -202,4 +205,51 @@ func BenchmarkActCold(b *testing.B) {
 		n++
 	}
 	b.ReportMetric(float64(spent.Nanoseconds())/float64(n), "handler-ns/op")
+}
+
+// BenchmarkHandler measures the whole handler the worker registers with
+// micro, with the bodies the client sends (subjects.NewRequest: a fresh
+// request_id on every mutation, so each allocate's reply is kept for a
+// retry): get_status, and an allocate and a deallocate, the pair membench
+// compares with an echo.
+func BenchmarkHandler(b *testing.B) {
+	ctx := context.Background()
+	b.Run("get_status", func(b *testing.B) {
+		w := benchWorker(b)
+		g := w.gpus[0]
+		h := w.handler(ctx, subjects.GetStatus, g, w.ops()[subjects.GetStatus])
+		body, _ := subjects.NewRequest("", subjects.GetStatus, nil)
+		req := &testRequest{data: body, reply: "_INBOX.x"}
+		b.ReportAllocs()
+		for b.Loop() {
+			req.bodies = req.bodies[:0]
+			h.Handle(req)
+			if len(req.bodies) != 1 {
+				b.Fatalf("replies %d, errors %v", len(req.bodies), req.errs)
+			}
+		}
+	})
+	b.Run("allocate+deallocate", func(b *testing.B) {
+		w := benchWorker(b)
+		g := w.gpus[0]
+		alloc := w.handler(ctx, subjects.Allocate, g, w.ops()[subjects.Allocate])
+		free := w.handler(ctx, subjects.Deallocate, g, w.ops()[subjects.Deallocate])
+		req := &testRequest{reply: "_INBOX.x"}
+		b.ReportAllocs()
+		for b.Loop() {
+			req.data, _ = subjects.NewRequest(nuid.Next(), subjects.Allocate, subjects.AllocateRequest{SizeBytes: 1 << 20})
+			req.bodies = req.bodies[:0]
+			alloc.Handle(req)
+			if len(req.bodies) != 1 {
+				b.Fatalf("replies %d, errors %v", len(req.bodies), req.errs)
+			}
+			_, id, _ := bytes.Cut(req.bodies[0], []byte(`"allocation_id":"`))
+			id, _, _ = bytes.Cut(id, []byte(`"`))
+			req.data, _ = subjects.NewRequest(nuid.Next(), subjects.Deallocate, subjects.DeallocateRequest{AllocationID: string(id)})
+			free.Handle(req)
+			if len(req.bodies) != 2 {
+				b.Fatalf("replies %d, errors %v", len(req.bodies), req.errs)
+			}
+		}
+	})
 }

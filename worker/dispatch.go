@@ -188,7 +188,7 @@ func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.C
 	var pinned *subjects.PinnedPool
 	if r != nil {
 		pinned = w.pinnedPool() // as of the request's now, before its reply is built
-		if x := r.find(g, call, env.Data, pinned); x != nil {
+		if x := r.find(ctx, g, call, env.Data, pinned); x != nil {
 			g.mu.unlockRead()
 			return w.fits(rw.successKept(requestID, x.entry, x.tu, call.Now))
 		}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"sync"
 	"sync/atomic"
 
@@ -32,16 +33,16 @@ func (m *deviceMu) unlockRead() { m.Mutex.Unlock() }
 // recent keeps a device's latest replies to one of keptReplies, each with
 // what it was built from, so that a request that would build the same reply
 // again is answered with it, without building it: the reply as it would be
-// built now, but for how far the pressure trend has moved since (at most
-// the readings' age, --truth-max-age). At one client a request at a time
+// built now. At one client a request at a time
 // meets the worker's code cold (its caches taken by the server, the client
 // and the kernel in between), and building a status cost about 10 µs on a
 // 16-core host (docs/performance.md); a kept reply is written in a
 // fraction of that.
 //
 // A reply is the same while the device's lock was held by nothing but
-// reads (deviceMu), the readings are the same and not due again
-// (ledger.Device.Fresh), the host's pinned pool is the same, and the
+// reads (deviceMu), the device's readings find it as they did
+// (ledger.Device.Fresh: a due reading is taken, as a build would), the
+// host's pinned pool is the same, and the
 // request is the same: its caller and its data, byte for byte.
 type recent struct {
 	kept [recentKept]atomic.Pointer[recentReply]
@@ -85,7 +86,7 @@ func newRecent() map[subjects.Op]*recent {
 // find returns the kept reply to who's request with data on g at call's
 // now, if one holds; pinned is the host's pinned pool now. The caller
 // holds g.mu.
-func (r *recent) find(g *gpu, call ledger.Call, data []byte, pinned *subjects.PinnedPool) *recentReply {
+func (r *recent) find(ctx context.Context, g *gpu, call ledger.Call, data []byte, pinned *subjects.PinnedPool) *recentReply {
 	if r == nil {
 		return nil
 	}
@@ -94,7 +95,7 @@ func (r *recent) find(g *gpu, call ledger.Call, data []byte, pinned *subjects.Pi
 		if x == nil || x.who != call.Who || x.changes != g.mu.changes || x.pinned != pinned || !bytes.Equal(x.data, data) {
 			continue
 		}
-		if g.Fresh(x.readings, call.Now, r.telemetry) {
+		if g.Fresh(ctx, x.readings, call.Now, r.telemetry) {
 			return x
 		}
 	}

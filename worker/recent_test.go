@@ -158,6 +158,26 @@ func TestARecentReplyEndsWhenATransferCompletes(t *testing.T) {
 	}
 }
 
+// TestARecentReplyOutlivesAReadingThatFindsTheDeviceAsItWas: on an idle
+// device a reading falls due every TruthMaxAge and finds the figures as
+// they were; the recent reply still holds, and is the reply built anew.
+func TestARecentReplyOutlivesAReadingThatFindsTheDeviceAsItWas(t *testing.T) {
+	w, _ := testWorker(t, "n", func(c *Config) { c.TruthMaxAge, c.TelemetryMaxAge = 2*time.Millisecond, time.Hour })
+	call(t, w, "t", subjects.Allocate, `{"data":{"size_bytes":1048576,"purpose":"kv"}}`)
+	for _, op := range keptReplies {
+		for _, tenant := range []string{"", "t"} {
+			pollUntilRecent(t, w, tenant, op, `{}`)
+			time.Sleep(10 * time.Millisecond) // a reading is due
+			if !recentHolds(w, tenant, op, `{}`) {
+				t.Errorf("%s as %q: a reading that finds the device as it was ends the recent reply", op, tenant)
+			}
+			if got, fresh := call(t, w, tenant, op, `{}`), built(t, w, tenant, op, `{}`); !sameReply(got, fresh) {
+				t.Errorf("%s as %q: the recent reply is not the one built anew:\n%s", op, tenant, cmp.Diff(normal(t, fresh), normal(t, got)))
+			}
+		}
+	}
+}
+
 // TestARecentReplyFitsTheMaxPayload: a recent reply sent again with a
 // longer request_id than it was kept with is refused, as the reply built
 // anew is, when it would be over the server's max payload.
@@ -306,7 +326,7 @@ func recentHolds(w *Worker, tenant string, op subjects.Op, body string) bool {
 	pinned := w.pinnedPool()
 	g.mu.Lock()
 	defer g.mu.unlockRead()
-	return g.recent[op].find(g, ledger.Call{Who: ledger.Who{Tenant: tenant}, Now: time.Now()}, env.Data, pinned) != nil
+	return g.recent[op].find(context.Background(), g, ledger.Call{Who: ledger.Who{Tenant: tenant}, Now: time.Now()}, env.Data, pinned) != nil
 }
 
 // pollUntilRecent polls until a recent reply is in force (the first

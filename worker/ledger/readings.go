@@ -17,6 +17,10 @@ type truth struct {
 	at       time.Time
 	mi       device.MemInfo
 	reserved int64
+	// since is when the driver first read these figures (mi, with
+	// reserved): readings that find the device as it was keep it, and
+	// the replies built from them stay the same (Fresh).
+	since time.Time
 }
 
 // deviceTruth returns the device's total and free bytes as of now. The
@@ -34,7 +38,11 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 			*t = truth{}
 			return mi, err
 		}
-		*t = truth{at: now, mi: mi, reserved: reserved}
+		since := now
+		if !t.at.IsZero() && t.mi == mi && t.reserved == reserved {
+			since = t.since
+		}
+		*t = truth{at: now, mi: mi, reserved: reserved, since: since}
 		return mi, nil
 	}
 	mi := t.mi
@@ -42,24 +50,37 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 	return mi, nil
 }
 
-// Readings names the driver readings that replies are built from at a
-// moment: device truth and telemetry. A reply built from them can be sent
-// again while a reply built anew would use the same ones (Fresh) and
-// nothing else changed.
+// Readings names what replies built at a moment take from the device
+// beside its ledger: device truth's figures, the telemetry reading, and
+// the pressure trend they showed. A reply built from them can be sent
+// again while a reply built anew would find the same (Fresh) and nothing
+// else changed.
 type Readings struct {
-	truth time.Time
+	truth time.Time  // the figures' since
 	tele  *time.Time // each reading has its own
+	trend string
 }
 
-// Readings returns the readings a reply built now uses.
-func (d *Device) Readings() Readings { return Readings{truth: d.truth.at, tele: d.tele.at} }
+// Readings returns the readings of a reply built now.
+func (d *Device) Readings() Readings {
+	return Readings{truth: d.truth.since, tele: d.tele.at, trend: d.pressure.Trend()}
+}
 
-// Fresh reports whether a reply built at now would use r again: neither
-// reading was taken again since, nor is due. Telemetry counts when the
-// reply shows it (withTelemetry), and for every reply while reservations
-// need it (reservationUnused).
-func (d *Device) Fresh(r Readings, now time.Time, withTelemetry bool) bool {
-	if !r.truth.Equal(d.truth.at) || due(r.truth, now, d.cfg.TruthMaxAge) {
+// Fresh reports whether a reply built at now would find r again. It reads
+// device truth when a reading is due, as that reply would: a reading that
+// finds the figures as they were keeps r fresh (an idle device's replies
+// are built once, not once per TruthMaxAge), and the pressure trend must
+// not have moved since (the ratio's average drifts towards the ratio).
+// Telemetry counts when the reply shows it (withTelemetry), and for every
+// reply while reservations need it (reservationUnused): it must be the
+// same reading, not due.
+func (d *Device) Fresh(ctx context.Context, r Readings, now time.Time, withTelemetry bool) bool {
+	if due(d.truth.at, now, d.cfg.TruthMaxAge) {
+		if _, err := d.deviceTruth(ctx, now, d.pools[device.VRAM].Stats().ReservedBytes); err != nil {
+			return false
+		}
+	}
+	if !r.truth.Equal(d.truth.since) || d.pressure.TrendAt(now) != r.trend {
 		return false
 	}
 	if _, ok := d.backend.(ProcessLister); !ok || (!withTelemetry && d.byType[reservationCode] == 0) {

@@ -93,8 +93,7 @@ func (tr *Tracker) Observe(t Thresholds, ratio float64, now time.Time) (changed 
 		tr.level = subjects.LevelNormal
 		tr.average = ratio
 	} else if dt := now.Sub(tr.observedAt); dt > 0 {
-		alpha := 1 - math.Exp(-float64(dt)/float64(trendWindow))
-		tr.average += alpha * (ratio - tr.average)
+		tr.average = tr.averageAt(ratio, dt)
 	}
 	next := t.Next(tr.level, ratio)
 	changed = first || next != tr.level
@@ -117,8 +116,28 @@ func (tr *Tracker) Level() (level, previous subjects.Level) { return tr.level, t
 func (tr *Tracker) ChangedAt() time.Time { return tr.changedAt }
 
 // Trend says whether usage is above or below its recent average.
-func (tr *Tracker) Trend() string {
-	switch d := tr.ratio - tr.average; {
+func (tr *Tracker) Trend() string { return trend(tr.ratio - tr.average) }
+
+// TrendAt is the trend an observation of the same ratio would show at now:
+// the average drifts towards the ratio, so a rising or falling trend
+// becomes steady in time.
+func (tr *Tracker) TrendAt(now time.Time) string {
+	if dt := now.Sub(tr.observedAt); !tr.observedAt.IsZero() && dt > 0 {
+		return trend(tr.ratio - tr.averageAt(tr.ratio, dt))
+	}
+	return tr.Trend()
+}
+
+// averageAt is the average after ratio was observed dt after the last
+// observation.
+func (tr *Tracker) averageAt(ratio float64, dt time.Duration) float64 {
+	alpha := 1 - math.Exp(-float64(dt)/float64(trendWindow))
+	return tr.average + alpha*(ratio-tr.average)
+}
+
+// trend names a ratio's difference d from its average.
+func trend(d float64) string {
+	switch {
 	case d > trendEpsilon:
 		return subjects.TrendRising
 	case d < -trendEpsilon:

@@ -1,0 +1,58 @@
+package ledger_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/ledger"
+)
+
+// TestReadingsStayFreshWhileTheDeviceIsAsItWas: a reply built from the
+// device's readings may be sent again at a later moment while a reply
+// built then would find the same: a due reading of device truth is taken,
+// and one that finds the figures as they were keeps the readings fresh;
+// one that finds other figures ends them, even when a later reading finds
+// the first figures again; the pressure trend moving with time alone ends
+// them too.
+func TestReadingsStayFreshWhileTheDeviceIsAsItWas(t *testing.T) {
+	d, b := newDevice(t, 4*gib, func(c *ledger.Config) { c.TruthMaxAge = time.Millisecond })
+	t0 := time.Now().UTC()
+	observe := func(now time.Time) subjects.Pressure {
+		t.Helper()
+		u, err := d.Usage(ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := d.Observe(u)
+		return p
+	}
+	observe(t0)
+	if _, _, err := d.Allocate(ctx, ledger.Call{Now: t0}, valid(t, &subjects.AllocateRequest{SizeBytes: 2 * gib})); err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(10 * time.Millisecond)
+	if p := observe(at); p.Trend != subjects.TrendRising {
+		t.Fatalf("after the allocation the trend is %s, want rising", p.Trend)
+	}
+	r := d.Readings()
+	later := at.Add(5 * time.Millisecond) // a reading is due
+	if !d.Fresh(ctx, r, later, false) {
+		t.Fatal("a reading that finds the device as it was: not fresh")
+	}
+	if d.Fresh(ctx, r, at.Add(10*time.Minute), false) {
+		t.Error("ten minutes on, the trend has turned steady: still fresh")
+	}
+	b.SetExternalUsage(0, 64*mib)
+	if d.Fresh(ctx, r, later.Add(5*time.Millisecond), false) {
+		t.Error("a reading that finds another process's memory: still fresh")
+	}
+	b.SetExternalUsage(0, 0)
+	if d.Fresh(ctx, r, later.Add(10*time.Millisecond), false) {
+		t.Error("the first figures found again after others: still fresh")
+	}
+	b.SetUnavailable(0, true)
+	if d.Fresh(ctx, d.Readings(), later.Add(15*time.Millisecond), false) {
+		t.Error("a device that cannot be read: fresh")
+	}
+}
