@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -126,6 +126,18 @@ for s in $steps; do
 			step "recent-$i" env "${cases[@]}" ./processes.sh separate
 		done
 		BACKEND=cuda ROUNDS=${ROUNDS:-5} step processes-4 ./processes.sh separate
+		;;
+	since) # P21: one client against memworker-base (when carried), alternating; then the pair at 8 and 64 clients with the worker's GOMAXPROCS at 16, 4 and 8
+		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "since-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
+			step "since-$i" env "${cases[@]}" ./processes.sh separate
+		done
+		for i in 1 2; do
+			for p in 16 4 8; do
+				step "procs-$p-$i" env CONCURRENCY=8,64 ROUNDS=3 BACKEND=cuda WRAP="env GOMAXPROCS=$p" ./processes.sh separate
+			done
+		done
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
