@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -137,6 +137,16 @@ for s in $steps; do
 			for p in 16 4 8; do
 				step "procs-$p-$i" env CONCURRENCY=8,64 ROUNDS=3 BACKEND=cuda WRAP="env GOMAXPROCS=$p" ./processes.sh separate
 			done
+		done
+		;;
+	sinceall) # P21: every case against memworker-base (when carried), alternating; the worker's CPU profile at one client; one read handler at one client
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "all-base-$i" env ROUNDS=3 BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
+			step "all-$i" env ROUNDS=3 BACKEND=cuda ./processes.sh separate
+		done
+		step c1-profiled env CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=5 BACKEND=cuda PROFILE="$out/c1.prof" ./processes.sh separate
+		for i in 1 2; do
+			step "c1-readhandlers-1-$i" env CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=5 BACKEND=cuda MWFLAGS="--read-handlers 1" ./processes.sh separate
 		done
 		;;
 	bench)
