@@ -117,6 +117,7 @@ func orNewID(id string) string {
 // answered from the cache).
 func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Request, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	requestID := orNewID(env.RequestID)
+	g.truth.used()
 	call := ledger.Call{Who: callerOf(req)}
 	traits := op.Traits()
 	if traits.OperatorOnly && !call.Who.Operator() {

@@ -35,6 +35,9 @@ type gpu struct {
 	// device (pinahead.go), worked out at aheadAt.
 	ahead   int64
 	aheadAt time.Time
+	// truth keeps the reading of device truth fresh while requests come
+	// (truth.go).
+	truth *truthReader
 }
 
 func (w *Worker) gpu(id string) *gpu {

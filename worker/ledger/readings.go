@@ -31,6 +31,7 @@ type truth struct {
 // last one, so an allocation shows at once (and its pressure check sees
 // it); other processes' use shows within TruthMaxAge.
 func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64) (device.MemInfo, error) {
+	d.truthUsed = true
 	t := &d.truth
 	if due(t.at, now, d.cfg.TruthMaxAge) {
 		mi, err := d.backend.MemInfo(ctx, d.index)
@@ -38,16 +39,42 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 			*t = truth{}
 			return mi, err
 		}
-		since := now
-		if !t.at.IsZero() && t.mi == mi && t.reserved == reserved {
-			since = t.since
-		}
-		*t = truth{at: now, mi: mi, reserved: reserved, since: since}
+		d.putTruth(now, mi, reserved)
 		return mi, nil
 	}
 	mi := t.mi
 	mi.FreeBytes = min(max(mi.FreeBytes-(reserved-t.reserved), 0), mi.TotalBytes)
 	return mi, nil
+}
+
+// PutTruth takes mi as the reading of device truth at, when the pool
+// reserved reserved bytes, unless the reading in force is as recent. A
+// reader that keeps truth fresh reads the driver without the device's lock
+// and puts what it read, when nothing changed the device meanwhile.
+func (d *Device) PutTruth(at time.Time, mi device.MemInfo, reserved int64) {
+	if d.truth.at.IsZero() || at.After(d.truth.at) {
+		d.putTruth(at, mi, reserved)
+	}
+}
+
+// putTruth takes mi as the reading at, when the pool reserved reserved.
+func (d *Device) putTruth(at time.Time, mi device.MemInfo, reserved int64) {
+	t := &d.truth
+	since := at
+	if !t.at.IsZero() && t.mi == mi && t.reserved == reserved {
+		since = t.since
+	}
+	*t = truth{at: at, mi: mi, reserved: reserved, since: since}
+}
+
+// TruthUse is for a reader that keeps device truth fresh ahead of the
+// requests that use it, so that they find it not yet due: used is whether
+// anything used device truth since the last call (a reader stops when
+// nothing did), reserved the pool's reservation now, to put a reading
+// with.
+func (d *Device) TruthUse() (used bool, reserved int64) {
+	used, d.truthUsed = d.truthUsed, false
+	return used, d.pools[device.VRAM].Stats().ReservedBytes
 }
 
 // Readings names what replies built at a moment take from the device
@@ -75,6 +102,7 @@ func (d *Device) Readings() Readings {
 // reply while reservations need it (reservationUnused): it must be the
 // same reading, not due.
 func (d *Device) Fresh(ctx context.Context, r Readings, now time.Time, withTelemetry bool) bool {
+	d.truthUsed = true
 	if due(d.truth.at, now, d.cfg.TruthMaxAge) {
 		if _, err := d.deviceTruth(ctx, now, d.pools[device.VRAM].Stats().ReservedBytes); err != nil {
 			return false

@@ -1,0 +1,101 @@
+package worker
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
+	"github.com/memworker/memworker/worker/device/sim"
+)
+
+// readingsBackend is a sim backend that counts the driver's readings of
+// device truth: those asked for while the device's lock is held (by a
+// request that found the reading due, or anything else holding it) and
+// those without it (the reader). With a gate, a reading without the lock
+// waits for the gate to let it go, then reads the device as it is then.
+type readingsBackend struct {
+	*sim.Backend
+	g              atomic.Pointer[gpu]
+	locked, free   atomic.Int64
+	gate, inDriver chan struct{}
+}
+
+func (b *readingsBackend) MemInfo(ctx context.Context, dev int) (device.MemInfo, error) {
+	if g := b.g.Load(); g != nil {
+		if !g.mu.TryLock() {
+			b.locked.Add(1)
+		} else {
+			g.mu.unlockRead()
+			b.free.Add(1)
+			if b.gate != nil {
+				b.inDriver <- struct{}{}
+				<-b.gate
+			}
+		}
+	}
+	return b.Backend.MemInfo(ctx, dev)
+}
+
+func servingReadings(t *testing.T, maxAge time.Duration, gated bool) (*readingsBackend, *Worker, func(subjects.Op, string)) {
+	t.Helper()
+	b := &readingsBackend{Backend: sim.New(sim.Default(1, 1<<30))}
+	if gated {
+		b.gate, b.inDriver = make(chan struct{}), make(chan struct{})
+	}
+	nc, w := serving(t, func(c *Config) {
+		c.Backend = b
+		c.TruthMaxAge, c.TelemetryMaxAge, c.SampleInterval = maxAge, time.Hour, time.Hour
+	})
+	b.g.Store(w.gpus[0])
+	return b, w, func(op subjects.Op, body string) {
+		t.Helper()
+		if r := ask(t, nc, op, body, nil); !r.Success {
+			t.Fatalf("%s: %s %s", op, r.ErrorCode, r.ErrorMessage)
+		}
+	}
+}
+
+// TestTheReaderKeepsTruthFreshWhileRequestsCome: while a client polls, the
+// device's reading of device truth is taken by its reader, ahead of time
+// and without the device's lock, not by the requests that would find it
+// due; once the polling stops the reader sleeps.
+func TestTheReaderKeepsTruthFreshWhileRequestsCome(t *testing.T) {
+	const maxAge = 100 * time.Millisecond
+	b, _, ask := servingReadings(t, maxAge, false)
+	for deadline := time.Now().Add(10 * time.Second); b.free.Load() < 8; {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s of polling the reader took %d readings, requests %d", b.free.Load(), b.locked.Load())
+		}
+		ask(subjects.GetStatus, `{}`)
+		time.Sleep(time.Millisecond)
+	}
+	if locked, free := b.locked.Load(), b.free.Load(); locked > 1+free/4 {
+		t.Errorf("requests took %d readings, the reader %d: the reader does not keep ahead of them", locked, free)
+	}
+	time.Sleep(3 * maxAge)
+	before := b.free.Load()
+	time.Sleep(3 * maxAge)
+	if after := b.free.Load(); after != before {
+		t.Errorf("with no request the reader took %d readings in %v", after-before, 3*maxAge)
+	}
+}
+
+// TestTheReaderDropsAReadingTheDeviceChangedUnder: a reading the reader
+// took while an allocation changed the device is not put: paired with the
+// reservation from before, it would count the allocation twice.
+func TestTheReaderDropsAReadingTheDeviceChangedUnder(t *testing.T) {
+	b, w, ask := servingReadings(t, 400*time.Millisecond, true)
+	ask(subjects.GetStatus, `{}`) // a reading under the lock, and the reader wakes
+	<-b.inDriver                  // the reader asks the driver
+	ask(subjects.Allocate, `{"data":{"size_bytes":67108864}}`)
+	b.gate <- struct{}{} // it reads the device with the allocation in
+	ask(subjects.GetStatus, `{}`)
+	<-b.inDriver                                            // its next cycle: the reading before was put or dropped
+	defer func() { b.g.Store(nil); b.gate <- struct{}{} }() // later readings pass
+	if u := usageOf(t, w)(); u.ReservedBytes == 0 || u.FreeBytes != u.TotalBytes-u.ReservedBytes {
+		t.Errorf("free %d of %d with %d reserved: want %d", u.FreeBytes, u.TotalBytes, u.ReservedBytes, u.TotalBytes-u.ReservedBytes)
+	}
+}
