@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -148,6 +148,15 @@ for s in $steps; do
 		for i in 1 2; do
 			step "c1-readhandlers-1-$i" env CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=5 BACKEND=cuda MWFLAGS="--read-handlers 1" ./processes.sh separate
 		done
+		;;
+	reader) # P21: the truth reader, against memworker-base (when carried): one client alternating, then every case once each
+		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "reader-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
+			step "reader-$i" env "${cases[@]}" ./processes.sh separate
+		done
+		[ -x ./memworker-base ] && step all-base env ROUNDS=3 BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
+		step all env ROUNDS=3 BACKEND=cuda ./processes.sh separate
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
