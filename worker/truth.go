@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"runtime"
 	"sync/atomic"
 	"time"
 )
@@ -12,8 +11,7 @@ import (
 // driver: a reading is a driver round trip (cuMemGetInfo through cgo,
 // 9-26 µs on an H100 host met cold between requests), taken by whichever
 // request found the reading due, once every --truth-max-age (1 ms). The
-// reader takes it instead, ahead of time, on a thread of its own (the
-// driver's per-thread state stays warm), without the device's lock. It
+// reader takes it instead, ahead of time, without the device's lock. It
 // sleeps while nothing uses the device's truth: an idle worker does not
 // wake for it. Requests never depend on it: one that finds the reading due
 // takes it, as before.
@@ -41,9 +39,9 @@ func (r *truthReader) used() {
 // cycle went by in which nothing used the reading. A reading is put only
 // when nothing changed the device while the driver was asked (deviceMu's
 // count): it must be paired with the pool's reservation at its moment.
+// While mutations change the device (each reads truth again when due, and
+// would make the reader's reading void), it does not ask the driver.
 func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	every := w.cfg.TruthMaxAge * 3 / 4
 	timer := time.NewTimer(every)
 	timer.Stop()
@@ -56,6 +54,7 @@ func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
 			return
 		case <-r.wake:
 		}
+		var last uint64
 		for woken := true; ; woken = false {
 			g.mu.Lock()
 			used, reserved := g.TruthUse()
@@ -64,14 +63,17 @@ func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
 			if !used && !woken {
 				break
 			}
-			at := time.Now()
-			if mi, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err == nil { // a failure is the next request's to read and report
-				g.mu.Lock()
-				if g.mu.changes == changes {
-					g.PutTruth(at, mi, reserved)
+			if woken || changes == last {
+				at := time.Now()
+				if mi, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err == nil { // a failure is the next request's to read and report
+					g.mu.Lock()
+					if g.mu.changes == changes {
+						g.PutTruth(at, mi, reserved)
+					}
+					g.mu.unlockRead()
 				}
-				g.mu.unlockRead()
 			}
+			last = changes
 			timer.Reset(every)
 			select {
 			case <-ctx.Done():

@@ -81,21 +81,34 @@ func TestTheReaderKeepsTruthFreshWhileRequestsCome(t *testing.T) {
 	if after := b.free.Load(); after != before {
 		t.Errorf("with no request the reader took %d readings in %v", after-before, 3*maxAge)
 	}
+	// While mutations change the device, a reading of the reader's would
+	// be void: it does not ask.
+	before = b.free.Load()
+	for end := time.Now().Add(5 * maxAge); time.Now().Before(end); {
+		ask(subjects.Clear, `{"data":{"force":true}}`)
+		time.Sleep(time.Millisecond)
+	}
+	if after := b.free.Load(); after > before+1 { // the cycle it was woken in
+		t.Errorf("while mutations came the reader took %d readings in %v", after-before, 5*maxAge)
+	}
 }
 
 // TestTheReaderDropsAReadingTheDeviceChangedUnder: a reading the reader
 // took while an allocation changed the device is not put: paired with the
 // reservation from before, it would count the allocation twice.
 func TestTheReaderDropsAReadingTheDeviceChangedUnder(t *testing.T) {
-	b, w, ask := servingReadings(t, 400*time.Millisecond, true)
+	b, w, ask := servingReadings(t, time.Second, true)
 	ask(subjects.GetStatus, `{}`) // a reading under the lock, and the reader wakes
-	<-b.inDriver                  // the reader asks the driver
+	<-b.inDriver                  // the reader asks the driver (a 10 minute test timeout if never)
 	ask(subjects.Allocate, `{"data":{"size_bytes":67108864}}`)
+	b.g.Store(nil)       // no more gating
 	b.gate <- struct{}{} // it reads the device with the allocation in
-	ask(subjects.GetStatus, `{}`)
-	<-b.inDriver                                            // its next cycle: the reading before was put or dropped
-	defer func() { b.g.Store(nil); b.gate <- struct{}{} }() // later readings pass
-	if u := usageOf(t, w)(); u.ReservedBytes == 0 || u.FreeBytes != u.TotalBytes-u.ReservedBytes {
-		t.Errorf("free %d of %d with %d reserved: want %d", u.FreeBytes, u.TotalBytes, u.ReservedBytes, u.TotalBytes-u.ReservedBytes)
+	// Until the reading before falls due (1 s), the usage is the one
+	// the reader put or the one from before.
+	usage := usageOf(t, w)
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if u := usage(); u.ReservedBytes == 0 || u.FreeBytes != u.TotalBytes-u.ReservedBytes {
+			t.Fatalf("free %d of %d with %d reserved: want %d", u.FreeBytes, u.TotalBytes, u.ReservedBytes, u.TotalBytes-u.ReservedBytes)
+		}
 	}
 }
