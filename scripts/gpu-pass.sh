@@ -149,7 +149,8 @@ for s in $steps; do
 			step "c1-readhandlers-1-$i" env CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=5 BACKEND=cuda MWFLAGS="--read-handlers 1" ./processes.sh separate
 		done
 		;;
-	reader) # P21: the truth reader, against memworker-base (when carried): one client alternating, then every case once each
+	reader) # P21: the truth reader, against memworker-base (when carried): a warm-up, one client alternating, then every case once each
+		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
 		for i in 1 2; do
 			[ -x ./memworker-base ] && step "reader-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
