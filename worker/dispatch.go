@@ -117,12 +117,12 @@ func orNewID(id string) string {
 // answered from the cache).
 func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Request, env *subjects.Envelope, fn opFunc, rw *replyWriter) ([]byte, error) {
 	requestID := orNewID(env.RequestID)
-	g.truth.used()
 	call := ledger.Call{Who: callerOf(req)}
 	traits := op.Traits()
 	if traits.OperatorOnly && !call.Who.Operator() {
 		return nil, ledger.Errorf(ledger.ErrForbidden, "%s acts on every tenant's memory: only the operator may ask for it", op)
 	}
+	g.truth.used()
 	if traits.Bounded {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, w.cfg.OpTimeout)
@@ -189,8 +189,12 @@ func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.C
 	var pinned *subjects.PinnedPool
 	if r != nil {
 		pinned = w.pinnedPool() // as of the request's now, before its reply is built
-		if x := r.find(ctx, g, call, env.Data, pinned); x != nil {
+		x, err := r.find(ctx, g, call, env.Data, pinned)
+		if x != nil || err != nil {
 			g.mu.unlockRead()
+			if err != nil {
+				return nil, err
+			}
 			return w.fits(rw.successKept(requestID, x.entry, x.tu, call.Now))
 		}
 	}

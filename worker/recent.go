@@ -84,22 +84,30 @@ func newRecent() map[subjects.Op]*recent {
 }
 
 // find returns the kept reply to who's request with data on g at call's
-// now, if one holds; pinned is the host's pinned pool now. The caller
-// holds g.mu.
-func (r *recent) find(ctx context.Context, g *gpu, call ledger.Call, data []byte, pinned *subjects.PinnedPool) *recentReply {
+// now, if one holds; pinned is the host's pinned pool now. It takes a due
+// reading of device truth, as a build would, and returns the driver's error
+// when that fails: the error a build would return. The caller holds g.mu.
+func (r *recent) find(ctx context.Context, g *gpu, call ledger.Call, data []byte, pinned *subjects.PinnedPool) (*recentReply, error) {
 	if r == nil {
-		return nil
+		return nil, nil
 	}
+	read := false
 	for i := range r.kept {
 		x := r.kept[i].Load()
 		if x == nil || x.who != call.Who || x.changes != g.mu.changes || x.pinned != pinned || !bytes.Equal(x.data, data) {
 			continue
 		}
-		if g.Fresh(ctx, x.readings, call.Now, r.telemetry) {
-			return x
+		if !read { // once, as a build would: a device that fails is asked once a request
+			if err := g.ReadDue(ctx, call.Now); err != nil {
+				return nil, err
+			}
+			read = true
+		}
+		if g.Fresh(x.readings, call.Now, r.telemetry) {
+			return x, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // stamp is what a reply built now, under g.mu, is built from; pinned is

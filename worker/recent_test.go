@@ -178,6 +178,32 @@ func TestARecentReplyOutlivesAReadingThatFindsTheDeviceAsItWas(t *testing.T) {
 	}
 }
 
+// TestAFailingDeviceIsAskedOnceARequest: with several recent replies kept
+// (the figures changed between them), a request to a device that no longer
+// answers asks the driver once, as a build would, and gets its error.
+func TestAFailingDeviceIsAskedOnceARequest(t *testing.T) {
+	b := &readingsBackend{Backend: sim.New(sim.Default(1, 1<<30))}
+	w, _ := testWorker(t, "n", func(c *Config) {
+		c.Backend = b
+		c.TruthMaxAge, c.TelemetryMaxAge = time.Millisecond, time.Hour
+	})
+	pollUntilRecent(t, w, "", subjects.GetStatus, `{}`)
+	for i := int64(1); i <= 3; i++ {
+		b.SetExternalUsage(0, i<<26)
+		time.Sleep(2 * time.Millisecond)
+		pollUntilRecent(t, w, "", subjects.GetStatus, `{}`)
+	}
+	b.SetUnavailable(0, true)
+	time.Sleep(2 * time.Millisecond)
+	before := b.all.Load()
+	if _, err := tryCall(w, "", subjects.GetStatus, `{}`); !isCode(err, subjects.CodeDeviceUnavailable) {
+		t.Fatalf("get_status of a device that does not answer: %v, want DEVICE_UNAVAILABLE", err)
+	}
+	if n := b.all.Load() - before; n != 1 {
+		t.Errorf("one get_status asked the failing driver %d times", n)
+	}
+}
+
 // TestARecentReplyFitsTheMaxPayload: a recent reply sent again with a
 // longer request_id than it was kept with is refused, as the reply built
 // anew is, when it would be over the server's max payload.
@@ -326,7 +352,8 @@ func recentHolds(w *Worker, tenant string, op subjects.Op, body string) bool {
 	pinned := w.pinnedPool()
 	g.mu.Lock()
 	defer g.mu.unlockRead()
-	return g.recent[op].find(context.Background(), g, ledger.Call{Who: ledger.Who{Tenant: tenant}, Now: time.Now()}, env.Data, pinned) != nil
+	x, err := g.recent[op].find(context.Background(), g, ledger.Call{Who: ledger.Who{Tenant: tenant}, Now: time.Now()}, env.Data, pinned)
+	return x != nil && err == nil
 }
 
 // pollUntilRecent polls until a recent reply is in force (the first

@@ -16,6 +16,12 @@ import (
 // wake for it. Requests never depend on it: one that finds the reading due
 // takes it, as before.
 type truthReader struct {
+	// asked is set by requests, cleared by the reader each cycle: a cycle
+	// in which no request came puts the reader to sleep. Only requests
+	// set it (the sampler and metrics scrapes use truth too, but nobody
+	// waits on them). Set only when clear, so requests on many cores
+	// share the flag's cache line read-only.
+	asked atomic.Bool
 	// idle is set while the reader waits to be woken; a request that finds
 	// it set wakes it.
 	idle atomic.Bool
@@ -24,8 +30,11 @@ type truthReader struct {
 
 func newTruthReader() *truthReader { return &truthReader{wake: make(chan struct{}, 1)} }
 
-// used wakes the reader when it sleeps: a request uses the device.
+// used notes a request, and wakes the reader when it sleeps.
 func (r *truthReader) used() {
+	if !r.asked.Load() {
+		r.asked.Store(true)
+	}
 	if r.idle.Load() && r.idle.CompareAndSwap(true, false) {
 		select {
 		case r.wake <- struct{}{}:
@@ -34,15 +43,21 @@ func (r *truthReader) used() {
 	}
 }
 
-// keepTruth is g's reader (truthReader) until ctx ends: each cycle it
-// reads the driver at three quarters of --truth-max-age, and stops once a
-// cycle went by in which nothing used the reading. A reading is put only
-// when nothing changed the device while the driver was asked (deviceMu's
-// count): it must be paired with the pool's reservation at its moment.
-// While mutations change the device (each reads truth again when due, and
-// would make the reader's reading void), it does not ask the driver.
+// minTruthReaderAge is the least --truth-max-age a reader is started for:
+// below it requests read the driver nearly every time anyway.
+const minTruthReaderAge = 200 * time.Microsecond
+
+// keepTruth is g's reader (truthReader) until ctx ends. Each cycle, three
+// quarters of --truth-max-age apart, it reads the driver when the reading
+// in force would fall due before the next cycle, and it sleeps once a
+// cycle went by with no request. A reading is put only when nothing
+// changed the device while the driver was asked (deviceMu's count): it
+// must be paired with the pool's reservation at its moment. While
+// mutations change the device (each reads truth again when due, and would
+// make the reader's reading void), it does not ask the driver.
 func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
-	every := w.cfg.TruthMaxAge * 3 / 4
+	maxAge := w.cfg.TruthMaxAge
+	every := maxAge - maxAge/4
 	timer := time.NewTimer(every)
 	timer.Stop()
 	defer timer.Stop()
@@ -55,20 +70,16 @@ func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
 		case <-r.wake:
 		}
 		var last uint64
-		for woken := true; ; woken = false {
+		for woken := true; r.asked.Swap(false); woken = false {
+			now := time.Now()
 			g.mu.Lock()
-			used, reserved := g.TruthUse()
-			changes := g.mu.changes
+			readAt, reserved, changes := g.TruthAt(), g.ReservedBytes(), g.mu.changes
 			g.mu.unlockRead()
-			if !used && !woken {
-				break
-			}
-			if woken || changes == last {
-				at := time.Now()
+			if (woken || changes == last) && now.Add(every).Sub(readAt) >= maxAge {
 				if mi, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err == nil { // a failure is the next request's to read and report
 					g.mu.Lock()
 					if g.mu.changes == changes {
-						g.PutTruth(at, mi, reserved)
+						g.PutTruth(now, mi, reserved)
 					}
 					g.mu.unlockRead()
 				}

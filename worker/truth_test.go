@@ -20,10 +20,12 @@ type readingsBackend struct {
 	*sim.Backend
 	g              atomic.Pointer[gpu]
 	locked, free   atomic.Int64
+	all            atomic.Int64 // with g unset too
 	gate, inDriver chan struct{}
 }
 
 func (b *readingsBackend) MemInfo(ctx context.Context, dev int) (device.MemInfo, error) {
+	b.all.Add(1)
 	if g := b.g.Load(); g != nil {
 		if !g.mu.TryLock() {
 			b.locked.Add(1)
@@ -97,18 +99,61 @@ func TestTheReaderKeepsTruthFreshWhileRequestsCome(t *testing.T) {
 // took while an allocation changed the device is not put: paired with the
 // reservation from before, it would count the allocation twice.
 func TestTheReaderDropsAReadingTheDeviceChangedUnder(t *testing.T) {
-	b, w, ask := servingReadings(t, time.Second, true)
-	ask(subjects.GetStatus, `{}`) // a reading under the lock, and the reader wakes
-	<-b.inDriver                  // the reader asks the driver (a 10 minute test timeout if never)
+	const maxAge = 2 * time.Second
+	b, w, ask := servingReadings(t, maxAge, true)
+	// Requests come until the reader asks the driver (three quarters of
+	// the max age after the first request's own reading).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ask(subjects.GetStatus, `{}`)
+		select {
+		case <-b.inDriver:
+		case <-time.After(20 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("the reader took no reading in 10 s")
+			}
+			continue
+		}
+		break
+	}
 	ask(subjects.Allocate, `{"data":{"size_bytes":67108864}}`)
 	b.g.Store(nil)       // no more gating
 	b.gate <- struct{}{} // it reads the device with the allocation in
-	// Until the reading before falls due (1 s), the usage is the one
+	// Until the reading before falls due, the usage is the one
 	// the reader put or the one from before.
 	usage := usageOf(t, w)
 	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
 		if u := usage(); u.ReservedBytes == 0 || u.FreeBytes != u.TotalBytes-u.ReservedBytes {
 			t.Fatalf("free %d of %d with %d reserved: want %d", u.FreeBytes, u.TotalBytes, u.ReservedBytes, u.TotalBytes-u.ReservedBytes)
 		}
+	}
+}
+
+// TestTheReaderSleepsWhenOnlyTheMonitorReads: the monitor's sampling (here
+// more often than the reader's cycle) uses device truth too, but nobody
+// waits on it: once requests stop the reader sleeps.
+func TestTheReaderSleepsWhenOnlyTheMonitorReads(t *testing.T) {
+	nc, w := serving(t, func(c *Config) {
+		c.TruthMaxAge, c.TelemetryMaxAge, c.SampleInterval = 100*time.Millisecond, time.Hour, 20*time.Millisecond
+	})
+	if r := ask(t, nc, subjects.GetStatus, `{}`, nil); !r.Success {
+		t.Fatal(r.ErrorMessage)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !w.gpus[0].truth.idle.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("10 s after the only request the truth reader is still awake")
+		}
+	}
+}
+
+// TestTheReaderKeepsItsPaceForAnyMaxAge: the reader's cycle is three
+// quarters of the max age, whatever it is: with one of a million hours it
+// does not read back to back.
+func TestTheReaderKeepsItsPaceForAnyMaxAge(t *testing.T) {
+	b, _, ask := servingReadings(t, 1_000_000*time.Hour, false)
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		ask(subjects.GetStatus, `{}`)
+	}
+	if n := b.free.Load(); n > 1 {
+		t.Errorf("with readings good for a million hours the reader read the driver %d times in 200 ms", n)
 	}
 }

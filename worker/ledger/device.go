@@ -104,7 +104,7 @@ type Device struct {
 	pressure             monitor.Tracker
 	history              *history
 	truth                truth
-	truthUsed            bool // since the last TruthUse
+	truthNotBefore       time.Time // no reading taken before is put (forgetTruth)
 	tele                 telemetry
 	queue                queue // allocates waiting for room
 	// holders are the allocations with a reclaim spec, in the order they

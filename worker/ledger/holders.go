@@ -204,7 +204,7 @@ func (d *Device) Handoff(ctx context.Context, now time.Time) (asks []Ask, evs []
 		switch {
 		case d.releasedTo(a, h.spec.KeepBytes):
 			// The room it made is read from the device, not assumed.
-			d.truth = truth{}
+			d.forgetTruth(now)
 			h.state = subjects.HolderReleased
 			evs = append(evs, HandoffEvent{Type: HandoffCompleted, Holder: d.view(a), BytesReleased: h.full - a.size,
 				Seconds: h.answeredAt.Sub(h.asked).Seconds(), VerifySeconds: now.Sub(h.answeredAt).Seconds()})

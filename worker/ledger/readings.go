@@ -31,12 +31,11 @@ type truth struct {
 // last one, so an allocation shows at once (and its pressure check sees
 // it); other processes' use shows within TruthMaxAge.
 func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64) (device.MemInfo, error) {
-	d.truthUsed = true
 	t := &d.truth
 	if due(t.at, now, d.cfg.TruthMaxAge) {
 		mi, err := d.backend.MemInfo(ctx, d.index)
 		if err != nil {
-			*t = truth{}
+			d.forgetTruth(now)
 			return mi, err
 		}
 		d.putTruth(now, mi, reserved)
@@ -48,14 +47,26 @@ func (d *Device) deviceTruth(ctx context.Context, now time.Time, reserved int64)
 }
 
 // PutTruth takes mi as the reading of device truth at, when the pool
-// reserved reserved bytes, unless the reading in force is as recent. A
-// reader that keeps truth fresh reads the driver without the device's lock
-// and puts what it read, when nothing changed the device meanwhile.
+// reserved reserved bytes (ReservedBytes), unless the reading in force is
+// as recent or the device was to be read again after at (a failed
+// reading, a release to verify). A reader that keeps truth fresh reads the
+// driver without the device's lock and puts what it read, when nothing
+// changed the device meanwhile.
 func (d *Device) PutTruth(at time.Time, mi device.MemInfo, reserved int64) {
-	if d.truth.at.IsZero() || at.After(d.truth.at) {
+	if (d.truth.at.IsZero() || at.After(d.truth.at)) && at.After(d.truthNotBefore) {
 		d.putTruth(at, mi, reserved)
 	}
 }
+
+// forgetTruth drops the reading of device truth: the next use reads the
+// driver, and no reading taken before now is put.
+func (d *Device) forgetTruth(now time.Time) {
+	d.truth, d.truthNotBefore = truth{}, now
+}
+
+// TruthAt is when the reading of device truth in force was taken (zero:
+// none is).
+func (d *Device) TruthAt() time.Time { return d.truth.at }
 
 // putTruth takes mi as the reading at, when the pool reserved reserved.
 func (d *Device) putTruth(at time.Time, mi device.MemInfo, reserved int64) {
@@ -67,15 +78,9 @@ func (d *Device) putTruth(at time.Time, mi device.MemInfo, reserved int64) {
 	*t = truth{at: at, mi: mi, reserved: reserved, since: since}
 }
 
-// TruthUse is for a reader that keeps device truth fresh ahead of the
-// requests that use it, so that they find it not yet due: used is whether
-// anything used device truth since the last call (a reader stops when
-// nothing did), reserved the pool's reservation now, to put a reading
-// with.
-func (d *Device) TruthUse() (used bool, reserved int64) {
-	used, d.truthUsed = d.truthUsed, false
-	return used, d.pools[device.VRAM].Stats().ReservedBytes
-}
+// ReservedBytes is the VRAM pool's reservation now: what a reading of
+// device truth taken now is put with (PutTruth).
+func (d *Device) ReservedBytes() int64 { return d.pools[device.VRAM].Stats().ReservedBytes }
 
 // Readings names what replies built at a moment take from the device
 // beside its ledger: device truth's figures, the telemetry reading, and
@@ -93,22 +98,23 @@ func (d *Device) Readings() Readings {
 	return Readings{truth: d.truth.since, tele: d.tele.at, trend: d.pressure.Trend()}
 }
 
-// Fresh reports whether a reply built at now would find r again. It reads
-// device truth when a reading is due, as that reply would: a reading that
-// finds the figures as they were keeps r fresh (an idle device's replies
-// are built once, not once per TruthMaxAge), and the pressure trend must
-// not have moved since (the ratio's average drifts towards the ratio).
-// Telemetry counts when the reply shows it (withTelemetry), and for every
-// reply while reservations need it (reservationUnused): it must be the
-// same reading, not due.
-func (d *Device) Fresh(ctx context.Context, r Readings, now time.Time, withTelemetry bool) bool {
-	d.truthUsed = true
-	if due(d.truth.at, now, d.cfg.TruthMaxAge) {
-		if _, err := d.deviceTruth(ctx, now, d.pools[device.VRAM].Stats().ReservedBytes); err != nil {
-			return false
-		}
-	}
-	if !r.truth.Equal(d.truth.since) || d.pressure.TrendAt(now) != r.trend {
+// ReadDue takes a reading of device truth when one is due at now, as a
+// reply built then would: a reading that finds the figures as they were
+// keeps replies built from them fresh (an idle device's replies are built
+// once, not once per TruthMaxAge).
+func (d *Device) ReadDue(ctx context.Context, now time.Time) error {
+	_, err := d.deviceTruth(ctx, now, d.ReservedBytes())
+	return err
+}
+
+// Fresh reports whether a reply built at now would find r again: device
+// truth's figures as they were and not due (ReadDue first), and the
+// pressure trend not moved since (the ratio's average drifts towards the
+// ratio). Telemetry counts when the reply shows it (withTelemetry), and
+// for every reply while reservations need it (reservationUnused): it must
+// be the same reading, not due.
+func (d *Device) Fresh(r Readings, now time.Time, withTelemetry bool) bool {
+	if due(d.truth.at, now, d.cfg.TruthMaxAge) || !r.truth.Equal(d.truth.since) || d.pressure.TrendAt(now) != r.trend {
 		return false
 	}
 	if _, ok := d.backend.(ProcessLister); !ok || (!withTelemetry && d.byType[reservationCode] == 0) {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/memworker/memworker/subjects"
+	"github.com/memworker/memworker/worker/device"
 	"github.com/memworker/memworker/worker/ledger"
 )
 
@@ -36,23 +37,36 @@ func TestReadingsStayFreshWhileTheDeviceIsAsItWas(t *testing.T) {
 		t.Fatalf("after the allocation the trend is %s, want rising", p.Trend)
 	}
 	r := d.Readings()
+	fresh := func(r ledger.Readings, now time.Time) bool {
+		return d.ReadDue(ctx, now) == nil && d.Fresh(r, now, false)
+	}
 	later := at.Add(5 * time.Millisecond) // a reading is due
-	if !d.Fresh(ctx, r, later, false) {
+	if !fresh(r, later) {
 		t.Fatal("a reading that finds the device as it was: not fresh")
 	}
-	if d.Fresh(ctx, r, at.Add(10*time.Minute), false) {
+	if fresh(r, at.Add(10*time.Minute)) {
 		t.Error("ten minutes on, the trend has turned steady: still fresh")
 	}
 	b.SetExternalUsage(0, 64*mib)
-	if d.Fresh(ctx, r, later.Add(5*time.Millisecond), false) {
+	if fresh(r, later.Add(5*time.Millisecond)) {
 		t.Error("a reading that finds another process's memory: still fresh")
 	}
 	b.SetExternalUsage(0, 0)
-	if d.Fresh(ctx, r, later.Add(10*time.Millisecond), false) {
+	if fresh(r, later.Add(10*time.Millisecond)) {
 		t.Error("the first figures found again after others: still fresh")
 	}
 	b.SetUnavailable(0, true)
-	if d.Fresh(ctx, d.Readings(), later.Add(15*time.Millisecond), false) {
+	failed := later.Add(15 * time.Millisecond)
+	if fresh(d.Readings(), failed) {
 		t.Error("a device that cannot be read: fresh")
+	}
+	// A reading a reader took before the failure is not put after it.
+	d.PutTruth(failed.Add(-time.Microsecond), device.MemInfo{TotalBytes: 4 * gib, FreeBytes: 4 * gib}, d.ReservedBytes())
+	if !d.TruthAt().IsZero() {
+		t.Error("a reading from before a failed one was put")
+	}
+	d.PutTruth(failed.Add(time.Microsecond), device.MemInfo{TotalBytes: 4 * gib, FreeBytes: 4 * gib}, d.ReservedBytes())
+	if !d.TruthAt().Equal(failed.Add(time.Microsecond)) {
+		t.Error("a reading from after the failed one was not put")
 	}
 }
