@@ -6,12 +6,15 @@ import "bytes"
 // the general decoder: an object of request_id, action and data, its keys
 // checked (checkKeys) and spelled snake_case, its strings printable ASCII
 // without escapes, data any such JSON value. Those are the bodies clients
-// send (subjects.NewRequest, the .NET client), and reading them this way
-// costs a few hundred bytes of code where the general decoder, met cold
-// between requests, costs microseconds. ok is false for any other body,
+// send (subjects.NewRequest, the .NET client), at most maxPlainBody long,
+// and reading them this way costs a few hundred bytes of code where the
+// general decoder, met cold between requests, costs microseconds. ok is false for any other body,
 // well-formed or not: the general decoder reads it and reports what is
 // wrong. FuzzPlainEnvelope holds the two to the same result.
 func plainEnvelope(body []byte) (env Envelope, ok bool) {
+	if len(body) > maxPlainBody {
+		return env, false
+	}
 	p := plain{b: body}
 	if !p.byte('{') {
 		return env, false
@@ -53,6 +56,11 @@ func plainEnvelope(body []byte) (env Envelope, ok bool) {
 		}
 	}
 }
+
+// maxPlainBody bounds the bodies plainEnvelope reads: clients' envelopes
+// are a few hundred bytes; a long one is read by the general decoder,
+// which steps over long strings many bytes at a time.
+const maxPlainBody = 4 << 10
 
 // maxPlainDepth bounds the nesting plainEnvelope reads; deeper data goes
 // to the general decoder.

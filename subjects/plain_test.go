@@ -69,3 +69,16 @@ func samePlainEnvelope(t *testing.T, body []byte) bool {
 	}
 	return true
 }
+
+// TestALongBodyIsTheGeneralDecoders: a body over maxPlainBody, plain or
+// not, is read by the general decoder, which steps over long strings many
+// bytes at a time.
+func TestALongBodyIsTheGeneralDecoders(t *testing.T) {
+	body := []byte(`{"data":{"size_bytes":1024,"purpose":"` + strings.Repeat("p", maxPlainBody) + `"}}`)
+	if _, ok := plainEnvelope(body); ok {
+		t.Error("the plain reader read a body over maxPlainBody")
+	}
+	if _, ok := plainEnvelope(body[:0:0]); ok {
+		t.Error("the plain reader read an empty body")
+	}
+}
