@@ -130,37 +130,12 @@ func (p *plain) value(depth int) bool {
 		_, ok := p.str()
 		return ok
 	case c == '{':
-		p.i++
-		if p.byte('}') {
-			return true
-		}
-		for {
-			if _, ok := p.str(); !ok || !p.byte(':') || !p.value(depth+1) {
-				return false
-			}
-			if p.byte('}') {
-				return true
-			}
-			if !p.byte(',') {
-				return false
-			}
-		}
+		return p.items('}', func() bool {
+			_, ok := p.str()
+			return ok && p.byte(':') && p.value(depth+1)
+		})
 	case c == '[':
-		p.i++
-		if p.byte(']') {
-			return true
-		}
-		for {
-			if !p.value(depth + 1) {
-				return false
-			}
-			if p.byte(']') {
-				return true
-			}
-			if !p.byte(',') {
-				return false
-			}
-		}
+		return p.items(']', func() bool { return p.value(depth + 1) })
 	case c == 't':
 		return p.word("true")
 	case c == 'f':
@@ -169,6 +144,26 @@ func (p *plain) value(depth int) bool {
 		return p.word("null")
 	default:
 		return p.number()
+	}
+}
+
+// items reads members separated by commas up to end, the opening byte
+// next.
+func (p *plain) items(end byte, member func() bool) bool {
+	p.i++
+	if p.byte(end) {
+		return true
+	}
+	for {
+		if !member() {
+			return false
+		}
+		if p.byte(end) {
+			return true
+		}
+		if !p.byte(',') {
+			return false
+		}
 	}
 }
 
