@@ -43,8 +43,14 @@ func (r *truthReader) used() {
 	}
 }
 
-// minTruthReaderAge is the least --truth-max-age a reader is started for:
-// below it requests read the driver nearly every time anyway.
+// truthReaderCycle is how far apart a reader's cycles are for readings
+// good for maxAge, three quarters of it; ok is false below
+// minTruthReaderAge, where requests read the driver nearly every time
+// anyway and no reader runs.
+func truthReaderCycle(maxAge time.Duration) (every time.Duration, ok bool) {
+	return maxAge - maxAge/4, maxAge >= minTruthReaderAge
+}
+
 const minTruthReaderAge = 200 * time.Microsecond
 
 // keepTruth is g's reader (truthReader) until ctx ends. Each cycle, three
@@ -56,8 +62,7 @@ const minTruthReaderAge = 200 * time.Microsecond
 // mutations change the device (each reads truth again when due, and would
 // make the reader's reading void), it does not ask the driver.
 func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
-	maxAge := w.cfg.TruthMaxAge
-	every := maxAge - maxAge/4
+	every, _ := truthReaderCycle(w.cfg.TruthMaxAge)
 	timer := time.NewTimer(every)
 	timer.Stop()
 	defer timer.Stop()
@@ -73,9 +78,9 @@ func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
 		for woken := true; r.asked.Swap(false); woken = false {
 			now := time.Now()
 			g.mu.Lock()
-			readAt, reserved, changes := g.TruthAt(), g.ReservedBytes(), g.mu.changes
+			dueNext, reserved, changes := g.TruthDue(now.Add(every)), g.ReservedBytes(), g.mu.changes
 			g.mu.unlockRead()
-			if (woken || changes == last) && now.Add(every).Sub(readAt) >= maxAge {
+			if (woken || changes == last) && dueNext {
 				if mi, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err == nil { // a failure is the next request's to read and report
 					g.mu.Lock()
 					if g.mu.changes == changes {

@@ -145,15 +145,22 @@ func TestTheReaderSleepsWhenOnlyTheMonitorReads(t *testing.T) {
 	}
 }
 
-// TestTheReaderKeepsItsPaceForAnyMaxAge: the reader's cycle is three
-// quarters of the max age, whatever it is: with one of a million hours it
-// does not read back to back.
-func TestTheReaderKeepsItsPaceForAnyMaxAge(t *testing.T) {
-	b, _, ask := servingReadings(t, 1_000_000*time.Hour, false)
-	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
-		ask(subjects.GetStatus, `{}`)
-	}
-	if n := b.free.Load(); n > 1 {
-		t.Errorf("with readings good for a million hours the reader read the driver %d times in 200 ms", n)
+// TestTheReadersCycle: a reader's cycle is three quarters of the max age,
+// whatever it is, and no reader runs where requests read the driver
+// nearly every time.
+func TestTheReadersCycle(t *testing.T) {
+	for _, tc := range []struct {
+		maxAge, every time.Duration
+		runs          bool
+	}{
+		{time.Nanosecond, time.Nanosecond, false},
+		{100 * time.Microsecond, 75 * time.Microsecond, false},
+		{time.Millisecond, 750 * time.Microsecond, true},
+		{time.Second, 750 * time.Millisecond, true},
+		{1_000_000 * time.Hour, 750_000 * time.Hour, true},
+	} {
+		if every, runs := truthReaderCycle(tc.maxAge); every != tc.every || runs != tc.runs {
+			t.Errorf("max age %v: cycle %v, runs %v; want %v, %v", tc.maxAge, every, runs, tc.every, tc.runs)
+		}
 	}
 }

@@ -213,7 +213,7 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	var loops, pump sync.WaitGroup
 	loops.Go(func() { w.transfers.Run(jobCtx, stopTransfers) })
 	loops.Go(func() { w.runAdmission(stopTransfers) })
-	if w.cfg.TruthMaxAge >= minTruthReaderAge {
+	if _, ok := truthReaderCycle(w.cfg.TruthMaxAge); ok {
 		for _, g := range w.gpus {
 			loops.Go(func() { w.keepTruth(loopCtx, g) })
 		}

@@ -64,9 +64,9 @@ func (d *Device) forgetTruth(now time.Time) {
 	d.truth, d.truthNotBefore = truth{}, now
 }
 
-// TruthAt is when the reading of device truth in force was taken (zero:
-// none is).
-func (d *Device) TruthAt() time.Time { return d.truth.at }
+// TruthDue reports whether the reading of device truth in force is due at
+// at (a reader asks of the moment of its next cycle).
+func (d *Device) TruthDue(at time.Time) bool { return due(d.truth.at, at, d.cfg.TruthMaxAge) }
 
 // putTruth takes mi as the reading at, when the pool reserved reserved.
 func (d *Device) putTruth(at time.Time, mi device.MemInfo, reserved int64) {
@@ -114,7 +114,7 @@ func (d *Device) ReadDue(ctx context.Context, now time.Time) error {
 // for every reply while reservations need it (reservationUnused): it must
 // be the same reading, not due.
 func (d *Device) Fresh(r Readings, now time.Time, withTelemetry bool) bool {
-	if due(d.truth.at, now, d.cfg.TruthMaxAge) || !r.truth.Equal(d.truth.since) || d.pressure.TrendAt(now) != r.trend {
+	if d.TruthDue(now) || !r.truth.Equal(d.truth.since) || d.pressure.TrendAt(now) != r.trend {
 		return false
 	}
 	if _, ok := d.backend.(ProcessLister); !ok || (!withTelemetry && d.byType[reservationCode] == 0) {

@@ -62,11 +62,11 @@ func TestReadingsStayFreshWhileTheDeviceIsAsItWas(t *testing.T) {
 	}
 	// A reading a reader took before the failure is not put after it.
 	d.PutTruth(failed.Add(-time.Microsecond), device.MemInfo{TotalBytes: 4 * gib, FreeBytes: 4 * gib}, d.ReservedBytes())
-	if !d.TruthAt().IsZero() {
+	if !d.TruthDue(failed.Add(time.Microsecond)) {
 		t.Error("a reading from before a failed one was put")
 	}
 	d.PutTruth(failed.Add(time.Microsecond), device.MemInfo{TotalBytes: 4 * gib, FreeBytes: 4 * gib}, d.ReservedBytes())
-	if !d.TruthAt().Equal(failed.Add(time.Microsecond)) {
+	if d.TruthDue(failed.Add(time.Microsecond)) {
 		t.Error("a reading from after the failed one was not put")
 	}
 }
