@@ -124,13 +124,21 @@ func TestAnalyticsOverAWindow(t *testing.T) {
 	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 4096, Purpose: "a"}, nil)
 	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 2 * MiB, Purpose: "b"}, nil)
 	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 900 * MiB, Purpose: "b"}, &big) // warning
-	time.Sleep(100 * time.Millisecond)
+	var r subjects.AnalyticsReply
+	analytics := func() subjects.AnalyticsReply {
+		call(t, nc, subjects.Analytics, dev, subjects.AnalyticsRequest{WindowSeconds: 60, MaxSamples: 5}, &r)
+		return r
+	}
+	// The monitor samples every 10 ms; a busy machine may sample later,
+	// so the test waits for the samples it needs rather than a time.
+	waitFor(t, 10*time.Second, "50 ms at warning", func() bool { return analytics().Pressure.WarningSeconds >= 0.05 })
 	call(t, nc, subjects.Deallocate, dev, subjects.DeallocateRequest{AllocationID: big.AllocationID}, nil)
 	call(t, nc, subjects.Clear, dev, subjects.ClearRequest{Purpose: "nothing"}, nil) // releases the cache
-	time.Sleep(50 * time.Millisecond)
-
-	var r subjects.AnalyticsReply
-	call(t, nc, subjects.Analytics, dev, subjects.AnalyticsRequest{WindowSeconds: 60, MaxSamples: 5}, &r)
+	after := r.SampleCount
+	waitFor(t, 10*time.Second, "samples after the clear", func() bool {
+		a := analytics()
+		return a.SampleCount >= 10 && a.SampleCount > after && a.Pressure.NormalSeconds > 0
+	})
 	if r.Allocations != 3 || r.Frees != 1 || r.AllocationRatePerSecond <= 0 {
 		t.Errorf("counts: %d allocations, %d frees", r.Allocations, r.Frees)
 	}
