@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
-	"github.com/synadia-io/orbit.go/natsext"
 
 	"github.com/memworker/memworker/subjects"
 )
@@ -63,59 +62,6 @@ func (c *Client) bound(ctx context.Context) (context.Context, context.CancelFunc
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, c.Timeout)
-}
-
-// FleetResult is what a fleet request gathered.
-type FleetResult struct {
-	// Nodes holds one reply per node that answered.
-	Nodes []subjects.FleetReply
-	// Failed holds the nodes whose whole reply was an error.
-	Failed []error
-}
-
-// Fleet sends op to memory.<op>.all and gathers one reply per node until
-// no reply came for stall (or ctx ends). Every node answers once for all its
-// devices.
-func (c *Client) Fleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*FleetResult, error) {
-	return c.FleetExpect(ctx, op, data, stall, 0)
-}
-
-// FleetExpect is Fleet that also stops as soon as expect nodes answered
-// (0: wait for the stall), for callers that know the fleet's size.
-func (c *Client) FleetExpect(ctx context.Context, op subjects.Op, data any, stall time.Duration, expect int) (*FleetResult, error) {
-	if !op.Fleet() {
-		return nil, fmt.Errorf("%s is not a fleet operation", op)
-	}
-	body, err := subjects.NewRequest(nuid.Next(), op, data)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
-	opts := []natsext.RequestManyOpt{natsext.RequestManyStall(stall)}
-	if expect > 0 {
-		opts = append(opts, natsext.RequestManyMaxMessages(expect))
-	}
-	msgs, err := natsext.RequestMany(ctx, c.nc, subjects.FleetRequest(op), body, opts...)
-	if err != nil {
-		return nil, err
-	}
-	res := &FleetResult{}
-	for msg, err := range msgs {
-		if errors.Is(err, nats.ErrNoResponders) {
-			return res, fmt.Errorf("%w: no node answers %s", ErrNoWorker, subjects.FleetRequest(op))
-		}
-		if err != nil {
-			return res, err
-		}
-		var fr subjects.FleetReply
-		if _, err := subjects.DecodeReply(msg.Data, &fr); err != nil {
-			res.Failed = append(res.Failed, err)
-			continue
-		}
-		res.Nodes = append(res.Nodes, fr)
-	}
-	return res, nil
 }
 
 // Conn is the client's NATS connection.

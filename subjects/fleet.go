@@ -14,6 +14,12 @@ func FleetOps() []Op { return append([]Op(nil), fleetOps...) }
 // Fleet reports whether op is served on memory.<op>.all.
 func (op Op) Fleet() bool { return slices.Contains(fleetOps, op) }
 
+// NodeLeaseBucket is the JetStream key-value bucket in which the worker
+// serving each node holds that node's lease: one key per node, its name,
+// living 3 s after its last renewal and deleted when the worker stops.
+// Its keys name the nodes that answer a fleet request.
+const NodeLeaseBucket = "memworker_nodes"
+
 // FleetReply is one node's answer to a fleet request: the op's reply for
 // each of its devices, or that device's error. The request's data applies
 // to every device (limits and pages are per device).

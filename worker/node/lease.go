@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/memworker/memworker/subjects"
 )
 
 // One writer per node. A device's ledger lives in one process: two workers
@@ -28,7 +30,7 @@ import (
 // its clients.
 
 // NodeLeaseBucket is the key-value bucket of node leases.
-const NodeLeaseBucket = "memworker_nodes"
+const NodeLeaseBucket = subjects.NodeLeaseBucket
 
 // Lease timing: a lease lapses NodeLeaseTTL after its last renewal; it is
 // renewed every sixth of that, and a standby looks for a free one every
