@@ -19,6 +19,7 @@ import (
 // cached for --cache-hold, then goes back to the device for any process to
 // have (all of it with --cache-keep 0); with the hold off it stays cached.
 func TestFreedMemoryGoesBackToTheGPU(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	for _, tc := range []struct {
 		name string
 		hold time.Duration
@@ -70,6 +71,7 @@ func TestFreedMemoryGoesBackToTheGPU(t *testing.T) {
 // TestAWorkerStopsAtOnceWhenItsServerIsGone: with the NATS server gone,
 // the stop does not wait on events nobody can receive (it took 14 s).
 func TestAWorkerStopsAtOnceWhenItsServerIsGone(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	srv := startServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	h := startWorkerCtx(t, ctx, srv, "n1", withDevices(1, GiB))

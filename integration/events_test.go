@@ -225,6 +225,7 @@ func TestUnavailableDevicesAreAnnounced(t *testing.T) {
 // warning threshold from before the worker serves: however soon the first
 // one lands, the first event is the level the worker found at startup.
 func TestStartupEventTellsTheLevelFound(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	srv := startServer(t)
 	nc := connect(t, srv)
 	next := subscribeEvents(t, nc, "n1-gpu0")
@@ -261,6 +262,7 @@ func TestStartupEventTellsTheLevelFound(t *testing.T) {
 // created again, and it keeps the events after it and, sent again with
 // their ids, those that found no stream: each once.
 func TestALostEventStreamIsRecreated(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	srv := startJetStreamServer(t)
 	nc := connect(t, srv)
 	next := subscribeEvents(t, nc, "n1-gpu0")
@@ -473,6 +475,7 @@ func replayEvents(t *testing.T, ctx context.Context, s jetstream.Stream, wait ti
 // events reach core subscribers, and the stream is created once it can be.
 // (It used to fall back to core NATS for good, and run without a lease.)
 func TestAnEventStreamThatCannotBeSetUpAtStartIsCreatedLater(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	srv := startJetStreamServer(t)
 	nc := connect(t, srv)
 	js, err := jetstream.New(nc)

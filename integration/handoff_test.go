@@ -121,6 +121,7 @@ func TestBrokeredHandoffOverNATS(t *testing.T) {
 // answers 200 but keeps its memory is not trusted: reclaim.failed
 // (not_verified) at the deadline, and the waiter fails at its own.
 func TestAHolderThatDoesNotReleaseFails(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	hits := make(chan string, 4)
 	holderSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits <- r.URL.Path

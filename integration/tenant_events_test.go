@@ -45,6 +45,7 @@ func expiredIDs(t *testing.T, sub *nats.Subscription, want int, timeout time.Dur
 // receives its own expiries and no other tenant's; the operator sees all;
 // a tenant can renew.
 func TestATenantSeesItsOwnAllocationEvents(t *testing.T) {
+	t.Parallel() // a server and worker of its own; it mostly waits
 	srv := startAccountsServer(t)
 	startWorkerOn(t, context.Background(), connectAs(t, srv, "worker", "change-me-worker"), "n1", withDevices(1, GiB))
 	operator := connectAs(t, srv, "operator", "change-me-operator")
