@@ -11,7 +11,8 @@ const idCacheSize = 4096
 
 // idCache remembers which device holds the allocations memctl made or
 // found, so free, renew and transfer ask that device directly instead of
-// gathering the whole fleet (which waits out the fleet's stall timeout).
+// gathering the whole fleet (which waits for every node, and out the
+// fleet's stall timeout when some node cannot be known to be the last).
 // It is a hint: every cached device is asked whether it holds the id, and
 // a miss falls back to the fleet. A file it cannot read or write only
 // costs the fleet request.
