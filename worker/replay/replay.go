@@ -28,42 +28,57 @@ type Cache struct {
 	bytes      int64
 	entries    map[Key]*replay
 	tenants    map[string]*share // each tenant's replies
+	all        ages              // every reply, oldest first: the window ends them in order
 }
 
-// share is one tenant's replies, oldest first (a list through the
-// replies themselves: no element to allocate per reply).
+// share is one tenant's replies, oldest first.
 type share struct {
+	ages
+	tenant string
+	bytes  int64
+}
+
+// ages lists replies oldest first, through the replies themselves (no
+// element to allocate per reply); link picks which of a reply's links
+// the list uses.
+type ages struct {
 	oldest, newest *replay
 	n              int
-	bytes          int64
 }
 
+// links are a reply's neighbours by age in one list.
+type links struct{ older, newer *replay }
+
+func byTenant(r *replay) *links { return &r.inShare }
+func byAge(r *replay) *links    { return &r.inAll }
+
 // push appends r, the newest.
-func (sh *share) push(r *replay) {
-	r.prev, r.next = sh.newest, nil
-	if sh.newest != nil {
-		sh.newest.next = r
+func (l *ages) push(r *replay, link func(*replay) *links) {
+	*link(r) = links{older: l.newest}
+	if l.newest != nil {
+		link(l.newest).newer = r
 	} else {
-		sh.oldest = r
+		l.oldest = r
 	}
-	sh.newest = r
-	sh.n++
+	l.newest = r
+	l.n++
 }
 
 // unlink takes r out.
-func (sh *share) unlink(r *replay) {
-	if r.prev != nil {
-		r.prev.next = r.next
+func (l *ages) unlink(r *replay, link func(*replay) *links) {
+	at := link(r)
+	if at.older != nil {
+		link(at.older).newer = at.newer
 	} else {
-		sh.oldest = r.next
+		l.oldest = at.newer
 	}
-	if r.next != nil {
-		r.next.prev = r.prev
+	if at.newer != nil {
+		link(at.newer).older = at.older
 	} else {
-		sh.newest = r.prev
+		l.newest = at.older
 	}
-	r.prev, r.next = nil, nil
-	sh.n--
+	*at = links{}
+	l.n--
 }
 
 // Key is a request_id as its tenant ("" the operator) gave it: a tenant's
@@ -77,8 +92,9 @@ type replay struct {
 	data   []byte // the request's payload, to compare a retry's
 	reply  []byte
 	at     time.Time
-	// prev and next are its neighbours in its tenant's share, by age.
-	prev, next *replay
+	share  *share
+	// Its neighbours by age in its tenant's share and in the whole cache.
+	inShare, inAll links
 }
 
 func (r *replay) size() int64 {
@@ -146,10 +162,12 @@ func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time
 	r := &replay{key: key, op: op, digest: digest(op, data), data: data, reply: reply, at: now}
 	sh := c.tenants[key.Tenant]
 	if sh == nil {
-		sh = &share{}
+		sh = &share{tenant: key.Tenant}
 		c.tenants[key.Tenant] = sh
 	}
-	sh.push(r)
+	r.share = sh
+	sh.push(r, byTenant)
+	c.all.push(r, byAge)
 	c.entries[key] = r
 	sh.bytes += r.size()
 	c.bytes += r.size()
@@ -173,21 +191,22 @@ func (c *Cache) largest(byEntries bool) *share {
 	return top
 }
 
+// expire ends the replies older than the window, oldest first: a lookup
+// with nothing to end looks at one reply, however many tenants there are.
 func (c *Cache) expire(now time.Time) {
-	for _, sh := range c.tenants {
-		for r := sh.oldest; r != nil && now.Sub(r.at) > c.window; r = sh.oldest {
-			c.remove(r)
-		}
+	for r := c.all.oldest; r != nil && now.Sub(r.at) > c.window; r = c.all.oldest {
+		c.remove(r)
 	}
 }
 
 func (c *Cache) remove(r *replay) {
-	sh := c.tenants[r.key.Tenant]
+	sh := r.share
 	delete(c.entries, r.key)
 	c.bytes -= r.size()
 	sh.bytes -= r.size()
-	sh.unlink(r)
+	sh.unlink(r, byTenant)
+	c.all.unlink(r, byAge)
 	if sh.n == 0 {
-		delete(c.tenants, r.key.Tenant)
+		delete(c.tenants, sh.tenant)
 	}
 }

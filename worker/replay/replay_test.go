@@ -90,24 +90,62 @@ func TestAFloodingTenantEvictsItsOwnReplies(t *testing.T) {
 	}
 }
 
+// TestTheWindowEndsRepliesInOrderAcrossTenants: replies end when the
+// window passes them, whoever's they are, and the younger stay.
+func TestTheWindowEndsRepliesInOrderAcrossTenants(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	data := []byte(`{"allocation_id":"x"}`)
+	c := New(time.Minute, 100, 1<<20)
+	stored := []struct {
+		key Key
+		at  time.Duration
+	}{
+		{Key{Tenant: "A", RequestID: "a1"}, 0},
+		{Key{Tenant: "B", RequestID: "b1"}, 10 * time.Second},
+		{Key{Tenant: "A", RequestID: "a2"}, 20 * time.Second},
+		{Key{Tenant: "C", RequestID: "c1"}, 30 * time.Second},
+	}
+	for _, s := range stored {
+		c.Store(s.key, subjects.Renew, data, []byte(s.key.RequestID), t0.Add(s.at))
+	}
+	// At 71 s the first two are past the window (60 s), the others not.
+	now := t0.Add(71 * time.Second)
+	for i, s := range stored {
+		got, err := c.Lookup(s.key, subjects.Renew, data, now)
+		if kept := i >= 2; err != nil || (got != nil) != kept {
+			t.Errorf("%v stored at %v, looked up at 71 s: %q, %v; want kept %v", s.key, s.at, got, err, kept)
+		}
+	}
+	if len(c.entries) != 2 || len(c.tenants) != 2 || c.tenants["B"] != nil {
+		t.Errorf("%d entries of %d tenants kept (B's: %v), want a2 and c1", len(c.entries), len(c.tenants), c.tenants["B"])
+	}
+}
+
 // BenchmarkStoreAtTheBound: a retry-protected mutation on a full cache, as
 // on a busy device: a lookup that misses, a store, and the eviction of the
-// oldest reply.
+// oldest reply; with one tenant, and with 100 tenants holding replies.
 func BenchmarkStoreAtTheBound(b *testing.B) {
-	c := New(time.Hour, 100_000, 4<<20)
-	data := []byte(`{"size_bytes":1048576,"allocation_type":"VRAM"}`)
-	reply := bytes.Repeat([]byte("r"), 500)
-	now := time.Now()
-	ids := make([]string, 1<<16)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("req-%08d", i)
-	}
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		key := Key{Tenant: "A", RequestID: ids[i%len(ids)]}
-		if _, err := c.Lookup(key, subjects.Allocate, data, now); err != nil {
-			b.Fatal(err)
-		}
-		c.Store(key, subjects.Allocate, data, reply, now)
+	for _, tenants := range []int{1, 100} {
+		b.Run(fmt.Sprintf("tenants=%d", tenants), func(b *testing.B) {
+			c := New(time.Hour, 100_000, 4<<20)
+			data := []byte(`{"size_bytes":1048576,"allocation_type":"VRAM"}`)
+			reply := bytes.Repeat([]byte("r"), 500)
+			now := time.Now()
+			for i := range tenants - 1 {
+				c.Store(Key{Tenant: fmt.Sprint("tenant-", i), RequestID: "r"}, subjects.Allocate, data, reply, now)
+			}
+			ids := make([]string, 1<<16)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("req-%08d", i)
+			}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				key := Key{Tenant: "A", RequestID: ids[i%len(ids)]}
+				if _, err := c.Lookup(key, subjects.Allocate, data, now); err != nil {
+					b.Fatal(err)
+				}
+				c.Store(key, subjects.Allocate, data, reply, now)
+			}
+		})
 	}
 }
