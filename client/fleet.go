@@ -24,9 +24,9 @@ type FleetResult struct {
 // Fleet sends op to memory.<op>.all and gathers one reply per node. Every
 // node answers once for all its devices. It stops as soon as every node
 // holding a lease (subjects.NodeLeaseBucket, read while the replies come)
-// has answered, else when no reply came for stall, or when ctx ends. A
-// fleet without JetStream, or a client not allowed to read the bucket,
-// waits out the stall as request-many does.
+// has answered, else when no reply came for stall (0: no stall), or when
+// ctx ends. A fleet without JetStream, or a client not allowed to read
+// the bucket, waits out the stall as request-many does.
 func (c *Client) Fleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*FleetResult, error) {
 	return c.gather(ctx, op, data, stall, 0, true)
 }
@@ -123,10 +123,12 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 			}
 			return res, err
 		case m := <-replies:
-			if timer == nil {
+			switch {
+			case stall <= 0: // no stall: until ctx ends (or every node answered)
+			case timer == nil:
 				timer = time.NewTimer(stall)
 				quiet = timer.C
-			} else {
+			default:
 				timer.Reset(stall)
 			}
 			var fr subjects.FleetReply

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/memworker/memworker/client"
@@ -73,5 +74,24 @@ func TestAFleetRequestEndsWhenEveryLeasedNodeAnswered(t *testing.T) {
 	startWorker(t, core, "n1", withDevices(1, GiB))
 	if nodes, took := gather(t, client.New(connect(t, core)), stall); !slices.Equal(nodes, all[:1]) || took < stall {
 		t.Errorf("without JetStream: %v in %v, want [n1] after the %v stall", nodes, took, stall)
+	}
+	// No stall (0): until every leased node answered, else until ctx ends.
+	if err := leases.Delete(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		srv     *server.Server
+		leasing bool
+		within  time.Duration
+	}{{"leased", srv, true, 10 * time.Second}, {"without JetStream", core, false, stall}} {
+		ctx, cancel := context.WithTimeout(context.Background(), tc.within)
+		start := time.Now()
+		res, err := client.New(connect(t, tc.srv)).Fleet(ctx, subjects.GetStatus, nil, 0)
+		ended := ctx.Err() != nil
+		cancel()
+		if err != nil || len(res.Nodes) == 0 || ended == tc.leasing {
+			t.Errorf("%s, no stall: %d nodes, %v, after %v (ctx ended: %v)", tc.name, len(res.Nodes), err, time.Since(start), ended)
+		}
 	}
 }
