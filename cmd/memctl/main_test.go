@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/memworker/memworker/internal/natstest"
@@ -29,6 +30,7 @@ const GiB = int64(1) << 30
 // and memctl against them.
 type fixture struct {
 	t       *testing.T
+	srv     *server.Server
 	url     string
 	cache   string // memctl's --cache-dir
 	backend *sim.Backend
@@ -62,7 +64,7 @@ func newFixtureSized(t *testing.T, devices int, perDevice int64) *fixture {
 	wg.Go(func() { _ = w.Run(ctx, nc) })
 	t.Cleanup(func() { cancel(); wg.Wait(); nc.Close() })
 	<-w.Ready()
-	return &fixture{t: t, url: srv.ClientURL(), cache: t.TempDir(), backend: backend}
+	return &fixture{t: t, srv: srv, url: srv.ClientURL(), cache: t.TempDir(), backend: backend}
 }
 
 // memctl runs the CLI and returns its exit code, stdout and stderr.
@@ -77,6 +79,39 @@ func (f *fixture) memctlOnTerminal(in io.Reader, args ...string) (int, string, s
 	var out, errb bytes.Buffer
 	code := run(context.Background(), append([]string{"--server", f.url, "--timeout", "3s", "--cache-dir", f.cache}, args...), streams{in: in, out: &out, err: &errb})
 	return code, out.String(), errb.String()
+}
+
+// interest is how many subscriptions on the server would get a message
+// published on subject.
+func (f *fixture) interest(subject string) int {
+	return f.srv.GlobalAccount().Interest(subject)
+}
+
+// subscribed waits until the server has more subscriptions for subject
+// than before (a command started in the background subscribed): what is
+// published on it from then on reaches the command, however late the
+// command started.
+func (f *fixture) subscribed(subject string, before int) {
+	f.t.Helper()
+	eventually(f.t, 10*time.Second, "a subscription on "+subject, func() bool { return f.interest(subject) > before })
+}
+
+// lockedBuffer is memctl's output, read by the test while memctl writes it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (f *fixture) ok(args ...string) string {
@@ -218,14 +253,15 @@ func TestReqRecsDefragAndTransfer(t *testing.T) {
 
 func TestWatchPrintsEventsAsJSONLines(t *testing.T) {
 	f := newFixture(t, 1)
+	before := f.interest(subjects.PressureEvents("n1-gpu0"))
 	done := make(chan string)
 	go func() {
 		_, out, _ := f.memctl("watch", "--json", "--count", "2")
 		done <- out
 	}()
-	time.Sleep(200 * time.Millisecond) // let watch subscribe
-	f.ok("alloc", "900MiB")            // warning
-	f.ok("clear", "-y")                // normal again
+	f.subscribed(subjects.PressureEvents("n1-gpu0"), before) // watch sees what follows
+	f.ok("alloc", "900MiB")                                  // warning
+	f.ok("clear", "-y")                                      // normal again
 	var out string
 	select {
 	case out = <-done:
@@ -255,19 +291,22 @@ func TestVersion(t *testing.T) {
 // at once, before anything changes, then the change.
 func TestWatchStartsWithTheCurrentLevels(t *testing.T) {
 	f := newFixture(t, 2)
-	done := make(chan string)
+	var written lockedBuffer
+	done := make(chan struct{})
 	go func() {
-		_, out, _ := f.memctl("watch", "--count", "1")
-		done <- out
+		defer close(done)
+		run(context.Background(), []string{"--server", f.url, "--timeout", "3s", "--cache-dir", f.cache, "watch", "--count", "1"}, streams{out: &written, err: io.Discard})
 	}()
-	time.Sleep(500 * time.Millisecond) // let watch read the levels and subscribe
+	// Watch subscribes, then shows the levels it reads: once its first
+	// table is out, it sees the change.
+	eventually(t, 10*time.Second, "watch's first table", func() bool { return strings.Contains(written.String(), "└") })
 	f.ok("-d", "n1-gpu1", "alloc", "900MiB")
-	var out string
 	select {
-	case out = <-done:
+	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("watch did not end after 1 event")
 	}
+	out := written.String()
 	first, _, _ := strings.Cut(out, "└") // the first table
 	if !strings.Contains(first, "n1-gpu0") || !strings.Contains(first, "n1-gpu1") || !strings.Contains(first, "current") {
 		t.Errorf("the first table does not show both devices' current levels:\n%s", out)

@@ -77,7 +77,9 @@ func TestRunRelaysARelease(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	timeline := make(chan string, 1)
+	before := f.interest(subjects.AllocationEvents("n1-gpu0", ""))
 	go func() { _, out, _ := f.memctl("watch", "--allocations", "--count", "2"); timeline <- out }()
+	f.subscribed(subjects.AllocationEvents("n1-gpu0", ""), before) // the timeline has it all
 	dir := t.TempDir()
 	engine, released, stop := filepath.Join(dir, "engine"), filepath.Join(dir, "released"), filepath.Join(dir, "stop")
 	go func() {
