@@ -13,9 +13,15 @@ import (
 // TestTelemetryIsReadAtMostOncePerMaxAge: within TelemetryMaxAge a reply
 // shows the process list read before, with when it was read; after it, a
 // fresh one. With TruthMaxAge 0 device truth is fresh in every reply.
+//
+// The requests' moments are the test's own (what a request's reply is built
+// as of), so "within the max age" holds however slowly the test runs.
 func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
 	w, b := testWorker(t, "telemetry", func(c *Config) { c.TelemetryMaxAge, c.TruthMaxAge = 200*time.Millisecond, 0 })
-	usage := usageOf(t, w)
+	at := usageAt(t, w)
+	start := time.Now()
+	moment := start
+	usage := func() subjects.Usage { moment = moment.Add(time.Millisecond); return at(moment) }
 	external := func(u subjects.Usage) int64 {
 		for _, p := range u.Processes {
 			if p.PID == sim.ExternalPID {
@@ -38,7 +44,7 @@ func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
 	if second.UsedBytes != 300<<20 {
 		t.Errorf("device truth within the max age: used %d, want %d", second.UsedBytes, 300<<20)
 	}
-	time.Sleep(w.cfg.TelemetryMaxAge)
+	moment = start.Add(w.cfg.TelemetryMaxAge) // the first reading's max age is out
 	third := usage()
 	if external(third) != 300<<20 || !third.ProcessesSampledAt.After(*first.ProcessesSampledAt) {
 		t.Errorf("after the max age: processes %+v sampled at %v, want a fresh reading", third.Processes, third.ProcessesSampledAt)
@@ -48,16 +54,29 @@ func TestTelemetryIsReadAtMostOncePerMaxAge(t *testing.T) {
 // TestDeviceTruthIsReadAtMostOncePerMaxAge: within TruthMaxAge the
 // worker's own allocations show at once and exactly, what another process
 // does shows after it, and an unavailable device after it too.
+//
+// The requests' moments are the test's own (each op is run as of one), so
+// "within the max age" holds however slowly the test runs.
 func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 	w, b := testWorker(t, "truth", func(c *Config) { c.TruthMaxAge = 200 * time.Millisecond })
-	usage := usageOf(t, w)
-	act := func(op subjects.Op, body string) error { return actOn(t, w, op, body) }
+	at := usageAt(t, w)
+	start := time.Now()
+	moment := start
+	next := func() time.Time { moment = moment.Add(time.Millisecond); return moment }
+	usage := func() subjects.Usage { return at(next()) }
+	act := func(op subjects.Op, data string) error {
+		g := w.gpus[0]
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		_, err := w.ops()[op](context.Background(), g, ledger.Call{Now: next()}, []byte(data))
+		return err
+	}
 
 	if u := usage(); u.UsedBytes != 0 {
 		t.Fatalf("fresh device: used %d", u.UsedBytes)
 	}
 	b.SetExternalUsage(0, 100<<20)
-	if err := act(subjects.Allocate, `{"data":{"size_bytes":50000000}}`); err != nil {
+	if err := act(subjects.Allocate, `{"size_bytes":50000000}`); err != nil {
 		t.Fatal(err)
 	}
 	u := usage()
@@ -65,10 +84,10 @@ func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 		t.Errorf("within the max age: used %d, free %d, want the worker's own %d at once and not yet the other process's", u.UsedBytes, u.FreeBytes, u.ReservedBytes)
 	}
 	b.SetUnavailable(0, true)
-	if _, err := w.getUsage(context.Background(), w.gpus[0], ledger.Call{Now: time.Now()}, &subjects.UsageRequest{}); err != nil {
+	if err := act(subjects.GetUsage, `{}`); err != nil {
 		t.Errorf("within the max age the last reading stands: %v", err)
 	}
-	time.Sleep(w.cfg.TruthMaxAge)
+	moment = start.Add(w.cfg.TruthMaxAge) // the first reading's max age is out
 	if err := act(subjects.GetUsage, `{}`); wireError(err).Code != subjects.CodeDeviceUnavailable {
 		t.Errorf("after the max age, an unavailable device: %v, want DEVICE_UNAVAILABLE", err)
 	}
@@ -76,7 +95,7 @@ func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 	if u := usage(); u.UsedBytes != u.ReservedBytes+100<<20 {
 		t.Errorf("after the max age: used %d, want the worker's %d and the other process's %d", u.UsedBytes, u.ReservedBytes, 100<<20)
 	}
-	if err := act(subjects.Clear, `{"data":{"force":true}}`); err != nil {
+	if err := act(subjects.Clear, `{"force":true}`); err != nil {
 		t.Fatal(err)
 	}
 	if u := usage(); u.ReservedBytes != 0 || u.UsedBytes != 100<<20 {
@@ -86,12 +105,22 @@ func TestDeviceTruthIsReadAtMostOncePerMaxAge(t *testing.T) {
 
 // usageOf returns a function that reads get_usage of w's first device.
 func usageOf(t *testing.T, w *Worker) func() subjects.Usage {
-	g := w.gpus[0]
+	at := usageAt(t, w)
 	return func() subjects.Usage {
+		t.Helper()
+		return at(time.Now())
+	}
+}
+
+// usageAt returns a function that reads get_usage of w's first device as
+// of a request at now.
+func usageAt(t *testing.T, w *Worker) func(now time.Time) subjects.Usage {
+	g := w.gpus[0]
+	return func(now time.Time) subjects.Usage {
 		t.Helper()
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		u, err := w.getUsage(context.Background(), g, ledger.Call{Now: time.Now()}, &subjects.UsageRequest{})
+		u, err := w.getUsage(context.Background(), g, ledger.Call{Now: now}, &subjects.UsageRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
