@@ -66,7 +66,7 @@ func servingReadings(t *testing.T, maxAge time.Duration, gated bool) (*readingsB
 // due; once the polling stops the reader sleeps.
 func TestTheReaderKeepsTruthFreshWhileRequestsCome(t *testing.T) {
 	const maxAge = 100 * time.Millisecond
-	b, _, ask := servingReadings(t, maxAge, false)
+	b, w, ask := servingReadings(t, maxAge, false)
 	for deadline := time.Now().Add(10 * time.Second); b.free.Load() < 8; {
 		if time.Now().After(deadline) {
 			t.Fatalf("after 10 s of polling the reader took %d readings, requests %d", b.free.Load(), b.locked.Load())
@@ -77,7 +77,13 @@ func TestTheReaderKeepsTruthFreshWhileRequestsCome(t *testing.T) {
 	if locked, free := b.locked.Load(), b.free.Load(); locked > 1+free/4 {
 		t.Errorf("requests took %d readings, the reader %d: the reader does not keep ahead of them", locked, free)
 	}
-	time.Sleep(3 * maxAge)
+	// It sleeps a cycle after the last request (however late a busy
+	// machine runs that cycle), then reads no more.
+	for deadline := time.Now().Add(10 * time.Second); !w.gpus[0].truth.idle.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("10 s after the last request the truth reader is still awake")
+		}
+	}
 	before := b.free.Load()
 	time.Sleep(3 * maxAge)
 	if after := b.free.Load(); after != before {
