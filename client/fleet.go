@@ -106,7 +106,9 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 			return res, nil
 		case list := <-nodes:
 			nodes = nil
-			if list != nil {
+			// An empty bucket (left over, every lease lapsed) names no
+			// node: it cannot end the gather at the first reply.
+			if len(list) > 0 {
 				pending = map[string]bool{}
 				for _, n := range list {
 					if !answered[n] {
