@@ -22,18 +22,27 @@ type FleetResult struct {
 }
 
 // Fleet sends op to memory.<op>.all and gathers one reply per node. Every
-// node answers once for all its devices. It stops as soon as every node
-// holding a lease (subjects.NodeLeaseBucket, read while the replies come)
-// has answered, else when no reply came for stall (0: no stall), or when
-// ctx ends. A fleet without JetStream, or a client not allowed to read
-// the bucket, waits out the stall as request-many does.
+// node answers once for all its devices. It ends when no reply came for
+// stall (0: no stall), or when ctx ends (its cancellation is returned; its
+// deadline is a gather's usual end).
+//
+// It also reads the node lease bucket (subjects.NodeLeaseBucket) while the
+// replies come. Once every node holding a lease answered, and no node
+// without one did, the stall shortens to a grace as long as the gather
+// took so far (10 ms at least, stall at most), for nodes that hold no
+// lease: a worker whose events are not kept in JetStream (--no-event-stream)
+// or whose lease lapsed. Such a node that answers after the grace is left
+// out; callers that must not miss one (an allocation id that no node
+// seems to hold) ask again with FleetExpect. A fleet without JetStream, a
+// client that may not read the bucket, or an empty bucket waits out the
+// stall, as request-many does.
 func (c *Client) Fleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*FleetResult, error) {
 	return c.gather(ctx, op, data, stall, 0, true)
 }
 
-// FleetExpect is Fleet that stops as soon as expect nodes answered (0:
-// when no reply came for stall), for callers that know the fleet's size;
-// it does not read the lease bucket.
+// FleetExpect is Fleet without the lease bucket: it stops as soon as
+// expect nodes answered, else (and with expect 0) when no reply came for
+// stall, or when ctx ends.
 func (c *Client) FleetExpect(ctx context.Context, op subjects.Op, data any, stall time.Duration, expect int) (*FleetResult, error) {
 	return c.gather(ctx, op, data, stall, expect, false)
 }
@@ -60,6 +69,7 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 	if err := c.nc.PublishRequest(subjects.FleetRequest(op), inbox, body); err != nil {
 		return nil, err
 	}
+	sent := time.Now()
 	// The subscription's own buffer holds what arrives; the pump hands
 	// it over one by one so the wait below can also watch the lease
 	// bucket's answer and the stall.
@@ -87,52 +97,73 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 
 	res := &FleetResult{}
 	answered := map[string]bool{}
-	var pending map[string]bool // leased nodes yet to answer; nil until known
-	var quiet <-chan time.Time  // the stall, from the first reply on
+	var leasedSet map[string]bool // the leased nodes; nil until known
+	unleased := false             // a node without a lease answered
+	// The stall runs from the first reply on; once every leased node
+	// answered, and no node without a lease did, it shortens to the grace.
+	wait := stall
 	var timer *time.Timer
+	var quiet <-chan time.Time
+	restart := func() {
+		switch {
+		case wait <= 0: // no stall: until ctx ends (or every node answered)
+		case timer == nil:
+			timer = time.NewTimer(wait)
+			quiet = timer.C
+		default:
+			timer.Reset(wait)
+		}
+	}
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
+	shorten := func() {
+		if leasedSet == nil || unleased || wait != stall || len(answered) == 0 {
+			return
+		}
+		for n := range leasedSet {
+			if !answered[n] {
+				return
+			}
+		}
+		wait = grace(time.Since(sent), stall)
+		restart()
+	}
 	for {
-		if expect > 0 && len(res.Nodes)+len(res.Failed) >= expect || pending != nil && len(pending) == 0 && len(answered) > 0 {
+		if expect > 0 && len(res.Nodes)+len(res.Failed) >= expect {
 			return res, nil
 		}
 		select {
 		case <-ctx.Done():
-			return res, nil
+			return res, gatherEnd(ctx)
 		case <-quiet:
 			return res, nil
 		case list := <-nodes:
 			nodes = nil
 			// An empty bucket (left over, every lease lapsed) names no
-			// node: it cannot end the gather at the first reply.
+			// node: it cannot shorten the stall.
 			if len(list) > 0 {
-				pending = map[string]bool{}
+				leasedSet = map[string]bool{}
 				for _, n := range list {
-					if !answered[n] {
-						pending[n] = true
-					}
+					leasedSet[n] = true
 				}
+				for n := range answered {
+					unleased = unleased || !leasedSet[n]
+				}
+				shorten()
 			}
 		case err := <-failed:
 			if errors.Is(err, nats.ErrNoResponders) {
 				return res, fmt.Errorf("%w: no node answers %s", ErrNoWorker, subjects.FleetRequest(op))
 			}
 			if ctx.Err() != nil {
-				return res, nil
+				return res, gatherEnd(ctx)
 			}
 			return res, err
 		case m := <-replies:
-			switch {
-			case stall <= 0: // no stall: until ctx ends (or every node answered)
-			case timer == nil:
-				timer = time.NewTimer(stall)
-				quiet = timer.C
-			default:
-				timer.Reset(stall)
-			}
+			restart()
 			var fr subjects.FleetReply
 			if _, err := subjects.DecodeReply(m.Data, &fr); err != nil {
 				res.Failed = append(res.Failed, err)
@@ -140,9 +171,35 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 			}
 			res.Nodes = append(res.Nodes, fr)
 			answered[fr.Node] = true
-			delete(pending, fr.Node)
+			unleased = unleased || leasedSet != nil && !leasedSet[fr.Node]
+			shorten()
 		}
 	}
+}
+
+// minGrace is the least a gather waits, once every leased node answered,
+// for nodes that hold no lease.
+const minGrace = 10 * time.Millisecond
+
+// grace is how long a gather waits for more replies once every leased node
+// answered: as long again as it took so far (a node that holds no lease,
+// such as a worker whose events are not kept in JetStream, answers about
+// as fast as the others), at least minGrace, at most the stall.
+func grace(took, stall time.Duration) time.Duration {
+	g := max(took, minGrace)
+	if stall > 0 {
+		g = min(g, stall)
+	}
+	return g
+}
+
+// gatherEnd is a gather's error when ctx ended it: none at its deadline
+// (a gather's usual end, as request-many's), the cancellation otherwise.
+func gatherEnd(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return nil
+	}
+	return ctx.Err()
 }
 
 // leasedNodes names the nodes holding a lease in the node lease bucket,

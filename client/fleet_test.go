@@ -164,3 +164,47 @@ func TestAFleetGatherLeavesNoGoroutine(t *testing.T) {
 	t.Logf("cancelled: %d nodes, %v", len(res.Nodes), err)
 	goleak.VerifyNone(t, ignore)
 }
+
+// A node without a lease that answers while the leased ones do shows the
+// bucket does not name the whole fleet: the gather waits out the stall,
+// so a later node without a lease is gathered too.
+func TestANodeWithoutALeaseKeepsTheWholeStall(t *testing.T) {
+	srv := natstest.JetStream(t)
+	nc := natstest.Connect(t, srv)
+	leases(t, nc, "leased")
+	answer(t, natstest.Connect(t, srv), "unleased-early", 0, false)
+	answer(t, natstest.Connect(t, srv), "leased", 50*time.Millisecond, false)
+	answer(t, natstest.Connect(t, srv), "unleased-late", 250*time.Millisecond, false)
+	res, err := New(nc).Fleet(context.Background(), subjects.GetStatus, nil, 2*time.Second)
+	if err != nil || len(res.Nodes) != 3 {
+		t.Errorf("%d nodes (%v), want all 3", len(res.Nodes), err)
+	}
+}
+
+// FleetExpect with no count reads no lease: a node without a lease that
+// answers well after every leased one is gathered within the stall.
+func TestFleetExpectWaitsOutTheStallWhateverTheLeases(t *testing.T) {
+	srv := natstest.JetStream(t)
+	nc := natstest.Connect(t, srv)
+	leases(t, nc, "leased")
+	answer(t, natstest.Connect(t, srv), "leased", 0, false)
+	answer(t, natstest.Connect(t, srv), "unleased", 200*time.Millisecond, false)
+	res, err := New(nc).FleetExpect(context.Background(), subjects.GetStatus, nil, 2*time.Second, 0)
+	if err != nil || len(res.Nodes) != 2 {
+		t.Errorf("%d nodes (%v), want both", len(res.Nodes), err)
+	}
+}
+
+func TestGrace(t *testing.T) {
+	for _, tc := range []struct{ took, stall, want time.Duration }{
+		{time.Millisecond, 300 * time.Millisecond, minGrace},
+		{40 * time.Millisecond, 300 * time.Millisecond, 40 * time.Millisecond},
+		{time.Second, 300 * time.Millisecond, 300 * time.Millisecond},
+		{time.Second, 0, time.Second}, // no stall: as long again
+		{time.Millisecond, 5 * time.Millisecond, 5 * time.Millisecond},
+	} {
+		if got := grace(tc.took, tc.stall); got != tc.want {
+			t.Errorf("grace(%v, %v) = %v, want %v", tc.took, tc.stall, got, tc.want)
+		}
+	}
+}

@@ -17,7 +17,8 @@ func (op Op) Fleet() bool { return slices.Contains(fleetOps, op) }
 // NodeLeaseBucket is the JetStream key-value bucket in which the worker
 // serving each node holds that node's lease: one key per node, its name,
 // living 3 s after its last renewal and deleted when the worker stops.
-// Its keys name the nodes that answer a fleet request.
+// A worker holds one when its events are kept in JetStream; one run with
+// --no-event-stream answers fleet requests without a key.
 const NodeLeaseBucket = "memworker_nodes"
 
 // FleetReply is one node's answer to a fleet request: the op's reply for

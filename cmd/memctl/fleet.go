@@ -2,12 +2,14 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/memworker/memworker/client"
 	"github.com/memworker/memworker/subjects"
 )
 
@@ -17,6 +19,20 @@ const fleetStall = 300 * time.Millisecond
 // perDevice sends op with data to --device, or to every device of the
 // fleet, and returns each device's reply data by device id.
 func (e *env) perDevice(op subjects.Op, data any) (map[string]json.RawMessage, error) {
+	return e.perDeviceBy(op, data, e.client.Fleet)
+}
+
+// fleetGather is a client's fleet request: Fleet, or FleetExpect with no
+// count, which waits out the stall whatever the node leases say.
+type fleetGather func(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*client.FleetResult, error)
+
+// wholeFleet waits out the stall: for an answer that a node without a
+// lease, answering late, could change.
+func (e *env) wholeFleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*client.FleetResult, error) {
+	return e.client.FleetExpect(ctx, op, data, stall, 0)
+}
+
+func (e *env) perDeviceBy(op subjects.Op, data any, gather fleetGather) (map[string]json.RawMessage, error) {
 	if e.cli.Device != "" {
 		var raw json.RawMessage
 		if _, err := e.client.Do(e.ctx, op, e.cli.Device, data, &raw); err != nil {
@@ -24,7 +40,7 @@ func (e *env) perDevice(op subjects.Op, data any) (map[string]json.RawMessage, e
 		}
 		return map[string]json.RawMessage{e.cli.Device: raw}, nil
 	}
-	res, err := e.client.Fleet(e.ctx, op, data, fleetStall)
+	res, err := gather(e.ctx, op, data, fleetStall)
 	if err != nil {
 		return nil, err
 	}
@@ -52,29 +68,39 @@ func (e *env) devicesOf(ids []string) (map[string][]string, error) {
 	if groups, ok := e.cachedDevicesOf(ids); ok {
 		return groups, nil
 	}
-	replies, err := e.perDevice(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]string{}
-	found := map[string]bool{}
-	for dev, raw := range replies {
-		var page subjects.AllocationsReply
-		if json.Unmarshal(raw, &page) != nil {
-			continue
+	// A miss is asked again of the whole fleet before it is an error: a
+	// node without a lease may have answered after the first gather.
+	var missing string
+	for _, gather := range []fleetGather{e.client.Fleet, e.wholeFleet} {
+		replies, err := e.perDeviceBy(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit}, gather)
+		if err != nil {
+			return nil, err
 		}
-		for _, a := range page.Allocations {
-			out[dev] = append(out[dev], a.AllocationID)
-			found[a.AllocationID] = true
-			e.ids.put(a.AllocationID, dev)
+		out := map[string][]string{}
+		found := map[string]bool{}
+		for dev, raw := range replies {
+			var page subjects.AllocationsReply
+			if json.Unmarshal(raw, &page) != nil {
+				continue
+			}
+			for _, a := range page.Allocations {
+				out[dev] = append(out[dev], a.AllocationID)
+				found[a.AllocationID] = true
+				e.ids.put(a.AllocationID, dev)
+			}
+		}
+		missing = ""
+		for _, id := range ids {
+			if !found[id] {
+				missing = id
+				break
+			}
+		}
+		if missing == "" {
+			return out, nil
 		}
 	}
-	for _, id := range ids {
-		if !found[id] {
-			return nil, &exitError{exitWorkerError, fmt.Errorf("ALLOCATION_NOT_FOUND: no device of the fleet holds allocation %s", id)}
-		}
-	}
-	return out, nil
+	return nil, &exitError{exitWorkerError, fmt.Errorf("ALLOCATION_NOT_FOUND: no device of the fleet holds allocation %s", missing)}
 }
 
 // cachedDevicesOf groups ids by the devices the cache names and asks each
