@@ -191,8 +191,11 @@ func (c *Cache) largest(byEntries bool) *share {
 	return top
 }
 
-// expire ends the replies older than the window, oldest first: a lookup
-// with nothing to end looks at one reply, however many tenants there are.
+// expire ends the replies older than the window, in the order they were
+// stored: a lookup with nothing to end looks at one reply, however many
+// tenants there are. Replies are stored nearly in time order (a waiter
+// granted during a request is stored, stamped a moment later, before that
+// request's reply), so one may outlive the window by that moment.
 func (c *Cache) expire(now time.Time) {
 	for r := c.all.oldest; r != nil && now.Sub(r.at) > c.window; r = c.all.oldest {
 		c.remove(r)
