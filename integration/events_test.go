@@ -225,7 +225,8 @@ func TestUnavailableDevicesAreAnnounced(t *testing.T) {
 // warning threshold from before the worker serves: however soon the first
 // one lands, the first event is the level the worker found at startup.
 func TestStartupEventTellsTheLevelFound(t *testing.T) {
-	t.Parallel() // a server and worker of its own; it mostly waits
+	// Not in parallel: its client asks in a tight loop until the worker
+	// serves, which would take the CPU from the tests beside it.
 	srv := startServer(t)
 	nc := connect(t, srv)
 	next := subscribeEvents(t, nc, "n1-gpu0")
