@@ -95,86 +95,114 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 		go func() { nodes <- c.leasedNodes(ctx) }()
 	}
 
-	res := &FleetResult{}
-	answered := map[string]bool{}
-	var leasedSet map[string]bool // the leased nodes; nil until known
-	unleased := false             // a node without a lease answered
-	// The stall runs from the first reply on; once every leased node
-	// answered, and no node without a lease did, it shortens to the grace.
-	wait := stall
-	var timer *time.Timer
-	var quiet <-chan time.Time
-	restart := func() {
-		switch {
-		case wait <= 0: // no stall: until ctx ends (or every node answered)
-		case timer == nil:
-			timer = time.NewTimer(wait)
-			quiet = timer.C
-		default:
-			timer.Reset(wait)
-		}
-	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	shorten := func() {
-		if leasedSet == nil || unleased || wait != stall || len(answered) == 0 {
-			return
-		}
-		for n := range leasedSet {
-			if !answered[n] {
-				return
-			}
-		}
-		wait = grace(time.Since(sent), stall)
-		restart()
-	}
+	g := newGathering(stall, sent)
+	defer g.stop()
 	for {
-		if expect > 0 && len(res.Nodes)+len(res.Failed) >= expect {
-			return res, nil
+		if expect > 0 && len(g.res.Nodes)+len(g.res.Failed) >= expect {
+			return g.res, nil
 		}
 		select {
 		case <-ctx.Done():
-			return res, gatherEnd(ctx)
-		case <-quiet:
-			return res, nil
+			return g.res, gatherEnd(ctx)
+		case <-g.quiet:
+			return g.res, nil
 		case list := <-nodes:
 			nodes = nil
-			// An empty bucket (left over, every lease lapsed) names no
-			// node: it cannot shorten the stall.
-			if len(list) > 0 {
-				leasedSet = map[string]bool{}
-				for _, n := range list {
-					leasedSet[n] = true
-				}
-				for n := range answered {
-					unleased = unleased || !leasedSet[n]
-				}
-				shorten()
-			}
+			g.leases(list)
 		case err := <-failed:
 			if errors.Is(err, nats.ErrNoResponders) {
-				return res, fmt.Errorf("%w: no node answers %s", ErrNoWorker, subjects.FleetRequest(op))
+				return g.res, fmt.Errorf("%w: no node answers %s", ErrNoWorker, subjects.FleetRequest(op))
 			}
 			if ctx.Err() != nil {
-				return res, gatherEnd(ctx)
+				return g.res, gatherEnd(ctx)
 			}
-			return res, err
+			return g.res, err
 		case m := <-replies:
-			restart()
-			var fr subjects.FleetReply
-			if _, err := subjects.DecodeReply(m.Data, &fr); err != nil {
-				res.Failed = append(res.Failed, err)
-				continue
-			}
-			res.Nodes = append(res.Nodes, fr)
-			answered[fr.Node] = true
-			unleased = unleased || leasedSet != nil && !leasedSet[fr.Node]
-			shorten()
+			g.reply(m)
 		}
 	}
+}
+
+// gathering is a fleet request's replies so far and its stall: it runs
+// from the first reply on, and once every leased node answered, and no
+// node without a lease did, it shortens to the grace.
+type gathering struct {
+	res      *FleetResult
+	answered map[string]bool
+	leased   map[string]bool // nil until the bucket's keys are known
+	unleased bool            // a node without a lease answered
+	stall    time.Duration   // as asked (<= 0: none)
+	wait     time.Duration   // the stall in force
+	sent     time.Time
+	timer    *time.Timer
+	quiet    <-chan time.Time // fires when wait passed without a reply
+}
+
+func newGathering(stall time.Duration, sent time.Time) *gathering {
+	return &gathering{res: &FleetResult{}, answered: map[string]bool{}, stall: stall, wait: stall, sent: sent}
+}
+
+func (g *gathering) stop() {
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+}
+
+// restart starts the stall in force again.
+func (g *gathering) restart() {
+	switch {
+	case g.wait <= 0: // no stall: until ctx ends (or every node answered)
+	case g.timer == nil:
+		g.timer = time.NewTimer(g.wait)
+		g.quiet = g.timer.C
+	default:
+		g.timer.Reset(g.wait)
+	}
+}
+
+// reply takes one node's reply.
+func (g *gathering) reply(m *nats.Msg) {
+	g.restart()
+	var fr subjects.FleetReply
+	if _, err := subjects.DecodeReply(m.Data, &fr); err != nil {
+		g.res.Failed = append(g.res.Failed, err)
+		return
+	}
+	g.res.Nodes = append(g.res.Nodes, fr)
+	g.answered[fr.Node] = true
+	g.unleased = g.unleased || g.leased != nil && !g.leased[fr.Node]
+	g.shorten()
+}
+
+// leases takes the bucket's keys. An empty bucket (left over, every lease
+// lapsed) names no node: it cannot shorten the stall.
+func (g *gathering) leases(list []string) {
+	if len(list) == 0 {
+		return
+	}
+	g.leased = map[string]bool{}
+	for _, n := range list {
+		g.leased[n] = true
+	}
+	for n := range g.answered {
+		g.unleased = g.unleased || !g.leased[n]
+	}
+	g.shorten()
+}
+
+// shorten puts the grace in force once every leased node answered and no
+// node without a lease did.
+func (g *gathering) shorten() {
+	if g.leased == nil || g.unleased || g.wait != g.stall || len(g.answered) == 0 {
+		return
+	}
+	for n := range g.leased {
+		if !g.answered[n] {
+			return
+		}
+	}
+	g.wait = grace(time.Since(g.sent), g.stall)
+	g.restart()
 }
 
 // minGrace is the least a gather waits, once every leased node answered,
