@@ -165,33 +165,40 @@ func TestAFleetGatherLeavesNoGoroutine(t *testing.T) {
 	goleak.VerifyNone(t, ignore)
 }
 
-// A node without a lease that answers while the leased ones do shows the
-// bucket does not name the whole fleet: the gather waits out the stall,
-// so a later node without a lease is gathered too.
-func TestANodeWithoutALeaseKeepsTheWholeStall(t *testing.T) {
-	srv := natstest.JetStream(t)
-	nc := natstest.Connect(t, srv)
-	leases(t, nc, "leased")
-	answer(t, natstest.Connect(t, srv), "unleased-early", 0, false)
-	answer(t, natstest.Connect(t, srv), "leased", 50*time.Millisecond, false)
-	answer(t, natstest.Connect(t, srv), "unleased-late", 250*time.Millisecond, false)
-	res, err := New(nc).Fleet(context.Background(), subjects.GetStatus, nil, 2*time.Second)
-	if err != nil || len(res.Nodes) != 3 {
-		t.Errorf("%d nodes (%v), want all 3", len(res.Nodes), err)
-	}
-}
-
-// FleetExpect with no count reads no lease: a node without a lease that
-// answers well after every leased one is gathered within the stall.
-func TestFleetExpectWaitsOutTheStallWhateverTheLeases(t *testing.T) {
-	srv := natstest.JetStream(t)
-	nc := natstest.Connect(t, srv)
-	leases(t, nc, "leased")
-	answer(t, natstest.Connect(t, srv), "leased", 0, false)
-	answer(t, natstest.Connect(t, srv), "unleased", 200*time.Millisecond, false)
-	res, err := New(nc).FleetExpect(context.Background(), subjects.GetStatus, nil, 2*time.Second, 0)
-	if err != nil || len(res.Nodes) != 2 {
-		t.Errorf("%d nodes (%v), want both", len(res.Nodes), err)
+// A node without a lease that answers late is gathered within the stall:
+// by Fleet once another node without a lease answered while the leased
+// ones did (the bucket does not name the whole fleet), and by FleetExpect,
+// which reads no lease.
+func TestANodeWithoutALeaseIsGatheredWithinTheStall(t *testing.T) {
+	type answers map[string]time.Duration // by node, its delay
+	for _, tc := range []struct {
+		name    string
+		answers answers
+		gather  func(*Client) (*FleetResult, error)
+	}{
+		{"Fleet, after a node without a lease answered early",
+			answers{"unleased-early": 0, "leased": 50 * time.Millisecond, "unleased-late": 250 * time.Millisecond},
+			func(c *Client) (*FleetResult, error) {
+				return c.Fleet(context.Background(), subjects.GetStatus, nil, 2*time.Second)
+			}},
+		{"FleetExpect",
+			answers{"leased": 0, "unleased-late": 200 * time.Millisecond},
+			func(c *Client) (*FleetResult, error) {
+				return c.FleetExpect(context.Background(), subjects.GetStatus, nil, 2*time.Second, 0)
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.JetStream(t)
+			nc := natstest.Connect(t, srv)
+			leases(t, nc, "leased")
+			for node, delay := range tc.answers {
+				answer(t, natstest.Connect(t, srv), node, delay, false)
+			}
+			res, err := tc.gather(New(nc))
+			if err != nil || len(res.Nodes) != len(tc.answers) {
+				t.Errorf("%d nodes (%v), want all %d", len(res.Nodes), err, len(tc.answers))
+			}
+		})
 	}
 }
 
