@@ -170,8 +170,20 @@ func (g *gathering) reply(m *nats.Msg) {
 	}
 	g.res.Nodes = append(g.res.Nodes, fr)
 	g.answered[fr.Node] = true
-	g.unleased = g.unleased || g.leased != nil && !g.leased[fr.Node]
+	if g.leased != nil && !g.leased[fr.Node] {
+		g.sawUnleased()
+	}
 	g.shorten()
+}
+
+// sawUnleased notes that a node without a lease answered: the bucket does
+// not name the whole fleet, so the whole stall is in force again.
+func (g *gathering) sawUnleased() {
+	g.unleased = true
+	if g.wait != g.stall {
+		g.wait = g.stall
+		g.restart()
+	}
 }
 
 // leases takes the bucket's keys. An empty bucket (left over, every lease
@@ -185,7 +197,9 @@ func (g *gathering) leases(list []string) {
 		g.leased[n] = true
 	}
 	for n := range g.answered {
-		g.unleased = g.unleased || !g.leased[n]
+		if !g.leased[n] {
+			g.sawUnleased()
+		}
 	}
 	g.shorten()
 }

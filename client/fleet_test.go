@@ -166,9 +166,9 @@ func TestAFleetGatherLeavesNoGoroutine(t *testing.T) {
 }
 
 // A node without a lease that answers late is gathered within the stall:
-// by Fleet once another node without a lease answered while the leased
-// ones did (the bucket does not name the whole fleet), and by FleetExpect,
-// which reads no lease.
+// by Fleet once another node without a lease answered, before the leased
+// ones all did or within the grace after (the bucket does not name the
+// whole fleet), and by FleetExpect, which reads no lease.
 func TestANodeWithoutALeaseIsGatheredWithinTheStall(t *testing.T) {
 	type answers map[string]time.Duration // by node, its delay
 	for _, tc := range []struct {
@@ -178,6 +178,11 @@ func TestANodeWithoutALeaseIsGatheredWithinTheStall(t *testing.T) {
 	}{
 		{"Fleet, after a node without a lease answered early",
 			answers{"unleased-early": 0, "leased": 50 * time.Millisecond, "unleased-late": 250 * time.Millisecond},
+			func(c *Client) (*FleetResult, error) {
+				return c.Fleet(context.Background(), subjects.GetStatus, nil, 2*time.Second)
+			}},
+		{"Fleet, after a node without a lease answered within the grace",
+			answers{"leased": 100 * time.Millisecond, "unleased-mid": 150 * time.Millisecond, "unleased-late": 400 * time.Millisecond},
 			func(c *Client) (*FleetResult, error) {
 				return c.Fleet(context.Background(), subjects.GetStatus, nil, 2*time.Second)
 			}},
