@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -246,27 +247,28 @@ func gatherEnd(ctx context.Context) error {
 
 // leasedNodes names the nodes holding a lease in the node lease bucket,
 // or nil when it cannot be read (no JetStream, no bucket, no permission)
-// before ctx ends.
+// before ctx ends. It asks the bucket's stream which keys hold a message,
+// two JetStream API requests and no consumer. A key deleted when its
+// worker stopped keeps its delete marker until the bucket's TTL ends it
+// (3 s): until then the gather waits out its stall for that node, as for
+// a worker killed a moment ago.
 func (c *Client) leasedNodes(ctx context.Context) []string {
 	js, err := jetstream.New(c.nc)
 	if err != nil {
 		return nil
 	}
-	kv, err := js.KeyValue(ctx, subjects.NodeLeaseBucket)
+	stream, err := js.Stream(ctx, "KV_"+subjects.NodeLeaseBucket)
 	if err != nil {
 		return nil
 	}
-	keys, err := kv.ListKeys(ctx)
+	prefix := "$KV." + subjects.NodeLeaseBucket + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
 	if err != nil {
 		return nil
 	}
-	defer keys.Stop()
 	list := []string{}
-	for k := range keys.Keys() {
-		list = append(list, k)
-	}
-	if ctx.Err() != nil {
-		return nil
+	for subject := range info.State.Subjects {
+		list = append(list, strings.TrimPrefix(subject, prefix))
 	}
 	return list
 }
