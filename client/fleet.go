@@ -20,6 +20,10 @@ type FleetResult struct {
 	Nodes []subjects.FleetReply
 	// Failed holds the nodes whose whole reply was an error.
 	Failed []error
+	// Graced: the gather ended on the grace, not the stall (every leased
+	// node had answered). A node without a lease answering later was
+	// left out; ask again with FleetExpect when that matters.
+	Graced bool
 }
 
 // Fleet sends op to memory.<op>.all and gathers one reply per node. Every
@@ -106,6 +110,7 @@ func (c *Client) gather(ctx context.Context, op subjects.Op, data any, stall tim
 		case <-ctx.Done():
 			return g.res, gatherEnd(ctx)
 		case <-g.quiet:
+			g.res.Graced = g.wait != g.stall
 			return g.res, nil
 		case list := <-nodes:
 			nodes = nil

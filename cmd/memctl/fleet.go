@@ -19,30 +19,32 @@ const fleetStall = 300 * time.Millisecond
 // perDevice sends op with data to --device, or to every device of the
 // fleet, and returns each device's reply data by device id.
 func (e *env) perDevice(op subjects.Op, data any) (map[string]json.RawMessage, error) {
-	return e.perDeviceBy(op, data, e.client.Fleet)
+	replies, _, err := e.perDeviceBy(op, data, e.client.Fleet)
+	return replies, err
 }
 
-// fleetGather is a client's fleet request: Fleet, or FleetExpect with no
-// count, which waits out the stall whatever the node leases say.
+// fleetGather is a client's fleet request: Fleet, or wholeFleet.
 type fleetGather func(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*client.FleetResult, error)
 
-// wholeFleet waits out the stall: for an answer that a node without a
-// lease, answering late, could change.
+// wholeFleet waits out the stall whatever the node leases say: for an
+// answer that a node without a lease, answering late, could change.
 func (e *env) wholeFleet(ctx context.Context, op subjects.Op, data any, stall time.Duration) (*client.FleetResult, error) {
 	return e.client.FleetExpect(ctx, op, data, stall, 0)
 }
 
-func (e *env) perDeviceBy(op subjects.Op, data any, gather fleetGather) (map[string]json.RawMessage, error) {
+// perDeviceBy is perDevice with gather for the fleet; graced says the
+// gather ended on the leases' grace (client.FleetResult.Graced).
+func (e *env) perDeviceBy(op subjects.Op, data any, gather fleetGather) (replies map[string]json.RawMessage, graced bool, err error) {
 	if e.cli.Device != "" {
 		var raw json.RawMessage
 		if _, err := e.client.Do(e.ctx, op, e.cli.Device, data, &raw); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return map[string]json.RawMessage{e.cli.Device: raw}, nil
+		return map[string]json.RawMessage{e.cli.Device: raw}, false, nil
 	}
 	res, err := gather(e.ctx, op, data, fleetStall)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := map[string]json.RawMessage{}
 	for _, n := range res.Nodes {
@@ -53,9 +55,9 @@ func (e *env) perDeviceBy(op subjects.Op, data any, gather fleetGather) (map[str
 		}
 	}
 	if len(out) == 0 {
-		return nil, &exitError{exitUnreachable, errors.New("no worker answered: no device to talk to")}
+		return nil, false, &exitError{exitUnreachable, errors.New("no worker answered: no device to talk to")}
 	}
-	return out, nil
+	return out, res.Graced, nil
 }
 
 // devicesOf finds the device of each allocation id (ids are unique across
@@ -68,39 +70,47 @@ func (e *env) devicesOf(ids []string) (map[string][]string, error) {
 	if groups, ok := e.cachedDevicesOf(ids); ok {
 		return groups, nil
 	}
-	// A miss is asked again of the whole fleet before it is an error: a
-	// node without a lease may have answered after the first gather.
-	var missing string
-	for _, gather := range []fleetGather{e.client.Fleet, e.wholeFleet} {
-		replies, err := e.perDeviceBy(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit}, gather)
-		if err != nil {
-			return nil, err
+	out, missing, graced, err := e.findIDs(ids, e.client.Fleet)
+	if err == nil && missing != "" && graced {
+		// The gather ended on the leases' grace: a node without a lease
+		// may answer later. A miss is asked of the whole fleet again.
+		out, missing, _, err = e.findIDs(ids, e.wholeFleet)
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case missing != "":
+		return nil, &exitError{exitWorkerError, fmt.Errorf("ALLOCATION_NOT_FOUND: no device of the fleet holds allocation %s", missing)}
+	}
+	return out, nil
+}
+
+// findIDs asks the fleet (by gather) which devices hold ids; missing is
+// an id none holds.
+func (e *env) findIDs(ids []string, gather fleetGather) (out map[string][]string, missing string, graced bool, err error) {
+	replies, graced, err := e.perDeviceBy(subjects.GetAllocations, subjects.AllocationsRequest{AllocationIDs: ids, Limit: subjects.MaxPageLimit}, gather)
+	if err != nil {
+		return nil, "", false, err
+	}
+	out = map[string][]string{}
+	found := map[string]bool{}
+	for dev, raw := range replies {
+		var page subjects.AllocationsReply
+		if json.Unmarshal(raw, &page) != nil {
+			continue
 		}
-		out := map[string][]string{}
-		found := map[string]bool{}
-		for dev, raw := range replies {
-			var page subjects.AllocationsReply
-			if json.Unmarshal(raw, &page) != nil {
-				continue
-			}
-			for _, a := range page.Allocations {
-				out[dev] = append(out[dev], a.AllocationID)
-				found[a.AllocationID] = true
-				e.ids.put(a.AllocationID, dev)
-			}
-		}
-		missing = ""
-		for _, id := range ids {
-			if !found[id] {
-				missing = id
-				break
-			}
-		}
-		if missing == "" {
-			return out, nil
+		for _, a := range page.Allocations {
+			out[dev] = append(out[dev], a.AllocationID)
+			found[a.AllocationID] = true
+			e.ids.put(a.AllocationID, dev)
 		}
 	}
-	return nil, &exitError{exitWorkerError, fmt.Errorf("ALLOCATION_NOT_FOUND: no device of the fleet holds allocation %s", missing)}
+	for _, id := range ids {
+		if !found[id] {
+			return out, id, graced, nil
+		}
+	}
+	return out, "", graced, nil
 }
 
 // cachedDevicesOf groups ids by the devices the cache names and asks each
