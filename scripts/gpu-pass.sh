@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -89,6 +89,12 @@ for s in $steps; do
 	hostpath-contexts) # P21: cold offload and transfer to host end to end, the pinning threads on PIN_CONTEXTS (default 4) contexts of their own
 		step offload-restore-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadRestore -test.benchtime 3x
 		step transfer-to-host-contexts env BENCH_PIN_CONTEXTS=${PIN_CONTEXTS:-4} BENCH_TRANSFER_BYTES=$((8 << 30)) ./integration.test -test.run XXX -test.bench 'TransferToHost' -test.benchtime 3x
+		;;
+	rounds) # P21: every case, four processes: five rounds of 1 s against twenty of 250 ms (rounds alternate the cases' order), twice each, alternating
+		for i in 1 2; do
+			step "rounds-5x1s-$i" env ROUNDS=5 BACKEND=cuda ./processes.sh separate
+			step "rounds-20x250ms-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
+		done
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x

@@ -5,7 +5,8 @@
 #     (membench --echo serve), the clients (membench --echo elsewhere);
 #   processes.sh embedded: memworker with its embedded server, the echo
 #     and the clients as above.
-# BACKEND (sim or cuda, default sim), ROUNDS (default 5), PORT (default 4333),
+# BACKEND (sim or cuda, default sim), ROUNDS (default 5), DURATION (of each case
+# each round, default membench's 1s), PORT (default 4333),
 # CASES (default all), CONCURRENCY (default 1,8,64), MWFLAGS (more memworker flags),
 # WORKER (the memworker binary, default ./memworker), WRAP and ECHO_WRAP
 # (a command the worker or the echo runs under, such as "taskset -c 2,3"),
@@ -52,7 +53,7 @@ if [ -z "$up" ]; then
 fi
 sleep 0.5
 echo "shape: $shape; processes: $(ps -o pid=,comm= -p "$(IFS=,; echo "${pids[*]}")" | tr -s ' \n' ' ')"
-bench=(./membench --server "$url" --device bench-gpu0 --echo elsewhere --cases "${CASES:-echo,sized,get_status,pair,allocate+deallocate}" --concurrency "${CONCURRENCY:-1,8,64}")
+bench=(./membench --server "$url" --device bench-gpu0 --echo elsewhere --cases "${CASES:-echo,sized,get_status,pair,allocate+deallocate}" --concurrency "${CONCURRENCY:-1,8,64}" --duration "${DURATION:-1s}")
 if [ -z "${STATS:-}" ]; then
 	"${bench[@]}" --rounds "${ROUNDS:-5}"
 	exit

@@ -205,11 +205,17 @@ func run(c *cli, out io.Writer) error {
 	for _, n := range levels {
 		// Rounds interleave the cases, so drift on a shared machine falls
 		// on all of them; each ratio is taken within a round, then the
-		// median of every figure across rounds is shown.
+		// median of every figure across rounds is shown. Every other round
+		// runs the cases in reverse order, so neither case of a comparison
+		// always runs first (after the other's load).
 		rounds := make([][]result, len(cases))
-		for range c.Rounds {
-			var echo result
-			for _, i := range picked {
+		for round := range c.Rounds {
+			order := slices.Clone(picked)
+			if round%2 == 1 {
+				slices.Reverse(order)
+			}
+			done := make(map[int]result, len(order))
+			for _, i := range order {
 				cs := cases[i]
 				r, err := drive(nc, n, c.Duration, cs.op)
 				if err != nil {
@@ -219,9 +225,11 @@ func run(c *cli, out io.Writer) error {
 					r.perSecond *= 2 // two requests per pair
 					r.cpu /= 2
 				}
-				if i == 0 {
-					echo = r
-				}
+				done[i] = r
+			}
+			echo := done[0]
+			for _, i := range picked {
+				r := done[i]
 				r.vsEcho, r.p50VsEcho = r.perSecond/echo.perSecond, float64(r.p50)/float64(echo.p50)
 				rounds[i] = append(rounds[i], r)
 			}
@@ -229,8 +237,7 @@ func run(c *cli, out io.Writer) error {
 		// The worker against an echo that answers with its very bytes.
 		for k, ab := range [][2]int{{1, 2}, {3, 4}} {
 			if len(rounds[ab[0]]) > 0 && len(rounds[ab[1]]) > 0 {
-				perSecond, p50 := against(rounds[ab[0]], rounds[ab[1]])
-				sameSize[k] = append(sameSize[k], fmt.Sprintf("%d clients: %.2fx the req/s, p50 %.2fx", n, perSecond, p50))
+				sameSize[k] = append(sameSize[k], fmt.Sprintf("%d clients: %s", n, against(rounds[ab[0]], rounds[ab[1]])))
 			}
 		}
 		for _, i := range picked {
@@ -408,15 +415,33 @@ type result struct {
 	vsEcho, p50VsEcho float64
 }
 
-// against is the median over rounds of b's throughput and p50 against a's
-// of the same round.
-func against(a, b []result) (perSecond, p50 float64) {
+// against says b's throughput and p50 against a's of the same round: the
+// medians over the rounds, and with four rounds or more the middle half of
+// the rounds' ratios (how far one round's ratio can be trusted).
+func against(a, b []result) string {
 	rs := make([]result, min(len(a), len(b)))
 	for i := range rs {
 		rs[i] = result{vsEcho: b[i].perSecond / a[i].perSecond, p50VsEcho: float64(b[i].p50) / float64(a[i].p50)}
 	}
 	m := median(rs)
-	return m.vsEcho, m.p50VsEcho
+	s := fmt.Sprintf("%.2fx the req/s, p50 %.2fx", m.vsEcho, m.p50VsEcho)
+	if len(rs) >= 4 {
+		q1, q3 := quartiles(rs, func(r result) float64 { return r.vsEcho })
+		p1, p3 := quartiles(rs, func(r result) float64 { return r.p50VsEcho })
+		s += fmt.Sprintf(" (middle half of %d rounds: %.2f-%.2f, p50 %.2f-%.2f)", len(rs), q1, q3, p1, p3)
+	}
+	return s
+}
+
+// quartiles are the first and third quartiles of f over rs (the nearest
+// ranks).
+func quartiles(rs []result, f func(result) float64) (q1, q3 float64) {
+	vs := make([]float64, len(rs))
+	for i, r := range rs {
+		vs[i] = f(r)
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/4], vs[(3*len(vs)-1)/4]
 }
 
 // median takes the median of each figure of rs on its own.

@@ -113,3 +113,28 @@ func TestFleetOnAClusterAndIdleCost(t *testing.T) {
 		}
 	}
 }
+
+// TestAgainst: a comparison is the median of the rounds' own ratios, and
+// with four rounds or more it says the middle half of them.
+func TestAgainst(t *testing.T) {
+	echo := func(perSecond float64, p50 time.Duration) result { return result{perSecond: perSecond, p50: p50} }
+	for _, tc := range []struct {
+		name string
+		a, b []result
+		want string
+	}{
+		{"one round", []result{echo(100, 10)}, []result{echo(90, 11)}, "0.90x the req/s, p50 1.10x"},
+		{"a round's own ratio, not the ratio of medians",
+			[]result{echo(100, 10), echo(200, 10), echo(50, 10)}, []result{echo(95, 10), echo(100, 10), echo(50, 10)},
+			"0.95x the req/s, p50 1.00x"},
+		{"four rounds: the middle half",
+			[]result{echo(100, 10), echo(100, 10), echo(100, 10), echo(100, 10)}, []result{echo(70, 13), echo(90, 11), echo(80, 12), echo(100, 10)},
+			"0.90x the req/s, p50 1.20x (middle half of 4 rounds: 0.80-0.90, p50 1.10-1.20)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := against(tc.a, tc.b); got != tc.want {
+				t.Errorf("against = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
