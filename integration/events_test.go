@@ -378,6 +378,17 @@ func TestStartedEventNamesAKilledInstanceAsGone(t *testing.T) {
 // TestLeasesRunOutUnlessRenewed: a lease renewed (by the Go client's
 // keep-alive) lives on; one not renewed is freed and its expiry published
 // on memory.allocation.<device_id>.<tenant> (the operator's: _).
+//
+// A keep-alive must renew within the ttl; that window is what it is for,
+// so the test keeps it but makes it wide: a 1.5 s ttl renewed every 0.5 s
+// leaves a second for each renewal to arrive (with 0.3 s renewed every
+// 0.1 s a renewal late by 0.2 s, a busy machine's stall, let the lease
+// lapse). A wider window cannot help a keep-alive that does not renew: the
+// test does not sleep for a ttl and hope, it waits for the worker's
+// expiry sweeps and checks the moment each one recorded (observed_at) was
+// past the kept lease's expiry as it stood, first as it was allocated and
+// then as renewed, so a lease not renewed again would have been freed by
+// it.
 func TestLeasesRunOutUnlessRenewed(t *testing.T) {
 	srv := startServer(t)
 	h := startWorker(t, srv, "n1", withDevices(1, GiB))
@@ -387,27 +398,62 @@ func TestLeasesRunOutUnlessRenewed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const ttl = 1500 * time.Millisecond
 	var kept, dropped subjects.Allocation
-	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: 0.3}, &kept)
-	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 2 * MiB, TTLSeconds: 0.3}, &dropped)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: ttl.Seconds()}, &kept)
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: 2 * MiB, TTLSeconds: ttl.Seconds()}, &dropped)
+	if kept.ExpiresAt == nil || dropped.ExpiresAt == nil {
+		t.Fatalf("leases without an expiry: %+v, %+v", kept, dropped)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	errs := client.New(nc).KeepAlive(ctx, dev, 300*time.Millisecond, kept.AllocationID)
+	errs := client.New(nc).KeepAlive(ctx, dev, ttl, kept.AllocationID)
 
-	msg, err := sub.NextMsg(3 * time.Second)
-	if err != nil {
-		t.Fatalf("no expiry event: %v", err)
+	// expired waits for the next expiry event, which must free only id,
+	// and returns when the sweep that freed it ran.
+	expired := func(id string, size int64) time.Time {
+		t.Helper()
+		msg, err := sub.NextMsg(ttl + 10*time.Second)
+		if err != nil {
+			t.Fatalf("no expiry event for %s: %v", id, err)
+		}
+		typ, e, err := events.DecodeAllocation(msg)
+		if err != nil || typ != events.TypeAllocationExpired || e.AllocationID != id || !slices.Equal(e.AllocationIDs, []string{id}) || e.SizeBytes != size || e.ExpiresAt == nil || e.ObservedAt.IsZero() {
+			t.Fatalf("event %s %+v, %v; want the expiry of %s alone", typ, e, err, id)
+		}
+		return e.ObservedAt
 	}
-	typ, e, err := events.DecodeAllocation(msg)
-	if err != nil || typ != events.TypeAllocationExpired || e.AllocationID != dropped.AllocationID || e.SizeBytes != 2*MiB || e.ExpiresAt == nil {
-		t.Fatalf("event %s %+v, %v; want the expiry of %s", typ, e, err, dropped.AllocationID)
+	// livesOn checks the kept lease is the one left, renewed past was
+	// (its expiry before), and returns its expiry and the worker's now.
+	livesOn := func(was time.Time) (expires, now time.Time) {
+		t.Helper()
+		var page subjects.AllocationsReply
+		reply := call(t, nc, subjects.GetAllocations, dev, nil, &page)
+		if page.TotalCount != 1 || page.Allocations[0].AllocationID != kept.AllocationID {
+			t.Fatalf("allocations %+v, want only the renewed lease", page.Allocations)
+		}
+		a := page.Allocations[0]
+		if a.ExpiresAt == nil || !a.ExpiresAt.After(was) {
+			t.Fatalf("the kept lease expires at %v, not after %v: not renewed", a.ExpiresAt, was)
+		}
+		return *a.ExpiresAt, reply.Timestamp
 	}
-	time.Sleep(500 * time.Millisecond) // more than a ttl: kept lives on renewals only
-	var page subjects.AllocationsReply
-	call(t, nc, subjects.GetAllocations, dev, nil, &page)
-	if page.TotalCount != 1 || page.Allocations[0].AllocationID != kept.AllocationID {
-		t.Errorf("allocations %+v, want only the renewed lease", page.Allocations)
+
+	// The sweep that freed dropped ran past kept's first expiry: kept
+	// lives on a renewal.
+	swept := expired(dropped.AllocationID, 2*MiB)
+	if swept.Before(*kept.ExpiresAt) {
+		t.Fatalf("dropped was freed at %v, before kept's first expiry %v", swept, *kept.ExpiresAt)
 	}
+	renewed, now := livesOn(*kept.ExpiresAt)
+	// A lease that runs out no sooner than kept as renewed now: the sweep
+	// that frees it has passed that expiry too, so kept lives on renewals.
+	var marker subjects.Allocation
+	call(t, nc, subjects.Allocate, dev, subjects.AllocateRequest{SizeBytes: MiB, TTLSeconds: (renewed.Sub(now) + time.Millisecond).Seconds()}, &marker)
+	if swept := expired(marker.AllocationID, MiB); swept.Before(renewed) {
+		t.Fatalf("the marker was freed at %v, before kept's renewed expiry %v", swept, renewed)
+	}
+	livesOn(renewed)
 	select {
 	case err := <-errs:
 		t.Errorf("keep-alive: %v", err)
@@ -415,9 +461,11 @@ func TestLeasesRunOutUnlessRenewed(t *testing.T) {
 	}
 	// renew is all or nothing, and needs a lease (or a ttl).
 	var r subjects.RenewReply
-	call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: kept.AllocationID, TTLSeconds: 60}, &r)
-	if len(r.Renewed) != 1 || time.Until(r.Renewed[0].ExpiresAt) < 59*time.Second {
-		t.Errorf("renew for 60 s: %+v", r)
+	reply := call(t, nc, subjects.Renew, dev, subjects.RenewRequest{AllocationID: kept.AllocationID, TTLSeconds: 60}, &r)
+	// From the worker's own now (the reply's timestamp), not this test's
+	// clock after the reply came back.
+	if len(r.Renewed) != 1 || r.Renewed[0].ExpiresAt.Sub(reply.Timestamp) < 59*time.Second || r.Renewed[0].ExpiresAt.Sub(reply.Timestamp) > 60*time.Second {
+		t.Errorf("renew for 60 s at %v: %+v", reply.Timestamp, r)
 	}
 	callErr(t, nc, subjects.Renew, dev, mustJSON(t, map[string]any{"data": map[string]any{"allocation_ids": []string{kept.AllocationID, dropped.AllocationID}}}), subjects.CodeAllocationNotFound)
 	var plain subjects.Allocation
