@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/memworker/memworker/internal/replycache"
@@ -35,9 +36,9 @@ type gpu struct {
 	// device (pinahead.go), worked out at aheadAt.
 	ahead   int64
 	aheadAt time.Time
-	// truth keeps the reading of device truth fresh while requests come
-	// (truth.go).
-	truth *truthReader
+	// readingAhead is set while a read takes the next reading of device
+	// truth after its reply (truth.go).
+	readingAhead atomic.Bool
 }
 
 func (w *Worker) gpu(id string) *gpu {
