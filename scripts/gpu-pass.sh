@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds readahead ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -94,6 +94,18 @@ for s in $steps; do
 		for i in 1 2; do
 			step "rounds-5x1s-$i" env ROUNDS=5 BACKEND=cuda ./processes.sh separate
 			step "rounds-20x250ms-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
+		done
+		;;
+	readahead) # P21: readings taken after a read's reply against memworker-base (the truth reader goroutine), four processes: a warm-up, one client alternating (STATS), then every case alternating (twenty rounds of 250 ms)
+		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
+		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "c1-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
+			step "c1-$i" env "${cases[@]}" ./processes.sh separate
+		done
+		for i in 1 2; do
+			[ -x ./memworker-base ] && step "all-base-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
+			step "all-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		done
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
