@@ -108,18 +108,18 @@ for s in $steps; do
 			step "all-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		done
 		;;
-	readahead2) # P21: one client, three workers alternating: the truth reader (memworker-base), a reading ahead on the handler's goroutine (memworker-sync) and on one of its own (this build), twenty rounds of 250 ms; then every case, the reader's build and this one
+	readahead2) # P21: one client, three workers alternating: the truth reader (memworker-base), a reading ahead on the handler's goroutine (memworker-sync) and on one of its own (this build), twenty rounds of 250 ms; then every case, the reader's build and this one (REPEAT rounds of the three, default 3; ALL= skips every case)
 		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		c1=(CASES=echo,sized,get_status CONCURRENCY=1 ROUNDS=20 DURATION=250ms BACKEND=cuda)
-		for i in 1 2 3; do
+		for i in $(seq "${REPEAT:-3}"); do
 			for wk in base sync this; do
 				bin=./memworker-$wk
 				[ $wk = this ] && bin=./memworker
 				[ -x "$bin" ] && step "c1-$wk-$i" env "${c1[@]}" WORKER=$bin ./processes.sh separate
 			done
 		done
-		[ -x ./memworker-base ] && step all-base env ROUNDS=20 DURATION=250ms BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
-		step all env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
+		[ -n "${ALL-1}" ] && [ -x ./memworker-base ] && step all-base env ROUNDS=20 DURATION=250ms BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
+		[ -n "${ALL-1}" ] && step all env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x
