@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds readahead readahead2 ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds readahead readahead2 pairsim ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -120,6 +120,13 @@ for s in $steps; do
 		done
 		[ -n "${ALL-1}" ] && [ -x ./memworker-base ] && step all-base env ROUNDS=20 DURATION=250ms BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
 		[ -n "${ALL-1}" ] && step all env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
+		;;
+	pairsim) # P21: allocate+deallocate at one client, the cuda worker against the sim worker (is the gap the driver's?), alternating, twenty rounds of 250 ms
+		for i in $(seq "${REPEAT:-2}"); do
+			for be in cuda sim; do
+				step "pair-$be-$i" env CASES=echo,pair,allocate+deallocate CONCURRENCY=1 ROUNDS=20 DURATION=250ms BACKEND=$be ./processes.sh separate
+			done
+		done
 		;;
 	ahead) # P21: an offload 2 s after pressure reached warning finds its pinned memory ready (--pinned-ahead)
 		step offload-ahead env BENCH_MODEL_BYTES=$((10 << 30)) ./integration.test -test.run XXX -test.bench OffloadAhead -test.benchtime 3x
