@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
@@ -12,11 +11,12 @@ import (
 // --truth-max-age (1 ms). A read whose reading falls due within the last
 // quarter of the max age takes the next one after its reply has gone out:
 // at one client the next request comes to a reading not yet due, and the
-// driver is asked in the time between requests, on a goroutine started
-// for it. No goroutine that waits, no timer: an idle worker does not wake
-// for it, and a busy one does not wake every 0.75 ms for it, as the
-// reader it replaced did. Requests never depend on it: one that finds the
-// reading due takes it, as before.
+// driver is asked in the time between requests, on the handler's own
+// goroutine. No goroutine of its own, no timer: an idle worker does not
+// wake for it, and a busy one does not wake 1,300 times a second for it
+// (the reader that did so cost a 2-core machine 4 % of get_status at 8
+// clients, docs/performance.md). Requests never depend on it: one that
+// finds the reading due takes it, as before.
 
 // truthAhead is what a read found, under the device's lock, for the
 // reading it takes after its reply (readAhead).
@@ -48,57 +48,23 @@ func (w *Worker) dueAhead(g *gpu, now time.Time) truthAhead {
 }
 
 // readAhead takes the reading a read found falling due (dueAhead), after
-// the read's reply went out, on a goroutine of its own (w.aheads): the
-// handler's goroutine goes back to its subscription at once, and its
-// reply's flush is not held behind a driver call on the same P. One
-// reading ahead at a time per device. The reading is put only when
-// nothing changed the device since the read (the lock's change count): it
-// must be paired with the pool's reservation of the read's moment. A
+// the read's reply went out, without the device's lock while the driver
+// is asked. One request at a time does it. The reading is put only when
+// nothing changed the device since the read (the lock's change count):
+// it must be paired with the pool's reservation of the read's moment. A
 // failure is the next request's to read and report.
 func (w *Worker) readAhead(ctx context.Context, g *gpu, a truthAhead) {
 	if !a.due || !g.readingAhead.CompareAndSwap(false, true) {
 		return
 	}
-	if !w.aheads.Go(func() {
-		defer g.readingAhead.Store(false)
-		mi, err := w.cfg.Backend.MemInfo(ctx, g.Index())
-		if err != nil {
-			return
-		}
-		g.mu.Lock()
-		if g.mu.changes == a.changes {
-			g.PutTruth(a.at, mi, a.reserved)
-		}
-		g.mu.unlockRead()
-	}) {
-		g.readingAhead.Store(false)
+	defer g.readingAhead.Store(false)
+	mi, err := w.cfg.Backend.MemInfo(ctx, g.Index())
+	if err != nil {
+		return
 	}
-}
-
-// aheads owns the goroutines that take readings ahead: Close, at the
-// stop, waits for them and starts no more (a handler still answering
-// past the drain's timeout may ask for one).
-type aheads struct {
-	mu     sync.Mutex
-	wg     sync.WaitGroup
-	closed bool
-}
-
-// Go runs f on a goroutine of its own, unless closed.
-func (r *aheads) Go(f func()) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return false
+	g.mu.Lock()
+	if g.mu.changes == a.changes {
+		g.PutTruth(a.at, mi, a.reserved)
 	}
-	r.wg.Go(f)
-	return true
-}
-
-// Close starts no more and waits for those running.
-func (r *aheads) Close() {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-	r.wg.Wait()
+	g.mu.unlockRead()
 }

@@ -76,9 +76,6 @@ type Worker struct {
 	// gate closes every device's door while the node's lease is not
 	// confirmed.
 	gate leaseGate
-	// aheads take readings of device truth after reads' replies
-	// (truth.go), waited for at the stop.
-	aheads aheads
 }
 
 // New discovers the backend's devices and prepares a worker for them.
@@ -261,7 +258,6 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	defer func() {
 		w.closeIfGone(nc)
 		w.stopService(svc, nc, serviceSubs)
-		w.aheads.Close()
 		if lease != nil {
 			lease.Release()  // a standby takes over now
 			w.gate.changed() // closed for good: a transfer waiting at the door hears it
