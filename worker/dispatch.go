@@ -76,7 +76,6 @@ func (w *Worker) handler(ctx context.Context, op subjects.Op, g *gpu, fn opFunc)
 			if rerr := req.Respond(body); rerr != nil {
 				w.log.Warn("reply failed", "op", op, "device", g.ID(), "request_id", requestID, "err", rerr)
 			}
-			w.readAhead(ctx, g, rw.ahead)
 			return
 		}
 		w.respond(req, op, g.ID(), orNewID(requestID), err, start)
@@ -123,6 +122,7 @@ func (w *Worker) act(ctx context.Context, op subjects.Op, g *gpu, req micro.Requ
 	if traits.OperatorOnly && !call.Who.Operator() {
 		return nil, ledger.Errorf(ledger.ErrForbidden, "%s acts on every tenant's memory: only the operator may ask for it", op)
 	}
+	g.truth.used()
 	if traits.Bounded {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, w.cfg.OpTimeout)
@@ -191,7 +191,6 @@ func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.C
 		pinned = w.pinnedPool() // as of the request's now, before its reply is built
 		x, err := r.find(ctx, g, call, env.Data, pinned)
 		if x != nil || err != nil {
-			rw.ahead = w.dueAhead(g, call.Now)
 			g.mu.unlockRead()
 			if err != nil {
 				return nil, err
@@ -202,7 +201,6 @@ func (w *Worker) read(ctx context.Context, g *gpu, op subjects.Op, call ledger.C
 	data, err := fn(ctx, g, call, env.Data)
 	tu := tenantUsage(g, call.Who)
 	x := r.stamp(g, call, env.Data, pinned, tu)
-	rw.ahead = w.dueAhead(g, call.Now)
 	g.mu.unlockRead()
 	if err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"sync/atomic"
 	"time"
 
 	"github.com/memworker/memworker/internal/replycache"
@@ -36,9 +35,9 @@ type gpu struct {
 	// device (pinahead.go), worked out at aheadAt.
 	ahead   int64
 	aheadAt time.Time
-	// readingAhead is set while a read takes the next reading of device
-	// truth after its reply (truth.go).
-	readingAhead atomic.Bool
+	// truth keeps the reading of device truth fresh while requests come
+	// (truth.go).
+	truth *truthReader
 }
 
 func (w *Worker) gpu(id string) *gpu {

@@ -31,9 +31,6 @@ type replyWriter struct {
 	// entry is the kept encoding the last success wrote its data from, or
 	// kept; nil when none (what the read's recent reply refers to).
 	entry *replycache.Entry
-	// ahead is the reading of device truth a read takes after its reply
-	// (truth.go).
-	ahead truthAhead
 }
 
 // maxPooledReply bounds the buffers kept for reuse: a rare large reply
@@ -55,7 +52,7 @@ func (rw *replyWriter) release() {
 		return
 	}
 	rw.buf.Reset()
-	rw.entry, rw.ahead = nil, truthAhead{}
+	rw.entry = nil
 	replyWriters.Put(rw)
 }
 

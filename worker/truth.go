@@ -2,69 +2,100 @@ package worker
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
 
-// Reading ahead. A reading of device truth is a driver round trip
-// (cuMemGetInfo through cgo, 9-26 µs on an H100 host met cold between
-// requests), taken by whichever request finds the reading due, once every
-// --truth-max-age (1 ms). A read whose reading falls due within the last
-// quarter of the max age takes the next one after its reply has gone out:
-// at one client the next request comes to a reading not yet due, and the
-// driver is asked in the time between requests, on the handler's own
-// goroutine. No goroutine of its own, no timer: an idle worker does not
-// wake for it, and a busy one does not wake 1,300 times a second for it
-// (the reader that did so cost a 2-core machine 4 % of get_status at 8
-// clients, docs/performance.md). Requests never depend on it: one that
-// finds the reading due takes it, as before.
-
-// truthAhead is what a read found, under the device's lock, for the
-// reading it takes after its reply (readAhead).
-type truthAhead struct {
-	due      bool      // the reading in force falls due within the horizon
-	at       time.Time // the read's moment: the reading's
-	reserved int64     // the pool's reservation at that moment
-	changes  uint64    // the device lock's change count at that moment
+// truthReader keeps a device's reading of device truth fresh while
+// requests use it, so that they find it not yet due and do not wait on the
+// driver: a reading is a driver round trip (cuMemGetInfo through cgo,
+// 9-26 µs on an H100 host met cold between requests), taken by whichever
+// request found the reading due, once every --truth-max-age (1 ms). The
+// reader takes it instead, ahead of time, without the device's lock. It
+// sleeps while nothing uses the device's truth: an idle worker does not
+// wake for it. Requests never depend on it: one that finds the reading due
+// takes it, as before.
+type truthReader struct {
+	// asked is set by requests, cleared by the reader each cycle: a cycle
+	// in which no request came puts the reader to sleep. Only requests
+	// set it (the sampler and metrics scrapes use truth too, but nobody
+	// waits on them). Set only when clear, so requests on many cores
+	// share the flag's cache line read-only.
+	asked atomic.Bool
+	// idle is set while the reader waits to be woken; a request that finds
+	// it set wakes it.
+	idle atomic.Bool
+	wake chan struct{}
 }
 
-// aheadHorizon is how soon before a reading falls due a read takes the
-// next one, a quarter of maxAge; ok is false below minAheadAge, where
-// requests read the driver nearly every time anyway and none is taken
-// ahead.
-func aheadHorizon(maxAge time.Duration) (horizon time.Duration, ok bool) {
-	return maxAge / 4, maxAge >= minAheadAge
+func newTruthReader() *truthReader { return &truthReader{wake: make(chan struct{}, 1)} }
+
+// used notes a request, and wakes the reader when it sleeps.
+func (r *truthReader) used() {
+	if !r.asked.Load() {
+		r.asked.Store(true)
+	}
+	if r.idle.Load() && r.idle.CompareAndSwap(true, false) {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
-const minAheadAge = 200 * time.Microsecond
-
-// dueAhead says whether a read at now should take the next reading after
-// its reply. The caller holds g.mu.
-func (w *Worker) dueAhead(g *gpu, now time.Time) truthAhead {
-	horizon, ok := aheadHorizon(w.cfg.TruthMaxAge)
-	if !ok || !g.TruthDue(now.Add(horizon)) {
-		return truthAhead{}
-	}
-	return truthAhead{due: true, at: now, reserved: g.ReservedBytes(), changes: g.mu.changes}
+// truthReaderCycle is how far apart a reader's cycles are for readings
+// good for maxAge, three quarters of it; ok is false below
+// minTruthReaderAge, where requests read the driver nearly every time
+// anyway and no reader runs.
+func truthReaderCycle(maxAge time.Duration) (every time.Duration, ok bool) {
+	return maxAge - maxAge/4, maxAge >= minTruthReaderAge
 }
 
-// readAhead takes the reading a read found falling due (dueAhead), after
-// the read's reply went out, without the device's lock while the driver
-// is asked. One request at a time does it. The reading is put only when
-// nothing changed the device since the read (the lock's change count):
-// it must be paired with the pool's reservation of the read's moment. A
-// failure is the next request's to read and report.
-func (w *Worker) readAhead(ctx context.Context, g *gpu, a truthAhead) {
-	if !a.due || !g.readingAhead.CompareAndSwap(false, true) {
-		return
+const minTruthReaderAge = 200 * time.Microsecond
+
+// keepTruth is g's reader (truthReader) until ctx ends. Each cycle, three
+// quarters of --truth-max-age apart, it reads the driver when the reading
+// in force would fall due before the next cycle, and it sleeps once a
+// cycle went by with no request. A reading is put only when nothing
+// changed the device while the driver was asked (deviceMu's count): it
+// must be paired with the pool's reservation at its moment. While
+// mutations change the device (each reads truth again when due, and would
+// make the reader's reading void), it does not ask the driver.
+func (w *Worker) keepTruth(ctx context.Context, g *gpu) {
+	every, _ := truthReaderCycle(w.cfg.TruthMaxAge)
+	timer := time.NewTimer(every)
+	timer.Stop()
+	defer timer.Stop()
+	r := g.truth
+	for {
+		r.idle.Store(true)
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+		var last uint64
+		for woken := true; r.asked.Swap(false); woken = false {
+			now := time.Now()
+			g.mu.Lock()
+			dueNext, reserved, changes := g.TruthDue(now.Add(every)), g.ReservedBytes(), g.mu.changes
+			g.mu.unlockRead()
+			if (woken || changes == last) && dueNext {
+				if mi, err := w.cfg.Backend.MemInfo(ctx, g.Index()); err == nil { // a failure is the next request's to read and report
+					g.mu.Lock()
+					if g.mu.changes == changes {
+						g.PutTruth(now, mi, reserved)
+					}
+					g.mu.unlockRead()
+				}
+			}
+			last = changes
+			timer.Reset(every)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+		}
 	}
-	defer g.readingAhead.Store(false)
-	mi, err := w.cfg.Backend.MemInfo(ctx, g.Index())
-	if err != nil {
-		return
-	}
-	g.mu.Lock()
-	if g.mu.changes == a.changes {
-		g.PutTruth(a.at, mi, a.reserved)
-	}
-	g.mu.unlockRead()
 }

@@ -124,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 			waiting: map[ledger.Ticket]*pending{},
 			kept:    keptCaches(),
 			recent:  newRecent(),
+			truth:   newTruthReader(),
 		})
 	}
 	w.metrics = newMetrics(cfg.Metrics, w)
@@ -212,6 +213,11 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn) (err error) {
 	var loops, pump sync.WaitGroup
 	loops.Go(func() { w.transfers.Run(jobCtx, stopTransfers) })
 	loops.Go(func() { w.runAdmission(stopTransfers) })
+	if _, ok := truthReaderCycle(w.cfg.TruthMaxAge); ok {
+		for _, g := range w.gpus {
+			loops.Go(func() { w.keepTruth(loopCtx, g) })
+		}
+	}
 	// The lease is kept from here on: serving, registering and announcing
 	// may wait on a slow JetStream for longer than the key lives.
 	var self atomic.Pointer[string] // the service's instance id, once registered
