@@ -96,7 +96,7 @@ for s in $steps; do
 			step "rounds-20x250ms-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		done
 		;;
-	readahead) # P21: readings taken after a read's reply against memworker-base (the truth reader goroutine), four processes: a warm-up, one client alternating (STATS), then every case alternating (twenty rounds of 250 ms)
+	readahead) # P21 (an experiment, reverted): readings taken after a read's reply (build commit ac375ab as ./memworker) against memworker-base (the truth reader goroutine), four processes: a warm-up, one client alternating (STATS), then every case alternating (twenty rounds of 250 ms)
 		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
 		for i in 1 2; do
@@ -108,7 +108,7 @@ for s in $steps; do
 			step "all-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		done
 		;;
-	readahead2) # P21: one client, three workers alternating: the truth reader (memworker-base), a reading ahead on the handler's goroutine (memworker-sync) and on one of its own (this build), twenty rounds of 250 ms; then every case, the reader's build and this one (REPEAT rounds of the three, default 3; ALL= skips every case)
+	readahead2) # P21 (never run; the experiment was reverted): one client, three workers alternating: the truth reader (memworker-base), a reading ahead on the handler's goroutine (memworker-sync, commit ac375ab) and on one of its own (./memworker built from commit 12a1326), twenty rounds of 250 ms; then every case, the reader's build and this one (REPEAT rounds of the three, default 3; ALL= skips every case)
 		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		c1=(CASES=echo,sized,get_status CONCURRENCY=1 ROUNDS=20 DURATION=250ms BACKEND=cuda)
 		for i in $(seq "${REPEAT:-3}"); do
