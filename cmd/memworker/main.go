@@ -60,7 +60,7 @@ type cli struct {
 	PinnedMax         string        `name:"pinned-max" help:"Page-locked host memory the worker holds at most (a size such as 64GiB; default: half the host's memory)." placeholder:"SIZE"`
 	StarvationGuard   time.Duration `name:"starvation-guard" default:"${starvation_guard}" help:"How long a waiting allocate may wait before requests of its priority or lower stop passing it and queue behind it."`
 	ReclaimTimeout    time.Duration `name:"reclaim-timeout" default:"${reclaim_timeout}" help:"How long a holder asked to give memory back for a waiter of higher priority has to do it (and have it verified)."`
-	MaxWaiters        int           `name:"max-waiters" default:"${max_waiters}" help:"Allocates waiting for room on each device at most (a tenant: a quarter of it); past it allocate fails with OUT_OF_MEMORY at once."`
+	MaxWaiters        int           `name:"max-waiters" default:"${max_waiters}" help:"Allocates waiting for room on each device at most (a tenant: a quarter of it); past it allocate fails with OVERLOADED at once."`
 	MaxAllocations    int           `name:"max-allocations" default:"${max_allocations}" help:"Live allocations each device keeps at most; past it allocate fails with OUT_OF_MEMORY."`
 	ReadHandlers      int           `name:"read-handlers" default:"${read_handlers}" help:"Subscriptions serving each read-only operation of each device (micro runs one request at a time on each; default: one per 4 cores, at most 4)."`
 	TruthMaxAge       time.Duration `name:"truth-max-age" default:"${truth_max_age}" help:"How old the driver's free and total bytes may be before they are read again (0: on every request); the worker's own allocations show at once."`
