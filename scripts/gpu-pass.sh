@@ -5,7 +5,7 @@
 # picked (default: cuda integration hostpath bench):
 #   scripts/gpu-pass.sh cuda integration hostpath vmm handoff cache bench
 # and the probes: cold coldpin coldparts besidecopy contexts hostpath-contexts
-# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds readahead readahead2 pairsim ahead benchcuda (what each measures is beside it below).
+# colddrift hostvmm hybrid processes readhandlers oneclient recent since sinceall reader rounds readahead2 pairsim ahead benchcuda (what each measures is beside it below).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
@@ -96,18 +96,6 @@ for s in $steps; do
 			step "rounds-20x250ms-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
 		done
 		;;
-	readahead) # P21 (an experiment, reverted): readings taken after a read's reply (build commit ac375ab as ./memworker) against memworker-base (the truth reader goroutine), four processes: a warm-up, one client alternating (STATS), then every case alternating (twenty rounds of 250 ms)
-		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
-		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
-		for i in 1 2; do
-			[ -x ./memworker-base ] && step "c1-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
-			step "c1-$i" env "${cases[@]}" ./processes.sh separate
-		done
-		for i in 1 2; do
-			[ -x ./memworker-base ] && step "all-base-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
-			step "all-$i" env ROUNDS=20 DURATION=250ms BACKEND=cuda ./processes.sh separate
-		done
-		;;
 	readahead2) # P21 (never run; the experiment was reverted): one client, three workers alternating: the truth reader (memworker-base), a reading ahead on the handler's goroutine (memworker-sync, commit ac375ab) and on one of its own (./memworker built from commit 12a1326), twenty rounds of 250 ms; then every case, the reader's build and this one (REPEAT rounds of the three, default 3; ALL= skips every case)
 		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		c1=(CASES=echo,sized,get_status CONCURRENCY=1 ROUNDS=20 DURATION=250ms BACKEND=cuda)
@@ -187,15 +175,18 @@ for s in $steps; do
 			step "c1-readhandlers-1-$i" env CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=5 BACKEND=cuda MWFLAGS="--read-handlers 1" ./processes.sh separate
 		done
 		;;
-	reader) # P21: the truth reader, against memworker-base (when carried): a warm-up, one client alternating, then every case once each
+	reader) # P21: this build against memworker-base (when carried): a warm-up, one client alternating (STATS), then every case, ALL_REPEAT times each (default 1), ALL_ROUNDS rounds (default 3) of ALL_DURATION (default 1s); the reading-ahead experiment (commit ac375ab as ./memworker, docs/h100/round3/request-path/readahead) ran it with 2, 20 and 250ms
 		step warmup env CASES=echo,sized,get_status CONCURRENCY=64 ROUNDS=1 BACKEND=cuda ./processes.sh separate
 		cases=(CASES=echo,sized,get_status CONCURRENCY=1 STATS=1 ROUNDS=${ROUNDS:-5} BACKEND=cuda)
 		for i in 1 2; do
 			[ -x ./memworker-base ] && step "reader-base-$i" env "${cases[@]}" WORKER=./memworker-base ./processes.sh separate
 			step "reader-$i" env "${cases[@]}" ./processes.sh separate
 		done
-		[ -x ./memworker-base ] && step all-base env ROUNDS=3 BACKEND=cuda WORKER=./memworker-base ./processes.sh separate
-		step all env ROUNDS=3 BACKEND=cuda ./processes.sh separate
+		all=(ROUNDS=${ALL_ROUNDS:-3} DURATION=${ALL_DURATION:-1s} BACKEND=cuda)
+		for i in $(seq "${ALL_REPEAT:-1}"); do
+			[ -x ./memworker-base ] && step "all-base-$i" env "${all[@]}" WORKER=./memworker-base ./processes.sh separate
+			step "all-$i" env "${all[@]}" ./processes.sh separate
+		done
 		;;
 	bench)
 		step membench-cuda ./membench --backend cuda --fleet-nodes 0 --monitor 0 --cpuprofile "$out/membench-cuda.prof"
