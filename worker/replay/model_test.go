@@ -172,8 +172,8 @@ func check(t *testing.T, step int, c *Cache, m *model, trace []string) {
 	var bytesAll int64
 	n := 0
 	for tenant, sh := range c.tenants {
-		if sh.tenant != tenant || sh.n == 0 {
-			fail("share %q: named %q, %d replies", tenant, sh.tenant, sh.n)
+		if sh.n == 0 {
+			fail("share %q: %d replies", tenant, sh.n)
 		}
 		var b int64
 		var prev *replay

@@ -34,8 +34,7 @@ type Cache struct {
 // share is one tenant's replies, oldest first.
 type share struct {
 	ages
-	tenant string
-	bytes  int64
+	bytes int64
 }
 
 // ages lists replies oldest first, through the replies themselves (no
@@ -162,7 +161,7 @@ func (c *Cache) Store(key Key, op subjects.Op, data, reply []byte, now time.Time
 	r := &replay{key: key, op: op, digest: digest(op, data), data: data, reply: reply, at: now}
 	sh := c.tenants[key.Tenant]
 	if sh == nil {
-		sh = &share{tenant: key.Tenant}
+		sh = &share{}
 		c.tenants[key.Tenant] = sh
 	}
 	r.share = sh
@@ -210,6 +209,6 @@ func (c *Cache) remove(r *replay) {
 	sh.unlink(r, byTenant)
 	c.all.unlink(r, byAge)
 	if sh.n == 0 {
-		delete(c.tenants, sh.tenant)
+		delete(c.tenants, r.key.Tenant)
 	}
 }
