@@ -214,7 +214,7 @@ func run(c *cli, out io.Writer) error {
 			if round%2 == 1 {
 				slices.Reverse(order)
 			}
-			done := make(map[int]result, len(order))
+			done := make([]result, len(cases))
 			for _, i := range order {
 				cs := cases[i]
 				r, err := drive(nc, n, c.Duration, cs.op)
@@ -436,22 +436,24 @@ func against(a, b []result) string {
 // quartiles are the first and third quartiles of f over rs (the nearest
 // ranks).
 func quartiles(rs []result, f func(result) float64) (q1, q3 float64) {
+	vs := sorted(rs, f)
+	return vs[len(vs)/4], vs[(3*len(vs)-1)/4]
+}
+
+// sorted is f of each of rs, in order.
+func sorted(rs []result, f func(result) float64) []float64 {
 	vs := make([]float64, len(rs))
 	for i, r := range rs {
 		vs[i] = f(r)
 	}
 	slices.Sort(vs)
-	return vs[len(vs)/4], vs[(3*len(vs)-1)/4]
+	return vs
 }
 
 // median takes the median of each figure of rs on its own.
 func median(rs []result) result {
 	pick := func(f func(result) float64) float64 {
-		vs := make([]float64, len(rs))
-		for i, r := range rs {
-			vs[i] = f(r)
-		}
-		slices.Sort(vs)
+		vs := sorted(rs, f)
 		return vs[len(vs)/2]
 	}
 	return result{
